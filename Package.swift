@@ -1,0 +1,142 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+  .swiftLanguageMode(.v6),
+  .enableUpcomingFeature("ExistentialAny"),
+]
+
+let grpcCore = Target.Dependency.product(name: "GRPCCore", package: "grpc-swift-2")
+let grpcProtobuf = Target.Dependency.product(name: "GRPCProtobuf", package: "grpc-swift-protobuf")
+let grpcHTTP2 = Target.Dependency.product(
+  name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")
+let swiftProtobuf = Target.Dependency.product(name: "SwiftProtobuf", package: "swift-protobuf")
+let argumentParser = Target.Dependency.product(
+  name: "ArgumentParser", package: "swift-argument-parser")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let lifecycle = Target.Dependency.product(
+  name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
+
+let package = Package(
+  name: "trellis",
+  platforms: [.macOS(.v15)],
+  products: [
+    .executable(name: "user-service", targets: ["user-service"]),
+    .executable(name: "order-service", targets: ["order-service"]),
+    .executable(name: "payment-service", targets: ["payment-service"]),
+    .executable(name: "rpc", targets: ["rpc"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+    .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+    .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+  ],
+  targets: [
+    // Generated code and the descriptor sets it was generated from.
+    .target(
+      name: "MeshProtos",
+      dependencies: [swiftProtobuf, grpcCore, grpcProtobuf],
+      resources: [.embedInCode("Generated/mesh.protoset")],
+      swiftSettings: swiftSettings
+    ),
+    .target(
+      name: "ShopProtos",
+      dependencies: [swiftProtobuf, grpcCore, grpcProtobuf],
+      resources: [.embedInCode("Generated/shop.protoset")],
+      swiftSettings: swiftSettings
+    ),
+
+    // Value types: no networking.
+    .target(
+      name: "MeshTranscoding",
+      dependencies: [swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+
+    // Hosting services for apps.
+    .target(
+      name: "MeshServiceKit",
+      dependencies: [
+        "MeshProtos", "MeshTranscoding", grpcCore, grpcHTTP2, grpcProtobuf, swiftProtobuf,
+        logging, lifecycle, argumentParser,
+      ],
+      swiftSettings: swiftSettings
+    ),
+
+    // The shop.
+    .target(
+      name: "ShopSupport",
+      dependencies: ["ShopProtos", grpcCore, grdb, swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+    .target(
+      name: "UserService",
+      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+    .target(
+      name: "OrderService",
+      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+    .target(
+      name: "PaymentService",
+      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+    .executableTarget(
+      name: "user-service",
+      dependencies: ["UserService", "ShopProtos", "MeshServiceKit", argumentParser],
+      swiftSettings: swiftSettings
+    ),
+    .executableTarget(
+      name: "order-service",
+      dependencies: ["OrderService", "ShopProtos", "MeshServiceKit", argumentParser],
+      swiftSettings: swiftSettings
+    ),
+    .executableTarget(
+      name: "payment-service",
+      dependencies: ["PaymentService", "ShopProtos", "MeshServiceKit", argumentParser],
+      swiftSettings: swiftSettings
+    ),
+
+    // The `rpc` CLI.
+    .executableTarget(
+      name: "rpc",
+      dependencies: [
+        "MeshTranscoding", "MeshProtos", "MeshServiceKit", grpcCore, grpcHTTP2, swiftProtobuf,
+        argumentParser, nioCore, nioPosix,
+      ],
+      swiftSettings: swiftSettings
+    ),
+
+    // Tests.
+    .testTarget(
+      name: "MeshTranscodingTests",
+      dependencies: ["MeshTranscoding", "ShopProtos", "MeshProtos", swiftProtobuf],
+      resources: [.copy("Inputs")],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "ShopServiceTests",
+      dependencies: [
+        "UserService", "OrderService", "PaymentService", "ShopProtos", "MeshServiceKit", grpcCore,
+      ],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "IntegrationTests",
+      dependencies: ["ShopProtos", "MeshProtos", swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+  ]
+)

@@ -1,0 +1,64 @@
+import Foundation
+import Logging
+import MeshTranscoding
+
+/// A swift-log handler that writes one JSON object per line to standard error:
+/// `{"time":…,"level":…,"logger":…,"message":…, …metadata}`.
+public struct JSONLogHandler: LogHandler {
+  public var logLevel: Logger.Level = .info
+  public var metadata: Logger.Metadata = [:]
+  private let label: String
+
+  public init(label: String) {
+    self.label = label
+  }
+
+  /// Makes every logger in the process a JSON-lines logger; call once, first thing in `main`.
+  public static func bootstrap(level: Logger.Level = .info) {
+    LoggingSystem.bootstrap { label in
+      var handler = JSONLogHandler(label: label)
+      handler.logLevel = level
+      return handler
+    }
+  }
+
+  public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    get { metadata[key] }
+    set { metadata[key] = newValue }
+  }
+
+  public func log(event: LogEvent) {
+    var members: [(key: String, value: JSONValue)] = [
+      ("time", .string(Self.timestamp())),
+      ("level", .string(event.level.rawValue)),
+      ("logger", .string(label)),
+      ("message", .string(event.message.description)),
+    ]
+    let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
+    for key in merged.keys.sorted() {
+      members.append((key, Self.json(merged[key]!)))
+    }
+    let line = JSONValue.object(members).serialized(pretty: false) + "\n"
+    FileHandle.standardError.write(Data(line.utf8))
+  }
+
+  private static func json(_ value: Logger.MetadataValue) -> JSONValue {
+    switch value {
+    case .string(let text): return .string(text)
+    case .stringConvertible(let value):
+      if let number = value as? any BinaryInteger { return .number("\(number)") }
+      if let number = value as? Double, number.isFinite { return .number("\(number)") }
+      return .string(value.description)
+    case .array(let values): return .array(values.map(json))
+    case .dictionary(let values):
+      return .object(values.keys.sorted().map { ($0, json(values[$0]!)) })
+    }
+  }
+
+  private static func timestamp() -> String {
+    let now = Date().timeIntervalSince1970
+    let seconds = Int64(now.rounded(.down))
+    let millis = Int32((now - Double(seconds)) * 1000) * 1_000_000
+    return formatTimestamp(seconds: seconds, nanos: millis)
+  }
+}

@@ -1,0 +1,57 @@
+import GRPCCore
+import Logging
+
+/// Logs one line per RPC when it ends: method, gRPC status, duration and peer.
+struct RequestLogger: ServerInterceptor {
+  let logger: Logger
+
+  func intercept<Input: Sendable, Output: Sendable>(
+    request: StreamingServerRequest<Input>,
+    context: ServerContext,
+    next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws ->
+      StreamingServerResponse<Output>
+  ) async throws -> StreamingServerResponse<Output> {
+    let start = ContinuousClock.now
+    let method = "/" + context.descriptor.fullyQualifiedMethod
+    let log: @Sendable (RPCError.Code?, String?) -> Void = { code, message in
+      let elapsed = ContinuousClock.now - start
+      let millis =
+        Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+      var metadata: Logger.Metadata = [
+        "method": "\(method)",
+        "grpc_code": "\(code?.canonicalName ?? "OK")",
+        "duration_ms": "\((millis * 1000).rounded() / 1000)",
+        "peer": "\(context.remotePeer)",
+      ]
+      if let message { metadata["grpc_message"] = "\(message)" }
+      logger.info("rpc", metadata: metadata)
+    }
+    do {
+      var response = try await next(request, context)
+      switch response.accepted {
+      case .success(var contents):
+        let producer = contents.producer
+        contents.producer = { writer in
+          do {
+            let trailers = try await producer(writer)
+            log(nil, nil)
+            return trailers
+          } catch let error as RPCError {
+            log(error.code, error.message)
+            throw error
+          } catch {
+            log(.unknown, "\(error)")
+            throw error
+          }
+        }
+        response.accepted = .success(contents)
+      case .failure(let error):
+        log(error.code, error.message)
+      }
+      return response
+    } catch let error as RPCError {
+      log(error.code, error.message)
+      throw error
+    }
+  }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import Foundation
+import GRPCCore
+import Logging
+
+/// The options every service executable takes.
+public struct ServiceOptions: ParsableArguments {
+  @Option(help: "Address to serve on, HOST:PORT. Port 0 picks a free port.")
+  public var listen: String?
+
+  @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
+  public var logLevel: String = "info"
+
+  public init() {}
+
+  /// Starts a service executable: JSON logs, the services hosted on `listen` (or
+  /// `defaultListen`), until SIGTERM or SIGINT. Failures to start are one line on standard
+  /// error and exit status 1.
+  public func serve(
+    name: String, defaultListen: String, descriptorSets: [[UInt8]],
+    makeServices: () throws -> [any RegistrableRPCService]
+  ) async throws {
+    guard let level = Logger.Level(rawValue: logLevel) else {
+      throw ValidationError("--log-level \(logLevel) is not one of trace, debug, info, notice, warning, error, critical")
+    }
+    let address: HostPort
+    do {
+      address = try HostPort(parsing: listen ?? defaultListen)
+    } catch {
+      throw ValidationError("--listen: \(error)")
+    }
+    JSONLogHandler.bootstrap(level: level)
+    let logger = Logger(label: name)
+    do {
+      let host = try ServiceHost(
+        .init(listen: address, services: try makeServices(), descriptorSets: descriptorSets),
+        logger: logger)
+      try await host.runUntilSignalled()
+    } catch {
+      FileHandle.standardError.write(Data("\(name): \(Self.describe(error, address))\n".utf8))
+      throw ExitCode.failure
+    }
+  }
+
+  private static func describe(_ error: any Error, _ address: HostPort) -> String {
+    // The transport wraps a bind failure twice; say what the operator can act on.
+    let text = String(reflecting: error)
+    if text.contains("Address already in use") {
+      return "cannot listen on \(address): the address is already in use"
+    }
+    if let error = error as? RuntimeError, let cause = error.cause {
+      return "\(error.message) \(cause)"
+    }
+    return "\(error)"
+  }
+}

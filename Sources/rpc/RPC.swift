@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+
+/// `rpc`: call any gRPC service from the command line, with grpcurl's muscle memory.
+///
+/// Exit status, as grpcurl: 0 success; 64 + the gRPC status code when the server answers with
+/// a non-OK status (NOT_FOUND → 69); 1 for any other failure; 2 for a usage error.
+@main
+struct RPC: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "rpc",
+    abstract: "Call gRPC services: list, describe and invoke them using server reflection.",
+    discussion: """
+      Exit status: 0 on success, 64 + the gRPC status code for a non-OK status \
+      (NOT_FOUND exits 69), 1 for other failures, 2 for usage errors.
+      """,
+    subcommands: [List.self, Describe.self, Call.self])
+
+  static func main() async {
+    do {
+      var command = try parseAsRoot()
+      if var command = command as? any AsyncParsableCommand {
+        try await command.run()
+      } else {
+        try command.run()
+      }
+    } catch let failure as CLIFailure {
+      FileHandle.standardError.write(Data("rpc: \(failure.message)\n".utf8))
+      Foundation.exit(failure.exitCode)
+    } catch {
+      // ArgumentParser exits 64 (EX_USAGE) for usage errors, which would read as a gRPC
+      // status; usage errors exit 2 instead.
+      let code = exitCode(for: error)
+      let message = fullMessage(for: error)
+      if code == .success {
+        print(message)
+        Foundation.exit(0)
+      }
+      FileHandle.standardError.write(Data((message.isEmpty ? "" : message + "\n").utf8))
+      Foundation.exit(code == .validationFailure ? 2 : code.rawValue)
+    }
+  }
+}
+
+/// A failure the CLI reports as one line and an exit status.
+struct CLIFailure: Error {
+  let message: String
+  let exitCode: Int32
+
+  /// Anything but a gRPC status: exit 1.
+  static func other(_ message: String) -> CLIFailure { CLIFailure(message: message, exitCode: 1) }
+
+  /// A bad argument found after parsing: exit 2.
+  static func usage(_ message: String) -> CLIFailure { CLIFailure(message: message, exitCode: 2) }
+}
