@@ -46,8 +46,9 @@ public final class HealthStatus: Sendable {
     state.withLock { $0.statuses[service] }
   }
 
-  /// The current status (SERVICE_UNKNOWN for an unknown service), then every change.
-  func watch(_ service: String) -> AsyncStream<ServingStatus> {
+  /// The current status (SERVICE_UNKNOWN for an unknown service), then every change, and a
+  /// function that ends the stream.
+  func watch(_ service: String) -> (AsyncStream<ServingStatus>, @Sendable () -> Void) {
     let (stream, continuation) = AsyncStream.makeStream(
       of: ServingStatus.self, bufferingPolicy: .bufferingNewest(1))
     let id = state.withLock { state in
@@ -60,7 +61,7 @@ public final class HealthStatus: Sendable {
     continuation.onTermination = { [weak self] _ in
       self?.state.withLock { _ = $0.watchers.removeValue(forKey: id) }
     }
-    return stream
+    return (stream, { continuation.finish() })
   }
 }
 
@@ -82,9 +83,15 @@ struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
     response: RPCWriter<Grpc_Health_V1_HealthCheckResponse>,
     context: ServerContext
   ) async throws {
-    // Ends when the client cancels: the stream's task is cancelled and the loop stops.
-    for await current in status.watch(request.service) {
-      try await response.write(.with { $0.status = current })
+    let (updates, finish) = status.watch(request.service)
+    // gRPC signals a cancelled RPC (client reset, deadline, server shutdown) through this
+    // handler rather than by cancelling the task; ending the stream ends the loop.
+    try await withRPCCancellationHandler {
+      for await current in updates {
+        try await response.write(.with { $0.status = current })
+      }
+    } onCancelRPC: {
+      finish()
     }
   }
 }

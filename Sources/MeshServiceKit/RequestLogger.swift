@@ -20,7 +20,7 @@ struct RequestLogger: ServerInterceptor {
       var metadata: Logger.Metadata = [
         "method": "\(method)",
         "grpc_code": "\(code?.canonicalName ?? "OK")",
-        "duration_ms": "\((millis * 1000).rounded() / 1000)",
+        "duration_ms": .stringConvertible((millis * 1000).rounded() / 1000),
         "peer": "\(context.remotePeer)",
       ]
       if let message { metadata["grpc_message"] = "\(message)" }

@@ -81,13 +81,15 @@ public struct ServiceHost: Service {
     try await withGracefulShutdownHandler {
       try await withThrowingDiscardingTaskGroup { group in
         group.addTask { try await server.serve() }
-        guard let bound = try await transport.listeningAddress.ipv4.map({ "\($0.host):\($0.port)" })
-          ?? transport.listeningAddress.ipv6.map({ "[\($0.host)]:\($0.port)" })
-        else { return }
+        let listening = try await transport.listeningAddress
+        let bound =
+          listening.ipv4.map { "\($0.host):\($0.port)" }
+          ?? listening.ipv6.map { "[\($0.host)]:\($0.port)" } ?? "\(listening)"
         health.set(.serving, for: "")
         for name in hostedServices { health.set(.serving, for: name) }
         logger.info(
-          "listening", metadata: ["address": "\(bound)", "services": "\(hostedServices)"])
+          "listening",
+          metadata: ["address": "\(bound)", "services": .array(hostedServices.map { "\($0)" })])
       }
     } onGracefulShutdown: {
       logger.info("shutting down: finishing in-flight calls")

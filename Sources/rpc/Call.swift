@@ -55,13 +55,20 @@ struct Call: AsyncParsableCommand {
       if verbose {
         print("Calling \(method.fullPath) with \(requests.count) request message(s)\n")
       }
-      let counts = try await client.bidirectionalStreaming(
-        request: request,
-        descriptor: MethodDescriptor(fullyQualifiedService: service.fullName, method: method.name),
-        serializer: RawSerializer(), deserializer: RawDeserializer(),
-        options: connection.callOptions(timeout: maxTime)
-      ) { response in
-        try await printResponse(response, method: method, pool: pool, start: start)
+      let counts: Int
+      do {
+        counts = try await client.bidirectionalStreaming(
+          request: request,
+          descriptor: MethodDescriptor(
+            fullyQualifiedService: service.fullName, method: method.name),
+          serializer: RawSerializer(), deserializer: RawDeserializer(),
+          options: connection.callOptions(timeout: maxTime)
+        ) { response in
+          try await printResponse(response, method: method, pool: pool, start: start)
+        }
+      } catch let error as RPCError {
+        // Failures outside the response stream: the deadline, a cancelled request stream.
+        throw failure(error)
       }
       if verbose {
         let elapsed = ContinuousClock.now - start

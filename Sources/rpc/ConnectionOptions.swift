@@ -104,20 +104,18 @@ struct ConnectionOptions: ParsableArguments {
         }
       }
     }
+    let resolvable: any ResolvableTarget =
+      target.isIPv6
+      ? .ipv6(host: target.host, port: target.port)
+      : isNumericIPv4(target.host)
+        ? .ipv4(host: target.host, port: target.port)
+        : .dns(host: target.host, port: target.port)
     let transport: HTTP2ClientTransport.Posix
     do {
-      let resolvable: any ResolvableTarget =
-        target.isIPv6
-        ? ResolvableTargets.IPv6(address: .init(host: target.host, port: target.port))
-        : isNumericIPv4(target.host)
-          ? ResolvableTargets.IPv4(address: .init(host: target.host, port: target.port))
-          : ResolvableTargets.DNS(host: target.host, port: target.port)
       transport = try HTTP2ClientTransport.Posix(
         target: resolvable, transportSecurity: security,
         config: .defaults { config in
           config.http2.authority = authority ?? serverName
-          // A failed connection fails the call rather than being retried in the background.
-          config.backoff.initial = .milliseconds(100)
         })
     } catch {
       throw CLIFailure.other("cannot set up a connection to \(address): \(error)")

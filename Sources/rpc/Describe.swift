@@ -14,7 +14,8 @@ struct Describe: AsyncParsableCommand {
   func run() async throws {
     try await connection.withClient(address) { client in
       var schema = try Schema(options: connection, client: client)
-      let symbols = try await symbol.map { [$0] } ?? schema.services()
+      let symbols: [String]
+      if let symbol { symbols = [symbol] } else { symbols = try await schema.services() }
       for (i, symbol) in symbols.enumerated() {
         let name = symbol.hasPrefix(".") ? String(symbol.dropFirst()) : symbol
         guard let pool = try await schema.pool(containing: name),
