@@ -120,22 +120,29 @@ let package = Package(
     ),
 
     // Tests.
+    .target(
+      name: "TestSupport",
+      path: "Tests/TestSupport",
+      swiftSettings: swiftSettings
+    ),
     .testTarget(
       name: "MeshTranscodingTests",
-      dependencies: ["MeshTranscoding", "ShopProtos", "MeshProtos", swiftProtobuf],
-      resources: [.copy("Inputs")],
+      dependencies: ["MeshTranscoding", "TestSupport", "ShopProtos", "MeshProtos", swiftProtobuf],
+      exclude: ["Inputs"],
       swiftSettings: swiftSettings
     ),
     .testTarget(
       name: "ShopServiceTests",
       dependencies: [
-        "UserService", "OrderService", "PaymentService", "ShopProtos", "MeshServiceKit", grpcCore,
+        "UserService", "OrderService", "PaymentService", "ShopProtos", "ShopSupport", "TestSupport",
+        grpcCore,
       ],
       swiftSettings: swiftSettings
     ),
     .testTarget(
       name: "IntegrationTests",
-      dependencies: ["ShopProtos", "MeshProtos", swiftProtobuf],
+      dependencies: ["TestSupport", "MeshTranscoding", "ShopProtos", "MeshProtos", swiftProtobuf],
+      exclude: ["Inputs"],
       swiftSettings: swiftSettings
     ),
   ]
