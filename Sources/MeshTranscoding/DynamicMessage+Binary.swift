@@ -1,5 +1,5 @@
 /// Bytes that are not a valid encoding of the expected message.
-public struct BinaryDecodingError: Error, CustomStringConvertible, Equatable {
+public struct WireFormatError: Error, CustomStringConvertible, Equatable {
   public let description: String
   init(_ description: String) { self.description = description }
 }
@@ -28,11 +28,11 @@ extension DynamicMessage {
       let tag = try reader.readVarint()
       let number = Int32(truncatingIfNeeded: tag >> 3)
       guard let wireType = WireType(rawValue: UInt8(tag & 7)), number > 0 else {
-        throw BinaryDecodingError("invalid tag \(tag) in \(descriptor.fullName)")
+        throw WireFormatError("invalid tag \(tag) in \(descriptor.fullName)")
       }
       if wireType == .endGroup {
         guard number == endGroup else {
-          throw BinaryDecodingError("unexpected end of group \(number) in \(descriptor.fullName)")
+          throw WireFormatError("unexpected end of group \(number) in \(descriptor.fullName)")
         }
         return
       }
@@ -45,7 +45,7 @@ extension DynamicMessage {
       unknownFields.append(contentsOf: reader.bytes[tagStart..<reader.offset])
     }
     if let endGroup {
-      throw BinaryDecodingError("group \(endGroup) of \(descriptor.fullName) is not closed")
+      throw WireFormatError("group \(endGroup) of \(descriptor.fullName) is not closed")
     }
   }
 
@@ -145,12 +145,12 @@ extension DynamicMessage {
     case .string:
       let bytes = try reader.readLengthDelimited()
       guard let string = String(validating: bytes, as: UTF8.self) else {
-        throw BinaryDecodingError("field \(field.name) is not valid UTF-8")
+        throw WireFormatError("field \(field.name) is not valid UTF-8")
       }
       return .string(string)
     case .bytes: return .bytes(Array(try reader.readLengthDelimited()))
     case .message, .group:
-      throw BinaryDecodingError("field \(field.name) cannot be packed")
+      throw WireFormatError("field \(field.name) cannot be packed")
     }
   }
 
@@ -194,7 +194,7 @@ extension MapKey {
     case .uint64(let v): self = .uint(v)
     case .bool(let v): self = .bool(v)
     case .string(let v): self = .string(v)
-    default: throw BinaryDecodingError("a map key must be an integer, bool or string")
+    default: throw WireFormatError("a map key must be an integer, bool or string")
     }
   }
 
@@ -251,19 +251,19 @@ struct WireReader {
     var result: UInt64 = 0
     var shift: UInt64 = 0
     while true {
-      guard offset < bytes.endIndex else { throw BinaryDecodingError("truncated varint") }
+      guard offset < bytes.endIndex else { throw WireFormatError("truncated varint") }
       let byte = bytes[offset]
       offset += 1
-      if shift == 63, byte > 1 { throw BinaryDecodingError("varint longer than 64 bits") }
+      if shift == 63, byte > 1 { throw WireFormatError("varint longer than 64 bits") }
       result |= UInt64(byte & 0x7f) << shift
       if byte & 0x80 == 0 { return result }
       shift += 7
-      if shift > 63 { throw BinaryDecodingError("varint longer than 10 bytes") }
+      if shift > 63 { throw WireFormatError("varint longer than 10 bytes") }
     }
   }
 
   mutating func readFixed32() throws -> UInt32 {
-    guard bytes.endIndex - offset >= 4 else { throw BinaryDecodingError("truncated fixed32") }
+    guard bytes.endIndex - offset >= 4 else { throw WireFormatError("truncated fixed32") }
     var value: UInt32 = 0
     for i in 0..<4 { value |= UInt32(bytes[offset + i]) << (8 * UInt32(i)) }
     offset += 4
@@ -271,7 +271,7 @@ struct WireReader {
   }
 
   mutating func readFixed64() throws -> UInt64 {
-    guard bytes.endIndex - offset >= 8 else { throw BinaryDecodingError("truncated fixed64") }
+    guard bytes.endIndex - offset >= 8 else { throw WireFormatError("truncated fixed64") }
     var value: UInt64 = 0
     for i in 0..<8 { value |= UInt64(bytes[offset + i]) << (8 * UInt64(i)) }
     offset += 8
@@ -281,7 +281,7 @@ struct WireReader {
   mutating func readLengthDelimited() throws -> ArraySlice<UInt8> {
     let length = try readVarint()
     guard length <= UInt64(bytes.endIndex - offset) else {
-      throw BinaryDecodingError("length \(length) runs past the end of the message")
+      throw WireFormatError("length \(length) runs past the end of the message")
     }
     let slice = bytes[offset..<offset + Int(length)]
     offset += Int(length)
@@ -296,20 +296,20 @@ struct WireReader {
     case .lengthDelimited: _ = try readLengthDelimited()
     case .startGroup:
       while true {
-        guard !isAtEnd else { throw BinaryDecodingError("group \(number) is not closed") }
+        guard !isAtEnd else { throw WireFormatError("group \(number) is not closed") }
         let tag = try readVarint()
         guard let inner = WireType(rawValue: UInt8(tag & 7)) else {
-          throw BinaryDecodingError("invalid wire type in group \(number)")
+          throw WireFormatError("invalid wire type in group \(number)")
         }
         if inner == .endGroup {
           guard Int32(truncatingIfNeeded: tag >> 3) == number else {
-            throw BinaryDecodingError("mismatched end of group \(number)")
+            throw WireFormatError("mismatched end of group \(number)")
           }
           return
         }
         try skip(wireType: inner, number: Int32(truncatingIfNeeded: tag >> 3))
       }
-    case .endGroup: throw BinaryDecodingError("unexpected end of group \(number)")
+    case .endGroup: throw WireFormatError("unexpected end of group \(number)")
     }
   }
 }
