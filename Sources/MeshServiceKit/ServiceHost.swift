@@ -81,7 +81,9 @@ public struct ServiceHost: Service {
     try await withGracefulShutdownHandler {
       try await withThrowingDiscardingTaskGroup { group in
         group.addTask { try await server.serve() }
-        let listening = try await transport.listeningAddress
+        // When binding fails, serve() throws the reason (the address is taken); let that
+        // error, not this one, end the group.
+        guard let listening = try? await transport.listeningAddress else { return }
         let bound =
           listening.ipv4.map { "\($0.host):\($0.port)" }
           ?? listening.ipv6.map { "[\($0.host)]:\($0.port)" } ?? "\(listening)"

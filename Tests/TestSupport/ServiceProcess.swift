@@ -52,8 +52,12 @@ public final class ServiceProcess: @unchecked Sendable {
 
   /// Sends SIGTERM and waits for the process to exit; returns its exit status.
   @discardableResult
-  public func stop() -> Int32 {
+  public func stop(timeout: TimeInterval = 15) -> Int32 {
     if process.isRunning { process.terminate() }
+    // A process that ignores SIGTERM past the timeout is killed, so no test hangs on it.
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+    if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
     process.waitUntilExit()
     return process.terminationStatus
   }
@@ -65,10 +69,7 @@ public final class ServiceProcess: @unchecked Sendable {
   }
 
   deinit {
-    if process.isRunning {
-      process.terminate()
-      process.waitUntilExit()
-    }
+    if process.isRunning { stop() }
   }
 
   static func listeningAddress(in log: String) -> String? {

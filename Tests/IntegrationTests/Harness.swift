@@ -1,0 +1,52 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The path of a built executable of this package.
+func binary(_ name: String) -> String {
+  productsDirectory.appendingPathComponent(name).path
+}
+
+let integrationInputs = repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Inputs")
+
+/// Starts a shop service on a free loopback port with a database in `directory`.
+func startService(_ name: String, database: URL, extra: [String] = []) throws -> ServiceProcess {
+  try ServiceProcess(binary(name), ["--listen", "127.0.0.1:0", "--db", database.path] + extra)
+}
+
+/// Runs `rpc` with arguments; returns its exit status and output.
+@discardableResult
+func rpc(_ arguments: [String], stdin: String? = nil) throws -> ProcessResult {
+  try run(binary("rpc"), arguments, stdin: stdin.map { Data($0.utf8) })
+}
+
+/// Parses JSON output of `rpc` (one or more pretty-printed messages) into Foundation values.
+func jsonObjects(_ text: String) throws -> [[String: Any]] {
+  // Messages are printed one after another; split them at top-level closing braces.
+  var objects: [[String: Any]] = []
+  var depth = 0
+  var start = text.startIndex
+  var inString = false
+  var escaped = false
+  for index in text.indices {
+    let c = text[index]
+    if inString {
+      if escaped { escaped = false } else if c == "\\" { escaped = true } else if c == "\"" { inString = false }
+      continue
+    }
+    if c == "\"" { inString = true }
+    if c == "{" {
+      if depth == 0 { start = index }
+      depth += 1
+    }
+    if c == "}" {
+      depth -= 1
+      if depth == 0 {
+        let chunk = String(text[start...index])
+        let object = try JSONSerialization.jsonObject(with: Data(chunk.utf8)) as? [String: Any]
+        objects.append(try #require(object))
+      }
+    }
+  }
+  return objects
+}
