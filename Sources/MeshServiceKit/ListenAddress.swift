@@ -25,7 +25,9 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
       }
       host = text[..<colon]
       portText = text[text.index(after: colon)...]
-      if host.contains(":") { throw HostPortError(text, "write an IPv6 host in brackets, [::1]:PORT") }
+      if host.contains(":") {
+        throw HostPortError(text, "write an IPv6 host in brackets, [::1]:PORT")
+      }
     }
     guard let port = Int(portText), (0...65535).contains(port) else {
       throw HostPortError(text, "port \"\(portText)\" is not a number from 0 to 65535")
@@ -44,5 +46,7 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
 /// Text that is not a `HOST:PORT`.
 public struct HostPortError: Error, CustomStringConvertible {
   public let description: String
-  init(_ text: String, _ problem: String) { description = "invalid address \"\(text)\": \(problem)" }
+  init(_ text: String, _ problem: String) {
+    description = "invalid address \"\(text)\": \(problem)"
+  }
 }

@@ -69,8 +69,7 @@ struct ReflectionService: Grpc_Reflection_V1_ServerReflection.SimpleServiceProto
     }
   }
 
-  private func error(_ code: RPCError.Code, _ message: String) -> Grpc_Reflection_V1_ErrorResponse
-  {
+  private func error(_ code: RPCError.Code, _ message: String) -> Grpc_Reflection_V1_ErrorResponse {
     .with {
       $0.errorCode = Int32(code.rawValue)
       $0.errorMessage = message
@@ -90,7 +89,8 @@ struct ReflectionServiceV1Alpha: Grpc_Reflection_V1alpha_ServerReflection.Simple
     context: ServerContext
   ) async throws {
     for try await message in request {
-      let asV1 = try ReflectionService.Request(serializedBytes: message.serializedBytes() as [UInt8])
+      let asV1 = try ReflectionService.Request(
+        serializedBytes: message.serializedBytes() as [UInt8])
       let answer = v1.answer(asV1)
       try await response.write(
         try Grpc_Reflection_V1alpha_ServerReflectionResponse(

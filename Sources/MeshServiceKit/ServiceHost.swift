@@ -44,7 +44,8 @@ public struct ServiceHost: Service {
       try DescriptorPool(fileDescriptorSet: $0).files
     }
     self.pool = try DescriptorPool(
-      files: files + (try DescriptorPool(fileDescriptorSet: MeshProtosDescriptors.fileDescriptorSet).files))
+      files: files
+        + (try DescriptorPool(fileDescriptorSet: MeshProtosDescriptors.fileDescriptorSet).files))
     var names = Set<String>()
     for service in configuration.services {
       var router = RPCRouter<HTTP2ServerTransport.Posix>()

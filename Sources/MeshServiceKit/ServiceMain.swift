@@ -21,7 +21,9 @@ public struct ServiceOptions: ParsableArguments {
     makeServices: () throws -> [any RegistrableRPCService]
   ) async throws {
     guard let level = Logger.Level(rawValue: logLevel) else {
-      throw ValidationError("--log-level \(logLevel) is not one of trace, debug, info, notice, warning, error, critical")
+      throw ValidationError(
+        "--log-level \(logLevel) is not one of trace, debug, info, notice, warning, error, critical"
+      )
     }
     let address: HostPort
     do {

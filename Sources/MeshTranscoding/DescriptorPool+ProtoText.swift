@@ -23,11 +23,16 @@ extension DescriptorPool {
         return (.method, Self.render(method, indent: ""))
       }
     }
-    func search(_ messages: [Google_Protobuf_DescriptorProto], _ enums: [Google_Protobuf_EnumDescriptorProto], scope: String)
+    func search(
+      _ messages: [Google_Protobuf_DescriptorProto], _ enums: [Google_Protobuf_EnumDescriptorProto],
+      scope: String
+    )
       -> (SymbolKind, String)?
     {
       for enumType in enums {
-        if qualify(enumType.name, scope) == symbol { return (.enumeration, Self.render(enumType, indent: "")) }
+        if qualify(enumType.name, scope) == symbol {
+          return (.enumeration, Self.render(enumType, indent: ""))
+        }
         for value in enumType.value where qualify(value.name, scope) == symbol {
           return (.enumValue, "\(value.name) = \(value.number);")
         }
@@ -52,7 +57,9 @@ extension DescriptorPool {
     return lines.joined(separator: "\n")
   }
 
-  private static func render(_ method: Google_Protobuf_MethodDescriptorProto, indent: String)
+  private static func render(
+    _ method: Google_Protobuf_MethodDescriptorProto, indent: String
+  )
     -> String
   {
     let input = (method.clientStreaming ? "stream " : "") + method.inputType
@@ -92,7 +99,9 @@ extension DescriptorPool {
     return lines.joined(separator: "\n")
   }
 
-  private static func render(_ enumType: Google_Protobuf_EnumDescriptorProto, indent: String)
+  private static func render(
+    _ enumType: Google_Protobuf_EnumDescriptorProto, indent: String
+  )
     -> String
   {
     var lines = ["\(indent)enum \(enumType.name) {"]
@@ -110,7 +119,8 @@ extension DescriptorPool {
       let entry = message.nestedType.first(where: { $0.name == typeName && $0.options.mapEntry }),
       entry.field.count == 2
     {
-      return "map<\(typeText(entry.field[0])), \(typeText(entry.field[1]))> \(field.name) = \(field.number)"
+      return
+        "map<\(typeText(entry.field[0])), \(typeText(entry.field[1]))> \(field.name) = \(field.number)"
     }
     switch field.label {
     case .repeated: type = "repeated " + typeText(field)

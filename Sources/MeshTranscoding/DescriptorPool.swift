@@ -128,7 +128,8 @@ public final class DescriptorPool: Sendable {
       if state[name] == true { return }
       if state[name] == false { throw DescriptorError("import cycle through \(name)") }
       guard let file = files[name] else {
-        throw DescriptorError("\(importer ?? "?") imports \(name), which is not in the descriptor set")
+        throw DescriptorError(
+          "\(importer ?? "?") imports \(name), which is not in the descriptor set")
       }
       state[name] = false
       for dependency in file.dependency { try visit(dependency, from: name) }
@@ -152,7 +153,8 @@ extension DescriptorPool {
     var extensionFiles: [String: [Int32: String]] = [:]
     private var pendingMessages: [(MessageDescriptor, Google_Protobuf_DescriptorProto, Syntax)] = []
     private var pendingServices: [(String, String, Google_Protobuf_ServiceDescriptorProto)] = []
-    private var pendingExtensions: [(scope: String, file: String, Google_Protobuf_FieldDescriptorProto)] = []
+    private var pendingExtensions:
+      [(scope: String, file: String, Google_Protobuf_FieldDescriptorProto)] = []
 
     enum Syntax { case proto2, proto3, editions }
 
@@ -271,7 +273,8 @@ extension DescriptorPool {
         services[name] = ServiceDescriptor(fullName: name, fileName: file, methods: methods)
       }
       for (scope, file, field) in pendingExtensions {
-        let extendee = resolveName(field.extendee, scope: scope) ?? DescriptorPool.strip(field.extendee)
+        let extendee =
+          resolveName(field.extendee, scope: scope) ?? DescriptorPool.strip(field.extendee)
         extensionFiles[extendee, default: [:]][field.number] = file
       }
     }
@@ -301,7 +304,9 @@ extension DescriptorPool {
         enumType = enums[resolved]
         switch kind {
         case .enumeration?:
-          guard enumType != nil else { throw DescriptorError("\(where_): \(resolved) is not an enum") }
+          guard enumType != nil else {
+            throw DescriptorError("\(where_): \(resolved) is not an enum")
+          }
         case .message?, .group?:
           guard messageType != nil else {
             throw DescriptorError("\(where_): \(resolved) is not a message")

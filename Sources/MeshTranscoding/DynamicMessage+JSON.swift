@@ -67,7 +67,9 @@ extension DynamicMessage {
 
   /// The message as a JSON value following the proto3 JSON mapping. Fails only for an `Any`
   /// whose type is not in the pool.
-  public func jsonValue(pool: DescriptorPool, options: JSONEncodingOptions = .init()) throws
+  public func jsonValue(
+    pool: DescriptorPool, options: JSONEncodingOptions = .init()
+  ) throws
     -> JSONValue
   {
     try JSONWriter(pool: pool, options: options).message(self, path: "")
@@ -87,7 +89,9 @@ struct JSONWriter {
     return .object(try members(of: message, path: path))
   }
 
-  func members(of message: DynamicMessage, path: String) throws -> [(
+  func members(
+    of message: DynamicMessage, path: String
+  ) throws -> [(
     key: String, value: JSONValue
   )] {
     var members: [(key: String, value: JSONValue)] = []
@@ -177,7 +181,9 @@ struct JSONReader {
   let pool: DescriptorPool
   let options: JSONDecodingOptions
 
-  func message(_ descriptor: MessageDescriptor, from json: JSONValue, path: String) throws
+  func message(
+    _ descriptor: MessageDescriptor, from json: JSONValue, path: String
+  ) throws
     -> DynamicMessage
   {
     if let wellKnown = descriptor.wellKnownType {
@@ -350,8 +356,7 @@ struct JSONReader {
 
   /// An integer from a JSON number or a string holding one; "1e2" and "100.0" are accepted
   /// when they are whole, as the mapping allows.
-  func integer<T: FixedWidthInteger>(_ json: JSONValue, _ type: T.Type, path: String) throws -> T
-  {
+  func integer<T: FixedWidthInteger>(_ json: JSONValue, _ type: T.Type, path: String) throws -> T {
     let text: String
     switch json {
     case .number(let t): text = t
@@ -386,8 +391,9 @@ struct JSONReader {
       case "Infinity": return .infinity
       case "-Infinity": return -.infinity
       default:
-        guard (try? JSONParser.parse(text)).map({ if case .number = $0 { true } else { false } })
-          == true, let value = Double(text), value.isFinite
+        guard
+          (try? JSONParser.parse(text)).map({ if case .number = $0 { true } else { false } })
+            == true, let value = Double(text), value.isFinite
         else { throw JSONMappingError(path, "\"\(text)\" is not a number") }
         return value
       }

@@ -8,7 +8,9 @@ private let maxTimestampSeconds: Int64 = 253_402_300_799
 private let maxDurationSeconds: Int64 = 315_576_000_000
 
 extension JSONWriter {
-  func wellKnownJSON(_ message: DynamicMessage, type: WellKnownType, path: String) throws
+  func wellKnownJSON(
+    _ message: DynamicMessage, type: WellKnownType, path: String
+  ) throws
     -> JSONValue
   {
     let fields = message.descriptor.fields
@@ -160,7 +162,9 @@ extension JSONReader {
     return message
   }
 
-  private func anyMessage(_ descriptor: MessageDescriptor, from json: JSONValue, path: String)
+  private func anyMessage(
+    _ descriptor: MessageDescriptor, from json: JSONValue, path: String
+  )
     throws -> DynamicMessage
   {
     guard case .object(var members) = json else {

@@ -96,7 +96,8 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
       case .paid:
         throw RPCError(
           code: .failedPrecondition,
-          message: "order \(order.id) is paid (payment \(order.paymentID)); refund it before cancelling")
+          message:
+            "order \(order.id) is paid (payment \(order.paymentID)); refund it before cancelling")
       default:
         let now = nowNanos()
         try db.execute(
@@ -143,7 +144,9 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
   /// fit in 64 bits.
   static func validatedTotal(_ items: [Shop_V1_LineItem]) throws -> Shop_V1_Money {
     guard !items.isEmpty else { throw Validate.invalid("line_items", "at least one is required") }
-    guard items.count <= 100 else { throw Validate.invalid("line_items", "at most 100 are allowed") }
+    guard items.count <= 100 else {
+      throw Validate.invalid("line_items", "at most 100 are allowed")
+    }
     var total = Shop_V1_Money()
     for (i, item) in items.enumerated() {
       let field = "line_items[\(i)]"

@@ -37,7 +37,9 @@ public struct PageToken: Equatable, Sendable {
 
   /// The page size a request asks for: 0 means `defaultSize`, more than `maximum` is capped,
   /// a negative size is INVALID_ARGUMENT.
-  public static func pageSize(_ requested: Int32, default defaultSize: Int = 50, maximum: Int = 1000)
+  public static func pageSize(
+    _ requested: Int32, default defaultSize: Int = 50, maximum: Int = 1000
+  )
     throws -> Int
   {
     guard requested >= 0 else {

@@ -72,7 +72,9 @@ struct Call: AsyncParsableCommand {
       }
       if verbose {
         let elapsed = ContinuousClock.now - start
-        print("\nSent \(requests.count) request(s) and received \(counts) response(s) in \(Self.format(elapsed))")
+        print(
+          "\nSent \(requests.count) request(s) and received \(counts) response(s) in \(Self.format(elapsed))"
+        )
       }
     }
   }
@@ -201,7 +203,8 @@ struct Call: AsyncParsableCommand {
   }
 
   private static func format(_ duration: Duration) -> String {
-    let millis = Double(duration.components.seconds) * 1000
+    let millis =
+      Double(duration.components.seconds) * 1000
       + Double(duration.components.attoseconds) / 1e15
     return String(format: "%.1f ms", millis)
   }

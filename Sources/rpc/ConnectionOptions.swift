@@ -29,10 +29,15 @@ struct ConnectionOptions: ParsableArguments {
   @Option(help: "Seconds to wait for the TCP connection.")
   var connectTimeout: Double = 10
 
-  @Option(name: [.customShort("H"), .customLong("header")], help: "A request header 'name: value'; a '-bin' name takes base64. Repeatable.")
+  @Option(
+    name: [.customShort("H"), .customLong("header")],
+    help: "A request header 'name: value'; a '-bin' name takes base64. Repeatable.")
   var headers: [String] = []
 
-  @Option(help: "A FileDescriptorSet (protoc --descriptor_set_out --include_imports) to use instead of server reflection. Repeatable.")
+  @Option(
+    help:
+      "A FileDescriptorSet (protoc --descriptor_set_out --include_imports) to use instead of server reflection. Repeatable."
+  )
   var protoset: [String] = []
 
   func validate() throws {
@@ -58,10 +63,12 @@ struct ConnectionOptions: ParsableArguments {
       }
       let name = header[..<colon].trimmingCharacters(in: .whitespaces).lowercased()
       let value = header[header.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-      guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) })
+      guard !name.isEmpty,
+        name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) })
       else { throw CLIFailure.usage("-H \"\(header)\": \"\(name)\" is not a valid header name") }
       if name.hasSuffix("-bin") {
-        guard let bytes = Data(base64Encoded: value) ?? Data(base64Encoded: Self.padded(value)) else {
+        guard let bytes = Data(base64Encoded: value) ?? Data(base64Encoded: Self.padded(value))
+        else {
           throw CLIFailure.usage("-H \"\(header)\": a -bin header takes base64")
         }
         metadata.addBinary(Array(bytes), forKey: name)
@@ -93,7 +100,8 @@ struct ConnectionOptions: ParsableArguments {
     if plaintext {
       security = .plaintext
     } else {
-      for path in [cacert, cert, key].compactMap({ $0 }) where !FileManager.default.fileExists(atPath: path) {
+      for path in [cacert, cert, key].compactMap({ $0 })
+      where !FileManager.default.fileExists(atPath: path) {
         throw CLIFailure.other("cannot read \(path): no such file")
       }
       security = .tls { tls in

@@ -22,7 +22,8 @@ struct Describe: AsyncParsableCommand {
           let (kind, text) = pool.describe(symbol: name)
         else { throw CLIFailure.other("symbol \(name) not found") }
         if i > 0 { print() }
-        print("\(name) is \(kind == .enumeration || kind == .enumValue ? "an" : "a") \(kind.rawValue):")
+        print(
+          "\(name) is \(kind == .enumeration || kind == .enumValue ? "an" : "a") \(kind.rawValue):")
         print(text)
       }
     }

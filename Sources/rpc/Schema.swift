@@ -12,7 +12,8 @@ struct Schema {
     if options.protoset.isEmpty {
       protosetPool = nil
       reflection = ReflectionClient(
-        client: client, metadata: try options.metadata(), options: options.callOptions(timeout: nil))
+        client: client, metadata: try options.metadata(), options: options.callOptions(timeout: nil)
+      )
     } else {
       protosetPool = try Self.loadProtosets(options.protoset)
       reflection = nil

@@ -31,7 +31,13 @@ func jsonObjects(_ text: String) throws -> [[String: Any]] {
   for index in text.indices {
     let c = text[index]
     if inString {
-      if escaped { escaped = false } else if c == "\\" { escaped = true } else if c == "\"" { inString = false }
+      if escaped {
+        escaped = false
+      } else if c == "\\" {
+        escaped = true
+      } else if c == "\"" {
+        inString = false
+      }
       continue
     }
     if c == "\"" { inString = true }

@@ -8,8 +8,10 @@ import Testing
 
   @Test func pythonClientCallsTheSwiftServices() throws {
     let directory = try makeTemporaryDirectory("py-client")
-    let users = try startService("user-service", database: directory.appendingPathComponent("u.sqlite"))
-    let orders = try startService("order-service", database: directory.appendingPathComponent("o.sqlite"))
+    let users = try startService(
+      "user-service", database: directory.appendingPathComponent("u.sqlite"))
+    let orders = try startService(
+      "order-service", database: directory.appendingPathComponent("o.sqlite"))
     let payments = try startService(
       "payment-service", database: directory.appendingPathComponent("p.sqlite"))
     defer {
@@ -60,7 +62,8 @@ import Testing
 
     // Server streaming.
     let expand = try rpc([
-      "call", "--plaintext", address, "trellis.echo.v1.Echo/Expand", "-d", #"{"text":"n","repeat":3}"#,
+      "call", "--plaintext", address, "trellis.echo.v1.Echo/Expand", "-d",
+      #"{"text":"n","repeat":3}"#,
     ])
     #expect(try jsonObjects(expand.stdout).map { $0["text"] as? String } == ["n 0", "n 1", "n 2"])
 

@@ -11,7 +11,8 @@ import Testing
 
   init() throws {
     directory = try makeTemporaryDirectory("rpc")
-    service = try startService("user-service", database: directory.appendingPathComponent("users.sqlite"))
+    service = try startService(
+      "user-service", database: directory.appendingPathComponent("users.sqlite"))
   }
 
   deinit { service.stop() }
@@ -36,7 +37,8 @@ import Testing
     let service = try rpc(["describe", "--plaintext", address, "shop.v1.UserService"])
     #expect(service.status == 0)
     #expect(service.stdout.hasPrefix("shop.v1.UserService is a service:\nservice UserService {"))
-    #expect(service.stdout.contains("rpc GetUser ( .shop.v1.GetUserRequest ) returns ( .shop.v1.User )"))
+    #expect(
+      service.stdout.contains("rpc GetUser ( .shop.v1.GetUserRequest ) returns ( .shop.v1.User )"))
     let message = try rpc(["describe", "--plaintext", address, "shop.v1.User"])
     #expect(message.stdout.contains("message User {\n  string id = 1;"))
     #expect(message.stdout.contains(".google.protobuf.Timestamp create_time = 4;"))
@@ -58,10 +60,13 @@ import Testing
     // -d @FILE and -d @- read the same JSON.
     let file = directory.appendingPathComponent("get.json")
     try #"{"id": "\#(id)"}"#.write(to: file, atomically: true, encoding: .utf8)
-    let fromFile = try rpc(["call", "--plaintext", address, "shop.v1.UserService/GetUser", "-d", "@\(file.path)"])
+    let fromFile = try rpc([
+      "call", "--plaintext", address, "shop.v1.UserService/GetUser", "-d", "@\(file.path)",
+    ])
     #expect(try jsonObjects(fromFile.stdout).first?["id"] as? String == id)
     let fromStdin = try rpc(
-      ["call", "--plaintext", address, "shop.v1.UserService.GetUser", "-d", "@-"], stdin: #"{"id":"\#(id)"}"#)
+      ["call", "--plaintext", address, "shop.v1.UserService.GetUser", "-d", "@-"],
+      stdin: #"{"id":"\#(id)"}"#)
     #expect(try jsonObjects(fromStdin.stdout).first?["name"] as? String == "Ada")
   }
 
@@ -85,7 +90,10 @@ import Testing
     }
     let badJSON = try call(["shop.v1.UserService/CreateUser", "-d", #"{"email": }"#])
     #expect(badJSON.status == 1)
-    #expect(badJSON.stderr == "rpc: request data is not JSON: invalid JSON at line 1, column 11: unexpected '}', expected a value\n")
+    #expect(
+      badJSON.stderr
+        == "rpc: request data is not JSON: invalid JSON at line 1, column 11: unexpected '}', expected a value\n"
+    )
     let unknownField = try call(["shop.v1.UserService/CreateUser", "-d", #"{"mail": "a@b.co"}"#])
     #expect(unknownField.status == 1)
     #expect(unknownField.stderr.contains(#"shop.v1.CreateUserRequest has no field "mail""#))
@@ -148,16 +156,21 @@ import Testing
       "-H", "x-blob-bin: AAEC",
     ])
     #expect(result.status == 0)
-    #expect(result.stdout.contains("Response headers received:\n:status: 200\ncontent-type: application/grpc"))
+    #expect(
+      result.stdout.contains(
+        "Response headers received:\n:status: 200\ncontent-type: application/grpc"))
     #expect(result.stdout.contains("Response trailers received:"))
     #expect(result.stdout.contains(#""status": "SERVING""#))
     #expect(result.stdout.contains("Sent 1 request(s) and received 1 response(s) in "))
-    let badHeader = try rpc(["call", "--plaintext", address, "grpc.health.v1.Health/Check", "-H", "nocolon"])
+    let badHeader = try rpc([
+      "call", "--plaintext", address, "grpc.health.v1.Health/Check", "-H", "nocolon",
+    ])
     #expect(badHeader.status == 2)
   }
 
   @Test func emitDefaultsAndProtoset() throws {
-    let protoset = repositoryRoot.appendingPathComponent("Sources/ShopProtos/Generated/shop.protoset")
+    let protoset = repositoryRoot.appendingPathComponent(
+      "Sources/ShopProtos/Generated/shop.protoset")
     let result = try rpc([
       "call", "--plaintext", address, "--protoset", protoset.path, "--emit-defaults",
       "shop.v1.UserService/ListUsers", "-d", #"{"pageSize": 1, "pageToken": ""}"#,
@@ -165,7 +178,10 @@ import Testing
     #expect(result.status == 0, "\(result.stderr)")
     #expect(result.stdout.contains(#""nextPageToken": "#))
     let listed = try rpc(["list", "--plaintext", address, "--protoset", protoset.path])
-    #expect(listed.stdout.split(separator: "\n") == ["shop.v1.OrderService", "shop.v1.PaymentService", "shop.v1.UserService"])
+    #expect(
+      listed.stdout.split(separator: "\n") == [
+        "shop.v1.OrderService", "shop.v1.PaymentService", "shop.v1.UserService",
+      ])
     let broken = directory.appendingPathComponent("broken.protoset")
     try Data([0x0A, 0x05, 0x01]).write(to: broken)
     let bad = try rpc(["list", "--plaintext", address, "--protoset", broken.path])

@@ -10,8 +10,11 @@ import Testing
     let directory = try makeTemporaryDirectory("restart")
     let database = directory.appendingPathComponent("payments.sqlite")
     var service = try startService("payment-service", database: database)
-    let charge = #"{"idempotencyKey":"k-1","orderId":"ord_1","amount":{"currencyCode":"USD","minorUnits":"1500"}}"#
-    let first = try rpc(["call", "--plaintext", service.address, "shop.v1.PaymentService/Charge", "-d", charge])
+    let charge =
+      #"{"idempotencyKey":"k-1","orderId":"ord_1","amount":{"currencyCode":"USD","minorUnits":"1500"}}"#
+    let first = try rpc([
+      "call", "--plaintext", service.address, "shop.v1.PaymentService/Charge", "-d", charge,
+    ])
     #expect(first.status == 0, "\(first.stderr)")
     let payment = try #require(try jsonObjects(first.stdout).first)
     if how == "graceful" {
@@ -22,7 +25,9 @@ import Testing
 
     service = try startService("payment-service", database: database)
     defer { service.stop() }
-    let again = try rpc(["call", "--plaintext", service.address, "shop.v1.PaymentService/Charge", "-d", charge])
+    let again = try rpc([
+      "call", "--plaintext", service.address, "shop.v1.PaymentService/Charge", "-d", charge,
+    ])
     #expect(try jsonObjects(again.stdout).first?["id"] as? String == payment["id"] as? String)
     let fetched = try rpc([
       "call", "--plaintext", service.address, "shop.v1.PaymentService/GetPayment",
@@ -33,18 +38,22 @@ import Testing
 
   @Test func aTakenPortIsAClearError() throws {
     let directory = try makeTemporaryDirectory("port")
-    let first = try startService("order-service", database: directory.appendingPathComponent("a.sqlite"))
+    let first = try startService(
+      "order-service", database: directory.appendingPathComponent("a.sqlite"))
     defer { first.stop() }
     let second = try run(
       binary("order-service"),
       ["--listen", first.address, "--db", directory.appendingPathComponent("b.sqlite").path])
     #expect(second.status == 1)
-    #expect(second.stderr.contains("order-service: cannot listen on \(first.address): the address is already in use"))
+    #expect(
+      second.stderr.contains(
+        "order-service: cannot listen on \(first.address): the address is already in use"))
   }
 
   @Test func healthReportsEachService() throws {
     let directory = try makeTemporaryDirectory("health")
-    let service = try startService("order-service", database: directory.appendingPathComponent("o.sqlite"))
+    let service = try startService(
+      "order-service", database: directory.appendingPathComponent("o.sqlite"))
     defer { service.stop() }
     let check = try rpc([
       "call", "--plaintext", service.address, "grpc.health.v1.Health/Check",
@@ -59,7 +68,8 @@ import Testing
     // One JSON log line per RPC, with method, status and duration.
     let line = try #require(
       service.log.split(separator: "\n").last { $0.contains("grpc.health.v1.Health/Check") })
-    let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    let object = try #require(
+      try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
     #expect(object["grpc_code"] as? String == "NOT_FOUND")
     #expect(object["duration_ms"] is Double || object["duration_ms"] is Int)
   }

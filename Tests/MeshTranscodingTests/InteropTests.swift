@@ -84,9 +84,11 @@ import Testing
       let expected = try #require(ours[testCase.name]).serializedBytes()
       let pythonBytes = try #require(Data(base64Encoded: bin))
       // Bytes, not messages, are compared: NaN is not equal to itself.
-      let fromBytes = try DynamicMessage(descriptor: descriptor, serializedBytes: Array(pythonBytes))
+      let fromBytes = try DynamicMessage(
+        descriptor: descriptor, serializedBytes: Array(pythonBytes))
       #expect(
-        fromBytes.serializedBytes() == expected, "\(testCase.name): Python's bytes read differently")
+        fromBytes.serializedBytes() == expected, "\(testCase.name): Python's bytes read differently"
+      )
       let fromJSON = try DynamicMessage(descriptor: descriptor, jsonString: json, pool: pool)
       #expect(
         fromJSON.serializedBytes() == expected, "\(testCase.name): Python's JSON reads differently")
@@ -101,7 +103,8 @@ import Testing
         fromTrellis.status == 0, "\(testCase.name): protoc cannot decode: \(fromTrellis.stderr)")
       #expect(
         fromTrellis.stdout == fromPython.stdout,
-        "\(testCase.name): protoc --decode differs:\n\(fromTrellis.stdout)\nPython's:\n\(fromPython.stdout)")
+        "\(testCase.name): protoc --decode differs:\n\(fromTrellis.stdout)\nPython's:\n\(fromPython.stdout)"
+      )
     }
   }
 }

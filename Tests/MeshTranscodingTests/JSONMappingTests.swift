@@ -24,8 +24,12 @@ import Testing
   }
 
   @Test func syntaxErrorsSayWhere() {
-    #expect(error("{\"userId\": \"u\",\n  \"lineItems\": [}") == "invalid JSON at line 2, column 17: unexpected '}', expected a value")
-    #expect(error("{\"userId\": 'u'}") == "invalid JSON at line 1, column 12: unexpected ''', expected a value")
+    #expect(
+      error("{\"userId\": \"u\",\n  \"lineItems\": [}")
+        == "invalid JSON at line 2, column 17: unexpected '}', expected a value")
+    #expect(
+      error("{\"userId\": 'u'}")
+        == "invalid JSON at line 1, column 12: unexpected ''', expected a value")
     #expect(error("{} {}").contains("unexpected '{' after the value"))
     #expect(error("{\"userId\": \"u\\q\"}").contains("invalid escape '\\q'"))
     #expect(error("{\"userId\": 01}").contains("leading zero"))
@@ -104,7 +108,9 @@ import Testing
 
 /// Descriptors come from other programs: a malformed one is an error, never a crash.
 @Suite struct DescriptorPoolTests {
-  func file(_ build: (inout Google_Protobuf_FileDescriptorProto) -> Void)
+  func file(
+    _ build: (inout Google_Protobuf_FileDescriptorProto) -> Void
+  )
     -> Google_Protobuf_FileDescriptorProto
   {
     var file = Google_Protobuf_FileDescriptorProto()
@@ -172,14 +178,19 @@ import Testing
     }
     #expect(problem([missingType]) == "field t.M.x refers to unknown type .t.Missing")
     let missingImport = file { $0.dependency = ["other.proto"] }
-    #expect(problem([missingImport]) == "t.proto imports other.proto, which is not in the descriptor set")
+    #expect(
+      problem([missingImport]) == "t.proto imports other.proto, which is not in the descriptor set")
     let duplicateNumber = file { f in
       f.messageType = [
         .with {
           $0.name = "M"
           $0.field = [
-            .with { $0.name = "a"; $0.number = 1; $0.type = .int32 },
-            .with { $0.name = "b"; $0.number = 1; $0.type = .int32 },
+            .with {
+              $0.name = "a"; $0.number = 1; $0.type = .int32
+            },
+            .with {
+              $0.name = "b"; $0.number = 1; $0.type = .int32
+            },
           ]
         }
       ]
@@ -199,7 +210,8 @@ import Testing
     #expect(Set(files).isSuperset(of: ["shop/v1/money.proto", "google/api/annotations.proto"]))
     let getUser = try #require(pool.service(named: "shop.v1.UserService")?.method(named: "GetUser"))
     #expect(getUser.idempotencyLevel == .noSideEffects)
-    let cancel = try #require(pool.service(named: "shop.v1.OrderService")?.method(named: "CancelOrder"))
+    let cancel = try #require(
+      pool.service(named: "shop.v1.OrderService")?.method(named: "CancelOrder"))
     #expect(cancel.idempotencyLevel == .idempotent)
   }
 }

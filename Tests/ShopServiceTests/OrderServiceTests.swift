@@ -5,7 +5,9 @@ import Testing
 
 /// `OrderService` against a real SQLite file.
 @Suite struct OrderServiceTests {
-  func item(_ sku: String, _ quantity: Int32, _ minor: Int64, _ currency: String = "USD")
+  func item(
+    _ sku: String, _ quantity: Int32, _ minor: Int64, _ currency: String = "USD"
+  )
     -> Shop_V1_LineItem
   {
     .with {
@@ -28,7 +30,8 @@ import Testing
     #expect(order.status == .pending)
     #expect(order.total.currencyCode == "USD")
     #expect(order.total.minorUnits == 2 * 1999 + 3 * 150)
-    let fetched = try await service.getOrder(request: .with { $0.id = order.id }, context: context())
+    let fetched = try await service.getOrder(
+      request: .with { $0.id = order.id }, context: context())
     #expect(fetched == order)
   }
 
@@ -63,9 +66,11 @@ import Testing
         $0.userID = "usr_1"
         $0.lineItems = [item("A", 1, 500)]
       }, context: context())
-    let cancelled = try await service.cancelOrder(request: .with { $0.id = order.id }, context: context())
+    let cancelled = try await service.cancelOrder(
+      request: .with { $0.id = order.id }, context: context())
     #expect(cancelled.status == .cancelled)
-    let again = try await service.cancelOrder(request: .with { $0.id = order.id }, context: context())
+    let again = try await service.cancelOrder(
+      request: .with { $0.id = order.id }, context: context())
     #expect(again == cancelled)
     await expectStatus(.failedPrecondition) {
       _ = try await service.markOrderPaid(
@@ -104,7 +109,8 @@ import Testing
     }
     #expect(message.contains("is paid"))
     await expectStatus(.notFound) {
-      _ = try await service.cancelOrder(request: .with { $0.id = "ord_missing" }, context: context())
+      _ = try await service.cancelOrder(
+        request: .with { $0.id = "ord_missing" }, context: context())
     }
   }
 

@@ -5,7 +5,9 @@ import Testing
 
 /// `PaymentService` against a real SQLite file.
 @Suite struct PaymentServiceTests {
-  func charge(_ key: String, order: String = "ord_1", minor: Int64 = 2500)
+  func charge(
+    _ key: String, order: String = "ord_1", minor: Int64 = 2500
+  )
     -> Shop_V1_ChargeRequest
   {
     .with {
@@ -28,7 +30,8 @@ import Testing
     let repeats = try await withThrowingTaskGroup(of: Shop_V1_Payment.self) { group in
       for i in 0..<10 {
         group.addTask {
-          try await (i % 2 == 0 ? service : other).charge(request: charge("key-1"), context: context())
+          try await (i % 2 == 0 ? service : other).charge(
+            request: charge("key-1"), context: context())
         }
       }
       return try await group.reduce(into: []) { $0.append($1) }
@@ -39,7 +42,9 @@ import Testing
     let racing = try await withThrowingTaskGroup(of: String.self) { group in
       for i in 0..<8 {
         group.addTask {
-          try await (i % 2 == 0 ? service : other).charge(request: charge("key-2"), context: context()).id
+          try await (i % 2 == 0 ? service : other).charge(
+            request: charge("key-2"), context: context()
+          ).id
         }
       }
       return try await group.reduce(into: Set<String>()) { $0.insert($1) }
@@ -53,7 +58,8 @@ import Testing
   }
 
   @Test func aChargeOverTheLimitIsDeclinedWithTheReason() async throws {
-    let service = try PaymentService(databasePath: try databasePath("payments"), chargeLimitMinorUnits: 10_000)
+    let service = try PaymentService(
+      databasePath: try databasePath("payments"), chargeLimitMinorUnits: 10_000)
     let message = await expectStatus(.failedPrecondition) {
       _ = try await service.charge(request: charge("big", minor: 10_001), context: context())
     }
@@ -92,7 +98,9 @@ import Testing
     #expect(refunded.refundReason == "customer asked")
     let again = try await service.refund(request: .with { $0.id = payment.id }, context: context())
     #expect(again == refunded)
-    #expect(try await service.getPayment(request: .with { $0.id = payment.id }, context: context()) == refunded)
+    #expect(
+      try await service.getPayment(request: .with { $0.id = payment.id }, context: context())
+        == refunded)
     await expectStatus(.notFound) {
       _ = try await service.refund(request: .with { $0.id = "pay_missing" }, context: context())
     }

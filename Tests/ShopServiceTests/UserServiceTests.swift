@@ -15,13 +15,16 @@ import UserService
     #expect(created.id.hasPrefix("usr_"))
     #expect(created.email == "ada@example.com")
     #expect(created.createTime.seconds > 1_700_000_000)
-    let fetched = try await service.getUser(request: .with { $0.id = created.id }, context: context())
+    let fetched = try await service.getUser(
+      request: .with { $0.id = created.id }, context: context())
     #expect(fetched == created)
   }
 
   @Test func validatesEmailAndName() async throws {
     let service = try UserService(databasePath: try databasePath("users"))
-    for email in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com"] {
+    for email in [
+      "", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com",
+    ] {
       let message = await expectStatus(.invalidArgument) {
         _ = try await service.createUser(
           request: .with {
@@ -98,7 +101,8 @@ import UserService
     #expect(pages == 3)
 
     await expectStatus(.invalidArgument) {
-      _ = try await service.listUsers(request: .with { $0.pageToken = "garbage!" }, context: context())
+      _ = try await service.listUsers(
+        request: .with { $0.pageToken = "garbage!" }, context: context())
     }
     await expectStatus(.invalidArgument) {
       _ = try await service.listUsers(request: .with { $0.pageSize = -1 }, context: context())
@@ -114,7 +118,8 @@ import UserService
         $0.email = "shared@example.com"
         $0.name = "Shared"
       }, context: context())
-    #expect(try await second.getUser(request: .with { $0.id = user.id }, context: context()) == user)
+    #expect(
+      try await second.getUser(request: .with { $0.id = user.id }, context: context()) == user)
     await expectStatus(.alreadyExists) {
       _ = try await second.createUser(
         request: .with {

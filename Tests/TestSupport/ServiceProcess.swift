@@ -38,7 +38,8 @@ public final class ServiceProcess: @unchecked Sendable {
       if !process.isRunning || Date() > deadline {
         process.terminate()
         throw HarnessError(
-          "\(program) did not start (exit \(process.isRunning ? "none" : "\(process.terminationStatus)")): \(text)")
+          "\(program) did not start (exit \(process.isRunning ? "none" : "\(process.terminationStatus)")): \(text)"
+        )
       }
       Thread.sleep(forTimeInterval: 0.05)
     }
