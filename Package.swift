@@ -18,6 +18,9 @@ let lifecycle = Target.Dependency.product(
   name: "ServiceLifecycle", package: "swift-service-lifecycle")
 let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let x509 = Target.Dependency.product(name: "X509", package: "swift-certificates")
+let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
+let asn1 = Target.Dependency.product(name: "SwiftASN1", package: "swift-asn1")
 let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
 
 let package = Package(
@@ -28,6 +31,7 @@ let package = Package(
     .executable(name: "order-service", targets: ["order-service"]),
     .executable(name: "payment-service", targets: ["payment-service"]),
     .executable(name: "rpc", targets: ["rpc"]),
+    .executable(name: "meshctl", targets: ["meshctl"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -39,6 +43,9 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+    .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+    .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+    .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
   ],
   targets: [
     // Generated code and the descriptor sets it was generated from.
@@ -56,6 +63,11 @@ let package = Package(
     ),
 
     // Value types: no networking.
+    .target(
+      name: "MeshIdentity",
+      dependencies: [x509, crypto, asn1],
+      swiftSettings: swiftSettings
+    ),
     .target(
       name: "MeshTranscoding",
       dependencies: [swiftProtobuf],
@@ -119,6 +131,13 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
 
+    // `meshctl`.
+    .executableTarget(
+      name: "meshctl",
+      dependencies: ["MeshIdentity", argumentParser, x509, crypto],
+      swiftSettings: swiftSettings
+    ),
+
     // Tests.
     .target(
       name: "TestSupport",
@@ -129,6 +148,11 @@ let package = Package(
       name: "MeshTranscodingTests",
       dependencies: ["MeshTranscoding", "TestSupport", "ShopProtos", "MeshProtos", swiftProtobuf],
       exclude: ["Inputs"],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "MeshIdentityTests",
+      dependencies: ["MeshIdentity", "TestSupport", x509, crypto, asn1],
       swiftSettings: swiftSettings
     ),
     .testTarget(

@@ -32,12 +32,18 @@ public final class HealthStatus: Sendable {
     }
   }
 
-  /// Marks everything NOT_SERVING for good: later `set` calls are ignored.
+  /// Marks everything NOT_SERVING for good (later `set` calls are ignored) and ends every
+  /// Watch after telling it, so open watches do not hold a graceful shutdown open forever.
   public func shutDown() {
-    state.withLock { state in
+    let watchers = state.withLock { state in
       state.isShutDown = true
       for service in state.statuses.keys { state.statuses[service] = .notServing }
-      for watcher in state.watchers.values { watcher.continuation.yield(.notServing) }
+      return Array(state.watchers.values)
+    }
+    // Outside the lock: finishing a stream runs its termination handler, which takes it.
+    for watcher in watchers {
+      watcher.continuation.yield(.notServing)
+      watcher.continuation.finish()
     }
   }
 
@@ -51,16 +57,17 @@ public final class HealthStatus: Sendable {
   func watch(_ service: String) -> (AsyncStream<ServingStatus>, @Sendable () -> Void) {
     let (stream, continuation) = AsyncStream.makeStream(
       of: ServingStatus.self, bufferingPolicy: .bufferingNewest(1))
-    let id = state.withLock { state in
+    let (id, isShutDown) = state.withLock { state in
       let id = state.nextWatcher
       state.nextWatcher += 1
       state.watchers[id] = (service, continuation)
       continuation.yield(state.statuses[service] ?? .serviceUnknown)
-      return id
+      return (id, state.isShutDown)
     }
     continuation.onTermination = { [weak self] _ in
       self?.state.withLock { _ = $0.watchers.removeValue(forKey: id) }
     }
+    if isShutDown { continuation.finish() }
     return (stream, { continuation.finish() })
   }
 }

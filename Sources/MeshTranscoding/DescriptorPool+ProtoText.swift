@@ -152,7 +152,6 @@ extension DescriptorPool {
     case .sfixed64: return "sfixed64"
     case .sint32: return "sint32"
     case .sint64: return "sint64"
-    default: return field.typeName
     }
   }
 }

@@ -241,6 +241,7 @@ extension DescriptorPool {
           fields.append(field)
         }
         descriptor.setFields(fields)
+        try Self.checkWellKnownShape(descriptor)
         if descriptor.isMapEntry {
           guard fields.count == 2, fields[0].number == 1, fields[1].number == 2 else {
             throw DescriptorError("map entry \(descriptor.fullName) must have fields 1 and 2")
@@ -349,6 +350,46 @@ extension DescriptorPool {
       return field
     }
 
+    /// The JSON mapping reads the well-known types by field number; a descriptor set that
+    /// declares one of those names with other fields is refused here rather than trusted.
+    private static func checkWellKnownShape(_ message: MessageDescriptor) throws {
+      guard let type = message.wellKnownType else { return }
+      let expected: [Int32: (FieldKind, repeated: Bool)]
+      switch type {
+      case .timestamp, .duration: expected = [1: (.int64, false), 2: (.int32, false)]
+      case .fieldMask: expected = [1: (.string, true)]
+      case .structValue: expected = [1: (.message, true)]
+      case .listValue: expected = [1: (.message, true)]
+      case .any: expected = [1: (.string, false), 2: (.bytes, false)]
+      case .empty: expected = [:]
+      case .value:
+        expected = [
+          1: (.enumeration, false), 2: (.double, false), 3: (.string, false), 4: (.bool, false),
+          5: (.message, false), 6: (.message, false),
+        ]
+      case .doubleValue: expected = [1: (.double, false)]
+      case .floatValue: expected = [1: (.float, false)]
+      case .int64Value: expected = [1: (.int64, false)]
+      case .uint64Value: expected = [1: (.uint64, false)]
+      case .int32Value: expected = [1: (.int32, false)]
+      case .uint32Value: expected = [1: (.uint32, false)]
+      case .boolValue: expected = [1: (.bool, false)]
+      case .stringValue: expected = [1: (.string, false)]
+      case .bytesValue: expected = [1: (.bytes, false)]
+      }
+      for (number, shape) in expected {
+        guard let field = message.field(number: number), field.kind == shape.0,
+          field.isRepeated == shape.repeated
+        else {
+          throw DescriptorError(
+            "\(message.fullName) does not have the fields of the well-known type (field \(number))")
+        }
+      }
+      if type == .structValue, message.fields.first?.isMap != true {
+        throw DescriptorError("google.protobuf.Struct.fields must be a map")
+      }
+    }
+
     /// Resolves a type name as protoc does: fully qualified with a leading dot, or relative to
     /// the innermost enclosing scope that declares it.
     private func resolveName(_ name: String, scope: String) -> String? {
@@ -393,7 +434,6 @@ extension DescriptorPool {
       case .sfixed64: return .sfixed64
       case .sint32: return .sint32
       case .sint64: return .sint64
-      default: return nil
       }
     }
   }

@@ -10,7 +10,7 @@ extension DynamicMessage {
   public init(descriptor: MessageDescriptor, serializedBytes bytes: [UInt8]) throws {
     self.init(descriptor: descriptor)
     var reader = WireReader(bytes: bytes[...])
-    try decode(from: &reader, endGroup: nil)
+    try decode(from: &reader, endGroup: nil, depth: 0)
   }
 
   /// Encodes the protobuf wire format: known fields in number order, then unknown ones.
@@ -22,7 +22,14 @@ extension DynamicMessage {
 
   // MARK: - Decoding
 
-  private mutating func decode(from reader: inout WireReader, endGroup: Int32?) throws {
+  /// Messages nest at most this deep, as in protobuf's own runtimes; deeper input is refused
+  /// rather than allowed to exhaust the stack.
+  static let maxDepth = 100
+
+  private mutating func decode(from reader: inout WireReader, endGroup: Int32?, depth: Int) throws {
+    guard depth < Self.maxDepth else {
+      throw WireFormatError("messages nested more than \(Self.maxDepth) deep")
+    }
     while !reader.isAtEnd {
       let tagStart = reader.offset
       let tag = try reader.readVarint()
@@ -37,7 +44,7 @@ extension DynamicMessage {
         return
       }
       if let field = descriptor.field(number: number),
-        try decodeField(field, wireType: wireType, from: &reader)
+        try decodeField(field, wireType: wireType, from: &reader, depth: depth)
       {
         continue
       }
@@ -52,14 +59,14 @@ extension DynamicMessage {
   /// Reads one occurrence of a known field. Returns false if the wire type does not fit the
   /// field, leaving the reader where it was.
   private mutating func decodeField(
-    _ field: FieldDescriptor, wireType: WireType, from reader: inout WireReader
+    _ field: FieldDescriptor, wireType: WireType, from reader: inout WireReader, depth: Int
   ) throws -> Bool {
     if field.isMap {
       guard wireType == .lengthDelimited else { return false }
       let entryType = field.messageType!
       var entry = DynamicMessage(descriptor: entryType)
       var sub = WireReader(bytes: try reader.readLengthDelimited())
-      try entry.decode(from: &sub, endGroup: nil)
+      try entry.decode(from: &sub, endGroup: nil, depth: depth + 1)
       let keyField = entryType.fields[0]
       let valueField = entryType.fields[1]
       let key = try MapKey(entry.valueOrDefault(keyField))
@@ -80,7 +87,7 @@ extension DynamicMessage {
         }
       } else {
         guard wireType == field.kind.wireType else { return false }
-        values.append(try readValue(field, wireType: wireType, from: &reader))
+        values.append(try readValue(field, wireType: wireType, from: &reader, depth: depth))
       }
       self[field] = .list(values)
       return true
@@ -90,10 +97,10 @@ extension DynamicMessage {
       // A message field seen twice is merged, as protobuf specifies.
       var existing = self[field]?.messageValue ?? DynamicMessage(descriptor: field.messageType!)
       if field.kind == .group {
-        try existing.decode(from: &reader, endGroup: field.number)
+        try existing.decode(from: &reader, endGroup: field.number, depth: depth + 1)
       } else {
         var sub = WireReader(bytes: try reader.readLengthDelimited())
-        try existing.decode(from: &sub, endGroup: nil)
+        try existing.decode(from: &sub, endGroup: nil, depth: depth + 1)
       }
       self[field] = .message(existing)
       return true
@@ -103,17 +110,17 @@ extension DynamicMessage {
   }
 
   private func readValue(
-    _ field: FieldDescriptor, wireType: WireType, from reader: inout WireReader
+    _ field: FieldDescriptor, wireType: WireType, from reader: inout WireReader, depth: Int
   ) throws -> FieldValue {
     switch field.kind {
     case .message:
       var message = DynamicMessage(descriptor: field.messageType!)
       var sub = WireReader(bytes: try reader.readLengthDelimited())
-      try message.decode(from: &sub, endGroup: nil)
+      try message.decode(from: &sub, endGroup: nil, depth: depth + 1)
       return .message(message)
     case .group:
       var message = DynamicMessage(descriptor: field.messageType!)
-      try message.decode(from: &reader, endGroup: field.number)
+      try message.decode(from: &reader, endGroup: field.number, depth: depth + 1)
       return .message(message)
     default:
       return try Self.readScalar(field, wireType: wireType, from: &reader)
@@ -288,7 +295,7 @@ struct WireReader {
     return slice
   }
 
-  mutating func skip(wireType: WireType, number: Int32) throws {
+  mutating func skip(wireType: WireType, number: Int32, depth: Int = 0) throws {
     switch wireType {
     case .varint: _ = try readVarint()
     case .fixed64: _ = try readFixed64()
@@ -307,7 +314,10 @@ struct WireReader {
           }
           return
         }
-        try skip(wireType: inner, number: Int32(truncatingIfNeeded: tag >> 3))
+        guard depth < DynamicMessage.maxDepth else {
+          throw WireFormatError("groups nested more than \(DynamicMessage.maxDepth) deep")
+        }
+        try skip(wireType: inner, number: Int32(truncatingIfNeeded: tag >> 3), depth: depth + 1)
       }
     case .endGroup: throw WireFormatError("unexpected end of group \(number)")
     }

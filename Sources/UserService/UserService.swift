@@ -52,13 +52,14 @@ public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
     request: Shop_V1_GetUserRequest, context: ServerContext
   ) async throws -> Shop_V1_User {
     try Validate.required(request.id, "id")
-    let row = try await database.read { db in
+    let user = try await database.read { db in
       try Row.fetchOne(db, sql: "SELECT * FROM users WHERE id = ?", arguments: [request.id])
+        .map(Self.user(from:))
     }
-    guard let row else {
+    guard let user else {
       throw RPCError(code: .notFound, message: "user \(request.id) not found")
     }
-    return Self.user(from: row)
+    return user
   }
 
   public func listUsers(
@@ -69,15 +70,15 @@ public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
       request.pageToken.isEmpty
       ? 0 : try PageToken(decoding: request.pageToken, query: "users").afterSequence
     // One row more than the page tells whether another page follows.
-    let rows = try await database.read { db in
-      try Row.fetchAll(
+    return try await database.read { db in
+      let rows = try Row.fetchAll(
         db, sql: "SELECT * FROM users WHERE seq > ? ORDER BY seq LIMIT ?",
         arguments: [after, pageSize + 1])
-    }
-    return .with {
-      $0.users = rows.prefix(pageSize).map(Self.user(from:))
-      if rows.count > pageSize, let last = rows.prefix(pageSize).last {
-        $0.nextPageToken = PageToken(afterSequence: last["seq"], query: "users").encoded
+      return .with {
+        $0.users = rows.prefix(pageSize).map(Self.user(from:))
+        if rows.count > pageSize, let last = rows.prefix(pageSize).last {
+          $0.nextPageToken = PageToken(afterSequence: last["seq"], query: "users").encoded
+        }
       }
     }
   }

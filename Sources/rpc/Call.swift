@@ -39,14 +39,11 @@ struct Call: AsyncParsableCommand {
     let start = ContinuousClock.now
     try await connection.withClient(address) { client in
       var schema = try Schema(options: connection, client: client)
-      let service = try await schema.service(named: serviceName)
+      let (service, pool) = try await schema.service(named: serviceName)
       guard let method = service.method(named: methodName) else {
         throw CLIFailure.other(
           "\(service.fullName) has no method \(methodName); it has: "
             + service.methods.map(\.name).joined(separator: ", "))
-      }
-      guard let pool = try await schema.pool(containing: service.fullName) else {
-        throw CLIFailure.other("unknown service \(service.fullName)")
       }
       let requests = try encodeRequests(input, method: method, pool: pool)
       let request = StreamingClientRequest<[UInt8]>(metadata: metadata) { writer in
@@ -111,6 +108,8 @@ struct Call: AsyncParsableCommand {
           }
           if verbose { print("Response contents:") }
           print(try message.jsonString(pool: pool, options: encoding))
+          // Each message as it arrives, even into a pipe (`rpc … | jq`), not when the call ends.
+          fflush(nil)
         case .trailingMetadata(let trailers):
           if verbose {
             print("\nResponse trailers received:")
@@ -129,9 +128,7 @@ struct Call: AsyncParsableCommand {
       print("Response trailers received:")
       printMetadata(error.metadata)
     }
-    return CLIFailure(
-      message: "\(error.code.canonicalName): \(error.message)",
-      exitCode: 64 + Int32(error.code.rawValue))
+    return CLIFailure(error)
   }
 
   private func printMetadata(_ metadata: Metadata) {

@@ -114,9 +114,9 @@ struct ConnectionOptions: ParsableArguments {
     }
     let resolvable: any ResolvableTarget =
       target.isIPv6
-      ? .ipv6(host: target.host, port: target.port)
+      ? .ipv6(address: target.host, port: target.port)
       : isNumericIPv4(target.host)
-        ? .ipv4(host: target.host, port: target.port)
+        ? .ipv4(address: target.host, port: target.port)
         : .dns(host: target.host, port: target.port)
     let transport: HTTP2ClientTransport.Posix
     do {

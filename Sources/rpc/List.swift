@@ -17,17 +17,17 @@ struct List: AsyncParsableCommand {
         for name in try await schema.services() { print(name) }
         return
       }
-      let descriptor = try await schema.service(named: service)
+      let (descriptor, _) = try await schema.service(named: service)
       for method in descriptor.methods { print("\(descriptor.fullName).\(method.name)") }
     }
   }
 }
 
 extension Schema {
-  /// A service, or a failure that lists the services there are.
-  mutating func service(named name: String) async throws -> ServiceDescriptor {
+  /// A service and the pool declaring it, or a failure that lists the services there are.
+  mutating func service(named name: String) async throws -> (ServiceDescriptor, DescriptorPool) {
     if let pool = try await pool(containing: name), let service = pool.service(named: name) {
-      return service
+      return (service, pool)
     }
     let known = try await services()
     throw CLIFailure.other(

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import GRPCCore
+import MeshServiceKit
 
 /// `rpc`: call any gRPC service from the command line, with grpcurl's muscle memory.
 ///
@@ -27,6 +29,10 @@ struct RPC: AsyncParsableCommand {
     } catch let failure as CLIFailure {
       FileHandle.standardError.write(Data("rpc: \(failure.message)\n".utf8))
       Foundation.exit(failure.exitCode)
+    } catch let error as RPCError {
+      let failure = CLIFailure(error)
+      FileHandle.standardError.write(Data("rpc: \(failure.message)\n".utf8))
+      Foundation.exit(failure.exitCode)
     } catch {
       // ArgumentParser exits 64 (EX_USAGE) for usage errors, which would read as a gRPC
       // status; usage errors exit 2 instead.
@@ -52,4 +58,22 @@ struct CLIFailure: Error {
 
   /// A bad argument found after parsing: exit 2.
   static func usage(_ message: String) -> CLIFailure { CLIFailure(message: message, exitCode: 2) }
+
+  init(message: String, exitCode: Int32) {
+    self.message = message
+    self.exitCode = exitCode
+  }
+
+  /// A status the server sent: exit 64 + its code. A failure of the connection itself (the
+  /// transport reports it as UNAVAILABLE with an underlying cause, such as a refused TLS
+  /// handshake) is not the server's answer: exit 1.
+  init(_ error: RPCError) {
+    if error.code == .unavailable, let cause = error.cause {
+      self.init(message: "cannot connect: \(error.message) (\(cause))", exitCode: 1)
+    } else {
+      self.init(
+        message: "\(error.code.canonicalName): \(error.message)",
+        exitCode: 64 + Int32(error.code.rawValue))
+    }
+  }
 }

@@ -74,3 +74,35 @@ import Testing
     #expect(object["duration_ms"] is Double || object["duration_ms"] is Int)
   }
 }
+
+/// SIGTERM lets in-flight calls finish: an open health Watch hears NOT_SERVING and ends with
+/// OK, and the service exits 0.
+@Suite struct GracefulShutdownTests {
+  @Test func inFlightCallsFinishOnSIGTERM() throws {
+    let directory = try makeTemporaryDirectory("shutdown")
+    let service = try startService(
+      "user-service", database: directory.appendingPathComponent("u.sqlite"))
+    let watch = Process()
+    watch.executableURL = URL(fileURLWithPath: binary("rpc"))
+    watch.arguments = [
+      "call", "--plaintext", service.address, "grpc.health.v1.Health/Watch",
+      "-d", #"{"service":"shop.v1.UserService"}"#,
+    ]
+    let outputURL = directory.appendingPathComponent("watch.out")
+    _ = FileManager.default.createFile(atPath: outputURL.path, contents: nil)
+    watch.standardOutput = try FileHandle(forWritingTo: outputURL)
+    try watch.run()
+    func printed() -> String { (try? String(contentsOf: outputURL, encoding: .utf8)) ?? "" }
+    // Wait until the watch has its first answer, so it is in flight on the server.
+    let deadline = Date().addingTimeInterval(20)
+    while !printed().contains("SERVING"), Date() < deadline {
+      Thread.sleep(forTimeInterval: 0.05)
+    }
+    #expect(printed().contains("\"SERVING\""))
+    #expect(service.stop() == 0)
+    watch.waitUntilExit()
+    #expect(printed().contains("NOT_SERVING"))
+    #expect(watch.terminationStatus == 0)
+    #expect(service.log.contains("shutting down: finishing in-flight calls"))
+  }
+}

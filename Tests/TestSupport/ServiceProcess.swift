@@ -20,7 +20,7 @@ public final class ServiceProcess: @unchecked Sendable {
     }
     let logURL = FileManager.default.temporaryDirectory
       .appendingPathComponent("service-\(UUID().uuidString.prefix(8)).log")
-    FileManager.default.createFile(atPath: logURL.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
     let log = try FileHandle(forWritingTo: logURL)
     process.standardError = log
     process.standardOutput = log

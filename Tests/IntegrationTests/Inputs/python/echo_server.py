@@ -1,7 +1,9 @@
 """A Python grpcio server for trellis.echo.v1.Echo with server reflection (grpcio-reflection).
 
-Usage: echo_server.py STUB_DIR ECHO_PROTO_DIR
+Usage: echo_server.py STUB_DIR ECHO_PROTO_DIR [--tls CERT KEY [--client-ca CA]]
 Listens on a free loopback port and logs {"message": "listening", "address": ...} to stderr.
+With --tls it serves TLS with that certificate; with --client-ca it also requires a client
+certificate signed by that CA.
 """
 import json
 import signal
@@ -14,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from codegen import generate
 
 generate(sys.argv[1], [sys.argv[2]], ["echo.proto"])
+options = sys.argv[3:]
 import echo_pb2  # noqa: E402
 import echo_pb2_grpc  # noqa: E402
 
@@ -49,7 +52,14 @@ def main():
     echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
     names = (echo_pb2.DESCRIPTOR.services_by_name["Echo"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if options[:1] == ["--tls"]:
+        cert, key = open(options[1], "rb").read(), open(options[2], "rb").read()
+        client_ca = open(options[4], "rb").read() if options[3:4] == ["--client-ca"] else None
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
     print(json.dumps({"message": "listening", "address": f"127.0.0.1:{port}"}),

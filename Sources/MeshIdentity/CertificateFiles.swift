@@ -1,0 +1,71 @@
+import Crypto
+import Foundation
+import SwiftASN1
+import X509
+
+/// Reading and writing certificates and keys as PEM files. Private keys are written with mode
+/// 0600 from the start (never world-readable, even briefly) and never overwritten silently.
+public enum CertificateFiles {
+  /// Every certificate in a PEM file, in order (a leaf first, then its chain).
+  public static func readCertificates(_ path: String) throws -> [Certificate] {
+    let text = try readText(path)
+    let documents: [PEMDocument]
+    do {
+      documents = try PEMDocument.parseMultiple(pemString: text)
+    } catch {
+      throw IdentityError("\(path) is not PEM: \(error)")
+    }
+    let certificates = try documents.filter { $0.discriminator == "CERTIFICATE" }.map {
+      try Certificate(pemDocument: $0)
+    }
+    guard !certificates.isEmpty else { throw IdentityError("\(path) holds no certificate") }
+    return certificates
+  }
+
+  /// An ECDSA P-256 private key from a PEM file (PKCS#8 or SEC1).
+  public static func readPrivateKey(_ path: String) throws -> P256.Signing.PrivateKey {
+    let text = try readText(path)
+    do {
+      return try P256.Signing.PrivateKey(pemRepresentation: text)
+    } catch {
+      throw IdentityError("\(path) is not an ECDSA P-256 private key in PEM")
+    }
+  }
+
+  /// Writes certificates as PEM, leaf first.
+  public static func writeCertificates(_ certificates: [Certificate], to path: String) throws {
+    let pem = try certificates.map { try $0.serializeAsPEM().pemString }.joined(separator: "\n")
+    try write(pem + "\n", to: path, mode: 0o644)
+  }
+
+  /// Writes a private key as PKCS#8 PEM, mode 0600.
+  public static func writePrivateKey(_ key: P256.Signing.PrivateKey, to path: String) throws {
+    try write(key.pemRepresentation + "\n", to: path, mode: 0o600)
+  }
+
+  private static func readText(_ path: String) throws -> String {
+    guard let data = FileManager.default.contents(atPath: path) else {
+      throw IdentityError("cannot read \(path)")
+    }
+    return String(decoding: data, as: UTF8.self)
+  }
+
+  private static func write(_ text: String, to path: String, mode: mode_t) throws {
+    let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    // Write beside the target and rename over it, so a reader never sees half a file.
+    let temporary = path + ".tmp-\(getpid())"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, mode)
+    guard fd >= 0 else {
+      throw IdentityError("cannot write \(path): \(String(cString: strerror(errno)))")
+    }
+    let bytes = Array(text.utf8)
+    let written = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+    fchmod(fd, mode)
+    close(fd)
+    guard written == bytes.count, rename(temporary, path) == 0 else {
+      unlink(temporary)
+      throw IdentityError("cannot write \(path): \(String(cString: strerror(errno)))")
+    }
+  }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+
+/// `meshctl`: run and operate the mesh.
+@main
+struct Meshctl: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "meshctl",
+    abstract: "Run and operate the Trellis mesh.",
+    subcommands: [Certs.self])
+
+  static func main() async {
+    do {
+      var command = try parseAsRoot()
+      if var command = command as? any AsyncParsableCommand {
+        try await command.run()
+      } else {
+        try command.run()
+      }
+    } catch let failure as MeshctlFailure {
+      FileHandle.standardError.write(Data("meshctl: \(failure.message)\n".utf8))
+      Foundation.exit(1)
+    } catch {
+      // Usage errors exit 2, as in rpc; ArgumentParser's own code for them is 64.
+      let code = exitCode(for: error)
+      let message = fullMessage(for: error)
+      if code == .success {
+        print(message)
+        Foundation.exit(0)
+      }
+      FileHandle.standardError.write(Data((message.isEmpty ? "" : message + "\n").utf8))
+      Foundation.exit(code == .validationFailure ? 2 : code.rawValue)
+    }
+  }
+}
+
+/// A failure reported as one line on standard error, exit status 1.
+struct MeshctlFailure: Error {
+  let message: String
+  init(_ message: String) { self.message = message }
+}
+
+/// Output formats, as kubectl's `-o`.
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+  case table, json, yaml
+}
+
+/// Parses durations such as `90s`, `15m`, `24h`, `7d`.
+func parseDuration(_ text: String) throws -> TimeInterval {
+  let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+  guard let unit = text.last, let scale = units[unit], let value = Double(text.dropLast()),
+    value > 0
+  else {
+    throw ValidationError("\"\(text)\" is not a duration such as 90s, 15m, 24h or 7d")
+  }
+  return value * scale
+}
