@@ -18,6 +18,8 @@ let lifecycle = Target.Dependency.product(
   name: "ServiceLifecycle", package: "swift-service-lifecycle")
 let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let nioHTTP2 = Target.Dependency.product(name: "NIOHTTP2", package: "swift-nio-http2")
+let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let x509 = Target.Dependency.product(name: "X509", package: "swift-certificates")
 let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
 let asn1 = Target.Dependency.product(name: "SwiftASN1", package: "swift-asn1")
@@ -32,6 +34,7 @@ let package = Package(
     .executable(name: "payment-service", targets: ["payment-service"]),
     .executable(name: "rpc", targets: ["rpc"]),
     .executable(name: "meshctl", targets: ["meshctl"]),
+    .executable(name: "sidecar", targets: ["sidecar"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -46,6 +49,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
     .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+    .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+    .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
   ],
   targets: [
     // Generated code and the descriptor sets it was generated from.
@@ -71,6 +76,17 @@ let package = Package(
     .target(
       name: "MeshTranscoding",
       dependencies: [swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+
+    // The sidecar's engine.
+    .target(
+      name: "MeshProxy",
+      dependencies: [
+        "MeshIdentity", nioCore, nioPosix, nioHTTP2, nioSSL, x509, logging, lifecycle,
+        .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        .product(name: "NIOHPACK", package: "swift-nio-http2"),
+      ],
       swiftSettings: swiftSettings
     ),
 
@@ -127,6 +143,15 @@ let package = Package(
       dependencies: [
         "MeshTranscoding", "MeshProtos", "MeshServiceKit", grpcCore, grpcHTTP2, swiftProtobuf,
         argumentParser, nioCore, nioPosix,
+      ],
+      swiftSettings: swiftSettings
+    ),
+
+    // The sidecar executable.
+    .executableTarget(
+      name: "sidecar",
+      dependencies: [
+        "MeshProxy", "MeshIdentity", "MeshServiceKit", argumentParser, logging, lifecycle, crypto,
       ],
       swiftSettings: swiftSettings
     ),

@@ -1,0 +1,247 @@
+import Logging
+import MeshIdentity
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOPosix
+import ServiceLifecycle
+
+/// The sidecar: an outbound listener for the local app (h2c) that routes each call by
+/// `:authority` to a peer sidecar over mutual TLS, and an inbound listener (mutual TLS) that
+/// forwards verified calls to the local app (h2c).
+public struct Sidecar: Service {
+  public struct Configuration: Sendable {
+    /// This workload's service name.
+    public var service: String
+    public var inboundListen: (host: String, port: Int)
+    public var outboundListen: (host: String, port: Int)
+    /// The local app's h2c address.
+    public var app: Endpoint
+    /// The endpoints (peer sidecars' inbound addresses) of each service this app may call.
+    public var routes: [String: [Endpoint]]
+    public var trustDomain = SPIFFEID.defaultTrustDomain
+
+    public init(
+      service: String, inboundListen: (host: String, port: Int),
+      outboundListen: (host: String, port: Int), app: Endpoint, routes: [String: [Endpoint]]
+    ) {
+      self.service = service
+      self.inboundListen = inboundListen
+      self.outboundListen = outboundListen
+      self.app = app
+      self.routes = routes
+    }
+  }
+
+  private let configuration: Configuration
+  private let tls: ProxyTLS
+  private let group: MultiThreadedEventLoopGroup
+  private let logger: Logger
+
+  public init(
+    configuration: Configuration, tls: ProxyTLS, threads: Int = 1, logger: Logger
+  ) {
+    self.configuration = configuration
+    self.tls = tls
+    self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+    self.logger = logger
+  }
+
+  public func run() async throws {
+    let pools = PoolSet(group: group, tls: tls)
+    let outbound = try await bindOutbound(pools: pools)
+    let inbound = try await bindInbound(pools: pools)
+    logger.info(
+      "listening",
+      metadata: [
+        "outbound": "\(outbound.localAddress.map(\.description) ?? "?")",
+        "inbound": "\(inbound.localAddress.map(\.description) ?? "?")",
+        "address": "\(Self.hostPort(outbound.localAddress))",
+        "inbound_address": "\(Self.hostPort(inbound.localAddress))",
+      ])
+    try await withGracefulShutdownHandler {
+      try await outbound.closeFuture.get()
+      try await inbound.closeFuture.get()
+    } onGracefulShutdown: {
+      outbound.close(promise: nil)
+      inbound.close(promise: nil)
+    }
+    try await group.shutdownGracefully()
+  }
+
+  private static func hostPort(_ address: SocketAddress?) -> String {
+    guard let address, let ip = address.ipAddress, let port = address.port else { return "?" }
+    return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+  }
+
+  // MARK: Outbound: the app's calls, routed by :authority to peer sidecars.
+
+  private func bindOutbound(pools: PoolSet) async throws -> any Channel {
+    let routes = configuration.routes
+    let trustDomain = configuration.trustDomain
+    let counter = RoundRobin()
+    return try await ServerBootstrap(group: group)
+      .serverChannelOption(ChannelOptions.backlog, value: 256)
+      .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+      .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+      .childChannelInitializer { channel in
+        let pool = pools.pool(for: channel.eventLoop)
+        return channel.eventLoop.makeCompletedFuture {
+          _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server, connectionConfiguration: .meshDefaults,
+            streamConfiguration: .meshDefaults
+          ) { stream in
+            stream.eventLoop.makeCompletedFuture {
+              try stream.pipeline.syncOperations.addHandler(
+                StreamRouter { headers in
+                  Self.routeOutbound(
+                    headers, routes: routes, trustDomain: trustDomain, pool: pool,
+                    counter: counter)
+                })
+            }
+          }
+        }
+      }
+      .bind(host: configuration.outboundListen.host, port: configuration.outboundListen.port)
+      .get()
+  }
+
+  static func routeOutbound(
+    _ headers: HPACKHeaders, routes: [String: [Endpoint]], trustDomain: String,
+    pool: PoolSet.Pools, counter: RoundRobin
+  ) -> StreamRouter.Decision {
+    guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
+      return .reject(.unimplemented, "malformed :path; expected /package.Service/Method")
+    }
+    let authority = headers.first(name: ":authority") ?? ""
+    let service = authority.split(separator: ":").first.map(String.init) ?? ""
+    guard let endpoints = routes[service], !endpoints.isEmpty else {
+      return .reject(.unavailable, "no route to '\(service)'")
+    }
+    let endpoint = endpoints[counter.next(endpoints.count)]
+    return .forward(endpoint, pool.mesh, stripHopByHop)
+  }
+
+  // MARK: Inbound: verified peers' calls, to the local app.
+
+  private func bindInbound(pools: PoolSet) async throws -> any Channel {
+    let app = configuration.app
+    let tls = self.tls
+    return try await ServerBootstrap(group: group)
+      .serverChannelOption(ChannelOptions.backlog, value: 256)
+      .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+      .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+      .childChannelInitializer { channel in
+        let pool = pools.pool(for: channel.eventLoop)
+        let peer = PeerIdentity()
+        return channel.eventLoop.makeCompletedFuture {
+          try channel.pipeline.syncOperations.addHandler(
+            tls.serverHandler { identity in peer.set(identity.description) })
+          _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server, connectionConfiguration: .meshDefaults,
+            streamConfiguration: .meshDefaults
+          ) { stream in
+            stream.eventLoop.makeCompletedFuture {
+              try stream.pipeline.syncOperations.addHandler(
+                StreamRouter { headers in
+                  guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
+                    return .reject(
+                      .unimplemented, "malformed :path; expected /package.Service/Method")
+                  }
+                  let identity = peer.value
+                  return .forward(app, pool.app) { headers in
+                    stripHopByHop(&headers)
+                    // Only the sidecar may say who called: a client's copy is dropped.
+                    headers.remove(name: "x-trellis-peer-identity")
+                    headers.add(name: "x-trellis-peer-identity", value: identity)
+                  }
+                })
+            }
+          }
+        }
+      }
+      .bind(host: configuration.inboundListen.host, port: configuration.inboundListen.port)
+      .get()
+  }
+}
+
+/// Whether `path` is exactly `/package.Service/Method`: one leading slash, one separator, and
+/// only the characters protobuf names use — so no spelling of a path can slip past a rule.
+func isGRPCPath(_ path: String) -> Bool {
+  let bytes = Array(path.utf8)
+  guard bytes.count > 3, bytes[0] == UInt8(ascii: "/") else { return false }
+  var slashes = 0
+  var previous: UInt8 = UInt8(ascii: "/")
+  for byte in bytes.dropFirst() {
+    switch byte {
+    case UInt8(ascii: "/"):
+      slashes += 1
+      if previous == UInt8(ascii: "/") || previous == UInt8(ascii: ".") { return false }
+    case UInt8(ascii: "."):
+      if previous == UInt8(ascii: "/") || previous == UInt8(ascii: ".") { return false }
+    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+      UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"):
+      break
+    default:
+      return false
+    }
+    previous = byte
+  }
+  return slashes == 1 && previous != UInt8(ascii: "/") && previous != UInt8(ascii: ".")
+}
+
+/// Drops the connection-specific headers HTTP/2 forbids forwarding (RFC 9113 §8.2.2).
+func stripHopByHop(_ headers: inout HPACKHeaders) {
+  for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+    headers.remove(name: name)
+  }
+}
+
+/// The verified identity of an inbound connection's peer, set during the handshake (before any
+/// stream) and read by its streams.
+final class PeerIdentity: @unchecked Sendable {
+  private var identity = ""
+  private let lock = NIOLock()
+  func set(_ value: String) { lock.withLock { identity = value } }
+  var value: String { lock.withLock { identity } }
+}
+
+/// Spreads calls over endpoints in turn.
+final class RoundRobin: @unchecked Sendable {
+  private var counter = 0
+  private let lock = NIOLock()
+  func next(_ count: Int) -> Int {
+    lock.withLock {
+      counter &+= 1
+      return counter % count
+    }
+  }
+}
+
+/// One pair of upstream pools per event loop: to mesh peers (mTLS) and to the local app (h2c).
+final class PoolSet: Sendable {
+  private let pools: [ObjectIdentifier: Pools]
+
+  final class Pools: @unchecked Sendable {
+    let mesh: UpstreamPool
+    let app: UpstreamPool
+    init(mesh: UpstreamPool, app: UpstreamPool) {
+      self.mesh = mesh
+      self.app = app
+    }
+  }
+
+  init(group: MultiThreadedEventLoopGroup, tls: ProxyTLS) {
+    var pools: [ObjectIdentifier: Pools] = [:]
+    for loop in group.makeIterator() {
+      pools[ObjectIdentifier(loop)] = Pools(
+        mesh: UpstreamPool(eventLoop: loop, tls: tls), app: UpstreamPool(eventLoop: loop, tls: nil))
+    }
+    self.pools = pools
+  }
+
+  func pool(for loop: any EventLoop) -> Pools {
+    pools[ObjectIdentifier(loop)]!
+  }
+}
