@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import X509
 
 /// `meshctl`: run and operate the mesh.
 @main
@@ -54,4 +55,9 @@ func parseDuration(_ text: String) throws -> TimeInterval {
     throw ValidationError("\"\(text)\" is not a duration such as 90s, 15m, 24h or 7d")
   }
   return value * scale
+}
+
+extension Certificate.SerialNumber {
+  /// The serial as colon-separated hex bytes, two digits each, as openssl prints it.
+  var hex: String { bytes.map { String(format: "%02x", $0) }.joined(separator: ":") }
 }
