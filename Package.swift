@@ -159,7 +159,7 @@ let package = Package(
     // `meshctl`.
     .executableTarget(
       name: "meshctl",
-      dependencies: ["MeshIdentity", argumentParser, x509, crypto],
+      dependencies: ["MeshIdentity", "MeshServiceKit", argumentParser, x509, crypto],
       swiftSettings: swiftSettings
     ),
 

@@ -81,30 +81,24 @@ public struct Sidecar: Service {
     let routes = configuration.routes
     let trustDomain = configuration.trustDomain
     let counter = RoundRobin()
-    return try await ServerBootstrap(group: group)
-      .serverChannelOption(ChannelOptions.backlog, value: 256)
-      .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-      .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-      .childChannelInitializer { channel in
-        let pool = pools.pool(for: channel.eventLoop)
-        return channel.eventLoop.makeCompletedFuture {
-          _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: .meshDefaults,
-            streamConfiguration: .meshDefaults
-          ) { stream in
-            stream.eventLoop.makeCompletedFuture {
-              try stream.pipeline.syncOperations.addHandler(
-                StreamRouter { headers in
-                  Self.routeOutbound(
-                    headers, routes: routes, trustDomain: trustDomain, pool: pool,
-                    counter: counter)
-                })
-            }
+    return try await listen(on: configuration.outboundListen) { channel in
+      let pool = pools.pool(for: channel.eventLoop)
+      return channel.eventLoop.makeCompletedFuture {
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+          mode: .server, connectionConfiguration: .meshDefaults,
+          streamConfiguration: .meshDefaults
+        ) { stream in
+          stream.eventLoop.makeCompletedFuture {
+            try stream.pipeline.syncOperations.addHandler(
+              StreamRouter { headers in
+                Self.routeOutbound(
+                  headers, routes: routes, trustDomain: trustDomain, pool: pool,
+                  counter: counter)
+              })
           }
         }
       }
-      .bind(host: configuration.outboundListen.host, port: configuration.outboundListen.port)
-      .get()
+    }
   }
 
   static func routeOutbound(
@@ -128,40 +122,49 @@ public struct Sidecar: Service {
   private func bindInbound(pools: PoolSet) async throws -> any Channel {
     let app = configuration.app
     let tls = self.tls
-    return try await ServerBootstrap(group: group)
-      .serverChannelOption(ChannelOptions.backlog, value: 256)
-      .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-      .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-      .childChannelInitializer { channel in
-        let pool = pools.pool(for: channel.eventLoop)
-        let peer = PeerIdentity()
-        return channel.eventLoop.makeCompletedFuture {
-          try channel.pipeline.syncOperations.addHandler(
-            tls.serverHandler { identity in peer.set(identity.description) })
-          _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: .meshDefaults,
-            streamConfiguration: .meshDefaults
-          ) { stream in
-            stream.eventLoop.makeCompletedFuture {
-              try stream.pipeline.syncOperations.addHandler(
-                StreamRouter { headers in
-                  guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
-                    return .reject(
-                      .unimplemented, "malformed :path; expected /package.Service/Method")
-                  }
-                  let identity = peer.value
-                  return .forward(app, pool.app) { headers in
-                    stripHopByHop(&headers)
-                    // Only the sidecar may say who called: a client's copy is dropped.
-                    headers.remove(name: "x-trellis-peer-identity")
-                    headers.add(name: "x-trellis-peer-identity", value: identity)
-                  }
-                })
-            }
+    return try await listen(on: configuration.inboundListen) { channel in
+      let pool = pools.pool(for: channel.eventLoop)
+      let peer = PeerIdentity()
+      return channel.eventLoop.makeCompletedFuture {
+        try channel.pipeline.syncOperations.addHandler(
+          tls.serverHandler { identity in peer.set(identity.description) })
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+          mode: .server, connectionConfiguration: .meshDefaults,
+          streamConfiguration: .meshDefaults
+        ) { stream in
+          stream.eventLoop.makeCompletedFuture {
+            try stream.pipeline.syncOperations.addHandler(
+              StreamRouter { headers in
+                guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
+                  return .reject(
+                    .unimplemented, "malformed :path; expected /package.Service/Method")
+                }
+                let identity = peer.value
+                return .forward(app, pool.app) { headers in
+                  stripHopByHop(&headers)
+                  // Only the sidecar may say who called: a client's copy is dropped.
+                  headers.remove(name: "x-trellis-peer-identity")
+                  headers.add(name: "x-trellis-peer-identity", value: identity)
+                }
+              })
           }
         }
       }
-      .bind(host: configuration.inboundListen.host, port: configuration.inboundListen.port)
+    }
+  }
+
+  /// A listening socket whose accepted connections are set up by `initializer`; small calls
+  /// go out at once (no Nagle delay).
+  private func listen(
+    on address: (host: String, port: Int),
+    initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+  ) async throws -> any Channel {
+    try await ServerBootstrap(group: group)
+      .serverChannelOption(ChannelOptions.backlog, value: 256)
+      .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+      .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+      .childChannelInitializer(initializer)
+      .bind(host: address.host, port: address.port)
       .get()
   }
 }

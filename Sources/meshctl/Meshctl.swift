@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MeshServiceKit
 import X509
 
 /// `meshctl`: run and operate the mesh.
@@ -11,26 +12,8 @@ struct Meshctl: AsyncParsableCommand {
     subcommands: [Certs.self])
 
   static func main() async {
-    do {
-      var command = try parseAsRoot()
-      if var command = command as? any AsyncParsableCommand {
-        try await command.run()
-      } else {
-        try command.run()
-      }
-    } catch let failure as MeshctlFailure {
-      FileHandle.standardError.write(Data("meshctl: \(failure.message)\n".utf8))
-      Foundation.exit(1)
-    } catch {
-      // Usage errors exit 2, as in rpc; ArgumentParser's own code for them is 64.
-      let code = exitCode(for: error)
-      let message = fullMessage(for: error)
-      if code == .success {
-        print(message)
-        Foundation.exit(0)
-      }
-      FileHandle.standardError.write(Data((message.isEmpty ? "" : message + "\n").utf8))
-      Foundation.exit(code == .validationFailure ? 2 : code.rawValue)
+    await CommandLineMain.run(Meshctl.self, name: "meshctl") { error in
+      (error as? MeshctlFailure).map { ($0.message, 1) }
     }
   }
 }

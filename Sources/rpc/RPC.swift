@@ -19,31 +19,14 @@ struct RPC: AsyncParsableCommand {
     subcommands: [List.self, Describe.self, Call.self])
 
   static func main() async {
-    do {
-      var command = try parseAsRoot()
-      if var command = command as? any AsyncParsableCommand {
-        try await command.run()
-      } else {
-        try command.run()
+    await CommandLineMain.run(RPC.self, name: "rpc") { error in
+      switch error {
+      case let failure as CLIFailure: return (failure.message, failure.exitCode)
+      case let error as RPCError:
+        let failure = CLIFailure(error)
+        return (failure.message, failure.exitCode)
+      default: return nil
       }
-    } catch let failure as CLIFailure {
-      FileHandle.standardError.write(Data("rpc: \(failure.message)\n".utf8))
-      Foundation.exit(failure.exitCode)
-    } catch let error as RPCError {
-      let failure = CLIFailure(error)
-      FileHandle.standardError.write(Data("rpc: \(failure.message)\n".utf8))
-      Foundation.exit(failure.exitCode)
-    } catch {
-      // ArgumentParser exits 64 (EX_USAGE) for usage errors, which would read as a gRPC
-      // status; usage errors exit 2 instead.
-      let code = exitCode(for: error)
-      let message = fullMessage(for: error)
-      if code == .success {
-        print(message)
-        Foundation.exit(0)
-      }
-      FileHandle.standardError.write(Data((message.isEmpty ? "" : message + "\n").utf8))
-      Foundation.exit(code == .validationFailure ? 2 : code.rawValue)
     }
   }
 }
