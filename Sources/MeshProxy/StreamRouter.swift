@@ -121,11 +121,3 @@ func describe(_ error: any Error) -> String {
     return text
   }
 }
-
-/// Makes routers for new streams.
-typealias RouteFunction = (HPACKHeaders) -> StreamRouter.Decision
-
-extension HPACKHeaders {
-  /// The first value of a header, if present.
-  func first(_ name: String) -> String? { self.first(name: name) }
-}
