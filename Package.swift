@@ -176,6 +176,11 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
     .testTarget(
+      name: "MeshProxyTests",
+      dependencies: ["MeshProxy"],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
       name: "MeshIdentityTests",
       dependencies: ["MeshIdentity", "TestSupport", x509, crypto, asn1],
       swiftSettings: swiftSettings

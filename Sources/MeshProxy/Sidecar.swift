@@ -79,7 +79,6 @@ public struct Sidecar: Service {
 
   private func bindOutbound(pools: PoolSet) async throws -> any Channel {
     let routes = configuration.routes
-    let trustDomain = configuration.trustDomain
     let counter = RoundRobin()
     return try await listen(on: configuration.outboundListen) { channel in
       let pool = pools.pool(for: channel.eventLoop)
@@ -91,9 +90,7 @@ public struct Sidecar: Service {
           stream.eventLoop.makeCompletedFuture {
             try stream.pipeline.syncOperations.addHandler(
               StreamRouter { headers in
-                Self.routeOutbound(
-                  headers, routes: routes, trustDomain: trustDomain, pool: pool,
-                  counter: counter)
+                Self.routeOutbound(headers, routes: routes, pool: pool, counter: counter)
               })
           }
         }
@@ -102,12 +99,10 @@ public struct Sidecar: Service {
   }
 
   static func routeOutbound(
-    _ headers: HPACKHeaders, routes: [String: [Endpoint]], trustDomain: String,
-    pool: PoolSet.Pools, counter: RoundRobin
+    _ headers: HPACKHeaders, routes: [String: [Endpoint]], pool: PoolSet.Pools,
+    counter: RoundRobin
   ) -> StreamRouter.Decision {
-    guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
-      return .reject(.unimplemented, "malformed :path; expected /package.Service/Method")
-    }
+    if let rejection = checkPath(headers) { return rejection }
     let authority = headers.first(name: ":authority") ?? ""
     let service = authority.split(separator: ":").first.map(String.init) ?? ""
     guard let endpoints = routes[service], !endpoints.isEmpty else {
@@ -115,6 +110,14 @@ public struct Sidecar: Service {
     }
     let endpoint = endpoints[counter.next(endpoints.count)]
     return .forward(endpoint, pool.mesh, stripHopByHop)
+  }
+
+  /// Both directions refuse a `:path` that is not exactly `/package.Service/Method`.
+  static func checkPath(_ headers: HPACKHeaders) -> StreamRouter.Decision? {
+    guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
+      return .reject(.unimplemented, "malformed :path; expected /package.Service/Method")
+    }
+    return nil
   }
 
   // MARK: Inbound: verified peers' calls, to the local app.
@@ -135,10 +138,7 @@ public struct Sidecar: Service {
           stream.eventLoop.makeCompletedFuture {
             try stream.pipeline.syncOperations.addHandler(
               StreamRouter { headers in
-                guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
-                  return .reject(
-                    .unimplemented, "malformed :path; expected /package.Service/Method")
-                }
+                if let rejection = Self.checkPath(headers) { return rejection }
                 let identity = peer.value
                 return .forward(app, pool.app) { headers in
                   stripHopByHop(&headers)
