@@ -83,16 +83,8 @@ public struct Sidecar: Service {
     return try await listen(on: configuration.outboundListen) { channel in
       let pool = pools.pool(for: channel.eventLoop)
       return channel.eventLoop.makeCompletedFuture {
-        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-          mode: .server, connectionConfiguration: .meshDefaults,
-          streamConfiguration: .meshDefaults
-        ) { stream in
-          stream.eventLoop.makeCompletedFuture {
-            try stream.pipeline.syncOperations.addHandler(
-              StreamRouter { headers in
-                Self.routeOutbound(headers, routes: routes, pool: pool, counter: counter)
-              })
-          }
+        try Self.serveStreams(on: channel) { headers in
+          Self.routeOutbound(headers, routes: routes, pool: pool, counter: counter)
         }
       }
     }
@@ -131,24 +123,31 @@ public struct Sidecar: Service {
       return channel.eventLoop.makeCompletedFuture {
         try channel.pipeline.syncOperations.addHandler(
           tls.serverHandler { identity in peer.set(identity.description) })
-        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-          mode: .server, connectionConfiguration: .meshDefaults,
-          streamConfiguration: .meshDefaults
-        ) { stream in
-          stream.eventLoop.makeCompletedFuture {
-            try stream.pipeline.syncOperations.addHandler(
-              StreamRouter { headers in
-                if let rejection = Self.checkPath(headers) { return rejection }
-                let identity = peer.value
-                return .forward(app, pool.app) { headers in
-                  stripHopByHop(&headers)
-                  // Only the sidecar may say who called: a client's copy is dropped.
-                  headers.remove(name: "x-trellis-peer-identity")
-                  headers.add(name: "x-trellis-peer-identity", value: identity)
-                }
-              })
+        try Self.serveStreams(on: channel) { headers in
+          if let rejection = Self.checkPath(headers) { return rejection }
+          let identity = peer.value
+          return .forward(app, pool.app) { headers in
+            stripHopByHop(&headers)
+            // Only the sidecar may say who called: a client's copy is dropped.
+            headers.remove(name: "x-trellis-peer-identity")
+            headers.add(name: "x-trellis-peer-identity", value: identity)
           }
         }
+      }
+    }
+  }
+
+  /// Makes an accepted connection an HTTP/2 server whose every stream starts with a
+  /// `StreamRouter` asking `route` where it goes.
+  private static func serveStreams(
+    on channel: any Channel,
+    route: @escaping @Sendable (HPACKHeaders) -> StreamRouter.Decision
+  ) throws {
+    _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+      mode: .server, connectionConfiguration: .meshDefaults, streamConfiguration: .meshDefaults
+    ) { stream in
+      stream.eventLoop.makeCompletedFuture {
+        try stream.pipeline.syncOperations.addHandler(StreamRouter(route: route))
       }
     }
   }
