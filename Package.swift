@@ -35,6 +35,7 @@ let package = Package(
     .executable(name: "rpc", targets: ["rpc"]),
     .executable(name: "meshctl", targets: ["meshctl"]),
     .executable(name: "sidecar", targets: ["sidecar"]),
+    .executable(name: "bench-server", targets: ["bench-server"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -160,6 +161,13 @@ let package = Package(
     .executableTarget(
       name: "meshctl",
       dependencies: ["MeshIdentity", "MeshServiceKit", argumentParser, x509, crypto],
+      swiftSettings: swiftSettings
+    ),
+
+    // The far end of the proxy benchmarks (`scripts/bench`).
+    .executableTarget(
+      name: "bench-server",
+      dependencies: [argumentParser, nioCore, nioPosix, nioHTTP2],
       swiftSettings: swiftSettings
     ),
 

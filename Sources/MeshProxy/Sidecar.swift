@@ -83,7 +83,7 @@ public struct Sidecar: Service {
     return try await listen(on: configuration.outboundListen) { channel in
       let pool = pools.pool(for: channel.eventLoop)
       return channel.eventLoop.makeCompletedFuture {
-        try Self.serveStreams(on: channel) { headers in
+        try Self.serveCalls(on: channel, loop: pool.loop) { headers in
           Self.routeOutbound(headers, routes: routes, pool: pool, counter: counter)
         }
       }
@@ -93,7 +93,7 @@ public struct Sidecar: Service {
   static func routeOutbound(
     _ headers: HPACKHeaders, routes: [String: [Endpoint]], pool: PoolSet.Pools,
     counter: RoundRobin
-  ) -> StreamRouter.Decision {
+  ) -> Route {
     if let rejection = checkPath(headers) { return rejection }
     let authority = headers.first(name: ":authority") ?? ""
     let service = authority.split(separator: ":").first.map(String.init) ?? ""
@@ -101,11 +101,11 @@ public struct Sidecar: Service {
       return .reject(.unavailable, "no route to '\(service)'")
     }
     let endpoint = endpoints[counter.next(endpoints.count)]
-    return .forward(endpoint, pool.mesh, stripHopByHop)
+    return .forward(endpoint, pool.mesh, rewrite: stripHopByHop)
   }
 
   /// Both directions refuse a `:path` that is not exactly `/package.Service/Method`.
-  static func checkPath(_ headers: HPACKHeaders) -> StreamRouter.Decision? {
+  static func checkPath(_ headers: HPACKHeaders) -> Route? {
     guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
       return .reject(.unimplemented, "malformed :path; expected /package.Service/Method")
     }
@@ -123,7 +123,7 @@ public struct Sidecar: Service {
       return channel.eventLoop.makeCompletedFuture {
         try channel.pipeline.syncOperations.addHandler(
           tls.serverHandler { identity in peer.set(identity.description) })
-        try Self.serveStreams(on: channel) { headers in
+        try Self.serveCalls(on: channel, loop: pool.loop) { headers in
           if let rejection = Self.checkPath(headers) { return rejection }
           let identity = peer.value
           return .forward(app, pool.app) { headers in
@@ -137,19 +137,14 @@ public struct Sidecar: Service {
     }
   }
 
-  /// Makes an accepted connection an HTTP/2 server whose every stream starts with a
-  /// `StreamRouter` asking `route` where it goes.
-  private static func serveStreams(
-    on channel: any Channel,
-    route: @escaping @Sendable (HPACKHeaders) -> StreamRouter.Decision
+  /// Makes an accepted connection an HTTP/2 server whose calls are forwarded where `route`
+  /// says.
+  private static func serveCalls(
+    on channel: any Channel, loop: LoopState, route: @escaping (HPACKHeaders) -> Route
   ) throws {
-    _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-      mode: .server, connectionConfiguration: .meshDefaults, streamConfiguration: .meshDefaults
-    ) { stream in
-      stream.eventLoop.makeCompletedFuture {
-        try stream.pipeline.syncOperations.addHandler(StreamRouter(route: route))
-      }
-    }
+    let pipeline = channel.pipeline.syncOperations
+    try pipeline.addHandler(NIOHTTP2Handler(mode: .server, connectionConfiguration: .meshDefaults))
+    try pipeline.addHandler(ForwardingConnection(role: .downstream(route: route), loop: loop))
   }
 
   /// A listening socket whose accepted connections are set up by `initializer`; small calls
@@ -221,24 +216,26 @@ final class RoundRobin: @unchecked Sendable {
   }
 }
 
-/// One pair of upstream pools per event loop: to mesh peers (mTLS) and to the local app (h2c).
+/// Per event loop: its shared state and two upstream pools, to mesh peers (mTLS) and to the
+/// local app (h2c).
 final class PoolSet: Sendable {
   private let pools: [ObjectIdentifier: Pools]
 
   final class Pools: @unchecked Sendable {
+    let loop: LoopState
     let mesh: UpstreamPool
     let app: UpstreamPool
-    init(mesh: UpstreamPool, app: UpstreamPool) {
-      self.mesh = mesh
-      self.app = app
+    init(loop: LoopState, tls: ProxyTLS) {
+      self.loop = loop
+      self.mesh = UpstreamPool(loop: loop, tls: tls)
+      self.app = UpstreamPool(loop: loop, tls: nil)
     }
   }
 
   init(group: MultiThreadedEventLoopGroup, tls: ProxyTLS) {
     var pools: [ObjectIdentifier: Pools] = [:]
-    for loop in group.makeIterator() {
-      pools[ObjectIdentifier(loop)] = Pools(
-        mesh: UpstreamPool(eventLoop: loop, tls: tls), app: UpstreamPool(eventLoop: loop, tls: nil))
+    for eventLoop in group.makeIterator() {
+      pools[ObjectIdentifier(eventLoop)] = Pools(loop: LoopState(eventLoop: eventLoop), tls: tls)
     }
     self.pools = pools
   }

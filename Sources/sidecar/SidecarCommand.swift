@@ -62,7 +62,7 @@ struct SidecarCommand: AsyncParsableCommand {
       guard let keyText = try? String(contentsOfFile: key, encoding: .utf8) else {
         throw IdentityError("cannot read \(key)")
       }
-      let trust = try TrustBundle(roots: try CertificateFiles.readCertificates(bundle))
+      let trust = TrustBundle(roots: try CertificateFiles.readCertificates(bundle))
       tls = try ProxyTLS(
         certificateChain: chain, privateKeyPEM: keyText, bundle: trust, trustDomain: trustDomain)
     } catch {
