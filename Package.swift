@@ -52,6 +52,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+    .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
   ],
   targets: [
     // Generated code and the descriptor sets it was generated from.
@@ -75,6 +76,11 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
     .target(
+      name: "MeshConfig",
+      dependencies: ["MeshIdentity", .product(name: "Yams", package: "Yams")],
+      swiftSettings: swiftSettings
+    ),
+    .target(
       name: "MeshTranscoding",
       dependencies: [swiftProtobuf],
       swiftSettings: swiftSettings
@@ -84,8 +90,10 @@ let package = Package(
     .target(
       name: "MeshProxy",
       dependencies: [
-        "MeshIdentity", nioCore, nioPosix, nioHTTP2, nioSSL, x509, logging, lifecycle,
+        "MeshIdentity", "MeshConfig", nioCore, nioPosix, nioHTTP2, nioSSL, x509, logging, lifecycle,
         .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "NIOTLS", package: "swift-nio"),
         .product(name: "NIOHPACK", package: "swift-nio-http2"),
       ],
       swiftSettings: swiftSettings
@@ -152,7 +160,8 @@ let package = Package(
     .executableTarget(
       name: "sidecar",
       dependencies: [
-        "MeshProxy", "MeshIdentity", "MeshServiceKit", argumentParser, logging, lifecycle, crypto,
+        "MeshProxy", "MeshConfig", "MeshIdentity", "MeshServiceKit", argumentParser, logging,
+        lifecycle, crypto,
       ],
       swiftSettings: swiftSettings
     ),

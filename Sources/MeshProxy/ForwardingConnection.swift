@@ -30,8 +30,9 @@ final class ForwardingConnection: ChannelDuplexHandler {
   typealias OutboundOut = HTTP2Frame
 
   enum Role {
-    /// Accepted: calls start here, each asking `route` where it goes.
-    case downstream(route: (HPACKHeaders) -> Route)
+    /// Accepted: calls start here, each asking `route` where it goes. `service` names the
+    /// service for metrics (nil: the target named by `:authority`).
+    case downstream(direction: String, service: String?, route: (HPACKHeaders) -> Route)
     /// Opened by a pool: calls are forwarded to it.
     case upstream(Endpoint)
   }
@@ -68,6 +69,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   func handlerAdded(context: ChannelHandlerContext) {
     self.context = context
+    if case .downstream = role { loop.register(self) }
     if context.channel.isActive { becameActive(context: context) }
   }
 
@@ -76,7 +78,40 @@ final class ForwardingConnection: ChannelDuplexHandler {
     context.fireChannelActive()
   }
 
+  // MARK: Idleness
+
+  private var idleCheck: RepeatedTask?
+  private var lastActive = NIODeadline.now()
+
+  /// Checks now and then (a quarter of the timeout) whether the connection has carried no call
+  /// for the idle timeout; such a connection is drained (accepted) or closed (pooled).
+  private func startIdleCheck(context: ChannelHandlerContext) {
+    let timeout = loop.idleTimeout
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+    idleCheck = context.eventLoop.scheduleRepeatedTask(
+      initialDelay: .nanoseconds(timeout.nanoseconds / 4),
+      delay: .nanoseconds(timeout.nanoseconds / 4)
+    ) { _ in
+      let connection = bound.value
+      guard connection.calls.isEmpty, connection.waiting.isEmpty,
+        NIODeadline.now() - connection.lastActive >= timeout
+      else { return }
+      connection.closeIdle()
+    }
+  }
+
+  private func closeIdle() {
+    idleCheck?.cancel()
+    switch role {
+    case .downstream: drain()
+    case .upstream:
+      acceptsCalls = false
+      context?.close(promise: nil)
+    }
+  }
+
   private func becameActive(context: ChannelHandlerContext) {
+    startIdleCheck(context: context)
     // Open the connection window to its target; stream windows are set by SETTINGS.
     let increment = HTTP2Windows.connection - HTTP2Windows.protocolDefault
     context.write(
@@ -94,6 +129,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   func channelInactive(context: ChannelHandlerContext) {
     acceptsCalls = false
+    idleCheck?.cancel()
+    loop.unregister(self)
     connectionLost(reason: failure ?? "connection closed")
     context.fireChannelInactive()
   }
@@ -148,8 +185,16 @@ final class ForwardingConnection: ChannelDuplexHandler {
       call.forward(.headers(headers), from: self)
       return
     }
-    guard case .downstream(let route) = role else { return }  // no server push: ignored
+    // No server push: a stream opened by an upstream peer is ignored.
+    guard case .downstream(let direction, let service, let route) = role else { return }
+    lastStreamSeen = stream
     let call = ForwardedCall(downstream: self, stream: stream)
+    call.metrics = loop.metrics
+    call.direction = direction
+    call.method = headers.headers.first(name: ":path") ?? ""
+    call.service =
+      service
+      ?? String(headers.headers.first(name: ":authority")?.split(separator: ":").first ?? "")
     calls[stream] = call
     call.requestEnded = headers.endStream
     switch route(headers.headers) {
@@ -179,7 +224,30 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   private func streamClosed(_ stream: HTTP2StreamID, reason: HTTP2ErrorCode?) {
     guard let call = calls.removeValue(forKey: stream) else { return }
+    if calls.isEmpty { lastActive = .now() }
     call.closed(on: self, reason: reason)
+    if draining, calls.isEmpty { context?.close(promise: nil) }
+  }
+
+  // MARK: Draining
+
+  private var draining = false
+  private var lastStreamSeen = HTTP2StreamID.rootStream
+
+  /// Graceful shutdown of an accepted connection: GOAWAY naming the last stream taken (later
+  /// ones are refused and clients retry them elsewhere), the calls in flight finish, then the
+  /// connection closes.
+  func drain() {
+    guard case .downstream = role, !draining, let context else { return }
+    draining = true
+    acceptsCalls = false
+    context.writeAndFlush(
+      wrapOutboundOut(
+        HTTP2Frame(
+          streamID: .rootStream,
+          payload: .goAway(lastStreamID: lastStreamSeen, errorCode: .noError, opaqueData: nil))),
+      promise: nil)
+    if calls.isEmpty { context.close(promise: nil) }
   }
 
   // MARK: Frames out
@@ -287,8 +355,33 @@ final class ForwardingConnection: ChannelDuplexHandler {
 final class ForwardedCall {
   let downstream: ForwardingConnection
   let downstreamStream: HTTP2StreamID
+  let start = NIODeadline.now()
+  var metrics: SidecarMetrics?
+  var direction = ""
+  var service = ""
+  var method = ""
+  /// The call's gRPC status, once seen.
+  private var code: Substring?
   var upstream: ForwardingConnection?
   var upstreamStream: HTTP2StreamID?
+
+  private var requestMessages = MessageFramer()
+  private var responseMessages = MessageFramer()
+
+  /// A message over the limit ends the call: RESOURCE_EXHAUSTED to the caller, a reset
+  /// upstream, and none of the message forwarded.
+  private func refuseOversized(_ size: Int, direction: String) {
+    if let upstream, let upstreamStream, !upstreamClosed {
+      upstreamClosed = true
+      upstream.write(.rstStream(.cancel), on: upstreamStream)
+    }
+    upstreamClosed = true
+    held = []
+    answer(
+      .resourceExhausted,
+      "\(direction) message of \(size) bytes exceeds the limit of \(MessageFramer.defaultLimit) bytes"
+    )
+  }
 
   /// Request frames that arrived before the upstream stream was open, in order.
   private var held: [(HTTP2Frame.FramePayload, Int)] = []
@@ -313,7 +406,10 @@ final class ForwardedCall {
     if side === downstream {
       forwardUp(headers, length: 0)
     } else if !downstreamClosed {
-      if case .headers(let frame) = headers, frame.endStream { responseEnded = true }
+      if case .headers(let frame) = headers, frame.endStream {
+        responseEnded = true
+        code = frame.headers.first(name: "grpc-status").map { Substring($0) }
+      }
       responseStarted = true
       downstream.write(headers, on: downstreamStream)
     }
@@ -322,8 +418,22 @@ final class ForwardedCall {
   /// DATA from one side goes to the other; its window returns to the sender once written.
   func forward(_ data: HTTP2Frame.FramePayload.Data, length: Int, from side: ForwardingConnection) {
     if side === downstream {
+      if !upstreamClosed, case .byteBuffer(let buffer) = data.data,
+        let size = requestMessages.scan(buffer, limit: MessageFramer.defaultLimit)
+      {
+        downstream.returnCredit(length)
+        refuseOversized(size, direction: "request")
+        return
+      }
       forwardUp(.data(data), length: length)
     } else {
+      if !responseEnded, case .byteBuffer(let buffer) = data.data,
+        let size = responseMessages.scan(buffer, limit: MessageFramer.defaultLimit)
+      {
+        side.returnCredit(length)
+        refuseOversized(size, direction: "response")
+        return
+      }
       responseStarted = true
       if data.endStream { responseEnded = true }
       sendCounted(.data(data), length: length, to: downstream, on: downstreamStream, from: side)
@@ -386,6 +496,7 @@ final class ForwardedCall {
   /// stop sending if it has not finished.
   func answer(_ status: ProxyStatus, _ message: String) {
     guard !downstreamClosed else { return }
+    code = Substring(String(status.rawValue))
     if responseStarted {
       // Headers are out: end the response with trailers carrying the status.
       downstream.write(trailers(status, message), on: downstreamStream)
@@ -419,6 +530,7 @@ final class ForwardedCall {
       let wasClosed = downstreamClosed
       downstreamClosed = true
       held = []
+      record(reset: reason != nil)
       if reason != nil, !wasClosed, let upstream, let upstreamStream, !upstreamClosed {
         upstream.write(.rstStream(.cancel), on: upstreamStream)
       }
@@ -431,6 +543,16 @@ final class ForwardedCall {
     }
   }
 
+  /// Counts the call once, when the caller's stream ends.
+  private func record(reset: Bool) {
+    guard let metrics else { return }
+    self.metrics = nil
+    let name = code.map(grpcCodeName) ?? (reset ? "CANCELLED" : "UNKNOWN")
+    let seconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9
+    metrics.recordCall(
+      direction: direction, service: service, method: method, code: name, seconds: seconds)
+  }
+
   /// The upstream connection could not carry this call.
   func upstreamFailed(_ message: String) {
     upstreamClosed = true
@@ -440,6 +562,7 @@ final class ForwardedCall {
 
   func connectionLost(_ side: ForwardingConnection, reason: String) {
     if side === downstream {
+      if !downstreamClosed { record(reset: true) }
       downstreamClosed = true
       held = []
       if let upstream, let upstreamStream, !upstreamClosed {
@@ -472,10 +595,36 @@ extension ForwardingConnection {
 /// connections written to during the current read, flushed together when it completes.
 final class LoopState {
   let eventLoop: any EventLoop
+  let metrics: SidecarMetrics?
+  let idleTimeout: TimeAmount
   private var toFlush: [ForwardingConnection] = []
 
-  init(eventLoop: any EventLoop) {
+  init(eventLoop: any EventLoop, metrics: SidecarMetrics?, idleTimeout: TimeAmount) {
     self.eventLoop = eventLoop
+    self.metrics = metrics
+    self.idleTimeout = idleTimeout
+  }
+
+  /// Accepted connections, for draining.
+  private var accepted: [ObjectIdentifier: ForwardingConnection] = [:]
+  private var drained: EventLoopPromise<Void>?
+
+  func register(_ connection: ForwardingConnection) {
+    accepted[ObjectIdentifier(connection)] = connection
+  }
+
+  func unregister(_ connection: ForwardingConnection) {
+    guard accepted.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
+    if accepted.isEmpty { drained?.succeed() }
+  }
+
+  /// Drains every accepted connection; succeeds once all have closed.
+  func drain() -> EventLoopFuture<Void> {
+    let promise = eventLoop.makePromise(of: Void.self)
+    drained = promise
+    if accepted.isEmpty { promise.succeed() }
+    for connection in accepted.values { connection.drain() }
+    return promise.futureResult
   }
 
   func needsFlush(_ connection: ForwardingConnection) {

@@ -1,4 +1,6 @@
+import Foundation
 import Logging
+import MeshConfig
 import MeshIdentity
 import NIOConcurrencyHelpers
 import NIOCore
@@ -12,25 +14,25 @@ import ServiceLifecycle
 /// forwards verified calls to the local app (h2c).
 public struct Sidecar: Service {
   public struct Configuration: Sendable {
-    /// This workload's service name.
-    public var service: String
-    public var inboundListen: (host: String, port: Int)
-    public var outboundListen: (host: String, port: Int)
-    /// The local app's h2c address.
-    public var app: Endpoint
-    /// The endpoints (peer sidecars' inbound addresses) of each service this app may call.
-    public var routes: [String: [Endpoint]]
-    public var trustDomain = SPIFFEID.defaultTrustDomain
+    public var bootstrap: SidecarBootstrap
+    /// The mesh config: other services' endpoints and who may call this one.
+    public var mesh: MeshConfig
 
-    public init(
-      service: String, inboundListen: (host: String, port: Int),
-      outboundListen: (host: String, port: Int), app: Endpoint, routes: [String: [Endpoint]]
-    ) {
-      self.service = service
-      self.inboundListen = inboundListen
-      self.outboundListen = outboundListen
-      self.app = app
-      self.routes = routes
+    public init(bootstrap: SidecarBootstrap, mesh: MeshConfig) {
+      self.bootstrap = bootstrap
+      self.mesh = mesh
+    }
+
+    /// Each service's endpoints, with the identity each must present (secure naming).
+    var routes: [String: [Endpoint]] {
+      var routes: [String: [Endpoint]] = [:]
+      for (name, service) in mesh.services {
+        let identity = "spiffe://\(mesh.trustDomain)/svc/\(name)"
+        routes[name] = service.endpoints.map {
+          Endpoint(host: $0.address.host, port: $0.address.port, expectedIdentity: identity)
+        }
+      }
+      return routes
     }
   }
 
@@ -39,35 +41,131 @@ public struct Sidecar: Service {
   private let group: MultiThreadedEventLoopGroup
   private let logger: Logger
 
-  public init(
-    configuration: Configuration, tls: ProxyTLS, threads: Int = 1, logger: Logger
-  ) {
+  public init(configuration: Configuration, tls: ProxyTLS, logger: Logger) {
     self.configuration = configuration
     self.tls = tls
-    self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+    self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.bootstrap.threads)
     self.logger = logger
   }
 
   public func run() async throws {
-    let pools = PoolSet(group: group, tls: tls)
+    let metrics = SidecarMetrics()
+    let limits = configuration.bootstrap.limits
+    let pools = PoolSet(
+      group: group, tls: tls, metrics: metrics, idleTimeout: TimeAmount(limits.idleTimeout))
+    let state = NIOLockedValueBox(RunState.starting)
     let outbound = try await bindOutbound(pools: pools)
-    let inbound = try await bindInbound(pools: pools)
+    let inbound = try await bindInbound(pools: pools, metrics: metrics)
+    var admin: (any Channel)?
+    if let address = configuration.bootstrap.admin {
+      admin = try await AdminServer.bind(
+        host: address.host, port: address.port, group: group,
+        reports: reports(state: state, metrics: metrics))
+    }
+    state.withLockedValue { $0 = .serving }
+    let watcher = Task { await watchCertificateFiles() }
+    defer { watcher.cancel() }
     logger.info(
       "listening",
       metadata: [
-        "outbound": "\(outbound.localAddress.map(\.description) ?? "?")",
-        "inbound": "\(inbound.localAddress.map(\.description) ?? "?")",
+        "service": "\(configuration.bootstrap.service)",
         "address": "\(Self.hostPort(outbound.localAddress))",
         "inbound_address": "\(Self.hostPort(inbound.localAddress))",
+        "admin_address": "\(admin.map { Self.hostPort($0.localAddress) } ?? "none")",
       ])
     try await withGracefulShutdownHandler {
       try await outbound.closeFuture.get()
       try await inbound.closeFuture.get()
     } onGracefulShutdown: {
+      state.withLockedValue { $0 = .draining }
       outbound.close(promise: nil)
       inbound.close(promise: nil)
     }
+    // Listeners are closed: every accepted connection gets GOAWAY and its calls finish.
+    logger.info("draining")
+    let drained = pools.drain()
+    let timeout = drainTimeout
+    await withTaskGroup(of: Void.self) { waiting in
+      waiting.addTask { try? await drained.get() }
+      waiting.addTask { try? await Task.sleep(for: timeout) }
+      await waiting.next()
+      waiting.cancelAll()
+    }
+    try await admin?.close()
+    logger.info("stopped")
     try await group.shutdownGracefully()
+  }
+
+  /// Reloads certificate, key and bundle when their files change (polled each second; a file
+  /// caught half-written fails to load and is tried again on the next tick). Open connections
+  /// and calls are untouched; new handshakes present the new certificate.
+  private func watchCertificateFiles() async {
+    let bootstrap = configuration.bootstrap
+    let paths = [bootstrap.certificate, bootstrap.privateKey, bootstrap.bundle]
+    func signature() -> [String] {
+      paths.map { path in
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
+          return "missing"
+        }
+        let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+        return "\(modified)/\(attributes[.size] ?? 0)/\(attributes[.systemFileNumber] ?? 0)"
+      }
+    }
+    var loaded = signature()
+    var failed: [String] = []
+    while !Task.isCancelled {
+      try? await Task.sleep(for: .seconds(1))
+      let current = signature()
+      guard current != loaded, current != failed else { continue }
+      do {
+        let serial = try tls.reload(
+          certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
+          bundle: bootstrap.bundle)
+        loaded = current
+        logger.info("certificate reloaded", metadata: ["serial": "\(serial)"])
+      } catch {
+        failed = current
+        logger.warning(
+          "certificate reload failed; keeping the current one", metadata: ["error": "\(error)"])
+      }
+    }
+  }
+
+  /// How long calls in flight may take to finish after SIGTERM.
+  private var drainTimeout: Duration { configuration.bootstrap.limits.drainTimeout }
+
+  private enum RunState {
+    case starting, serving, draining
+  }
+
+  private func reports(
+    state: NIOLockedValueBox<RunState>, metrics: SidecarMetrics
+  ) -> AdminServer.Reports {
+    let tls = self.tls
+    return AdminServer.Reports(
+      notReady: {
+        switch state.withLockedValue({ $0 }) {
+        case .starting: return "starting"
+        case .draining: return "draining"
+        case .serving:
+          let certificate = tls.certificateStatus
+          if certificate.secondsLeft <= 0 {
+            return "certificate expired at \(certificate.notAfter)"
+          }
+          return nil
+        }
+      },
+      metrics: {
+        let certificate = tls.certificateStatus
+        return metrics.render(
+          extra: """
+            # HELP trellis_certificate_expiry_timestamp_seconds When this sidecar's certificate expires.
+            # TYPE trellis_certificate_expiry_timestamp_seconds gauge
+            trellis_certificate_expiry_timestamp_seconds \(certificate.notAfterEpoch)
+
+            """)
+      },
+      certificates: { tls.certificateStatus.json })
   }
 
   private static func hostPort(_ address: SocketAddress?) -> String {
@@ -80,11 +178,11 @@ public struct Sidecar: Service {
   private func bindOutbound(pools: PoolSet) async throws -> any Channel {
     let routes = configuration.routes
     let counter = RoundRobin()
-    return try await listen(on: configuration.outboundListen) { channel in
+    return try await listen(on: configuration.bootstrap.outbound) { channel in
       let pool = pools.pool(for: channel.eventLoop)
       return channel.eventLoop.makeCompletedFuture {
-        try Self.serveCalls(on: channel, loop: pool.loop) { headers in
-          Self.routeOutbound(headers, routes: routes, pool: pool, counter: counter)
+        try Self.serveCalls(on: channel, loop: pool.loop, direction: "outbound", service: nil) {
+          headers in Self.routeOutbound(headers, routes: routes, pool: pool, counter: counter)
         }
       }
     }
@@ -114,43 +212,66 @@ public struct Sidecar: Service {
 
   // MARK: Inbound: verified peers' calls, to the local app.
 
-  private func bindInbound(pools: PoolSet) async throws -> any Channel {
-    let app = configuration.app
+  private func bindInbound(pools: PoolSet, metrics: SidecarMetrics) async throws -> any Channel {
+    let app = Endpoint(
+      host: configuration.bootstrap.app.host, port: configuration.bootstrap.app.port)
+    let policy = configuration.mesh.policy(for: configuration.bootstrap.service)
+    let service = configuration.bootstrap.service
+    let handshakeTimeout = TimeAmount(configuration.bootstrap.limits.handshakeTimeout)
     let tls = self.tls
-    return try await listen(on: configuration.inboundListen) { channel in
+    return try await listen(on: configuration.bootstrap.inbound) { channel in
       let pool = pools.pool(for: channel.eventLoop)
       let peer = PeerIdentity()
       return channel.eventLoop.makeCompletedFuture {
         try channel.pipeline.syncOperations.addHandler(
-          tls.serverHandler { identity in peer.set(identity.description) })
-        try Self.serveCalls(on: channel, loop: pool.loop) { headers in
-          if let rejection = Self.checkPath(headers) { return rejection }
-          let identity = peer.value
-          return .forward(app, pool.app) { headers in
-            stripHopByHop(&headers)
-            // Only the sidecar may say who called: a client's copy is dropped.
-            headers.remove(name: "x-trellis-peer-identity")
-            headers.add(name: "x-trellis-peer-identity", value: identity)
-          }
+          tls.serverHandler(
+            identified: { identity in peer.set(identity.description) },
+            rejected: { reason in metrics.recordTLSFailure(reason: reason) }))
+        try channel.pipeline.syncOperations.addHandler(
+          HandshakeGuard(metrics: metrics, peer: peer, timeout: handshakeTimeout))
+        try Self.serveCalls(on: channel, loop: pool.loop, direction: "inbound", service: service) {
+          headers in
+          Self.routeInbound(
+            headers, caller: peer.value, service: service, policy: policy, app: app, pool: pool)
         }
       }
+    }
+  }
+
+  static func routeInbound(
+    _ headers: HPACKHeaders, caller: String, service: String, policy: Authorization, app: Endpoint,
+    pool: PoolSet.Pools
+  ) -> Route {
+    if let rejection = checkPath(headers) { return rejection }
+    let path = headers.first(name: ":path") ?? ""
+    guard policy.allows(caller: caller, path: path) else {
+      return .reject(.permissionDenied, "\(caller) is not allowed to call \(path) on \(service)")
+    }
+    return .forward(app, pool.app) { headers in
+      stripHopByHop(&headers)
+      // Only the sidecar may say who called: a client's copy is dropped.
+      headers.remove(name: "x-trellis-peer-identity")
+      headers.add(name: "x-trellis-peer-identity", value: caller)
     }
   }
 
   /// Makes an accepted connection an HTTP/2 server whose calls are forwarded where `route`
   /// says.
   private static func serveCalls(
-    on channel: any Channel, loop: LoopState, route: @escaping (HPACKHeaders) -> Route
+    on channel: any Channel, loop: LoopState, direction: String, service: String?,
+    route: @escaping (HPACKHeaders) -> Route
   ) throws {
     let pipeline = channel.pipeline.syncOperations
     try pipeline.addHandler(NIOHTTP2Handler(mode: .server, connectionConfiguration: .meshDefaults))
-    try pipeline.addHandler(ForwardingConnection(role: .downstream(route: route), loop: loop))
+    try pipeline.addHandler(
+      ForwardingConnection(
+        role: .downstream(direction: direction, service: service, route: route), loop: loop))
   }
 
   /// A listening socket whose accepted connections are set up by `initializer`; small calls
   /// go out at once (no Nagle delay).
   private func listen(
-    on address: (host: String, port: Int),
+    on address: Address,
     initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
   ) async throws -> any Channel {
     try await ServerBootstrap(group: group)
@@ -202,6 +323,7 @@ final class PeerIdentity: @unchecked Sendable {
   private let lock = NIOLock()
   func set(_ value: String) { lock.withLock { identity = value } }
   var value: String { lock.withLock { identity } }
+  var isSet: Bool { !value.isEmpty }
 }
 
 /// Spreads calls over endpoints in turn.
@@ -232,12 +354,25 @@ final class PoolSet: Sendable {
     }
   }
 
-  init(group: MultiThreadedEventLoopGroup, tls: ProxyTLS) {
+  init(
+    group: MultiThreadedEventLoopGroup, tls: ProxyTLS, metrics: SidecarMetrics,
+    idleTimeout: TimeAmount
+  ) {
     var pools: [ObjectIdentifier: Pools] = [:]
     for eventLoop in group.makeIterator() {
-      pools[ObjectIdentifier(eventLoop)] = Pools(loop: LoopState(eventLoop: eventLoop), tls: tls)
+      pools[ObjectIdentifier(eventLoop)] = Pools(
+        loop: LoopState(eventLoop: eventLoop, metrics: metrics, idleTimeout: idleTimeout),
+        tls: tls)
     }
     self.pools = pools
+  }
+
+  /// Drains every loop's accepted connections; succeeds when all have closed.
+  func drain() -> EventLoopFuture<Void> {
+    let futures = pools.values.map { pools in
+      pools.loop.eventLoop.flatSubmit { pools.loop.drain() }
+    }
+    return EventLoopFuture.andAllComplete(futures, on: futures[0].eventLoop)
   }
 
   func pool(for loop: any EventLoop) -> Pools {

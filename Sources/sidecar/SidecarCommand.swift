@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import MeshConfig
 import MeshIdentity
 import MeshProxy
 import MeshServiceKit
@@ -8,23 +9,33 @@ import ServiceLifecycle
 
 /// `sidecar`: the proxy beside every service.
 ///
-/// Static mode: identity from certificate files and routes from flags. The bootstrap file and
-/// the control plane's pushed config replace the flags.
+/// Started with a bootstrap file (`--config`, see the README); in static mode the bootstrap
+/// names a mesh config file with the other services' endpoints and the authorization rules.
+/// For quick experiments the same settings can be given as flags instead.
 @main
 struct SidecarCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "sidecar",
-    abstract: "Carry a service's gRPC traffic over mutual TLS with workload identities.")
+    abstract: "Carry a service's gRPC traffic over mutual TLS with workload identities.",
+    discussion: """
+      Either --config FILE, or the settings as flags (--service, --app, --cert, --key, --bundle
+      and optionally the rest).
+      """)
 
-  @Option(help: "This workload's service name.") var service: String
-  @Option(help: "The local app's h2c address, HOST:PORT.") var app: String
+  @Option(help: "The bootstrap file (YAML).") var config: String?
+
+  @Option(help: "This workload's service name.") var service: String?
+  @Option(help: "The local app's h2c address, HOST:PORT.") var app: String?
   @Option(help: "Where peers reach this service (mutual TLS), HOST:PORT.")
   var inbound = "127.0.0.1:15001"
   @Option(help: "Where the local app sends its calls (h2c), HOST:PORT.")
   var outbound = "127.0.0.1:15002"
-  @Option(help: "PEM certificate chain (leaf first).") var cert: String
-  @Option(help: "PEM private key.") var key: String
-  @Option(help: "PEM trust bundle (the mesh's roots).") var bundle: String
+  @Option(help: "Admin HTTP listener (/ready, /live, /metrics, /certs), HOST:PORT.")
+  var admin: String?
+  @Option(help: "PEM certificate chain (leaf first).") var cert: String?
+  @Option(help: "PEM private key.") var key: String?
+  @Option(help: "PEM trust bundle (the mesh's roots).") var bundle: String?
+  @Option(help: "The mesh config file (endpoints and authorization, YAML).") var mesh: String?
   @Option(
     name: .customLong("route"),
     help:
@@ -37,46 +48,81 @@ struct SidecarCommand: AsyncParsableCommand {
   func run() async throws {
     JSONLogHandler.bootstrap()
     let logger = Logger(label: "sidecar")
-    func address(_ text: String, _ flag: String) throws -> HostPort {
-      do { return try HostPort(parsing: text) } catch {
+    let configuration: Sidecar.Configuration
+    let tls: ProxyTLS
+    do {
+      configuration = try loadConfiguration()
+      tls = try Self.loadTLS(configuration)
+    } catch let error as ValidationError {
+      throw error
+    } catch {
+      FileHandle.standardError.write(Data("sidecar: \(error)\n".utf8))
+      throw ExitCode.failure
+    }
+    let sidecar = Sidecar(configuration: configuration, tls: tls, logger: logger)
+    let group = ServiceGroup(
+      services: [sidecar], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    try await group.run()
+  }
+
+  private func loadConfiguration() throws -> Sidecar.Configuration {
+    if let config {
+      let flags = [
+        service, app, admin, cert, key, bundle, mesh,
+      ].compactMap { $0 }
+      guard flags.isEmpty, routes.isEmpty else {
+        throw ValidationError("--config: give the settings in the file or as flags, not both")
+      }
+      let text = try Self.read(config)
+      let directory = URL(fileURLWithPath: config).deletingLastPathComponent().path
+      let bootstrap = try SidecarBootstrap(yaml: text, file: config, directory: directory)
+      var meshConfig = MeshConfig(trustDomain: bootstrap.trustDomain)
+      if let mesh = bootstrap.mesh {
+        meshConfig = try MeshConfig(yaml: try Self.read(mesh), file: mesh)
+      }
+      return .init(bootstrap: bootstrap, mesh: meshConfig)
+    }
+    guard let service, let app, let cert, let key, let bundle else {
+      throw ValidationError(
+        "give --config FILE, or --service, --app, --cert, --key and --bundle")
+    }
+    func address(_ text: String, _ flag: String) throws -> Address {
+      do { return try Address(parsing: text) } catch {
         throw ValidationError("--\(flag): \(error)")
       }
     }
-    let appAddress = try address(app, "app")
-    let inboundAddress = try address(inbound, "inbound")
-    let outboundAddress = try address(outbound, "outbound")
-    var table: [String: [Endpoint]] = [:]
+    let bootstrap = SidecarBootstrap(
+      service: service, app: try address(app, "app"), inbound: try address(inbound, "inbound"),
+      outbound: try address(outbound, "outbound"),
+      admin: try admin.map { try address($0, "admin") }, certificate: cert, privateKey: key,
+      bundle: bundle, mesh: mesh, trustDomain: trustDomain, threads: threads)
+    var meshConfig = MeshConfig(trustDomain: trustDomain)
+    if let mesh { meshConfig = try MeshConfig(yaml: try Self.read(mesh), file: mesh) }
     for route in routes {
       let parts = route.split(separator: "=", maxSplits: 1).map(String.init)
       guard parts.count == 2, !parts[0].isEmpty else {
         throw ValidationError("--route \(route): expected NAME=HOST:PORT")
       }
-      let target = try address(parts[1], "route")
-      let identity = try SPIFFEID.workload(parts[0], trustDomain: trustDomain)
-      table[parts[0], default: []].append(
-        Endpoint(host: target.host, port: target.port, expectedIdentity: identity.description))
+      _ = try SPIFFEID.workload(parts[0], trustDomain: trustDomain)
+      meshConfig.services[parts[0], default: .init()].endpoints.append(
+        .init(address: try address(parts[1], "route")))
     }
-    let tls: ProxyTLS
+    return .init(bootstrap: bootstrap, mesh: meshConfig)
+  }
+
+  private static func read(_ path: String) throws -> String {
     do {
-      let chain = try CertificateFiles.readCertificates(cert)
-      guard let keyText = try? String(contentsOfFile: key, encoding: .utf8) else {
-        throw IdentityError("cannot read \(key)")
-      }
-      let trust = TrustBundle(roots: try CertificateFiles.readCertificates(bundle))
-      tls = try ProxyTLS(
-        certificateChain: chain, privateKeyPEM: keyText, bundle: trust, trustDomain: trustDomain)
+      return try String(contentsOfFile: path, encoding: .utf8)
     } catch {
-      FileHandle.standardError.write(Data("sidecar: \(error)\n".utf8))
-      throw ExitCode.failure
+      throw ConfigError(
+        file: path, line: nil, column: nil, field: "", message: "cannot read the file")
     }
-    let sidecar = Sidecar(
-      configuration: .init(
-        service: service, inboundListen: (inboundAddress.host, inboundAddress.port),
-        outboundListen: (outboundAddress.host, outboundAddress.port),
-        app: Endpoint(host: appAddress.host, port: appAddress.port), routes: table),
-      tls: tls, threads: threads, logger: logger)
-    let group = ServiceGroup(
-      services: [sidecar], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-    try await group.run()
+  }
+
+  private static func loadTLS(_ configuration: Sidecar.Configuration) throws -> ProxyTLS {
+    let bootstrap = configuration.bootstrap
+    return try ProxyTLS(
+      certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
+      bundle: bootstrap.bundle, trustDomain: configuration.mesh.trustDomain)
   }
 }

@@ -1,0 +1,127 @@
+import MeshIdentity
+
+/// What a sidecar needs to start: who it is, where its app is, where it listens, its
+/// certificate files, and — in static mode, until a control plane serves it — the mesh config
+/// file. Relative paths are relative to the bootstrap file.
+///
+/// ```yaml
+/// service: users
+/// app: 127.0.0.1:50051
+/// listen:
+///   inbound: 0.0.0.0:7101
+///   outbound: 127.0.0.1:7102
+///   admin: 127.0.0.1:7103
+/// advertise: 127.0.0.1:7101        # the inbound address others dial (default: listen.inbound)
+/// tls:
+///   cert: ../certs/users.pem
+///   key: ../certs/users-key.pem
+///   bundle: ../certs/bundle.pem
+/// mesh: mesh.yaml
+/// trustDomain: trellis.local       # optional
+/// threads: 1                       # optional
+/// limits:                          # optional; these are the defaults
+///   idleTimeout: 5m                # a connection without calls for this long is closed
+///   handshakeTimeout: 10s          # a TLS handshake must finish within this
+///   drainTimeout: 30s              # calls in flight at SIGTERM get this long to finish
+/// ```
+public struct SidecarBootstrap: Equatable, Sendable {
+  public var service: String
+  public var app: Address
+  public var inbound: Address
+  public var outbound: Address
+  public var admin: Address?
+  public var advertise: Address
+  public var certificate: String
+  public var privateKey: String
+  public var bundle: String
+  /// The mesh config file (static mode).
+  public var mesh: String?
+  public var trustDomain: String
+  public var threads: Int
+  public var limits = Limits()
+
+  public struct Limits: Equatable, Sendable {
+    public var idleTimeout: Duration = .seconds(300)
+    public var handshakeTimeout: Duration = .seconds(10)
+    public var drainTimeout: Duration = .seconds(30)
+    public init() {}
+  }
+
+  public init(
+    service: String, app: Address, inbound: Address, outbound: Address, admin: Address?,
+    advertise: Address? = nil, certificate: String, privateKey: String, bundle: String,
+    mesh: String?, trustDomain: String = SPIFFEID.defaultTrustDomain, threads: Int = 1
+  ) {
+    self.service = service
+    self.app = app
+    self.inbound = inbound
+    self.outbound = outbound
+    self.admin = admin
+    self.advertise = advertise ?? inbound
+    self.certificate = certificate
+    self.privateKey = privateKey
+    self.bundle = bundle
+    self.mesh = mesh
+    self.trustDomain = trustDomain
+    self.threads = threads
+  }
+
+  /// Reads a bootstrap file's text; `directory` resolves relative paths.
+  public init(yaml: String, file: String, directory: String) throws(ConfigError) {
+    do {
+      try self.init(ConfigNode.parse(yaml, file: file), directory: directory)
+    } catch let error as ConfigError {
+      throw error
+    } catch {
+      throw ConfigError(file: file, line: nil, column: nil, field: "", message: "\(error)")
+    }
+  }
+
+  init(_ root: ConfigNode, directory: String) throws {
+    let fields = try root.fields([
+      "service", "app", "listen", "advertise", "tls", "mesh", "trustDomain", "threads", "limits",
+    ])
+    let trustDomain = try fields["trustDomain"].optionalString() ?? SPIFFEID.defaultTrustDomain
+    let service = try fields["service"].string()
+    do {
+      _ = try SPIFFEID.workload(service, trustDomain: trustDomain)
+    } catch {
+      throw fields["service"].error("'\(service)' is not a valid service name: \(error)")
+    }
+    func address(_ node: ConfigNode) throws -> Address {
+      do {
+        return try Address(parsing: try node.string())
+      } catch let error as AddressError {
+        throw node.error(error.description)
+      }
+    }
+    func path(_ node: ConfigNode) throws -> String {
+      let text = try node.string()
+      return text.hasPrefix("/") ? text : "\(directory)/\(text)"
+    }
+    let listen = try fields["listen"].fields(["inbound", "outbound", "admin"])
+    let tls = try fields["tls"].fields(["cert", "key", "bundle"])
+    let inbound = try address(listen["inbound"])
+    var advertise = inbound
+    if fields["advertise"].isPresent {
+      advertise = try address(fields["advertise"])
+      guard advertise.port != 0 else {
+        throw fields["advertise"].error("an advertised address needs a real port")
+      }
+    }
+    self.init(
+      service: service, app: try address(fields["app"]), inbound: inbound,
+      outbound: try address(listen["outbound"]),
+      admin: listen["admin"].isPresent ? try address(listen["admin"]) : nil,
+      advertise: advertise, certificate: try path(tls["cert"]), privateKey: try path(tls["key"]),
+      bundle: try path(tls["bundle"]),
+      mesh: fields["mesh"].isPresent ? try path(fields["mesh"]) : nil, trustDomain: trustDomain,
+      threads: try fields["threads"].int(in: 1...64) ?? 1)
+    let limits = try fields["limits"].fields(["idleTimeout", "handshakeTimeout", "drainTimeout"])
+    if let value = try limits["idleTimeout"].duration() { self.limits.idleTimeout = value }
+    if let value = try limits["handshakeTimeout"].duration() {
+      self.limits.handshakeTimeout = value
+    }
+    if let value = try limits["drainTimeout"].duration() { self.limits.drainTimeout = value }
+  }
+}

@@ -1,0 +1,93 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// The sidecar's admin listener (loopback HTTP/1.1): `/live`, `/ready`, `/metrics`, `/certs`.
+struct AdminServer {
+  /// What the admin endpoints report, asked afresh on every request.
+  struct Reports: Sendable {
+    /// nil when ready; otherwise why not.
+    var notReady: @Sendable () -> String?
+    var metrics: @Sendable () -> String
+    /// `/certs` as JSON.
+    var certificates: @Sendable () -> String
+  }
+
+  static func bind(
+    host: String, port: Int, group: any EventLoopGroup, reports: Reports
+  ) async throws -> any Channel {
+    try await ServerBootstrap(group: group)
+      .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+      .childChannelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            withErrorHandling: true)
+          try channel.pipeline.syncOperations.addHandler(AdminHandler(reports: reports))
+        }
+      }
+      .bind(host: host, port: port)
+      .get()
+  }
+}
+
+private final class AdminHandler: ChannelInboundHandler {
+  typealias InboundIn = HTTPServerRequestPart
+  typealias OutboundOut = HTTPServerResponsePart
+
+  private let reports: AdminServer.Reports
+  private var request: HTTPRequestHead?
+
+  init(reports: AdminServer.Reports) {
+    self.reports = reports
+  }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    switch unwrapInboundIn(data) {
+    case .head(let head):
+      request = head
+    case .body:
+      break
+    case .end:
+      guard let head = request else { return }
+      request = nil
+      let (status, type, body) = answer(head)
+      var headers = HTTPHeaders()
+      headers.add(name: "content-type", value: type)
+      headers.add(name: "content-length", value: "\(body.utf8.count)")
+      if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
+      context.write(
+        wrapOutboundOut(
+          .head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
+        promise: nil)
+      context.write(
+        wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))),
+        promise: nil)
+      let keepAlive = head.isKeepAlive
+      context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+        if !keepAlive { context.close(promise: nil) }
+      }
+    }
+  }
+
+  private func answer(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String, String) {
+    guard head.method == .GET || head.method == .HEAD else {
+      return (.methodNotAllowed, "text/plain", "only GET\n")
+    }
+    let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+    switch path {
+    case "/live":
+      return (.ok, "text/plain", "live\n")
+    case "/ready":
+      if let reason = reports.notReady() {
+        return (.serviceUnavailable, "text/plain", reason + "\n")
+      }
+      return (.ok, "text/plain", "ready\n")
+    case "/metrics":
+      return (.ok, "text/plain; version=0.0.4", reports.metrics())
+    case "/certs":
+      return (.ok, "application/json", reports.certificates())
+    default:
+      return (.notFound, "text/plain", "no such page; try /live, /ready, /metrics or /certs\n")
+    }
+  }
+}

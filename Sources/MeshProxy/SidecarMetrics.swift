@@ -1,0 +1,126 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The sidecar's counters, rendered in Prometheus's text format on the admin port: calls by
+/// direction, service, method and gRPC status, their latency, and TLS handshake failures by
+/// reason. Recorded once per call (not per frame), under one lock.
+final class SidecarMetrics: Sendable {
+  struct CallKey: Hashable {
+    var direction: String
+    var service: String
+    var method: String
+    var code: String
+  }
+
+  private struct Series {
+    var count = 0
+    var sum = 0.0
+    var buckets = [Int](repeating: 0, count: SidecarMetrics.bounds.count)
+  }
+
+  private struct State {
+    var calls: [CallKey: Series] = [:]
+    var tlsFailures: [String: Int] = [:]
+  }
+
+  /// Latency bucket bounds in seconds.
+  static let bounds: [Double] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+  ]
+  /// More distinct methods than this (a caller inventing paths) are counted as "other".
+  static let maximumSeries = 2_000
+
+  private let state = NIOLockedValueBox(State())
+
+  func recordCall(
+    direction: String, service: String, method: String, code: String, seconds: Double
+  ) {
+    state.withLockedValue { state in
+      var key = CallKey(direction: direction, service: service, method: method, code: code)
+      if state.calls[key] == nil, state.calls.count >= Self.maximumSeries { key.method = "other" }
+      var series = state.calls[key] ?? Series()
+      series.count += 1
+      series.sum += seconds
+      if let index = Self.bounds.firstIndex(where: { seconds <= $0 }) { series.buckets[index] += 1 }
+      state.calls[key] = series
+    }
+  }
+
+  func recordTLSFailure(reason: String) {
+    state.withLockedValue { $0.tlsFailures[reason, default: 0] += 1 }
+  }
+
+  func requests(direction: String, code: String) -> Int {
+    state.withLockedValue { state in
+      state.calls.filter { $0.key.direction == direction && $0.key.code == code }
+        .reduce(0) { $0 + $1.value.count }
+    }
+  }
+
+  /// The Prometheus text exposition; `extra` appends gauges owned elsewhere.
+  func render(extra: String = "") -> String {
+    let snapshot = state.withLockedValue { $0 }
+    var out = ""
+    out +=
+      "# HELP trellis_requests_total Calls handled, by direction, service, method and gRPC status.\n"
+    out += "# TYPE trellis_requests_total counter\n"
+    let keys = snapshot.calls.keys.sorted {
+      ($0.direction, $0.service, $0.method, $0.code) < (
+        $1.direction, $1.service, $1.method, $1.code
+      )
+    }
+    for key in keys {
+      out += "trellis_requests_total{\(labels(key))} \(snapshot.calls[key]!.count)\n"
+    }
+    out +=
+      "# HELP trellis_request_duration_seconds Time from a call's request headers to its end.\n"
+    out += "# TYPE trellis_request_duration_seconds histogram\n"
+    for key in keys {
+      let series = snapshot.calls[key]!
+      var cumulative = 0
+      for (index, bound) in Self.bounds.enumerated() {
+        cumulative += series.buckets[index]
+        out +=
+          "trellis_request_duration_seconds_bucket{\(labels(key)),le=\"\(bound)\"} \(cumulative)\n"
+      }
+      out += "trellis_request_duration_seconds_bucket{\(labels(key)),le=\"+Inf\"} \(series.count)\n"
+      out += "trellis_request_duration_seconds_sum{\(labels(key))} \(series.sum)\n"
+      out += "trellis_request_duration_seconds_count{\(labels(key))} \(series.count)\n"
+    }
+    out +=
+      "# HELP trellis_tls_handshake_failures_total Refused or failed TLS handshakes, by reason.\n"
+    out += "# TYPE trellis_tls_handshake_failures_total counter\n"
+    for (reason, count) in snapshot.tlsFailures.sorted(by: { $0.key < $1.key }) {
+      out += "trellis_tls_handshake_failures_total{reason=\"\(escape(reason))\"} \(count)\n"
+    }
+    return out + extra
+  }
+
+  private func labels(_ key: CallKey) -> String {
+    "direction=\"\(key.direction)\",service=\"\(escape(key.service))\",method=\"\(escape(key.method))\",grpc_code=\"\(key.code)\""
+  }
+
+  private func escape(_ value: String) -> String {
+    var out = ""
+    for character in value {
+      switch character {
+      case "\\": out += "\\\\"
+      case "\"": out += "\\\""
+      case "\n": out += "\\n"
+      default: out.append(character)
+      }
+    }
+    return out
+  }
+}
+
+/// gRPC status codes by number, named as in the protocol (`grpc_code` labels).
+func grpcCodeName(_ value: Substring) -> String {
+  let names = [
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+  ]
+  guard let code = Int(value), names.indices.contains(code) else { return "UNKNOWN" }
+  return names[code]
+}
