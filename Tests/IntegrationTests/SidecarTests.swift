@@ -6,64 +6,65 @@ import Testing
 /// `meshctl certs`: calls of every kind pass through unchanged except for the verified caller
 /// identity the inbound side adds.
 @Suite(.serialized) final class SidecarTests {
-  let directory: URL
+  let mesh: MeshFixture
   let app: ServiceProcess
-  let serverSidecar: ServiceProcess
-  let clientSidecar: ServiceProcess
-  let serverInbound: String
+  let serverSidecar: RunningSidecar
+  let clientSidecar: RunningSidecar
+  let intruderSidecar: RunningSidecar
+  var directory: URL { mesh.directory }
+  var serverInbound: String { serverSidecar.inbound }
 
   init() throws {
-    directory = try makeTemporaryDirectory("sidecar")
-    let certs = directory.appendingPathComponent("certs").path
-    for arguments in [
-      ["certs", "init", "--dir", certs], ["certs", "issue", "--service", "echo", "--dir", certs],
-      ["certs", "issue", "--service", "client", "--dir", certs],
-    ] {
-      let result = try run(binary("meshctl"), arguments)
-      guard result.status == 0 else { throw HarnessError("meshctl \(arguments): \(result.stderr)") }
-    }
+    mesh = try MeshFixture("sidecar", services: ["echo", "client", "intruder"])
     app = try ServiceProcess(
       try resolve("python3"),
       [
         PythonInteropTests.python.appendingPathComponent("echo_server.py").path,
-        directory.appendingPathComponent("stubs").path, integrationInputs.path,
+        mesh.directory.appendingPathComponent("stubs").path, integrationInputs.path,
       ])
-    func sidecar(_ service: String, _ extra: [String]) throws -> ServiceProcess {
-      try ServiceProcess(
-        binary("sidecar"),
-        [
-          "--service", service, "--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0",
-          "--cert", "\(certs)/\(service).pem", "--key", "\(certs)/\(service)-key.pem",
-          "--bundle", "\(certs)/bundle.pem",
-        ] + extra)
-    }
-    serverSidecar = try sidecar("echo", ["--app", app.address])
-    serverInbound = try Self.inboundAddress(serverSidecar.log)
-    clientSidecar = try sidecar(
-      "client", ["--app", "127.0.0.1:1", "--route", "echo=\(serverInbound)"])
+    // The server's rules: `client` may call anything, `intruder` only Say.
+    let serverMesh = try mesh.write(
+      "server-mesh.yaml",
+      """
+      services:
+        echo:
+          authorization:
+            allow:
+              - from: client
+              - from: spiffe://trellis.local/svc/intruder
+                methods: [trellis.echo.v1.Echo/Say]
+      """)
+    serverSidecar = try mesh.sidecar("echo", app: app.address, mesh: serverMesh)
+    let clientMesh = try mesh.write(
+      "client-mesh.yaml",
+      """
+      services:
+        echo:
+          endpoints:
+            - address: \(serverSidecar.inbound)
+              labels: {version: v1}
+      """)
+    clientSidecar = try mesh.sidecar("client", app: "127.0.0.1:1", mesh: clientMesh)
+    intruderSidecar = try mesh.sidecar("intruder", app: "127.0.0.1:1", mesh: clientMesh)
   }
 
   deinit {
-    clientSidecar.stop()
-    serverSidecar.stop()
+    intruderSidecar.process.stop()
+    clientSidecar.process.stop()
+    serverSidecar.process.stop()
     app.stop()
   }
 
-  static func inboundAddress(_ log: String) throws -> String {
-    for line in log.split(separator: "\n") where line.contains("\"listening\"") {
-      let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
-      if let address = object?["inbound_address"] as? String { return address }
-    }
-    throw HarnessError("no inbound address in \(log)")
-  }
-
-  func call(_ method: String, _ data: String, _ extra: [String] = []) throws -> ProcessResult {
-    try rpc(
+  func call(
+    _ method: String, _ data: String, _ extra: [String] = [], via sidecar: RunningSidecar? = nil
+  ) throws -> ProcessResult {
+    // `client` resolves methods by reflection through the mesh; others may not call it.
+    let schema = sidecar == nil ? [] : ["--protoset", try echoProtoset()]
+    return try rpc(
       [
-        "call", "--plaintext", "--authority", "echo", clientSidecar.address,
+        "call", "--plaintext", "--authority", "echo", (sidecar ?? clientSidecar).outbound,
         "trellis.echo.v1.Echo/\(method)", "-d", data,
-      ]
-        + extra)
+      ] + schema + extra)
   }
 
   @Test func everyKindOfCallPassesThrough() throws {
@@ -96,7 +97,7 @@ import Testing
 
   @Test func anUnknownServiceIsUnavailableWithTheReason() throws {
     let result = try rpc([
-      "call", "--plaintext", "--authority", "nowhere", clientSidecar.address,
+      "call", "--plaintext", "--authority", "nowhere", clientSidecar.outbound,
       "trellis.echo.v1.Echo/Say", "--protoset", try echoProtoset(), "-d", "{}",
     ])
     #expect(result.status == 64 + 14)
@@ -108,7 +109,7 @@ import Testing
     let plaintext = try rpc(["list", "--plaintext", serverInbound])
     #expect(plaintext.status != 0)
     // TLS without a client certificate: the handshake is refused (openssl as the client).
-    let certs = directory.appendingPathComponent("certs").path
+    let certs = mesh.certs
     let noCert = try run(
       "openssl",
       [
@@ -127,6 +128,85 @@ import Testing
       ], stdin: Data())
     #expect(withCert.stdout.contains("ALPN protocol: h2"), "\(withCert.stdout)\(withCert.stderr)")
     #expect(withCert.stdout.contains("Protocol  : TLSv1.3") || withCert.stdout.contains("TLSv1.3"))
+  }
+
+  @Test func callersTheRulesDoNotAllowArePermissionDeniedAndTheAppSeesNothing() throws {
+    let before = appCalls(app)
+    let denied = try call("Expand", #"{"text":"n","repeat":1}"#, via: intruderSidecar)
+    #expect(denied.status == 64 + 7)
+    #expect(
+      denied.stderr
+        == "rpc: PERMISSION_DENIED: spiffe://trellis.local/svc/intruder is not allowed to call /trellis.echo.v1.Echo/Expand on echo\n"
+    )
+    #expect(appCalls(app) == before, "\(app.log)")
+    // The method the rules name is allowed for the same caller.
+    let allowed = try call("Say", #"{"text":"hi"}"#, via: intruderSidecar)
+    #expect(allowed.status == 0, "\(allowed.stderr)")
+    #expect(appCalls(app) == before + 1)
+    #expect(
+      try serverSidecar.metric(
+        "trellis_requests_total",
+        [
+          "direction": "inbound", "method": "/trellis.echo.v1.Echo/Expand",
+          "grpc_code": "PERMISSION_DENIED",
+        ])
+        == 1)
+  }
+
+  @Test func theAdminPortReportsLivenessReadinessMetricsAndCertificates() throws {
+    #expect(try serverSidecar.adminPage("/live").status == 200)
+    #expect(try serverSidecar.adminPage("/ready") == (200, "ready"))
+    #expect(try serverSidecar.adminPage("/nope").status == 404)
+    for _ in 0..<3 { _ = try call("Say", #"{"text":"count me"}"#) }
+    let labels = [
+      "direction": "outbound", "service": "echo", "method": "/trellis.echo.v1.Echo/Say",
+      "grpc_code": "OK",
+    ]
+    #expect(try clientSidecar.metric("trellis_requests_total", labels) == 3)
+    #expect(
+      try clientSidecar.metric("trellis_request_duration_seconds_count", labels) == 3)
+    var inbound = labels
+    inbound["direction"] = "inbound"
+    #expect(try serverSidecar.metric("trellis_requests_total", inbound) == 3)
+    // /certs names the identity and the serial `meshctl certs inspect` shows for the file.
+    let certs = try #require(
+      try JSONSerialization.jsonObject(with: Data(try serverSidecar.adminPage("/certs").body.utf8))
+        as? [String: Any])
+    #expect(certs["identity"] as? String == "spiffe://trellis.local/svc/echo")
+    let inspect = try run(
+      binary("meshctl"), ["certs", "inspect", "\(mesh.certs)/echo.pem", "-o", "json"])
+    let inspected = try #require(try jsonObjects(inspect.stdout).first)
+    #expect(
+      (certs["serial"] as? String)?.replacingOccurrences(of: ":", with: "").lowercased()
+        == (inspected["serial"] as? String)?.replacingOccurrences(of: ":", with: "").lowercased())
+    #expect((certs["remaining_seconds"] as? Int ?? 0) > 3600)
+  }
+
+  @Test func mistakesInTheBootstrapAndMeshFilesAreNamedWithFileLineAndField() throws {
+    let badMesh = try mesh.write(
+      "bad-mesh.yaml",
+      """
+      services:
+        echo:
+          endpoints:
+            - adress: 127.0.0.1:1
+      """)
+    let file = try mesh.write(
+      "bad-sidecar.yaml", mesh.bootstrap("client", app: "127.0.0.1:1", mesh: "bad-mesh.yaml"))
+    let result = try run(binary("sidecar"), ["--config", file])
+    #expect(result.status != 0)
+    #expect(
+      result.stderr.contains(
+        "\(badMesh):4:9: services.echo.endpoints[0].adress: unknown field; expected one of address, labels"
+      ), "\(result.stderr)")
+    let badBootstrap = try mesh.write(
+      "bad-bootstrap.yaml",
+      mesh.bootstrap("client", app: "127.0.0.1:99999"))
+    let second = try run(binary("sidecar"), ["--config", badBootstrap])
+    #expect(second.status != 0)
+    #expect(
+      second.stderr.contains("bad-bootstrap.yaml:2:6: app: '99999' is not a port"),
+      "\(second.stderr)")
   }
 
   func echoProtoset() throws -> String {

@@ -25,8 +25,14 @@ def headers(context):
     return {k: (v if isinstance(v, str) else v.hex()) for k, v in context.invocation_metadata()}
 
 
+def seen(method):
+    """Logs each call the app receives, so tests can count what reached it."""
+    print(json.dumps({"message": "call", "method": method}), file=sys.stderr, flush=True)
+
+
 class Echo(echo_pb2_grpc.EchoServicer):
     def Say(self, request, context):
+        seen("Say")
         if request.fail_with_code:
             code = next(c for c in grpc.StatusCode if c.value[0] == request.fail_with_code)
             context.abort(code, f"failing as asked: {request.text}")
@@ -35,14 +41,17 @@ class Echo(echo_pb2_grpc.EchoServicer):
         return response
 
     def Expand(self, request, context):
+        seen("Expand")
         for i in range(request.repeat):
             yield echo_pb2.EchoResponse(text=f"{request.text} {i}", index=i)
 
     def Collect(self, request_iterator, context):
+        seen("Collect")
         texts = [r.text for r in request_iterator]
         return echo_pb2.EchoResponse(text=" ".join(texts), index=len(texts))
 
     def Chat(self, request_iterator, context):
+        seen("Chat")
         for i, r in enumerate(request_iterator):
             yield echo_pb2.EchoResponse(text=r.text.upper(), index=i)
 
@@ -62,9 +71,13 @@ def main():
         port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
+    # A test runner may start us with SIGTERM blocked (the mask is inherited); take it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     print(json.dumps({"message": "listening", "address": f"127.0.0.1:{port}"}),
           file=sys.stderr, flush=True)
-    server.wait_for_termination()
+    # Waits in short steps so the SIGTERM handler gets to run.
+    while server.wait_for_termination(timeout=0.2):  # True: timed out, still serving
+        pass
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Methods are raw bytes (no codegen): what a message holds is up to each method.
 """
 import asyncio
 import json
+import signal
 import sys
 import time
 
@@ -243,6 +244,32 @@ async def check_concurrency(ch, _):
     return {"ok": len(results) - len(failures), "first failure": str(failures[:1])}
 
 
+async def check_oversized(ch, _):
+    """Mesh only: a message over 4 MiB either way is RESOURCE_EXHAUSTED, not forwarded."""
+    request = await observe(method(ch, "Unary", "unary_unary")(b"m" * (4 * MiB + 1)))
+    stream = method(ch, "ServerStream", "unary_stream")(
+        (1).to_bytes(4, "big") + (4 * MiB + 1).to_bytes(4, "big"))
+    try:
+        async for _ in stream:
+            pass
+        response = {"code": "OK"}
+    except grpc.aio.AioRpcError as error:
+        response = {"code": error.code().name, "details": error.details()}
+    expected = {
+        "request": ("RESOURCE_EXHAUSTED",
+                    "request message of 4194305 bytes exceeds the limit of 4194304 bytes"),
+        "response": ("RESOURCE_EXHAUSTED",
+                     "response message of 4194305 bytes exceeds the limit of 4194304 bytes"),
+    }
+    got = {"request": (request["code"], request.get("details")),
+           "response": (response["code"], response.get("details"))}
+    if got != expected:
+        raise Difference(f"oversized messages: expected {expected}, got {got}")
+    return got
+
+
+MESH_ONLY = [("messages over 4 MiB are refused with RESOURCE_EXHAUSTED", check_oversized)]
+
 CHECKS = [
     ("unary: message, text and binary headers, trailers", check_unary),
     ("every status code and its message, byte for byte", check_statuses),
@@ -265,9 +292,15 @@ async def check(direct, mesh, pids):
         if results[0] != results[1]:
             raise Difference(f"{name}:\n  direct: {results[0]!r}\n  mesh:   {results[1]!r}")
         print(f"same: {name}: {str(results[1])[:120]}", flush=True)
+    for name, run in MESH_ONLY:
+        async with channel((mesh, True, pids)) as ch:
+            result = await run(ch, (mesh, True, pids))
+        print(f"mesh: {name}: {str(result)[:160]}", flush=True)
 
 
 def main():
+    # A test runner may start us with SIGTERM blocked (the mask is inherited): restore it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if sys.argv[1:2] == ["serve"]:
         asyncio.run(serve())
     elif sys.argv[1:2] == ["check"]:
