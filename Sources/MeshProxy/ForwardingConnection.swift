@@ -226,7 +226,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     guard let call = calls.removeValue(forKey: stream) else { return }
     if calls.isEmpty { lastActive = .now() }
     call.closed(on: self, reason: reason)
-    if draining, calls.isEmpty { context?.close(promise: nil) }
+    if draining, calls.isEmpty { closeAfterFlush() }
   }
 
   // MARK: Draining
@@ -247,7 +247,18 @@ final class ForwardingConnection: ChannelDuplexHandler {
           streamID: .rootStream,
           payload: .goAway(lastStreamID: lastStreamSeen, errorCode: .noError, opaqueData: nil))),
       promise: nil)
-    if calls.isEmpty { context.close(promise: nil) }
+    if calls.isEmpty { closeAfterFlush() }
+  }
+
+  /// Closes once what has been written so far is out. Stream-closed events arrive in the
+  /// middle of a write, so the close waits for the event loop's next turn.
+  private func closeAfterFlush() {
+    guard let context else { return }
+    let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+    context.eventLoop.execute {
+      bound.value.flush()
+      bound.value.close(promise: nil)
+    }
   }
 
   // MARK: Frames out

@@ -3,6 +3,10 @@
   transparency.py serve
       Runs a grpcio (asyncio) server for the generic service `t.T` on a free loopback port and
       logs {"message": "listening", "address": ...} to stderr.
+  transparency.py call MESH METHOD PAYLOAD
+      One call through the mesh; prints {"code": ..., "details": ...}.
+  transparency.py load MESH SECONDS
+      Calls back to back (a new connection every 20 calls); prints {"ok": N, "failed": N}.
   transparency.py check DIRECT MESH [PID ...]
       Runs every check twice — DIRECT to the server, and through the MESH (a sidecar's outbound
       listener, authority `echo`) — and requires the same observable result: messages, headers
@@ -79,6 +83,11 @@ async def slow(request, context):
     return b"late"
 
 
+async def sleep(request, context):
+    await asyncio.sleep(int(request.decode()) / 1000)
+    return b"slept"
+
+
 async def gathered(request, context):
     """Answers only once `request` calls are in flight at once (proves concurrency)."""
     want = int(request.decode())
@@ -107,7 +116,7 @@ def handlers():
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Unary": u(unary), "Fail": u(fail), "TrailersOnly": u(trailers_only),
         "ServerStream": ss(server_stream), "ClientStream": cs(client_stream), "Bidi": bd(bidi),
-        "Slow": u(slow), "Gathered": u(gathered), "ResetGather": u(reset_gather),
+        "Slow": u(slow), "Sleep": u(sleep), "Gathered": u(gathered), "ResetGather": u(reset_gather),
         "WasCancelled": u(was_cancelled),
     })
 
@@ -298,11 +307,39 @@ async def check(direct, mesh, pids):
         print(f"mesh: {name}: {str(result)[:160]}", flush=True)
 
 
+async def call_once(target, name, payload):
+    """Mode `call`: one unary call through the mesh; prints its status code."""
+    async with channel((target, True, [])) as ch:
+        result = await observe(method(ch, name, "unary_unary")(payload.encode()))
+    print(json.dumps({"code": result["code"], "details": result.get("details")}), flush=True)
+
+
+async def load(target, seconds):
+    """Mode `load`: calls back to back for `seconds`, on a new connection every 20 calls, and
+    prints how many succeeded and failed (with the first failure)."""
+    ok, failed, first = 0, 0, None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        async with channel((target, True, [])) as ch:
+            for _ in range(20):
+                result = await observe(method(ch, "Unary", "unary_unary")(b"load"))
+                if result["code"] == "OK":
+                    ok += 1
+                else:
+                    failed += 1
+                    first = first or result
+    print(json.dumps({"ok": ok, "failed": failed, "first": str(first)}), flush=True)
+
+
 def main():
     # A test runner may start us with SIGTERM blocked (the mask is inherited): restore it.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if sys.argv[1:2] == ["serve"]:
         asyncio.run(serve())
+    elif sys.argv[1:2] == ["call"]:
+        asyncio.run(call_once(sys.argv[2], sys.argv[3], sys.argv[4]))
+    elif sys.argv[1:2] == ["load"]:
+        asyncio.run(load(sys.argv[2], float(sys.argv[3])))
     elif sys.argv[1:2] == ["check"]:
         pids = [int(p) for p in sys.argv[4:]]
         try:
