@@ -136,10 +136,13 @@ final class ForwardingConnection: ChannelDuplexHandler {
   }
 
   func errorCaught(context: ChannelHandlerContext, error: any Error) {
-    // The HTTP/2 handler has already answered protocol errors on the wire; remember the first
-    // error so calls that die with the connection can say why.
+    // A stream error has been answered with RST_STREAM and ends only that stream.
+    if error is NIOHTTP2Errors.StreamError { return }
+    // Anything else ends the connection: the HTTP/2 handler has sent GOAWAY for a protocol
+    // error (a flood, a broken header block, too many streams) but leaves closing to us.
+    // Remember the first error so calls that die with the connection can say why.
     if failure == nil { failure = describe(error) }
-    context.fireErrorCaught(error)
+    context.close(promise: nil)
   }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -1,0 +1,91 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// HTTP/2 abuse against the outbound listener, frame by frame (`Inputs/python/h2_abuse.py`):
+/// each attack costs the attacker its connection, and the sidecar keeps serving everyone else.
+@Suite(.serialized) final class AbuseTests {
+  let mesh: MeshFixture
+  let server: ServiceProcess
+  let serverSidecar: RunningSidecar
+  let clientSidecar: RunningSidecar
+  let abuse = PythonInteropTests.python.appendingPathComponent("h2_abuse.py").path
+
+  init() throws {
+    mesh = try MeshFixture("abuse", services: ["echo", "client"])
+    server = try ServiceProcess(
+      try resolve("python3"),
+      [PythonInteropTests.python.appendingPathComponent("transparency.py").path, "serve"])
+    serverSidecar = try mesh.sidecar("echo", app: server.address)
+    let clientMesh = try mesh.write(
+      "mesh.yaml",
+      """
+      services:
+        echo:
+          endpoints:
+            - address: \(serverSidecar.inbound)
+      """)
+    clientSidecar = try mesh.sidecar(
+      "client", app: "127.0.0.1:1", mesh: clientMesh, limits: "  idleTimeout: 1s")
+  }
+
+  deinit {
+    clientSidecar.process.stop()
+    serverSidecar.process.stop()
+    server.stop()
+  }
+
+  /// Runs one case; returns what the sidecar did.
+  func attack(_ name: String) throws -> [String: Any] {
+    let result = try run(try resolve("python3"), [abuse, clientSidecar.outbound, name])
+    guard result.status == 0, let object = try jsonObjects(result.stdout).first else {
+      throw HarnessError("h2_abuse.py \(name): \(result.stdout)\(result.stderr)")
+    }
+    return object
+  }
+
+  /// After every attack a well-behaved caller is served.
+  func expectHealthy() throws {
+    let healthy = try attack("then-healthy")
+    #expect(healthy["grpc_status"] as? [String: Int] == ["0": 1], "\(healthy)")
+  }
+
+  @Test func rapidResetEndsTheConnectionWithEnhanceYourCalm() throws {
+    let result = try attack("rapid-reset")
+    #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
+    #expect(result["closed"] as? Bool == true)
+    try expectHealthy()
+  }
+
+  @Test func aContinuationFloodEndsTheConnection() throws {
+    let result = try attack("continuation-flood")
+    #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
+    #expect(result["closed"] as? Bool == true)
+    try expectHealthy()
+  }
+
+  @Test func anOversizedHeaderListEndsTheConnection() throws {
+    let result = try attack("big-headers")
+    #expect(result["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
+    #expect(result["closed"] as? Bool == true)
+    try expectHealthy()
+  }
+
+  @Test func exceedingTheAdvertisedStreamLimitEndsTheConnection() throws {
+    let result = try attack("too-many-streams")
+    #expect(result["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
+    #expect(result["closed"] as? Bool == true)
+    try expectHealthy()
+  }
+
+  @Test func idleAndSlowConnectionsAreClosedAfterTheIdleTimeout() throws {
+    let idle = try attack("idle")
+    #expect(idle["goaway"] as? [String] == ["NO_ERROR"], "\(idle)")
+    #expect(idle["closed"] as? Bool == true)
+    #expect((idle["seconds"] as? Double ?? 99) < 3)
+    let slow = try attack("slowloris")
+    #expect(slow["closed"] as? Bool == true, "\(slow)")
+    #expect((slow["seconds"] as? Double ?? 99) < 4)
+    try expectHealthy()
+  }
+}
