@@ -53,6 +53,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
   ],
   targets: [
     // Generated code and the descriptor sets it was generated from.
@@ -151,7 +152,9 @@ let package = Package(
       name: "rpc",
       dependencies: [
         "MeshTranscoding", "MeshProtos", "MeshServiceKit", grpcCore, grpcHTTP2, swiftProtobuf,
-        argumentParser, nioCore, nioPosix,
+        argumentParser, nioCore, nioPosix, nioHTTP2, nioSSL,
+        .product(name: "NIOHPACK", package: "swift-nio-http2"),
+        .product(name: "Histogram", package: "hdrhistogram-swift"),
       ],
       swiftSettings: swiftSettings
     ),

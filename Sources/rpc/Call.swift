@@ -34,7 +34,7 @@ struct Call: AsyncParsableCommand {
 
   func run() async throws {
     let (serviceName, methodName) = try Self.split(method)
-    let input = try readInput()
+    let input = try Self.readInput(data)
     let metadata = try connection.metadata()
     let start = ContinuousClock.now
     try await connection.withClient(address) { client in
@@ -45,7 +45,9 @@ struct Call: AsyncParsableCommand {
           "\(service.fullName) has no method \(methodName); it has: "
             + service.methods.map(\.name).joined(separator: ", "))
       }
-      let requests = try encodeRequests(input, method: method, pool: pool)
+      let requests = try Self.encodeRequests(
+        input, method: method, pool: pool, dataGiven: data != nil,
+        allowUnknownFields: allowUnknownFields)
       let request = StreamingClientRequest<[UInt8]>(metadata: metadata) { writer in
         for message in requests { try await writer.write(message) }
       }
@@ -142,11 +144,12 @@ struct Call: AsyncParsableCommand {
   }
 
   /// Reads and checks the request messages against the method's input type.
-  private func encodeRequests(
-    _ input: [JSONValue], method: MeshTranscoding.MethodDescriptor, pool: DescriptorPool
+  static func encodeRequests(
+    _ input: [JSONValue], method: MeshTranscoding.MethodDescriptor, pool: DescriptorPool,
+    dataGiven: Bool, allowUnknownFields: Bool
   ) throws -> [[UInt8]] {
     var values = input
-    if data == nil, !method.clientStreaming { values = [.object([])] }
+    if !dataGiven, !method.clientStreaming { values = [.object([])] }
     if !method.clientStreaming, values.count != 1 {
       throw CLIFailure.other(
         "\(method.fullPath) takes exactly one request message; \(values.count) were given")
@@ -164,7 +167,7 @@ struct Call: AsyncParsableCommand {
     }
   }
 
-  private func readInput() throws -> [JSONValue] {
+  static func readInput(_ data: String?) throws -> [JSONValue] {
     guard let data else { return [] }
     let text: String
     if data == "@-" {

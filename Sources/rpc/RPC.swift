@@ -16,7 +16,7 @@ struct RPC: AsyncParsableCommand {
       Exit status: 0 on success, 64 + the gRPC status code for a non-OK status \
       (NOT_FOUND exits 69), 1 for other failures, 2 for usage errors.
       """,
-    subcommands: [List.self, Describe.self, Call.self])
+    subcommands: [List.self, Describe.self, Call.self, Bench.self])
 
   static func main() async {
     await CommandLineMain.run(RPC.self, name: "rpc") { error in
