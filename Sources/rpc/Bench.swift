@@ -279,8 +279,9 @@ final class LoadRun: @unchecked Sendable {  // confined to its event loop
     !stopStarting && (plan.total.map { started + backlog.count < $0 } ?? true)
   }
 
-  /// Open loop: every millisecond, start each call that has come due since the run began;
-  /// calls due while `-c` are in flight wait in the backlog, their clocks already running.
+  /// Open loop: start each call that has come due since the run began, then sleep until the
+  /// next one is due; calls due while `-c` are in flight wait in the backlog, their clocks
+  /// already running (so a slow server cannot hide its queue).
   private func pace(interval: Double) {
     let elapsed = Double((NIODeadline.now() - startTime).nanoseconds) / 1e9
     let due = Int(elapsed / interval) + 1
@@ -288,14 +289,19 @@ final class LoadRun: @unchecked Sendable {  // confined to its event loop
       let offset = Double(started + backlog.count) * interval * 1e9
       let dueTime = startTime + .nanoseconds(Int64(offset))
       if inFlight < plan.concurrency {
-        launch(due: dueTime)
+        // Timed from when it leaves: the event loop's timer wakes up to a millisecond late,
+        // which is this tool's lateness, not the server's.
+        launch(due: .now())
       } else {
         backlog.append(dueTime)
       }
     }
     flushAll()
     if canSchedule {
-      loop.scheduleTask(in: .milliseconds(1)) { self.pace(interval: interval) }
+      let offset = Double(started + backlog.count) * interval * 1e9
+      loop.scheduleTask(deadline: startTime + .nanoseconds(Int64(offset))) {
+        self.pace(interval: interval)
+      }
     }
   }
 

@@ -188,4 +188,33 @@ import Testing
     #expect(bad.status == 1)
     #expect(bad.stderr.hasPrefix("rpc: --protoset \(broken.path): not a FileDescriptorSet"))
   }
+
+  @Test func benchReportsCallsLatencyAndStatuses() throws {
+    let ok = try rpc([
+      "bench", "--plaintext", address, "grpc.health.v1.Health/Check", "-n", "200", "-c", "8",
+      "--connections", "2", "-o", "json",
+    ])
+    #expect(ok.status == 0, "\(ok.stderr)")
+    let report = try #require(try jsonObjects(ok.stdout).first)
+    #expect(report["calls"] as? Int == 200)
+    #expect(report["statuses"] as? [String: Int] == ["OK": 200])
+    let latency = try #require(report["latency_ms"] as? [String: Double])
+    #expect((latency["p50"] ?? 0) > 0 && (latency["p50"] ?? 0) <= (latency["p99"] ?? 0))
+    // Errors are counted by status, paced calls keep their rate.
+    let missing = try rpc([
+      "bench", "--plaintext", address, "shop.v1.UserService/GetUser", "-d", #"{"id":"usr_nope"}"#,
+      "-z", "1s", "--rps", "50",
+    ])
+    #expect(missing.status == 0)
+    #expect(missing.stdout.contains("[NOT_FOUND]"), "\(missing.stdout)")
+    let calls = missing.stdout.split(separator: "\n").first { $0.contains("Calls:") }
+    let count = Int(calls?.split(separator: " ").last ?? "") ?? 0
+    #expect((40...60).contains(count), "\(missing.stdout)")
+    let bad = try rpc(["bench", "--plaintext", address, "grpc.health.v1.Health/Check", "-c", "0"])
+    #expect(bad.status == 2)
+    #expect(bad.stderr.contains("-c must be at least 1"))
+    let streaming = try rpc(["bench", "--plaintext", address, "grpc.health.v1.Health/Watch"])
+    #expect(streaming.status == 1)
+    #expect(streaming.stderr.contains("rpc bench loads unary methods"))
+  }
 }
