@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GRPCCore
 import Histogram
 import MeshServiceKit
 import MeshTranscoding
@@ -454,13 +455,7 @@ final class LoadConnection: ChannelInboundHandler, @unchecked Sendable {  // con
   }
 
   private func statusName(_ code: String) -> String {
-    let names = [
-      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-      "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-      "UNAUTHENTICATED",
-    ]
-    return Int(code).flatMap { names.indices.contains($0) ? names[$0] : nil } ?? "code \(code)"
+    Int(code).flatMap { Status.Code(rawValue: $0)?.canonicalName } ?? "code \(code)"
   }
 }
 

@@ -16,17 +16,8 @@ import Testing
     server = try ServiceProcess(
       try resolve("python3"),
       [PythonInteropTests.python.appendingPathComponent("transparency.py").path, "serve"])
-    serverSidecar = try mesh.sidecar("echo", app: server.address)
-    let clientMesh = try mesh.write(
-      "mesh.yaml",
-      """
-      services:
-        echo:
-          endpoints:
-            - address: \(serverSidecar.inbound)
-      """)
-    clientSidecar = try mesh.sidecar(
-      "client", app: "127.0.0.1:1", mesh: clientMesh, limits: "  idleTimeout: 1s")
+    (serverSidecar, clientSidecar) = try mesh.pair(
+      app: server.address, clientLimits: "  idleTimeout: 1s")
   }
 
   deinit {

@@ -54,6 +54,26 @@ final class MeshFixture: @unchecked Sendable {
     return text
   }
 
+  /// The usual pair: a sidecar for `echo` beside `app`, and a `client` sidecar whose mesh
+  /// config routes `echo` to it.
+  func pair(
+    app: String, serverLimits: String = "", clientLimits: String = ""
+  ) throws
+    -> (server: RunningSidecar, client: RunningSidecar)
+  {
+    let server = try sidecar("echo", app: app, limits: serverLimits)
+    let clientMesh = try write(
+      "client-mesh.yaml",
+      """
+      services:
+        echo:
+          endpoints:
+            - address: \(server.inbound)
+      """)
+    let client = try sidecar("client", app: "127.0.0.1:1", mesh: clientMesh, limits: clientLimits)
+    return (server, client)
+  }
+
   /// Starts a sidecar from a bootstrap file written for it.
   func sidecar(
     _ service: String, app: String, mesh: String? = nil, limits: String = "",

@@ -16,17 +16,8 @@ import Testing
   init() throws {
     mesh = try MeshFixture("identity", services: ["echo", "client"])
     server = try ServiceProcess(try resolve("python3"), [script, "serve"])
-    serverSidecar = try mesh.sidecar(
-      "echo", app: server.address, limits: "  handshakeTimeout: 1s\n  drainTimeout: 10s")
-    let clientMesh = try mesh.write(
-      "mesh.yaml",
-      """
-      services:
-        echo:
-          endpoints:
-            - address: \(serverSidecar.inbound)
-      """)
-    clientSidecar = try mesh.sidecar("client", app: "127.0.0.1:1", mesh: clientMesh)
+    (serverSidecar, clientSidecar) = try mesh.pair(
+      app: server.address, serverLimits: "  handshakeTimeout: 1s\n  drainTimeout: 10s")
   }
 
   deinit {

@@ -14,18 +14,11 @@ import Testing
     let server = try ServiceProcess(try resolve("python3"), [script, "serve"])
     defer { server.stop() }
     let mesh = try MeshFixture("transparency", services: ["echo", "client"])
-    let serverSidecar = try mesh.sidecar("echo", app: server.address)
-    defer { serverSidecar.process.stop() }
-    let clientMesh = try mesh.write(
-      "mesh.yaml",
-      """
-      services:
-        echo:
-          endpoints:
-            - address: \(serverSidecar.inbound)
-      """)
-    let clientSidecar = try mesh.sidecar("client", app: "127.0.0.1:1", mesh: clientMesh)
-    defer { clientSidecar.process.stop() }
+    let (serverSidecar, clientSidecar) = try mesh.pair(app: server.address)
+    defer {
+      clientSidecar.process.stop()
+      serverSidecar.process.stop()
+    }
 
     let result = try run(
       try resolve("python3"),
