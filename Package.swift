@@ -19,6 +19,7 @@ let lifecycle = Target.Dependency.product(
 let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let nioHTTP2 = Target.Dependency.product(name: "NIOHTTP2", package: "swift-nio-http2")
+let nioHPACK = Target.Dependency.product(name: "NIOHPACK", package: "swift-nio-http2")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let x509 = Target.Dependency.product(name: "X509", package: "swift-certificates")
 let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
@@ -91,7 +92,7 @@ let package = Package(
     .target(
       name: "MeshProxy",
       dependencies: [
-        "MeshIdentity", "MeshConfig", nioCore, nioPosix, nioHTTP2, nioSSL, x509, logging, lifecycle,
+        "MeshIdentity", "MeshConfig", nioCore, nioPosix, nioHPACK, nioSSL, x509, logging, lifecycle,
         .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "NIOTLS", package: "swift-nio"),

@@ -1,6 +1,5 @@
 import NIOCore
 import NIOHPACK
-import NIOHTTP2
 import NIOPosix
 
 /// Where a new call goes, decided from its request headers.
@@ -11,23 +10,25 @@ enum Route {
   case reject(ProxyStatus, String)
 }
 
-/// One HTTP/2 connection of the proxy, at the level of frames: every call is a stream on the
-/// connection it came in on (downstream) joined to a stream on a pooled connection to where it
-/// goes (upstream), and this handler moves frames between the two by stream ID.
+/// One HTTP/2 connection of the proxy, speaking the protocol itself on the bytes of the socket
+/// (or of the TLS handler): every call is a stream on the connection it came in on
+/// (downstream) joined to a stream on a pooled connection to where it goes (upstream), and
+/// this handler moves frames between the two by stream ID.
 ///
-/// There are no per-stream channels, futures or tasks: a request costs one `ForwardedCall` and
-/// the frames themselves, forwarded with the buffers the parser produced. Both connections of a
-/// call live on one event loop (pools are per loop), so forwarding is a method call.
+/// Why its own framing rather than a general HTTP/2 stack: a proxy needs only to parse a
+/// frame, look its stream up and re-frame it on the other side. Doing just that — frames
+/// parsed in place from the read buffer, every frame written in a read appended to one output
+/// buffer, one table lookup per frame, no per-frame promise or pipeline hop — is what makes the
+/// forwarding path cheap. HPACK is NIOHPACK's.
 ///
-/// Flow control is end to end. This handler owns the windows it advertises (the HTTP/2 handler
-/// sends no WINDOW_UPDATE of its own in frame mode) and gives a DATA frame's bytes back to the
-/// sender only once the frame has been written to the socket on the other side. A slow reader
-/// therefore stops its writer through the windows, and the proxy holds at most one window of
-/// data per stream and one connection window per connection.
-final class ForwardingConnection: ChannelDuplexHandler {
-  typealias InboundIn = HTTP2Frame
-  typealias OutboundIn = HTTP2Frame
-  typealias OutboundOut = HTTP2Frame
+/// Flow control is end to end. The windows this side advertises are returned to the sender
+/// only once a DATA frame's bytes have been handed on to the other connection, so a slow reader
+/// stops its writer, and the proxy holds at most one stream window per stream and one
+/// connection window per connection. What the peer's windows do not yet allow waits, in order,
+/// on its stream.
+final class ForwardingConnection: ChannelInboundHandler {
+  typealias InboundIn = ByteBuffer
+  typealias OutboundOut = ByteBuffer
 
   enum Role {
     /// Accepted: calls start here, each asking `route` where it goes. `service` names the
@@ -37,38 +38,107 @@ final class ForwardingConnection: ChannelDuplexHandler {
     case upstream(Endpoint)
   }
 
+  /// One stream of this connection.
+  struct Stream {
+    let call: ForwardedCall
+    /// What this side may still send, by the peer's stream window.
+    var sendWindow: Int
+    /// What the peer may still send on it.
+    var receiveWindow: Int
+    /// Bytes handed on but not yet given back with a stream WINDOW_UPDATE.
+    var credit = 0
+    var localEnded = false
+    var remoteEnded = false
+    /// Frames waiting for the peer's windows, in order.
+    var queue: [Queued] = []
+  }
+
+  enum Queued {
+    /// `flow` bytes go back to `source` once the frame is out.
+    case data(ByteBuffer, endStream: Bool, flow: Int, source: ForwardingConnection?)
+    case headers(HPACKHeaders, endStream: Bool)
+  }
+
+  /// A header block being gathered from HEADERS and CONTINUATION frames.
+  private struct PartialHeaders {
+    let stream: UInt32
+    let endStream: Bool
+    var block: ByteBuffer
+    var continuations = 0
+  }
+
   let role: Role
+  private let isServer: Bool
   private let loop: LoopState
   private var context: ChannelHandlerContext?
-  private var calls: [HTTP2StreamID: ForwardedCall] = [:]
+  private var streams: [UInt32: Stream] = [:]
+
+  // Reading.
+  private var unread: ByteBuffer?
+  private var awaitingPreface: Bool
+  private var awaitingSettings = true
+  private var partial: PartialHeaders?
+  private var decoder: HPACKDecoder
+  private var encoder: HPACKEncoder
+
+  // Writing: every frame goes into `output`, written out by `flushIfNeeded`.
+  private var output = ByteBuffer()
   private(set) var needsFlush = false
 
-  /// Bytes read but not yet returned to the peer with a connection-level WINDOW_UPDATE.
-  private var connectionCredit = 0
-
-  // Upstream connections only.
-  private var nextStreamID = HTTP2StreamID(1)
-  /// Calls waiting for the connection to be established.
-  private var waiting: [(call: ForwardedCall, headers: HPACKHeaders, endStream: Bool)] = []
+  // The peer's settings and windows.
+  private var peerInitialWindow = 65_535
+  private var peerMaxFrameSize = HTTP2Wire.defaultMaxFrameSize
   /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (assumed to be the mesh's own until it says).
   private(set) var peerStreamLimit = Int(HTTP2Windows.maxConcurrentStreams)
+  private var sendWindow = 65_535
+  /// Streams with frames waiting for a window.
+  private var blocked: [UInt32] = []
+
+  // This side's connection window.
+  private var receiveWindow = HTTP2Windows.connection
+  /// Bytes handed on but not yet given back with a connection WINDOW_UPDATE.
+  private var connectionCredit = 0
+
+  /// The highest stream the peer opened (accepted connections).
+  private var lastStreamSeen: UInt32 = 0
+  // Upstream connections only.
+  private var nextStreamID: UInt32 = 1
+  /// Calls waiting for the connection to be established.
+  private var waiting: [(call: ForwardedCall, headers: HPACKHeaders, endStream: Bool)] = []
   /// False once the connection is closing or has been told to go away.
   private(set) var acceptsCalls = true
   /// Why the connection failed, in words, once it has.
   private var failure: String?
+  private var closing = false
+
+  // Rapid-reset defence: resets from the peer in the current window.
+  private var resets = 0
+  private var resetWindowStart = NIODeadline.now()
+  static let maximumResets = 200
+  static let resetWindow = TimeAmount.seconds(30)
+  static let maximumContinuations = 5
+  static let maximumHeaderListSize = 16 * 1024
 
   init(role: Role, loop: LoopState) {
     self.role = role
     self.loop = loop
+    if case .downstream = role { isServer = true } else { isServer = false }
+    awaitingPreface = isServer
+    let allocator = ByteBufferAllocator()
+    decoder = HPACKDecoder(
+      allocator: allocator, maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize,
+      maxHeaderListSize: Self.maximumHeaderListSize)
+    encoder = HPACKEncoder(allocator: allocator, useHuffmanEncoding: false)
   }
 
   /// Calls using or waiting for this connection.
-  var load: Int { calls.count + waiting.count }
+  var load: Int { streams.count + waiting.count }
 
   // MARK: Channel events
 
   func handlerAdded(context: ChannelHandlerContext) {
     self.context = context
+    output = context.channel.allocator.buffer(capacity: 1024)
     if case .downstream = role { loop.register(self) }
     if context.channel.isActive { becameActive(context: context) }
   }
@@ -78,10 +148,705 @@ final class ForwardingConnection: ChannelDuplexHandler {
     context.fireChannelActive()
   }
 
-  // MARK: Idleness
+  private func becameActive(context: ChannelHandlerContext) {
+    startIdleCheck(context: context)
+    if !isServer { output.writeBytes(HTTP2Wire.preface) }
+    // This side's SETTINGS, and the connection window opened to its target (stream windows
+    // are set by SETTINGS).
+    var settings: [(UInt16, UInt32)] = [
+      (SettingID.maxConcurrentStreams, HTTP2Windows.maxConcurrentStreams),
+      (SettingID.initialWindowSize, UInt32(HTTP2Windows.stream)),
+      (SettingID.maxHeaderListSize, UInt32(Self.maximumHeaderListSize)),
+    ]
+    if !isServer { settings.append((SettingID.enablePush, 0)) }
+    output.writeFrameHeader(
+      length: settings.count * 6, type: FrameType.settings, flags: 0, stream: 0)
+    for (id, value) in settings {
+      output.writeInteger(id)
+      output.writeInteger(value)
+    }
+    writeWindowUpdate(HTTP2Windows.connection - HTTP2Windows.protocolDefault, on: 0)
+    if !isServer {
+      // Streams start now: their frames wait in the TLS handler until the handshake is done.
+      let pending = waiting
+      waiting = []
+      for entry in pending { start(entry.call, headers: entry.headers, endStream: entry.endStream) }
+    }
+    markNeedsFlush()
+    loop.flushAll()
+  }
+
+  func channelInactive(context: ChannelHandlerContext) {
+    acceptsCalls = false
+    closing = true
+    idleCheck?.cancel()
+    loop.unregister(self)
+    connectionLost(reason: failure ?? "connection closed")
+    context.fireChannelInactive()
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    // Remember the first error so calls that die with the connection can say why.
+    if failure == nil { failure = describe(error) }
+    context.close(promise: nil)
+  }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    var buffer = unwrapInboundIn(data)
+    if var pending = unread {
+      unread = nil
+      pending.writeBuffer(&buffer)
+      buffer = pending
+    }
+    guard !closing else { return }
+    do {
+      try parse(&buffer)
+    } catch let error as HTTP2ConnectionError {
+      fail(error)
+      return
+    } catch {
+      fail(HTTP2ConnectionError(.internalError, "\(error)"))
+      return
+    }
+    if buffer.readableBytes > 0 {
+      buffer.discardReadBytes()
+      unread = buffer
+    }
+  }
+
+  func channelReadComplete(context: ChannelHandlerContext) {
+    loop.flushAll()
+    context.fireChannelReadComplete()
+  }
+
+  /// Ends the connection for a protocol error: GOAWAY naming the last stream taken, then close.
+  private func fail(_ error: HTTP2ConnectionError) {
+    guard !closing, let context else { return }
+    closing = true
+    acceptsCalls = false
+    if failure == nil { failure = "HTTP/2 \(error)" }
+    writeGoAway(error.code)
+    markNeedsFlush()
+    flushIfNeeded()
+    context.close(promise: nil)
+  }
+
+  // MARK: Frames in
+
+  private func parse(_ buffer: inout ByteBuffer) throws {
+    if awaitingPreface {
+      let count = min(buffer.readableBytes, HTTP2Wire.preface.count)
+      guard
+        buffer.getBytes(at: buffer.readerIndex, length: count)!.elementsEqual(
+          HTTP2Wire.preface[..<count])
+      else { throw HTTP2ConnectionError(.protocolError, "not an HTTP/2 client preface") }
+      guard count == HTTP2Wire.preface.count else { return }
+      buffer.moveReaderIndex(forwardBy: count)
+      awaitingPreface = false
+    }
+    while !closing, buffer.readableBytes >= HTTP2Wire.frameHeaderLength {
+      let start = buffer.readerIndex
+      let word = buffer.getInteger(at: start, as: UInt32.self)!
+      let length = Int(word >> 8)
+      guard length <= HTTP2Wire.defaultMaxFrameSize else {
+        throw HTTP2ConnectionError(.frameSizeError, "frame of \(length) bytes")
+      }
+      guard buffer.readableBytes >= HTTP2Wire.frameHeaderLength + length else { return }
+      let type = UInt8(truncatingIfNeeded: word)
+      let flags = buffer.getInteger(at: start + 4, as: UInt8.self)!
+      let stream = buffer.getInteger(at: start + 5, as: UInt32.self)! & 0x7FFF_FFFF
+      buffer.moveReaderIndex(forwardBy: HTTP2Wire.frameHeaderLength)
+      var payload = buffer.readSlice(length: length)!
+      try receive(type: type, flags: flags, stream: stream, payload: &payload)
+    }
+  }
+
+  private func receive(
+    type: UInt8, flags: UInt8, stream: UInt32, payload: inout ByteBuffer
+  )
+    throws
+  {
+    if awaitingSettings {
+      guard type == FrameType.settings, flags & FrameFlag.ack == 0 else {
+        throw HTTP2ConnectionError(.protocolError, "the first frame must be SETTINGS")
+      }
+      awaitingSettings = false
+    }
+    if let partial, type != FrameType.continuation || stream != partial.stream {
+      throw HTTP2ConnectionError(.protocolError, "header block of stream \(partial.stream) cut")
+    }
+    switch type {
+    case FrameType.data: try receiveData(flags: flags, stream: stream, payload: &payload)
+    case FrameType.headers: try receiveHeaders(flags: flags, stream: stream, payload: &payload)
+    case FrameType.continuation: try receiveContinuation(flags: flags, payload: &payload)
+    case FrameType.rstStream: try receiveReset(stream: stream, payload: payload)
+    case FrameType.settings: try receiveSettings(flags: flags, stream: stream, payload: payload)
+    case FrameType.ping:
+      guard stream == 0 else { throw HTTP2ConnectionError(.protocolError, "PING on a stream") }
+      guard payload.readableBytes == 8 else {
+        throw HTTP2ConnectionError(.frameSizeError, "PING of \(payload.readableBytes) bytes")
+      }
+      if flags & FrameFlag.ack == 0 {
+        output.writeFrameHeader(length: 8, type: FrameType.ping, flags: FrameFlag.ack, stream: 0)
+        output.writeImmutableBuffer(payload)
+        markNeedsFlush()
+      }
+    case FrameType.goAway: try receiveGoAway(stream: stream, payload: &payload)
+    case FrameType.windowUpdate: try receiveWindowUpdate(stream: stream, payload: payload)
+    case FrameType.priority:
+      guard payload.readableBytes == 5 else {
+        throw HTTP2ConnectionError(.frameSizeError, "PRIORITY of \(payload.readableBytes) bytes")
+      }
+    case FrameType.pushPromise:
+      throw HTTP2ConnectionError(.protocolError, "PUSH_PROMISE, and push is off")
+    default:
+      break  // Unknown frame types are ignored.
+    }
+  }
+
+  /// Whether `stream` has never been opened (a frame for it, other than HEADERS opening it, is
+  /// a protocol error).
+  private func isIdle(_ stream: UInt32) -> Bool {
+    let peerOpens = isServer == (stream & 1 == 1)
+    return peerOpens ? stream > lastStreamSeen : stream >= nextStreamID
+  }
+
+  private func receiveData(flags: UInt8, stream id: UInt32, payload: inout ByteBuffer) throws {
+    guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "DATA on stream 0") }
+    let flow = payload.readableBytes
+    receiveWindow -= flow
+    guard receiveWindow >= 0 else {
+      throw HTTP2ConnectionError(.flowControlError, "the connection window was exceeded")
+    }
+    if flags & FrameFlag.padded != 0 {
+      guard let padding = payload.readInteger(as: UInt8.self),
+        Int(padding) <= payload.readableBytes
+      else { throw HTTP2ConnectionError(.protocolError, "padding longer than the frame") }
+      payload = payload.readSlice(length: payload.readableBytes - Int(padding))!
+    }
+    let endStream = flags & FrameFlag.endStream != 0
+    guard streams[id] != nil else {
+      if isIdle(id) { throw HTTP2ConnectionError(.protocolError, "DATA on idle stream \(id)") }
+      returnCredit(flow)  // a stream already closed here: the bytes are dropped
+      return
+    }
+    let call: ForwardedCall
+    do {
+      var stream = streams[id]!
+      guard !stream.remoteEnded else {
+        returnCredit(flow)
+        resetStream(id, .streamClosed)
+        return
+      }
+      stream.receiveWindow -= flow
+      guard stream.receiveWindow >= 0 else {
+        returnCredit(flow)
+        resetStream(id, .flowControlError)
+        return
+      }
+      if endStream { stream.remoteEnded = true }
+      call = stream.call
+      streams[id] = stream
+    }
+    call.forwardData(payload, endStream: endStream, flow: flow, from: self)
+    if endStream { closeIfEnded(id) }
+  }
+
+  private func receiveHeaders(flags: UInt8, stream id: UInt32, payload: inout ByteBuffer) throws {
+    guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "HEADERS on stream 0") }
+    if flags & FrameFlag.padded != 0 {
+      guard let padding = payload.readInteger(as: UInt8.self),
+        Int(padding) <= payload.readableBytes
+      else { throw HTTP2ConnectionError(.protocolError, "padding longer than the frame") }
+      payload = payload.readSlice(length: payload.readableBytes - Int(padding))!
+    }
+    if flags & FrameFlag.priority != 0 {
+      guard payload.readSlice(length: 5) != nil else {
+        throw HTTP2ConnectionError(.frameSizeError, "HEADERS too short for its priority")
+      }
+    }
+    let endStream = flags & FrameFlag.endStream != 0
+    if flags & FrameFlag.endHeaders != 0 {
+      try headersComplete(stream: id, endStream: endStream, block: &payload)
+    } else {
+      partial = PartialHeaders(stream: id, endStream: endStream, block: payload)
+    }
+  }
+
+  private func receiveContinuation(flags: UInt8, payload: inout ByteBuffer) throws {
+    guard var block = partial else {
+      throw HTTP2ConnectionError(.protocolError, "CONTINUATION without HEADERS")
+    }
+    partial = nil
+    block.continuations += 1
+    guard block.continuations <= Self.maximumContinuations else {
+      throw HTTP2ConnectionError(.enhanceYourCalm, "a header block in too many CONTINUATIONs")
+    }
+    block.block.writeBuffer(&payload)
+    if flags & FrameFlag.endHeaders != 0 {
+      try headersComplete(stream: block.stream, endStream: block.endStream, block: &block.block)
+    } else {
+      partial = block
+    }
+  }
+
+  private func headersComplete(stream id: UInt32, endStream: Bool, block: inout ByteBuffer) throws {
+    // Every block is decoded, even for a stream about to be refused: HPACK state is shared.
+    let headers: HPACKHeaders
+    do {
+      headers = try decoder.decodeHeaders(from: &block)
+    } catch is NIOHPACKErrors.MaxHeaderListSizeViolation {
+      throw HTTP2ConnectionError(
+        .protocolError, "header list over \(Self.maximumHeaderListSize) bytes")
+    } catch {
+      throw HTTP2ConnectionError(.compressionError, "undecodable header block: \(error)")
+    }
+    if streams[id] != nil {
+      var stream = streams[id]!
+      guard !stream.remoteEnded else {
+        resetStream(id, .streamClosed)
+        return
+      }
+      // Trailers (or response headers) on an open stream.
+      guard endStream || !isServer else {
+        resetStream(id, .protocolError)
+        return
+      }
+      if endStream {
+        stream.remoteEnded = true
+        streams[id] = stream
+      }
+      stream.call.forwardHeaders(headers, endStream: endStream, from: self)
+      if endStream { closeIfEnded(id) }
+      return
+    }
+    guard case .downstream(let direction, let service, let route) = role, id & 1 == 1 else {
+      if isIdle(id) { throw HTTP2ConnectionError(.protocolError, "HEADERS on idle stream \(id)") }
+      return  // a stream already closed here
+    }
+    guard id > lastStreamSeen else {
+      throw HTTP2ConnectionError(.protocolError, "stream \(id) reopened")
+    }
+    lastStreamSeen = id
+    if draining {
+      writeReset(id, .refusedStream)
+      return
+    }
+    guard streams.count < Int(HTTP2Windows.maxConcurrentStreams) else {
+      throw HTTP2ConnectionError(
+        .protocolError, "over \(HTTP2Windows.maxConcurrentStreams) concurrent streams")
+    }
+    if let problem = malformedRequest(headers) {
+      _ = problem
+      writeReset(id, .protocolError)
+      return
+    }
+    lastActive = .now()
+    let call = ForwardedCall(downstream: self, stream: id)
+    call.metrics = loop.metrics
+    call.direction = direction
+    call.method = headers.first(name: ":path") ?? ""
+    call.service =
+      service ?? String(headers.first(name: ":authority")?.split(separator: ":").first ?? "")
+    call.requestEnded = endStream
+    streams[id] = Stream(
+      call: call, sendWindow: peerInitialWindow, receiveWindow: HTTP2Windows.stream,
+      remoteEnded: endStream)
+    switch route(headers) {
+    case .reject(let status, let message):
+      call.answer(status, message)
+    case .forward(let endpoint, let pool, let rewrite):
+      var requestHeaders = headers
+      rewrite?(&requestHeaders)
+      pool.connection(to: endpoint).open(call, headers: requestHeaders, endStream: endStream)
+    }
+  }
+
+  private func receiveReset(stream id: UInt32, payload: ByteBuffer) throws {
+    guard payload.readableBytes == 4 else {
+      throw HTTP2ConnectionError(.frameSizeError, "RST_STREAM of \(payload.readableBytes) bytes")
+    }
+    guard id != 0, !isIdle(id) else {
+      throw HTTP2ConnectionError(.protocolError, "RST_STREAM on idle stream \(id)")
+    }
+    if isServer {
+      let now = NIODeadline.now()
+      if now - resetWindowStart > Self.resetWindow {
+        resetWindowStart = now
+        resets = 0
+      }
+      resets += 1
+      guard resets <= Self.maximumResets else {
+        throw HTTP2ConnectionError(.enhanceYourCalm, "too many streams reset")
+      }
+    }
+    let code = H2Error(code: payload.getInteger(at: payload.readerIndex, as: UInt32.self)!)
+    guard let stream = removeStream(id) else { return }
+    stream.call.reset(code, from: self)
+    stream.call.closed(on: self, reason: code)
+    streamRemoved()
+  }
+
+  private func receiveSettings(flags: UInt8, stream: UInt32, payload: ByteBuffer) throws {
+    guard stream == 0 else { throw HTTP2ConnectionError(.protocolError, "SETTINGS on a stream") }
+    if flags & FrameFlag.ack != 0 {
+      guard payload.readableBytes == 0 else {
+        throw HTTP2ConnectionError(.frameSizeError, "SETTINGS ACK with a payload")
+      }
+      return
+    }
+    guard payload.readableBytes % 6 == 0 else {
+      throw HTTP2ConnectionError(.frameSizeError, "SETTINGS of \(payload.readableBytes) bytes")
+    }
+    var index = payload.readerIndex
+    while index < payload.writerIndex {
+      let id = payload.getInteger(at: index, as: UInt16.self)!
+      let value = payload.getInteger(at: index + 2, as: UInt32.self)!
+      index += 6
+      switch id {
+      case SettingID.headerTableSize:
+        try? encoder.setDynamicTableSize(min(Int(value), HPACKEncoder.defaultDynamicTableSize))
+      case SettingID.enablePush:
+        guard value <= 1 else { throw HTTP2ConnectionError(.protocolError, "ENABLE_PUSH \(value)") }
+      case SettingID.maxConcurrentStreams:
+        peerStreamLimit = Int(value)
+      case SettingID.initialWindowSize:
+        guard value <= UInt32(HTTP2Wire.maxWindow) else {
+          throw HTTP2ConnectionError(.flowControlError, "INITIAL_WINDOW_SIZE \(value)")
+        }
+        let delta = Int(value) - peerInitialWindow
+        peerInitialWindow = Int(value)
+        if delta != 0 {
+          for id in Array(streams.keys) { streams[id]!.sendWindow += delta }
+          if delta > 0 { unblockAll() }
+        }
+      case SettingID.maxFrameSize:
+        guard value >= 16_384, value <= 16_777_215 else {
+          throw HTTP2ConnectionError(.protocolError, "MAX_FRAME_SIZE \(value)")
+        }
+        peerMaxFrameSize = Int(value)
+      default:
+        break  // MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored.
+      }
+    }
+    output.writeFrameHeader(length: 0, type: FrameType.settings, flags: FrameFlag.ack, stream: 0)
+    markNeedsFlush()
+  }
+
+  private func receiveGoAway(stream: UInt32, payload: inout ByteBuffer) throws {
+    guard stream == 0 else { throw HTTP2ConnectionError(.protocolError, "GOAWAY on a stream") }
+    guard let last = payload.readInteger(as: UInt32.self),
+      let code = payload.readInteger(as: UInt32.self)
+    else { throw HTTP2ConnectionError(.frameSizeError, "GOAWAY too short") }
+    acceptsCalls = false
+    let lastStream = last & 0x7FFF_FFFF
+    guard !isServer else { return }
+    // Streams the peer never processed are answered; those it took finish.
+    let reason = "\(endpointDescription) went away (\(H2Error(code: code)))"
+    for id in streams.keys.sorted() where id > lastStream {
+      if let stream = removeStream(id) { stream.call.upstreamFailed(reason) }
+    }
+    streamRemoved()
+  }
+
+  private func receiveWindowUpdate(stream id: UInt32, payload: ByteBuffer) throws {
+    guard payload.readableBytes == 4 else {
+      throw HTTP2ConnectionError(.frameSizeError, "WINDOW_UPDATE of \(payload.readableBytes) bytes")
+    }
+    let increment = Int(payload.getInteger(at: payload.readerIndex, as: UInt32.self)! & 0x7FFF_FFFF)
+    if id == 0 {
+      guard increment > 0 else {
+        throw HTTP2ConnectionError(.protocolError, "WINDOW_UPDATE of 0")
+      }
+      sendWindow += increment
+      guard sendWindow <= HTTP2Wire.maxWindow else {
+        throw HTTP2ConnectionError(.flowControlError, "the connection window overflowed")
+      }
+      unblockAll()
+      return
+    }
+    guard streams[id] != nil else {
+      if isIdle(id) {
+        throw HTTP2ConnectionError(.protocolError, "WINDOW_UPDATE on idle stream \(id)")
+      }
+      return
+    }
+    guard increment > 0 else {
+      resetStream(id, .protocolError)
+      return
+    }
+    streams[id]!.sendWindow += increment
+    guard streams[id]!.sendWindow <= HTTP2Wire.maxWindow else {
+      resetStream(id, .flowControlError)
+      return
+    }
+    if !streams[id]!.queue.isEmpty { sendQueued(id) }
+  }
+
+  // MARK: Streams
+
+  /// Removes a stream, giving back the window of the data still queued on it.
+  private func removeStream(_ id: UInt32) -> Stream? {
+    guard let stream = streams.removeValue(forKey: id) else { return nil }
+    for entry in stream.queue {
+      if case .data(_, _, let flow, let source) = entry, let source {
+        stream.call.handedOn(flow, from: source)
+      }
+    }
+    return stream
+  }
+
+  /// After streams are removed: idle bookkeeping, and a draining connection closes once empty.
+  private func streamRemoved() {
+    if streams.isEmpty {
+      lastActive = .now()
+      if draining || (!isServer && !acceptsCalls) { closeAfterFlush() }
+    }
+  }
+
+  /// A stream both sides have ended is closed.
+  private func closeIfEnded(_ id: UInt32) {
+    guard let stream = streams[id], stream.localEnded, stream.remoteEnded else { return }
+    streams.removeValue(forKey: id)
+    stream.call.closed(on: self, reason: nil)
+    streamRemoved()
+  }
+
+  /// Ends one stream with RST_STREAM: a stream error, or the call's own reset.
+  func resetStream(_ id: UInt32, _ code: H2Error) {
+    guard let stream = removeStream(id) else { return }
+    writeReset(id, code)
+    stream.call.closed(on: self, reason: code)
+    streamRemoved()
+  }
+
+  /// Whether `headers` are not a well-formed request (RFC 9113 §8.2–8.3); the reason if so.
+  private func malformedRequest(_ headers: HPACKHeaders) -> String? {
+    var pseudo = true
+    var method = 0
+    var scheme = 0
+    var path = 0
+    var authority = 0
+    for header in headers {
+      let name = header.name.utf8
+      if name.first == UInt8(ascii: ":") {
+        guard pseudo else { return "pseudo-header \(header.name) after regular headers" }
+        switch header.name {
+        case ":method": method += 1
+        case ":scheme": scheme += 1
+        case ":path":
+          path += 1
+          if header.value.isEmpty { return "empty :path" }
+        case ":authority": authority += 1
+        default: return "unknown pseudo-header \(header.name)"
+        }
+        continue
+      }
+      pseudo = false
+      if name.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) {
+        return "upper-case header name"
+      }
+      switch header.name {
+      case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+        return "connection-specific header \(header.name)"
+      case "te" where header.value != "trailers":
+        return "te other than trailers"
+      default:
+        break
+      }
+    }
+    guard method == 1, scheme == 1, path == 1, authority <= 1 else {
+      return "missing or repeated pseudo-headers"
+    }
+    return nil
+  }
+
+  // MARK: Frames out
+
+  /// Sends HEADERS on a stream (after whatever is already waiting on it).
+  func sendHeaders(_ headers: HPACKHeaders, endStream: Bool, on id: UInt32) {
+    guard streams[id] != nil, !closing else { return }
+    if !streams[id]!.queue.isEmpty {
+      streams[id]!.queue.append(.headers(headers, endStream: endStream))
+      return
+    }
+    writeHeaders(headers, endStream: endStream, on: id)
+    if endStream {
+      streams[id]!.localEnded = true
+      closeIfEnded(id)
+    }
+  }
+
+  /// Sends DATA on a stream as its windows allow; `flow` bytes go back to `source` once it
+  /// is out (or dropped).
+  func sendData(
+    _ data: ByteBuffer, endStream: Bool, on id: UInt32, flow: Int,
+    source: ForwardingConnection?, call: ForwardedCall
+  ) {
+    guard streams[id] != nil, !closing else {
+      if let source { call.handedOn(flow, from: source) }
+      return
+    }
+    streams[id]!.queue.append(.data(data, endStream: endStream, flow: flow, source: source))
+    sendQueued(id)
+  }
+
+  /// Writes what the windows allow of a stream's queue.
+  private func sendQueued(_ id: UInt32) {
+    while var stream = streams[id], !stream.queue.isEmpty {
+      switch stream.queue[0] {
+      case .headers(let headers, let endStream):
+        stream.queue.removeFirst()
+        if endStream { stream.localEnded = true }
+        streams[id] = stream
+        writeHeaders(headers, endStream: endStream, on: id)
+      case .data(var data, let endStream, let flow, let source):
+        let length = data.readableBytes
+        let allowed = min(stream.sendWindow, sendWindow)
+        if length > allowed || (length > 0 && allowed <= 0) {
+          // Send what fits; the rest waits for WINDOW_UPDATE.
+          if allowed > 0 {
+            let part = data.readSlice(length: allowed)!
+            writeData(part, endStream: false, on: id)
+            stream.sendWindow -= allowed
+            sendWindow -= allowed
+            stream.queue[0] = .data(data, endStream: endStream, flow: flow, source: source)
+          }
+          streams[id] = stream
+          if !blocked.contains(id) { blocked.append(id) }
+          return
+        }
+        stream.queue.removeFirst()
+        stream.sendWindow -= length
+        sendWindow -= length
+        if endStream { stream.localEnded = true }
+        streams[id] = stream
+        writeData(data, endStream: endStream, on: id)
+        if let source { stream.call.handedOn(flow, from: source) }
+      }
+    }
+    closeIfEnded(id)
+  }
+
+  private func unblockAll() {
+    guard !blocked.isEmpty else { return }
+    let waiting = blocked
+    blocked = []
+    for id in waiting where sendWindow > 0 { sendQueued(id) }
+    for id in waiting where sendWindow <= 0 && streams[id] != nil && !blocked.contains(id) {
+      blocked.append(id)
+    }
+  }
+
+  private func writeHeaders(_ headers: HPACKHeaders, endStream: Bool, on id: UInt32) {
+    let start = output.writerIndex
+    let endFlag = endStream ? FrameFlag.endStream : 0
+    output.writeFrameHeader(
+      length: 0, type: FrameType.headers, flags: endFlag | FrameFlag.endHeaders, stream: id)
+    do {
+      try encoder.encode(headers: headers, to: &output)
+    } catch {
+      // The encoder fails only on misuse; end the stream rather than send a broken block.
+      output.moveWriterIndex(to: start)
+      writeReset(id, .internalError)
+      return
+    }
+    let length = output.writerIndex - start - HTTP2Wire.frameHeaderLength
+    if length <= peerMaxFrameSize {
+      output.setFrameLength(length, at: start)
+    } else {
+      // Too big for one frame: HEADERS and CONTINUATIONs.
+      var block = output.getSlice(at: start + HTTP2Wire.frameHeaderLength, length: length)!
+      block = ByteBuffer(buffer: block)
+      output.moveWriterIndex(to: start)
+      var first = true
+      while block.readableBytes > 0 || first {
+        let chunk = block.readSlice(length: min(peerMaxFrameSize, block.readableBytes))!
+        let last = block.readableBytes == 0
+        let flags = (first ? endFlag : 0) | (last ? FrameFlag.endHeaders : 0)
+        output.writeFrameHeader(
+          length: chunk.readableBytes, type: first ? FrameType.headers : FrameType.continuation,
+          flags: flags, stream: id)
+        output.writeImmutableBuffer(chunk)
+        first = false
+      }
+    }
+    markNeedsFlush()
+  }
+
+  private func writeData(_ data: ByteBuffer, endStream: Bool, on id: UInt32) {
+    output.writeFrameHeader(
+      length: data.readableBytes, type: FrameType.data,
+      flags: endStream ? FrameFlag.endStream : 0, stream: id)
+    output.writeImmutableBuffer(data)
+    markNeedsFlush()
+  }
+
+  private func writeReset(_ id: UInt32, _ code: H2Error) {
+    guard !closing else { return }
+    output.writeFrameHeader(length: 4, type: FrameType.rstStream, flags: 0, stream: id)
+    output.writeInteger(code.code)
+    markNeedsFlush()
+  }
+
+  private func writeWindowUpdate(_ increment: Int, on id: UInt32) {
+    output.writeFrameHeader(length: 4, type: FrameType.windowUpdate, flags: 0, stream: id)
+    output.writeInteger(UInt32(increment))
+    markNeedsFlush()
+  }
+
+  private func writeGoAway(_ code: H2Error) {
+    output.writeFrameHeader(length: 8, type: FrameType.goAway, flags: 0, stream: 0)
+    output.writeInteger(lastStreamSeen)
+    output.writeInteger(code.code)
+  }
+
+  private func markNeedsFlush() {
+    if !needsFlush {
+      needsFlush = true
+      loop.needsFlush(self)
+    }
+  }
+
+  func flushIfNeeded() {
+    guard needsFlush else { return }
+    needsFlush = false
+    guard let context, output.readableBytes > 0 else { return }
+    let chunk = output
+    output = context.channel.allocator.buffer(capacity: max(1024, chunk.readableBytes))
+    context.writeAndFlush(wrapOutboundOut(chunk), promise: nil)
+  }
+
+  /// Gives `length` bytes of window back to the peer's connection window, once half a window
+  /// is owed.
+  func returnCredit(_ length: Int) {
+    connectionCredit += length
+    if connectionCredit >= HTTP2Windows.connection / 2 {
+      writeWindowUpdate(connectionCredit, on: 0)
+      receiveWindow += connectionCredit
+      connectionCredit = 0
+    }
+  }
+
+  /// Gives `length` bytes back to the connection and, while the peer may still send on it,
+  /// to stream `id`.
+  func returnCredit(_ length: Int, stream id: UInt32) {
+    returnCredit(length)
+    guard var stream = streams[id], !stream.remoteEnded else { return }
+    stream.credit += length
+    if stream.credit >= HTTP2Windows.stream / 2 {
+      writeWindowUpdate(stream.credit, on: id)
+      stream.receiveWindow += stream.credit
+      stream.credit = 0
+    }
+    streams[id] = stream
+  }
+
+  // MARK: Idleness and draining
 
   private var idleCheck: RepeatedTask?
   private var lastActive = NIODeadline.now()
+  private var draining = false
 
   /// Checks now and then (a quarter of the timeout) whether the connection has carried no call
   /// for the idle timeout; such a connection is drained (accepted) or closed (pooled).
@@ -93,7 +858,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
       delay: .nanoseconds(timeout.nanoseconds / 4)
     ) { _ in
       let connection = bound.value
-      guard connection.calls.isEmpty, connection.waiting.isEmpty,
+      guard connection.streams.isEmpty, connection.waiting.isEmpty,
         NIODeadline.now() - connection.lastActive >= timeout
       else { return }
       connection.closeIdle()
@@ -110,200 +875,29 @@ final class ForwardingConnection: ChannelDuplexHandler {
     }
   }
 
-  private func becameActive(context: ChannelHandlerContext) {
-    startIdleCheck(context: context)
-    // Open the connection window to its target; stream windows are set by SETTINGS.
-    let increment = HTTP2Windows.connection - HTTP2Windows.protocolDefault
-    context.write(
-      wrapOutboundOut(
-        HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))),
-      promise: nil)
-    if case .upstream = role {
-      // Streams start now: their frames wait in the TLS handler until the handshake is done.
-      let pending = waiting
-      waiting = []
-      for entry in pending { start(entry.call, headers: entry.headers, endStream: entry.endStream) }
-    }
-    context.flush()
-  }
-
-  func channelInactive(context: ChannelHandlerContext) {
-    acceptsCalls = false
-    idleCheck?.cancel()
-    loop.unregister(self)
-    connectionLost(reason: failure ?? "connection closed")
-    context.fireChannelInactive()
-  }
-
-  func errorCaught(context: ChannelHandlerContext, error: any Error) {
-    // A stream error has been answered with RST_STREAM and ends only that stream.
-    if error is NIOHTTP2Errors.StreamError { return }
-    // Anything else ends the connection: the HTTP/2 handler has sent GOAWAY for a protocol
-    // error (a flood, a broken header block, too many streams) but leaves closing to us.
-    // Remember the first error so calls that die with the connection can say why.
-    if failure == nil { failure = describe(error) }
-    context.close(promise: nil)
-  }
-
-  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-    let frame = unwrapInboundIn(data)
-    switch frame.payload {
-    case .headers(let headers):
-      receiveHeaders(headers, on: frame.streamID)
-    case .data(let data):
-      receiveData(data, on: frame.streamID)
-    case .rstStream(let code):
-      receiveReset(code, on: frame.streamID)
-    case .settings(.settings(let settings)):
-      for setting in settings where setting.parameter == .maxConcurrentStreams {
-        peerStreamLimit = setting.value
-      }
-    case .goAway:
-      acceptsCalls = false
-    default:
-      break  // PING, WINDOW_UPDATE and PRIORITY are the HTTP/2 handler's business.
-    }
-  }
-
-  func channelReadComplete(context: ChannelHandlerContext) {
-    loop.flushAll()
-    context.fireChannelReadComplete()
-  }
-
-  func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-    if let closed = event as? StreamClosedEvent {
-      // Fired while a frame is read or written; that read's completion or that write's
-      // caller flushes what this writes.
-      streamClosed(closed.streamID, reason: closed.reason)
-    }
-    context.fireUserInboundEventTriggered(event)
-  }
-
-  // MARK: Frames in
-
-  private func receiveHeaders(_ headers: HTTP2Frame.FramePayload.Headers, on stream: HTTP2StreamID)
-  {
-    if let call = calls[stream] {
-      if call.downstream === self, headers.endStream { call.requestEnded = true }
-      call.forward(.headers(headers), from: self)
-      return
-    }
-    // No server push: a stream opened by an upstream peer is ignored.
-    guard case .downstream(let direction, let service, let route) = role else { return }
-    lastStreamSeen = stream
-    let call = ForwardedCall(downstream: self, stream: stream)
-    call.metrics = loop.metrics
-    call.direction = direction
-    call.method = headers.headers.first(name: ":path") ?? ""
-    call.service =
-      service
-      ?? String(headers.headers.first(name: ":authority")?.split(separator: ":").first ?? "")
-    calls[stream] = call
-    call.requestEnded = headers.endStream
-    switch route(headers.headers) {
-    case .reject(let status, let message):
-      call.answer(status, message)
-    case .forward(let endpoint, let pool, let rewrite):
-      var requestHeaders = headers.headers
-      rewrite?(&requestHeaders)
-      pool.connection(to: endpoint).open(
-        call, headers: requestHeaders, endStream: headers.endStream)
-    }
-  }
-
-  private func receiveData(_ data: HTTP2Frame.FramePayload.Data, on stream: HTTP2StreamID) {
-    let length = data.data.readableBytes + (data.paddingBytes.map { $0 + 1 } ?? 0)
-    guard let call = calls[stream] else {
-      returnCredit(length)
-      return
-    }
-    if call.downstream === self, data.endStream { call.requestEnded = true }
-    call.forward(data, length: length, from: self)
-  }
-
-  private func receiveReset(_ code: HTTP2ErrorCode, on stream: HTTP2StreamID) {
-    calls[stream]?.reset(code, from: self)
-  }
-
-  private func streamClosed(_ stream: HTTP2StreamID, reason: HTTP2ErrorCode?) {
-    guard let call = calls.removeValue(forKey: stream) else { return }
-    if calls.isEmpty { lastActive = .now() }
-    call.closed(on: self, reason: reason)
-    if draining, calls.isEmpty { closeAfterFlush() }
-  }
-
-  // MARK: Draining
-
-  private var draining = false
-  private var lastStreamSeen = HTTP2StreamID.rootStream
-
   /// Graceful shutdown of an accepted connection: GOAWAY naming the last stream taken (later
   /// ones are refused and clients retry them elsewhere), the calls in flight finish, then the
   /// connection closes.
   func drain() {
-    guard case .downstream = role, !draining, let context else { return }
+    guard case .downstream = role, !draining, !closing else { return }
     draining = true
     acceptsCalls = false
-    context.writeAndFlush(
-      wrapOutboundOut(
-        HTTP2Frame(
-          streamID: .rootStream,
-          payload: .goAway(lastStreamID: lastStreamSeen, errorCode: .noError, opaqueData: nil))),
-      promise: nil)
-    if calls.isEmpty { closeAfterFlush() }
+    writeGoAway(.noError)
+    markNeedsFlush()
+    flushIfNeeded()
+    if streams.isEmpty { closeAfterFlush() }
   }
 
-  /// Closes once what has been written so far is out. Stream-closed events arrive in the
-  /// middle of a write, so the close waits for the event loop's next turn.
+  /// Closes once what has been written so far is out, on the event loop's next turn (this
+  /// may be called in the middle of handling a frame).
   private func closeAfterFlush() {
     guard let context else { return }
-    let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+    let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
     context.eventLoop.execute {
-      bound.value.flush()
-      bound.value.close(promise: nil)
-    }
-  }
-
-  // MARK: Frames out
-
-  func write(
-    _ payload: HTTP2Frame.FramePayload, on stream: HTTP2StreamID,
-    promise: EventLoopPromise<Void>? = nil
-  ) {
-    guard let context else {
-      promise?.fail(ChannelError.ioOnClosedChannel)
-      return
-    }
-    context.write(wrapOutboundOut(HTTP2Frame(streamID: stream, payload: payload)), promise: promise)
-    if !needsFlush {
-      needsFlush = true
-      loop.needsFlush(self)
-    }
-  }
-
-  func flushIfNeeded() {
-    guard needsFlush else { return }
-    needsFlush = false
-    context?.flush()
-  }
-
-  /// Gives `length` bytes of window back to the peer's connection window.
-  func returnCredit(_ length: Int) {
-    connectionCredit += length
-    if connectionCredit >= HTTP2Windows.connection / 2 {
-      write(.windowUpdate(windowSizeIncrement: connectionCredit), on: .rootStream)
-      connectionCredit = 0
-    }
-  }
-
-  /// Gives `length` bytes back to the connection and to `stream`, whose owed bytes are
-  /// gathered in `credit` until half a window is worth a WINDOW_UPDATE.
-  func returnCredit(_ length: Int, stream: HTTP2StreamID, credit: inout Int) {
-    returnCredit(length)
-    credit += length
-    if credit >= HTTP2Windows.stream / 2 {
-      write(.windowUpdate(windowSizeIncrement: credit), on: stream)
-      credit = 0
+      let connection = bound.value
+      connection.flushIfNeeded()
+      connection.closing = true
+      connection.context?.close(promise: nil)
     }
   }
 
@@ -322,16 +916,19 @@ final class ForwardingConnection: ChannelDuplexHandler {
   }
 
   private func start(_ call: ForwardedCall, headers: HPACKHeaders, endStream: Bool) {
-    let stream = nextStreamID
-    guard stream < HTTP2StreamID.maxID.advanced(by: -2) else {
+    let id = nextStreamID
+    guard id < UInt32(Int32.max) - 2, !closing else {
       acceptsCalls = false
-      call.upstreamFailed("connection to \(endpointDescription) ran out of stream IDs")
+      call.upstreamFailed("connection to \(endpointDescription) is closing")
       return
     }
-    nextStreamID = stream.advanced(by: 2)
-    calls[stream] = call
-    call.upstreamStream = stream
-    write(.headers(.init(headers: headers, endStream: endStream)), on: stream)
+    nextStreamID = id + 2
+    streams[id] = Stream(
+      call: call, sendWindow: peerInitialWindow, receiveWindow: HTTP2Windows.stream,
+      localEnded: endStream)
+    call.upstreamStream = id
+    lastActive = .now()
+    writeHeaders(headers, endStream: endStream, on: id)
     call.releaseHeld()
   }
 
@@ -342,10 +939,15 @@ final class ForwardingConnection: ChannelDuplexHandler {
     connectionLost(reason: failure!)
   }
 
-  private var endpointDescription: String {
+  var endpointDescription: String {
     if case .upstream(let endpoint) = role {
       return endpoint.expectedIdentity.map { "\($0) at \(endpoint)" } ?? "\(endpoint)"
     }
+    return "caller"
+  }
+
+  var endpointName: String {
+    if case .upstream(let endpoint) = role { return "\(endpoint)" }
     return "caller"
   }
 
@@ -355,254 +957,20 @@ final class ForwardingConnection: ChannelDuplexHandler {
     for entry in pending {
       entry.call.upstreamFailed("cannot reach \(endpointDescription): \(reason)")
     }
-    let open = calls
-    calls = [:]
-    for call in open.values {
-      call.connectionLost(self, reason: "connection to \(endpointDescription) lost: \(reason)")
+    let open = streams
+    streams = [:]
+    blocked = []
+    for (_, stream) in open.sorted(by: { $0.key < $1.key }) {
+      for entry in stream.queue {
+        if case .data(_, _, let flow, let source) = entry, let source {
+          stream.call.handedOn(flow, from: source)
+        }
+      }
+      stream.call.connectionLost(
+        self, reason: "connection to \(endpointDescription) lost: \(reason)")
     }
     loop.flushAll()
   }
-}
-
-/// One call crossing the proxy: the caller's stream joined to the stream towards its
-/// destination. Everything here runs on the event loop both connections share.
-final class ForwardedCall {
-  let downstream: ForwardingConnection
-  let downstreamStream: HTTP2StreamID
-  let start = NIODeadline.now()
-  var metrics: SidecarMetrics?
-  var direction = ""
-  var service = ""
-  var method = ""
-  /// The call's gRPC status, once seen.
-  private var code: Substring?
-  var upstream: ForwardingConnection?
-  var upstreamStream: HTTP2StreamID?
-
-  private var requestMessages = MessageFramer()
-  private var responseMessages = MessageFramer()
-
-  /// A message over the limit ends the call: RESOURCE_EXHAUSTED to the caller, a reset
-  /// upstream, and none of the message forwarded.
-  private func refuseOversized(_ size: Int, direction: String) {
-    if let upstream, let upstreamStream, !upstreamClosed {
-      upstreamClosed = true
-      upstream.write(.rstStream(.cancel), on: upstreamStream)
-    }
-    upstreamClosed = true
-    held = []
-    answer(
-      .resourceExhausted,
-      "\(direction) message of \(size) bytes exceeds the limit of \(MessageFramer.defaultLimit) bytes"
-    )
-  }
-
-  /// Request frames that arrived before the upstream stream was open, in order.
-  private var held: [(HTTP2Frame.FramePayload, Int)] = []
-  /// Window owed to the caller's stream and to the upstream stream.
-  private var downstreamCredit = 0
-  private var upstreamCredit = 0
-  var requestEnded = false
-  /// Response headers have been forwarded to the caller: the call can no longer be answered
-  /// by the proxy with a Trailers-Only status, only ended.
-  private var responseStarted = false
-  private var responseEnded = false
-  private var downstreamClosed = false
-  private var upstreamClosed = false
-
-  init(downstream: ForwardingConnection, stream: HTTP2StreamID) {
-    self.downstream = downstream
-    self.downstreamStream = stream
-  }
-
-  /// HEADERS from one side go to the other: response headers, trailers, or request trailers.
-  func forward(_ headers: HTTP2Frame.FramePayload, from side: ForwardingConnection) {
-    if side === downstream {
-      forwardUp(headers, length: 0)
-    } else if !downstreamClosed {
-      if case .headers(let frame) = headers, frame.endStream {
-        responseEnded = true
-        code = frame.headers.first(name: "grpc-status").map { Substring($0) }
-      }
-      responseStarted = true
-      downstream.write(headers, on: downstreamStream)
-    }
-  }
-
-  /// DATA from one side goes to the other; its window returns to the sender once written.
-  func forward(_ data: HTTP2Frame.FramePayload.Data, length: Int, from side: ForwardingConnection) {
-    if side === downstream {
-      if !upstreamClosed, case .byteBuffer(let buffer) = data.data,
-        let size = requestMessages.scan(buffer, limit: MessageFramer.defaultLimit)
-      {
-        downstream.returnCredit(length)
-        refuseOversized(size, direction: "request")
-        return
-      }
-      forwardUp(.data(data), length: length)
-    } else {
-      if !responseEnded, case .byteBuffer(let buffer) = data.data,
-        let size = responseMessages.scan(buffer, limit: MessageFramer.defaultLimit)
-      {
-        side.returnCredit(length)
-        refuseOversized(size, direction: "response")
-        return
-      }
-      responseStarted = true
-      if data.endStream { responseEnded = true }
-      sendCounted(.data(data), length: length, to: downstream, on: downstreamStream, from: side)
-    }
-  }
-
-  private func forwardUp(_ payload: HTTP2Frame.FramePayload, length: Int) {
-    guard !upstreamClosed else {
-      if length > 0 { downstream.returnCredit(length) }
-      return
-    }
-    guard let upstream, let upstreamStream else {
-      held.append((payload, length))
-      return
-    }
-    if length > 0 {
-      sendCounted(payload, length: length, to: upstream, on: upstreamStream, from: downstream)
-    } else {
-      upstream.write(payload, on: upstreamStream)
-    }
-  }
-
-  private func sendCounted(
-    _ payload: HTTP2Frame.FramePayload, length: Int, to target: ForwardingConnection,
-    on stream: HTTP2StreamID, from source: ForwardingConnection
-  ) {
-    guard let eventLoop = target.eventLoopIfOpen else {
-      source.returnCredit(length)
-      return
-    }
-    let promise = eventLoop.makePromise(of: Void.self)
-    target.write(payload, on: stream, promise: promise)
-    promise.futureResult.assumeIsolated().whenComplete { _ in self.written(length, from: source) }
-  }
-
-  /// A forwarded DATA frame has left: its bytes go back to the side it came from.
-  private func written(_ length: Int, from source: ForwardingConnection) {
-    if source === downstream {
-      if requestEnded || downstreamClosed {
-        source.returnCredit(length)
-      } else {
-        source.returnCredit(length, stream: downstreamStream, credit: &downstreamCredit)
-      }
-    } else if let upstreamStream, !upstreamClosed, !responseEnded {
-      source.returnCredit(length, stream: upstreamStream, credit: &upstreamCredit)
-    } else {
-      source.returnCredit(length)
-    }
-    source.loopFlush()
-  }
-
-  /// The upstream stream now exists: frames held meanwhile follow the HEADERS.
-  func releaseHeld() {
-    let frames = held
-    held = []
-    for (payload, length) in frames { forwardUp(payload, length: length) }
-  }
-
-  /// Answers the caller with a gRPC status of the proxy's own (Trailers-Only), and asks it to
-  /// stop sending if it has not finished.
-  func answer(_ status: ProxyStatus, _ message: String) {
-    guard !downstreamClosed else { return }
-    code = Substring(String(status.rawValue))
-    if responseStarted {
-      // Headers are out: end the response with trailers carrying the status.
-      downstream.write(trailers(status, message), on: downstreamStream)
-    } else {
-      downstream.write(trailersOnly(status, message), on: downstreamStream)
-    }
-    responseStarted = true
-    responseEnded = true
-    if !requestEnded { downstream.write(.rstStream(.noError), on: downstreamStream) }
-  }
-
-  /// A reset from one side resets the other with the same code.
-  func reset(_ code: HTTP2ErrorCode, from side: ForwardingConnection) {
-    if side === downstream {
-      downstreamClosed = true
-      held = []
-      if let upstream, let upstreamStream, !upstreamClosed {
-        upstream.write(.rstStream(code), on: upstreamStream)
-      }
-    } else {
-      upstreamClosed = true
-      if !downstreamClosed { downstream.write(.rstStream(code), on: downstreamStream) }
-    }
-  }
-
-  /// A stream of this call has closed on `side`. A stream that ended in error without a reset
-  /// from its peer (the HTTP/2 handler refused it, or the peer went away before processing it)
-  /// ends the other half too.
-  func closed(on side: ForwardingConnection, reason: HTTP2ErrorCode?) {
-    if side === downstream {
-      let wasClosed = downstreamClosed
-      downstreamClosed = true
-      held = []
-      record(reset: reason != nil)
-      if reason != nil, !wasClosed, let upstream, let upstreamStream, !upstreamClosed {
-        upstream.write(.rstStream(.cancel), on: upstreamStream)
-      }
-    } else {
-      let wasClosed = upstreamClosed
-      upstreamClosed = true
-      if let reason, !wasClosed, !responseEnded {
-        answer(.unavailable, "stream to \(side.endpointName) closed (\(reason))")
-      }
-    }
-  }
-
-  /// Counts the call once, when the caller's stream ends.
-  private func record(reset: Bool) {
-    guard let metrics else { return }
-    self.metrics = nil
-    let name = code.map(grpcCodeName) ?? (reset ? "CANCELLED" : "UNKNOWN")
-    let seconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9
-    metrics.recordCall(
-      direction: direction, service: service, method: method, code: name, seconds: seconds)
-  }
-
-  /// The upstream connection could not carry this call.
-  func upstreamFailed(_ message: String) {
-    upstreamClosed = true
-    held = []
-    answer(.unavailable, message)
-  }
-
-  func connectionLost(_ side: ForwardingConnection, reason: String) {
-    if side === downstream {
-      if !downstreamClosed { record(reset: true) }
-      downstreamClosed = true
-      held = []
-      if let upstream, let upstreamStream, !upstreamClosed {
-        upstreamClosed = true
-        upstream.write(.rstStream(.cancel), on: upstreamStream)
-      }
-    } else if !upstreamClosed {
-      upstreamClosed = true
-      if responseEnded {
-        if !downstreamClosed { downstream.write(.rstStream(.cancel), on: downstreamStream) }
-      } else {
-        answer(.unavailable, reason)
-      }
-    }
-  }
-}
-
-extension ForwardingConnection {
-  var eventLoopIfOpen: (any EventLoop)? { context?.eventLoop }
-
-  fileprivate var endpointName: String {
-    if case .upstream(let endpoint) = role { return "\(endpoint)" }
-    return "caller"
-  }
-
-  fileprivate func loopFlush() { loop.flushAll() }
 }
 
 /// State shared by the connections of one event loop: the upstream pools, and the
@@ -652,14 +1020,6 @@ final class LoopState {
       for connection in connections { connection.flushIfNeeded() }
     }
   }
-}
-
-/// A Trailers frame (after response headers) carrying a status of the proxy's own.
-func trailers(_ status: ProxyStatus, _ message: String) -> HTTP2Frame.FramePayload {
-  let headers: HPACKHeaders = [
-    "grpc-status": "\(status.rawValue)", "grpc-message": percentEncodeGRPCMessage(message),
-  ]
-  return .headers(.init(headers: headers, endStream: true))
 }
 
 /// A connection or TLS failure in words an operator can act on.

@@ -1,5 +1,4 @@
 import NIOHPACK
-import NIOHTTP2
 
 /// gRPC status codes the proxy answers with itself.
 enum ProxyStatus: Int {
@@ -15,12 +14,11 @@ enum ProxyStatus: Int {
 /// A Trailers-Only gRPC response: HTTP 200, the status and a percent-encoded message in one
 /// HEADERS frame that ends the stream — what every gRPC client understands, never a bare HTTP
 /// error.
-func trailersOnly(_ status: ProxyStatus, _ message: String) -> HTTP2Frame.FramePayload {
-  let headers: HPACKHeaders = [
+func trailersOnly(_ status: ProxyStatus, _ message: String) -> HPACKHeaders {
+  [
     ":status": "200", "content-type": "application/grpc", "grpc-status": "\(status.rawValue)",
     "grpc-message": percentEncodeGRPCMessage(message),
   ]
-  return .headers(.init(headers: headers, endStream: true))
 }
 
 /// Percent-encodes a grpc-message as the gRPC HTTP/2 protocol requires: bytes outside

@@ -5,7 +5,6 @@ import MeshIdentity
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHPACK
-import NIOHTTP2
 import NIOPosix
 import ServiceLifecycle
 
@@ -262,7 +261,6 @@ public struct Sidecar: Service {
     route: @escaping (HPACKHeaders) -> Route
   ) throws {
     let pipeline = channel.pipeline.syncOperations
-    try pipeline.addHandler(NIOHTTP2Handler(mode: .server, connectionConfiguration: .meshDefaults))
     try pipeline.addHandler(
       ForwardingConnection(
         role: .downstream(direction: direction, service: service, route: route), loop: loop))

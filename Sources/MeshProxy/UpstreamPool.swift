@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP2
 import NIOPosix
 import NIOSSL
 
@@ -48,8 +47,6 @@ final class UpstreamPool {
           if let tls {
             try pipeline.addHandler(try tls.clientHandler(expecting: endpoint.expectedIdentity))
           }
-          try pipeline.addHandler(
-            NIOHTTP2Handler(mode: .client, connectionConfiguration: .meshUpstream))
           try pipeline.addHandler(handler.value)
         }
       }

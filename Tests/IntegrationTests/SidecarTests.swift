@@ -157,14 +157,18 @@ import Testing
     #expect(try serverSidecar.adminPage("/live").status == 200)
     #expect(try serverSidecar.adminPage("/ready") == (200, "ready"))
     #expect(try serverSidecar.adminPage("/nope").status == 404)
-    for _ in 0..<3 { _ = try call("Say", #"{"text":"count me"}"#) }
+    for _ in 0..<3 {
+      let counted = try call("Say", #"{"text":"count me"}"#)
+      #expect(counted.status == 0, "\(counted.stderr)")
+    }
     let labels = [
       "direction": "outbound", "service": "echo", "method": "/trellis.echo.v1.Echo/Say",
       "grpc_code": "OK",
     ]
-    #expect(try clientSidecar.metric("trellis_requests_total", labels) == 3)
+    let page = try clientSidecar.adminPage("/metrics").body
+    #expect(try clientSidecar.metric("trellis_requests_total", labels) == 3, "\(page)")
     #expect(
-      try clientSidecar.metric("trellis_request_duration_seconds_count", labels) == 3)
+      try clientSidecar.metric("trellis_request_duration_seconds_count", labels) == 3, "\(page)")
     var inbound = labels
     inbound["direction"] = "inbound"
     #expect(try serverSidecar.metric("trellis_requests_total", inbound) == 3)
