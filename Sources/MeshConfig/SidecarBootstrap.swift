@@ -23,6 +23,7 @@ import MeshIdentity
 ///   idleTimeout: 5m                # a connection without calls for this long is closed
 ///   handshakeTimeout: 10s          # a TLS handshake must finish within this
 ///   drainTimeout: 30s              # calls in flight at SIGTERM get this long to finish
+///   maxConcurrentStreams: 1024     # streams a caller may have open on one connection
 /// ```
 public struct SidecarBootstrap: Equatable, Sendable {
   public var service: String
@@ -44,6 +45,7 @@ public struct SidecarBootstrap: Equatable, Sendable {
     public var idleTimeout: Duration = .seconds(300)
     public var handshakeTimeout: Duration = .seconds(10)
     public var drainTimeout: Duration = .seconds(30)
+    public var maxConcurrentStreams = 1024
     public init() {}
   }
 
@@ -117,11 +119,16 @@ public struct SidecarBootstrap: Equatable, Sendable {
       bundle: try path(tls["bundle"]),
       mesh: fields["mesh"].isPresent ? try path(fields["mesh"]) : nil, trustDomain: trustDomain,
       threads: try fields["threads"].int(in: 1...64) ?? 1)
-    let limits = try fields["limits"].fields(["idleTimeout", "handshakeTimeout", "drainTimeout"])
+    let limits = try fields["limits"].fields([
+      "idleTimeout", "handshakeTimeout", "drainTimeout", "maxConcurrentStreams",
+    ])
     if let value = try limits["idleTimeout"].duration() { self.limits.idleTimeout = value }
     if let value = try limits["handshakeTimeout"].duration() {
       self.limits.handshakeTimeout = value
     }
     if let value = try limits["drainTimeout"].duration() { self.limits.drainTimeout = value }
+    if let value = try limits["maxConcurrentStreams"].int(in: 1...Int(Int32.max)) {
+      self.limits.maxConcurrentStreams = value
+    }
   }
 }

@@ -88,8 +88,9 @@ final class ForwardingConnection: ChannelInboundHandler {
   // The peer's settings and windows.
   private var peerInitialWindow = 65_535
   private var peerMaxFrameSize = HTTP2Wire.defaultMaxFrameSize
-  /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (assumed to be the mesh's own until it says).
-  private(set) var peerStreamLimit = Int(HTTP2Windows.maxConcurrentStreams)
+  /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (until it says, what its other connections
+  /// said, or the mesh's default).
+  private(set) var peerStreamLimit: Int
   private var sendWindow = 65_535
   /// Streams with frames waiting for a window.
   private var blocked: [UInt32] = []
@@ -119,9 +120,10 @@ final class ForwardingConnection: ChannelInboundHandler {
   static let maximumContinuations = 5
   static let maximumHeaderListSize = 16 * 1024
 
-  init(role: Role, loop: LoopState) {
+  init(role: Role, loop: LoopState, peerStreamLimit: Int = HTTP2Windows.maxConcurrentStreams) {
     self.role = role
     self.loop = loop
+    self.peerStreamLimit = peerStreamLimit
     if case .downstream = role { isServer = true } else { isServer = false }
     awaitingPreface = isServer
     let allocator = ByteBufferAllocator()
@@ -148,13 +150,25 @@ final class ForwardingConnection: ChannelInboundHandler {
     context.fireChannelActive()
   }
 
+  /// The connection's kind in metrics.
+  private var kind: String {
+    switch role {
+    case .downstream(let direction, _, _): direction
+    case .upstream(let endpoint): endpoint.expectedIdentity == nil ? "app" : "mesh"
+    }
+  }
+  private var counted = false
+
   private func becameActive(context: ChannelHandlerContext) {
+    guard !counted else { return }
+    counted = true
+    loop.metrics?.connectionOpened(kind: kind)
     startIdleCheck(context: context)
     if !isServer { output.writeBytes(HTTP2Wire.preface) }
     // This side's SETTINGS, and the connection window opened to its target (stream windows
     // are set by SETTINGS).
     var settings: [(UInt16, UInt32)] = [
-      (SettingID.maxConcurrentStreams, HTTP2Windows.maxConcurrentStreams),
+      (SettingID.maxConcurrentStreams, UInt32(loop.maxConcurrentStreams)),
       (SettingID.initialWindowSize, UInt32(HTTP2Windows.stream)),
       (SettingID.maxHeaderListSize, UInt32(Self.maximumHeaderListSize)),
     ]
@@ -177,6 +191,7 @@ final class ForwardingConnection: ChannelInboundHandler {
   }
 
   func channelInactive(context: ChannelHandlerContext) {
+    if counted { loop.metrics?.connectionClosed(kind: kind) }
     acceptsCalls = false
     closing = true
     idleCheck?.cancel()
@@ -432,9 +447,9 @@ final class ForwardingConnection: ChannelInboundHandler {
       writeReset(id, .refusedStream)
       return
     }
-    guard streams.count < Int(HTTP2Windows.maxConcurrentStreams) else {
+    guard streams.count < loop.maxConcurrentStreams else {
       throw HTTP2ConnectionError(
-        .protocolError, "over \(HTTP2Windows.maxConcurrentStreams) concurrent streams")
+        .protocolError, "over \(loop.maxConcurrentStreams) concurrent streams")
     }
     if let problem = malformedRequest(headers) {
       _ = problem
@@ -979,12 +994,18 @@ final class LoopState {
   let eventLoop: any EventLoop
   let metrics: SidecarMetrics?
   let idleTimeout: TimeAmount
+  /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to callers.
+  let maxConcurrentStreams: Int
   private var toFlush: [ForwardingConnection] = []
 
-  init(eventLoop: any EventLoop, metrics: SidecarMetrics?, idleTimeout: TimeAmount) {
+  init(
+    eventLoop: any EventLoop, metrics: SidecarMetrics?, idleTimeout: TimeAmount,
+    maxConcurrentStreams: Int = HTTP2Windows.maxConcurrentStreams
+  ) {
     self.eventLoop = eventLoop
     self.metrics = metrics
     self.idleTimeout = idleTimeout
+    self.maxConcurrentStreams = maxConcurrentStreams
   }
 
   /// Accepted connections, for draining.

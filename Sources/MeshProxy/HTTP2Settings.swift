@@ -5,6 +5,8 @@ enum HTTP2Windows {
   static let stream = 1 << 20
   /// Per connection: the most one connection's calls hold in the proxy at once.
   static let connection = 4 << 20
-  /// GRPC clients multiplex heavily: at least 1,024 concurrent streams are advertised.
-  static let maxConcurrentStreams: UInt32 = 1024
+  /// GRPC clients multiplex heavily: 1,024 concurrent streams are advertised unless the
+  /// bootstrap's `limits.maxConcurrentStreams` says otherwise, and assumed of a peer until it
+  /// says.
+  static let maxConcurrentStreams = 1024
 }

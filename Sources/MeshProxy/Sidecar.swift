@@ -51,7 +51,8 @@ public struct Sidecar: Service {
     let metrics = SidecarMetrics()
     let limits = configuration.bootstrap.limits
     let pools = PoolSet(
-      group: group, tls: tls, metrics: metrics, idleTimeout: TimeAmount(limits.idleTimeout))
+      group: group, tls: tls, metrics: metrics, idleTimeout: TimeAmount(limits.idleTimeout),
+      maxConcurrentStreams: limits.maxConcurrentStreams)
     let state = NIOLockedValueBox(RunState.starting)
     let outbound = try await bindOutbound(pools: pools)
     let inbound = try await bindInbound(pools: pools, metrics: metrics)
@@ -354,12 +355,14 @@ final class PoolSet: Sendable {
 
   init(
     group: MultiThreadedEventLoopGroup, tls: ProxyTLS, metrics: SidecarMetrics,
-    idleTimeout: TimeAmount
+    idleTimeout: TimeAmount, maxConcurrentStreams: Int
   ) {
     var pools: [ObjectIdentifier: Pools] = [:]
     for eventLoop in group.makeIterator() {
       pools[ObjectIdentifier(eventLoop)] = Pools(
-        loop: LoopState(eventLoop: eventLoop, metrics: metrics, idleTimeout: idleTimeout),
+        loop: LoopState(
+          eventLoop: eventLoop, metrics: metrics, idleTimeout: idleTimeout,
+          maxConcurrentStreams: maxConcurrentStreams),
         tls: tls)
     }
     self.pools = pools

@@ -2,8 +2,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 
 /// The sidecar's counters, rendered in Prometheus's text format on the admin port: calls by
-/// direction, service, method and gRPC status, their latency, and TLS handshake failures by
-/// reason. Recorded once per call (not per frame), under one lock.
+/// direction, service, method and gRPC status, their latency, connections by kind, and TLS
+/// handshake failures by reason. Recorded once per call (not per frame), under one lock.
 final class SidecarMetrics: Sendable {
   struct CallKey: Hashable {
     var direction: String
@@ -21,6 +21,8 @@ final class SidecarMetrics: Sendable {
   private struct State {
     var calls: [CallKey: Series] = [:]
     var tlsFailures: [String: Int] = [:]
+    var connectionsOpened: [String: Int] = [:]
+    var connectionsOpen: [String: Int] = [:]
   }
 
   /// Latency bucket bounds in seconds.
@@ -44,6 +46,19 @@ final class SidecarMetrics: Sendable {
       if let index = Self.bounds.firstIndex(where: { seconds <= $0 }) { series.buckets[index] += 1 }
       state.calls[key] = series
     }
+  }
+
+  /// A connection of `kind` opened: `inbound` or `outbound` (accepted), `mesh` (to a peer
+  /// sidecar) or `app` (to the local app).
+  func connectionOpened(kind: String) {
+    state.withLockedValue {
+      $0.connectionsOpened[kind, default: 0] += 1
+      $0.connectionsOpen[kind, default: 0] += 1
+    }
+  }
+
+  func connectionClosed(kind: String) {
+    state.withLockedValue { $0.connectionsOpen[kind, default: 0] -= 1 }
   }
 
   func recordTLSFailure(reason: String) {
@@ -92,6 +107,17 @@ final class SidecarMetrics: Sendable {
     out += "# TYPE trellis_tls_handshake_failures_total counter\n"
     for (reason, count) in snapshot.tlsFailures.sorted(by: { $0.key < $1.key }) {
       out += "trellis_tls_handshake_failures_total{reason=\"\(escape(reason))\"} \(count)\n"
+    }
+    out +=
+      "# HELP trellis_connections_opened_total Connections opened: inbound and outbound (accepted), mesh (to peer sidecars), app (to the local app).\n"
+    out += "# TYPE trellis_connections_opened_total counter\n"
+    for (kind, count) in snapshot.connectionsOpened.sorted(by: { $0.key < $1.key }) {
+      out += "trellis_connections_opened_total{kind=\"\(kind)\"} \(count)\n"
+    }
+    out += "# HELP trellis_connections_open Connections open now, by kind.\n"
+    out += "# TYPE trellis_connections_open gauge\n"
+    for (kind, count) in snapshot.connectionsOpen.sorted(by: { $0.key < $1.key }) {
+      out += "trellis_connections_open{kind=\"\(kind)\"} \(count)\n"
     }
     return out + extra
   }

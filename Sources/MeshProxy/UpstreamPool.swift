@@ -29,7 +29,11 @@ final class UpstreamPool {
     }) {
       return existing
     }
-    let connection = ForwardingConnection(role: .upstream(endpoint), loop: loop)
+    // A new connection to a peer assumes the stream limit its other connections were given.
+    let known = connections[endpoint]?.last?.peerStreamLimit
+    let connection = ForwardingConnection(
+      role: .upstream(endpoint), loop: loop,
+      peerStreamLimit: known ?? HTTP2Windows.maxConcurrentStreams)
     connections[endpoint, default: []].append(connection)
     connect(connection, to: endpoint)
     return connection

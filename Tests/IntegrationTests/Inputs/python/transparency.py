@@ -5,6 +5,9 @@
       logs {"message": "listening", "address": ...} to stderr.
   transparency.py call MESH METHOD PAYLOAD
       One call through the mesh; prints {"code": ..., "details": ...}.
+  transparency.py gather MESH N
+      N calls on one connection that the server answers only once all N are in flight at
+      once; prints {"ok": N, "failed": N}.
   transparency.py load MESH SECONDS
       Calls back to back (a new connection every 20 calls); prints {"ok": N, "failed": N}.
   transparency.py check DIRECT MESH [PID ...]
@@ -314,6 +317,18 @@ async def call_once(target, name, payload):
     print(json.dumps({"code": result["code"], "details": result.get("details")}), flush=True)
 
 
+async def gather(target, count):
+    """Mode `gather`: `count` calls that must all be in flight at once to be answered."""
+    async with channel((target, True, [])) as ch:
+        await method(ch, "ResetGather", "unary_unary")(b"")
+        calls = [method(ch, "Gathered", "unary_unary")(str(count).encode())
+                 for _ in range(count)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [r for r in results if not isinstance(r, bytes)]
+    print(json.dumps({"ok": len(results) - len(failures), "failed": len(failures),
+                      "first": str(failures[:1])}), flush=True)
+
+
 async def load(target, seconds):
     """Mode `load`: calls back to back for `seconds`, on a new connection every 20 calls, and
     prints how many succeeded and failed (with the first failure)."""
@@ -338,6 +353,8 @@ def main():
         asyncio.run(serve())
     elif sys.argv[1:2] == ["call"]:
         asyncio.run(call_once(sys.argv[2], sys.argv[3], sys.argv[4]))
+    elif sys.argv[1:2] == ["gather"]:
+        asyncio.run(gather(sys.argv[2], int(sys.argv[3])))
     elif sys.argv[1:2] == ["load"]:
         asyncio.run(load(sys.argv[2], float(sys.argv[3])))
     elif sys.argv[1:2] == ["check"]:
