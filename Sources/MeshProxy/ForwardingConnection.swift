@@ -680,15 +680,16 @@ final class ForwardingConnection: ChannelInboundHandler {
 
   /// Sends HEADERS on a stream (after whatever is already waiting on it).
   func sendHeaders(_ headers: HPACKHeaders, endStream: Bool, on id: UInt32) {
-    guard streams[id] != nil, !closing else { return }
-    if !streams[id]!.queue.isEmpty {
-      streams[id]!.queue.append(.headers(headers, endStream: endStream))
+    guard !closing, var stream = streams[id] else { return }
+    guard stream.queue.isEmpty else {
+      stream.queue.append(.headers(headers, endStream: endStream))
+      streams[id] = stream
       return
     }
     writeHeaders(headers, endStream: endStream, on: id)
     if endStream {
-      streams[id]!.localEnded = true
-      closeIfEnded(id)
+      stream.localEnded = true
+      ended(id, stream)
     }
   }
 
@@ -698,12 +699,39 @@ final class ForwardingConnection: ChannelInboundHandler {
     _ data: ByteBuffer, endStream: Bool, on id: UInt32, flow: Int,
     source: ForwardingConnection?, call: ForwardedCall
   ) {
-    guard streams[id] != nil, !closing else {
+    guard !closing, var stream = streams[id] else {
       if let source { call.handedOn(flow, from: source) }
       return
     }
-    streams[id]!.queue.append(.data(data, endStream: endStream, flow: flow, source: source))
-    sendQueued(id)
+    let length = data.readableBytes
+    guard stream.queue.isEmpty, length <= stream.sendWindow, length <= sendWindow else {
+      stream.queue.append(.data(data, endStream: endStream, flow: flow, source: source))
+      streams[id] = stream
+      sendQueued(id)
+      return
+    }
+    // The common case: nothing waiting and the windows allow it.
+    stream.sendWindow -= length
+    sendWindow -= length
+    writeData(data, endStream: endStream, on: id)
+    if endStream {
+      stream.localEnded = true
+      ended(id, stream)
+    } else {
+      streams[id] = stream
+    }
+    if let source { call.handedOn(flow, from: source) }
+  }
+
+  /// Stores a stream this side has just ended, or closes it if the peer has ended it too.
+  private func ended(_ id: UInt32, _ stream: Stream) {
+    guard stream.remoteEnded else {
+      streams[id] = stream
+      return
+    }
+    streams.removeValue(forKey: id)
+    stream.call.closed(on: self, reason: nil)
+    streamRemoved()
   }
 
   /// Writes what the windows allow of a stream's queue.

@@ -199,7 +199,7 @@ public struct Sidecar: Service {
       return .reject(.unavailable, "no route to '\(service)'")
     }
     let endpoint = endpoints[counter.next(endpoints.count)]
-    return .forward(endpoint, pool.mesh, rewrite: stripHopByHop)
+    return .forward(endpoint, pool.mesh, rewrite: nil)
   }
 
   /// Both directions refuse a `:path` that is not exactly `/package.Service/Method`.
@@ -247,8 +247,8 @@ public struct Sidecar: Service {
     guard policy.allows(caller: caller, path: path) else {
       return .reject(.permissionDenied, "\(caller) is not allowed to call \(path) on \(service)")
     }
+    // Connection-specific headers never get this far: the request was refused as malformed.
     return .forward(app, pool.app) { headers in
-      stripHopByHop(&headers)
       // Only the sidecar may say who called: a client's copy is dropped.
       headers.remove(name: "x-trellis-peer-identity")
       headers.add(name: "x-trellis-peer-identity", value: caller)
@@ -306,13 +306,6 @@ func isGRPCPath(_ path: String) -> Bool {
     previous = byte
   }
   return slashes == 1 && previous != UInt8(ascii: "/") && previous != UInt8(ascii: ".")
-}
-
-/// Drops the connection-specific headers HTTP/2 forbids forwarding (RFC 9113 §8.2.2).
-func stripHopByHop(_ headers: inout HPACKHeaders) {
-  for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
-    headers.remove(name: name)
-  }
 }
 
 /// The verified identity of an inbound connection's peer, set during the handshake (before any

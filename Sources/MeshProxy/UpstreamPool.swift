@@ -24,6 +24,20 @@ final class UpstreamPool {
   /// A connection to `endpoint` with room for another call, established or on its way.
   func connection(to endpoint: Endpoint) -> ForwardingConnection {
     loop.eventLoop.preconditionInEventLoop()
+    // Most calls go where the previous one went: no hashing then.
+    if let last, last.acceptsCalls, last.load < last.peerStreamLimit, lastEndpoint == endpoint {
+      return last
+    }
+    let chosen = choose(endpoint)
+    last = chosen
+    lastEndpoint = endpoint
+    return chosen
+  }
+
+  private var last: ForwardingConnection?
+  private var lastEndpoint: Endpoint?
+
+  private func choose(_ endpoint: Endpoint) -> ForwardingConnection {
     if let existing = connections[endpoint]?.first(where: {
       $0.acceptsCalls && $0.load < $0.peerStreamLimit
     }) {
