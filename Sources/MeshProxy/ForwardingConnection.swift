@@ -556,8 +556,16 @@ final class ForwardingConnection: ChannelInboundHandler {
     acceptsCalls = false
     let lastStream = last & 0x7FFF_FFFF
     guard !isServer else { return }
-    // Streams the peer never processed are answered; those it took finish.
     let reason = "\(endpointDescription) went away (\(H2Error(code: code)))"
+    guard code == H2Error.noError.code else {
+      // An error ends the connection, whatever streams it names: a peer that has failed
+      // might never answer them.
+      failure = reason
+      closing = true
+      context?.close(promise: nil)
+      return
+    }
+    // Streams the peer never processed are answered; those it took finish.
     for id in streams.keys.sorted() where id > lastStream {
       if let stream = removeStream(id) { stream.call.upstreamFailed(reason) }
     }

@@ -6,7 +6,6 @@ enum HTTP2Windows {
   /// Per connection: the most one connection's calls hold in the proxy at once.
   static let connection = 4 << 20
   /// GRPC clients multiplex heavily: 1,024 concurrent streams are advertised unless the
-  /// bootstrap's `limits.maxConcurrentStreams` says otherwise, and assumed of a peer until it
-  /// says.
+  /// bootstrap's `limits.maxConcurrentStreams` says otherwise.
   static let maxConcurrentStreams = 1024
 }

@@ -43,11 +43,12 @@ final class UpstreamPool {
     }) {
       return existing
     }
-    // A new connection to a peer assumes the stream limit its other connections were given.
+    // Until its SETTINGS arrive, a new connection assumes the stream limit its peer gave the
+    // others, or 100 (the least RFC 9113 recommends a server allow): starting more streams
+    // than a peer allows costs the connection.
     let known = connections[endpoint]?.last?.peerStreamLimit
     let connection = ForwardingConnection(
-      role: .upstream(endpoint), loop: loop,
-      peerStreamLimit: known ?? HTTP2Windows.maxConcurrentStreams)
+      role: .upstream(endpoint), loop: loop, peerStreamLimit: known ?? 100)
     connections[endpoint, default: []].append(connection)
     connect(connection, to: endpoint)
     return connection

@@ -79,4 +79,28 @@ import Testing
     #expect((slow["seconds"] as? Double ?? 99) < 4)
     try expectHealthy()
   }
+
+  /// An app that answers with GOAWAY carrying an error, naming every stream as taken and never
+  /// closing: the sidecar ends that connection itself, and the call gets UNAVAILABLE at once
+  /// rather than waiting forever.
+  @Test func anUpstreamGoAwayWithAnErrorEndsItsCallsAtOnce() throws {
+    let bad = try ServiceProcess(
+      try resolve("python3"),
+      [PythonInteropTests.python.appendingPathComponent("h2_bad_server.py").path, "goaway-error"])
+    defer { bad.stop() }
+    let (badServer, badClient) = try mesh.pair(app: bad.address)
+    defer {
+      badClient.process.stop()
+      badServer.process.stop()
+    }
+    let script = PythonInteropTests.python.appendingPathComponent("transparency.py").path
+    let started = Date()
+    let result = try run(
+      try resolve("python3"), [script, "call", badClient.outbound, "Unary", "x"])
+    let answer = try #require(try jsonObjects(result.stdout).first, "\(result.stderr)")
+    #expect(answer["code"] as? String == "UNAVAILABLE", "\(answer)")
+    #expect(
+      (answer["details"] as? String ?? "").contains("went away (PROTOCOL_ERROR)"), "\(answer)")
+    #expect(Date().timeIntervalSince(started) < 5)
+  }
 }
