@@ -207,9 +207,12 @@ struct CertificateStatus: Sendable {
 }
 
 /// Watches an accepted connection's TLS handshake: it must finish within `timeout` (a slow
-/// or silent client does not hold a connection open), and it must have verified the peer's
-/// certificate itself — a resumed session that skipped verification is closed, so identity is
-/// checked on every handshake. Failures before verification (a plaintext client, no client
+/// or silent client does not hold a connection open), and the peer's identity must be checked
+/// on every handshake. A full handshake is checked by the verification callback. A resumed
+/// session skips that callback; its ticket was issued by this server's current TLS context
+/// (a reload makes a new context, whose tickets are new), so its chain was verified then, and
+/// the certificate the session carries is checked again here as an SVID of the trust domain,
+/// valid now — or the connection is closed. Failures before verification (a plaintext client, no client
 /// certificate, an old TLS version) are counted by reason; a refused certificate is counted by
 /// the verification callback with the validator's reason.
 final class HandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
@@ -217,13 +220,18 @@ final class HandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
 
   private let metrics: SidecarMetrics
   private let peer: PeerIdentity
+  private let trustDomain: String
   private let timeout: TimeAmount
   private var timer: Scheduled<Void>?
   private var counted = false
 
-  init(metrics: SidecarMetrics, peer: PeerIdentity, timeout: TimeAmount = .seconds(10)) {
+  init(
+    metrics: SidecarMetrics, peer: PeerIdentity, trustDomain: String,
+    timeout: TimeAmount = .seconds(10)
+  ) {
     self.metrics = metrics
     self.peer = peer
+    self.trustDomain = trustDomain
     self.timeout = timeout
   }
 
@@ -243,10 +251,14 @@ final class HandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
   func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
     if case .handshakeCompleted? = event as? TLSUserEvent {
       timer?.cancel()
-      guard peer.isSet else {
-        count("unverified_resumption")
-        context.close(promise: nil)
-        return
+      if !peer.isSet {
+        let session = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
+        guard let identity = resumedIdentity(session?.peerCertificate) else {
+          count("unverified_resumption")
+          context.close(promise: nil)
+          return
+        }
+        peer.set(identity.description)
       }
       context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
@@ -271,6 +283,18 @@ final class HandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
       count("other")
     }
     context.fireErrorCaught(error)
+  }
+
+  /// The identity in a resumed session's certificate, if it is still a valid SVID of the
+  /// trust domain.
+  private func resumedIdentity(_ certificate: NIOSSLCertificate?) -> SPIFFEID? {
+    guard let certificate,
+      let leaf = try? Certificate(derEncoded: try certificate.toDERBytes()),
+      let identity = try? SVIDValidator.leafIdentity(leaf),
+      identity.trustDomain == trustDomain,
+      leaf.notValidBefore <= Date(), Date() < leaf.notValidAfter
+    else { return nil }
+    return identity
   }
 
   private func count(_ reason: String) {

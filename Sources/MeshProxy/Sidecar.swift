@@ -218,6 +218,7 @@ public struct Sidecar: Service {
     let policy = configuration.mesh.policy(for: configuration.bootstrap.service)
     let service = configuration.bootstrap.service
     let handshakeTimeout = TimeAmount(configuration.bootstrap.limits.handshakeTimeout)
+    let trustDomain = configuration.mesh.trustDomain
     let tls = self.tls
     return try await listen(on: configuration.bootstrap.inbound) { channel in
       let pool = pools.pool(for: channel.eventLoop)
@@ -228,7 +229,8 @@ public struct Sidecar: Service {
             identified: { identity in peer.set(identity.description) },
             rejected: { reason in metrics.recordTLSFailure(reason: reason) }))
         try channel.pipeline.syncOperations.addHandler(
-          HandshakeGuard(metrics: metrics, peer: peer, timeout: handshakeTimeout))
+          HandshakeGuard(
+            metrics: metrics, peer: peer, trustDomain: trustDomain, timeout: handshakeTimeout))
         try Self.serveCalls(on: channel, loop: pool.loop, direction: "inbound", service: service) {
           headers in
           Self.routeInbound(

@@ -70,6 +70,24 @@ import Testing
     try serverSidecar.metric("trellis_tls_handshake_failures_total", ["reason": reason])
   }
 
+  /// A client that resumes its TLS session (a session ticket, no certificate exchange) is
+  /// still identified: the certificate the session carries is checked again as an SVID, and
+  /// the call on the resumed connection is served.
+  @Test func aResumedSessionIsIdentifiedAndServed() throws {
+    let result = try run(
+      try resolve("python3"),
+      [
+        PythonInteropTests.python.appendingPathComponent("tls_resume.py").path,
+        serverSidecar.inbound, "\(certs)/bundle.pem", "\(certs)/client.pem",
+        "\(certs)/client-key.pem", "echo", "/t.T/Unary",
+      ])
+    let outcome = try #require(try jsonObjects(result.stdout).first, "\(result.stderr)")
+    #expect(outcome["first"] as? String == "0", "\(outcome)")
+    #expect(outcome["reused"] as? Bool == true, "\(outcome)")
+    #expect(outcome["second"] as? String == "0", "\(outcome)")
+    #expect(try refusals("unverified_resumption") == 0)
+  }
+
   @Test func certificatesFromMeshctlVerifyWithOpenSSL() throws {
     let verify = try openssl([
       "verify", "-CAfile", "\(certs)/bundle.pem", "-untrusted", "\(certs)/issuer.pem",
