@@ -35,6 +35,7 @@ let package = Package(
     .executable(name: "payment-service", targets: ["payment-service"]),
     .executable(name: "rpc", targets: ["rpc"]),
     .executable(name: "meshctl", targets: ["meshctl"]),
+    .executable(name: "control-plane", targets: ["control-plane"]),
     .executable(name: "sidecar", targets: ["sidecar"]),
     .executable(name: "bench-server", targets: ["bench-server"]),
   ],
@@ -101,6 +102,18 @@ let package = Package(
       // exclusivity checks on its class properties measured ~7 % of the sidecar's CPU under
       // load (the compile-time checks still apply).
       swiftSettings: swiftSettings + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+    ),
+
+    // The control plane: CA service and config store.
+    .target(
+      name: "MeshControlPlane",
+      dependencies: [
+        "MeshIdentity", "MeshConfig", "MeshProtos", grpcCore, grpcHTTP2, grpcProtobuf, logging,
+        lifecycle, x509, crypto,
+        grdb,
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ],
+      swiftSettings: swiftSettings
     ),
 
     // Hosting services for apps.
@@ -175,7 +188,19 @@ let package = Package(
     // `meshctl`.
     .executableTarget(
       name: "meshctl",
-      dependencies: ["MeshIdentity", "MeshServiceKit", argumentParser, x509, crypto],
+      dependencies: [
+        "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", argumentParser, x509, crypto,
+        grpcCore, grpcHTTP2, grpcProtobuf, .product(name: "SwiftASN1", package: "swift-asn1"),
+      ],
+      swiftSettings: swiftSettings
+    ),
+
+    .executableTarget(
+      name: "control-plane",
+      dependencies: [
+        "MeshControlPlane", "MeshConfig", "MeshIdentity", "MeshServiceKit", argumentParser, logging,
+        lifecycle,
+      ],
       swiftSettings: swiftSettings
     ),
 

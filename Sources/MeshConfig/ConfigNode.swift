@@ -132,14 +132,10 @@ struct ConfigNode {
   func duration() throws -> Duration? {
     guard isPresent else { return nil }
     let text = try string()
-    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-    for (unit, seconds) in units where text.hasSuffix(unit) {
-      let number = text.dropLast(unit.count)
-      if let value = Double(number), value > 0, !number.hasSuffix("m") {
-        return .milliseconds(Int64((value * seconds * 1000).rounded()))
-      }
+    guard let value = parseDuration(text) else {
+      throw error("expected a duration such as 250ms, 10s, 5m or 1h, got '\(text)'")
     }
-    throw error("expected a duration such as 250ms, 10s, 5m or 1h, got '\(text)'")
+    return value
   }
 
   func int(in range: ClosedRange<Int>) throws -> Int? {
@@ -161,5 +157,25 @@ extension ConfigError {
     default:
       self.init(file: file, line: nil, column: nil, field: "", message: "\(error)")
     }
+  }
+}
+
+/// A positive duration written as a number and a unit — `250ms`, `10s`, `5m`, `1h`, `7d` — as
+/// config files and command lines take them; nil if `text` is not one.
+public func parseDuration(_ text: String) -> Duration? {
+  let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
+  for (unit, seconds) in units where text.hasSuffix(unit) {
+    let number = text.dropLast(unit.count)
+    if let value = Double(number), value > 0, !number.hasSuffix("m") {
+      return .milliseconds(Int64((value * seconds * 1000).rounded()))
+    }
+  }
+  return nil
+}
+
+extension Duration {
+  /// The duration in seconds, as a TimeInterval.
+  public var timeInterval: Double {
+    Double(components.seconds) + Double(components.attoseconds) / 1e18
   }
 }

@@ -13,7 +13,25 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
   ) throws
     -> SPIFFEID
   {
-    try SPIFFEID(parsing: "spiffe://\(trustDomain)/svc/\(service)")
+    try checkName(service, kind: "service")
+    return try SPIFFEID(parsing: "spiffe://\(trustDomain)/svc/\(service)")
+  }
+
+  /// A service or operator name is one path segment: letters, digits, '.', '-' and '_'.
+  private static func checkName(_ name: String, kind: String) throws(SPIFFEIDError) {
+    let allowed = name.utf8.allSatisfy { byte in
+      switch byte {
+      case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+        UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "-"),
+        UInt8(ascii: "_"):
+        true
+      default: false
+      }
+    }
+    guard !name.isEmpty, allowed, name != ".", name != ".." else {
+      throw SPIFFEIDError(
+        name, "is not a \(kind) name: one path segment of letters, digits, '.', '-' and '_'")
+    }
   }
 
   /// The ID of an operator: `spiffe://<trust-domain>/operator/<name>`.
@@ -22,7 +40,8 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
   ) throws
     -> SPIFFEID
   {
-    try SPIFFEID(parsing: "spiffe://\(trustDomain)/operator/\(name)")
+    try checkName(name, kind: "operator")
+    return try SPIFFEID(parsing: "spiffe://\(trustDomain)/operator/\(name)")
   }
 
   /// The trust domain Trellis uses unless told otherwise.

@@ -53,27 +53,3 @@ extension Certs {
 }
 
 /// Where `meshctl certs` keeps the CA.
-struct CAFiles {
-  let dir: String
-  var root: String { "\(dir)/root.pem" }
-  var rootKey: String { "\(dir)/root-key.pem" }
-  var issuer: String { "\(dir)/issuer.pem" }
-  var issuerKey: String { "\(dir)/issuer-key.pem" }
-  var bundle: String { "\(dir)/bundle.pem" }
-  var operatorCertificate: String { "\(dir)/operator.pem" }
-  var operatorKey: String { "\(dir)/operator-key.pem" }
-
-  /// The issuer, ready to sign.
-  func loadIssuer() throws -> SigningAuthority {
-    guard FileManager.default.fileExists(atPath: issuerKey) else {
-      throw MeshctlFailure("no CA in \(dir)/: run meshctl certs init first")
-    }
-    do {
-      return SigningAuthority(
-        certificate: try CertificateFiles.readCertificates(issuer)[0],
-        key: try CertificateFiles.readPrivateKey(issuerKey))
-    } catch let error as IdentityError {
-      throw MeshctlFailure(error.description)
-    }
-  }
-}

@@ -20,8 +20,13 @@ extension Certs {
 
     func run() async throws {
       let files = CAFiles(dir: dir)
-      let issuer = try files.loadIssuer()
-      let seconds = try parseDuration(lifetime)
+      let issuer: SigningAuthority
+      do {
+        issuer = try files.loadIssuer()
+      } catch {
+        throw MeshctlFailure(error.description)
+      }
+      let seconds = try durationOption(lifetime, "--lifetime")
       let trustDomain =
         (try? SVIDValidator.leafIdentity(
           try CertificateFiles.readCertificates(files.operatorCertificate)[0]))?

@@ -4,5 +4,5 @@ import ArgumentParser
 struct Certs: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Create the mesh CA, issue workload certificates, inspect certificates.",
-    subcommands: [Init.self, Issue.self, Inspect.self])
+    subcommands: [Init.self, Issue.self, Request.self, Inspect.self])
 }

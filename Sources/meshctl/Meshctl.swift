@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MeshConfig
 import MeshServiceKit
 import X509
 
@@ -9,7 +10,9 @@ struct Meshctl: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "meshctl",
     abstract: "Run and operate the Trellis mesh.",
-    subcommands: [Certs.self])
+    subcommands: [
+      Certs.self, Tokens.self, Apply.self, Get.self, History.self, Rollback.self,
+    ])
 
   static func main() async {
     await CommandLineMain.run(Meshctl.self, name: "meshctl") { error in
@@ -29,15 +32,12 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
   case table, json, yaml
 }
 
-/// Parses durations such as `90s`, `15m`, `24h`, `7d`.
-func parseDuration(_ text: String) throws -> TimeInterval {
-  let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
-  guard let unit = text.last, let scale = units[unit], let value = Double(text.dropLast()),
-    value > 0
-  else {
-    throw ValidationError("\"\(text)\" is not a duration such as 90s, 15m, 24h or 7d")
+/// A duration option (`90s`, `15m`, `24h`, `7d`) in seconds.
+func durationOption(_ text: String, _ option: String) throws -> TimeInterval {
+  guard let duration = parseDuration(text) else {
+    throw ValidationError("\(option) \(text): expected a duration such as 90s, 15m, 24h or 7d")
   }
-  return value * scale
+  return duration.timeInterval
 }
 
 extension Certificate.SerialNumber {

@@ -1,0 +1,318 @@
+import Crypto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import MeshConfig
+import MeshIdentity
+import MeshProtos
+import SwiftASN1
+import X509
+
+/// What the control plane's services share: the store, the issuer, and the mesh's facts.
+public struct ControlContext: Sendable {
+  public var store: ControlStore
+  public var issuer: SigningAuthority
+  /// The PEM of every root the mesh trusts.
+  public var bundlePEM: String
+  public var trustDomain: String
+  public var defaultLeafLifetime: TimeInterval
+  /// The shortest lifetime a caller may ask for (a minute, for tests of renewal).
+  public var minimumLeafLifetime: TimeInterval = 60
+  public var maximumLeafLifetime: TimeInterval = 30 * 86_400
+  public var maximumConfigBytes = 1 << 20
+
+  public init(
+    store: ControlStore, issuer: SigningAuthority, bundlePEM: String, trustDomain: String,
+    defaultLeafLifetime: TimeInterval = 86_400
+  ) {
+    self.store = store
+    self.issuer = issuer
+    self.bundlePEM = bundlePEM
+    self.trustDomain = trustDomain
+    self.defaultLeafLifetime = defaultLeafLifetime
+  }
+
+  /// The admin identity `meshctl certs init` creates.
+  var adminID: String { "spiffe://\(trustDomain)/operator/admin" }
+
+  /// The caller's SPIFFE ID, from the certificate it presented (mutual TLS), if any.
+  static func caller(_ context: ServerContext) -> SPIFFEID? {
+    guard let transport = context.transportSpecific as? HTTP2ServerTransport.Posix.Context,
+      let leaf = transport.peerCertificate
+    else { return nil }
+    return try? SVIDValidator.leafIdentity(leaf)
+  }
+}
+
+/// `trellis.mesh.v1.Identity`: signs workloads' CSRs into X.509-SVIDs.
+public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
+  let control: ControlContext
+
+  public init(_ control: ControlContext) { self.control = control }
+
+  public func certify(
+    request: Trellis_Mesh_V1_CertifyRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_CertifyResponse {
+    let csr: CertificateSigningRequest
+    do {
+      csr = try CertificateSigningRequest(pemEncoded: request.csr)
+    } catch {
+      throw RPCError(code: .invalidArgument, message: "the CSR is not a PEM certificate request")
+    }
+    let identity: SPIFFEID
+    if !request.token.isEmpty {
+      switch try control.store.redeemToken(request.token) {
+      case .success(let id):
+        identity = try SPIFFEID(parsing: id)
+      case .failure(let refusal):
+        throw RPCError(code: .permissionDenied, message: refusal.rawValue)
+      }
+    } else if let caller = ControlContext.caller(context) {
+      identity = caller  // a renewal: the same identity, over the current certificate
+    } else {
+      throw RPCError(
+        code: .unauthenticated,
+        message: "a first certificate needs a join token; a renewal needs the current certificate")
+    }
+    guard identity.trustDomain == control.trustDomain else {
+      throw RPCError(
+        code: .permissionDenied,
+        message: "\(identity) is not in trust domain \(control.trustDomain)"
+      )
+    }
+    var lifetime = control.defaultLeafLifetime
+    if request.lifetimeSeconds != 0 {
+      lifetime = TimeInterval(request.lifetimeSeconds)
+      guard lifetime >= control.minimumLeafLifetime, lifetime <= control.maximumLeafLifetime else {
+        throw RPCError(
+          code: .invalidArgument,
+          message:
+            "a lifetime of \(request.lifetimeSeconds)s is outside \(Int(control.minimumLeafLifetime))s to \(Int(control.maximumLeafLifetime))s"
+        )
+      }
+    }
+    let certificate: Certificate
+    do {
+      certificate = try control.issuer.issueSVID(for: identity, request: csr, lifetime: lifetime)
+    } catch let error as IdentityError {
+      throw RPCError(code: .invalidArgument, message: error.description)
+    }
+    let serial = certificate.serialNumber.bytes.map { String(format: "%02x", $0) }
+      .joined(separator: ":")
+    try control.store.recordCertificate(
+      serial: serial, spiffeID: identity.description, notAfter: certificate.notValidAfter)
+    var response = Trellis_Mesh_V1_CertifyResponse()
+    response.spiffeID = identity.description
+    response.certificateChain =
+      try certificate.serializeAsPEM().pemString + "\n"
+      + control.issuer.certificate.serializeAsPEM().pemString + "\n"
+    response.trustBundle = control.bundlePEM
+    response.notAfterUnix = Int64(certificate.notValidAfter.timeIntervalSince1970)
+    response.serial = serial
+    return response
+  }
+}
+
+/// `trellis.mesh.v1.Admin`: the operator's methods, for the admin identity only.
+public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
+  let control: ControlContext
+
+  public init(_ control: ControlContext) { self.control = control }
+
+  /// The caller, who must be the mesh's admin.
+  private func admin(_ context: ServerContext) throws -> String {
+    guard let caller = ControlContext.caller(context) else {
+      throw RPCError(code: .unauthenticated, message: "admin methods need the admin certificate")
+    }
+    guard caller.description == control.adminID else {
+      throw RPCError(
+        code: .permissionDenied, message: "\(caller) is not the mesh's admin (\(control.adminID))")
+    }
+    return caller.description
+  }
+
+  public func createToken(
+    request: Trellis_Mesh_V1_CreateTokenRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_CreateTokenResponse {
+    _ = try admin(context)
+    let identity: SPIFFEID
+    do {
+      identity = try SPIFFEID.workload(request.service, trustDomain: control.trustDomain)
+    } catch {
+      throw RPCError(code: .invalidArgument, message: "service '\(request.service)': \(error)")
+    }
+    let ttl = request.ttlSeconds == 0 ? 86_400 : TimeInterval(request.ttlSeconds)
+    guard ttl > 0, ttl <= 30 * 86_400 else {
+      throw RPCError(code: .invalidArgument, message: "a token lives between 1s and 30d")
+    }
+    let (token, expiresAt) = try control.store.createToken(for: identity.description, ttl: ttl)
+    var response = Trellis_Mesh_V1_CreateTokenResponse()
+    response.token = token
+    response.spiffeID = identity.description
+    response.expiresAtUnix = Int64(expiresAt.timeIntervalSince1970)
+    return response
+  }
+
+  public func applyConfig(
+    request: Trellis_Mesh_V1_ApplyConfigRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_ApplyConfigResponse {
+    let caller = try admin(context)
+    let file = request.fileName.isEmpty ? "mesh.yaml" : request.fileName
+    guard request.yaml.utf8.count <= control.maximumConfigBytes else {
+      throw RPCError(
+        code: .invalidArgument,
+        message:
+          "\(file): \(request.yaml.utf8.count) bytes; a mesh config may be at most \(control.maximumConfigBytes) bytes"
+      )
+    }
+    try validate(request.yaml, file: file)
+    let current = try control.store.currentConfig()
+    var response = Trellis_Mesh_V1_ApplyConfigResponse()
+    response.diff = unifiedDiff(
+      old: current?.yaml ?? "", new: request.yaml,
+      oldName: current.map { "version \($0.version)" } ?? "(none)", newName: file)
+    if request.dryRun {
+      response.changed = current?.yaml != request.yaml
+      response.version = (current?.version ?? 0) + (response.changed ? 1 : 0)
+      return response
+    }
+    let stored = try control.store.storeConfig(yaml: request.yaml, createdBy: caller)
+    response.version = stored.version
+    response.changed = stored.changed
+    return response
+  }
+
+  private func validate(_ yaml: String, file: String) throws {
+    do {
+      let config = try MeshConfig(yaml: yaml, file: file)
+      guard config.trustDomain == control.trustDomain else {
+        throw RPCError(
+          code: .invalidArgument,
+          message:
+            "\(file): trustDomain: \(config.trustDomain) is not this mesh's (\(control.trustDomain))"
+        )
+      }
+    } catch let error as ConfigError {
+      throw RPCError(code: .invalidArgument, message: error.description)
+    }
+  }
+
+  public func getConfig(
+    request: Trellis_Mesh_V1_GetConfigRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_ConfigVersion {
+    _ = try admin(context)
+    let stored =
+      request.version == 0
+      ? try control.store.currentConfig() : try control.store.config(version: request.version)
+    guard let stored else {
+      throw RPCError(
+        code: .notFound,
+        message: request.version == 0
+          ? "no config has been applied yet (meshctl apply -f mesh.yaml)"
+          : "there is no config version \(request.version)")
+    }
+    return message(stored, withText: true)
+  }
+
+  public func listConfigVersions(
+    request: Trellis_Mesh_V1_ListConfigVersionsRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_ListConfigVersionsResponse {
+    _ = try admin(context)
+    var response = Trellis_Mesh_V1_ListConfigVersionsResponse()
+    response.versions = try control.store.configVersions().map { message($0, withText: false) }
+    return response
+  }
+
+  public func rollback(
+    request: Trellis_Mesh_V1_RollbackRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_ApplyConfigResponse {
+    let caller = try admin(context)
+    guard let target = try control.store.config(version: request.version) else {
+      throw RPCError(code: .notFound, message: "there is no config version \(request.version)")
+    }
+    let current = try control.store.currentConfig()
+    let stored = try control.store.storeConfig(
+      yaml: target.yaml, createdBy: caller, rolledBackFrom: target.version)
+    var response = Trellis_Mesh_V1_ApplyConfigResponse()
+    response.version = stored.version
+    response.changed = stored.changed
+    response.diff = unifiedDiff(
+      old: current?.yaml ?? "", new: target.yaml,
+      oldName: current.map { "version \($0.version)" } ?? "(none)",
+      newName: "version \(target.version)")
+    return response
+  }
+
+  private func message(
+    _ stored: ControlStore.StoredConfig, withText: Bool
+  )
+    -> Trellis_Mesh_V1_ConfigVersion
+  {
+    var version = Trellis_Mesh_V1_ConfigVersion()
+    version.version = stored.version
+    if withText { version.yaml = stored.yaml }
+    version.createdAtUnix = Int64(stored.createdAt.timeIntervalSince1970)
+    version.createdBy = stored.createdBy
+    version.rolledBackFrom = stored.rolledBackFrom ?? 0
+    return version
+  }
+}
+
+/// A unified diff of two texts by lines (longest common subsequence), with three lines of
+/// context; empty when they are equal.
+func unifiedDiff(old: String, new: String, oldName: String, newName: String) -> String {
+  func lines(_ text: String) -> [String] {
+    let body = text.hasSuffix("\n") ? String(text.dropLast()) : text
+    return body.isEmpty
+      ? [] : body.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+  }
+  let a = lines(old)
+  let b = lines(new)
+  guard a != b else { return "" }
+  // LCS table, then the edit script.
+  var table = [[Int]](repeating: [Int](repeating: 0, count: b.count + 1), count: a.count + 1)
+  for i in stride(from: a.count - 1, through: 0, by: -1) {
+    for j in stride(from: b.count - 1, through: 0, by: -1) {
+      table[i][j] = a[i] == b[j] ? table[i + 1][j + 1] + 1 : max(table[i + 1][j], table[i][j + 1])
+    }
+  }
+  enum Edit { case same(String), removed(String), added(String) }
+  var edits: [Edit] = []
+  var i = 0
+  var j = 0
+  while i < a.count || j < b.count {
+    if i < a.count, j < b.count, a[i] == b[j] {
+      edits.append(.same(a[i]))
+      i += 1
+      j += 1
+    } else if i < a.count, j == b.count || table[i + 1][j] >= table[i][j + 1] {
+      edits.append(.removed(a[i]))
+      i += 1
+    } else {
+      edits.append(.added(b[j]))
+      j += 1
+    }
+  }
+  // Keep changed lines and three lines of context around them.
+  var keep = [Bool](repeating: false, count: edits.count)
+  for (index, edit) in edits.enumerated() {
+    if case .same = edit { continue }
+    for k in max(0, index - 3)...min(edits.count - 1, index + 3) { keep[k] = true }
+  }
+  var out = "--- \(oldName)\n+++ \(newName)\n"
+  var skipped = false
+  for (index, edit) in edits.enumerated() {
+    guard keep[index] else {
+      skipped = true
+      continue
+    }
+    if skipped { out += "@@\n" }
+    skipped = false
+    switch edit {
+    case .same(let line): out += " \(line)\n"
+    case .removed(let line): out += "-\(line)\n"
+    case .added(let line): out += "+\(line)\n"
+    }
+  }
+  return out
+}

@@ -1,0 +1,191 @@
+import Crypto
+import Foundation
+import GRDB
+
+/// The control plane's state in SQLite (WAL, `synchronous = FULL`): join tokens (as hashes),
+/// the certificates it issued, and the numbered versions of the mesh's configuration. A write
+/// is acknowledged only once it is committed, so `kill -9` at any moment loses nothing that
+/// was acknowledged.
+public final class ControlStore: Sendable {
+  private let database: DatabasePool
+
+  /// Opens (creating if needed) `control.sqlite` in `directory`.
+  public init(directory: String) throws {
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    var configuration = Configuration()
+    configuration.busyMode = .timeout(10)
+    configuration.prepareDatabase { db in
+      try db.execute(sql: "PRAGMA synchronous = FULL")
+    }
+    database = try DatabasePool(path: "\(directory)/control.sqlite", configuration: configuration)
+    try Self.migrator.migrate(database)
+  }
+
+  private static var migrator: DatabaseMigrator {
+    var migrator = DatabaseMigrator()
+    migrator.registerMigration("v1") { db in
+      try db.execute(
+        sql: """
+          CREATE TABLE tokens (
+            hash TEXT PRIMARY KEY,
+            spiffe_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            used_at INTEGER
+          );
+          CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY,
+            spiffe_id TEXT NOT NULL,
+            issued_at INTEGER NOT NULL,
+            not_after INTEGER NOT NULL
+          );
+          CREATE TABLE config_versions (
+            version INTEGER PRIMARY KEY,
+            yaml TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            created_by TEXT NOT NULL,
+            rolled_back_from INTEGER
+          );
+          """)
+    }
+    return migrator
+  }
+
+  // MARK: Join tokens
+
+  /// A new join token for `spiffeID`, valid for `ttl`; only its SHA-256 is stored.
+  public func createToken(
+    for spiffeID: String, ttl: TimeInterval, now: Date = Date()
+  ) throws
+    -> (token: String, expiresAt: Date)
+  {
+    let secret = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }
+    let token = "trellis-join-" + secret.map { String(format: "%02x", $0) }.joined()
+    let expiresAt = now.addingTimeInterval(ttl)
+    try database.write { db in
+      try db.execute(
+        sql: "INSERT INTO tokens (hash, spiffe_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        arguments: [
+          Self.hash(token), spiffeID, Int64(now.timeIntervalSince1970),
+          Int64(expiresAt.timeIntervalSince1970),
+        ])
+    }
+    return (token, expiresAt)
+  }
+
+  /// Spends a join token: the identity it was made for, or why it cannot be used. A token is
+  /// good once; the check and the spending are one transaction.
+  public func redeemToken(
+    _ token: String, now: Date = Date()
+  ) throws -> Result<String, TokenRefusal> {
+    try database.write { db in
+      let row = try Row.fetchOne(
+        db, sql: "SELECT spiffe_id, expires_at, used_at FROM tokens WHERE hash = ?",
+        arguments: [Self.hash(token)])
+      guard let row else { return .failure(.unknown) }
+      if row["used_at"] as Int64? != nil { return .failure(.used) }
+      let expiresAt: Int64 = row["expires_at"]
+      guard Int64(now.timeIntervalSince1970) < expiresAt else { return .failure(.expired) }
+      try db.execute(
+        sql: "UPDATE tokens SET used_at = ? WHERE hash = ?",
+        arguments: [Int64(now.timeIntervalSince1970), Self.hash(token)])
+      return .success(row["spiffe_id"])
+    }
+  }
+
+  private static func hash(_ token: String) -> String {
+    SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+  }
+
+  // MARK: Certificates
+
+  public func recordCertificate(serial: String, spiffeID: String, notAfter: Date) throws {
+    try database.write { db in
+      try db.execute(
+        sql:
+          "INSERT OR REPLACE INTO certificates (serial, spiffe_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+        arguments: [
+          serial, spiffeID, Int64(Date().timeIntervalSince1970),
+          Int64(notAfter.timeIntervalSince1970),
+        ])
+    }
+  }
+
+  public func certificateCount() throws -> Int {
+    try database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM certificates") ?? 0 }
+  }
+
+  // MARK: Configuration versions
+
+  public struct StoredConfig: Sendable, Equatable {
+    public var version: Int64
+    public var yaml: String
+    public var createdAt: Date
+    public var createdBy: String
+    public var rolledBackFrom: Int64?
+  }
+
+  /// The running version (the newest), if any.
+  public func currentConfig() throws -> StoredConfig? {
+    try database.read { db in
+      try Row.fetchOne(db, sql: "SELECT * FROM config_versions ORDER BY version DESC LIMIT 1")
+        .map(Self.config)
+    }
+  }
+
+  public func config(version: Int64) throws -> StoredConfig? {
+    try database.read { db in
+      try Row.fetchOne(
+        db, sql: "SELECT * FROM config_versions WHERE version = ?", arguments: [version]
+      ).map(Self.config)
+    }
+  }
+
+  /// Every version, newest first.
+  public func configVersions() throws -> [StoredConfig] {
+    try database.read { db in
+      try Row.fetchAll(db, sql: "SELECT * FROM config_versions ORDER BY version DESC")
+        .map(Self.config)
+    }
+  }
+
+  /// Stores `yaml` as the next version unless it equals the running one; returns the running
+  /// version and whether it is new.
+  public func storeConfig(
+    yaml: String, createdBy: String, rolledBackFrom: Int64? = nil
+  ) throws
+    -> (version: Int64, changed: Bool)
+  {
+    try database.write { db in
+      let current = try Row.fetchOne(
+        db, sql: "SELECT version, yaml FROM config_versions ORDER BY version DESC LIMIT 1")
+      if let current, current["yaml"] as String == yaml {
+        return (current["version"], false)
+      }
+      let version = (current?["version"] as Int64? ?? 0) + 1
+      try db.execute(
+        sql: """
+          INSERT INTO config_versions (version, yaml, created_at, created_by, rolled_back_from)
+          VALUES (?, ?, ?, ?, ?)
+          """,
+        arguments: [
+          version, yaml, Int64(Date().timeIntervalSince1970), createdBy, rolledBackFrom,
+        ])
+      return (version, true)
+    }
+  }
+
+  private static func config(_ row: Row) -> StoredConfig {
+    StoredConfig(
+      version: row["version"], yaml: row["yaml"],
+      createdAt: Date(timeIntervalSince1970: TimeInterval(row["created_at"] as Int64)),
+      createdBy: row["created_by"], rolledBackFrom: row["rolled_back_from"])
+  }
+}
+
+/// Why a join token was refused.
+public enum TokenRefusal: String, Error, Sendable {
+  case unknown = "the join token is not one this control plane made"
+  case used = "the join token has already been used"
+  case expired = "the join token has expired"
+}

@@ -1,0 +1,65 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MeshConfig
+import MeshControlPlane
+import MeshIdentity
+import MeshServiceKit
+import ServiceLifecycle
+
+/// `control-plane`: the mesh's certificate authority and configuration store.
+@main
+struct ControlPlaneCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "control-plane",
+    abstract: "Run the Trellis control plane: the mesh's CA and its configuration store.")
+
+  @Option(help: "The mutual-TLS API (renewals, admin methods), HOST:PORT.")
+  var listen = "127.0.0.1:15000"
+  @Option(help: "The join listener (first certificates, paid for with a join token), HOST:PORT.")
+  var join = "127.0.0.1:15001"
+  @Option(help: "Folder holding the CA from `meshctl certs init`.") var certs = "certs"
+  @Option(help: "Folder for the control plane's state.") var data = ".trellis/control-plane"
+  @Option(help: "The trust domain.") var trustDomain = SPIFFEID.defaultTrustDomain
+  @Option(help: "Default lifetime of the certificates it issues: 90s, 15m, 24h.")
+  var leafLifetime = "24h"
+  @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
+  var logLevel = "info"
+
+  func run() async throws {
+    guard let level = Logger.Level(rawValue: logLevel) else {
+      throw ValidationError("--log-level \(logLevel) is not a log level")
+    }
+    guard let lifetime = parseDuration(leafLifetime), lifetime >= .seconds(60) else {
+      throw ValidationError("--leaf-lifetime \(leafLifetime): expected a duration of at least 60s")
+    }
+    let listenAddress: HostPort
+    let joinAddress: HostPort
+    do {
+      listenAddress = try HostPort(parsing: listen)
+      joinAddress = try HostPort(parsing: join)
+    } catch {
+      throw ValidationError("\(error)")
+    }
+    JSONLogHandler.bootstrap(level: level)
+    let logger = Logger(label: "control-plane")
+    let plane = ControlPlane(
+      .init(
+        listen: (listenAddress.host, listenAddress.port),
+        join: (joinAddress.host, joinAddress.port),
+        certs: certs, data: data, trustDomain: trustDomain, leafLifetime: lifetime.timeInterval),
+      logger: logger)
+    do {
+      let group = ServiceGroup(
+        services: [plane], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+      try await group.run()
+    } catch {
+      var text = "\(error)"
+      if String(reflecting: error).contains("Address already in use") {
+        text = "cannot listen on \(listen) or \(join): the address is already in use"
+      }
+      FileHandle.standardError.write(Data("control-plane: \(text)\n".utf8))
+      throw ExitCode.failure
+    }
+  }
+}

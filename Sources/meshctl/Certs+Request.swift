@@ -1,0 +1,81 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import MeshConfig
+import MeshIdentity
+import MeshProtos
+import MeshServiceKit
+import SwiftASN1
+import X509
+
+extension Certs {
+  /// `meshctl certs request --token-file F --join HOST:PORT --name NAME`: a key made here, a
+  /// CSR sent to the control plane's join listener with a join token, and the SVID it signs.
+  struct Request: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract:
+        "Get a workload certificate from the control plane with a join token (the key never leaves this machine)."
+    )
+
+    @Option(help: "File holding the join token from `meshctl tokens create`.") var tokenFile: String
+    @Option(help: "The control plane's join listener, HOST:PORT.") var join = "127.0.0.1:15001"
+    @Option(help: "The trust bundle that verifies the control plane.") var bundle =
+      "certs/bundle.pem"
+    @Option(help: "Write <name>.pem, <name>-key.pem and <name>-bundle.pem here.") var out = "."
+    @Option(help: "The files' base name.") var name: String
+    @Option(help: "The lifetime to ask for: 90s, 15m, 24h (default: the control plane's).")
+    var lifetime: String?
+
+    func run() async throws {
+      let token: String
+      do {
+        token = try String(contentsOfFile: tokenFile, encoding: .utf8)
+          .trimmingCharacters(in: .whitespacesAndNewlines)
+      } catch {
+        throw MeshctlFailure("cannot read \(tokenFile)")
+      }
+      guard FileManager.default.fileExists(atPath: bundle) else {
+        throw MeshctlFailure("cannot read \(bundle): pass the mesh's trust bundle with --bundle")
+      }
+      let target: HostPort
+      do {
+        target = try HostPort(parsing: join)
+      } catch {
+        throw ValidationError("--join: \(error)")
+      }
+      let key = P256.Signing.PrivateKey()
+      let csr = try CertificateSigningRequest(
+        version: .v1, subject: DistinguishedName(), privateKey: Certificate.PrivateKey(key),
+        attributes: CertificateSigningRequest.Attributes())
+      var request = Trellis_Mesh_V1_CertifyRequest()
+      request.csr = try csr.serializeAsPEM().pemString
+      request.token = token
+      if let lifetime {
+        request.lifetimeSeconds = Int64(try durationOption(lifetime, "--lifetime"))
+      }
+      let transport = try HTTP2ClientTransport.Posix(
+        target: .ipv4(address: target.host, port: target.port),
+        transportSecurity: .tls { tls in
+          tls.trustRoots = .certificates([.file(path: bundle, format: .pem)])
+          tls.serverCertificateVerification = .noHostnameVerification
+        })
+      let response: Trellis_Mesh_V1_CertifyResponse
+      do {
+        response = try await withGRPCClient(transport: transport) { [request] client in
+          try await Trellis_Mesh_V1_Identity.Client(wrapping: client).certify(request)
+        }
+      } catch let error as RPCError {
+        throw MeshctlFailure("\(error.code.canonicalName): \(error.message)")
+      }
+      try CertificateFiles.writePrivateKey(key, to: "\(out)/\(name)-key.pem")
+      try Data(response.certificateChain.utf8).write(to: URL(fileURLWithPath: "\(out)/\(name).pem"))
+      try Data(response.trustBundle.utf8).write(
+        to: URL(fileURLWithPath: "\(out)/\(name)-bundle.pem"))
+      print(
+        "issued \(response.spiffeID), serial \(response.serial), valid until \(Date(timeIntervalSince1970: TimeInterval(response.notAfterUnix)))"
+      )
+    }
+  }
+}

@@ -1,0 +1,171 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The control plane as an operator meets it: `meshctl certs init`, then `control-plane`, then
+/// join tokens, certificates signed over the join listener (checked with `openssl verify`),
+/// and the mesh config applied, versioned and rolled back — every refusal named.
+@Suite(.serialized) final class ControlPlaneTests {
+  let mesh: MeshFixture
+  let data: String
+  var plane: ServiceProcess
+  var api: String { plane.address }
+  var join: String
+
+  init() throws {
+    mesh = try MeshFixture("control-plane", services: ["users"])
+    data = mesh.directory.appendingPathComponent("data").path
+    plane = try Self.start(certs: mesh.certs, data: data)
+    join = try logField(plane.log, "join_address")
+  }
+
+  deinit { plane.stop() }
+
+  static func start(certs: String, data: String) throws -> ServiceProcess {
+    try ServiceProcess(
+      binary("control-plane"),
+      [
+        "--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", certs, "--data", data,
+        "--leaf-lifetime", "1h",
+      ])
+  }
+
+  /// `meshctl` against this control plane, as the operator (or with another identity's
+  /// folder as `certs`).
+  func meshctl(_ arguments: [String], certs: String? = nil) throws -> ProcessResult {
+    try run(
+      binary("meshctl"),
+      arguments + ["--control-plane", api, "--certs", certs ?? mesh.certs])
+  }
+
+  func request(_ tokenFile: String, name: String) throws -> ProcessResult {
+    try run(
+      binary("meshctl"),
+      [
+        "certs", "request", "--token-file", tokenFile, "--join", join, "--bundle",
+        "\(mesh.certs)/bundle.pem", "--out", mesh.directory.path, "--name", name,
+      ])
+  }
+
+  @Test func aJoinTokenBuysOneCertificateThatOpenSSLVerifies() throws {
+    let tokenFile = mesh.directory.appendingPathComponent("orders.token").path
+    let created = try meshctl(["tokens", "create", "--service", "orders", "--out", tokenFile])
+    #expect(created.status == 0, "\(created.stderr)")
+    let mode = try FileManager.default.attributesOfItem(atPath: tokenFile)[.posixPermissions]
+    #expect(mode as? Int == 0o600)
+
+    let first = try request(tokenFile, name: "orders")
+    #expect(first.status == 0, "\(first.stderr)")
+    #expect(first.stdout.contains("issued spiffe://trellis.local/svc/orders"))
+    let certificate = mesh.directory.appendingPathComponent("orders.pem").path
+    let verified = try run(
+      "openssl",
+      ["verify", "-CAfile", "\(mesh.certs)/bundle.pem", "-untrusted", certificate, certificate])
+    #expect(verified.stdout.contains("OK"), "\(verified.stdout)\(verified.stderr)")
+    let inspected = try run(binary("meshctl"), ["certs", "inspect", certificate, "-o", "json"])
+    #expect(inspected.stdout.contains("spiffe://trellis.local/svc/orders"))
+
+    // A token is good once; a made-up one and an expired one are refused by name.
+    let again = try request(tokenFile, name: "orders-again")
+    #expect(again.status != 0)
+    #expect(again.stderr.contains("PERMISSION_DENIED: the join token has already been used"))
+    let forged = try mesh.write("forged.token", "trellis-join-0123")
+    #expect(
+      try request(forged, name: "x").stderr.contains(
+        "PERMISSION_DENIED: the join token is not one this control plane made"))
+    let shortLived = mesh.directory.appendingPathComponent("short.token").path
+    _ = try meshctl(["tokens", "create", "--service", "orders", "--ttl", "1s", "--out", shortLived])
+    Thread.sleep(forTimeInterval: 1.5)
+    #expect(
+      try request(shortLived, name: "x").stderr.contains(
+        "PERMISSION_DENIED: the join token has expired"))
+    // A service name that cannot be a SPIFFE ID path gets no token.
+    let badName = try meshctl(["tokens", "create", "--service", "no/such"])
+    #expect(badName.status != 0)
+    #expect(badName.stderr.contains("INVALID_ARGUMENT"), "\(badName.stderr)")
+  }
+
+  @Test func theMeshConfigIsValidatedVersionedAndRolledBack() throws {
+    let v1 = """
+      services:
+        users:
+          endpoints:
+            - address: 127.0.0.1:15101
+
+      """
+    let file = try mesh.write("mesh.yaml", v1)
+    var result = try meshctl(["apply", "-f", file])
+    #expect(result.stdout.contains("as version 1"), "\(result.stdout)\(result.stderr)")
+    result = try meshctl(["apply", "-f", file])
+    #expect(result.stdout.contains("nothing stored"))
+
+    try mesh.write("mesh.yaml", v1.replacingOccurrences(of: "15101", with: "15102"))
+    result = try meshctl(["apply", "-f", file, "--dry-run"])
+    #expect(result.stdout.contains("-      - address: 127.0.0.1:15101"), "\(result.stdout)")
+    #expect(result.stdout.contains("+      - address: 127.0.0.1:15102"))
+    result = try meshctl(["apply", "-f", file])
+    #expect(result.stdout.contains("as version 2"), "\(result.stdout)\(result.stderr)")
+
+    // Mistakes are refused with their place, and nothing is stored.
+    let bad = try mesh.write(
+      "bad.yaml",
+      """
+      services:
+        users:
+          endpoints:
+            - adress: 127.0.0.1:1
+      """)
+    result = try meshctl(["apply", "-f", bad])
+    #expect(result.status != 0)
+    #expect(
+      result.stderr.contains(
+        "INVALID_ARGUMENT: \(bad):4:9: services.users.endpoints[0].adress: unknown field"),
+      "\(result.stderr)")
+    let huge = try mesh.write(
+      "huge.yaml", "# " + String(repeating: "x", count: 2 << 20) + "\nservices: {}\n")
+    result = try meshctl(["apply", "-f", huge])
+    #expect(
+      result.stderr.contains("a mesh config may be at most 1048576 bytes"), "\(result.stderr)")
+
+    result = try meshctl(["rollback", "1"])
+    #expect(result.stdout.contains("version 1 is running again, as version 3"), "\(result.stdout)")
+    result = try meshctl(["get", "config"])
+    #expect(result.stdout == v1, "\(result.stdout)")
+    result = try meshctl(["history", "-o", "json"])
+    let versions =
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]]
+    #expect(versions?.map { $0["version"] as? Int } == [3, 2, 1])
+    #expect(versions?.first?["rolled_back_from"] as? Int == 1)
+    #expect(versions?.first?["created_by"] as? String == "spiffe://trellis.local/operator/admin")
+    result = try meshctl(["get", "config", "--version", "9"])
+    #expect(result.stderr.contains("NOT_FOUND: there is no config version 9"))
+  }
+
+  @Test func onlyTheAdminIdentityMayCallAdminMethods() throws {
+    // A folder whose "operator" identity is a workload's certificate.
+    let other = mesh.directory.appendingPathComponent("workload").path
+    try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+    for (from, to) in [("users.pem", "operator.pem"), ("users-key.pem", "operator-key.pem")] {
+      try FileManager.default.copyItem(atPath: "\(mesh.certs)/\(from)", toPath: "\(other)/\(to)")
+    }
+    try FileManager.default.copyItem(
+      atPath: "\(mesh.certs)/bundle.pem", toPath: "\(other)/bundle.pem")
+    let result = try meshctl(["tokens", "create", "--service", "users"], certs: other)
+    #expect(result.status != 0)
+    #expect(
+      result.stderr.contains(
+        "PERMISSION_DENIED: spiffe://trellis.local/svc/users is not the mesh's admin"),
+      "\(result.stderr)")
+  }
+
+  @Test func anAcknowledgedVersionSurvivesKill9() throws {
+    let file = try mesh.write("mesh.yaml", "services:\n  users: {}\n")
+    let applied = try meshctl(["apply", "-f", file])
+    #expect(applied.status == 0, "\(applied.stderr)")
+    plane.kill()
+    plane = try Self.start(certs: mesh.certs, data: data)
+    join = try logField(plane.log, "join_address")
+    let config = try meshctl(["get", "config"])
+    #expect(config.stdout == "services:\n  users: {}\n", "\(config.stdout)\(config.stderr)")
+  }
+}
