@@ -116,6 +116,16 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
 
+    // A sidecar's link to the control plane.
+    .target(
+      name: "MeshControlClient",
+      dependencies: [
+        "MeshIdentity", "MeshConfig", "MeshProtos", grpcCore, grpcHTTP2, grpcProtobuf, logging,
+        lifecycle, x509, crypto, .product(name: "SwiftASN1", package: "swift-asn1"),
+      ],
+      swiftSettings: swiftSettings
+    ),
+
     // Hosting services for apps.
     .target(
       name: "MeshServiceKit",
@@ -179,7 +189,8 @@ let package = Package(
     .executableTarget(
       name: "sidecar",
       dependencies: [
-        "MeshProxy", "MeshConfig", "MeshIdentity", "MeshServiceKit", argumentParser, logging,
+        "MeshProxy", "MeshControlClient", "MeshConfig", "MeshIdentity", "MeshServiceKit",
+        argumentParser, logging, grpcCore,
         lifecycle, crypto,
       ],
       swiftSettings: swiftSettings

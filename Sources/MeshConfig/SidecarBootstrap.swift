@@ -19,6 +19,12 @@ import MeshIdentity
 /// mesh: mesh.yaml
 /// trustDomain: trellis.local       # optional
 /// threads: 1                       # optional
+/// controlPlane:                    # instead of tls: the identity comes from the control plane
+///   address: 127.0.0.1:15000       #   its mutual-TLS API (renewals)
+///   join: 127.0.0.1:15001          #   its join listener (the first certificate)
+///   tokenFile: users.token         #   from `meshctl tokens create --out`, used once
+///   bundle: certs/bundle.pem       #   verifies the control plane at first contact
+/// state: .trellis/users            # key, certificate and bundle kept across restarts
 /// limits:                          # optional; these are the defaults
 ///   idleTimeout: 5m                # a connection without calls for this long is closed
 ///   handshakeTimeout: 10s          # a TLS handshake must finish within this
@@ -40,6 +46,31 @@ public struct SidecarBootstrap: Equatable, Sendable {
   public var trustDomain: String
   public var threads: Int
   public var limits = Limits()
+  /// How the sidecar gets its identity from the control plane; nil in static mode (the `tls`
+  /// files come from `meshctl certs`).
+  public var controlPlane: ControlPlaneLink?
+  /// Where the sidecar keeps what it must survive a restart with: its key, certificate and
+  /// trust bundle (with a control plane).
+  public var state: String?
+
+  /// The control plane's listeners and what pays for the first certificate.
+  public struct ControlPlaneLink: Equatable, Sendable {
+    /// The mutual-TLS API (renewals).
+    public var address: Address
+    /// The join listener (the first certificate, with the token).
+    public var join: Address
+    /// A file holding the join token (mode 0600), used once.
+    public var tokenFile: String
+    /// The trust bundle that verifies the control plane at first contact.
+    public var bundle: String
+
+    public init(address: Address, join: Address, tokenFile: String, bundle: String) {
+      self.address = address
+      self.join = join
+      self.tokenFile = tokenFile
+      self.bundle = bundle
+    }
+  }
 
   public struct Limits: Equatable, Sendable {
     public var idleTimeout: Duration = .seconds(300)
@@ -82,6 +113,7 @@ public struct SidecarBootstrap: Equatable, Sendable {
   init(_ root: ConfigNode, directory: String) throws {
     let fields = try root.fields([
       "service", "app", "listen", "advertise", "tls", "mesh", "trustDomain", "threads", "limits",
+      "controlPlane", "state",
     ])
     let trustDomain = try fields["trustDomain"].optionalString() ?? SPIFFEID.defaultTrustDomain
     let service = try fields["service"].string()
@@ -103,6 +135,21 @@ public struct SidecarBootstrap: Equatable, Sendable {
     }
     let listen = try fields["listen"].fields(["inbound", "outbound", "admin"])
     let tls = try fields["tls"].fields(["cert", "key", "bundle"])
+    var link: ControlPlaneLink?
+    var state: String?
+    if fields["controlPlane"].isPresent {
+      let node = try fields["controlPlane"].fields(["address", "join", "tokenFile", "bundle"])
+      link = ControlPlaneLink(
+        address: try address(node["address"]), join: try address(node["join"]),
+        tokenFile: try path(node["tokenFile"]), bundle: try path(node["bundle"]))
+      state =
+        fields["state"].isPresent ? try path(fields["state"]) : "\(directory)/.trellis/\(service)"
+    }
+    // With a control plane the certificate files are the sidecar's own, in its state folder.
+    func tlsPath(_ key: String, _ file: String) throws -> String {
+      if let state, !tls[key].isPresent { return "\(state)/\(file)" }
+      return try path(tls[key])
+    }
     let inbound = try address(listen["inbound"])
     var advertise = inbound
     if fields["advertise"].isPresent {
@@ -115,8 +162,8 @@ public struct SidecarBootstrap: Equatable, Sendable {
       service: service, app: try address(fields["app"]), inbound: inbound,
       outbound: try address(listen["outbound"]),
       admin: listen["admin"].isPresent ? try address(listen["admin"]) : nil,
-      advertise: advertise, certificate: try path(tls["cert"]), privateKey: try path(tls["key"]),
-      bundle: try path(tls["bundle"]),
+      advertise: advertise, certificate: try tlsPath("cert", "svid.pem"),
+      privateKey: try tlsPath("key", "svid-key.pem"), bundle: try tlsPath("bundle", "bundle.pem"),
       mesh: fields["mesh"].isPresent ? try path(fields["mesh"]) : nil, trustDomain: trustDomain,
       threads: try fields["threads"].int(in: 1...64) ?? 1)
     let limits = try fields["limits"].fields([
@@ -130,5 +177,7 @@ public struct SidecarBootstrap: Equatable, Sendable {
     if let value = try limits["maxConcurrentStreams"].int(in: 1...Int(Int32.max)) {
       self.limits.maxConcurrentStreams = value
     }
+    self.controlPlane = link
+    self.state = state
   }
 }

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
+import GRPCCore
 import Logging
 import MeshConfig
+import MeshControlClient
 import MeshIdentity
 import MeshProxy
 import MeshServiceKit
@@ -50,18 +52,31 @@ struct SidecarCommand: AsyncParsableCommand {
     let logger = Logger(label: "sidecar")
     let configuration: Sidecar.Configuration
     let tls: ProxyTLS
+    var keeper: CertificateKeeper?
     do {
       configuration = try loadConfiguration()
+      let bootstrap = configuration.bootstrap
+      if let link = bootstrap.controlPlane {
+        // The identity comes from the control plane; the sidecar is not started without it.
+        keeper = CertificateKeeper(
+          link: link,
+          files: .init(
+            certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
+            bundle: bootstrap.bundle),
+          logger: logger)
+        try await keeper?.ensureCertificate()
+      }
       tls = try Self.loadTLS(configuration)
     } catch let error as ValidationError {
       throw error
     } catch {
-      FileHandle.standardError.write(Data("sidecar: \(error)\n".utf8))
+      FileHandle.standardError.write(Data("sidecar: \(Self.describe(error))\n".utf8))
       throw ExitCode.failure
     }
     let sidecar = Sidecar(configuration: configuration, tls: tls, logger: logger)
+    let services: [any Service] = [sidecar] + (keeper.map { [$0] } ?? [])
     let group = ServiceGroup(
-      services: [sidecar], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+      services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
   }
 
@@ -108,6 +123,15 @@ struct SidecarCommand: AsyncParsableCommand {
         .init(address: try address(parts[1], "route")))
     }
     return .init(bootstrap: bootstrap, mesh: meshConfig)
+  }
+
+  /// A start-up failure in words: a refused join names the gRPC status.
+  private static func describe(_ error: any Error) -> String {
+    if let error = error as? RPCError {
+      return
+        "cannot get a certificate from the control plane: \(error.code.canonicalName): \(error.message)"
+    }
+    return "\(error)"
   }
 
   private static func read(_ path: String) throws -> String {

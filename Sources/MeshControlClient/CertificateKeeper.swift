@@ -1,0 +1,165 @@
+import Crypto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import MeshConfig
+import MeshIdentity
+import MeshProtos
+import ServiceLifecycle
+import SwiftASN1
+import X509
+
+/// Keeps a sidecar's identity: the first certificate from the control plane's join listener
+/// (paid for with the join token), then renewals over the current identity at 70 % of each
+/// certificate's life (with jitter). The key is made here and never leaves the machine.
+///
+/// Everything is written to the sidecar's state folder (key 0600), where the sidecar's
+/// certificate watcher picks it up. A certificate there that is still valid is used as it is,
+/// so a sidecar restarted while the control plane is down serves again at once. A failed
+/// renewal keeps the current certificate and tries again with backoff.
+public struct CertificateKeeper: Service {
+  public struct Files: Sendable {
+    public var certificate: String
+    public var privateKey: String
+    public var bundle: String
+
+    public init(certificate: String, privateKey: String, bundle: String) {
+      self.certificate = certificate
+      self.privateKey = privateKey
+      self.bundle = bundle
+    }
+  }
+
+  private let link: SidecarBootstrap.ControlPlaneLink
+  private let files: Files
+  private let logger: Logger
+
+  public init(link: SidecarBootstrap.ControlPlaneLink, files: Files, logger: Logger) {
+    self.link = link
+    self.files = files
+    self.logger = logger
+  }
+
+  /// Makes sure a valid certificate is in place: the persisted one, or a first one from the
+  /// join listener. Throws (the sidecar does not start) when neither is possible.
+  public func ensureCertificate() async throws {
+    if let current = try? currentCertificate(), current.notValidAfter > Date() {
+      logger.info(
+        "using the persisted certificate",
+        metadata: ["not_after": "\(current.notValidAfter)", "file": "\(files.certificate)"])
+      return
+    }
+    let token: String
+    do {
+      token = try String(contentsOfFile: link.tokenFile, encoding: .utf8)
+        .trimmingCharacters(in: .whitespacesAndNewlines)
+    } catch {
+      throw IdentityError(
+        "no certificate in \(files.certificate) and no join token in \(link.tokenFile)")
+    }
+    let response = try await certify(token: token)
+    logger.info(
+      "joined the mesh",
+      metadata: ["identity": "\(response.spiffeID)", "serial": "\(response.serial)"])
+  }
+
+  /// Renews at 70 % of each certificate's life until shutdown.
+  public func run() async throws {
+    var failures = 0
+    while !Task.isShuttingDownGracefully {
+      let wait: TimeInterval
+      if failures > 0 {
+        // 1 s, 2 s, 4 s … up to a minute, with jitter.
+        wait = min(60, pow(2, Double(failures - 1))) * Double.random(in: 0.8...1.2)
+      } else if let current = try? currentCertificate() {
+        let life = current.notValidAfter.timeIntervalSince(current.notValidBefore)
+        let renewAt = current.notValidBefore.addingTimeInterval(
+          life * 0.7 * Double.random(in: 0.9...1.0))
+        wait = max(0, renewAt.timeIntervalSinceNow)
+      } else {
+        wait = 1
+      }
+      do {
+        try await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+      } catch {
+        return  // cancelled: shutting down
+      }
+      if Task.isShuttingDownGracefully { return }
+      do {
+        let response = try await certify(token: nil)
+        failures = 0
+        logger.info(
+          "certificate renewed",
+          metadata: ["serial": "\(response.serial)", "not_after_unix": "\(response.notAfterUnix)"])
+      } catch {
+        failures += 1
+        logger.warning(
+          "certificate renewal failed; keeping the current one",
+          metadata: ["error": "\(error)", "attempt": "\(failures)"])
+      }
+    }
+  }
+
+  private func currentCertificate() throws -> Certificate {
+    try CertificateFiles.readCertificates(files.certificate)[0]
+  }
+
+  /// One Certify call: with the token on the join listener, or over the current identity.
+  private func certify(token: String?) async throws -> Trellis_Mesh_V1_CertifyResponse {
+    let key = P256.Signing.PrivateKey()
+    let csr = try CertificateSigningRequest(
+      version: .v1, subject: DistinguishedName(), privateKey: Certificate.PrivateKey(key),
+      attributes: CertificateSigningRequest.Attributes())
+    var request = Trellis_Mesh_V1_CertifyRequest()
+    request.csr = try csr.serializeAsPEM().pemString
+    request.token = token ?? ""
+    let target = token == nil ? link.address : link.join
+    let security: HTTP2ClientTransport.Posix.TransportSecurity
+    if token == nil {
+      security = .mTLS(
+        certificateChain: [.file(path: files.certificate, format: .pem)],
+        privateKey: .file(path: files.privateKey, format: .pem)
+      ) { tls in
+        tls.trustRoots = .certificates([.file(path: files.bundle, format: .pem)])
+        tls.serverCertificateVerification = .noHostnameVerification
+      }
+    } else {
+      security = .tls { tls in
+        tls.trustRoots = .certificates([.file(path: link.bundle, format: .pem)])
+        tls.serverCertificateVerification = .noHostnameVerification
+      }
+    }
+    let transport = try HTTP2ClientTransport.Posix(
+      target: .ipv4(address: target.host, port: target.port), transportSecurity: security)
+    var options = CallOptions.defaults
+    options.timeout = .seconds(10)
+    let response = try await withGRPCClient(transport: transport) { [request, options] client in
+      try await Trellis_Mesh_V1_Identity.Client(wrapping: client).certify(request, options: options)
+    }
+    try write(key: key, response)
+    return response
+  }
+
+  /// Writes key, then certificate, then bundle, each by rename, so a reader sees whole files.
+  private func write(
+    key: P256.Signing.PrivateKey, _ response: Trellis_Mesh_V1_CertifyResponse
+  )
+    throws
+  {
+    let directory = URL(fileURLWithPath: files.certificate).deletingLastPathComponent().path
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    try replace(files.privateKey, with: Data(key.pemRepresentation.utf8), mode: 0o600)
+    try replace(files.certificate, with: Data(response.certificateChain.utf8), mode: 0o644)
+    try replace(files.bundle, with: Data(response.trustBundle.utf8), mode: 0o644)
+  }
+
+  private func replace(_ path: String, with data: Data, mode: Int) throws {
+    let temporary = path + ".new"
+    guard
+      FileManager.default.createFile(
+        atPath: temporary, contents: data, attributes: [.posixPermissions: mode])
+    else { throw IdentityError("cannot write \(temporary)") }
+    guard rename(temporary, path) == 0 else { throw IdentityError("cannot replace \(path)") }
+  }
+}
