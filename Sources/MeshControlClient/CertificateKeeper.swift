@@ -81,7 +81,10 @@ public struct CertificateKeeper: Service {
         wait = 1
       }
       do {
-        try await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+        // Shutdown ends the wait at once.
+        try await cancelWhenGracefulShutdown {
+          try await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+        }
       } catch {
         return  // cancelled: shutting down
       }

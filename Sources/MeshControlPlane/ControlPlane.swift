@@ -80,7 +80,8 @@ public struct ControlPlane: Service {
       address: .ipv4(host: configuration.join.host, port: configuration.join.port),
       transportSecurity: .tls(certificateChain: chain, privateKey: privateKey))
     let main = GRPCServer(
-      transport: mtls, services: [IdentityService(control), AdminService(control)])
+      transport: mtls,
+      services: [IdentityService(control), AdminService(control), ConfigService(control)])
     let joinServer = GRPCServer(transport: join, services: [IdentityService(control)])
 
     try await withGracefulShutdownHandler {

@@ -20,6 +20,8 @@ public struct ControlContext: Sendable {
   public var minimumLeafLifetime: TimeInterval = 60
   public var maximumLeafLifetime: TimeInterval = 30 * 86_400
   public var maximumConfigBytes = 1 << 20
+  /// The sidecars subscribed to config.
+  public var hub = ConfigHub()
 
   public init(
     store: ControlStore, issuer: SigningAuthority, bundlePEM: String, trustDomain: String,
@@ -177,6 +179,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
       return response
     }
     let stored = try control.store.storeConfig(yaml: request.yaml, createdBy: caller)
+    if stored.changed { control.hub.publish(version: stored.version, yaml: request.yaml) }
     response.version = stored.version
     response.changed = stored.changed
     return response
@@ -233,6 +236,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     let current = try control.store.currentConfig()
     let stored = try control.store.storeConfig(
       yaml: target.yaml, createdBy: caller, rolledBackFrom: target.version)
+    if stored.changed { control.hub.publish(version: stored.version, yaml: target.yaml) }
     var response = Trellis_Mesh_V1_ApplyConfigResponse()
     response.version = stored.version
     response.changed = stored.changed
@@ -240,6 +244,16 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
       old: current?.yaml ?? "", new: target.yaml,
       oldName: current.map { "version \($0.version)" } ?? "(none)",
       newName: "version \(target.version)")
+    return response
+  }
+
+  public func status(
+    request: Trellis_Mesh_V1_StatusRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_StatusResponse {
+    _ = try admin(context)
+    var response = Trellis_Mesh_V1_StatusResponse()
+    response.currentVersion = try control.store.currentConfig()?.version ?? 0
+    response.sidecars = control.hub.statuses
     return response
   }
 

@@ -22,20 +22,11 @@ public struct Sidecar: Service {
       self.mesh = mesh
     }
 
-    /// Each service's endpoints, with the identity each must present (secure naming).
-    var routes: [String: [Endpoint]] {
-      var routes: [String: [Endpoint]] = [:]
-      for (name, service) in mesh.services {
-        let identity = "spiffe://\(mesh.trustDomain)/svc/\(name)"
-        routes[name] = service.endpoints.map {
-          Endpoint(host: $0.address.host, port: $0.address.port, expectedIdentity: identity)
-        }
-      }
-      return routes
-    }
   }
 
   private let configuration: Configuration
+  /// What calls are routed and authorized by; replaced whole when a new mesh config arrives.
+  public let routing: MeshRouting
   private let tls: ProxyTLS
   private let group: MultiThreadedEventLoopGroup
   private let logger: Logger
@@ -45,6 +36,7 @@ public struct Sidecar: Service {
     self.tls = tls
     self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.bootstrap.threads)
     self.logger = logger
+    self.routing = MeshRouting(configuration.mesh, service: configuration.bootstrap.service)
   }
 
   public func run() async throws {
@@ -176,13 +168,14 @@ public struct Sidecar: Service {
   // MARK: Outbound: the app's calls, routed by :authority to peer sidecars.
 
   private func bindOutbound(pools: PoolSet) async throws -> any Channel {
-    let routes = configuration.routes
+    let routing = self.routing
     let counter = RoundRobin()
     return try await listen(on: configuration.bootstrap.outbound) { channel in
       let pool = pools.pool(for: channel.eventLoop)
       return channel.eventLoop.makeCompletedFuture {
         try Self.serveCalls(on: channel, loop: pool.loop, direction: "outbound", service: nil) {
-          headers in Self.routeOutbound(headers, routes: routes, pool: pool, counter: counter)
+          headers in
+          Self.routeOutbound(headers, routes: routing.routes, pool: pool, counter: counter)
         }
       }
     }
@@ -215,7 +208,7 @@ public struct Sidecar: Service {
   private func bindInbound(pools: PoolSet, metrics: SidecarMetrics) async throws -> any Channel {
     let app = Endpoint(
       host: configuration.bootstrap.app.host, port: configuration.bootstrap.app.port)
-    let policy = configuration.mesh.policy(for: configuration.bootstrap.service)
+    let routing = self.routing
     let service = configuration.bootstrap.service
     let handshakeTimeout = TimeAmount(configuration.bootstrap.limits.handshakeTimeout)
     let trustDomain = configuration.mesh.trustDomain
@@ -234,7 +227,8 @@ public struct Sidecar: Service {
         try Self.serveCalls(on: channel, loop: pool.loop, direction: "inbound", service: service) {
           headers in
           Self.routeInbound(
-            headers, caller: peer.value, service: service, policy: policy, app: app, pool: pool)
+            headers, caller: peer.value, service: service, policy: routing.policy, app: app,
+            pool: pool)
         }
       }
     }
@@ -373,5 +367,43 @@ final class PoolSet: Sendable {
 
   func pool(for loop: any EventLoop) -> Pools {
     pools[ObjectIdentifier(loop)]!
+  }
+}
+
+/// The parts of the mesh config calls are routed and authorized by: each service's endpoints
+/// (with the identity each must present) and this service's authorization. A new config
+/// replaces them whole; a call reads them once, when it starts.
+public final class MeshRouting: Sendable {
+  private struct Table {
+    var routes: [String: [Endpoint]]
+    var policy: Authorization
+  }
+
+  private let table: NIOLockedValueBox<Table>
+  private let service: String
+
+  init(_ mesh: MeshConfig, service: String) {
+    self.service = service
+    table = NIOLockedValueBox(Table(routes: Self.routes(mesh), policy: mesh.policy(for: service)))
+  }
+
+  /// Routes and authorizes by `mesh` from now on; calls in flight are not affected.
+  public func apply(_ mesh: MeshConfig) {
+    let new = Table(routes: Self.routes(mesh), policy: mesh.policy(for: service))
+    table.withLockedValue { $0 = new }
+  }
+
+  var routes: [String: [Endpoint]] { table.withLockedValue { $0.routes } }
+  var policy: Authorization { table.withLockedValue { $0.policy } }
+
+  private static func routes(_ mesh: MeshConfig) -> [String: [Endpoint]] {
+    var routes: [String: [Endpoint]] = [:]
+    for (name, service) in mesh.services {
+      let identity = "spiffe://\(mesh.trustDomain)/svc/\(name)"
+      routes[name] = service.endpoints.map {
+        Endpoint(host: $0.address.host, port: $0.address.port, expectedIdentity: identity)
+      }
+    }
+    return routes
   }
 }

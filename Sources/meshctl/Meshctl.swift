@@ -11,7 +11,7 @@ struct Meshctl: AsyncParsableCommand {
     commandName: "meshctl",
     abstract: "Run and operate the Trellis mesh.",
     subcommands: [
-      Certs.self, Tokens.self, Apply.self, Get.self, History.self, Rollback.self,
+      Certs.self, Tokens.self, Apply.self, Get.self, History.self, Rollback.self, Status.self,
     ])
 
   static func main() async {

@@ -74,7 +74,28 @@ struct SidecarCommand: AsyncParsableCommand {
       throw ExitCode.failure
     }
     let sidecar = Sidecar(configuration: configuration, tls: tls, logger: logger)
-    let services: [any Service] = [sidecar] + (keeper.map { [$0] } ?? [])
+    var services: [any Service] = [sidecar] + (keeper.map { [$0] } ?? [])
+    let bootstrap = configuration.bootstrap
+    if let link = bootstrap.controlPlane, let state = bootstrap.state {
+      // Routes and rules come from the control plane; until it answers, the last config this
+      // sidecar ran (or the bootstrap's mesh file) serves.
+      let routing = sidecar.routing
+      let subscriber = ConfigSubscriber(
+        link: link,
+        files: .init(
+          certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
+          bundle: bootstrap.bundle),
+        identity: .init(
+          service: bootstrap.service, advertise: "\(bootstrap.advertise)",
+          trustDomain: configuration.mesh.trustDomain),
+        state: state, logger: logger
+      ) { config in routing.apply(config) }
+      if let persisted = subscriber.persisted() {
+        routing.apply(persisted.config)
+        logger.info("using the persisted config", metadata: ["version": "\(persisted.version)"])
+      }
+      services.append(subscriber)
+    }
     let group = ServiceGroup(
       services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()

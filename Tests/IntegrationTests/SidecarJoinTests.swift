@@ -29,10 +29,8 @@ import Testing
 
   /// A bootstrap file for `service` that joins through the control plane.
   func joiningSidecar(
-    _ service: String, app: String, mesh meshFile: String? = nil
-  ) throws
-    -> RunningSidecar
-  {
+    _ service: String, app: String, mesh meshFile: String? = nil, inbound: String = "127.0.0.1:0"
+  ) throws -> RunningSidecar {
     let token = mesh.directory.appendingPathComponent("\(service).token").path
     if !FileManager.default.fileExists(atPath: token) {
       let created = try run(
@@ -46,7 +44,7 @@ import Testing
     var text = """
       service: \(service)
       app: \(app)
-      listen: {inbound: 127.0.0.1:0, outbound: 127.0.0.1:0, admin: 127.0.0.1:0}
+      listen: {inbound: \(inbound), outbound: 127.0.0.1:0, admin: 127.0.0.1:0}
       controlPlane:
         address: \(plane.address)
         join: \(try logField(plane.log, "join_address"))
@@ -109,6 +107,85 @@ import Testing
     let restartFile = try mesh.write("echo-restart.yaml", restartText)
     server = try RunningSidecar(ServiceProcess(binary("sidecar"), ["--config", restartFile]))
     #expect(server.process.log.contains("using the persisted certificate"))
+    #expect(try call(client) == "OK")
+  }
+
+  func meshctl(_ arguments: [String]) throws -> ProcessResult {
+    try run(
+      binary("meshctl"), arguments + ["--control-plane", plane.address, "--certs", mesh.certs])
+  }
+
+  /// Each service's sidecar status, polled until `done` holds (or 15 s pass).
+  func statuses(until done: ([String: [String: Any]]) -> Bool) throws -> [String: [String: Any]] {
+    var byService: [String: [String: Any]] = [:]
+    let deadline = Date().addingTimeInterval(15)
+    repeat {
+      let result = try meshctl(["status", "-o", "json"])
+      let rows =
+        (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [[String: Any]]
+      byService = [:]
+      for row in rows ?? [] {
+        byService[(row["node"] as? String ?? "").components(separatedBy: "@")[0]] = row
+      }
+      if done(byService) { return byService }
+      Thread.sleep(forTimeInterval: 0.2)
+    } while Date() < deadline
+    return byService
+  }
+
+  @Test func appliedConfigReachesEverySidecarAndABadSnapshotIsNacked() throws {
+    let port = try run(
+      try resolve("python3"),
+      [
+        "-c",
+        "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])",
+      ]
+    ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    let server = try joiningSidecar("echo", app: app.address, inbound: "127.0.0.1:\(port)")
+    var client = try joiningSidecar("client", app: "127.0.0.1:1")
+    defer {
+      client.process.stop()
+      server.process.stop()
+    }
+    let v1 = try mesh.write(
+      "v1.yaml", "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
+    #expect(try meshctl(["apply", "-f", v1]).status == 0)
+    var status = try statuses { nodes in
+      nodes["echo"]?["version"] as? Int == 1 && nodes["client"]?["version"] as? Int == 1
+    }
+    #expect(status["client"]?["version"] as? Int == 1, "\(status)")
+    #expect(status["echo"]?["version"] as? Int == 1, "\(status)")
+    #expect(status["echo"]?["spiffe_id"] as? String == "spiffe://trellis.local/svc/echo")
+    #expect(try call(client) == "OK")
+
+    // A config the echo sidecar cannot run (another service at its own inbound address): it
+    // NACKs and keeps version 1; the client runs version 2.
+    let v2 = try mesh.write(
+      "v2.yaml",
+      "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n"
+        + "  other:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
+    #expect(try meshctl(["apply", "-f", v2]).status == 0)
+    status = try statuses { nodes in
+      nodes["echo"]?["last_nack_version"] as? Int == 2 && nodes["client"]?["version"] as? Int == 2
+    }
+    #expect(status["echo"]?["version"] as? Int == 1, "\(status)")
+    #expect(status["echo"]?["last_nack_version"] as? Int == 2, "\(status)")
+    #expect(
+      (status["echo"]?["last_nack_error"] as? String ?? "").contains(
+        "is this sidecar's own inbound address"), "\(status)")
+    #expect(status["client"]?["version"] as? Int == 2, "\(status)")
+    #expect(try call(client) == "OK")
+    let table = try meshctl(["status"]).stdout
+    #expect(table.contains("stale") && table.contains("synced"), "\(table)")
+
+    // Without the control plane, a restarted client starts with the config it last ran.
+    plane.kill()
+    client.process.stop()
+    client = try RunningSidecar(
+      ServiceProcess(
+        binary("sidecar"),
+        ["--config", mesh.directory.appendingPathComponent("client-sidecar.yaml").path]))
+    #expect(client.process.log.contains("using the persisted config"), "\(client.process.log)")
     #expect(try call(client) == "OK")
   }
 }

@@ -449,13 +449,27 @@ public enum Trellis_Mesh_V1_Admin: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "Status" metadata.
+        public enum Status: Sendable {
+            /// Request type for "Status".
+            public typealias Input = Trellis_Mesh_V1_StatusRequest
+            /// Response type for "Status".
+            public typealias Output = Trellis_Mesh_V1_StatusResponse
+            /// Descriptor for "Status".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.mesh.v1.Admin"),
+                method: "Status",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "trellis.mesh.v1.Admin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             CreateToken.descriptor,
             ApplyConfig.descriptor,
             GetConfig.descriptor,
             ListConfigVersions.descriptor,
-            Rollback.descriptor
+            Rollback.descriptor,
+            Status.descriptor
         ]
     }
 }
@@ -576,6 +590,24 @@ extension Trellis_Mesh_V1_Admin {
             request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_RollbackRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_ApplyConfigResponse>
+
+        /// Handle the "Status" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Trellis_Mesh_V1_StatusRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Mesh_V1_StatusResponse` messages.
+        func status(
+            request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_StatusRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_StatusResponse>
     }
 
     /// Service protocol for the "trellis.mesh.v1.Admin" service.
@@ -680,6 +712,24 @@ extension Trellis_Mesh_V1_Admin {
             request: GRPCCore.ServerRequest<Trellis_Mesh_V1_RollbackRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_ApplyConfigResponse>
+
+        /// Handle the "Status" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_StatusRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Trellis_Mesh_V1_StatusResponse` message.
+        func status(
+            request: GRPCCore.ServerRequest<Trellis_Mesh_V1_StatusRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_StatusResponse>
     }
 
     /// Simple service protocol for the "trellis.mesh.v1.Admin" service.
@@ -782,6 +832,24 @@ extension Trellis_Mesh_V1_Admin {
             request: Trellis_Mesh_V1_RollbackRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Trellis_Mesh_V1_ApplyConfigResponse
+
+        /// Handle the "Status" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        ///
+        /// - Parameters:
+        ///   - request: A `Trellis_Mesh_V1_StatusRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Trellis_Mesh_V1_StatusResponse` to respond with.
+        func status(
+            request: Trellis_Mesh_V1_StatusRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Trellis_Mesh_V1_StatusResponse
     }
 }
 
@@ -844,6 +912,17 @@ extension Trellis_Mesh_V1_Admin.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Trellis_Mesh_V1_Admin.Method.Status.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_StatusRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_StatusResponse>(),
+            handler: { request, context in
+                try await self.status(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -899,6 +978,17 @@ extension Trellis_Mesh_V1_Admin.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_ApplyConfigResponse> {
         let response = try await self.rollback(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func status(
+        request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_StatusRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_StatusResponse> {
+        let response = try await self.status(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -967,6 +1057,19 @@ extension Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_ApplyConfigResponse> {
         return GRPCCore.ServerResponse<Trellis_Mesh_V1_ApplyConfigResponse>(
             message: try await self.rollback(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func status(
+        request: GRPCCore.ServerRequest<Trellis_Mesh_V1_StatusRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_StatusResponse> {
+        return GRPCCore.ServerResponse<Trellis_Mesh_V1_StatusResponse>(
+            message: try await self.status(
                 request: request.message,
                 context: context
             ),
@@ -1102,6 +1205,29 @@ extension Trellis_Mesh_V1_Admin {
             deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_ApplyConfigResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_ApplyConfigResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Status" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_StatusRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_StatusRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_StatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func status<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_StatusRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_StatusRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_StatusResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_StatusResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1295,6 +1421,40 @@ extension Trellis_Mesh_V1_Admin {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "Status" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_StatusRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_StatusRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_StatusResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func status<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_StatusRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_StatusRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_StatusResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_StatusResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Trellis_Mesh_V1_Admin.Method.Status.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1442,6 +1602,35 @@ extension Trellis_Mesh_V1_Admin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_RollbackRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_ApplyConfigResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Status" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Trellis_Mesh_V1_StatusRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func status<Result>(
+        request: GRPCCore.ClientRequest<Trellis_Mesh_V1_StatusRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_StatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.status(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_StatusRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_StatusResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1611,6 +1800,359 @@ extension Trellis_Mesh_V1_Admin.ClientProtocol {
             metadata: metadata
         )
         return try await self.rollback(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Status" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func status<Result>(
+        _ message: Trellis_Mesh_V1_StatusRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_StatusResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Trellis_Mesh_V1_StatusRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.status(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// MARK: - trellis.mesh.v1.Config
+
+/// Namespace containing generated types for the "trellis.mesh.v1.Config" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Trellis_Mesh_V1_Config: Sendable {
+    /// Service descriptor for the "trellis.mesh.v1.Config" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.mesh.v1.Config")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "Subscribe" metadata.
+        public enum Subscribe: Sendable {
+            /// Request type for "Subscribe".
+            public typealias Input = Trellis_Mesh_V1_SubscribeRequest
+            /// Response type for "Subscribe".
+            public typealias Output = Trellis_Mesh_V1_ConfigSnapshot
+            /// Descriptor for "Subscribe".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.mesh.v1.Config"),
+                method: "Subscribe",
+                type: .bidirectionalStreaming
+            )
+        }
+        /// Descriptors for all methods in the "trellis.mesh.v1.Config" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            Subscribe.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "trellis.mesh.v1.Config" service.
+    public static let trellis_mesh_v1_Config = GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.mesh.v1.Config")
+}
+
+// MARK: trellis.mesh.v1.Config (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Trellis_Mesh_V1_Config {
+    /// Streaming variant of the service protocol for the "trellis.mesh.v1.Config" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Pushes the mesh config to sidecars, in the spirit of xDS: every snapshot carries a version
+    /// > and a nonce, and the sidecar answers each with an ACK (it runs that version now) or a NACK
+    /// > (it keeps the version it runs, and says why).
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "Subscribe" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Trellis_Mesh_V1_SubscribeRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Mesh_V1_ConfigSnapshot` messages.
+        func subscribe(
+            request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_SubscribeRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_ConfigSnapshot>
+    }
+
+    /// Service protocol for the "trellis.mesh.v1.Config" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Pushes the mesh config to sidecars, in the spirit of xDS: every snapshot carries a version
+    /// > and a nonce, and the sidecar answers each with an ACK (it runs that version now) or a NACK
+    /// > (it keeps the version it runs, and says why).
+    public protocol ServiceProtocol: Trellis_Mesh_V1_Config.StreamingServiceProtocol {
+        /// Handle the "Subscribe" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Trellis_Mesh_V1_SubscribeRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Mesh_V1_ConfigSnapshot` messages.
+        func subscribe(
+            request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_SubscribeRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_ConfigSnapshot>
+    }
+
+    /// Simple service protocol for the "trellis.mesh.v1.Config" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Pushes the mesh config to sidecars, in the spirit of xDS: every snapshot carries a version
+    /// > and a nonce, and the sidecar answers each with an ACK (it runs that version now) or a NACK
+    /// > (it keeps the version it runs, and says why).
+    public protocol SimpleServiceProtocol: Trellis_Mesh_V1_Config.ServiceProtocol {
+        /// Handle the "Subscribe" method.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Trellis_Mesh_V1_SubscribeRequest` messages.
+        ///   - response: A response stream of `Trellis_Mesh_V1_ConfigSnapshot` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func subscribe(
+            request: GRPCCore.RPCAsyncSequence<Trellis_Mesh_V1_SubscribeRequest, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Trellis_Mesh_V1_ConfigSnapshot>,
+            context: GRPCCore.ServerContext
+        ) async throws
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Trellis_Mesh_V1_Config.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Trellis_Mesh_V1_Config.Method.Subscribe.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_SubscribeRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_ConfigSnapshot>(),
+            handler: { request, context in
+                try await self.subscribe(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Trellis_Mesh_V1_Config.ServiceProtocol {
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Trellis_Mesh_V1_Config.SimpleServiceProtocol {
+    public func subscribe(
+        request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_SubscribeRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_ConfigSnapshot> {
+        return GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_ConfigSnapshot>(
+            metadata: [:],
+            producer: { writer in
+                try await self.subscribe(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+}
+
+// MARK: trellis.mesh.v1.Config (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Trellis_Mesh_V1_Config {
+    /// Generated client protocol for the "trellis.mesh.v1.Config" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Pushes the mesh config to sidecars, in the spirit of xDS: every snapshot carries a version
+    /// > and a nonce, and the sidecar answers each with an ACK (it runs that version now) or a NACK
+    /// > (it keeps the version it runs, and says why).
+    public protocol ClientProtocol: Sendable {
+        /// Call the "Subscribe" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Trellis_Mesh_V1_SubscribeRequest` messages.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_SubscribeRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_ConfigSnapshot` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func subscribe<Result>(
+            request: GRPCCore.StreamingClientRequest<Trellis_Mesh_V1_SubscribeRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_SubscribeRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_ConfigSnapshot>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_ConfigSnapshot>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "trellis.mesh.v1.Config" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Pushes the mesh config to sidecars, in the spirit of xDS: every snapshot carries a version
+    /// > and a nonce, and the sidecar answers each with an ACK (it runs that version now) or a NACK
+    /// > (it keeps the version it runs, and says why).
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "Subscribe" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Trellis_Mesh_V1_SubscribeRequest` messages.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_SubscribeRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_ConfigSnapshot` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func subscribe<Result>(
+            request: GRPCCore.StreamingClientRequest<Trellis_Mesh_V1_SubscribeRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_SubscribeRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_ConfigSnapshot>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_ConfigSnapshot>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Trellis_Mesh_V1_Config.Method.Subscribe.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Trellis_Mesh_V1_Config.ClientProtocol {
+    /// Call the "Subscribe" method.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Trellis_Mesh_V1_SubscribeRequest` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func subscribe<Result>(
+        request: GRPCCore.StreamingClientRequest<Trellis_Mesh_V1_SubscribeRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_ConfigSnapshot>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.subscribe(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_SubscribeRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_ConfigSnapshot>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Trellis_Mesh_V1_Config.ClientProtocol {
+    /// Call the "Subscribe" method.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func subscribe<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Trellis_Mesh_V1_SubscribeRequest>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_ConfigSnapshot>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Trellis_Mesh_V1_SubscribeRequest>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.subscribe(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -65,6 +65,97 @@ public nonisolated struct Trellis_Mesh_V1_CertifyResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Trellis_Mesh_V1_SubscribeRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The sidecar's name, unique in the mesh (its service and inbound address); on every message.
+  public var node: String = String()
+
+  /// The version the sidecar runs (0: none yet).
+  public var version: Int64 = 0
+
+  /// The nonce of the snapshot this message answers; empty on the first message.
+  public var responseNonce: String = String()
+
+  /// Set on a NACK: why the snapshot was not applied.
+  public var errorDetail: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_ConfigSnapshot: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var version: Int64 = 0
+
+  public var nonce: String = String()
+
+  /// The MeshConfig YAML, as applied.
+  public var yaml: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_StatusRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_StatusResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The version the control plane holds as running.
+  public var currentVersion: Int64 = 0
+
+  public var sidecars: [Trellis_Mesh_V1_SidecarStatus] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_SidecarStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var node: String = String()
+
+  public var spiffeID: String = String()
+
+  /// The version it last ACKed (or reported running when it subscribed).
+  public var version: Int64 = 0
+
+  public var lastNackVersion: Int64 = 0
+
+  public var lastNackError: String = String()
+
+  public var connected: Bool = false
+
+  public var lastSeenUnix: Int64 = 0
+
+  public var certificateNotAfterUnix: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Trellis_Mesh_V1_CreateTokenRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -290,6 +381,210 @@ nonisolated extension Trellis_Mesh_V1_CertifyResponse: SwiftProtobuf.Message, Sw
     if lhs.trustBundle != rhs.trustBundle {return false}
     if lhs.notAfterUnix != rhs.notAfterUnix {return false}
     if lhs.serial != rhs.serial {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SubscribeRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}version\0\u{3}response_nonce\0\u{3}error_detail\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.version) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.responseNonce) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.errorDetail) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularInt64Field(value: self.version, fieldNumber: 2)
+    }
+    if !self.responseNonce.isEmpty {
+      try visitor.visitSingularStringField(value: self.responseNonce, fieldNumber: 3)
+    }
+    if !self.errorDetail.isEmpty {
+      try visitor.visitSingularStringField(value: self.errorDetail, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_SubscribeRequest, rhs: Trellis_Mesh_V1_SubscribeRequest) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.responseNonce != rhs.responseNonce {return false}
+    if lhs.errorDetail != rhs.errorDetail {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConfigSnapshot"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}nonce\0\u{1}yaml\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.version) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.nonce) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.yaml) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.version != 0 {
+      try visitor.visitSingularInt64Field(value: self.version, fieldNumber: 1)
+    }
+    if !self.nonce.isEmpty {
+      try visitor.visitSingularStringField(value: self.nonce, fieldNumber: 2)
+    }
+    if !self.yaml.isEmpty {
+      try visitor.visitSingularStringField(value: self.yaml, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_ConfigSnapshot, rhs: Trellis_Mesh_V1_ConfigSnapshot) -> Bool {
+    if lhs.version != rhs.version {return false}
+    if lhs.nonce != rhs.nonce {return false}
+    if lhs.yaml != rhs.yaml {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_StatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StatusRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_StatusRequest, rhs: Trellis_Mesh_V1_StatusRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}current_version\0\u{1}sidecars\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.currentVersion) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.sidecars) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.currentVersion != 0 {
+      try visitor.visitSingularInt64Field(value: self.currentVersion, fieldNumber: 1)
+    }
+    if !self.sidecars.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.sidecars, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_StatusResponse, rhs: Trellis_Mesh_V1_StatusResponse) -> Bool {
+    if lhs.currentVersion != rhs.currentVersion {return false}
+    if lhs.sidecars != rhs.sidecars {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SidecarStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}spiffe_id\0\u{1}version\0\u{3}last_nack_version\0\u{3}last_nack_error\0\u{1}connected\0\u{3}last_seen_unix\0\u{3}certificate_not_after_unix\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.spiffeID) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.version) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.lastNackVersion) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.lastNackError) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.connected) }()
+      case 7: try { try decoder.decodeSingularInt64Field(value: &self.lastSeenUnix) }()
+      case 8: try { try decoder.decodeSingularInt64Field(value: &self.certificateNotAfterUnix) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
+    }
+    if !self.spiffeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.spiffeID, fieldNumber: 2)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularInt64Field(value: self.version, fieldNumber: 3)
+    }
+    if self.lastNackVersion != 0 {
+      try visitor.visitSingularInt64Field(value: self.lastNackVersion, fieldNumber: 4)
+    }
+    if !self.lastNackError.isEmpty {
+      try visitor.visitSingularStringField(value: self.lastNackError, fieldNumber: 5)
+    }
+    if self.connected != false {
+      try visitor.visitSingularBoolField(value: self.connected, fieldNumber: 6)
+    }
+    if self.lastSeenUnix != 0 {
+      try visitor.visitSingularInt64Field(value: self.lastSeenUnix, fieldNumber: 7)
+    }
+    if self.certificateNotAfterUnix != 0 {
+      try visitor.visitSingularInt64Field(value: self.certificateNotAfterUnix, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_SidecarStatus, rhs: Trellis_Mesh_V1_SidecarStatus) -> Bool {
+    if lhs.node != rhs.node {return false}
+    if lhs.spiffeID != rhs.spiffeID {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.lastNackVersion != rhs.lastNackVersion {return false}
+    if lhs.lastNackError != rhs.lastNackError {return false}
+    if lhs.connected != rhs.connected {return false}
+    if lhs.lastSeenUnix != rhs.lastSeenUnix {return false}
+    if lhs.certificateNotAfterUnix != rhs.certificateNotAfterUnix {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import MeshProtos
+
+/// `meshctl status`: every sidecar the control plane knows, as `istioctl proxy-status` shows.
+struct Status: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract:
+      "Every sidecar subscribed to the control plane: the config version it runs, its last NACK, its certificate's expiry, when it was last seen."
+  )
+
+  @Option(name: .short, help: "Output: table or json.") var output: OutputFormat = .table
+  @OptionGroup var controlPlane: ControlPlaneOptions
+
+  func run() async throws {
+    let response = try await controlPlane.withAdmin {
+      try await $0.status(Trellis_Mesh_V1_StatusRequest())
+    }
+    let formatter = ISO8601DateFormatter()
+    func date(_ unix: Int64) -> String {
+      unix == 0 ? "-" : formatter.string(from: Date(timeIntervalSince1970: TimeInterval(unix)))
+    }
+    switch output {
+    case .json:
+      let rows: [[String: Any]] = response.sidecars.map {
+        [
+          "node": $0.node, "spiffe_id": $0.spiffeID, "version": $0.version,
+          "current_version": response.currentVersion, "connected": $0.connected,
+          "last_nack_version": $0.lastNackVersion, "last_nack_error": $0.lastNackError,
+          "last_seen": date($0.lastSeenUnix),
+          "certificate_expires": date($0.certificateNotAfterUnix),
+        ]
+      }
+      let data = try JSONSerialization.data(
+        withJSONObject: rows, options: [.sortedKeys, .withoutEscapingSlashes])
+      print(String(decoding: data, as: UTF8.self))
+    case .table, .yaml:
+      print("config version \(response.currentVersion) is running")
+      let header = ["NODE", "VERSION", "STATE", "LAST NACK", "CERT EXPIRES", "LAST SEEN"]
+      var rows = [header]
+      for sidecar in response.sidecars {
+        let state =
+          !sidecar.connected
+          ? "disconnected" : sidecar.version == response.currentVersion ? "synced" : "stale"
+        let nack =
+          sidecar.lastNackVersion == 0
+          ? "-" : "v\(sidecar.lastNackVersion): \(sidecar.lastNackError)"
+        rows.append([
+          sidecar.node, "\(sidecar.version)", state, nack, date(sidecar.certificateNotAfterUnix),
+          date(sidecar.lastSeenUnix),
+        ])
+      }
+      let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+      for row in rows {
+        print(
+          row.enumerated().map { index, cell in
+            index == row.count - 1
+              ? cell : cell.padding(toLength: widths[index] + 2, withPad: " ", startingAt: 0)
+          }.joined())
+      }
+    }
+  }
+}
