@@ -36,6 +36,7 @@ let package = Package(
     .executable(name: "rpc", targets: ["rpc"]),
     .executable(name: "meshctl", targets: ["meshctl"]),
     .executable(name: "control-plane", targets: ["control-plane"]),
+    .executable(name: "control-plane-bench", targets: ["control-plane-bench"]),
     .executable(name: "sidecar", targets: ["sidecar"]),
     .executable(name: "bench-server", targets: ["bench-server"]),
   ],
@@ -211,6 +212,16 @@ let package = Package(
       dependencies: [
         "MeshControlPlane", "MeshConfig", "MeshIdentity", "MeshServiceKit", argumentParser, logging,
         lifecycle,
+      ],
+      swiftSettings: swiftSettings
+    ),
+
+    // Config propagation and CSR signing measured against a running control plane.
+    .executableTarget(
+      name: "control-plane-bench",
+      dependencies: [
+        "MeshIdentity", "MeshProtos", argumentParser, grpcCore, grpcHTTP2, grpcProtobuf, x509,
+        crypto, .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: swiftSettings
     ),

@@ -111,11 +111,8 @@ public struct CertificateKeeper: Service {
   /// One Certify call: with the token on the join listener, or over the current identity.
   private func certify(token: String?) async throws -> Trellis_Mesh_V1_CertifyResponse {
     let key = P256.Signing.PrivateKey()
-    let csr = try CertificateSigningRequest(
-      version: .v1, subject: DistinguishedName(), privateKey: Certificate.PrivateKey(key),
-      attributes: CertificateSigningRequest.Attributes())
     var request = Trellis_Mesh_V1_CertifyRequest()
-    request.csr = try csr.serializeAsPEM().pemString
+    request.csr = try CertificateSigningRequest.workloadPEM(key)
     request.token = token ?? ""
     let target = token == nil ? link.address : link.join
     let security: HTTP2ClientTransport.Posix.TransportSecurity

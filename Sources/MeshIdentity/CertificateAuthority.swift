@@ -142,3 +142,14 @@ public struct IdentityError: Error, CustomStringConvertible, Equatable {
   public let description: String
   public init(_ description: String) { self.description = description }
 }
+
+extension CertificateSigningRequest {
+  /// A workload's request over `key`, PEM. It names nothing: the control plane decides the
+  /// identity from the join token or the caller's current certificate.
+  public static func workloadPEM(_ key: P256.Signing.PrivateKey) throws -> String {
+    try CertificateSigningRequest(
+      version: .v1, subject: DistinguishedName(), privateKey: Certificate.PrivateKey(key),
+      attributes: CertificateSigningRequest.Attributes()
+    ).serializeAsPEM().pemString
+  }
+}

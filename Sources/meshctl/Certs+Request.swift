@@ -46,11 +46,8 @@ extension Certs {
         throw ValidationError("--join: \(error)")
       }
       let key = P256.Signing.PrivateKey()
-      let csr = try CertificateSigningRequest(
-        version: .v1, subject: DistinguishedName(), privateKey: Certificate.PrivateKey(key),
-        attributes: CertificateSigningRequest.Attributes())
       var request = Trellis_Mesh_V1_CertifyRequest()
-      request.csr = try csr.serializeAsPEM().pemString
+      request.csr = try CertificateSigningRequest.workloadPEM(key)
       request.token = token
       if let lifetime {
         request.lifetimeSeconds = Int64(try durationOption(lifetime, "--lifetime"))
