@@ -178,8 +178,8 @@ let package = Package(
     .executableTarget(
       name: "rpc",
       dependencies: [
-        "MeshTranscoding", "MeshProtos", "MeshServiceKit", grpcCore, grpcHTTP2, swiftProtobuf,
-        argumentParser, nioCore, nioPosix, nioHTTP2, nioSSL,
+        "MeshTranscoding", "MeshProtos", "MeshServiceKit", "MeshIdentity", "MeshConfig", grpcCore,
+        grpcHTTP2, swiftProtobuf, argumentParser, nioCore, nioPosix, nioHTTP2, nioSSL, x509,
         .product(name: "NIOHPACK", package: "swift-nio-http2"),
         .product(name: "Histogram", package: "hdrhistogram-swift"),
       ],

@@ -27,6 +27,18 @@ struct ConnectionOptions: ParsableArguments {
   @Option(help: "The :authority pseudo-header to send.")
   var authority: String?
 
+  @Flag(
+    help:
+      "Call a service of the mesh by name (the address argument): its endpoints from the control plane, mutual TLS as the operator."
+  )
+  var mesh = false
+
+  @Option(name: .customLong("control-plane"), help: "With --mesh: the control plane's API.")
+  var controlPlane = "127.0.0.1:15000"
+
+  @Option(help: "With --mesh: the folder holding the operator identity and the trust bundle.")
+  var certs = "certs"
+
   @Option(help: "Seconds to wait for the TCP connection.")
   var connectTimeout: Double = 10
 
@@ -44,6 +56,11 @@ struct ConnectionOptions: ParsableArguments {
   func validate() throws {
     if plaintext, cacert != nil || cert != nil || key != nil {
       throw ValidationError("--plaintext cannot be combined with --cacert, --cert or --key")
+    }
+    if mesh, plaintext || cacert != nil || cert != nil || key != nil {
+      throw ValidationError(
+        "--mesh uses the operator identity in --certs; it cannot be combined with --plaintext, --cacert, --cert or --key"
+      )
     }
     if (cert == nil) != (key == nil) {
       throw ValidationError("--cert and --key must be given together")
@@ -91,14 +108,26 @@ struct ConnectionOptions: ParsableArguments {
     _ body: (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
   ) async throws -> Result {
     let target: HostPort
-    do {
-      target = try HostPort(parsing: address)
-    } catch {
-      throw CLIFailure.usage("\(error)")
+    var meshAuthority: String?
+    var security: HTTP2ClientTransport.Posix.TransportSecurity
+    if mesh {
+      let resolver = MeshTarget(service: address, controlPlane: controlPlane, certs: certs)
+      let resolved = try await resolver.resolve()
+      target = resolved.address
+      meshAuthority = address
+      security = resolver.operatorTLS(expecting: resolved.identity)
+    } else {
+      do {
+        target = try HostPort(parsing: address)
+      } catch {
+        throw CLIFailure.usage("\(error)")
+      }
+      security = .plaintext
     }
     try await probe(target)
-    let security: HTTP2ClientTransport.Posix.TransportSecurity
-    if plaintext {
+    if mesh {
+      // Resolved above.
+    } else if plaintext {
       security = .plaintext
     } else {
       for path in [cacert, cert, key].compactMap({ $0 })
@@ -124,7 +153,7 @@ struct ConnectionOptions: ParsableArguments {
       transport = try HTTP2ClientTransport.Posix(
         target: resolvable, transportSecurity: security,
         config: .defaults { config in
-          config.http2.authority = authority ?? serverName
+          config.http2.authority = authority ?? serverName ?? meshAuthority
         })
     } catch {
       throw CLIFailure.other("cannot set up a connection to \(address): \(error)")

@@ -249,7 +249,15 @@ import Testing
     let output = Pipe()
     slow.standardOutput = output
     try slow.run()
-    Thread.sleep(forTimeInterval: 0.5)
+    // SIGTERM only once the call has reached the app (the server sidecar opened its app
+    // connection for it): a loaded machine may take a while to start the client.
+    let deadline = Date().addingTimeInterval(20)
+    while try serverSidecar.metric("trellis_connections_open", ["kind": "app"]) < 1,
+      Date() < deadline
+    {
+      Thread.sleep(forTimeInterval: 0.05)
+    }
+    Thread.sleep(forTimeInterval: 0.2)
     let started = Date()
     let status = serverSidecar.process.stop()
     slow.waitUntilExit()

@@ -188,4 +188,48 @@ import Testing
     #expect(client.process.log.contains("using the persisted config"), "\(client.process.log)")
     #expect(try call(client) == "OK")
   }
+
+  /// `rpc call --mesh SERVICE`: the operator calls a service by name; the endpoint comes from
+  /// the control plane, the app sees the operator's identity, and a peer that is not that
+  /// service is refused (secure naming).
+  @Test func rpcCallsAServiceOfTheMeshByName() throws {
+    let echo = try ServiceProcess(
+      try resolve("python3"),
+      [
+        PythonInteropTests.python.appendingPathComponent("echo_server.py").path,
+        mesh.directory.appendingPathComponent("stubs").path, integrationInputs.path,
+      ])
+    defer { echo.stop() }
+    let port = try run(
+      try resolve("python3"),
+      [
+        "-c",
+        "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])",
+      ]
+    ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    let server = try joiningSidecar("echo", app: echo.address, inbound: "127.0.0.1:\(port)")
+    defer { server.process.stop() }
+    let config = try mesh.write(
+      "mesh.yaml",
+      "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n"
+        + "  users:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
+    #expect(try meshctl(["apply", "-f", config]).status == 0)
+    let target = ["--control-plane", plane.address, "--certs", mesh.certs]
+
+    let say = try rpc(
+      ["call", "--mesh", "echo", "trellis.echo.v1.Echo/Say", "-d", #"{"text":"who"}"#] + target)
+    #expect(say.status == 0, "\(say.stderr)")
+    let headers = try jsonObjects(say.stdout).first?["headers"] as? [String: String]
+    #expect(headers?["x-trellis-peer-identity"] == "spiffe://trellis.local/operator/admin")
+
+    let unknown = try rpc(["call", "--mesh", "nope", "trellis.echo.v1.Echo/Say"] + target)
+    #expect(unknown.status != 0)
+    #expect(
+      unknown.stderr.contains("'nope' has no endpoints in the mesh config"), "\(unknown.stderr)")
+    // `users` points at the echo sidecar, which cannot prove it is `users`.
+    let impostor = try rpc(
+      ["call", "--mesh", "users", "trellis.echo.v1.Echo/Say", "-d", #"{"text":"x"}"#] + target)
+    #expect(impostor.status != 0)
+    #expect(!impostor.stdout.contains("x-trellis-peer-identity"), "\(impostor.stdout)")
+  }
 }

@@ -1,0 +1,95 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import MeshConfig
+import MeshIdentity
+import MeshProtos
+import MeshServiceKit
+import NIOCore
+import NIOSSL
+import X509
+
+/// `--mesh`: a service called by name, as the mesh's operator. Its endpoints come from the
+/// control plane's running config; the connection is mutual TLS with the operator identity
+/// (`certs/operator.pem`), and the peer must present that service's SPIFFE ID.
+struct MeshTarget {
+  let service: String
+  let controlPlane: String
+  let certs: String
+
+  var files: CAFiles { CAFiles(dir: certs) }
+
+  /// An endpoint of the service and the identity it must present.
+  func resolve() async throws -> (address: HostPort, identity: String) {
+    for path in [files.operatorCertificate, files.operatorKey, files.bundle]
+    where !FileManager.default.fileExists(atPath: path) {
+      throw CLIFailure.other("cannot read \(path): run meshctl certs init, or pass --certs")
+    }
+    let plane: HostPort
+    do {
+      plane = try HostPort(parsing: controlPlane)
+    } catch {
+      throw CLIFailure.usage("--control-plane: \(error)")
+    }
+    let stored: Trellis_Mesh_V1_ConfigVersion
+    do {
+      stored = try await withGRPCClient(
+        transport: try HTTP2ClientTransport.Posix(
+          target: .ipv4(address: plane.host, port: plane.port), transportSecurity: operatorTLS())
+      ) { client in
+        try await Trellis_Mesh_V1_Admin.Client(wrapping: client).getConfig(
+          Trellis_Mesh_V1_GetConfigRequest())
+      }
+    } catch let error as RPCError {
+      throw CLIFailure.other(
+        "cannot read the mesh config from the control plane at \(controlPlane): \(error.code.canonicalName): \(error.message)"
+      )
+    }
+    let config: MeshConfig
+    do {
+      config = try MeshConfig(yaml: stored.yaml, file: "config version \(stored.version)")
+    } catch {
+      throw CLIFailure.other("\(error)")
+    }
+    guard let endpoint = config.services[service]?.endpoints.randomElement() else {
+      throw CLIFailure.other(
+        "'\(service)' has no endpoints in the mesh config (version \(stored.version))")
+    }
+    let address = try HostPort(parsing: "\(endpoint.address)")
+    return (address, "spiffe://\(config.trustDomain)/svc/\(service)")
+  }
+
+  /// Mutual TLS as the operator, the peer checked against the bundle.
+  func operatorTLS(
+    expecting identity: String? = nil
+  )
+    -> HTTP2ClientTransport.Posix
+    .TransportSecurity
+  {
+    let bundle = files.bundle
+    return .mTLS(
+      certificateChain: [.file(path: files.operatorCertificate, format: .pem)],
+      privateKey: .file(path: files.operatorKey, format: .pem)
+    ) { tls in
+      tls.trustRoots = .certificates([.file(path: bundle, format: .pem)])
+      tls.serverCertificateVerification = .noHostnameVerification
+      if let identity {
+        // Secure naming: the chain must lead to the bundle and name exactly this service.
+        let roots = (try? CertificateFiles.readCertificates(bundle)) ?? []
+        let trustDomain =
+          (try? SPIFFEID(parsing: identity).trustDomain) ?? SPIFFEID.defaultTrustDomain
+        let validator = SVIDValidator(bundle: TrustBundle(roots: roots), trustDomain: trustDomain)
+        tls.customVerificationCallback = { certificates, promise in
+          let chain = certificates.compactMap {
+            try? Certificate(derEncoded: try $0.toDERBytes())
+          }
+          Task {
+            let verified = try? await validator.validate(chain: chain)
+            promise.succeed(
+              verified?.description == identity ? .certificateVerified(.init(nil)) : .failed)
+          }
+        }
+      }
+    }
+  }
+}
