@@ -178,7 +178,8 @@ let package = Package(
     .executableTarget(
       name: "rpc",
       dependencies: [
-        "MeshTranscoding", "MeshProtos", "MeshServiceKit", "MeshIdentity", "MeshConfig", grpcCore,
+        "MeshTranscoding", "MeshProtos", "MeshServiceKit", "MeshIdentity", "MeshConfig",
+        "MeshControlClient", grpcCore,
         grpcHTTP2, swiftProtobuf, argumentParser, nioCore, nioPosix, nioHTTP2, nioSSL, x509,
         .product(name: "NIOHPACK", package: "swift-nio-http2"),
         .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -201,7 +202,8 @@ let package = Package(
     .executableTarget(
       name: "meshctl",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", argumentParser, x509, crypto,
+        "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", "MeshControlClient",
+        argumentParser, x509, crypto,
         grpcCore, grpcHTTP2, grpcProtobuf, .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: swiftSettings
@@ -220,8 +222,8 @@ let package = Package(
     .executableTarget(
       name: "control-plane-bench",
       dependencies: [
-        "MeshIdentity", "MeshProtos", argumentParser, grpcCore, grpcHTTP2, grpcProtobuf, x509,
-        crypto, .product(name: "SwiftASN1", package: "swift-asn1"),
+        "MeshIdentity", "MeshProtos", "MeshControlClient", argumentParser, grpcCore, grpcHTTP2,
+        grpcProtobuf, x509, crypto, .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: swiftSettings
     ),

@@ -117,18 +117,10 @@ public struct CertificateKeeper: Service {
     let target = token == nil ? link.address : link.join
     let security: HTTP2ClientTransport.Posix.TransportSecurity
     if token == nil {
-      security = .mTLS(
-        certificateChain: [.file(path: files.certificate, format: .pem)],
-        privateKey: .file(path: files.privateKey, format: .pem)
-      ) { tls in
-        tls.trustRoots = .certificates([.file(path: files.bundle, format: .pem)])
-        tls.serverCertificateVerification = .noHostnameVerification
-      }
+      security = .meshIdentity(
+        certificate: files.certificate, key: files.privateKey, bundle: files.bundle)
     } else {
-      security = .tls { tls in
-        tls.trustRoots = .certificates([.file(path: link.bundle, format: .pem)])
-        tls.serverCertificateVerification = .noHostnameVerification
-      }
+      security = .meshJoin(bundle: link.bundle)
     }
     let transport = try HTTP2ClientTransport.Posix(
       target: .ipv4(address: target.host, port: target.port), transportSecurity: security)

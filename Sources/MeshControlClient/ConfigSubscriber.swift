@@ -104,13 +104,8 @@ public struct ConfigSubscriber: Service {
   private func stream(_ progress: Progress) async throws {
     let transport = try HTTP2ClientTransport.Posix(
       target: .ipv4(address: link.address.host, port: link.address.port),
-      transportSecurity: .mTLS(
-        certificateChain: [.file(path: files.certificate, format: .pem)],
-        privateKey: .file(path: files.privateKey, format: .pem)
-      ) { tls in
-        tls.trustRoots = .certificates([.file(path: files.bundle, format: .pem)])
-        tls.serverCertificateVerification = .noHostnameVerification
-      })
+      transportSecurity: .meshIdentity(
+        certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
     let (requests, outbox) = AsyncStream.makeStream(of: Trellis_Mesh_V1_SubscribeRequest.self)
     var hello = Trellis_Mesh_V1_SubscribeRequest()
     hello.node = identity.node

@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import MeshControlClient
 import MeshIdentity
 import MeshProtos
 import SwiftASN1
@@ -241,13 +242,7 @@ struct Client: Sendable {
     let parts = address.split(separator: ":")
     return try HTTP2ClientTransport.Posix(
       target: .ipv4(address: String(parts[0]), port: Int(parts[1])!),
-      transportSecurity: .mTLS(
-        certificateChain: [.file(path: certificate, format: .pem)],
-        privateKey: .file(path: key, format: .pem)
-      ) { tls in
-        tls.trustRoots = .certificates([.file(path: bundle, format: .pem)])
-        tls.serverCertificateVerification = .noHostnameVerification
-      })
+      transportSecurity: .meshIdentity(certificate: certificate, key: key, bundle: bundle))
   }
 
   func apply(yaml: String) async throws -> Trellis_Mesh_V1_ApplyConfigResponse {

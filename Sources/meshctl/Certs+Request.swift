@@ -4,6 +4,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import MeshConfig
+import MeshControlClient
 import MeshIdentity
 import MeshProtos
 import MeshServiceKit
@@ -54,10 +55,7 @@ extension Certs {
       }
       let transport = try HTTP2ClientTransport.Posix(
         target: .ipv4(address: target.host, port: target.port),
-        transportSecurity: .tls { tls in
-          tls.trustRoots = .certificates([.file(path: bundle, format: .pem)])
-          tls.serverCertificateVerification = .noHostnameVerification
-        })
+        transportSecurity: .meshJoin(bundle: bundle))
       let response: Trellis_Mesh_V1_CertifyResponse
       do {
         response = try await withGRPCClient(transport: transport) { [request] client in

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import MeshControlClient
 import MeshIdentity
 import MeshProtos
 import MeshServiceKit
@@ -34,14 +35,8 @@ struct ControlPlaneOptions: ParsableArguments {
     do {
       transport = try HTTP2ClientTransport.Posix(
         target: .ipv4(address: target.host, port: target.port),
-        transportSecurity: .mTLS(
-          certificateChain: [.file(path: files.operatorCertificate, format: .pem)],
-          privateKey: .file(path: files.operatorKey, format: .pem)
-        ) { tls in
-          tls.trustRoots = .certificates([.file(path: files.bundle, format: .pem)])
-          // The control plane's certificate names it by SPIFFE ID, not by host name.
-          tls.serverCertificateVerification = .noHostnameVerification
-        })
+        transportSecurity: .meshIdentity(
+          certificate: files.operatorCertificate, key: files.operatorKey, bundle: files.bundle))
     } catch {
       throw MeshctlFailure("cannot set up a connection to \(address): \(error)")
     }

@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import MeshConfig
+import MeshControlClient
 import MeshIdentity
 import MeshProtos
 import MeshServiceKit
@@ -67,12 +68,9 @@ struct MeshTarget {
     .TransportSecurity
   {
     let bundle = files.bundle
-    return .mTLS(
-      certificateChain: [.file(path: files.operatorCertificate, format: .pem)],
-      privateKey: .file(path: files.operatorKey, format: .pem)
+    return .meshIdentity(
+      certificate: files.operatorCertificate, key: files.operatorKey, bundle: bundle
     ) { tls in
-      tls.trustRoots = .certificates([.file(path: bundle, format: .pem)])
-      tls.serverCertificateVerification = .noHostnameVerification
       if let identity {
         // Secure naming: the chain must lead to the bundle and name exactly this service.
         let roots = (try? CertificateFiles.readCertificates(bundle)) ?? []

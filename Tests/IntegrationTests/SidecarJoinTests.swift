@@ -63,6 +63,18 @@ import Testing
     return (try jsonObjects(result.stdout).first?["code"] as? String) ?? result.stderr
   }
 
+  /// A loopback port nobody listens on now, for a sidecar whose address must be known before
+  /// it starts.
+  func freePort() throws -> String {
+    try run(
+      try resolve("python3"),
+      [
+        "-c",
+        "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])",
+      ]
+    ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+  }
+
   func serial(_ sidecar: RunningSidecar) throws -> String {
     let page = try sidecar.adminPage("/certs").body
     let object = try JSONSerialization.jsonObject(with: Data(page.utf8)) as? [String: Any]
@@ -134,13 +146,7 @@ import Testing
   }
 
   @Test func appliedConfigReachesEverySidecarAndABadSnapshotIsNacked() throws {
-    let port = try run(
-      try resolve("python3"),
-      [
-        "-c",
-        "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])",
-      ]
-    ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    let port = try freePort()
     let server = try joiningSidecar("echo", app: app.address, inbound: "127.0.0.1:\(port)")
     var client = try joiningSidecar("client", app: "127.0.0.1:1")
     defer {
@@ -200,13 +206,7 @@ import Testing
         mesh.directory.appendingPathComponent("stubs").path, integrationInputs.path,
       ])
     defer { echo.stop() }
-    let port = try run(
-      try resolve("python3"),
-      [
-        "-c",
-        "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])",
-      ]
-    ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    let port = try freePort()
     let server = try joiningSidecar("echo", app: echo.address, inbound: "127.0.0.1:\(port)")
     defer { server.process.stop() }
     let config = try mesh.write(
