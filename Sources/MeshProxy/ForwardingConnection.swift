@@ -451,8 +451,8 @@ final class ForwardingConnection: ChannelInboundHandler {
       throw HTTP2ConnectionError(
         .protocolError, "over \(loop.maxConcurrentStreams) concurrent streams")
     }
-    if let problem = malformedRequest(headers) {
-      _ = problem
+    guard malformedRequest(headers) == nil else {
+      // RFC 9113 §8.1.1: a malformed request is a stream error.
       writeReset(id, .protocolError)
       return
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MeshConfig
 import MeshProtos
 
 /// `meshctl apply -f mesh.yaml [--dry-run]`
@@ -37,7 +38,8 @@ struct Apply: AsyncParsableCommand {
 /// `meshctl get config [--version N] [-o yaml|json]`
 struct Get: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Show what the control plane holds.", subcommands: [ConfigCommand.self])
+    abstract: "Show what the control plane holds.",
+    subcommands: [ConfigCommand.self, EndpointsCommand.self])
 
   struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -63,6 +65,61 @@ struct Get: AsyncParsableCommand {
         let data = try JSONSerialization.data(
           withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
         print(String(decoding: data, as: UTF8.self))
+      }
+    }
+  }
+}
+
+extension Get {
+  /// `meshctl get endpoints [-o table|json]`
+  struct EndpointsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      commandName: "endpoints", abstract: "Every service's endpoints in the running config.")
+
+    @Option(name: .short, help: "Output: table or json.") var output: OutputFormat = .table
+    @OptionGroup var controlPlane: ControlPlaneOptions
+
+    func run() async throws {
+      let stored = try await controlPlane.withAdmin {
+        try await $0.getConfig(Trellis_Mesh_V1_GetConfigRequest())
+      }
+      let config: MeshConfig
+      do {
+        config = try MeshConfig(yaml: stored.yaml, file: "config version \(stored.version)")
+      } catch {
+        throw MeshctlFailure("\(error)")
+      }
+      var rows: [(service: String, address: String, labels: [String: String])] = []
+      for (name, service) in config.services.sorted(by: { $0.key < $1.key }) {
+        for endpoint in service.endpoints {
+          rows.append((name, "\(endpoint.address)", endpoint.labels))
+        }
+      }
+      switch output {
+      case .json:
+        let objects: [[String: Any]] = rows.map {
+          [
+            "service": $0.service, "address": $0.address, "labels": $0.labels,
+            "identity": "spiffe://\(config.trustDomain)/svc/\($0.service)",
+          ]
+        }
+        let data = try JSONSerialization.data(
+          withJSONObject: objects, options: [.sortedKeys, .withoutEscapingSlashes])
+        print(String(decoding: data, as: UTF8.self))
+      case .table, .yaml:
+        let width = max(7, rows.map(\.service.count).max() ?? 0) + 2
+        let addressWidth = max(7, rows.map(\.address.count).max() ?? 0) + 2
+        print(
+          "SERVICE".padding(toLength: width, withPad: " ", startingAt: 0)
+            + "ADDRESS".padding(toLength: addressWidth, withPad: " ", startingAt: 0) + "LABELS")
+        for row in rows {
+          let labels = row.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+            .joined(separator: ",")
+          print(
+            row.service.padding(toLength: width, withPad: " ", startingAt: 0)
+              + row.address.padding(toLength: addressWidth, withPad: " ", startingAt: 0)
+              + (labels.isEmpty ? "-" : labels))
+        }
       }
     }
   }

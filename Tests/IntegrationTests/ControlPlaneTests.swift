@@ -137,6 +137,14 @@ import Testing
     #expect(versions?.map { $0["version"] as? Int } == [3, 2, 1])
     #expect(versions?.first?["rolled_back_from"] as? Int == 1)
     #expect(versions?.first?["created_by"] as? String == "spiffe://trellis.local/operator/admin")
+    result = try meshctl(["get", "endpoints", "-o", "json"])
+    let endpoints =
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]]
+    #expect(endpoints?.count == 1, "\(result.stdout)\(result.stderr)")
+    #expect(endpoints?.first?["address"] as? String == "127.0.0.1:15101")
+    #expect(endpoints?.first?["identity"] as? String == "spiffe://trellis.local/svc/users")
+    result = try meshctl(["get", "endpoints"])
+    #expect(result.stdout.contains("users    127.0.0.1:15101  -"), "\(result.stdout)")
     result = try meshctl(["get", "config", "--version", "9"])
     #expect(result.stderr.contains("NOT_FOUND: there is no config version 9"))
   }
