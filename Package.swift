@@ -55,6 +55,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+    .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
   ],
@@ -110,8 +111,8 @@ let package = Package(
       name: "MeshControlPlane",
       dependencies: [
         "MeshIdentity", "MeshConfig", "MeshProtos", grpcCore, grpcHTTP2, grpcProtobuf, logging,
-        lifecycle, x509, crypto,
-        grdb,
+        lifecycle, x509, crypto, grdb, nioCore, nioSSL,
+        .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: swiftSettings

@@ -33,11 +33,16 @@ public struct CertificateKeeper: Service {
 
   private let link: SidecarBootstrap.ControlPlaneLink
   private let files: Files
+  private let events: CertificateEvents
   private let logger: Logger
 
-  public init(link: SidecarBootstrap.ControlPlaneLink, files: Files, logger: Logger) {
+  public init(
+    link: SidecarBootstrap.ControlPlaneLink, files: Files, events: CertificateEvents,
+    logger: Logger
+  ) {
     self.link = link
     self.files = files
+    self.events = events
     self.logger = logger
   }
 
@@ -64,7 +69,8 @@ public struct CertificateKeeper: Service {
       metadata: ["identity": "\(response.spiffeID)", "serial": "\(response.serial)"])
   }
 
-  /// Renews at 70 % of each certificate's life until shutdown.
+  /// Renews at 70 % of each certificate's life, or when the control plane asks, until
+  /// shutdown.
   public func run() async throws {
     var failures = 0
     while !Task.isShuttingDownGracefully {
@@ -80,20 +86,33 @@ public struct CertificateKeeper: Service {
       } else {
         wait = 1
       }
-      do {
-        // Shutdown ends the wait at once.
-        try await cancelWhenGracefulShutdown {
-          try await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+      // Shutdown ends the wait at once; so does a renewal the control plane asks for.
+      let asked = await cancelWhenGracefulShutdown {
+        await withTaskGroup(of: Bool.self) { group in
+          group.addTask {
+            try? await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+            return false
+          }
+          group.addTask {
+            await events.renewalRequested()
+            return true
+          }
+          let asked = await group.next() ?? false
+          group.cancelAll()
+          return asked
         }
-      } catch {
-        return  // cancelled: shutting down
       }
-      if Task.isShuttingDownGracefully { return }
+      if Task.isShuttingDownGracefully || Task.isCancelled { return }
+      if asked {
+        // Up to a second apart, so a whole mesh asked at once does not renew in one burst.
+        try? await Task.sleep(for: .milliseconds(Int.random(in: 0...1000)))
+      }
       do {
         let response = try await certify(token: nil)
         failures = 0
+        events.renewed()
         logger.info(
-          "certificate renewed",
+          asked ? "certificate renewed as the control plane asked" : "certificate renewed",
           metadata: ["serial": "\(response.serial)", "not_after_unix": "\(response.notAfterUnix)"])
       } catch {
         failures += 1

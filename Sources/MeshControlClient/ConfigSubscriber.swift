@@ -3,6 +3,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import MeshConfig
+import MeshIdentity
 import MeshProtos
 import ServiceLifecycle
 import Synchronization
@@ -12,6 +13,10 @@ import Synchronization
 /// the config it has. The last good config is kept in the state folder, so a sidecar
 /// restarted while the control plane is down starts with it. A broken stream is opened again
 /// with backoff and jitter.
+///
+/// Snapshots also carry the mesh's trust: the bundle is written where the sidecar's
+/// certificate watcher reloads it, and a request to renew goes to the certificate keeper. Every
+/// message tells the control plane the trust generation and the certificate serial in use.
 public struct ConfigSubscriber: Service {
   public struct Identity: Sendable {
     /// The sidecar's service and the inbound address it advertises.
@@ -33,23 +38,39 @@ public struct ConfigSubscriber: Service {
   private let files: CertificateKeeper.Files
   private let identity: Identity
   private let state: String
+  private let events: CertificateEvents
   private let apply: @Sendable (MeshConfig) -> Void
   private let logger: Logger
 
   public init(
     link: SidecarBootstrap.ControlPlaneLink, files: CertificateKeeper.Files, identity: Identity,
-    state: String, logger: Logger, apply: @escaping @Sendable (MeshConfig) -> Void
+    state: String, events: CertificateEvents, logger: Logger,
+    apply: @escaping @Sendable (MeshConfig) -> Void
   ) {
     self.link = link
     self.files = files
     self.identity = identity
     self.state = state
+    self.events = events
     self.apply = apply
     self.logger = logger
   }
 
   private var configFile: String { "\(state)/mesh.yaml" }
   private var versionFile: String { "\(state)/mesh.version" }
+  private var trustFile: String { "\(state)/trust.generation" }
+
+  /// The trust generation whose bundle is in place (0: the one the sidecar joined with).
+  private func persistedTrustGeneration() -> Int64 {
+    (try? String(contentsOfFile: trustFile, encoding: .utf8)).flatMap {
+      Int64($0.trimmingCharacters(in: .whitespacesAndNewlines))
+    } ?? 0
+  }
+
+  /// The serial of the certificate in use.
+  private func certificateSerial() -> String {
+    (try? CertificateFiles.readCertificates(files.certificate))?.first?.serialHex ?? ""
+  }
 
   /// The last config this sidecar ran, as persisted, and its version.
   public func persisted() -> (config: MeshConfig, version: Int64)? {
@@ -62,7 +83,8 @@ public struct ConfigSubscriber: Service {
   }
 
   public func run() async throws {
-    let progress = Progress(running: persisted()?.version ?? 0)
+    let progress = Progress(
+      running: persisted()?.version ?? 0, trust: persistedTrustGeneration())
     while !Task.isShuttingDownGracefully {
       do {
         try await cancelWhenGracefulShutdown { try await self.stream(progress) }
@@ -87,13 +109,18 @@ public struct ConfigSubscriber: Service {
     }
   }
 
-  /// The version running and the failed attempts in a row, shared with the stream's tasks.
+  /// The version and trust generation running and the failed attempts in a row, shared with
+  /// the stream's tasks.
   private final class Progress: Sendable {
-    private let state: Mutex<(running: Int64, failures: Int)>
-    init(running: Int64) { state = Mutex((running, 0)) }
+    private let state: Mutex<(running: Int64, trust: Int64, failures: Int)>
+    init(running: Int64, trust: Int64) { state = Mutex((running, trust, 0)) }
     var running: Int64 {
       get { state.withLock { $0.running } }
       set { state.withLock { $0.running = newValue } }
+    }
+    var trust: Int64 {
+      get { state.withLock { $0.trust } }
+      set { state.withLock { $0.trust = newValue } }
     }
     var failures: Int { state.withLock { $0.failures } }
     func failed() { state.withLock { $0.failures += 1 } }
@@ -107,10 +134,18 @@ public struct ConfigSubscriber: Service {
       transportSecurity: .meshIdentity(
         certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
     let (requests, outbox) = AsyncStream.makeStream(of: Trellis_Mesh_V1_SubscribeRequest.self)
-    var hello = Trellis_Mesh_V1_SubscribeRequest()
-    hello.node = identity.node
-    hello.version = progress.running
-    outbox.yield(hello)
+    // Every message says what runs now; one with no nonce only reports it.
+    let report = { @Sendable in
+      var message = Trellis_Mesh_V1_SubscribeRequest()
+      message.node = identity.node
+      message.version = progress.running
+      message.trustGeneration = progress.trust
+      message.certificateSerial = certificateSerial()
+      return message
+    }
+    outbox.yield(report())
+    events.onRenewed { outbox.yield(report()) }
+    defer { events.onRenewed(nil) }
     try await withGRPCClient(transport: transport) { client in
       try await Trellis_Mesh_V1_Config.Client(wrapping: client).subscribe(
         requestProducer: { writer in
@@ -119,22 +154,37 @@ public struct ConfigSubscriber: Service {
         onResponse: { response in
           progress.established()
           for try await snapshot in response.messages {
-            var answer = Trellis_Mesh_V1_SubscribeRequest()
-            answer.node = identity.node
-            answer.responseNonce = snapshot.nonce
-            do {
-              let config = try check(snapshot)
-              apply(config)
-              try persist(snapshot)
-              progress.running = snapshot.version
-              logger.info("config applied", metadata: ["version": "\(snapshot.version)"])
-            } catch {
-              answer.errorDetail = "\(error)"
-              logger.warning(
-                "config refused; keeping version \(progress.running)",
-                metadata: ["version": "\(snapshot.version)", "error": "\(error)"])
+            var errors: [String] = []
+            // The trust first: it does not depend on the config being good.
+            if snapshot.trustGeneration != 0, snapshot.trustGeneration != progress.trust {
+              do {
+                try installBundle(snapshot)
+                progress.trust = snapshot.trustGeneration
+                logger.info(
+                  "trust bundle installed",
+                  metadata: ["trust_generation": "\(snapshot.trustGeneration)"])
+              } catch {
+                errors.append("trust generation \(snapshot.trustGeneration): \(error)")
+              }
             }
-            answer.version = progress.running
+            if snapshot.version != 0, snapshot.version != progress.running {
+              do {
+                let config = try check(snapshot)
+                apply(config)
+                try persist(snapshot)
+                progress.running = snapshot.version
+                logger.info("config applied", metadata: ["version": "\(snapshot.version)"])
+              } catch {
+                errors.append("\(error)")
+                logger.warning(
+                  "config refused; keeping version \(progress.running)",
+                  metadata: ["version": "\(snapshot.version)", "error": "\(error)"])
+              }
+            }
+            if snapshot.renewCertificate { events.requestRenewal() }
+            var answer = report()
+            answer.responseNonce = snapshot.nonce
+            answer.errorDetail = errors.joined(separator: "; ")
             outbox.yield(answer)
           }
           outbox.finish()
@@ -166,11 +216,23 @@ public struct ConfigSubscriber: Service {
   }
 
   private func persist(_ snapshot: Trellis_Mesh_V1_ConfigSnapshot) throws {
+    try write([(configFile, snapshot.yaml), (versionFile, "\(snapshot.version)\n")])
+  }
+
+  /// Writes the bundle where the sidecar's certificate watcher reloads it, then its generation.
+  private func installBundle(_ snapshot: Trellis_Mesh_V1_ConfigSnapshot) throws {
+    let bundle = try TrustBundle(pem: snapshot.trustBundle)
+    guard !bundle.roots.isEmpty else { throw IdentityError("the trust bundle is empty") }
+    try write([(files.bundle, snapshot.trustBundle), (trustFile, "\(snapshot.trustGeneration)\n")])
+  }
+
+  /// Each file whole or not at all (written aside, then renamed over).
+  private func write(_ files: [(path: String, text: String)]) throws {
     try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
-    for (path, text) in [(configFile, snapshot.yaml), (versionFile, "\(snapshot.version)\n")] {
+    for (path, text) in files {
       let temporary = path + ".new"
       try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-      guard rename(temporary, path) == 0 else { throw CocoaError(.fileWriteUnknown) }
+      guard rename(temporary, path) == 0 else { throw IdentityError("cannot replace \(path)") }
     }
   }
 }

@@ -4,60 +4,145 @@ import GRPCNIOTransportHTTP2
 import MeshIdentity
 import MeshProtos
 import Synchronization
+import X509
 
-/// The sidecars subscribed to config, and what each said last. A new version is published to
-/// every open stream at once.
+/// The sidecars subscribed to config, and what each said last. Whenever the config, the trust
+/// or a renewal request changes, every open stream gets a snapshot made for its sidecar.
 public final class ConfigHub: Sendable {
   private struct Subscriber {
     var node: String
     var continuation: AsyncStream<Trellis_Mesh_V1_ConfigSnapshot>.Continuation
   }
 
+  /// What the hub knows of one sidecar beyond its public status.
+  private struct Node {
+    var status = Trellis_Mesh_V1_SidecarStatus()
+    /// When this control plane issued the certificate the sidecar serves with, and from which
+    /// issuer; nil when it did not issue it.
+    var issued: ControlStore.IssuedCertificate?
+  }
+
+  /// The mesh's trust as snapshots carry it.
+  struct Trust: Sendable {
+    var generation: Int64
+    var bundlePEM: String
+    var issuerSerial: String
+  }
+
   private struct State {
     var subscribers: [UUID: Subscriber] = [:]
-    var statuses: [String: Trellis_Mesh_V1_SidecarStatus] = [:]
+    var nodes: [String: Node] = [:]
     var nonce = 0
+    var config: (version: Int64, yaml: String)?
+    var trust = Trust(generation: 0, bundlePEM: "", issuerSerial: "")
+    var renewals: [String: Date] = [:]
+    /// Subjects of every issuer known, and of the root above it, by the issuer's serial.
+    var issuers: [String: (issuer: String, root: String)] = [:]
   }
 
   private let state = Mutex(State())
 
   public init() {}
 
-  /// A snapshot of `version` with a fresh nonce.
-  func snapshot(version: Int64, yaml: String) -> Trellis_Mesh_V1_ConfigSnapshot {
-    var snapshot = Trellis_Mesh_V1_ConfigSnapshot()
-    snapshot.version = version
-    snapshot.yaml = yaml
-    snapshot.nonce = state.withLock {
-      $0.nonce += 1
-      return "\(version)-\($0.nonce)"
+  // MARK: What every sidecar should run
+
+  /// Sends a snapshot of the new config to every subscriber.
+  func publish(version: Int64, yaml: String) {
+    state.withLock { $0.config = (version, yaml) }
+    pushAll()
+  }
+
+  /// Sends the new trust (bundle, issuer) to every subscriber.
+  func publish(trust generation: MeshTrust.Generation) {
+    state.withLock {
+      $0.trust = Trust(
+        generation: generation.number, bundlePEM: generation.bundlePEM,
+        issuerSerial: generation.issuerSerial)
+      $0.issuers[generation.issuerSerial] = (
+        "\(generation.issuer.certificate.subject)",
+        generation.issuerRoot.map { "\($0.subject)" } ?? ""
+      )
     }
+    pushAll()
+  }
+
+  /// Remembers an issuer that was in force earlier, to name it in statuses.
+  func remember(issuer: Certificate, root: Certificate?) {
+    state.withLock {
+      $0.issuers[issuer.serialHex] = ("\(issuer.subject)", root.map { "\($0.subject)" } ?? "")
+    }
+  }
+
+  /// Asks every sidecar of `identity` whose certificate was issued at or before `at` to renew.
+  func requestRenewal(of identity: String, at: Date) {
+    state.withLock { $0.renewals[identity] = at }
+    pushAll()
+  }
+
+  func setRenewals(_ renewals: [String: Date]) {
+    state.withLock { $0.renewals = renewals }
+  }
+
+  private func pushAll() {
+    let snapshots = state.withLock { state in
+      state.subscribers.values.map { ($0.continuation, Self.snapshot(for: $0.node, &state)) }
+    }
+    for (continuation, snapshot) in snapshots { continuation.yield(snapshot) }
+  }
+
+  /// What `node` should run now, with a fresh nonce.
+  private static func snapshot(
+    for node: String, _ state: inout State
+  ) -> Trellis_Mesh_V1_ConfigSnapshot {
+    state.nonce += 1
+    var snapshot = Trellis_Mesh_V1_ConfigSnapshot()
+    snapshot.version = state.config?.version ?? 0
+    snapshot.yaml = state.config?.yaml ?? ""
+    snapshot.nonce = "\(snapshot.version)-\(state.trust.generation)-\(state.nonce)"
+    snapshot.trustBundle = state.trust.bundlePEM
+    snapshot.trustGeneration = state.trust.generation
+    snapshot.renewCertificate = state.nodes[node].map { needsRenewal($0, state) } ?? false
     return snapshot
   }
 
-  /// Sends `version` to every subscriber.
-  func publish(version: Int64, yaml: String) {
-    let subscribers = state.withLock { Array($0.subscribers.values) }
-    for subscriber in subscribers {
-      subscriber.continuation.yield(snapshot(version: version, yaml: yaml))
-    }
+  /// Whether a sidecar's certificate must be issued again: another issuer signed it than the
+  /// one in force, or the operator asked for a renewal since it was issued.
+  private static func needsRenewal(_ node: Node, _ state: State) -> Bool {
+    guard let issued = node.issued else { return false }
+    if issued.issuerSerial != state.trust.issuerSerial { return true }
+    if let asked = state.renewals[issued.spiffeID], issued.issuedAt <= asked { return true }
+    return false
   }
 
+  // MARK: Subscriptions
+
+  /// Registers a stream; the first snapshot is sent unless the sidecar runs everything already.
   func subscribe(
-    id: UUID, node: String, identity: String, version: Int64, certificateNotAfter: Date?
+    id: UUID, node: String, identity: String, hello: Trellis_Mesh_V1_SubscribeRequest,
+    issued: ControlStore.IssuedCertificate?, certificateNotAfter: Date?
   ) -> AsyncStream<Trellis_Mesh_V1_ConfigSnapshot> {
     let (stream, continuation) = AsyncStream.makeStream(
       of: Trellis_Mesh_V1_ConfigSnapshot.self, bufferingPolicy: .bufferingNewest(1))
-    state.withLock {
-      $0.subscribers[id] = Subscriber(node: node, continuation: continuation)
-      var status = $0.statuses[node] ?? Trellis_Mesh_V1_SidecarStatus()
-      status.node = node
-      status.spiffeID = identity
-      status.version = version
-      status.connected = true
-      status.lastSeenUnix = Int64(Date().timeIntervalSince1970)
-      status.certificateNotAfterUnix = Int64(certificateNotAfter?.timeIntervalSince1970 ?? 0)
-      $0.statuses[node] = status
+    state.withLock { state in
+      state.subscribers[id] = Subscriber(node: node, continuation: continuation)
+      var entry = state.nodes[node] ?? Node()
+      entry.status.node = node
+      entry.status.spiffeID = identity
+      entry.status.version = hello.version
+      entry.status.trustGeneration = hello.trustGeneration
+      entry.status.connected = true
+      entry.status.lastSeenUnix = Int64(Date().timeIntervalSince1970)
+      state.nodes[node] = entry
+      Self.record(node: node, serial: hello.certificateSerial, issued: issued, &state)
+      if entry.status.certificateNotAfterUnix == 0 {
+        state.nodes[node]?.status.certificateNotAfterUnix = Int64(
+          certificateNotAfter?.timeIntervalSince1970 ?? 0)
+      }
+      let current = state.nodes[node]!
+      let upToDate =
+        hello.version == (state.config?.version ?? 0)
+        && hello.trustGeneration == state.trust.generation && !Self.needsRenewal(current, state)
+      if !upToDate { continuation.yield(Self.snapshot(for: node, &state)) }
     }
     return stream
   }
@@ -68,28 +153,105 @@ public final class ConfigHub: Sendable {
       subscriber.continuation.finish()
       // Another stream of the same node may have replaced this one.
       if !$0.subscribers.values.contains(where: { $0.node == subscriber.node }) {
-        $0.statuses[subscriber.node]?.connected = false
+        $0.nodes[subscriber.node]?.status.connected = false
       }
     }
   }
 
-  /// An ACK (no error) or a NACK from `node`.
-  func answered(node: String, version: Int64, error: String, snapshotVersion: Int64?) {
-    state.withLock {
-      guard var status = $0.statuses[node] else { return }
-      status.lastSeenUnix = Int64(Date().timeIntervalSince1970)
-      if error.isEmpty {
-        status.version = version
+  /// An ACK (no error), a NACK, or a report of a new certificate from `node`. A new
+  /// certificate that still needs renewing (a rotation went on meanwhile) is answered with a
+  /// new snapshot at once.
+  func answered(
+    node: String, _ message: Trellis_Mesh_V1_SubscribeRequest, snapshotVersion: Int64?,
+    issued: ControlStore.IssuedCertificate?
+  ) {
+    let again = state.withLock {
+      state -> [(
+        AsyncStream<Trellis_Mesh_V1_ConfigSnapshot>.Continuation, Trellis_Mesh_V1_ConfigSnapshot
+      )] in
+      guard var entry = state.nodes[node] else { return [] }
+      let newCertificate =
+        !message.certificateSerial.isEmpty
+        && message.certificateSerial != entry.status.certificateSerial
+      entry.status.lastSeenUnix = Int64(Date().timeIntervalSince1970)
+      if message.trustGeneration != 0 { entry.status.trustGeneration = message.trustGeneration }
+      if message.errorDetail.isEmpty {
+        if message.version != 0 { entry.status.version = message.version }
       } else {
-        status.lastNackVersion = snapshotVersion ?? 0
-        status.lastNackError = error
+        entry.status.lastNackVersion = snapshotVersion ?? 0
+        entry.status.lastNackError = message.errorDetail
       }
-      $0.statuses[node] = status
+      state.nodes[node] = entry
+      Self.record(node: node, serial: message.certificateSerial, issued: issued, &state)
+      guard newCertificate, let current = state.nodes[node], Self.needsRenewal(current, state)
+      else { return [] }
+      return state.subscribers.values.filter { $0.node == node }.map {
+        ($0.continuation, Self.snapshot(for: node, &state))
+      }
     }
+    for (continuation, snapshot) in again { continuation.yield(snapshot) }
+  }
+
+  private static func record(
+    node: String, serial: String, issued: ControlStore.IssuedCertificate?, _ state: inout State
+  ) {
+    guard !serial.isEmpty, var entry = state.nodes[node] else { return }
+    entry.status.certificateSerial = serial
+    entry.issued = issued
+    if let issued {
+      entry.status.certificateNotAfterUnix = Int64(issued.notAfter.timeIntervalSince1970)
+      let names = issued.issuerSerial.flatMap { state.issuers[$0] }
+      entry.status.certificateIssuer = names?.issuer ?? issued.issuerSerial ?? ""
+      entry.status.certificateRoot = names?.root ?? ""
+    } else {
+      entry.status.certificateIssuer = "(not issued by this control plane)"
+      entry.status.certificateRoot = ""
+    }
+    state.nodes[node] = entry
   }
 
   public var statuses: [Trellis_Mesh_V1_SidecarStatus] {
-    state.withLock { $0.statuses.values.sorted { $0.node < $1.node } }
+    state.withLock { $0.nodes.values.map(\.status).sorted { $0.node < $1.node } }
+  }
+
+  // MARK: Waiting for the sidecars
+
+  /// Which connected sidecars have done a step (`done` decides), which have not, and which
+  /// are known but not connected.
+  struct Progress {
+    var done: [String] = []
+    var waiting: [String] = []
+    var disconnected: [String] = []
+  }
+
+  enum Step {
+    /// Runs the bundle of this trust generation (or a later one).
+    case trust(Int64)
+    /// Serves with a certificate from this issuer (serial).
+    case issuer(String)
+    /// Has renewed as asked (every sidecar of this identity).
+    case renewed(String)
+  }
+
+  func progress(_ step: Step) -> Progress {
+    state.withLock { state in
+      var progress = Progress()
+      for (name, node) in state.nodes.sorted(by: { $0.key < $1.key }) {
+        if case .renewed(let identity) = step, node.status.spiffeID != identity { continue }
+        guard node.status.connected else {
+          progress.disconnected.append(name)
+          continue
+        }
+        let done: Bool
+        switch step {
+        case .trust(let generation): done = node.status.trustGeneration >= generation
+        case .issuer(let serial): done = node.issued?.issuerSerial == serial
+        case .renewed: done = node.issued != nil && !Self.needsRenewal(node, state)
+        }
+        if done { progress.done.append(name) } else { progress.waiting.append(name) }
+      }
+      return progress
+    }
   }
 }
 
@@ -105,29 +267,26 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
     guard let caller = ControlContext.caller(context) else {
       throw RPCError(code: .unauthenticated, message: "subscribing needs a workload certificate")
     }
-    let notAfter = (context.transportSpecific as? HTTP2ServerTransport.Posix.Context)?
-      .peerCertificate?.notValidAfter
+    let peer = (context.transportSpecific as? HTTP2ServerTransport.Posix.Context)?
+      .peerCertificate
     let hub = control.hub
     let store = control.store
     return StreamingServerResponse { writer in
       let id = UUID()
-      var node = ""
       // Nonces sent and the version each carried, to read NACKs by.
       let sent = SentNonces()
       try await withThrowingTaskGroup(of: Void.self) { group in
         var messages = request.messages.makeAsyncIterator()
-        guard let first = try await messages.next() else { return }
-        node = first.node.isEmpty ? caller.description : first.node
-        let snapshots = hub.subscribe(
-          id: id, node: node, identity: caller.description, version: first.version,
-          certificateNotAfter: notAfter)
-        defer { hub.unsubscribe(id: id) }
-        // What is running now, unless the sidecar runs it already.
-        if let current = try store.currentConfig(), current.version != first.version {
-          let snapshot = hub.snapshot(version: current.version, yaml: current.yaml)
-          sent.withLock { $0[snapshot.nonce] = snapshot.version }
-          try await writer.write(snapshot)
+        guard var hello = try await messages.next() else { return }
+        let node = hello.node.isEmpty ? caller.description : hello.node
+        if hello.certificateSerial.isEmpty, let peer {
+          hello.certificateSerial = peer.serialHex  // a sidecar that does not report it
         }
+        let snapshots = hub.subscribe(
+          id: id, node: node, identity: caller.description, hello: hello,
+          issued: try Self.issued(hello.certificateSerial, caller, store),
+          certificateNotAfter: peer?.notValidAfter)
+        defer { hub.unsubscribe(id: id) }
         group.addTask {
           for await snapshot in snapshots {
             sent.withLock { $0[snapshot.nonce] = snapshot.version }
@@ -135,15 +294,27 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
           }
         }
         while let message = try await messages.next() {
-          let version = sent.withLock { $0.removeValue(forKey: message.responseNonce) }
+          let version =
+            message.responseNonce.isEmpty
+            ? nil : sent.withLock { $0.removeValue(forKey: message.responseNonce) }
           hub.answered(
-            node: node, version: message.version, error: message.errorDetail,
-            snapshotVersion: version)
+            node: node, message, snapshotVersion: version,
+            issued: try Self.issued(message.certificateSerial, caller, store))
         }
         group.cancelAll()
       }
       return [:]
     }
+  }
+
+  /// The record of a certificate this control plane issued to `caller`.
+  private static func issued(
+    _ serial: String, _ caller: SPIFFEID, _ store: ControlStore
+  ) throws -> ControlStore.IssuedCertificate? {
+    guard !serial.isEmpty, let issued = try store.issuedCertificate(serial: serial),
+      issued.spiffeID == caller.description
+    else { return nil }
+    return issued
   }
 }
 

@@ -50,35 +50,33 @@ public struct ControlPlane: Service {
   }
 
   public func run() async throws {
-    let files = CAFiles(dir: configuration.certs)
-    let issuer = try files.loadIssuer()
-    let bundlePEM = try String(contentsOfFile: files.bundle, encoding: .utf8)
     let store = try ControlStore(directory: configuration.data)
-    let control = ControlContext(
-      store: store, issuer: issuer, bundlePEM: bundlePEM, trustDomain: configuration.trustDomain,
-      defaultLeafLifetime: configuration.leafLifetime)
+    let trust = try MeshTrust(try loadTrust(store), trustDomain: configuration.trustDomain)
+    let control = try ControlContext(
+      store: store, trust: trust, defaultLeafLifetime: configuration.leafLifetime)
+    let identity = trust.identity
 
-    // The control plane's own identity.
-    let key = P256.Signing.PrivateKey()
-    let identity = try SPIFFEID.workload("control-plane", trustDomain: configuration.trustDomain)
-    let certificate = try issuer.issueSVID(
-      for: identity, publicKey: Certificate.PublicKey(key.publicKey), lifetime: 30 * 86_400)
-    let chain: [TLSConfig.CertificateSource] = [
-      .bytes(Array(try certificate.serializeAsPEM().pemString.utf8), format: .pem),
-      .bytes(Array(try issuer.certificate.serializeAsPEM().pemString.utf8), format: .pem),
-    ]
-    let privateKey = TLSConfig.PrivateKeySource.bytes(
-      Array(key.pemRepresentation.utf8), format: .pem)
-
+    // Both listeners read the certificate in force, and the mutual-TLS one the roots in force,
+    // at every handshake: a rotation changes them without a restart.
+    let generation = trust.current
+    let own = trust.own
+    let chain: [TLSConfig.CertificateSource] = own.chainPEM.map {
+      .bytes(Array($0.utf8), format: .pem)
+    }
+    let key = TLSConfig.PrivateKeySource.bytes(Array(own.keyPEM.utf8), format: .pem)
     let mtls = HTTP2ServerTransport.Posix(
       address: .ipv4(host: configuration.listen.host, port: configuration.listen.port),
-      transportSecurity: .mTLS(certificateChain: chain, privateKey: privateKey) { tls in
-        tls.trustRoots = .certificates([.bytes(Array(bundlePEM.utf8), format: .pem)])
+      transportSecurity: .mTLS(certificateChain: chain, privateKey: key) { tls in
+        tls.trustRoots = .certificates([.bytes(Array(generation.bundlePEM.utf8), format: .pem)])
         tls.clientCertificateVerification = .noHostnameVerification
+        tls.customVerificationCallback = trust.verify
+        tls.certificateReloader = trust
       })
     let join = HTTP2ServerTransport.Posix(
       address: .ipv4(host: configuration.join.host, port: configuration.join.port),
-      transportSecurity: .tls(certificateChain: chain, privateKey: privateKey))
+      transportSecurity: .tls(certificateChain: chain, privateKey: key) { tls in
+        tls.certificateReloader = trust
+      })
     let main = GRPCServer(
       transport: mtls,
       services: [IdentityService(control), AdminService(control), ConfigService(control)])
@@ -103,6 +101,20 @@ public struct ControlPlane: Service {
       main.beginGracefulShutdown()
       joinServer.beginGracefulShutdown()
     }
+  }
+
+  /// The trust in force: the newest stored generation, or the first one, made from the CA
+  /// that `meshctl certs init` wrote.
+  private func loadTrust(_ store: ControlStore) throws -> MeshTrust.Generation {
+    if let stored = try store.currentTrust() { return try MeshTrust.generation(stored) }
+    let files = CAFiles(dir: configuration.certs)
+    let issuer = try files.loadIssuer()
+    let bundle = try String(contentsOfFile: files.bundle, encoding: .utf8)
+    let number = try store.storeTrust(
+      bundle: bundle, issuer: try issuer.certificate.serializeAsPEM().pemString,
+      issuerKey: issuer.key.pemRepresentation, reason: "the CA in \(configuration.certs)/")
+    return MeshTrust.Generation(
+      number: number, bundle: try TrustBundle(pem: bundle), bundlePEM: bundle, issuer: issuer)
   }
 
   private static func describe(_ address: GRPCNIOTransportCore.SocketAddress) -> String {

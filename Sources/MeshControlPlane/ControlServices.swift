@@ -11,27 +11,53 @@ import X509
 /// What the control plane's services share: the store, the issuer, and the mesh's facts.
 public struct ControlContext: Sendable {
   public var store: ControlStore
-  public var issuer: SigningAuthority
-  /// The PEM of every root the mesh trusts.
-  public var bundlePEM: String
-  public var trustDomain: String
+  /// The roots, the issuer and the control plane's own certificate in force.
+  public var trust: MeshTrust
+  public var trustDomain: String { trust.trustDomain }
   public var defaultLeafLifetime: TimeInterval
   /// The shortest lifetime a caller may ask for (a minute, for tests of renewal).
   public var minimumLeafLifetime: TimeInterval = 60
   public var maximumLeafLifetime: TimeInterval = 30 * 86_400
+  /// An operator's certificate may live a year, as `meshctl certs init` makes it.
+  public var maximumOperatorLifetime: TimeInterval = 365 * 86_400
   public var maximumConfigBytes = 1 << 20
   /// The sidecars subscribed to config.
-  public var hub = ConfigHub()
+  public let hub = ConfigHub()
 
+  /// Loads what the hub pushes (the running config, the trust, pending renewals) from the store.
   public init(
-    store: ControlStore, issuer: SigningAuthority, bundlePEM: String, trustDomain: String,
-    defaultLeafLifetime: TimeInterval = 86_400
-  ) {
+    store: ControlStore, trust: MeshTrust, defaultLeafLifetime: TimeInterval = 86_400
+  ) throws {
     self.store = store
-    self.issuer = issuer
-    self.bundlePEM = bundlePEM
-    self.trustDomain = trustDomain
+    self.trust = trust
     self.defaultLeafLifetime = defaultLeafLifetime
+    for stored in try store.trustGenerations() {
+      let generation = try MeshTrust.generation(stored)
+      hub.remember(issuer: generation.issuer.certificate, root: generation.issuerRoot)
+    }
+    hub.setRenewals(try store.renewalRequests())
+    if let config = try store.currentConfig() {
+      hub.publish(version: config.version, yaml: config.yaml)
+    }
+    hub.publish(trust: trust.current)
+  }
+
+  /// Stores the next generation of trust, puts it in force and pushes it to every sidecar.
+  func install(
+    bundle: [Certificate], issuer: SigningAuthority, reason: String
+  ) throws
+    -> MeshTrust.Generation
+  {
+    let bundlePEM = try TrustBundle(roots: bundle).pemString()
+    let number = try store.storeTrust(
+      bundle: bundlePEM, issuer: try issuer.certificate.serializeAsPEM().pemString,
+      issuerKey: issuer.key.pemRepresentation, reason: reason)
+    let generation = MeshTrust.Generation(
+      number: number, bundle: TrustBundle(roots: bundle), bundlePEM: bundlePEM, issuer: issuer)
+    try trust.install(generation)
+    hub.remember(issuer: issuer.certificate, root: generation.issuerRoot)
+    hub.publish(trust: generation)
+    return generation
   }
 
   /// The admin identity `meshctl certs init` creates.
@@ -85,30 +111,34 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
     var lifetime = control.defaultLeafLifetime
     if request.lifetimeSeconds != 0 {
       lifetime = TimeInterval(request.lifetimeSeconds)
-      guard lifetime >= control.minimumLeafLifetime, lifetime <= control.maximumLeafLifetime else {
+      let maximum =
+        identity.path.hasPrefix("/operator/")
+        ? control.maximumOperatorLifetime : control.maximumLeafLifetime
+      guard lifetime >= control.minimumLeafLifetime, lifetime <= maximum else {
         throw RPCError(
           code: .invalidArgument,
           message:
-            "a lifetime of \(request.lifetimeSeconds)s is outside \(Int(control.minimumLeafLifetime))s to \(Int(control.maximumLeafLifetime))s"
+            "a lifetime of \(request.lifetimeSeconds)s is outside \(Int(control.minimumLeafLifetime))s to \(Int(maximum))s"
         )
       }
     }
+    let trust = control.trust.current
     let certificate: Certificate
     do {
-      certificate = try control.issuer.issueSVID(for: identity, request: csr, lifetime: lifetime)
+      certificate = try trust.issuer.issueSVID(for: identity, request: csr, lifetime: lifetime)
     } catch let error as IdentityError {
       throw RPCError(code: .invalidArgument, message: error.description)
     }
-    let serial = certificate.serialNumber.bytes.map { String(format: "%02x", $0) }
-      .joined(separator: ":")
+    let serial = certificate.serialHex
     try control.store.recordCertificate(
-      serial: serial, spiffeID: identity.description, notAfter: certificate.notValidAfter)
+      serial: serial, spiffeID: identity.description, notAfter: certificate.notValidAfter,
+      issuerSerial: trust.issuerSerial)
     var response = Trellis_Mesh_V1_CertifyResponse()
     response.spiffeID = identity.description
     response.certificateChain =
       try certificate.serializeAsPEM().pemString + "\n"
-      + control.issuer.certificate.serializeAsPEM().pemString + "\n"
-    response.trustBundle = control.bundlePEM
+      + trust.issuer.certificate.serializeAsPEM().pemString + "\n"
+    response.trustBundle = trust.bundlePEM
     response.notAfterUnix = Int64(certificate.notValidAfter.timeIntervalSince1970)
     response.serial = serial
     return response
@@ -254,7 +284,55 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     var response = Trellis_Mesh_V1_StatusResponse()
     response.currentVersion = try control.store.currentConfig()?.version ?? 0
     response.sidecars = control.hub.statuses
+    let trust = control.trust.current
+    response.trustGeneration = trust.number
+    response.issuer = "\(trust.issuer.certificate.subject)"
+    response.roots = trust.bundle.roots.map { "\($0.subject)" }
     return response
+  }
+
+  public func prepareIssuer(
+    request: Trellis_Mesh_V1_PrepareIssuerRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_PrepareIssuerResponse {
+    _ = try admin(context)
+    let key = P256.Signing.PrivateKey()
+    try control.store.setPendingIssuerKey(key.pemRepresentation)
+    var response = Trellis_Mesh_V1_PrepareIssuerResponse()
+    response.csr = try CertificateSigningRequest.workloadPEM(key)
+    return response
+  }
+
+  public func rotate(
+    request: Trellis_Mesh_V1_RotateRequest,
+    response: RPCWriter<Trellis_Mesh_V1_RotateProgress>, context: ServerContext
+  ) async throws {
+    _ = try admin(context)
+    let step = try TrustRotation(control).start(request)
+    let timeout = request.timeoutSeconds > 0 ? Double(request.timeoutSeconds) : 300
+    let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
+    var last: Trellis_Mesh_V1_RotateProgress?
+    while true {
+      let progress = control.hub.progress(step)
+      var message = Trellis_Mesh_V1_RotateProgress()
+      message.trustGeneration = control.trust.current.number
+      message.doneCount = Int32(progress.done.count)
+      message.total = Int32(progress.done.count + progress.waiting.count)
+      message.waitingFor = progress.waiting
+      message.disconnected = progress.disconnected
+      message.done = progress.waiting.isEmpty
+      message.trustBundle = control.trust.current.bundlePEM
+      if message != last { try await response.write(message) }
+      last = message
+      if message.done { return }
+      guard ContinuousClock.now < deadline else {
+        throw RPCError(
+          code: .deadlineExceeded,
+          message:
+            "\(progress.waiting.count) sidecar(s) did not follow within \(Int(timeout))s: \(progress.waiting.joined(separator: ", ")); the mesh stays at trust generation \(message.trustGeneration), and the same step asked again goes on waiting"
+        )
+      }
+      try await Task.sleep(for: .milliseconds(200))
+    }
   }
 
   private func message(

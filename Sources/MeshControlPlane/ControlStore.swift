@@ -11,7 +11,10 @@ public final class ControlStore: Sendable {
 
   /// Opens (creating if needed) `control.sqlite` in `directory`.
   public init(directory: String) throws {
-    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    // The folder holds the issuer's key: the control plane's only.
+    try FileManager.default.createDirectory(
+      atPath: directory, withIntermediateDirectories: true,
+      attributes: [.posixPermissions: 0o700])
     var configuration = Configuration()
     configuration.busyMode = .timeout(10)
     configuration.prepareDatabase { db in
@@ -46,6 +49,30 @@ public final class ControlStore: Sendable {
             created_by TEXT NOT NULL,
             rolled_back_from INTEGER
           );
+          """)
+    }
+    migrator.registerMigration("v2: trust") { db in
+      try db.execute(
+        sql: """
+          CREATE TABLE trust_generations (
+            generation INTEGER PRIMARY KEY,
+            bundle TEXT NOT NULL,
+            issuer TEXT NOT NULL,
+            issuer_key TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            reason TEXT NOT NULL
+          );
+          CREATE TABLE pending_issuer_key (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            key TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+          );
+          CREATE TABLE renewal_requests (
+            spiffe_id TEXT PRIMARY KEY,
+            requested_at_ms INTEGER NOT NULL
+          );
+          ALTER TABLE certificates ADD COLUMN issuer_serial TEXT;
+          ALTER TABLE certificates ADD COLUMN issued_at_ms INTEGER;
           """)
     }
     return migrator
@@ -93,21 +120,145 @@ public final class ControlStore: Sendable {
     }
   }
 
+  private static func milliseconds(_ date: Date) -> Int64 {
+    Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+  }
+
+  private static func date(_ milliseconds: Int64) -> Date {
+    Date(timeIntervalSince1970: TimeInterval(milliseconds) / 1000)
+  }
+
   private static func hash(_ token: String) -> String {
     SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
   }
 
   // MARK: Certificates
 
-  public func recordCertificate(serial: String, spiffeID: String, notAfter: Date) throws {
+  public func recordCertificate(
+    serial: String, spiffeID: String, notAfter: Date, issuerSerial: String, now: Date = Date()
+  ) throws {
     try database.write { db in
       try db.execute(
-        sql:
-          "INSERT OR REPLACE INTO certificates (serial, spiffe_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+        sql: """
+          INSERT OR REPLACE INTO certificates
+            (serial, spiffe_id, issued_at, not_after, issuer_serial, issued_at_ms)
+          VALUES (?, ?, ?, ?, ?, ?)
+          """,
         arguments: [
-          serial, spiffeID, Int64(Date().timeIntervalSince1970),
-          Int64(notAfter.timeIntervalSince1970),
+          serial, spiffeID, Int64(now.timeIntervalSince1970), Int64(notAfter.timeIntervalSince1970),
+          issuerSerial, Self.milliseconds(now),
         ])
+    }
+  }
+
+  /// What the control plane recorded when it issued `serial`.
+  public struct IssuedCertificate: Sendable, Equatable {
+    public var spiffeID: String
+    public var issuedAt: Date
+    public var notAfter: Date
+    public var issuerSerial: String?
+  }
+
+  public func issuedCertificate(serial: String) throws -> IssuedCertificate? {
+    try database.read { db in
+      try Row.fetchOne(db, sql: "SELECT * FROM certificates WHERE serial = ?", arguments: [serial])
+        .map { row in
+          IssuedCertificate(
+            spiffeID: row["spiffe_id"],
+            issuedAt: (row["issued_at_ms"] as Int64?).map(Self.date)
+              ?? Date(timeIntervalSince1970: TimeInterval(row["issued_at"] as Int64)),
+            notAfter: Date(timeIntervalSince1970: TimeInterval(row["not_after"] as Int64)),
+            issuerSerial: row["issuer_serial"])
+        }
+    }
+  }
+
+  // MARK: Trust
+
+  /// One state of the mesh's trust: the roots in every bundle and the issuer signing now.
+  public struct StoredTrust: Sendable, Equatable {
+    public var generation: Int64
+    public var bundle: String
+    public var issuer: String
+    public var issuerKey: String
+    public var reason: String
+  }
+
+  /// The trust in force (the newest generation), if any was stored.
+  public func currentTrust() throws -> StoredTrust? {
+    try database.read { db in
+      try Row.fetchOne(
+        db, sql: "SELECT * FROM trust_generations ORDER BY generation DESC LIMIT 1"
+      ).map(Self.trust)
+    }
+  }
+
+  /// Every generation, oldest first.
+  public func trustGenerations() throws -> [StoredTrust] {
+    try database.read { db in
+      try Row.fetchAll(db, sql: "SELECT * FROM trust_generations ORDER BY generation").map(
+        Self.trust)
+    }
+  }
+
+  private static func trust(_ row: Row) -> StoredTrust {
+    StoredTrust(
+      generation: row["generation"], bundle: row["bundle"], issuer: row["issuer"],
+      issuerKey: row["issuer_key"], reason: row["reason"])
+  }
+
+  /// Stores the next generation of trust; returns its number.
+  public func storeTrust(
+    bundle: String, issuer: String, issuerKey: String, reason: String
+  ) throws -> Int64 {
+    try database.write { db in
+      let last = try Int64.fetchOne(db, sql: "SELECT MAX(generation) FROM trust_generations") ?? 0
+      try db.execute(
+        sql: """
+          INSERT INTO trust_generations (generation, bundle, issuer, issuer_key, created_at, reason)
+          VALUES (?, ?, ?, ?, ?, ?)
+          """,
+        arguments: [
+          last + 1, bundle, issuer, issuerKey, Int64(Date().timeIntervalSince1970), reason,
+        ])
+      return last + 1
+    }
+  }
+
+  /// The key made for the next issuer, kept until an issuer certificate for it is installed.
+  public func pendingIssuerKey() throws -> String? {
+    try database.read { db in
+      try String.fetchOne(db, sql: "SELECT key FROM pending_issuer_key WHERE id = 1")
+    }
+  }
+
+  public func setPendingIssuerKey(_ pem: String) throws {
+    try database.write { db in
+      try db.execute(
+        sql: "INSERT OR REPLACE INTO pending_issuer_key (id, key, created_at) VALUES (1, ?, ?)",
+        arguments: [pem, Int64(Date().timeIntervalSince1970)])
+    }
+  }
+
+  // MARK: Forced renewals
+
+  /// Asks every certificate of `spiffeID` issued before now to be renewed.
+  public func requestRenewal(of spiffeID: String, now: Date = Date()) throws {
+    try database.write { db in
+      try db.execute(
+        sql: "INSERT OR REPLACE INTO renewal_requests (spiffe_id, requested_at_ms) VALUES (?, ?)",
+        arguments: [spiffeID, Self.milliseconds(now)])
+    }
+  }
+
+  /// When a renewal was last asked for, by identity.
+  public func renewalRequests() throws -> [String: Date] {
+    try database.read { db in
+      var requests: [String: Date] = [:]
+      for row in try Row.fetchAll(db, sql: "SELECT * FROM renewal_requests") {
+        requests[row["spiffe_id"]] = Self.date(row["requested_at_ms"])
+      }
+      return requests
     }
   }
 

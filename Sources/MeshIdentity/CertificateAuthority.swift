@@ -49,10 +49,35 @@ public struct SigningAuthority: Sendable {
     now: Date = Date()
   ) throws -> SigningAuthority {
     let p256 = P256.Signing.PrivateKey()
-    let key = Certificate.PrivateKey(p256)
+    let certificate = try signIssuer(
+      publicKey: Certificate.PublicKey(p256.publicKey), trustDomain: trustDomain,
+      validity: validity, now: now)
+    return SigningAuthority(certificate: certificate, key: p256)
+  }
+
+  /// An intermediate issuer's certificate for the key of a certificate signing request (the
+  /// control plane's next issuer, whose key never leaves it). Only the key is taken from the
+  /// request, which must be self-signed over ECDSA P-256.
+  public func signIssuer(
+    request: CertificateSigningRequest, trustDomain: String = SPIFFEID.defaultTrustDomain,
+    validity: TimeInterval = 365 * 86_400, now: Date = Date()
+  ) throws -> Certificate {
+    guard request.publicKey.isValidSignature(request.signature, for: request) else {
+      throw IdentityError("the certificate signing request is not signed by its own key")
+    }
+    guard P256.Signing.PublicKey(request.publicKey) != nil else {
+      throw IdentityError("the certificate signing request's key is not ECDSA P-256")
+    }
+    return try signIssuer(
+      publicKey: request.publicKey, trustDomain: trustDomain, validity: validity, now: now)
+  }
+
+  private func signIssuer(
+    publicKey: Certificate.PublicKey, trustDomain: String, validity: TimeInterval, now: Date
+  ) throws -> Certificate {
     let trustDomainID = try SPIFFEID(parsing: "spiffe://\(trustDomain)")
-    let certificate = try Certificate(
-      version: .v3, serialNumber: .init(), publicKey: key.publicKey,
+    return try Certificate(
+      version: .v3, serialNumber: .init(), publicKey: publicKey,
       notValidBefore: now.addingTimeInterval(-300),
       notValidAfter: min(now.addingTimeInterval(validity), self.certificate.notValidAfter),
       issuer: self.certificate.subject,
@@ -61,12 +86,11 @@ public struct SigningAuthority: Sendable {
       extensions: try Certificate.Extensions {
         Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
         Critical(KeyUsage(keyCertSign: true, cRLSign: true))
-        SubjectKeyIdentifier(hash: key.publicKey)
+        SubjectKeyIdentifier(hash: publicKey)
         try authorityKeyIdentifier()
         SubjectAlternativeNames([.uniformResourceIdentifier(trustDomainID.description)])
       },
       issuerPrivateKey: privateKey)
-    return SigningAuthority(certificate: certificate, key: p256)
   }
 
   /// An X.509-SVID for `identity` over `publicKey`: one URI SAN, not a CA, key usage

@@ -3,6 +3,16 @@ import Foundation
 import SwiftASN1
 import X509
 
+extension Certificate {
+  /// The serial as `meshctl certs inspect` shows it: hex bytes joined by colons.
+  public var serialHex: String {
+    serialNumber.bytes.map { byte in
+      let hex = String(byte, radix: 16)
+      return hex.count == 1 ? "0" + hex : hex
+    }.joined(separator: ":")
+  }
+}
+
 /// Reading and writing certificates and keys as PEM files. Private keys are written with mode
 /// 0600 from the start (never world-readable, even briefly) and never overwritten silently.
 public enum CertificateFiles {

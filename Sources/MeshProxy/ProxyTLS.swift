@@ -177,10 +177,7 @@ struct CertificateStatus: Sendable {
         if case .uniformResourceIdentifier(let uri) = name { return uri }
         return nil
       }.first ?? ""
-    serial = certificate.serialNumber.bytes.map { byte in
-      let hex = String(byte, radix: 16)
-      return hex.count == 1 ? "0" + hex : hex
-    }.joined(separator: ":")
+    serial = certificate.serialHex
     issuer = "\(certificate.issuer)"
     notBefore = certificate.notValidBefore
     notAfter = certificate.notValidAfter

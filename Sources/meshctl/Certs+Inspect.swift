@@ -37,7 +37,7 @@ extension Certs {
         let remaining = certificate.notValidAfter.timeIntervalSince(now)
         return [
           ("spiffe_id", identity),
-          ("serial", certificate.serialNumber.hex),
+          ("serial", certificate.serialHex),
           ("subject", "\(certificate.subject)"),
           ("issuer", "\(certificate.issuer)"),
           ("not_before", Self.format(certificate.notValidBefore)),

@@ -46,7 +46,7 @@ extension Certs {
         try CertificateFiles.writeCertificates(
           [certificate, issuer.certificate], to: "\(folder)/\(service).pem")
         print(
-          "issued \(identity), serial \(certificate.serialNumber.hex), valid until \(certificate.notValidAfter)"
+          "issued \(identity), serial \(certificate.serialHex), valid until \(certificate.notValidAfter)"
         )
         print("  certificate  \(folder)/\(service).pem (with the issuer)")
         print("  key          \(folder)/\(service)-key.pem (mode 0600)")

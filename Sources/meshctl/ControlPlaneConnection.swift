@@ -20,6 +20,14 @@ struct ControlPlaneOptions: ParsableArguments {
       @Sendable (Trellis_Mesh_V1_Admin.Client<HTTP2ClientTransport.Posix>) async throws ->
       Result
   ) async throws -> Result {
+    try await withClient { try await body(Trellis_Mesh_V1_Admin.Client(wrapping: $0)) }
+  }
+
+  /// Runs `body` with a client connected as the operator; RPC failures become one line naming
+  /// the status. Every call reads the identity and the bundle afresh.
+  func withClient<Result: Sendable>(
+    _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
+  ) async throws -> Result {
     let files = CAFiles(dir: certs)
     for path in [files.operatorCertificate, files.operatorKey, files.bundle]
     where !FileManager.default.fileExists(atPath: path) {
@@ -41,9 +49,7 @@ struct ControlPlaneOptions: ParsableArguments {
       throw MeshctlFailure("cannot set up a connection to \(address): \(error)")
     }
     do {
-      return try await withGRPCClient(transport: transport) { client in
-        try await body(Trellis_Mesh_V1_Admin.Client(wrapping: client))
-      }
+      return try await withGRPCClient(transport: transport) { try await body($0) }
     } catch let error as RPCError {
       if error.code == .unavailable {
         throw MeshctlFailure("cannot reach the control plane at \(address): \(error.message)")

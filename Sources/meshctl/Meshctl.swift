@@ -40,7 +40,15 @@ func durationOption(_ text: String, _ option: String) throws -> TimeInterval {
   return duration.timeInterval
 }
 
-extension Certificate.SerialNumber {
-  /// The serial as colon-separated hex bytes, two digits each, as openssl prints it.
-  var hex: String { bytes.map { String(format: "%02x", $0) }.joined(separator: ":") }
+/// Prints rows as columns, the first row being the header, two spaces apart.
+func printTable(_ rows: [[String]]) {
+  guard let header = rows.first else { return }
+  let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+  for row in rows {
+    print(
+      row.enumerated().map { index, cell in
+        index == row.count - 1
+          ? cell : cell.padding(toLength: widths[index] + 2, withPad: " ", startingAt: 0)
+      }.joined())
+  }
 }

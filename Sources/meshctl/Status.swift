@@ -50,14 +50,7 @@ struct Status: AsyncParsableCommand {
           date(sidecar.lastSeenUnix),
         ])
       }
-      let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
-      for row in rows {
-        print(
-          row.enumerated().map { index, cell in
-            index == row.count - 1
-              ? cell : cell.padding(toLength: widths[index] + 2, withPad: " ", startingAt: 0)
-          }.joined())
-      }
+      printTable(rows)
     }
   }
 }

@@ -53,6 +53,8 @@ struct SidecarCommand: AsyncParsableCommand {
     let configuration: Sidecar.Configuration
     let tls: ProxyTLS
     var keeper: CertificateKeeper?
+    // The config stream asks the keeper to renew; the keeper reports new certificates.
+    let events = CertificateEvents()
     do {
       configuration = try loadConfiguration()
       let bootstrap = configuration.bootstrap
@@ -63,7 +65,7 @@ struct SidecarCommand: AsyncParsableCommand {
           files: .init(
             certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
             bundle: bootstrap.bundle),
-          logger: logger)
+          events: events, logger: logger)
         try await keeper?.ensureCertificate()
       }
       tls = try Self.loadTLS(configuration)
@@ -88,7 +90,7 @@ struct SidecarCommand: AsyncParsableCommand {
         identity: .init(
           service: bootstrap.service, advertise: "\(bootstrap.advertise)",
           trustDomain: configuration.mesh.trustDomain),
-        state: state, logger: logger
+        state: state, events: events, logger: logger
       ) { config in routing.apply(config) }
       if let persisted = subscriber.persisted() {
         routing.apply(persisted.config)

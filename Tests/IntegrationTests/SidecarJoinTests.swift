@@ -122,6 +122,93 @@ import Testing
     #expect(try call(client) == "OK")
   }
 
+  /// `meshctl certs rotate --service` and then `rotate-ca --root` under continuous calls: no
+  /// call fails, every sidecar ends on a certificate from the new issuer under the new root,
+  /// and a certificate chained to the old root is refused afterwards.
+  @Test func rotationsUnderLoadFailNoCall() throws {
+    let server = try joiningSidecar("echo", app: app.address)
+    let clientMesh = try mesh.write(
+      "client-mesh.yaml", "services:\n  echo:\n    endpoints:\n      - address: \(server.inbound)\n"
+    )
+    let client = try joiningSidecar("client", app: "127.0.0.1:1", mesh: clientMesh)
+    defer {
+      client.process.stop()
+      server.process.stop()
+    }
+    #expect(try call(client) == "OK")
+    _ = try statuses { $0["echo"] != nil && $0["client"] != nil }
+    // The client's identity as it is now, chained to the root about to be replaced.
+    let state = mesh.directory.appendingPathComponent("state/client").path
+    let old = mesh.directory.appendingPathComponent("old-client.pem").path
+    try FileManager.default.copyItem(atPath: "\(state)/svid.pem", toPath: old)
+    try FileManager.default.copyItem(
+      atPath: "\(state)/svid-key.pem",
+      toPath: old.replacingOccurrences(of: ".pem", with: "-key.pem"))
+
+    let load = Process()
+    load.executableURL = URL(fileURLWithPath: try resolve("python3"))
+    load.arguments = [script, "load", client.outbound, "25"]
+    let output = Pipe()
+    load.standardOutput = output
+    try load.run()
+
+    let echoSerial = try serial(server)
+    let renew = try meshctl(["certs", "rotate", "--service", "echo", "--timeout", "20s"])
+    #expect(renew.status == 0, "\(renew.stdout)\(renew.stderr)")
+    // The sidecar's certificate watcher picks the new files up within a second or two.
+    let renewed = Date().addingTimeInterval(10)
+    while try serial(server) == echoSerial, Date() < renewed { Thread.sleep(forTimeInterval: 0.2) }
+    #expect(try serial(server) != echoSerial)
+    let rotate = try meshctl(["certs", "rotate-ca", "--root", "--timeout", "20s"])
+    #expect(rotate.status == 0, "\(rotate.stdout)\(rotate.stderr)")
+    #expect(rotate.stdout.contains("step 3/3"), "\(rotate.stdout)")
+
+    load.waitUntilExit()
+    let summary = try #require(
+      try jsonObjects(
+        String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+      )
+      .first)
+    #expect(summary["failed"] as? Int == 0, "\(summary)")
+    #expect((summary["ok"] as? Int ?? 0) > 100, "\(summary)")
+
+    // Every sidecar serves with a certificate from the new issuer, under the new root only.
+    let status = try meshctl(["certs", "status", "-o", "json"])
+    let object = try #require(
+      try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any],
+      "\(status.stdout)\(status.stderr)")
+    let roots = object["roots"] as? [String] ?? []
+    #expect(roots.count == 1, "\(object)")
+    for sidecar in object["sidecars"] as? [[String: Any]] ?? [] {
+      #expect(sidecar["issuer"] as? String == object["issuer"] as? String, "\(sidecar)")
+      #expect(sidecar["root"] as? String == roots.first, "\(sidecar)")
+    }
+    let bundle = try String(contentsOfFile: "\(state)/bundle.pem", encoding: .utf8)
+    #expect(bundle.components(separatedBy: "BEGIN CERTIFICATE").count == 2)
+    #expect(try call(client) == "OK")
+
+    // The old identity no longer opens a connection; the current one does.
+    func handshake(_ certificate: String) throws -> ProcessResult {
+      try run(
+        "openssl",
+        [
+          "s_client", "-connect", server.inbound, "-CAfile", "\(mesh.certs)/bundle.pem", "-alpn",
+          "h2", "-cert", certificate, "-cert_chain", certificate, "-key",
+          certificate.replacingOccurrences(of: ".pem", with: "-key.pem"),
+        ], stdin: Data("Q\n".utf8))
+    }
+    // (TLS 1.3: the client hears of the refusal after its side of the handshake is done, so
+    // the server's count of refusals is the evidence.)
+    let untrusted = ["reason": "untrusted_chain"]
+    let before = try server.metric("trellis_tls_handshake_failures_total", untrusted)
+    _ = try handshake("\(state)/svid.pem")
+    #expect(try server.metric("trellis_tls_handshake_failures_total", untrusted) == before)
+    let refused = try handshake(old)
+    #expect(
+      try server.metric("trellis_tls_handshake_failures_total", untrusted) == before + 1,
+      "\(refused.stdout)\(refused.stderr)")
+  }
+
   func meshctl(_ arguments: [String]) throws -> ProcessResult {
     try run(
       binary("meshctl"), arguments + ["--control-plane", plane.address, "--certs", mesh.certs])
@@ -176,9 +263,8 @@ import Testing
     }
     #expect(status["echo"]?["version"] as? Int == 1, "\(status)")
     #expect(status["echo"]?["last_nack_version"] as? Int == 2, "\(status)")
-    #expect(
-      (status["echo"]?["last_nack_error"] as? String ?? "").contains(
-        "is this sidecar's own inbound address"), "\(status)")
+    let nack = status["echo"]?["last_nack_error"] as? String ?? ""
+    #expect(nack.contains("is this sidecar's own inbound address"), "\(status)")
     #expect(status["client"]?["version"] as? Int == 2, "\(status)")
     #expect(try call(client) == "OK")
     let table = try meshctl(["status"]).stdout

@@ -462,6 +462,32 @@ public enum Trellis_Mesh_V1_Admin: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "PrepareIssuer" metadata.
+        public enum PrepareIssuer: Sendable {
+            /// Request type for "PrepareIssuer".
+            public typealias Input = Trellis_Mesh_V1_PrepareIssuerRequest
+            /// Response type for "PrepareIssuer".
+            public typealias Output = Trellis_Mesh_V1_PrepareIssuerResponse
+            /// Descriptor for "PrepareIssuer".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.mesh.v1.Admin"),
+                method: "PrepareIssuer",
+                type: .unary
+            )
+        }
+        /// Namespace for "Rotate" metadata.
+        public enum Rotate: Sendable {
+            /// Request type for "Rotate".
+            public typealias Input = Trellis_Mesh_V1_RotateRequest
+            /// Response type for "Rotate".
+            public typealias Output = Trellis_Mesh_V1_RotateProgress
+            /// Descriptor for "Rotate".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.mesh.v1.Admin"),
+                method: "Rotate",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "trellis.mesh.v1.Admin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             CreateToken.descriptor,
@@ -469,7 +495,9 @@ public enum Trellis_Mesh_V1_Admin: Sendable {
             GetConfig.descriptor,
             ListConfigVersions.descriptor,
             Rollback.descriptor,
-            Status.descriptor
+            Status.descriptor,
+            PrepareIssuer.descriptor,
+            Rotate.descriptor
         ]
     }
 }
@@ -595,7 +623,8 @@ extension Trellis_Mesh_V1_Admin {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen,
+        /// > the certificate it serves with.
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Trellis_Mesh_V1_StatusRequest` messages.
@@ -608,6 +637,44 @@ extension Trellis_Mesh_V1_Admin {
             request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_StatusRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_StatusResponse>
+
+        /// Handle the "PrepareIssuer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A new key for the next issuer, made and kept by the control plane; the answer is its CSR,
+        /// > for the root's holder to sign (`meshctl certs rotate-ca`).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Trellis_Mesh_V1_PrepareIssuerRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Mesh_V1_PrepareIssuerResponse` messages.
+        func prepareIssuer(
+            request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_PrepareIssuerRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_PrepareIssuerResponse>
+
+        /// Handle the "Rotate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One step of a rotation, streamed until every connected sidecar has acknowledged it.
+        /// > Each step is idempotent: asked again, it only waits.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Trellis_Mesh_V1_RotateRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Mesh_V1_RotateProgress` messages.
+        func rotate(
+            request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_RotateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_RotateProgress>
     }
 
     /// Service protocol for the "trellis.mesh.v1.Admin" service.
@@ -717,7 +784,8 @@ extension Trellis_Mesh_V1_Admin {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen,
+        /// > the certificate it serves with.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Trellis_Mesh_V1_StatusRequest` message.
@@ -730,6 +798,44 @@ extension Trellis_Mesh_V1_Admin {
             request: GRPCCore.ServerRequest<Trellis_Mesh_V1_StatusRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_StatusResponse>
+
+        /// Handle the "PrepareIssuer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A new key for the next issuer, made and kept by the control plane; the answer is its CSR,
+        /// > for the root's holder to sign (`meshctl certs rotate-ca`).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_PrepareIssuerRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Trellis_Mesh_V1_PrepareIssuerResponse` message.
+        func prepareIssuer(
+            request: GRPCCore.ServerRequest<Trellis_Mesh_V1_PrepareIssuerRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_PrepareIssuerResponse>
+
+        /// Handle the "Rotate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One step of a rotation, streamed until every connected sidecar has acknowledged it.
+        /// > Each step is idempotent: asked again, it only waits.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_RotateRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Mesh_V1_RotateProgress` messages.
+        func rotate(
+            request: GRPCCore.ServerRequest<Trellis_Mesh_V1_RotateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_RotateProgress>
     }
 
     /// Simple service protocol for the "trellis.mesh.v1.Admin" service.
@@ -837,7 +943,8 @@ extension Trellis_Mesh_V1_Admin {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen,
+        /// > the certificate it serves with.
         ///
         /// - Parameters:
         ///   - request: A `Trellis_Mesh_V1_StatusRequest` message.
@@ -850,6 +957,45 @@ extension Trellis_Mesh_V1_Admin {
             request: Trellis_Mesh_V1_StatusRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Trellis_Mesh_V1_StatusResponse
+
+        /// Handle the "PrepareIssuer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A new key for the next issuer, made and kept by the control plane; the answer is its CSR,
+        /// > for the root's holder to sign (`meshctl certs rotate-ca`).
+        ///
+        /// - Parameters:
+        ///   - request: A `Trellis_Mesh_V1_PrepareIssuerRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Trellis_Mesh_V1_PrepareIssuerResponse` to respond with.
+        func prepareIssuer(
+            request: Trellis_Mesh_V1_PrepareIssuerRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Trellis_Mesh_V1_PrepareIssuerResponse
+
+        /// Handle the "Rotate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One step of a rotation, streamed until every connected sidecar has acknowledged it.
+        /// > Each step is idempotent: asked again, it only waits.
+        ///
+        /// - Parameters:
+        ///   - request: A `Trellis_Mesh_V1_RotateRequest` message.
+        ///   - response: A response stream of `Trellis_Mesh_V1_RotateProgress` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func rotate(
+            request: Trellis_Mesh_V1_RotateRequest,
+            response: GRPCCore.RPCWriter<Trellis_Mesh_V1_RotateProgress>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -918,6 +1064,28 @@ extension Trellis_Mesh_V1_Admin.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_StatusResponse>(),
             handler: { request, context in
                 try await self.status(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Trellis_Mesh_V1_Admin.Method.PrepareIssuer.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_PrepareIssuerRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_PrepareIssuerResponse>(),
+            handler: { request, context in
+                try await self.prepareIssuer(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Trellis_Mesh_V1_Admin.Method.Rotate.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_RotateRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_RotateProgress>(),
+            handler: { request, context in
+                try await self.rotate(
                     request: request,
                     context: context
                 )
@@ -993,6 +1161,28 @@ extension Trellis_Mesh_V1_Admin.ServiceProtocol {
             context: context
         )
         return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func prepareIssuer(
+        request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_PrepareIssuerRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_PrepareIssuerResponse> {
+        let response = try await self.prepareIssuer(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func rotate(
+        request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_RotateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_RotateProgress> {
+        let response = try await self.rotate(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
     }
 }
 
@@ -1074,6 +1264,36 @@ extension Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func prepareIssuer(
+        request: GRPCCore.ServerRequest<Trellis_Mesh_V1_PrepareIssuerRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_PrepareIssuerResponse> {
+        return GRPCCore.ServerResponse<Trellis_Mesh_V1_PrepareIssuerResponse>(
+            message: try await self.prepareIssuer(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func rotate(
+        request: GRPCCore.ServerRequest<Trellis_Mesh_V1_RotateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_RotateProgress> {
+        return GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_RotateProgress>(
+            metadata: [:],
+            producer: { writer in
+                try await self.rotate(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -1211,7 +1431,8 @@ extension Trellis_Mesh_V1_Admin {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen,
+        /// > the certificate it serves with.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Trellis_Mesh_V1_StatusRequest` message.
@@ -1228,6 +1449,54 @@ extension Trellis_Mesh_V1_Admin {
             deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_StatusResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_StatusResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "PrepareIssuer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A new key for the next issuer, made and kept by the control plane; the answer is its CSR,
+        /// > for the root's holder to sign (`meshctl certs rotate-ca`).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_PrepareIssuerRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_PrepareIssuerRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_PrepareIssuerResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func prepareIssuer<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_PrepareIssuerRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_PrepareIssuerRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_PrepareIssuerResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_PrepareIssuerResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Rotate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One step of a rotation, streamed until every connected sidecar has acknowledged it.
+        /// > Each step is idempotent: asked again, it only waits.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_RotateRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_RotateRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_RotateProgress` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func rotate<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_RotateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_RotateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_RotateProgress>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_RotateProgress>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1426,7 +1695,8 @@ extension Trellis_Mesh_V1_Admin {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+        /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen,
+        /// > the certificate it serves with.
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Trellis_Mesh_V1_StatusRequest` message.
@@ -1449,6 +1719,74 @@ extension Trellis_Mesh_V1_Admin {
             try await self.client.unary(
                 request: request,
                 descriptor: Trellis_Mesh_V1_Admin.Method.Status.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "PrepareIssuer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A new key for the next issuer, made and kept by the control plane; the answer is its CSR,
+        /// > for the root's holder to sign (`meshctl certs rotate-ca`).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_PrepareIssuerRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_PrepareIssuerRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_PrepareIssuerResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func prepareIssuer<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_PrepareIssuerRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_PrepareIssuerRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_PrepareIssuerResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_PrepareIssuerResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Trellis_Mesh_V1_Admin.Method.PrepareIssuer.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "Rotate" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One step of a rotation, streamed until every connected sidecar has acknowledged it.
+        /// > Each step is idempotent: asked again, it only waits.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_RotateRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_RotateRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_RotateProgress` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func rotate<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_RotateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_RotateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_RotateProgress>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_RotateProgress>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Trellis_Mesh_V1_Admin.Method.Rotate.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -1611,7 +1949,8 @@ extension Trellis_Mesh_V1_Admin.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+    /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen,
+    /// > the certificate it serves with.
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Trellis_Mesh_V1_StatusRequest` message.
@@ -1631,6 +1970,64 @@ extension Trellis_Mesh_V1_Admin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_StatusRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_StatusResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PrepareIssuer" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A new key for the next issuer, made and kept by the control plane; the answer is its CSR,
+    /// > for the root's holder to sign (`meshctl certs rotate-ca`).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Trellis_Mesh_V1_PrepareIssuerRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func prepareIssuer<Result>(
+        request: GRPCCore.ClientRequest<Trellis_Mesh_V1_PrepareIssuerRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_PrepareIssuerResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.prepareIssuer(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_PrepareIssuerRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_PrepareIssuerResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Rotate" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One step of a rotation, streamed until every connected sidecar has acknowledged it.
+    /// > Each step is idempotent: asked again, it only waits.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Trellis_Mesh_V1_RotateRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rotate<Result>(
+        request: GRPCCore.ClientRequest<Trellis_Mesh_V1_RotateRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_RotateProgress>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.rotate(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_RotateRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_RotateProgress>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1810,7 +2207,8 @@ extension Trellis_Mesh_V1_Admin.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen.
+    /// > Every sidecar that has subscribed: the version it runs, its last NACK, when it was seen,
+    /// > the certificate it serves with.
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -1833,6 +2231,72 @@ extension Trellis_Mesh_V1_Admin.ClientProtocol {
             metadata: metadata
         )
         return try await self.status(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PrepareIssuer" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A new key for the next issuer, made and kept by the control plane; the answer is its CSR,
+    /// > for the root's holder to sign (`meshctl certs rotate-ca`).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func prepareIssuer<Result>(
+        _ message: Trellis_Mesh_V1_PrepareIssuerRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_PrepareIssuerResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Trellis_Mesh_V1_PrepareIssuerRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.prepareIssuer(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Rotate" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One step of a rotation, streamed until every connected sidecar has acknowledged it.
+    /// > Each step is idempotent: asked again, it only waits.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func rotate<Result>(
+        _ message: Trellis_Mesh_V1_RotateRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_RotateProgress>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Trellis_Mesh_V1_RotateRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.rotate(
             request: request,
             options: options,
             onResponse: handleResponse

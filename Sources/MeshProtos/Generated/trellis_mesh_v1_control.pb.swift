@@ -82,6 +82,13 @@ public nonisolated struct Trellis_Mesh_V1_SubscribeRequest: Sendable {
   /// Set on a NACK: why the snapshot was not applied.
   public var errorDetail: String = String()
 
+  /// The trust generation whose bundle the sidecar runs.
+  public var trustGeneration: Int64 = 0
+
+  /// The serial (hex, as `meshctl certs inspect` shows it) of the certificate the sidecar serves
+  /// with now. A message with no nonce only reports a new certificate.
+  public var certificateSerial: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -98,6 +105,16 @@ public nonisolated struct Trellis_Mesh_V1_ConfigSnapshot: Sendable {
 
   /// The MeshConfig YAML, as applied.
   public var yaml: String = String()
+
+  /// Every root the sidecar must trust now, PEM, and the generation of that trust (it grows by
+  /// one with every change of roots or issuer).
+  public var trustBundle: String = String()
+
+  public var trustGeneration: Int64 = 0
+
+  /// Renew the certificate now: another issuer signed it than the one signing now, or the
+  /// operator asked for it (`meshctl certs rotate --service`).
+  public var renewCertificate: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -123,6 +140,13 @@ public nonisolated struct Trellis_Mesh_V1_StatusResponse: Sendable {
   public var currentVersion: Int64 = 0
 
   public var sidecars: [Trellis_Mesh_V1_SidecarStatus] = []
+
+  /// The trust generation the control plane runs, its issuer and roots (subjects).
+  public var trustGeneration: Int64 = 0
+
+  public var issuer: String = String()
+
+  public var roots: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -150,6 +174,17 @@ public nonisolated struct Trellis_Mesh_V1_SidecarStatus: Sendable {
   public var lastSeenUnix: Int64 = 0
 
   public var certificateNotAfterUnix: Int64 = 0
+
+  public var certificateSerial: String = String()
+
+  /// The issuer that signed it and the root above that issuer (their subjects), when this
+  /// control plane issued it.
+  public var certificateIssuer: String = String()
+
+  public var certificateRoot: String = String()
+
+  /// The trust generation the sidecar last acknowledged.
+  public var trustGeneration: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -292,6 +327,132 @@ public nonisolated struct Trellis_Mesh_V1_RollbackRequest: Sendable {
   public init() {}
 }
 
+public nonisolated struct Trellis_Mesh_V1_PrepareIssuerRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_PrepareIssuerResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A PKCS#10 request over the new issuer's key, PEM.
+  public var csr: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_RotateRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var step: Trellis_Mesh_V1_RotateRequest.Step = .unspecified
+
+  public var certificates: String = String()
+
+  public var service: String = String()
+
+  /// How long to wait for the sidecars; 0 for five minutes.
+  public var timeoutSeconds: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Step: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+
+    /// Add `certificates` (roots, PEM) to every bundle.
+    case addRoots // = 1
+
+    /// Sign with the issuer in `certificates` (its key from PrepareIssuer), and have every
+    /// sidecar renew its certificate from it.
+    case switchIssuer // = 2
+
+    /// Trust only the roots in `certificates`; refused if the issuer does not chain to one.
+    case keepRoots // = 3
+
+    /// Have every sidecar of `service` renew its certificate now.
+    case renewService // = 4
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .addRoots
+      case 2: self = .switchIssuer
+      case 3: self = .keepRoots
+      case 4: self = .renewService
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .addRoots: return 1
+      case .switchIssuer: return 2
+      case .keepRoots: return 3
+      case .renewService: return 4
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Trellis_Mesh_V1_RotateRequest.Step] = [
+      .unspecified,
+      .addRoots,
+      .switchIssuer,
+      .keepRoots,
+      .renewService,
+    ]
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_RotateProgress: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var trustGeneration: Int64 = 0
+
+  /// Connected sidecars that have done the step, and all connected sidecars.
+  public var doneCount: Int32 = 0
+
+  public var total: Int32 = 0
+
+  /// The sidecars still to do it.
+  public var waitingFor: [String] = []
+
+  /// Set on the last message: every connected sidecar has done it.
+  public var done: Bool = false
+
+  /// The bundle every sidecar trusts now, PEM.
+  public var trustBundle: String = String()
+
+  /// Sidecars known but not connected: they get the step when they return.
+  public var disconnected: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "trellis.mesh.v1"
@@ -388,7 +549,7 @@ nonisolated extension Trellis_Mesh_V1_CertifyResponse: SwiftProtobuf.Message, Sw
 
 nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubscribeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}version\0\u{3}response_nonce\0\u{3}error_detail\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}version\0\u{3}response_nonce\0\u{3}error_detail\0\u{3}trust_generation\0\u{3}certificate_serial\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -400,6 +561,8 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.version) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.responseNonce) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.errorDetail) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.certificateSerial) }()
       default: break
       }
     }
@@ -418,6 +581,12 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
     if !self.errorDetail.isEmpty {
       try visitor.visitSingularStringField(value: self.errorDetail, fieldNumber: 4)
     }
+    if self.trustGeneration != 0 {
+      try visitor.visitSingularInt64Field(value: self.trustGeneration, fieldNumber: 5)
+    }
+    if !self.certificateSerial.isEmpty {
+      try visitor.visitSingularStringField(value: self.certificateSerial, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -426,6 +595,8 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
     if lhs.version != rhs.version {return false}
     if lhs.responseNonce != rhs.responseNonce {return false}
     if lhs.errorDetail != rhs.errorDetail {return false}
+    if lhs.trustGeneration != rhs.trustGeneration {return false}
+    if lhs.certificateSerial != rhs.certificateSerial {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -433,7 +604,7 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
 
 nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConfigSnapshot"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}nonce\0\u{1}yaml\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}nonce\0\u{1}yaml\0\u{3}trust_bundle\0\u{3}trust_generation\0\u{3}renew_certificate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -444,6 +615,9 @@ nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, Swi
       case 1: try { try decoder.decodeSingularInt64Field(value: &self.version) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.nonce) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.yaml) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.trustBundle) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.renewCertificate) }()
       default: break
       }
     }
@@ -459,6 +633,15 @@ nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, Swi
     if !self.yaml.isEmpty {
       try visitor.visitSingularStringField(value: self.yaml, fieldNumber: 3)
     }
+    if !self.trustBundle.isEmpty {
+      try visitor.visitSingularStringField(value: self.trustBundle, fieldNumber: 4)
+    }
+    if self.trustGeneration != 0 {
+      try visitor.visitSingularInt64Field(value: self.trustGeneration, fieldNumber: 5)
+    }
+    if self.renewCertificate != false {
+      try visitor.visitSingularBoolField(value: self.renewCertificate, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -466,6 +649,9 @@ nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, Swi
     if lhs.version != rhs.version {return false}
     if lhs.nonce != rhs.nonce {return false}
     if lhs.yaml != rhs.yaml {return false}
+    if lhs.trustBundle != rhs.trustBundle {return false}
+    if lhs.trustGeneration != rhs.trustGeneration {return false}
+    if lhs.renewCertificate != rhs.renewCertificate {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -492,7 +678,7 @@ nonisolated extension Trellis_Mesh_V1_StatusRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}current_version\0\u{1}sidecars\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}current_version\0\u{1}sidecars\0\u{3}trust_generation\0\u{1}issuer\0\u{1}roots\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -502,6 +688,9 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularInt64Field(value: &self.currentVersion) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.sidecars) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.issuer) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.roots) }()
       default: break
       }
     }
@@ -514,12 +703,24 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
     if !self.sidecars.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.sidecars, fieldNumber: 2)
     }
+    if self.trustGeneration != 0 {
+      try visitor.visitSingularInt64Field(value: self.trustGeneration, fieldNumber: 3)
+    }
+    if !self.issuer.isEmpty {
+      try visitor.visitSingularStringField(value: self.issuer, fieldNumber: 4)
+    }
+    if !self.roots.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.roots, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Trellis_Mesh_V1_StatusResponse, rhs: Trellis_Mesh_V1_StatusResponse) -> Bool {
     if lhs.currentVersion != rhs.currentVersion {return false}
     if lhs.sidecars != rhs.sidecars {return false}
+    if lhs.trustGeneration != rhs.trustGeneration {return false}
+    if lhs.issuer != rhs.issuer {return false}
+    if lhs.roots != rhs.roots {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -527,7 +728,7 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
 
 nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SidecarStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}spiffe_id\0\u{1}version\0\u{3}last_nack_version\0\u{3}last_nack_error\0\u{1}connected\0\u{3}last_seen_unix\0\u{3}certificate_not_after_unix\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}spiffe_id\0\u{1}version\0\u{3}last_nack_version\0\u{3}last_nack_error\0\u{1}connected\0\u{3}last_seen_unix\0\u{3}certificate_not_after_unix\0\u{3}certificate_serial\0\u{3}certificate_issuer\0\u{3}certificate_root\0\u{3}trust_generation\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -543,6 +744,10 @@ nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, Swif
       case 6: try { try decoder.decodeSingularBoolField(value: &self.connected) }()
       case 7: try { try decoder.decodeSingularInt64Field(value: &self.lastSeenUnix) }()
       case 8: try { try decoder.decodeSingularInt64Field(value: &self.certificateNotAfterUnix) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.certificateSerial) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.certificateIssuer) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.certificateRoot) }()
+      case 12: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
       default: break
       }
     }
@@ -573,6 +778,18 @@ nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, Swif
     if self.certificateNotAfterUnix != 0 {
       try visitor.visitSingularInt64Field(value: self.certificateNotAfterUnix, fieldNumber: 8)
     }
+    if !self.certificateSerial.isEmpty {
+      try visitor.visitSingularStringField(value: self.certificateSerial, fieldNumber: 9)
+    }
+    if !self.certificateIssuer.isEmpty {
+      try visitor.visitSingularStringField(value: self.certificateIssuer, fieldNumber: 10)
+    }
+    if !self.certificateRoot.isEmpty {
+      try visitor.visitSingularStringField(value: self.certificateRoot, fieldNumber: 11)
+    }
+    if self.trustGeneration != 0 {
+      try visitor.visitSingularInt64Field(value: self.trustGeneration, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -585,6 +802,10 @@ nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, Swif
     if lhs.connected != rhs.connected {return false}
     if lhs.lastSeenUnix != rhs.lastSeenUnix {return false}
     if lhs.certificateNotAfterUnix != rhs.certificateNotAfterUnix {return false}
+    if lhs.certificateSerial != rhs.certificateSerial {return false}
+    if lhs.certificateIssuer != rhs.certificateIssuer {return false}
+    if lhs.certificateRoot != rhs.certificateRoot {return false}
+    if lhs.trustGeneration != rhs.trustGeneration {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -899,6 +1120,164 @@ nonisolated extension Trellis_Mesh_V1_RollbackRequest: SwiftProtobuf.Message, Sw
 
   public static func ==(lhs: Trellis_Mesh_V1_RollbackRequest, rhs: Trellis_Mesh_V1_RollbackRequest) -> Bool {
     if lhs.version != rhs.version {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_PrepareIssuerRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrepareIssuerRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_PrepareIssuerRequest, rhs: Trellis_Mesh_V1_PrepareIssuerRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_PrepareIssuerResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrepareIssuerResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}csr\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.csr) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.csr.isEmpty {
+      try visitor.visitSingularStringField(value: self.csr, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_PrepareIssuerResponse, rhs: Trellis_Mesh_V1_PrepareIssuerResponse) -> Bool {
+    if lhs.csr != rhs.csr {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_RotateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RotateRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}certificates\0\u{1}service\0\u{3}timeout_seconds\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.step) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.certificates) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.service) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.timeoutSeconds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.step != .unspecified {
+      try visitor.visitSingularEnumField(value: self.step, fieldNumber: 1)
+    }
+    if !self.certificates.isEmpty {
+      try visitor.visitSingularStringField(value: self.certificates, fieldNumber: 2)
+    }
+    if !self.service.isEmpty {
+      try visitor.visitSingularStringField(value: self.service, fieldNumber: 3)
+    }
+    if self.timeoutSeconds != 0 {
+      try visitor.visitSingularInt64Field(value: self.timeoutSeconds, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_RotateRequest, rhs: Trellis_Mesh_V1_RotateRequest) -> Bool {
+    if lhs.step != rhs.step {return false}
+    if lhs.certificates != rhs.certificates {return false}
+    if lhs.service != rhs.service {return false}
+    if lhs.timeoutSeconds != rhs.timeoutSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_RotateRequest.Step: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STEP_UNSPECIFIED\0\u{1}STEP_ADD_ROOTS\0\u{1}STEP_SWITCH_ISSUER\0\u{1}STEP_KEEP_ROOTS\0\u{1}STEP_RENEW_SERVICE\0")
+}
+
+nonisolated extension Trellis_Mesh_V1_RotateProgress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RotateProgress"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}trust_generation\0\u{3}done_count\0\u{1}total\0\u{3}waiting_for\0\u{1}done\0\u{3}trust_bundle\0\u{1}disconnected\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.doneCount) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.total) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.waitingFor) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.done) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.trustBundle) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.disconnected) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.trustGeneration != 0 {
+      try visitor.visitSingularInt64Field(value: self.trustGeneration, fieldNumber: 1)
+    }
+    if self.doneCount != 0 {
+      try visitor.visitSingularInt32Field(value: self.doneCount, fieldNumber: 2)
+    }
+    if self.total != 0 {
+      try visitor.visitSingularInt32Field(value: self.total, fieldNumber: 3)
+    }
+    if !self.waitingFor.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.waitingFor, fieldNumber: 4)
+    }
+    if self.done != false {
+      try visitor.visitSingularBoolField(value: self.done, fieldNumber: 5)
+    }
+    if !self.trustBundle.isEmpty {
+      try visitor.visitSingularStringField(value: self.trustBundle, fieldNumber: 6)
+    }
+    if !self.disconnected.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.disconnected, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_RotateProgress, rhs: Trellis_Mesh_V1_RotateProgress) -> Bool {
+    if lhs.trustGeneration != rhs.trustGeneration {return false}
+    if lhs.doneCount != rhs.doneCount {return false}
+    if lhs.total != rhs.total {return false}
+    if lhs.waitingFor != rhs.waitingFor {return false}
+    if lhs.done != rhs.done {return false}
+    if lhs.trustBundle != rhs.trustBundle {return false}
+    if lhs.disconnected != rhs.disconnected {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
