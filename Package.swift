@@ -206,6 +206,7 @@ let package = Package(
         "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", "MeshControlClient",
         argumentParser, x509, crypto,
         grpcCore, grpcHTTP2, grpcProtobuf, .product(name: "SwiftASN1", package: "swift-asn1"),
+        .product(name: "Yams", package: "Yams"),
       ],
       swiftSettings: swiftSettings
     ),
@@ -251,6 +252,11 @@ let package = Package(
     .testTarget(
       name: "MeshProxyTests",
       dependencies: ["MeshProxy"],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "MeshConfigTests",
+      dependencies: ["MeshConfig"],
       swiftSettings: swiftSettings
     ),
     .testTarget(

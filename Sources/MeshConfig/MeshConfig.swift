@@ -1,8 +1,9 @@
 import MeshIdentity
 
-/// The mesh's configuration: which services exist, where their endpoints are, and who may call
-/// them. One schema, read from YAML: in static mode each sidecar reads it from a file; the
-/// control plane validates, stores and pushes the same document.
+/// The mesh's configuration: which services exist, where their endpoints are, who may call
+/// them, and how calls to them are balanced, retried, limited, split and traced. One schema,
+/// read from YAML: in static mode each sidecar reads it from a file; the control plane
+/// validates, stores and pushes the same document. `docs/mesh-config.md` has every field.
 ///
 /// ```yaml
 /// trustDomain: trellis.local        # optional
@@ -22,6 +23,13 @@ public struct MeshConfig: Equatable, Sendable {
   public var trustDomain: String
   public var defaultPolicy: DefaultPolicy
   public var services: [String: Service]
+  /// The largest config the control plane stores (and `meshctl` sends).
+  public static let maximumBytes = 1 << 20
+
+  /// In order: the first route of a service that matches a call applies.
+  public var routes: [Route] = []
+  public var tracing = Tracing()
+  public var gateway = GatewaySettings()
 
   public enum DefaultPolicy: String, Equatable, Sendable {
     /// A service without authorization rules accepts any caller with a verified identity of
@@ -35,6 +43,13 @@ public struct MeshConfig: Equatable, Sendable {
     public var endpoints: [Endpoint]
     /// nil: the mesh's default policy applies.
     public var authorization: Authorization?
+    public var loadBalancing = LoadBalancing.p2cEWMA
+    public var outlierDetection = OutlierDetection()
+    public var circuitBreaker = CircuitBreaker()
+    public var retryBudget = RetryBudget()
+    /// Whether a method (`package.Service/Method`) may be retried after it reached the app,
+    /// overriding what the service's own descriptors say.
+    public var idempotency: [String: Bool] = [:]
 
     public init(endpoints: [Endpoint] = [], authorization: Authorization? = nil) {
       self.endpoints = endpoints
@@ -59,6 +74,14 @@ public struct MeshConfig: Equatable, Sendable {
     self.trustDomain = trustDomain
     self.defaultPolicy = defaultPolicy
     self.services = services
+  }
+
+  /// The routes of `service`, in order, ending with the default route (every call, the
+  /// default policies) unless a route already matches every call.
+  public func effectiveRoutes(for service: String) -> [Route] {
+    let own = routes.filter { $0.service == service }
+    if own.contains(where: { $0.match.methods == nil && $0.match.headers.isEmpty }) { return own }
+    return own + [Route(service: service, name: "default")]
   }
 
   /// Who may call `service`.
@@ -177,7 +200,9 @@ extension MeshConfig {
   }
 
   init(_ root: ConfigNode) throws {
-    let fields = try root.fields(["trustDomain", "defaultPolicy", "services"])
+    let fields = try root.fields([
+      "trustDomain", "defaultPolicy", "services", "routes", "tracing", "gateway",
+    ])
     let trustDomain = try fields["trustDomain"].optionalString() ?? SPIFFEID.defaultTrustDomain
     do {
       _ = try SPIFFEID(parsing: "spiffe://\(trustDomain)/x")
@@ -201,12 +226,18 @@ extension MeshConfig {
       services[name] = try Service(node, trustDomain: trustDomain)
     }
     self.init(trustDomain: trustDomain, defaultPolicy: defaultPolicy, services: services)
+    routes = try fields["routes"].sequence().map { try Route($0, services: services) }
+    if fields["tracing"].isPresent { tracing = try Tracing(fields["tracing"]) }
+    if fields["gateway"].isPresent { gateway = try GatewaySettings(fields["gateway"]) }
   }
 }
 
 extension MeshConfig.Service {
   init(_ node: ConfigNode, trustDomain: String) throws {
-    let fields = try node.fields(["endpoints", "authorization"])
+    let fields = try node.fields([
+      "endpoints", "authorization", "loadBalancing", "outlierDetection", "circuitBreaker",
+      "retryBudget", "methods",
+    ])
     var endpoints: [MeshConfig.Endpoint] = []
     var seen: Set<Address> = []
     for entry in try fields["endpoints"].sequence() {
@@ -221,6 +252,7 @@ extension MeshConfig.Service {
       authorization = try Authorization(fields["authorization"], trustDomain: trustDomain)
     }
     self.init(endpoints: endpoints, authorization: authorization)
+    try Self.readPolicies(fields, into: &self)
   }
 }
 

@@ -20,7 +20,7 @@ public struct ControlContext: Sendable {
   public var maximumLeafLifetime: TimeInterval = 30 * 86_400
   /// An operator's certificate may live a year, as `meshctl certs init` makes it.
   public var maximumOperatorLifetime: TimeInterval = 365 * 86_400
-  public var maximumConfigBytes = 1 << 20
+  public var maximumConfigBytes = MeshConfig.maximumBytes
   /// The sidecars subscribed to config.
   public let hub = ConfigHub()
 

@@ -19,6 +19,11 @@ struct Apply: AsyncParsableCommand {
     } catch {
       throw MeshctlFailure("cannot read \(file)")
     }
+    guard text.utf8.count <= MeshConfig.maximumBytes else {
+      throw MeshctlFailure(
+        "\(file): \(text.utf8.count) bytes; a mesh config may be at most \(MeshConfig.maximumBytes) bytes"
+      )
+    }
     var request = Trellis_Mesh_V1_ApplyConfigRequest()
     request.yaml = text
     request.fileName = file
@@ -35,11 +40,11 @@ struct Apply: AsyncParsableCommand {
   }
 }
 
-/// `meshctl get config [--version N] [-o yaml|json]`
+/// `meshctl get config|routes|endpoints`
 struct Get: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Show what the control plane holds.",
-    subcommands: [ConfigCommand.self, EndpointsCommand.self])
+    subcommands: [ConfigCommand.self, RoutesCommand.self, EndpointsCommand.self])
 
   struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -76,19 +81,11 @@ extension Get {
     static let configuration = CommandConfiguration(
       commandName: "endpoints", abstract: "Every service's endpoints in the running config.")
 
-    @Option(name: .short, help: "Output: table or json.") var output: OutputFormat = .table
+    @Option(name: .short, help: "Output: table, json or yaml.") var output: OutputFormat = .table
     @OptionGroup var controlPlane: ControlPlaneOptions
 
     func run() async throws {
-      let stored = try await controlPlane.withAdmin {
-        try await $0.getConfig(Trellis_Mesh_V1_GetConfigRequest())
-      }
-      let config: MeshConfig
-      do {
-        config = try MeshConfig(yaml: stored.yaml, file: "config version \(stored.version)")
-      } catch {
-        throw MeshctlFailure("\(error)")
-      }
+      let config = try await controlPlane.runningConfig()
       var rows: [(service: String, address: String, labels: [String: String])] = []
       for (name, service) in config.services.sorted(by: { $0.key < $1.key }) {
         for endpoint in service.endpoints {
@@ -96,30 +93,22 @@ extension Get {
         }
       }
       switch output {
-      case .json:
+      case .json, .yaml:
         let objects: [[String: Any]] = rows.map {
           [
             "service": $0.service, "address": $0.address, "labels": $0.labels,
             "identity": "spiffe://\(config.trustDomain)/svc/\($0.service)",
           ]
         }
-        let data = try JSONSerialization.data(
-          withJSONObject: objects, options: [.sortedKeys, .withoutEscapingSlashes])
-        print(String(decoding: data, as: UTF8.self))
-      case .table, .yaml:
-        let width = max(7, rows.map(\.service.count).max() ?? 0) + 2
-        let addressWidth = max(7, rows.map(\.address.count).max() ?? 0) + 2
-        print(
-          "SERVICE".padding(toLength: width, withPad: " ", startingAt: 0)
-            + "ADDRESS".padding(toLength: addressWidth, withPad: " ", startingAt: 0) + "LABELS")
+        try printStructured(objects, output)
+      case .table:
+        var table = [["SERVICE", "ADDRESS", "LABELS"]]
         for row in rows {
           let labels = row.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
             .joined(separator: ",")
-          print(
-            row.service.padding(toLength: width, withPad: " ", startingAt: 0)
-              + row.address.padding(toLength: addressWidth, withPad: " ", startingAt: 0)
-              + (labels.isEmpty ? "-" : labels))
+          table.append([row.service, row.address, labels.isEmpty ? "-" : labels])
         }
+        printTable(table)
       }
     }
   }

@@ -149,6 +149,89 @@ import Testing
     #expect(result.stderr.contains("NOT_FOUND: there is no config version 9"))
   }
 
+  /// Routes and policies are validated by the control plane and shown, defaults written
+  /// out, by `meshctl get routes`; each mistake is refused and the control plane goes on.
+  @Test func routesAreValidatedAndShown() throws {
+    let config = """
+      services:
+        orders:
+          endpoints:
+            - {address: 127.0.0.1:7001, labels: {version: v1}}
+            - {address: 127.0.0.1:7002, labels: {version: v2}}
+          loadBalancing: round-robin
+          methods:
+            shop.v1.OrderService/CreateOrder: {idempotent: false}
+        payments: {}
+      routes:
+        - service: orders
+          name: canary
+          match: {headers: {x-canary: "1"}}
+          timeout: 2s
+          retries: {attempts: 2, on: [UNAVAILABLE, ABORTED]}
+          split:
+            - {labels: {version: v2}, weight: 1}
+          fault: {abort: {code: UNAVAILABLE, percent: 5}}
+
+      """
+    let file = try mesh.write("routes.yaml", config)
+    var result = try meshctl(["apply", "-f", file])
+    #expect(result.status == 0, "\(result.stderr)")
+    result = try meshctl(["get", "routes", "-o", "json"])
+    let services =
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]]
+    #expect(services?.map { $0["service"] as? String } == ["orders", "payments"], "\(result)")
+    let orders = try #require(services?.first)
+    #expect(orders["loadBalancing"] as? String == "round-robin")
+    let routes = orders["routes"] as? [[String: Any]] ?? []
+    #expect(routes.map { $0["name"] as? String } == ["canary", "default"])
+    #expect(
+      (routes.first?["retries"] as? [String: Any])?["on"] as? [String] == [
+        "UNAVAILABLE", "ABORTED",
+      ])
+    #expect(routes.first?["timeout"] as? String == "2s")
+    let payments = services?.last?["routes"] as? [[String: Any]]
+    #expect((payments?.first?["retries"] as? [String: Any])?["attempts"] as? Int == 3)
+    result = try meshctl(["get", "routes"])
+    #expect(
+      result.stdout.contains("orders    canary   every method + x-canary: 1"), "\(result.stdout)")
+    #expect(result.stdout.contains("abort UNAVAILABLE 5.0%"), "\(result.stdout)")
+    result = try meshctl(["get", "routes", "-o", "yaml"])
+    #expect(result.stdout.contains("x-canary: '1'"), "\(result.stdout)")
+
+    // Each mistake names its place; nothing is stored and the control plane keeps serving.
+    let mistakes = [
+      (
+        config.replacingOccurrences(of: "weight: 1", with: "weight: 0"),
+        "routes[0].split: every weight is 0"
+      ),
+      (
+        config.replacingOccurrences(of: "- service: orders", with: "- service: ordres"),
+        "routes[0].service: no service 'ordres' under services:"
+      ),
+      (
+        config.replacingOccurrences(of: "attempts: 2", with: "attempts: 9"),
+        "routes[0].retries.attempts: 9 is out of range 1...5"
+      ),
+    ]
+    for (text, message) in mistakes {
+      let bad = try mesh.write("bad-routes.yaml", text)
+      result = try meshctl(["apply", "-f", bad])
+      #expect(result.status != 0)
+      #expect(result.stderr.contains("INVALID_ARGUMENT: \(bad):"), "\(result.stderr)")
+      #expect(result.stderr.contains(message), "\(result.stderr)")
+    }
+    // Ten megabytes: refused before it is sent, by its size.
+    let huge = try mesh.write(
+      "ten-mb.yaml", "# " + String(repeating: "x", count: 10 << 20) + "\nservices: {}\n")
+    result = try meshctl(["apply", "-f", huge])
+    #expect(result.status != 0)
+    #expect(result.stderr.contains("at most 1048576 bytes"), "\(result.stderr)")
+    result = try meshctl(["history", "-o", "json"])
+    let versions =
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]]
+    #expect(versions?.count == 1, "\(result.stdout)\(result.stderr)")
+  }
+
   @Test func onlyTheAdminIdentityMayCallAdminMethods() throws {
     // A folder whose "operator" identity is a workload's certificate.
     let other = mesh.directory.appendingPathComponent("workload").path
