@@ -122,8 +122,9 @@ let package = Package(
     .target(
       name: "MeshControlClient",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshProtos", grpcCore, grpcHTTP2, grpcProtobuf, logging,
-        lifecycle, x509, crypto, .product(name: "SwiftASN1", package: "swift-asn1"),
+        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshServiceKit", grpcCore, grpcHTTP2,
+        grpcProtobuf, swiftProtobuf, logging, lifecycle, x509, crypto,
+        .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: swiftSettings
     ),

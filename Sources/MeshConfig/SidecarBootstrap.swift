@@ -25,6 +25,9 @@ import MeshIdentity
 ///   tokenFile: users.token         #   from `meshctl tokens create --out`, used once
 ///   bundle: certs/bundle.pem       #   verifies the control plane at first contact
 /// state: .trellis/users            # key, certificate and bundle kept across restarts
+/// labels: {version: v1}            # registered with the endpoint (traffic split by label)
+/// register: true                   # register the endpoint with the control plane while the
+///                                  # app reports SERVING (default true with a control plane)
 /// limits:                          # optional; these are the defaults
 ///   idleTimeout: 5m                # a connection without calls for this long is closed
 ///   handshakeTimeout: 10s          # a TLS handshake must finish within this
@@ -49,6 +52,10 @@ public struct SidecarBootstrap: Equatable, Sendable {
   /// How the sidecar gets its identity from the control plane; nil in static mode (the `tls`
   /// files come from `meshctl certs`).
   public var controlPlane: ControlPlaneLink?
+  /// The endpoint's labels, registered with it.
+  public var labels: [String: String] = [:]
+  /// Whether the endpoint is registered with the control plane.
+  public var register = true
   /// Where the sidecar keeps what it must survive a restart with: its key, certificate and
   /// trust bundle (with a control plane).
   public var state: String?
@@ -113,7 +120,7 @@ public struct SidecarBootstrap: Equatable, Sendable {
   init(_ root: ConfigNode, directory: String) throws {
     let fields = try root.fields([
       "service", "app", "listen", "advertise", "tls", "mesh", "trustDomain", "threads", "limits",
-      "controlPlane", "state",
+      "controlPlane", "state", "labels", "register",
     ])
     let trustDomain = try fields["trustDomain"].optionalString() ?? SPIFFEID.defaultTrustDomain
     let service = try fields["service"].string()
@@ -179,5 +186,7 @@ public struct SidecarBootstrap: Equatable, Sendable {
     }
     self.controlPlane = link
     self.state = state
+    for (key, value) in try fields["labels"].mapping() { labels[key] = try value.string() }
+    register = try fields["register"].bool() ?? true
   }
 }

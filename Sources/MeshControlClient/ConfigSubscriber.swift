@@ -14,42 +14,70 @@ import Synchronization
 /// restarted while the control plane is down starts with it. A broken stream is opened again
 /// with backoff and jitter.
 ///
-/// Snapshots also carry the mesh's trust: the bundle is written where the sidecar's
-/// certificate watcher reloads it, and a request to renew goes to the certificate keeper. Every
-/// message tells the control plane the trust generation and the certificate serial in use.
+/// Snapshots also carry the mesh's trust and its registered endpoints. The bundle is written
+/// where the sidecar's certificate watcher reloads it; a request to renew goes to the
+/// certificate keeper; registered endpoints are added to the config's own. Every message tells
+/// the control plane the trust generation and the certificate serial in use.
+///
+/// While the app reports SERVING on `grpc.health.v1`, the stream also registers the sidecar's
+/// inbound endpoint with its labels and the app's methods (read by reflection), renewed every
+/// third of its lease; an app that stops serving is withdrawn, and so is the endpoint when the
+/// sidecar shuts down.
 public struct ConfigSubscriber: Service {
   public struct Identity: Sendable {
-    /// The sidecar's service and the inbound address it advertises.
     public var service: String
-    public var advertise: String
     public var trustDomain: String
 
-    public init(service: String, advertise: String, trustDomain: String) {
+    public init(service: String, trustDomain: String) {
       self.service = service
-      self.advertise = advertise
       self.trustDomain = trustDomain
     }
+  }
 
-    /// The sidecar's name in `meshctl status`.
-    var node: String { "\(service)@\(advertise)" }
+  /// What the sidecar registers, and how it knows its app is serving.
+  public struct Registering: Sendable {
+    public var app: Address
+    public var labels: [String: String]
+    public var lease: Duration
+    /// How often the app's health is asked.
+    public var probeInterval: Duration
+
+    public init(
+      app: Address, labels: [String: String], lease: Duration = .seconds(15),
+      probeInterval: Duration = .seconds(1)
+    ) {
+      self.app = app
+      self.labels = labels
+      self.lease = lease
+      self.probeInterval = probeInterval
+    }
   }
 
   private let link: SidecarBootstrap.ControlPlaneLink
   private let files: CertificateKeeper.Files
   private let identity: Identity
+  private let advertised: @Sendable () async -> String?
+  private let registering: Registering?
+  private let base: MeshConfig
   private let state: String
   private let events: CertificateEvents
   private let apply: @Sendable (MeshConfig) -> Void
   private let logger: Logger
 
+  /// `advertised` gives the inbound address others dial once it is bound; `base` is the config
+  /// the sidecar started with (its bootstrap's mesh file), run until the control plane sends one.
   public init(
     link: SidecarBootstrap.ControlPlaneLink, files: CertificateKeeper.Files, identity: Identity,
-    state: String, events: CertificateEvents, logger: Logger,
+    advertised: @escaping @Sendable () async -> String?, registering: Registering?,
+    base: MeshConfig, state: String, events: CertificateEvents, logger: Logger,
     apply: @escaping @Sendable (MeshConfig) -> Void
   ) {
     self.link = link
     self.files = files
     self.identity = identity
+    self.advertised = advertised
+    self.registering = registering
+    self.base = base
     self.state = state
     self.events = events
     self.apply = apply
@@ -59,6 +87,7 @@ public struct ConfigSubscriber: Service {
   private var configFile: String { "\(state)/mesh.yaml" }
   private var versionFile: String { "\(state)/mesh.version" }
   private var trustFile: String { "\(state)/trust.generation" }
+  private var discoveryFile: String { "\(state)/discovery.bin" }
 
   /// The trust generation whose bundle is in place (0: the one the sidecar joined with).
   private func persistedTrustGeneration() -> Int64 {
@@ -67,13 +96,7 @@ public struct ConfigSubscriber: Service {
     } ?? 0
   }
 
-  /// The serial of the certificate in use.
-  private func certificateSerial() -> String {
-    (try? CertificateFiles.readCertificates(files.certificate))?.first?.serialHex ?? ""
-  }
-
-  /// The last config this sidecar ran, as persisted, and its version.
-  public func persisted() -> (config: MeshConfig, version: Int64)? {
+  private func persistedConfig() -> (config: MeshConfig, version: Int64)? {
     guard let text = try? String(contentsOfFile: configFile, encoding: .utf8),
       let versionText = try? String(contentsOfFile: versionFile, encoding: .utf8),
       let version = Int64(versionText.trimmingCharacters(in: .whitespacesAndNewlines)),
@@ -82,18 +105,60 @@ public struct ConfigSubscriber: Service {
     return (config, version)
   }
 
+  private func persistedDiscovery() -> Trellis_Mesh_V1_Discovery? {
+    guard let data = FileManager.default.contents(atPath: discoveryFile) else { return nil }
+    return try? Trellis_Mesh_V1_Discovery(serializedBytes: data)
+  }
+
+  /// What this sidecar last ran, as persisted: the config version and the registered
+  /// endpoints added to it; nil when nothing was persisted.
+  public func persisted() -> (config: MeshConfig, version: Int64)? {
+    let config = persistedConfig()
+    let discovery = persistedDiscovery()
+    guard config != nil || discovery != nil else { return nil }
+    return (
+      Self.merge(config?.config ?? base, discovery, own: identity.service, logger: nil),
+      config?.version ?? 0
+    )
+  }
+
+  /// The serial of the certificate in use.
+  private func certificateSerial() -> String {
+    (try? CertificateFiles.readCertificates(files.certificate))?.first?.serialHex ?? ""
+  }
+
   public func run() async throws {
+    guard let advertise = await advertised() else { return }  // cancelled before binding
+    let persisted = persistedConfig()
     let progress = Progress(
-      running: persisted()?.version ?? 0, trust: persistedTrustGeneration())
+      node: "\(identity.service)@\(advertise)", advertise: advertise,
+      running: persisted?.version ?? 0, config: persisted?.config ?? base,
+      trust: persistedTrustGeneration(), discovery: persistedDiscovery())
+    try await withThrowingDiscardingTaskGroup { group in
+      if let registering {
+        group.addTask { await self.register(registering, progress) }
+      }
+      group.addTask { try await self.subscribe(progress) }
+    }
+  }
+
+  /// Opens the stream again and again until shutdown.
+  private func subscribe(_ progress: Progress) async throws {
     while !Task.isShuttingDownGracefully {
       do {
-        try await cancelWhenGracefulShutdown { try await self.stream(progress) }
+        // On shutdown the stream is closed gracefully, the withdrawal sent first.
+        try await withGracefulShutdownHandler {
+          try await self.stream(progress)
+        } onGracefulShutdown: {
+          progress.close()
+        }
       } catch {
         if Task.isShuttingDownGracefully || Task.isCancelled { return }
         logger.warning(
           "config stream lost; running version \(progress.running)",
           metadata: ["error": "\(error)", "attempt": "\(progress.failures + 1)"])
       }
+      if Task.isShuttingDownGracefully { return }
       progress.failed()
       let failures = progress.failures
       // 0.5 s, 1 s, 2 s … up to 30 s, with jitter, so sidecars do not return in a herd.
@@ -109,91 +174,264 @@ public struct ConfigSubscriber: Service {
     }
   }
 
-  /// The version and trust generation running and the failed attempts in a row, shared with
-  /// the stream's tasks.
-  private final class Progress: Sendable {
-    private let state: Mutex<(running: Int64, trust: Int64, failures: Int)>
-    init(running: Int64, trust: Int64) { state = Mutex((running, trust, 0)) }
-    var running: Int64 {
-      get { state.withLock { $0.running } }
-      set { state.withLock { $0.running = newValue } }
+  /// Keeps the registration in step with the app's health, renewed every third of its lease.
+  private func register(_ registering: Registering, _ progress: Progress) async {
+    var registration = Trellis_Mesh_V1_Registration()
+    registration.address = progress.advertise
+    registration.labels = registering.labels
+    registration.leaseSeconds = Int64(registering.lease.components.seconds)
+    var methods: [Trellis_Mesh_V1_MethodInfo]?
+    var methodsTried: ContinuousClock.Instant?
+    var sent: ContinuousClock.Instant?
+    do {
+      try await AppProbe.with(app: registering.app) { probe in
+        while !Task.isShuttingDownGracefully {
+          let serving = await probe.serving()
+          if serving, methods == nil, methodsTried.map({ .now - $0 > .seconds(30) }) ?? true {
+            methodsTried = .now
+            do {
+              methods = try await probe.methods()
+            } catch {
+              logger.warning(
+                "cannot read the app's methods by reflection; registering without them",
+                metadata: ["error": "\(error)"])
+            }
+          }
+          var next = registration
+          next.serving = serving
+          next.methods = methods ?? []
+          let renew = sent.map { .now - $0 >= registering.lease / 3 } ?? true
+          if next != registration || renew {
+            if next.serving != registration.serving || sent == nil {
+              logger.info(
+                serving ? "app is SERVING: endpoint registered" : "app is not serving: not registered",
+                metadata: ["address": "\(progress.advertise)"])
+            }
+            registration = next
+            progress.register(registration)
+            sent = .now
+          }
+          try? await cancelWhenGracefulShutdown {
+            try await Task.sleep(for: registering.probeInterval)
+          }
+        }
+      }
+    } catch {
+      logger.error("cannot probe the app", metadata: ["error": "\(error)"])
     }
-    var trust: Int64 {
-      get { state.withLock { $0.trust } }
-      set { state.withLock { $0.trust = newValue } }
-    }
-    var failures: Int { state.withLock { $0.failures } }
-    func failed() { state.withLock { $0.failures += 1 } }
-    func established() { state.withLock { $0.failures = 0 } }
   }
 
-  /// One subscription, until the stream ends.
+  /// What the stream's tasks share: what runs, what is registered, and the open stream's
+  /// outbox.
+  private final class Progress: Sendable {
+    struct State {
+      var running: Int64
+      var config: MeshConfig
+      var trust: Int64
+      var discovery: Trellis_Mesh_V1_Discovery?
+      var failures = 0
+      var registration: Trellis_Mesh_V1_Registration?
+      var outbox: AsyncStream<Trellis_Mesh_V1_SubscribeRequest>.Continuation?
+      var closing = false
+    }
+
+    let node: String
+    let advertise: String
+    private let state: Mutex<State>
+
+    init(
+      node: String, advertise: String, running: Int64, config: MeshConfig, trust: Int64,
+      discovery: Trellis_Mesh_V1_Discovery?
+    ) {
+      self.node = node
+      self.advertise = advertise
+      state = Mutex(State(running: running, config: config, trust: trust, discovery: discovery))
+    }
+
+    func withLock<T>(_ body: (inout State) -> T) -> T { state.withLock { body(&$0) } }
+    var running: Int64 { withLock { $0.running } }
+    var failures: Int { withLock { $0.failures } }
+    func failed() { withLock { $0.failures += 1 } }
+    func established() { withLock { $0.failures = 0 } }
+
+    /// A message saying what runs now (no nonce: a report), with the registration if any.
+    func report(serial: String) -> Trellis_Mesh_V1_SubscribeRequest {
+      withLock { state in
+        var message = Trellis_Mesh_V1_SubscribeRequest()
+        message.node = node
+        message.version = state.running
+        message.trustGeneration = state.trust
+        message.discoveryGeneration = state.discovery?.generation ?? 0
+        message.certificateSerial = serial
+        if let registration = state.registration { message.registration = registration }
+        return message
+      }
+    }
+
+    /// Opens a stream's outbox; returns false when the sidecar is shutting down.
+    func open(_ outbox: AsyncStream<Trellis_Mesh_V1_SubscribeRequest>.Continuation) -> Bool {
+      withLock { state in
+        guard !state.closing else { return false }
+        state.outbox = outbox
+        return true
+      }
+    }
+
+    func send(_ message: Trellis_Mesh_V1_SubscribeRequest) {
+      let outbox = withLock { $0.outbox }
+      outbox?.yield(message)
+    }
+
+    /// A new registration (or a renewal of the lease), sent on the open stream if any.
+    func register(_ registration: Trellis_Mesh_V1_Registration) {
+      let outbox = withLock { state in
+        state.registration = registration
+        return state.outbox
+      }
+      var message = Trellis_Mesh_V1_SubscribeRequest()
+      message.node = node
+      message.registration = registration
+      outbox?.yield(message)
+    }
+
+    /// Withdraws the registration and ends the open stream gracefully.
+    func close() {
+      let (outbox, registration) = withLock { state in
+        state.closing = true
+        defer { state.outbox = nil }
+        state.registration?.serving = false
+        return (state.outbox, state.registration)
+      }
+      if let registration, let outbox {
+        var message = Trellis_Mesh_V1_SubscribeRequest()
+        message.node = node
+        message.registration = registration
+        outbox.yield(message)
+      }
+      outbox?.finish()
+    }
+  }
+
+  /// One subscription, until the stream ends (or, once shutdown began, two seconds after).
   private func stream(_ progress: Progress) async throws {
     let transport = try HTTP2ClientTransport.Posix(
       target: .ipv4(address: link.address.host, port: link.address.port),
       transportSecurity: .meshIdentity(
         certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
     let (requests, outbox) = AsyncStream.makeStream(of: Trellis_Mesh_V1_SubscribeRequest.self)
-    // Every message says what runs now; one with no nonce only reports it.
-    let report = { @Sendable in
-      var message = Trellis_Mesh_V1_SubscribeRequest()
-      message.node = identity.node
-      message.version = progress.running
-      message.trustGeneration = progress.trust
-      message.certificateSerial = certificateSerial()
-      return message
-    }
-    outbox.yield(report())
-    events.onRenewed { outbox.yield(report()) }
+    guard progress.open(outbox) else { return }
+    outbox.yield(progress.report(serial: certificateSerial()))
+    events.onRenewed { progress.send(progress.report(serial: self.certificateSerial())) }
     defer { events.onRenewed(nil) }
-    try await withGRPCClient(transport: transport) { client in
-      try await Trellis_Mesh_V1_Config.Client(wrapping: client).subscribe(
-        requestProducer: { writer in
-          for await request in requests { try await writer.write(request) }
-        },
-        onResponse: { response in
-          progress.established()
-          for try await snapshot in response.messages {
-            var errors: [String] = []
-            // The trust first: it does not depend on the config being good.
-            if snapshot.trustGeneration != 0, snapshot.trustGeneration != progress.trust {
-              do {
-                try installBundle(snapshot)
-                progress.trust = snapshot.trustGeneration
-                logger.info(
-                  "trust bundle installed",
-                  metadata: ["trust_generation": "\(snapshot.trustGeneration)"])
-              } catch {
-                errors.append("trust generation \(snapshot.trustGeneration): \(error)")
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      group.addTask {
+        try await withGRPCClient(transport: transport) { client in
+          try await Trellis_Mesh_V1_Config.Client(wrapping: client).subscribe(
+            requestProducer: { writer in
+              for await request in requests { try await writer.write(request) }
+            },
+            onResponse: { response in
+              progress.established()
+              for try await snapshot in response.messages {
+                progress.send(self.handle(snapshot, progress))
               }
-            }
-            if snapshot.version != 0, snapshot.version != progress.running {
-              do {
-                let config = try check(snapshot)
-                apply(config)
-                try persist(snapshot)
-                progress.running = snapshot.version
-                logger.info("config applied", metadata: ["version": "\(snapshot.version)"])
-              } catch {
-                errors.append("\(error)")
-                logger.warning(
-                  "config refused; keeping version \(progress.running)",
-                  metadata: ["version": "\(snapshot.version)", "error": "\(error)"])
-              }
-            }
-            if snapshot.renewCertificate { events.requestRenewal() }
-            var answer = report()
-            answer.responseNonce = snapshot.nonce
-            answer.errorDetail = errors.joined(separator: "; ")
-            outbox.yield(answer)
-          }
-          outbox.finish()
-        })
+              outbox.finish()
+            })
+        }
+      }
+      group.addTask {
+        // A control plane that does not close the stream at shutdown gets two seconds.
+        try await gracefulShutdown()
+        try await Task.sleep(for: .seconds(2))
+        throw CancellationError()
+      }
+      try await group.next()
+      group.cancelAll()
     }
   }
 
+  /// Applies what a snapshot changes; returns the ACK, or the NACK with every reason.
+  private func handle(
+    _ snapshot: Trellis_Mesh_V1_ConfigSnapshot, _ progress: Progress
+  ) -> Trellis_Mesh_V1_SubscribeRequest {
+    var errors: [String] = []
+    // The trust first: it does not depend on the config being good.
+    if snapshot.trustGeneration != 0, snapshot.trustGeneration != progress.withLock(\.trust) {
+      do {
+        try installBundle(snapshot)
+        progress.withLock { $0.trust = snapshot.trustGeneration }
+        logger.info(
+          "trust bundle installed", metadata: ["trust_generation": "\(snapshot.trustGeneration)"])
+      } catch {
+        errors.append("trust generation \(snapshot.trustGeneration): \(error)")
+      }
+    }
+    var changed = false
+    if snapshot.version != 0, snapshot.version != progress.running {
+      do {
+        let config = try check(snapshot, advertise: progress.advertise)
+        try persist(snapshot)
+        progress.withLock {
+          $0.config = config
+          $0.running = snapshot.version
+        }
+        changed = true
+        logger.info("config applied", metadata: ["version": "\(snapshot.version)"])
+      } catch {
+        errors.append("\(error)")
+        logger.warning(
+          "config refused; keeping version \(progress.running)",
+          metadata: ["version": "\(snapshot.version)", "error": "\(error)"])
+      }
+    }
+    if snapshot.hasDiscovery,
+      snapshot.discovery.generation != progress.withLock({ $0.discovery?.generation ?? -1 })
+    {
+      do {
+        try write([(discoveryFile, try snapshot.discovery.serializedBytes())])
+      } catch {
+        logger.warning("cannot persist the registered endpoints", metadata: ["error": "\(error)"])
+      }
+      progress.withLock { $0.discovery = snapshot.discovery }
+      changed = true
+    }
+    if changed {
+      let (config, discovery) = progress.withLock { ($0.config, $0.discovery) }
+      apply(Self.merge(config, discovery, own: identity.service, logger: logger))
+    }
+    if snapshot.renewCertificate { events.requestRenewal() }
+    var answer = progress.report(serial: certificateSerial())
+    answer.responseNonce = snapshot.nonce
+    answer.errorDetail = errors.joined(separator: "; ")
+    return answer
+  }
+
+  /// The config with the registered endpoints added to each service's own (a service only
+  /// registered is added with the default policies).
+  static func merge(
+    _ config: MeshConfig, _ discovery: Trellis_Mesh_V1_Discovery?, own: String, logger: Logger?
+  ) -> MeshConfig {
+    guard let discovery else { return config }
+    var merged = config
+    for registered in discovery.endpoints {
+      guard let address = try? Address(parsing: registered.address) else {
+        logger?.warning(
+          "ignoring a registered endpoint that is not HOST:PORT",
+          metadata: ["service": "\(registered.service)", "address": "\(registered.address)"])
+        continue
+      }
+      var service = merged.services[registered.service] ?? MeshConfig.Service()
+      guard !service.endpoints.contains(where: { $0.address == address }) else { continue }
+      service.endpoints.append(MeshConfig.Endpoint(address: address, labels: registered.labels))
+      merged.services[registered.service] = service
+    }
+    return merged
+  }
+
   /// Validates a snapshot as this sidecar must run it.
-  private func check(_ snapshot: Trellis_Mesh_V1_ConfigSnapshot) throws -> MeshConfig {
+  private func check(
+    _ snapshot: Trellis_Mesh_V1_ConfigSnapshot, advertise own: String
+  ) throws -> MeshConfig {
     let config = try MeshConfig(yaml: snapshot.yaml, file: "version \(snapshot.version)")
     guard config.trustDomain == identity.trustDomain else {
       throw ConfigError(
@@ -204,7 +442,7 @@ public struct ConfigSubscriber: Service {
     // An endpoint at this sidecar's own inbound address would send calls round in a loop.
     for (name, service) in config.services.sorted(by: { $0.key < $1.key })
     where name != identity.service {
-      for endpoint in service.endpoints where "\(endpoint.address)" == identity.advertise {
+      for endpoint in service.endpoints where "\(endpoint.address)" == own {
         throw ConfigError(
           file: "version \(snapshot.version)", line: nil, column: nil,
           field: "services.\(name).endpoints",
@@ -216,22 +454,27 @@ public struct ConfigSubscriber: Service {
   }
 
   private func persist(_ snapshot: Trellis_Mesh_V1_ConfigSnapshot) throws {
-    try write([(configFile, snapshot.yaml), (versionFile, "\(snapshot.version)\n")])
+    try write([
+      (configFile, Data(snapshot.yaml.utf8)), (versionFile, Data("\(snapshot.version)\n".utf8)),
+    ])
   }
 
   /// Writes the bundle where the sidecar's certificate watcher reloads it, then its generation.
   private func installBundle(_ snapshot: Trellis_Mesh_V1_ConfigSnapshot) throws {
     let bundle = try TrustBundle(pem: snapshot.trustBundle)
     guard !bundle.roots.isEmpty else { throw IdentityError("the trust bundle is empty") }
-    try write([(files.bundle, snapshot.trustBundle), (trustFile, "\(snapshot.trustGeneration)\n")])
+    try write([
+      (files.bundle, Data(snapshot.trustBundle.utf8)),
+      (trustFile, Data("\(snapshot.trustGeneration)\n".utf8)),
+    ])
   }
 
   /// Each file whole or not at all (written aside, then renamed over).
-  private func write(_ files: [(path: String, text: String)]) throws {
+  private func write(_ files: [(path: String, data: Data)]) throws {
     try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
-    for (path, text) in files {
+    for (path, data) in files {
       let temporary = path + ".new"
-      try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
+      try data.write(to: URL(fileURLWithPath: temporary))
       guard rename(temporary, path) == 0 else { throw IdentityError("cannot replace \(path)") }
     }
   }

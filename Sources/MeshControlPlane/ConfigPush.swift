@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import MeshConfig
 import MeshIdentity
 import MeshProtos
 import Synchronization
@@ -38,6 +39,14 @@ public final class ConfigHub: Sendable {
     var renewals: [String: Date] = [:]
     /// Subjects of every issuer known, and of the root above it, by the issuer's serial.
     var issuers: [String: (issuer: String, root: String)] = [:]
+    /// Registered endpoints by node, each alive until its lease runs out.
+    var registrations: [String: Registered] = [:]
+    var discoveryGeneration: Int64 = 0
+  }
+
+  struct Registered {
+    var endpoint: Trellis_Mesh_V1_RegisteredEndpoint
+    var expires: ContinuousClock.Instant
   }
 
   private let state = Mutex(State())
@@ -83,7 +92,62 @@ public final class ConfigHub: Sendable {
     state.withLock { $0.renewals = renewals }
   }
 
-  private func pushAll() {
+  // MARK: Discovery
+
+  /// What a registration changed, to be stored before it is pushed.
+  enum RegistrationChange {
+    case stored(Trellis_Mesh_V1_RegisteredEndpoint)
+    case removed
+  }
+
+  /// Registrations stored before a restart, each given a fresh lease to be renewed in.
+  func restore(_ endpoints: [Trellis_Mesh_V1_RegisteredEndpoint], lease: Duration) {
+    state.withLock { state in
+      for endpoint in endpoints {
+        state.registrations[endpoint.node] = Registered(
+          endpoint: endpoint, expires: .now + lease)
+      }
+      if !endpoints.isEmpty { state.discoveryGeneration += 1 }
+    }
+  }
+
+  /// A registration (or a withdrawal) from `node` of `service`; nil when it only renewed the
+  /// lease. The change is pushed by `pushAll` once stored.
+  func register(
+    node: String, service: String, _ registration: Trellis_Mesh_V1_Registration
+  ) -> RegistrationChange? {
+    state.withLock { state in
+      guard registration.serving else {
+        guard state.registrations.removeValue(forKey: node) != nil else { return nil }
+        state.discoveryGeneration += 1
+        return .removed
+      }
+      var endpoint = Trellis_Mesh_V1_RegisteredEndpoint()
+      endpoint.service = service
+      endpoint.address = registration.address
+      endpoint.labels = registration.labels
+      endpoint.node = node
+      endpoint.methods = registration.methods
+      let lease = Duration.seconds(min(300, max(3, registration.leaseSeconds)))
+      let unchanged = state.registrations[node]?.endpoint == endpoint
+      state.registrations[node] = Registered(endpoint: endpoint, expires: .now + lease)
+      if unchanged { return nil }
+      state.discoveryGeneration += 1
+      return .stored(endpoint)
+    }
+  }
+
+  /// Removes the registrations whose lease ran out; returns their nodes.
+  func expireLeases(now: ContinuousClock.Instant = .now) -> [String] {
+    state.withLock { state in
+      let expired = state.registrations.filter { $0.value.expires <= now }.map(\.key)
+      for node in expired { state.registrations[node] = nil }
+      if !expired.isEmpty { state.discoveryGeneration += 1 }
+      return expired.sorted()
+    }
+  }
+
+  func pushAll() {
     let snapshots = state.withLock { state in
       state.subscribers.values.map { ($0.continuation, Self.snapshot(for: $0.node, &state)) }
     }
@@ -102,6 +166,10 @@ public final class ConfigHub: Sendable {
     snapshot.trustBundle = state.trust.bundlePEM
     snapshot.trustGeneration = state.trust.generation
     snapshot.renewCertificate = state.nodes[node].map { needsRenewal($0, state) } ?? false
+    snapshot.discovery.generation = state.discoveryGeneration
+    snapshot.discovery.endpoints = state.registrations.values.map(\.endpoint).sorted {
+      $0.node < $1.node
+    }
     return snapshot
   }
 
@@ -130,6 +198,7 @@ public final class ConfigHub: Sendable {
       entry.status.spiffeID = identity
       entry.status.version = hello.version
       entry.status.trustGeneration = hello.trustGeneration
+      entry.status.discoveryGeneration = hello.discoveryGeneration
       entry.status.connected = true
       entry.status.lastSeenUnix = Int64(Date().timeIntervalSince1970)
       state.nodes[node] = entry
@@ -141,7 +210,9 @@ public final class ConfigHub: Sendable {
       let current = state.nodes[node]!
       let upToDate =
         hello.version == (state.config?.version ?? 0)
-        && hello.trustGeneration == state.trust.generation && !Self.needsRenewal(current, state)
+        && hello.trustGeneration == state.trust.generation
+        && hello.discoveryGeneration == state.discoveryGeneration
+        && !Self.needsRenewal(current, state)
       if !upToDate { continuation.yield(Self.snapshot(for: node, &state)) }
     }
     return stream
@@ -175,6 +246,7 @@ public final class ConfigHub: Sendable {
         && message.certificateSerial != entry.status.certificateSerial
       entry.status.lastSeenUnix = Int64(Date().timeIntervalSince1970)
       if message.trustGeneration != 0 { entry.status.trustGeneration = message.trustGeneration }
+      entry.status.discoveryGeneration = message.discoveryGeneration
       if message.errorDetail.isEmpty {
         if message.version != 0 { entry.status.version = message.version }
       } else {
@@ -211,7 +283,16 @@ public final class ConfigHub: Sendable {
   }
 
   public var statuses: [Trellis_Mesh_V1_SidecarStatus] {
-    state.withLock { $0.nodes.values.map(\.status).sorted { $0.node < $1.node } }
+    state.withLock { state in
+      state.nodes.values.map { node in
+        var status = node.status
+        if let registered = state.registrations[status.node] {
+          status.registered = true
+          status.registeredAddress = registered.endpoint.address
+        }
+        return status
+      }.sorted { $0.node < $1.node }
+    }
   }
 
   // MARK: Waiting for the sidecars
@@ -287,6 +368,9 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
           issued: try Self.issued(hello.certificateSerial, caller, store),
           certificateNotAfter: peer?.notValidAfter)
         defer { hub.unsubscribe(id: id) }
+        if hello.hasRegistration {
+          try Self.register(hello.registration, node: node, caller: caller, hub, store)
+        }
         group.addTask {
           for await snapshot in snapshots {
             sent.withLock { $0[snapshot.nonce] = snapshot.version }
@@ -300,11 +384,39 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
           hub.answered(
             node: node, message, snapshotVersion: version,
             issued: try Self.issued(message.certificateSerial, caller, store))
+          if message.hasRegistration {
+            try Self.register(message.registration, node: node, caller: caller, hub, store)
+          }
         }
         group.cancelAll()
       }
       return [:]
     }
+  }
+
+  /// Registers (or withdraws) the caller's endpoint for its own service; a change is stored,
+  /// then pushed to every sidecar.
+  private static func register(
+    _ registration: Trellis_Mesh_V1_Registration, node: String, caller: SPIFFEID,
+    _ hub: ConfigHub, _ store: ControlStore
+  ) throws {
+    guard let service = caller.serviceName else {
+      throw RPCError(
+        code: .permissionDenied, message: "\(caller) is not a workload: it registers no endpoint")
+    }
+    guard let address = try? Address(parsing: registration.address), address.port != 0 else {
+      throw RPCError(
+        code: .invalidArgument,
+        message: "registration: '\(registration.address)' is not a HOST:PORT to dial")
+    }
+    switch hub.register(node: node, service: service, registration) {
+    case nil: return
+    case .stored(let endpoint):
+      try store.setRegistration(node: node, endpoint: try endpoint.serializedBytes())
+    case .removed:
+      try store.setRegistration(node: node, endpoint: nil)
+    }
+    hub.pushAll()
   }
 
   /// The record of a certificate this control plane issued to `caller`.

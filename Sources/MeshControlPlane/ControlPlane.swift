@@ -86,6 +86,17 @@ public struct ControlPlane: Service {
       try await withThrowingDiscardingTaskGroup { group in
         group.addTask { try await main.serve() }
         group.addTask { try await joinServer.serve() }
+        group.addTask {
+          // A sidecar that vanished loses its registration when its lease runs out.
+          while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
+            do {
+              try control.expireRegistrations()
+            } catch {
+              logger.error("cannot withdraw expired registrations", metadata: ["error": "\(error)"])
+            }
+          }
+        }
         guard let listening = try? await mtls.listeningAddress,
           let joining = try? await join.listeningAddress
         else { return }

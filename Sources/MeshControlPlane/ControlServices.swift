@@ -23,6 +23,16 @@ public struct ControlContext: Sendable {
   public var maximumConfigBytes = MeshConfig.maximumBytes
   /// The sidecars subscribed to config.
   public let hub = ConfigHub()
+  /// How long a registration stored before a restart lasts unless its sidecar renews it.
+  public var registrationGrace: Duration = .seconds(30)
+
+  /// Withdraws the registrations whose lease ran out, and pushes the change.
+  public func expireRegistrations() throws {
+    let expired = hub.expireLeases()
+    guard !expired.isEmpty else { return }
+    for node in expired { try store.setRegistration(node: node, endpoint: nil) }
+    hub.pushAll()
+  }
 
   /// Loads what the hub pushes (the running config, the trust, pending renewals) from the store.
   public init(
@@ -36,6 +46,9 @@ public struct ControlContext: Sendable {
       hub.remember(issuer: generation.issuer.certificate, root: generation.issuerRoot)
     }
     hub.setRenewals(try store.renewalRequests())
+    hub.restore(
+      try store.registrations().map { try Trellis_Mesh_V1_RegisteredEndpoint(serializedBytes: $0) },
+      lease: registrationGrace)
     if let config = try store.currentConfig() {
       hub.publish(version: config.version, yaml: config.yaml)
     }

@@ -75,6 +75,16 @@ public final class ControlStore: Sendable {
           ALTER TABLE certificates ADD COLUMN issued_at_ms INTEGER;
           """)
     }
+    migrator.registerMigration("v3: registrations") { db in
+      try db.execute(
+        sql: """
+          CREATE TABLE registrations (
+            node TEXT PRIMARY KEY,
+            endpoint BLOB NOT NULL,
+            registered_at INTEGER NOT NULL
+          );
+          """)
+    }
     return migrator
   }
 
@@ -237,6 +247,29 @@ public final class ControlStore: Sendable {
       try db.execute(
         sql: "INSERT OR REPLACE INTO pending_issuer_key (id, key, created_at) VALUES (1, ?, ?)",
         arguments: [pem, Int64(Date().timeIntervalSince1970)])
+    }
+  }
+
+  // MARK: Registrations
+
+  /// Every registered endpoint (a `RegisteredEndpoint` message each).
+  public func registrations() throws -> [Data] {
+    try database.read { db in
+      try Data.fetchAll(db, sql: "SELECT endpoint FROM registrations ORDER BY node")
+    }
+  }
+
+  /// Stores (or, with nil, deletes) `node`'s registration.
+  public func setRegistration(node: String, endpoint: Data?) throws {
+    try database.write { db in
+      if let endpoint {
+        try db.execute(
+          sql:
+            "INSERT OR REPLACE INTO registrations (node, endpoint, registered_at) VALUES (?, ?, ?)",
+          arguments: [node, endpoint, Int64(Date().timeIntervalSince1970)])
+      } else {
+        try db.execute(sql: "DELETE FROM registrations WHERE node = ?", arguments: [node])
+      }
     }
   }
 

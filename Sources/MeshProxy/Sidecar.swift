@@ -27,6 +27,9 @@ public struct Sidecar: Service {
   private let configuration: Configuration
   /// What calls are routed and authorized by; replaced whole when a new mesh config arrives.
   public let routing: MeshRouting
+  /// The inbound address other sidecars dial, known once the listener is bound: the
+  /// advertised address, with the bound port when the configured one is 0.
+  public let advertised = Eventually<String>()
   private let tls: ProxyTLS
   private let group: MultiThreadedEventLoopGroup
   private let logger: Logger
@@ -55,6 +58,9 @@ public struct Sidecar: Service {
         reports: reports(state: state, metrics: metrics))
     }
     state.withLockedValue { $0 = .serving }
+    var advertise = configuration.bootstrap.advertise
+    if advertise.port == 0, let port = inbound.localAddress?.port { advertise.port = port }
+    advertised.set("\(advertise)")
     let watcher = Task { await watchCertificateFiles() }
     defer { watcher.cancel() }
     logger.info(
@@ -405,5 +411,45 @@ public final class MeshRouting: Sendable {
       }
     }
     return routes
+  }
+}
+
+/// A value that becomes known once, for tasks that wait for it.
+public final class Eventually<Value: Sendable>: Sendable {
+  private struct State {
+    var value: Value?
+    var waiters: [UUID: CheckedContinuation<Value?, Never>] = [:]
+  }
+
+  private let state = NIOLockedValueBox(State())
+
+  public init() {}
+
+  func set(_ value: Value) {
+    let waiters = state.withLockedValue { state in
+      state.value = value
+      defer { state.waiters = [:] }
+      return Array(state.waiters.values)
+    }
+    for waiter in waiters { waiter.resume(returning: value) }
+  }
+
+  /// The value, once set; nil if the task is cancelled first.
+  public func value() async -> Value? {
+    let id = UUID()
+    return await withTaskCancellationHandler {
+      await withCheckedContinuation { continuation in
+        let now = state.withLockedValue { state -> Value?? in
+          if let value = state.value { return .some(value) }
+          if Task.isCancelled { return .some(nil) }
+          state.waiters[id] = continuation
+          return .none
+        }
+        if let now { continuation.resume(returning: now) }
+      }
+    } onCancel: {
+      let waiter = state.withLockedValue { $0.waiters.removeValue(forKey: id) }
+      waiter?.resume(returning: nil)
+    }
   }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import MeshServiceKit
 import MeshTranscoding
 
 /// Where a command's descriptors come from: `--protoset` files, or the server by reflection.
@@ -23,7 +24,11 @@ struct Schema {
   /// Every service the schema knows.
   mutating func services() async throws -> [String] {
     if let protosetPool { return protosetPool.services.map(\.fullName) }
-    return try await reflection!.listServices()
+    do {
+      return try await reflection!.listServices()
+    } catch let error as ReflectionError {
+      throw CLIFailure.other(error.description)
+    }
   }
 
   /// A pool that declares `symbol`; nil when nothing declares it.
@@ -31,7 +36,11 @@ struct Schema {
     if let protosetPool {
       return protosetPool.fileName(containingSymbol: symbol) != nil ? protosetPool : nil
     }
-    return try await reflection!.pool(containing: symbol)
+    do {
+      return try await reflection!.pool(containing: symbol)
+    } catch let error as ReflectionError {
+      throw CLIFailure.other(error.description)
+    }
   }
 
   static func loadProtosets(_ paths: [String]) throws -> DescriptorPool {

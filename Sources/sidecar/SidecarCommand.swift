@@ -82,15 +82,17 @@ struct SidecarCommand: AsyncParsableCommand {
       // Routes and rules come from the control plane; until it answers, the last config this
       // sidecar ran (or the bootstrap's mesh file) serves.
       let routing = sidecar.routing
+      let advertised = sidecar.advertised
       let subscriber = ConfigSubscriber(
         link: link,
         files: .init(
           certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
           bundle: bootstrap.bundle),
-        identity: .init(
-          service: bootstrap.service, advertise: "\(bootstrap.advertise)",
-          trustDomain: configuration.mesh.trustDomain),
-        state: state, events: events, logger: logger
+        identity: .init(service: bootstrap.service, trustDomain: configuration.mesh.trustDomain),
+        advertised: { await advertised.value() },
+        registering: bootstrap.register
+          ? .init(app: bootstrap.app, labels: bootstrap.labels) : nil,
+        base: configuration.mesh, state: state, events: events, logger: logger
       ) { config in routing.apply(config) }
       if let persisted = subscriber.persisted() {
         routing.apply(persisted.config)

@@ -89,6 +89,99 @@ public nonisolated struct Trellis_Mesh_V1_SubscribeRequest: Sendable {
   /// with now. A message with no nonce only reports a new certificate.
   public var certificateSerial: String = String()
 
+  /// The sidecar's endpoint for its service, sent when it changes and at least every third of
+  /// its lease; absent while the sidecar has nothing to register.
+  public var registration: Trellis_Mesh_V1_Registration {
+    get {_registration ?? Trellis_Mesh_V1_Registration()}
+    set {_registration = newValue}
+  }
+  /// Returns true if `registration` has been explicitly set.
+  public var hasRegistration: Bool {self._registration != nil}
+  /// Clears the value of `registration`. Subsequent reads from it will return its default value.
+  public mutating func clearRegistration() {self._registration = nil}
+
+  /// The discovery generation the sidecar runs.
+  public var discoveryGeneration: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _registration: Trellis_Mesh_V1_Registration? = nil
+}
+
+/// A sidecar's inbound endpoint for its service, registered while its app reports SERVING on
+/// grpc.health.v1. It lives for `lease_seconds` unless sent again; `serving = false` withdraws it.
+public nonisolated struct Trellis_Mesh_V1_Registration: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// HOST:PORT, the inbound address other sidecars dial.
+  public var address: String = String()
+
+  public var labels: Dictionary<String,String> = [:]
+
+  public var serving: Bool = false
+
+  public var leaseSeconds: Int64 = 0
+
+  /// The app's methods as its descriptors declare them (read by reflection).
+  public var methods: [Trellis_Mesh_V1_MethodInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_MethodInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// package.Service/Method
+  public var name: String = String()
+
+  /// As google.protobuf.MethodOptions.idempotency_level: 0 unknown, 1 no side effects,
+  /// 2 idempotent.
+  public var idempotencyLevel: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Every registered endpoint and the methods each service declared.
+public nonisolated struct Trellis_Mesh_V1_Discovery: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var generation: Int64 = 0
+
+  public var endpoints: [Trellis_Mesh_V1_RegisteredEndpoint] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_RegisteredEndpoint: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var service: String = String()
+
+  public var address: String = String()
+
+  public var labels: Dictionary<String,String> = [:]
+
+  /// The sidecar that registered it.
+  public var node: String = String()
+
+  public var methods: [Trellis_Mesh_V1_MethodInfo] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -116,9 +209,21 @@ public nonisolated struct Trellis_Mesh_V1_ConfigSnapshot: Sendable {
   /// operator asked for it (`meshctl certs rotate --service`).
   public var renewCertificate: Bool = false
 
+  /// Registered endpoints, to add to the config's own.
+  public var discovery: Trellis_Mesh_V1_Discovery {
+    get {_discovery ?? Trellis_Mesh_V1_Discovery()}
+    set {_discovery = newValue}
+  }
+  /// Returns true if `discovery` has been explicitly set.
+  public var hasDiscovery: Bool {self._discovery != nil}
+  /// Clears the value of `discovery`. Subsequent reads from it will return its default value.
+  public mutating func clearDiscovery() {self._discovery = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _discovery: Trellis_Mesh_V1_Discovery? = nil
 }
 
 public nonisolated struct Trellis_Mesh_V1_StatusRequest: Sendable {
@@ -185,6 +290,14 @@ public nonisolated struct Trellis_Mesh_V1_SidecarStatus: Sendable {
 
   /// The trust generation the sidecar last acknowledged.
   public var trustGeneration: Int64 = 0
+
+  /// The endpoint the sidecar registered, and whether it is in service (its app SERVING and
+  /// its lease alive).
+  public var registeredAddress: String = String()
+
+  public var registered: Bool = false
+
+  public var discoveryGeneration: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -549,7 +662,7 @@ nonisolated extension Trellis_Mesh_V1_CertifyResponse: SwiftProtobuf.Message, Sw
 
 nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubscribeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}version\0\u{3}response_nonce\0\u{3}error_detail\0\u{3}trust_generation\0\u{3}certificate_serial\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}version\0\u{3}response_nonce\0\u{3}error_detail\0\u{3}trust_generation\0\u{3}certificate_serial\0\u{1}registration\0\u{3}discovery_generation\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -563,12 +676,18 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
       case 4: try { try decoder.decodeSingularStringField(value: &self.errorDetail) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.certificateSerial) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._registration) }()
+      case 8: try { try decoder.decodeSingularInt64Field(value: &self.discoveryGeneration) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.node.isEmpty {
       try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
     }
@@ -587,6 +706,12 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
     if !self.certificateSerial.isEmpty {
       try visitor.visitSingularStringField(value: self.certificateSerial, fieldNumber: 6)
     }
+    try { if let v = self._registration {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
+    if self.discoveryGeneration != 0 {
+      try visitor.visitSingularInt64Field(value: self.discoveryGeneration, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -597,6 +722,178 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
     if lhs.errorDetail != rhs.errorDetail {return false}
     if lhs.trustGeneration != rhs.trustGeneration {return false}
     if lhs.certificateSerial != rhs.certificateSerial {return false}
+    if lhs._registration != rhs._registration {return false}
+    if lhs.discoveryGeneration != rhs.discoveryGeneration {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_Registration: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Registration"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}address\0\u{1}labels\0\u{1}serving\0\u{3}lease_seconds\0\u{1}methods\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 2: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.serving) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.leaseSeconds) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.methods) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 1)
+    }
+    if !self.labels.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 2)
+    }
+    if self.serving != false {
+      try visitor.visitSingularBoolField(value: self.serving, fieldNumber: 3)
+    }
+    if self.leaseSeconds != 0 {
+      try visitor.visitSingularInt64Field(value: self.leaseSeconds, fieldNumber: 4)
+    }
+    if !self.methods.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.methods, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_Registration, rhs: Trellis_Mesh_V1_Registration) -> Bool {
+    if lhs.address != rhs.address {return false}
+    if lhs.labels != rhs.labels {return false}
+    if lhs.serving != rhs.serving {return false}
+    if lhs.leaseSeconds != rhs.leaseSeconds {return false}
+    if lhs.methods != rhs.methods {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_MethodInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MethodInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}idempotency_level\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.idempotencyLevel) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.idempotencyLevel != 0 {
+      try visitor.visitSingularInt32Field(value: self.idempotencyLevel, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_MethodInfo, rhs: Trellis_Mesh_V1_MethodInfo) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.idempotencyLevel != rhs.idempotencyLevel {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_Discovery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Discovery"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}generation\0\u{1}endpoints\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.generation) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.endpoints) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.generation != 0 {
+      try visitor.visitSingularInt64Field(value: self.generation, fieldNumber: 1)
+    }
+    if !self.endpoints.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.endpoints, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_Discovery, rhs: Trellis_Mesh_V1_Discovery) -> Bool {
+    if lhs.generation != rhs.generation {return false}
+    if lhs.endpoints != rhs.endpoints {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_RegisteredEndpoint: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RegisteredEndpoint"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}address\0\u{1}labels\0\u{1}node\0\u{1}methods\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.service) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 3: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.node) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.methods) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.service.isEmpty {
+      try visitor.visitSingularStringField(value: self.service, fieldNumber: 1)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 2)
+    }
+    if !self.labels.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 3)
+    }
+    if !self.node.isEmpty {
+      try visitor.visitSingularStringField(value: self.node, fieldNumber: 4)
+    }
+    if !self.methods.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.methods, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_RegisteredEndpoint, rhs: Trellis_Mesh_V1_RegisteredEndpoint) -> Bool {
+    if lhs.service != rhs.service {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.labels != rhs.labels {return false}
+    if lhs.node != rhs.node {return false}
+    if lhs.methods != rhs.methods {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -604,7 +901,7 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
 
 nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConfigSnapshot"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}nonce\0\u{1}yaml\0\u{3}trust_bundle\0\u{3}trust_generation\0\u{3}renew_certificate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{1}nonce\0\u{1}yaml\0\u{3}trust_bundle\0\u{3}trust_generation\0\u{3}renew_certificate\0\u{1}discovery\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -618,12 +915,17 @@ nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, Swi
       case 4: try { try decoder.decodeSingularStringField(value: &self.trustBundle) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.renewCertificate) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._discovery) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.version != 0 {
       try visitor.visitSingularInt64Field(value: self.version, fieldNumber: 1)
     }
@@ -642,6 +944,9 @@ nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, Swi
     if self.renewCertificate != false {
       try visitor.visitSingularBoolField(value: self.renewCertificate, fieldNumber: 6)
     }
+    try { if let v = self._discovery {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -652,6 +957,7 @@ nonisolated extension Trellis_Mesh_V1_ConfigSnapshot: SwiftProtobuf.Message, Swi
     if lhs.trustBundle != rhs.trustBundle {return false}
     if lhs.trustGeneration != rhs.trustGeneration {return false}
     if lhs.renewCertificate != rhs.renewCertificate {return false}
+    if lhs._discovery != rhs._discovery {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -728,7 +1034,7 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
 
 nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SidecarStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}spiffe_id\0\u{1}version\0\u{3}last_nack_version\0\u{3}last_nack_error\0\u{1}connected\0\u{3}last_seen_unix\0\u{3}certificate_not_after_unix\0\u{3}certificate_serial\0\u{3}certificate_issuer\0\u{3}certificate_root\0\u{3}trust_generation\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}spiffe_id\0\u{1}version\0\u{3}last_nack_version\0\u{3}last_nack_error\0\u{1}connected\0\u{3}last_seen_unix\0\u{3}certificate_not_after_unix\0\u{3}certificate_serial\0\u{3}certificate_issuer\0\u{3}certificate_root\0\u{3}trust_generation\0\u{3}registered_address\0\u{1}registered\0\u{3}discovery_generation\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -748,6 +1054,9 @@ nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, Swif
       case 10: try { try decoder.decodeSingularStringField(value: &self.certificateIssuer) }()
       case 11: try { try decoder.decodeSingularStringField(value: &self.certificateRoot) }()
       case 12: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.registeredAddress) }()
+      case 14: try { try decoder.decodeSingularBoolField(value: &self.registered) }()
+      case 15: try { try decoder.decodeSingularInt64Field(value: &self.discoveryGeneration) }()
       default: break
       }
     }
@@ -790,6 +1099,15 @@ nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, Swif
     if self.trustGeneration != 0 {
       try visitor.visitSingularInt64Field(value: self.trustGeneration, fieldNumber: 12)
     }
+    if !self.registeredAddress.isEmpty {
+      try visitor.visitSingularStringField(value: self.registeredAddress, fieldNumber: 13)
+    }
+    if self.registered != false {
+      try visitor.visitSingularBoolField(value: self.registered, fieldNumber: 14)
+    }
+    if self.discoveryGeneration != 0 {
+      try visitor.visitSingularInt64Field(value: self.discoveryGeneration, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -806,6 +1124,9 @@ nonisolated extension Trellis_Mesh_V1_SidecarStatus: SwiftProtobuf.Message, Swif
     if lhs.certificateIssuer != rhs.certificateIssuer {return false}
     if lhs.certificateRoot != rhs.certificateRoot {return false}
     if lhs.trustGeneration != rhs.trustGeneration {return false}
+    if lhs.registeredAddress != rhs.registeredAddress {return false}
+    if lhs.registered != rhs.registered {return false}
+    if lhs.discoveryGeneration != rhs.discoveryGeneration {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -8,8 +8,9 @@ import SwiftProtobuf
 /// Asks a server for its schema by gRPC server reflection: v1 first, then v1alpha for servers
 /// that only speak that (Python's grpcio-reflection, older Go and Java servers), as grpcurl
 /// does. The two versions' messages are identical on the wire, so one client speaks both and
-/// only the method path differs.
-struct ReflectionClient {
+/// only the method path differs. `rpc` reads schemas with it; a sidecar reads its app's
+/// methods and their idempotency with it.
+public struct ReflectionClient {
   typealias Request = Grpc_Reflection_V1_ServerReflectionRequest
   typealias Response = Grpc_Reflection_V1_ServerReflectionResponse
 
@@ -18,28 +19,44 @@ struct ReflectionClient {
   let options: CallOptions
   private var useV1Alpha = false
 
-  init(client: GRPCClient<HTTP2ClientTransport.Posix>, metadata: Metadata, options: CallOptions) {
+  public init(
+    client: GRPCClient<HTTP2ClientTransport.Posix>, metadata: Metadata = [:],
+    options: CallOptions = .defaults
+  ) {
     self.client = client
     self.metadata = metadata
     self.options = options
   }
 
   /// The names of the services the server lists.
-  mutating func listServices() async throws -> [String] {
+  public mutating func listServices() async throws -> [String] {
     let response = try await ask(.with { $0.listServices = "*" })
     guard case .listServicesResponse(let list)? = response.messageResponse else {
-      throw CLIFailure.other("the server's reflection service did not list its services")
+      throw ReflectionError("the server's reflection service did not list its services")
     }
     return list.service.map(\.name).sorted()
   }
 
   /// A pool holding the file that declares `symbol` and everything it imports; nil when the
   /// server does not know the symbol.
-  mutating func pool(containing symbol: String) async throws -> DescriptorPool? {
+  public mutating func pool(containing symbol: String) async throws -> DescriptorPool? {
+    guard let files = try await files(containing: symbol) else { return nil }
+    do {
+      return try DescriptorPool(files: files)
+    } catch {
+      throw ReflectionError("the server's descriptors are unusable: \(error)")
+    }
+  }
+
+  /// The file that declares `symbol` and everything it imports; nil when the server does not
+  /// know the symbol.
+  public mutating func files(
+    containing symbol: String
+  ) async throws -> [Google_Protobuf_FileDescriptorProto]? {
     let response = try await ask(.with { $0.fileContainingSymbol = symbol })
     if case .errorResponse(let error)? = response.messageResponse {
       if error.errorCode == Int32(RPCError.Code.notFound.rawValue) { return nil }
-      throw CLIFailure.other("reflection: \(error.errorMessage)")
+      throw ReflectionError("reflection: \(error.errorMessage)")
     }
     var files = try Self.files(in: response)
     // Some servers send only the requested file; fetch whatever imports are missing.
@@ -49,30 +66,26 @@ struct ReflectionClient {
       guard !known.contains(name) else { continue }
       let answer = try await ask(.with { $0.fileByFilename = name })
       if case .errorResponse(let error)? = answer.messageResponse {
-        throw CLIFailure.other("reflection cannot provide \(name): \(error.errorMessage)")
+        throw ReflectionError("reflection cannot provide \(name): \(error.errorMessage)")
       }
       for file in try Self.files(in: answer) where known.insert(file.name).inserted {
         files.append(file)
         missing.append(contentsOf: file.dependency)
       }
     }
-    do {
-      return try DescriptorPool(files: files)
-    } catch {
-      throw CLIFailure.other("the server's descriptors are unusable: \(error)")
-    }
+    return files
   }
 
   private static func files(in response: Response) throws -> [Google_Protobuf_FileDescriptorProto] {
     guard case .fileDescriptorResponse(let answer)? = response.messageResponse else {
-      throw CLIFailure.other("reflection answered without file descriptors")
+      throw ReflectionError("reflection answered without file descriptors")
     }
     do {
       return try answer.fileDescriptorProto.map {
         try Google_Protobuf_FileDescriptorProto(serializedBytes: $0)
       }
     } catch {
-      throw CLIFailure.other("reflection sent a malformed file descriptor: \(error)")
+      throw ReflectionError("reflection sent a malformed file descriptor: \(error)")
     }
   }
 
@@ -87,7 +100,7 @@ struct ReflectionClient {
     do {
       return try await ask(request, service: "grpc.reflection.v1alpha.ServerReflection")
     } catch let error as RPCError where error.code == .unimplemented {
-      throw CLIFailure.other(
+      throw ReflectionError(
         "the server does not support reflection (v1 or v1alpha); give its schema with --protoset")
     }
   }
@@ -105,11 +118,17 @@ struct ReflectionClient {
       for try await message in response.messages { return message }
       return nil
     }
-    guard let answer else { throw CLIFailure.other("reflection answered nothing") }
+    guard let answer else { throw ReflectionError("reflection answered nothing") }
     do {
       return try Response(serializedBytes: answer)
     } catch {
-      throw CLIFailure.other("reflection sent a malformed answer: \(error)")
+      throw ReflectionError("reflection sent a malformed answer: \(error)")
     }
   }
+}
+
+/// Why a server's schema could not be read by reflection.
+public struct ReflectionError: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ description: String) { self.description = description }
 }
