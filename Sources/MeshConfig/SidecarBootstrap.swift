@@ -25,9 +25,9 @@ import MeshIdentity
 ///   tokenFile: users.token         #   from `meshctl tokens create --out`, used once
 ///   bundle: certs/bundle.pem       #   verifies the control plane at first contact
 /// state: .trellis/users            # key, certificate and bundle kept across restarts
-/// labels: {version: v1}            # registered with the endpoint (traffic split by label)
-/// register: true                   # register the endpoint with the control plane while the
-///                                  # app reports SERVING (default true with a control plane)
+/// register:                       # with a control plane: the endpoint is registered while
+///   labels: {version: v1}          #   the app reports SERVING, with these labels, on a lease
+///   lease: 15s                     #   renewed every third of it (`register: false`: never)
 /// limits:                          # optional; these are the defaults
 ///   idleTimeout: 5m                # a connection without calls for this long is closed
 ///   handshakeTimeout: 10s          # a TLS handshake must finish within this
@@ -52,10 +52,15 @@ public struct SidecarBootstrap: Equatable, Sendable {
   /// How the sidecar gets its identity from the control plane; nil in static mode (the `tls`
   /// files come from `meshctl certs`).
   public var controlPlane: ControlPlaneLink?
-  /// The endpoint's labels, registered with it.
-  public var labels: [String: String] = [:]
-  /// Whether the endpoint is registered with the control plane.
-  public var register = true
+  /// How the endpoint is registered with the control plane; nil: it is not.
+  public var registration: Registration? = Registration()
+
+  public struct Registration: Equatable, Sendable {
+    public var labels: [String: String] = [:]
+    public var lease: Duration = .seconds(15)
+
+    public init() {}
+  }
   /// Where the sidecar keeps what it must survive a restart with: its key, certificate and
   /// trust bundle (with a control plane).
   public var state: String?
@@ -120,7 +125,7 @@ public struct SidecarBootstrap: Equatable, Sendable {
   init(_ root: ConfigNode, directory: String) throws {
     let fields = try root.fields([
       "service", "app", "listen", "advertise", "tls", "mesh", "trustDomain", "threads", "limits",
-      "controlPlane", "state", "labels", "register",
+      "controlPlane", "state", "register",
     ])
     let trustDomain = try fields["trustDomain"].optionalString() ?? SPIFFEID.defaultTrustDomain
     let service = try fields["service"].string()
@@ -186,7 +191,18 @@ public struct SidecarBootstrap: Equatable, Sendable {
     }
     self.controlPlane = link
     self.state = state
-    for (key, value) in try fields["labels"].mapping() { labels[key] = try value.string() }
-    register = try fields["register"].bool() ?? true
+    let register = fields["register"]
+    if case .scalar? = register.node, register.isPresent {
+      registration = try register.bool() == true ? Registration() : nil
+    } else if register.isPresent {
+      let f = try register.fields(["labels", "lease"])
+      var value = Registration()
+      for (key, label) in try f["labels"].mapping() { value.labels[key] = try label.string() }
+      if let lease = try f["lease"].duration() {
+        guard lease >= .seconds(3) else { throw f["lease"].error("a lease is at least 3s") }
+        value.lease = lease
+      }
+      registration = value
+    }
   }
 }

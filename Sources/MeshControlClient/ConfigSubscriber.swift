@@ -204,7 +204,8 @@ public struct ConfigSubscriber: Service {
           if next != registration || renew {
             if next.serving != registration.serving || sent == nil {
               logger.info(
-                serving ? "app is SERVING: endpoint registered" : "app is not serving: not registered",
+                serving
+                  ? "app is SERVING: endpoint registered" : "app is not serving: not registered",
                 metadata: ["address": "\(progress.advertise)"])
             }
             registration = next

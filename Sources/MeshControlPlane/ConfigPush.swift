@@ -137,6 +137,16 @@ public final class ConfigHub: Sendable {
     }
   }
 
+  /// The registered endpoints now.
+  var discovery: Trellis_Mesh_V1_Discovery {
+    state.withLock { state in
+      var discovery = Trellis_Mesh_V1_Discovery()
+      discovery.generation = state.discoveryGeneration
+      discovery.endpoints = state.registrations.values.map(\.endpoint).sorted { $0.node < $1.node }
+      return discovery
+    }
+  }
+
   /// Removes the registrations whose lease ran out; returns their nodes.
   func expireLeases(now: ContinuousClock.Instant = .now) -> [String] {
     state.withLock { state in

@@ -301,6 +301,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     response.trustGeneration = trust.number
     response.issuer = "\(trust.issuer.certificate.subject)"
     response.roots = trust.bundle.roots.map { "\($0.subject)" }
+    response.discovery = control.hub.discovery
     return response
   }
 

@@ -76,37 +76,74 @@ struct Get: AsyncParsableCommand {
 }
 
 extension Get {
-  /// `meshctl get endpoints [-o table|json]`
+  /// `meshctl get endpoints [-o table|json|yaml]`
   struct EndpointsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      commandName: "endpoints", abstract: "Every service's endpoints in the running config.")
+      commandName: "endpoints",
+      abstract:
+        "Every service's endpoints: those in the running config and those registered by sidecars.")
 
     @Option(name: .short, help: "Output: table, json or yaml.") var output: OutputFormat = .table
     @OptionGroup var controlPlane: ControlPlaneOptions
 
+    private struct Row {
+      var service: String
+      var address: String
+      var labels: [String: String]
+      var source: String
+      var methods: [Trellis_Mesh_V1_MethodInfo] = []
+    }
+
     func run() async throws {
       let config = try await controlPlane.runningConfig()
-      var rows: [(service: String, address: String, labels: [String: String])] = []
+      let status = try await controlPlane.withAdmin {
+        try await $0.status(Trellis_Mesh_V1_StatusRequest())
+      }
+      var rows: [Row] = []
       for (name, service) in config.services.sorted(by: { $0.key < $1.key }) {
         for endpoint in service.endpoints {
-          rows.append((name, "\(endpoint.address)", endpoint.labels))
+          rows.append(
+            Row(
+              service: name, address: "\(endpoint.address)", labels: endpoint.labels,
+              source: "config"))
         }
       }
+      for registered in status.discovery.endpoints
+      where !rows.contains(where: {
+        $0.service == registered.service && $0.address == registered.address
+      }) {
+        rows.append(
+          Row(
+            service: registered.service, address: registered.address, labels: registered.labels,
+            source: "registered by \(registered.node)", methods: registered.methods))
+      }
+      rows.sort { ($0.service, $0.address) < ($1.service, $1.address) }
       switch output {
       case .json, .yaml:
-        let objects: [[String: Any]] = rows.map {
-          [
-            "service": $0.service, "address": $0.address, "labels": $0.labels,
-            "identity": "spiffe://\(config.trustDomain)/svc/\($0.service)",
+        let levels = ["unknown", "no_side_effects", "idempotent"]
+        let objects: [[String: Any]] = rows.map { row in
+          var object: [String: Any] = [
+            "service": row.service, "address": row.address, "labels": row.labels,
+            "identity": "spiffe://\(config.trustDomain)/svc/\(row.service)", "source": row.source,
           ]
+          if !row.methods.isEmpty {
+            object["methods"] = row.methods.map { method -> [String: Any] in
+              let level = Int(method.idempotencyLevel)
+              return [
+                "name": method.name,
+                "idempotency": levels.indices.contains(level) ? levels[level] : "\(level)",
+              ]
+            }
+          }
+          return object
         }
         try printStructured(objects, output)
       case .table:
-        var table = [["SERVICE", "ADDRESS", "LABELS"]]
+        var table = [["SERVICE", "ADDRESS", "LABELS", "SOURCE"]]
         for row in rows {
           let labels = row.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
             .joined(separator: ",")
-          table.append([row.service, row.address, labels.isEmpty ? "-" : labels])
+          table.append([row.service, row.address, labels.isEmpty ? "-" : labels, row.source])
         }
         printTable(table)
       }

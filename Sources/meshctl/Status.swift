@@ -29,6 +29,8 @@ struct Status: AsyncParsableCommand {
           "last_nack_version": $0.lastNackVersion, "last_nack_error": $0.lastNackError,
           "last_seen": date($0.lastSeenUnix),
           "certificate_expires": date($0.certificateNotAfterUnix),
+          "registered": $0.registered, "registered_address": $0.registeredAddress,
+          "trust_generation": $0.trustGeneration, "discovery_generation": $0.discoveryGeneration,
         ]
       }
       let data = try JSONSerialization.data(
@@ -36,7 +38,9 @@ struct Status: AsyncParsableCommand {
       print(String(decoding: data, as: UTF8.self))
     case .table, .yaml:
       print("config version \(response.currentVersion) is running")
-      let header = ["NODE", "VERSION", "STATE", "LAST NACK", "CERT EXPIRES", "LAST SEEN"]
+      let header = [
+        "NODE", "VERSION", "STATE", "LAST NACK", "REGISTERED", "CERT EXPIRES", "LAST SEEN",
+      ]
       var rows = [header]
       for sidecar in response.sidecars {
         let state =
@@ -46,7 +50,9 @@ struct Status: AsyncParsableCommand {
           sidecar.lastNackVersion == 0
           ? "-" : "v\(sidecar.lastNackVersion): \(sidecar.lastNackError)"
         rows.append([
-          sidecar.node, "\(sidecar.version)", state, nack, date(sidecar.certificateNotAfterUnix),
+          sidecar.node, "\(sidecar.version)", state, nack,
+          sidecar.registered ? sidecar.registeredAddress : "-",
+          date(sidecar.certificateNotAfterUnix),
           date(sidecar.lastSeenUnix),
         ])
       }

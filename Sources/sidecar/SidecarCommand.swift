@@ -90,8 +90,9 @@ struct SidecarCommand: AsyncParsableCommand {
           bundle: bootstrap.bundle),
         identity: .init(service: bootstrap.service, trustDomain: configuration.mesh.trustDomain),
         advertised: { await advertised.value() },
-        registering: bootstrap.register
-          ? .init(app: bootstrap.app, labels: bootstrap.labels) : nil,
+        registering: bootstrap.registration.map {
+          .init(app: bootstrap.app, labels: $0.labels, lease: $0.lease)
+        },
         base: configuration.mesh, state: state, events: events, logger: logger
       ) { config in routing.apply(config) }
       if let persisted = subscriber.persisted() {

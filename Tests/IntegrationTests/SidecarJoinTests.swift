@@ -29,9 +29,11 @@ import Testing
 
   /// A bootstrap file for `service` that joins through the control plane.
   func joiningSidecar(
-    _ service: String, app: String, mesh meshFile: String? = nil, inbound: String = "127.0.0.1:0"
+    _ service: String, app: String, mesh meshFile: String? = nil, inbound: String = "127.0.0.1:0",
+    instance: String? = nil, extra: String = ""
   ) throws -> RunningSidecar {
-    let token = mesh.directory.appendingPathComponent("\(service).token").path
+    let name = instance ?? service
+    let token = mesh.directory.appendingPathComponent("\(name).token").path
     if !FileManager.default.fileExists(atPath: token) {
       let created = try run(
         binary("meshctl"),
@@ -48,13 +50,14 @@ import Testing
       controlPlane:
         address: \(plane.address)
         join: \(try logField(plane.log, "join_address"))
-        tokenFile: \(service).token
+        tokenFile: \(name).token
         bundle: certs/bundle.pem
-      state: state/\(service)
+      state: state/\(name)
 
       """
     if let meshFile { text += "mesh: \(meshFile)\n" }
-    let file = try mesh.write("\(service)-sidecar.yaml", text)
+    text += extra
+    let file = try mesh.write("\(name)-sidecar.yaml", text)
     return try RunningSidecar(ServiceProcess(binary("sidecar"), ["--config", file]))
   }
 
@@ -207,6 +210,92 @@ import Testing
     #expect(
       try server.metric("trellis_tls_handshake_failures_total", untrusted) == before + 1,
       "\(refused.stdout)\(refused.stderr)")
+  }
+
+  /// Each registered endpoint as `meshctl get endpoints -o json` shows it, polled until `done`
+  /// holds (or 20 s pass).
+  func registered(until done: ([[String: Any]]) -> Bool) throws -> [[String: Any]] {
+    var rows: [[String: Any]] = []
+    let deadline = Date().addingTimeInterval(20)
+    repeat {
+      let result = try meshctl(["get", "endpoints", "-o", "json"])
+      rows =
+        ((try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [[String: Any]]
+        ?? []).filter { ($0["source"] as? String ?? "").hasPrefix("registered") }
+      if done(rows) { return rows }
+      Thread.sleep(forTimeInterval: 0.25)
+    } while Date() < deadline
+    return rows
+  }
+
+  /// Sidecars register their endpoints once their apps report SERVING, with labels and the
+  /// app's methods; a caller reaches a service known only by registration; an app that dies
+  /// is withdrawn at once, a sidecar shut down withdraws its endpoint, and one killed expires
+  /// with its lease.
+  @Test func endpointsAreRegisteredWhileTheirAppsServe() throws {
+    let config = try mesh.write("empty.yaml", "services: {}\n")
+    #expect(try meshctl(["apply", "-f", config]).status == 0)
+    let directory = mesh.directory
+    let usersA = try startService(
+      "user-service", database: directory.appendingPathComponent("a.sqlite"))
+    let usersB = try startService(
+      "user-service", database: directory.appendingPathComponent("b.sqlite"))
+    let payments = try startService(
+      "payment-service", database: directory.appendingPathComponent("p.sqlite"))
+    defer {
+      usersA.stop()
+      usersB.stop()
+      payments.stop()
+    }
+    let a = try joiningSidecar(
+      "users", app: usersA.address, instance: "users-a",
+      extra: "register: {labels: {version: v1}, lease: 30s}\n")
+    let b = try joiningSidecar(
+      "users", app: usersB.address, instance: "users-b",
+      extra: "register: {labels: {version: v2}, lease: 3s}\n")
+    let pay = try joiningSidecar(
+      "payments", app: payments.address, extra: "register: {lease: 60s}\n")
+    let client = try joiningSidecar("orders", app: "127.0.0.1:1")
+    defer {
+      for sidecar in [a, b, pay, client] { sidecar.process.stop() }
+    }
+
+    var rows = try registered { $0.count == 3 }
+    #expect(rows.count == 3, "\(rows)")
+    let users = rows.filter { $0["service"] as? String == "users" }
+    #expect(
+      Set(users.compactMap { ($0["labels"] as? [String: String])?["version"] }) == ["v1", "v2"])
+    #expect(Set(users.compactMap { $0["address"] as? String }) == [a.inbound, b.inbound])
+    let methods = users.first?["methods"] as? [[String: Any]] ?? []
+    let levels = Dictionary(
+      uniqueKeysWithValues: methods.compactMap { method in
+        (method["name"] as? String).map { ($0, method["idempotency"] as? String ?? "") }
+      })
+    #expect(levels["shop.v1.UserService/GetUser"] == "no_side_effects", "\(methods)")
+    #expect(levels["shop.v1.UserService/CreateUser"] == "unknown", "\(methods)")
+    #expect(levels["grpc.health.v1.Health/Check"] == nil)
+
+    // The caller knows users only from the registrations.
+    let call = try rpc([
+      "call", "--plaintext", "--authority", "users", client.outbound,
+      "shop.v1.UserService/ListUsers", "-d", "{}",
+    ])
+    #expect(call.status == 0, "\(call.stdout)\(call.stderr)")
+    let status = try meshctl(["status", "-o", "json"]).stdout
+    #expect(status.contains("\"registered\":true"), "\(status)")
+
+    // An app that dies is withdrawn within a probe or two (its lease is 30 s).
+    usersA.kill()
+    rows = try registered { rows in !rows.contains { $0["address"] as? String == a.inbound } }
+    #expect(!rows.contains { $0["address"] as? String == a.inbound }, "\(rows)")
+    // A sidecar shut down withdraws its endpoint at once.
+    #expect(pay.process.stop() == 0)
+    rows = try registered { rows in !rows.contains { $0["service"] as? String == "payments" } }
+    #expect(!rows.contains { $0["service"] as? String == "payments" }, "\(rows)")
+    // A sidecar killed expires with its lease (3 s).
+    b.process.kill()
+    rows = try registered { $0.isEmpty }
+    #expect(rows.isEmpty, "\(rows)")
   }
 
   func meshctl(_ arguments: [String]) throws -> ProcessResult {

@@ -253,9 +253,21 @@ public nonisolated struct Trellis_Mesh_V1_StatusResponse: Sendable {
 
   public var roots: [String] = []
 
+  /// The endpoints registered now.
+  public var discovery: Trellis_Mesh_V1_Discovery {
+    get {_discovery ?? Trellis_Mesh_V1_Discovery()}
+    set {_discovery = newValue}
+  }
+  /// Returns true if `discovery` has been explicitly set.
+  public var hasDiscovery: Bool {self._discovery != nil}
+  /// Clears the value of `discovery`. Subsequent reads from it will return its default value.
+  public mutating func clearDiscovery() {self._discovery = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _discovery: Trellis_Mesh_V1_Discovery? = nil
 }
 
 public nonisolated struct Trellis_Mesh_V1_SidecarStatus: Sendable {
@@ -984,7 +996,7 @@ nonisolated extension Trellis_Mesh_V1_StatusRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}current_version\0\u{1}sidecars\0\u{3}trust_generation\0\u{1}issuer\0\u{1}roots\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}current_version\0\u{1}sidecars\0\u{3}trust_generation\0\u{1}issuer\0\u{1}roots\0\u{1}discovery\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -997,12 +1009,17 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
       case 3: try { try decoder.decodeSingularInt64Field(value: &self.trustGeneration) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.issuer) }()
       case 5: try { try decoder.decodeRepeatedStringField(value: &self.roots) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._discovery) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.currentVersion != 0 {
       try visitor.visitSingularInt64Field(value: self.currentVersion, fieldNumber: 1)
     }
@@ -1018,6 +1035,9 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
     if !self.roots.isEmpty {
       try visitor.visitRepeatedStringField(value: self.roots, fieldNumber: 5)
     }
+    try { if let v = self._discovery {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1027,6 +1047,7 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
     if lhs.trustGeneration != rhs.trustGeneration {return false}
     if lhs.issuer != rhs.issuer {return false}
     if lhs.roots != rhs.roots {return false}
+    if lhs._discovery != rhs._discovery {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
