@@ -100,9 +100,15 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
     } catch {
       throw RPCError(code: .invalidArgument, message: "the CSR is not a PEM certificate request")
     }
+    do {
+      try csr.checkWorkloadRequest()
+    } catch {
+      throw RPCError(code: .invalidArgument, message: error.description)
+    }
+    // Everything about the request is checked before a token is spent on it.
     let identity: SPIFFEID
     if !request.token.isEmpty {
-      switch try control.store.redeemToken(request.token) {
+      switch try control.store.redeemToken(request.token, spend: false) {
       case .success(let id):
         identity = try SPIFFEID(parsing: id)
       case .failure(let refusal):
@@ -114,6 +120,26 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
       throw RPCError(
         code: .unauthenticated,
         message: "a first certificate needs a join token; a renewal needs the current certificate")
+    }
+    // The identity is decided here; a request that asks for another one is refused, not
+    // silently given this one.
+    let requested: [String]
+    do {
+      let names = try csr.attributes.extensionRequest?.extensions.subjectAlternativeNames
+      requested = (names ?? SubjectAlternativeNames([])).compactMap { name in
+        if case .uniformResourceIdentifier(let uri) = name { return uri }
+        return nil
+      }
+    } catch {
+      throw RPCError(
+        code: .invalidArgument, message: "the CSR's extension request does not parse: \(error)")
+    }
+    if let other = requested.first(where: { $0 != identity.description }) {
+      throw RPCError(
+        code: .permissionDenied,
+        message:
+          "the CSR asks for \(other), but \(request.token.isEmpty ? "the caller" : "the join token") is for \(identity)"
+      )
     }
     guard identity.trustDomain == control.trustDomain else {
       throw RPCError(
@@ -134,6 +160,11 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
             "a lifetime of \(request.lifetimeSeconds)s is outside \(Int(control.minimumLeafLifetime))s to \(Int(maximum))s"
         )
       }
+    }
+    if !request.token.isEmpty,
+      case .failure(let refusal) = try control.store.redeemToken(request.token)
+    {
+      throw RPCError(code: .permissionDenied, message: refusal.rawValue)  // spent meanwhile
     }
     let trust = control.trust.current
     let certificate: Certificate

@@ -111,9 +111,10 @@ public final class ControlStore: Sendable {
   }
 
   /// Spends a join token: the identity it was made for, or why it cannot be used. A token is
-  /// good once; the check and the spending are one transaction.
+  /// good once; the check and the spending are one transaction. With `spend: false` it is
+  /// only checked.
   public func redeemToken(
-    _ token: String, now: Date = Date()
+    _ token: String, spend: Bool = true, now: Date = Date()
   ) throws -> Result<String, TokenRefusal> {
     try database.write { db in
       let row = try Row.fetchOne(
@@ -123,6 +124,7 @@ public final class ControlStore: Sendable {
       if row["used_at"] as Int64? != nil { return .failure(.used) }
       let expiresAt: Int64 = row["expires_at"]
       guard Int64(now.timeIntervalSince1970) < expiresAt else { return .failure(.expired) }
+      guard spend else { return .success(row["spiffe_id"]) }
       try db.execute(
         sql: "UPDATE tokens SET used_at = ? WHERE hash = ?",
         arguments: [Int64(now.timeIntervalSince1970), Self.hash(token)])

@@ -62,12 +62,7 @@ public struct SigningAuthority: Sendable {
     request: CertificateSigningRequest, trustDomain: String = SPIFFEID.defaultTrustDomain,
     validity: TimeInterval = 365 * 86_400, now: Date = Date()
   ) throws -> Certificate {
-    guard request.publicKey.isValidSignature(request.signature, for: request) else {
-      throw IdentityError("the certificate signing request is not signed by its own key")
-    }
-    guard P256.Signing.PublicKey(request.publicKey) != nil else {
-      throw IdentityError("the certificate signing request's key is not ECDSA P-256")
-    }
+    try request.checkWorkloadRequest()
     return try signIssuer(
       publicKey: request.publicKey, trustDomain: trustDomain, validity: validity, now: now)
   }
@@ -128,12 +123,7 @@ public struct SigningAuthority: Sendable {
     for identity: SPIFFEID, request: CertificateSigningRequest, lifetime: TimeInterval = 86_400,
     now: Date = Date()
   ) throws -> Certificate {
-    guard request.publicKey.isValidSignature(request.signature, for: request) else {
-      throw IdentityError("the certificate signing request is not signed by its own key")
-    }
-    guard P256.Signing.PublicKey(request.publicKey) != nil else {
-      throw IdentityError("the certificate signing request's key is not ECDSA P-256")
-    }
+    try request.checkWorkloadRequest()
     return try issueSVID(
       for: identity, publicKey: request.publicKey, lifetime: lifetime, now: now)
   }
@@ -168,6 +158,16 @@ public struct IdentityError: Error, CustomStringConvertible, Equatable {
 }
 
 extension CertificateSigningRequest {
+  /// A request the mesh signs: self-signed, over an ECDSA P-256 key.
+  public func checkWorkloadRequest() throws(IdentityError) {
+    guard publicKey.isValidSignature(signature, for: self) else {
+      throw IdentityError("the certificate signing request is not signed by its own key")
+    }
+    guard P256.Signing.PublicKey(publicKey) != nil else {
+      throw IdentityError("the certificate signing request's key is not ECDSA P-256")
+    }
+  }
+
   /// A workload's request over `key`, PEM. It names nothing: the control plane decides the
   /// identity from the join token or the caller's current certificate.
   public static func workloadPEM(_ key: P256.Signing.PrivateKey) throws -> String {

@@ -28,6 +28,11 @@ extension Certs {
     @Option(help: "The files' base name.") var name: String
     @Option(help: "The lifetime to ask for: 90s, 15m, 24h (default: the control plane's).")
     var lifetime: String?
+    @Option(
+      help:
+        "Send this PEM CSR (a key made elsewhere, by openssl say) instead of making a key here; only the certificate is written."
+    )
+    var csr: String?
 
     func run() async throws {
       let token: String
@@ -46,9 +51,18 @@ extension Certs {
       } catch {
         throw ValidationError("--join: \(error)")
       }
-      let key = P256.Signing.PrivateKey()
+      var key: P256.Signing.PrivateKey?
       var request = Trellis_Mesh_V1_CertifyRequest()
-      request.csr = try CertificateSigningRequest.workloadPEM(key)
+      if let csr {
+        guard let text = try? String(contentsOfFile: csr, encoding: .utf8) else {
+          throw MeshctlFailure("cannot read \(csr)")
+        }
+        request.csr = text
+      } else {
+        let made = P256.Signing.PrivateKey()
+        request.csr = try CertificateSigningRequest.workloadPEM(made)
+        key = made
+      }
       request.token = token
       if let lifetime {
         request.lifetimeSeconds = Int64(try durationOption(lifetime, "--lifetime"))
@@ -64,7 +78,7 @@ extension Certs {
       } catch let error as RPCError {
         throw MeshctlFailure("\(error.code.canonicalName): \(error.message)")
       }
-      try CertificateFiles.writePrivateKey(key, to: "\(out)/\(name)-key.pem")
+      if let key { try CertificateFiles.writePrivateKey(key, to: "\(out)/\(name)-key.pem") }
       try Data(response.certificateChain.utf8).write(to: URL(fileURLWithPath: "\(out)/\(name).pem"))
       try Data(response.trustBundle.utf8).write(
         to: URL(fileURLWithPath: "\(out)/\(name)-bundle.pem"))

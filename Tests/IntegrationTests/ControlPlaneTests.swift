@@ -38,13 +38,74 @@ import Testing
       arguments + ["--control-plane", api, "--certs", certs ?? mesh.certs])
   }
 
-  func request(_ tokenFile: String, name: String) throws -> ProcessResult {
+  func request(_ tokenFile: String, name: String, csr: String? = nil) throws -> ProcessResult {
     try run(
       binary("meshctl"),
       [
         "certs", "request", "--token-file", tokenFile, "--join", join, "--bundle",
         "\(mesh.certs)/bundle.pem", "--out", mesh.directory.path, "--name", name,
-      ])
+      ] + (csr.map { ["--csr", $0] } ?? []))
+  }
+
+  /// CSRs made by openssl, as another party would: one for the token's own identity is
+  /// signed; one asking for another service, one over an RSA key and one that is not a CSR
+  /// are refused with the reason, and each refusal spends no token.
+  @Test func aCSRIsCheckedBeforeItIsSigned() throws {
+    let directory = mesh.directory.path
+    func token(_ name: String) throws -> String {
+      let file = "\(directory)/\(name).token"
+      let created = try meshctl(["tokens", "create", "--service", "orders", "--out", file])
+      #expect(created.status == 0, "\(created.stderr)")
+      return file
+    }
+    func openssl(_ arguments: [String]) throws {
+      let result = try run("openssl", arguments)
+      #expect(result.status == 0, "\(result.stderr)")
+    }
+    try openssl([
+      "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "\(directory)/ec.pem",
+    ])
+    try openssl([
+      "req", "-new", "-key", "\(directory)/ec.pem", "-subj", "/O=trellis.local", "-addext",
+      "subjectAltName=URI:spiffe://trellis.local/svc/payments", "-out", "\(directory)/other.csr",
+    ])
+    try openssl([
+      "req", "-new", "-key", "\(directory)/ec.pem", "-subj", "/O=trellis.local", "-addext",
+      "subjectAltName=URI:spiffe://trellis.local/svc/orders", "-out", "\(directory)/own.csr",
+    ])
+    try openssl([
+      "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(directory)/rsa.pem", "-subj",
+      "/O=trellis.local", "-out", "\(directory)/rsa.csr",
+    ])
+    let garbage = try mesh.write(
+      "garbage.csr",
+      "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+
+    let tokenFile = try token("csr")
+    var result = try request(tokenFile, name: "x", csr: "\(directory)/other.csr")
+    #expect(
+      result.stderr.contains(
+        "PERMISSION_DENIED: the CSR asks for spiffe://trellis.local/svc/payments, but the join token is for spiffe://trellis.local/svc/orders"
+      ), "\(result.stderr)")
+    result = try request(tokenFile, name: "x", csr: "\(directory)/rsa.csr")
+    #expect(
+      result.stderr.contains(
+        "INVALID_ARGUMENT: the certificate signing request's key is not ECDSA P-256"),
+      "\(result.stderr)")
+    result = try request(tokenFile, name: "x", csr: garbage)
+    #expect(
+      result.stderr.contains("INVALID_ARGUMENT: the CSR is not a PEM certificate request"),
+      "\(result.stderr)")
+    // None of those spent the token.
+    result = try request(tokenFile, name: "own", csr: "\(directory)/own.csr")
+    #expect(result.status == 0, "\(result.stderr)")
+    #expect(result.stdout.contains("issued spiffe://trellis.local/svc/orders"), "\(result.stdout)")
+    #expect(!FileManager.default.fileExists(atPath: "\(directory)/own-key.pem"))
+    let verified = try run(
+      "openssl",
+      ["x509", "-in", "\(directory)/own.pem", "-noout", "-pubkey"])
+    let key = try run("openssl", ["ec", "-in", "\(directory)/ec.pem", "-pubout"])
+    #expect(verified.stdout == key.stdout, "the certificate is for the CSR's key")
   }
 
   @Test func aJoinTokenBuysOneCertificateThatOpenSSLVerifies() throws {
