@@ -298,17 +298,21 @@ import Testing
     #expect(rows.isEmpty, "\(rows)")
   }
 
-  func meshctl(_ arguments: [String]) throws -> ProcessResult {
+  func meshctl(_ arguments: [String], at address: String? = nil) throws -> ProcessResult {
     try run(
-      binary("meshctl"), arguments + ["--control-plane", plane.address, "--certs", mesh.certs])
+      binary("meshctl"),
+      arguments + ["--control-plane", address ?? plane.address, "--certs", mesh.certs])
   }
 
-  /// Each service's sidecar status, polled until `done` holds (or 15 s pass).
-  func statuses(until done: ([String: [String: Any]]) -> Bool) throws -> [String: [String: Any]] {
+  /// Each service's sidecar status, polled until `done` holds (or `timeout` passes).
+  func statuses(
+    at address: String? = nil, timeout: TimeInterval = 15,
+    until done: ([String: [String: Any]]) -> Bool
+  ) throws -> [String: [String: Any]] {
     var byService: [String: [String: Any]] = [:]
-    let deadline = Date().addingTimeInterval(15)
+    let deadline = Date().addingTimeInterval(timeout)
     repeat {
-      let result = try meshctl(["status", "-o", "json"])
+      let result = try meshctl(["status", "-o", "json"], at: address)
       let rows =
         (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [[String: Any]]
       byService = [:]
@@ -319,6 +323,70 @@ import Testing
       Thread.sleep(forTimeInterval: 0.2)
     } while Date() < deadline
     return byService
+  }
+
+  /// `kill -9` of the control plane under continuous calls: none fails; a sidecar restarted
+  /// while it is down serves from its persisted state; once it is back every sidecar
+  /// resubscribes and runs the current version.
+  @Test func theControlPlaneKilledUnderLoadFailsNoCall() throws {
+    let port = try freePort()
+    var server = try joiningSidecar("echo", app: app.address, inbound: "127.0.0.1:\(port)")
+    let client = try joiningSidecar("client", app: "127.0.0.1:1")
+    defer {
+      client.process.stop()
+      server.process.stop()
+    }
+    let v1 = try mesh.write(
+      "v1.yaml", "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
+    #expect(try meshctl(["apply", "-f", v1]).status == 0)
+    _ = try statuses {
+      $0["echo"]?["version"] as? Int == 1 && $0["client"]?["version"] as? Int == 1
+    }
+    #expect(try call(client) == "OK")
+    let listen = try logField(plane.log, "address")
+    let join = try logField(plane.log, "join_address")
+
+    let load = Process()
+    load.executableURL = URL(fileURLWithPath: try resolve("python3"))
+    load.arguments = [script, "load", client.outbound, "8"]
+    let output = Pipe()
+    load.standardOutput = output
+    try load.run()
+    Thread.sleep(forTimeInterval: 2)
+    plane.kill()
+    load.waitUntilExit()
+    let summary = try #require(
+      try jsonObjects(
+        String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+      ).first)
+    #expect(summary["failed"] as? Int == 0, "\(summary)")
+    #expect((summary["ok"] as? Int ?? 0) > 50, "\(summary)")
+
+    // Restarted while the control plane is down: it serves with what it persisted.
+    server.process.stop()
+    server = try RunningSidecar(
+      ServiceProcess(
+        binary("sidecar"),
+        ["--config", mesh.directory.appendingPathComponent("echo-sidecar.yaml").path]))
+    #expect(server.process.log.contains("using the persisted config"), "\(server.process.log)")
+    #expect(try call(client) == "OK")
+
+    // Back on the same addresses and data: every sidecar resubscribes and converges.
+    let restarted = try ServiceProcess(
+      binary("control-plane"),
+      [
+        "--listen", listen, "--join", join, "--certs", mesh.certs, "--data",
+        mesh.directory.appendingPathComponent("data").path,
+      ])
+    defer { restarted.stop() }
+    let converged = try statuses(at: restarted.address, timeout: 60) { nodes in
+      ["echo", "client"].allSatisfy {
+        nodes[$0]?["connected"] as? Bool == true && nodes[$0]?["version"] as? Int == 1
+      }
+    }
+    #expect(converged["echo"]?["connected"] as? Bool == true, "\(converged)")
+    #expect(converged["client"]?["connected"] as? Bool == true, "\(converged)")
+    #expect(try call(client) == "OK")
   }
 
   @Test func appliedConfigReachesEverySidecarAndABadSnapshotIsNacked() throws {
