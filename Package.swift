@@ -256,6 +256,11 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
     .testTarget(
+      name: "MeshControlPlaneTests",
+      dependencies: ["MeshControlPlane", "MeshIdentity", x509, crypto],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
       name: "MeshConfigTests",
       dependencies: ["MeshConfig"],
       swiftSettings: swiftSettings

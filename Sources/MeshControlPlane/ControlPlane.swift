@@ -95,6 +95,14 @@ public struct ControlPlane: Service {
             } catch {
               logger.error("cannot withdraw expired registrations", metadata: ["error": "\(error)"])
             }
+            // Its own certificate lives 30 days; new handshakes take the renewed one.
+            do {
+              if try trust.renewOwnCertificateIfDue() {
+                logger.info("own certificate renewed", metadata: ["identity": "\(identity)"])
+              }
+            } catch {
+              logger.error("cannot renew its own certificate", metadata: ["error": "\(error)"])
+            }
           }
         }
         guard let listening = try? await mtls.listeningAddress,

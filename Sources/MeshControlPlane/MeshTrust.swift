@@ -20,6 +20,15 @@ public final class MeshTrust: Sendable {
     public var bundlePEM: String
     public var issuer: SigningAuthority
 
+    public init(
+      number: Int64, bundle: TrustBundle, bundlePEM: String, issuer: SigningAuthority
+    ) {
+      self.number = number
+      self.bundle = bundle
+      self.bundlePEM = bundlePEM
+      self.issuer = issuer
+    }
+
     /// The issuer's serial, hex, as `meshctl certs inspect` shows it.
     public var issuerSerial: String { issuer.certificate.serialHex }
 
@@ -33,6 +42,8 @@ public final class MeshTrust: Sendable {
   public struct OwnCertificate: Sendable {
     public var chainPEM: [String]
     public var keyPEM: String
+    public var notBefore: Date
+    public var notAfter: Date
     var override: NIOSSLContextConfigurationOverride
   }
 
@@ -85,6 +96,18 @@ public final class MeshTrust: Sendable {
     }
   }
 
+  /// Issues the control plane's own certificate again once two thirds of its life are gone;
+  /// returns whether it did.
+  public func renewOwnCertificateIfDue(now: Date = Date()) throws -> Bool {
+    let (own, issuer) = state.withLock { ($0.own, $0.generation.issuer) }
+    let renewAt = own.notBefore.addingTimeInterval(
+      own.notAfter.timeIntervalSince(own.notBefore) * 2 / 3)
+    guard now >= renewAt else { return false }
+    let renewed = try Self.ownCertificate(identity, from: issuer)
+    state.withLock { $0.own = renewed }
+    return true
+  }
+
   /// A 30-day certificate for the control plane, with the issuer in its chain.
   private static func ownCertificate(
     _ identity: SPIFFEID, from issuer: SigningAuthority
@@ -100,7 +123,8 @@ public final class MeshTrust: Sendable {
       try NIOSSLPrivateKey(bytes: Array(key.pemRepresentation.utf8), format: .pem))
     return OwnCertificate(
       chainPEM: try [certificate, issuer.certificate].map { try $0.serializeAsPEM().pemString },
-      keyPEM: key.pemRepresentation, override: override)
+      keyPEM: key.pemRepresentation, notBefore: certificate.notValidBefore,
+      notAfter: certificate.notValidAfter, override: override)
   }
 
   /// Checks a client's chain as an X.509-SVID against the roots in force now.
