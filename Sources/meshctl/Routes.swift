@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GRPCCore
 import MeshConfig
 import MeshProtos
 import Yams
@@ -19,7 +20,12 @@ extension Get {
 
     func run() async throws {
       let config = try await controlPlane.runningConfig()
-      let names = Set(config.services.keys).union(config.routes.map(\.service)).sorted()
+      // Services known only by registration run with the default route and policies.
+      let registered = try await controlPlane.withAdmin {
+        try await $0.status(Trellis_Mesh_V1_StatusRequest()).discovery.endpoints.map(\.service)
+      }
+      let names = Set(config.services.keys).union(config.routes.map(\.service)).union(registered)
+        .sorted()
       switch output {
       case .json, .yaml:
         let objects: [[String: Any]] = names.map { name in
@@ -189,11 +195,17 @@ private func yamlNode(_ value: Any) -> Node {
 }
 
 extension ControlPlaneOptions {
-  /// The running mesh config, read as the sidecars read it.
+  /// The running mesh config, read as the sidecars read it; an empty one (the defaults) when
+  /// none was applied yet.
   func runningConfig() async throws -> MeshConfig {
-    let stored = try await withAdmin {
-      try await $0.getConfig(Trellis_Mesh_V1_GetConfigRequest())
+    let stored = try await withAdmin { admin -> Trellis_Mesh_V1_ConfigVersion? in
+      do {
+        return try await admin.getConfig(Trellis_Mesh_V1_GetConfigRequest())
+      } catch let error as RPCError where error.code == .notFound {
+        return nil
+      }
     }
+    guard let stored else { return MeshConfig() }
     do {
       return try MeshConfig(yaml: stored.yaml, file: "config version \(stored.version)")
     } catch {

@@ -37,7 +37,10 @@ struct Status: AsyncParsableCommand {
         withJSONObject: rows, options: [.sortedKeys, .withoutEscapingSlashes])
       print(String(decoding: data, as: UTF8.self))
     case .table, .yaml:
-      print("config version \(response.currentVersion) is running")
+      print(
+        response.currentVersion == 0
+          ? "no config applied yet (meshctl apply -f mesh.yaml)"
+          : "config version \(response.currentVersion) is running")
       let header = [
         "NODE", "VERSION", "STATE", "LAST NACK", "REGISTERED", "CERT EXPIRES", "LAST SEEN",
       ]
