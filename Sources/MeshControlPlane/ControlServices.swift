@@ -169,7 +169,8 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
     let trust = control.trust.current
     let certificate: Certificate
     do {
-      certificate = try trust.issuer.issueSVID(for: identity, request: csr, lifetime: lifetime)
+      certificate = try trust.issuer.issueSVID(
+        for: identity, publicKey: csr.publicKey, lifetime: lifetime)  // the CSR was checked above
     } catch let error as IdentityError {
       throw RPCError(code: .invalidArgument, message: error.description)
     }

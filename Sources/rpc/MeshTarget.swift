@@ -32,31 +32,45 @@ struct MeshTarget {
     } catch {
       throw CLIFailure.usage("--control-plane: \(error)")
     }
-    let stored: Trellis_Mesh_V1_ConfigVersion
+    // The running config's endpoints and the registered ones.
+    let (stored, registered): (Trellis_Mesh_V1_ConfigVersion?, [Trellis_Mesh_V1_RegisteredEndpoint])
     do {
-      stored = try await withGRPCClient(
+      (stored, registered) = try await withGRPCClient(
         transport: try HTTP2ClientTransport.Posix(
           target: .ipv4(address: plane.host, port: plane.port), transportSecurity: operatorTLS())
       ) { client in
-        try await Trellis_Mesh_V1_Admin.Client(wrapping: client).getConfig(
-          Trellis_Mesh_V1_GetConfigRequest())
+        let admin = Trellis_Mesh_V1_Admin.Client(wrapping: client)
+        var stored: Trellis_Mesh_V1_ConfigVersion?
+        do {
+          stored = try await admin.getConfig(Trellis_Mesh_V1_GetConfigRequest())
+        } catch let error as RPCError where error.code == .notFound {
+          stored = nil  // no config applied yet: registrations only
+        }
+        let status = try await admin.status(Trellis_Mesh_V1_StatusRequest())
+        return (stored, status.discovery.endpoints)
       }
     } catch let error as RPCError {
       throw CLIFailure.other(
         "cannot read the mesh config from the control plane at \(controlPlane): \(error.code.canonicalName): \(error.message)"
       )
     }
-    let config: MeshConfig
-    do {
-      config = try MeshConfig(yaml: stored.yaml, file: "config version \(stored.version)")
-    } catch {
-      throw CLIFailure.other("\(error)")
+    var config = MeshConfig()
+    if let stored {
+      do {
+        config = try MeshConfig(yaml: stored.yaml, file: "config version \(stored.version)")
+      } catch {
+        throw CLIFailure.other("\(error)")
+      }
     }
-    guard let endpoint = config.services[service]?.endpoints.randomElement() else {
+    let candidates =
+      (config.services[service]?.endpoints.map { "\($0.address)" } ?? [])
+      + registered.filter { $0.service == service }.map(\.address)
+    guard let endpoint = candidates.randomElement() else {
       throw CLIFailure.other(
-        "'\(service)' has no endpoints in the mesh config (version \(stored.version))")
+        "'\(service)' has no endpoints in the mesh config (version \(stored?.version ?? 0)) and none registered"
+      )
     }
-    let address = try HostPort(parsing: "\(endpoint.address)")
+    let address = try HostPort(parsing: endpoint)
     return (address, "spiffe://\(config.trustDomain)/svc/\(service)")
   }
 

@@ -302,12 +302,21 @@ import Testing
     }
     try FileManager.default.copyItem(
       atPath: "\(mesh.certs)/bundle.pem", toPath: "\(other)/bundle.pem")
-    let result = try meshctl(["tokens", "create", "--service", "users"], certs: other)
-    #expect(result.status != 0)
-    #expect(
-      result.stderr.contains(
-        "PERMISSION_DENIED: spiffe://trellis.local/svc/users is not the mesh's admin"),
-      "\(result.stderr)")
+    for command in [
+      ["tokens", "create", "--service", "users"], ["certs", "rotate", "--service", "users"],
+      ["status"], ["get", "config"],
+    ] {
+      let result = try meshctl(command, certs: other)
+      #expect(result.status != 0)
+      #expect(
+        result.stderr.contains(
+          "PERMISSION_DENIED: spiffe://trellis.local/svc/users is not the mesh's admin"),
+        "\(command): \(result.stderr)")
+    }
+    // Rotation needs the root's key as well, which this folder lacks.
+    let rotate = try meshctl(["certs", "rotate-ca"], certs: other)
+    #expect(rotate.status != 0)
+    #expect(rotate.stderr.contains("the root and its key are needed"), "\(rotate.stderr)")
   }
 
   @Test func anAcknowledgedVersionSurvivesKill9() throws {

@@ -125,9 +125,10 @@ import Testing
     #expect(try call(client) == "OK")
   }
 
-  /// `meshctl certs rotate --service` and then `rotate-ca --root` under continuous calls: no
-  /// call fails, every sidecar ends on a certificate from the new issuer under the new root,
-  /// and a certificate chained to the old root is refused afterwards.
+  /// One-minute certificates renewed for three minutes, then `meshctl certs rotate --service`
+  /// and `rotate-ca --root`, all under continuous calls: no call fails, every sidecar ends on a
+  /// certificate from the new issuer under the new root, and a certificate chained to the old
+  /// root is refused afterwards.
   @Test func rotationsUnderLoadFailNoCall() throws {
     let server = try joiningSidecar("echo", app: app.address)
     let clientMesh = try mesh.write(
@@ -150,10 +151,13 @@ import Testing
 
     let load = Process()
     load.executableURL = URL(fileURLWithPath: try resolve("python3"))
-    load.arguments = [script, "load", client.outbound, "25"]
+    // Three minutes of one-minute certificates (each sidecar renews about four times), then
+    // the rotations, all under continuous calls.
+    load.arguments = [script, "load", client.outbound, "205"]
     let output = Pipe()
     load.standardOutput = output
     try load.run()
+    Thread.sleep(forTimeInterval: 180)
 
     let echoSerial = try serial(server)
     let renew = try meshctl(["certs", "rotate", "--service", "echo", "--timeout", "20s"])
@@ -174,6 +178,9 @@ import Testing
       .first)
     #expect(summary["failed"] as? Int == 0, "\(summary)")
     #expect((summary["ok"] as? Int ?? 0) > 100, "\(summary)")
+    #expect(
+      server.process.log.components(separatedBy: "certificate renewed").count > 3,
+      "\(server.process.log)")
 
     // Every sidecar serves with a certificate from the new issuer, under the new root only.
     let status = try meshctl(["certs", "status", "-o", "json"])
@@ -283,6 +290,12 @@ import Testing
     #expect(call.status == 0, "\(call.stdout)\(call.stderr)")
     let status = try meshctl(["status", "-o", "json"]).stdout
     #expect(status.contains("\"registered\":true"), "\(status)")
+    // So does the operator's `rpc --mesh`.
+    let direct = try rpc([
+      "call", "--mesh", "users", "shop.v1.UserService/ListUsers", "-d", "{}", "--control-plane",
+      plane.address, "--certs", mesh.certs,
+    ])
+    #expect(direct.status == 0, "\(direct.stdout)\(direct.stderr)")
 
     // An app that dies is withdrawn within a probe or two (its lease is 30 s).
     usersA.kill()
