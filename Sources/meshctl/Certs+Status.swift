@@ -17,10 +17,6 @@ extension Certs {
       let response = try await controlPlane.withAdmin {
         try await $0.status(Trellis_Mesh_V1_StatusRequest())
       }
-      let formatter = ISO8601DateFormatter()
-      func date(_ unix: Int64) -> String {
-        unix == 0 ? "-" : formatter.string(from: Date(timeIntervalSince1970: TimeInterval(unix)))
-      }
       func remaining(_ unix: Int64) -> String {
         guard unix != 0 else { return "-" }
         let seconds = Int(Date(timeIntervalSince1970: TimeInterval(unix)).timeIntervalSinceNow)
@@ -34,7 +30,7 @@ extension Certs {
         let rows: [[String: Any]] = response.sidecars.map {
           [
             "node": $0.node, "spiffe_id": $0.spiffeID, "serial": $0.certificateSerial,
-            "expires": date($0.certificateNotAfterUnix), "issuer": $0.certificateIssuer,
+            "expires": isoDate($0.certificateNotAfterUnix), "issuer": $0.certificateIssuer,
             "root": $0.certificateRoot, "trust_generation": $0.trustGeneration,
             "connected": $0.connected,
           ]

@@ -52,3 +52,9 @@ func printTable(_ rows: [[String]]) {
       }.joined())
   }
 }
+
+/// A Unix time as ISO 8601, `-` for none (0).
+func isoDate(_ unix: Int64) -> String {
+  unix == 0
+    ? "-" : ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(unix)))
+}

@@ -16,10 +16,6 @@ struct Status: AsyncParsableCommand {
     let response = try await controlPlane.withAdmin {
       try await $0.status(Trellis_Mesh_V1_StatusRequest())
     }
-    let formatter = ISO8601DateFormatter()
-    func date(_ unix: Int64) -> String {
-      unix == 0 ? "-" : formatter.string(from: Date(timeIntervalSince1970: TimeInterval(unix)))
-    }
     switch output {
     case .json:
       let rows: [[String: Any]] = response.sidecars.map {
@@ -27,8 +23,8 @@ struct Status: AsyncParsableCommand {
           "node": $0.node, "spiffe_id": $0.spiffeID, "version": $0.version,
           "current_version": response.currentVersion, "connected": $0.connected,
           "last_nack_version": $0.lastNackVersion, "last_nack_error": $0.lastNackError,
-          "last_seen": date($0.lastSeenUnix),
-          "certificate_expires": date($0.certificateNotAfterUnix),
+          "last_seen": isoDate($0.lastSeenUnix),
+          "certificate_expires": isoDate($0.certificateNotAfterUnix),
           "registered": $0.registered, "registered_address": $0.registeredAddress,
           "trust_generation": $0.trustGeneration, "discovery_generation": $0.discoveryGeneration,
         ]
@@ -55,8 +51,8 @@ struct Status: AsyncParsableCommand {
         rows.append([
           sidecar.node, "\(sidecar.version)", state, nack,
           sidecar.registered ? sidecar.registeredAddress : "-",
-          date(sidecar.certificateNotAfterUnix),
-          date(sidecar.lastSeenUnix),
+          isoDate(sidecar.certificateNotAfterUnix),
+          isoDate(sidecar.lastSeenUnix),
         ])
       }
       printTable(rows)

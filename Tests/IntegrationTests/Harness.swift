@@ -56,3 +56,27 @@ func jsonObjects(_ text: String) throws -> [[String: Any]] {
   }
   return objects
 }
+
+/// `transparency.py load` running in the background: calls back to back through a sidecar's
+/// outbound listener while a test does something to the mesh.
+struct BackgroundLoad {
+  let process = Process()
+  let output = Pipe()
+
+  init(through outbound: String, seconds: Int) throws {
+    process.executableURL = URL(fileURLWithPath: try resolve("python3"))
+    process.arguments = [
+      PythonInteropTests.python.appendingPathComponent("transparency.py").path, "load", outbound,
+      "\(seconds)",
+    ]
+    process.standardOutput = output
+    try process.run()
+  }
+
+  /// Waits for the end; returns the summary (`ok`, `failed`, `first`).
+  func finish() throws -> [String: Any] {
+    process.waitUntilExit()
+    let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return try jsonObjects(text).first ?? ["failed": -1, "output": text]
+  }
+}

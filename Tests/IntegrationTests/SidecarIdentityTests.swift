@@ -220,22 +220,12 @@ import Testing
     let before = try fileSerial()
     #expect(try servedSerial() == before)
 
-    let load = Process()
-    load.executableURL = URL(fileURLWithPath: try resolve("python3"))
-    load.arguments = [script, "load", clientSidecar.outbound, "4"]
-    let output = Pipe()
-    load.standardOutput = output
-    try load.run()
+    let load = try BackgroundLoad(through: clientSidecar.outbound, seconds: 4)
     Thread.sleep(forTimeInterval: 1)
     try mesh.meshctl(["certs", "issue", "--service", "echo", "--dir", certs])
     let after = try fileSerial()
     #expect(after != before)
-    load.waitUntilExit()
-    let summary = try #require(
-      try jsonObjects(
-        String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-      )
-      .first)
+    let summary = try load.finish()
     #expect(summary["failed"] as? Int == 0, "\(summary)")
     #expect((summary["ok"] as? Int ?? 0) > 50, "\(summary)")
     #expect(try servedSerial() == after)

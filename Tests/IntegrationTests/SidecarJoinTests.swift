@@ -149,14 +149,9 @@ import Testing
       atPath: "\(state)/svid-key.pem",
       toPath: old.replacingOccurrences(of: ".pem", with: "-key.pem"))
 
-    let load = Process()
-    load.executableURL = URL(fileURLWithPath: try resolve("python3"))
     // Three minutes of one-minute certificates (each sidecar renews about four times), then
     // the rotations, all under continuous calls.
-    load.arguments = [script, "load", client.outbound, "205"]
-    let output = Pipe()
-    load.standardOutput = output
-    try load.run()
+    let load = try BackgroundLoad(through: client.outbound, seconds: 205)
     Thread.sleep(forTimeInterval: 180)
 
     let echoSerial = try serial(server)
@@ -170,12 +165,7 @@ import Testing
     #expect(rotate.status == 0, "\(rotate.stdout)\(rotate.stderr)")
     #expect(rotate.stdout.contains("step 3/3"), "\(rotate.stdout)")
 
-    load.waitUntilExit()
-    let summary = try #require(
-      try jsonObjects(
-        String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-      )
-      .first)
+    let summary = try load.finish()
     #expect(summary["failed"] as? Int == 0, "\(summary)")
     #expect((summary["ok"] as? Int ?? 0) > 100, "\(summary)")
     #expect(
@@ -338,20 +328,31 @@ import Testing
     return byService
   }
 
+  /// An echo sidecar on a known port and a client sidecar, both joined, and version 1 applied:
+  /// the echo service at that port.
+  func echoAndClientAtVersion1() throws -> (
+    port: String, server: RunningSidecar, client: RunningSidecar
+  ) {
+    let port = try freePort()
+    let server = try joiningSidecar("echo", app: app.address, inbound: "127.0.0.1:\(port)")
+    let client = try joiningSidecar("client", app: "127.0.0.1:1")
+    let v1 = try mesh.write(
+      "v1.yaml", "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
+    let applied = try meshctl(["apply", "-f", v1])
+    #expect(applied.status == 0, "\(applied.stderr)")
+    return (port, server, client)
+  }
+
   /// `kill -9` of the control plane under continuous calls: none fails; a sidecar restarted
   /// while it is down serves from its persisted state; once it is back every sidecar
   /// resubscribes and runs the current version.
   @Test func theControlPlaneKilledUnderLoadFailsNoCall() throws {
-    let port = try freePort()
-    var server = try joiningSidecar("echo", app: app.address, inbound: "127.0.0.1:\(port)")
-    let client = try joiningSidecar("client", app: "127.0.0.1:1")
+    let (_, joined, client) = try echoAndClientAtVersion1()
+    var server = joined
     defer {
       client.process.stop()
       server.process.stop()
     }
-    let v1 = try mesh.write(
-      "v1.yaml", "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
-    #expect(try meshctl(["apply", "-f", v1]).status == 0)
     _ = try statuses {
       $0["echo"]?["version"] as? Int == 1 && $0["client"]?["version"] as? Int == 1
     }
@@ -359,19 +360,10 @@ import Testing
     let listen = try logField(plane.log, "address")
     let join = try logField(plane.log, "join_address")
 
-    let load = Process()
-    load.executableURL = URL(fileURLWithPath: try resolve("python3"))
-    load.arguments = [script, "load", client.outbound, "8"]
-    let output = Pipe()
-    load.standardOutput = output
-    try load.run()
+    let load = try BackgroundLoad(through: client.outbound, seconds: 8)
     Thread.sleep(forTimeInterval: 2)
     plane.kill()
-    load.waitUntilExit()
-    let summary = try #require(
-      try jsonObjects(
-        String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-      ).first)
+    let summary = try load.finish()
     #expect(summary["failed"] as? Int == 0, "\(summary)")
     #expect((summary["ok"] as? Int ?? 0) > 50, "\(summary)")
 
@@ -403,16 +395,12 @@ import Testing
   }
 
   @Test func appliedConfigReachesEverySidecarAndABadSnapshotIsNacked() throws {
-    let port = try freePort()
-    let server = try joiningSidecar("echo", app: app.address, inbound: "127.0.0.1:\(port)")
-    var client = try joiningSidecar("client", app: "127.0.0.1:1")
+    let (port, server, joined) = try echoAndClientAtVersion1()
+    var client = joined
     defer {
       client.process.stop()
       server.process.stop()
     }
-    let v1 = try mesh.write(
-      "v1.yaml", "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
-    #expect(try meshctl(["apply", "-f", v1]).status == 0)
     var status = try statuses { nodes in
       nodes["echo"]?["version"] as? Int == 1 && nodes["client"]?["version"] as? Int == 1
     }
