@@ -84,12 +84,19 @@ import Testing
     return object?["serial"] as? String ?? ""
   }
 
-  @Test func sidecarsJoinRenewAndRestartWithoutTheControlPlane() throws {
-    var server = try joiningSidecar("echo", app: app.address)
+  /// An echo sidecar and a client sidecar, both joined, the client told the echo endpoint by
+  /// its bootstrap's mesh file (no config applied).
+  func echoAndStaticClient() throws -> (server: RunningSidecar, client: RunningSidecar) {
+    let server = try joiningSidecar("echo", app: app.address)
     let clientMesh = try mesh.write(
       "client-mesh.yaml", "services:\n  echo:\n    endpoints:\n      - address: \(server.inbound)\n"
     )
-    let client = try joiningSidecar("client", app: "127.0.0.1:1", mesh: clientMesh)
+    return (server, try joiningSidecar("client", app: "127.0.0.1:1", mesh: clientMesh))
+  }
+
+  @Test func sidecarsJoinRenewAndRestartWithoutTheControlPlane() throws {
+    let (joined, client) = try echoAndStaticClient()
+    var server = joined
     defer {
       client.process.stop()
       server.process.stop()
@@ -130,11 +137,7 @@ import Testing
   /// certificate from the new issuer under the new root, and a certificate chained to the old
   /// root is refused afterwards.
   @Test func rotationsUnderLoadFailNoCall() throws {
-    let server = try joiningSidecar("echo", app: app.address)
-    let clientMesh = try mesh.write(
-      "client-mesh.yaml", "services:\n  echo:\n    endpoints:\n      - address: \(server.inbound)\n"
-    )
-    let client = try joiningSidecar("client", app: "127.0.0.1:1", mesh: clientMesh)
+    let (server, client) = try echoAndStaticClient()
     defer {
       client.process.stop()
       server.process.stop()
