@@ -8,6 +8,8 @@ final class ForwardedCall {
   let downstreamStream: UInt32
   let start = NIODeadline.now()
   var metrics: SidecarMetrics?
+  /// The place the call holds in its service's circuit breaker, given back when it ends.
+  var limit: ConcurrencyLimit?
   var direction = ""
   var service = ""
   var method = ""
@@ -198,6 +200,8 @@ final class ForwardedCall {
 
   /// Counts the call once, when the caller's stream ends.
   private func record(reset: Bool) {
+    limit?.release()
+    limit = nil
     guard let metrics else { return }
     self.metrics = nil
     let name = code.map(grpcCodeName) ?? (reset ? "CANCELLED" : "UNKNOWN")

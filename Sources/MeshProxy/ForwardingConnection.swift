@@ -4,8 +4,11 @@ import NIOPosix
 
 /// Where a new call goes, decided from its request headers.
 enum Route {
-  /// Forward to `endpoint` through `pool`, rewriting the request headers on the way.
-  case forward(Endpoint, UpstreamPool, rewrite: ((inout HPACKHeaders) -> Void)?)
+  /// Forward to `endpoint` through `pool`, rewriting the request headers on the way; `limit`
+  /// (a place the call holds in its service's circuit breaker) is released when it ends.
+  case forward(
+    Endpoint, UpstreamPool, rewrite: ((inout HPACKHeaders) -> Void)?,
+    limit: ConcurrencyLimit? = nil)
   /// Answer at once with a gRPC status; the call goes nowhere.
   case reject(ProxyStatus, String)
 }
@@ -470,7 +473,8 @@ final class ForwardingConnection: ChannelInboundHandler {
     switch route(headers) {
     case .reject(let status, let message):
       call.answer(status, message)
-    case .forward(let endpoint, let pool, let rewrite):
+    case .forward(let endpoint, let pool, let rewrite, let limit):
+      call.limit = limit
       var requestHeaders = headers
       rewrite?(&requestHeaders)
       pool.connection(to: endpoint).open(call, headers: requestHeaders, endStream: endStream)

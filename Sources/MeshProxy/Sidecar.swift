@@ -7,6 +7,7 @@ import NIOCore
 import NIOHPACK
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// The sidecar: an outbound listener for the local app (h2c) that routes each call by
 /// `:authority` to a peer sidecar over mutual TLS, and an inbound listener (mutual TLS) that
@@ -49,7 +50,7 @@ public struct Sidecar: Service {
       group: group, tls: tls, metrics: metrics, idleTimeout: TimeAmount(limits.idleTimeout),
       maxConcurrentStreams: limits.maxConcurrentStreams)
     let state = NIOLockedValueBox(RunState.starting)
-    let outbound = try await bindOutbound(pools: pools)
+    let outbound = try await bindOutbound(pools: pools, metrics: metrics)
     let inbound = try await bindInbound(pools: pools, metrics: metrics)
     var admin: (any Channel)?
     if let address = configuration.bootstrap.admin {
@@ -173,7 +174,7 @@ public struct Sidecar: Service {
 
   // MARK: Outbound: the app's calls, routed by :authority to peer sidecars.
 
-  private func bindOutbound(pools: PoolSet) async throws -> any Channel {
+  private func bindOutbound(pools: PoolSet, metrics: SidecarMetrics) async throws -> any Channel {
     let routing = self.routing
     let counter = RoundRobin()
     return try await listen(on: configuration.bootstrap.outbound) { channel in
@@ -181,24 +182,34 @@ public struct Sidecar: Service {
       return channel.eventLoop.makeCompletedFuture {
         try Self.serveCalls(on: channel, loop: pool.loop, direction: "outbound", service: nil) {
           headers in
-          Self.routeOutbound(headers, routes: routing.routes, pool: pool, counter: counter)
+          Self.routeOutbound(
+            headers, table: routing.outbound, pool: pool, counter: counter, metrics: metrics)
         }
       }
     }
   }
 
   static func routeOutbound(
-    _ headers: HPACKHeaders, routes: [String: [Endpoint]], pool: PoolSet.Pools,
-    counter: RoundRobin
+    _ headers: HPACKHeaders, table: MeshRouting.Outbound, pool: PoolSet.Pools,
+    counter: RoundRobin, metrics: SidecarMetrics
   ) -> Route {
     if let rejection = checkPath(headers) { return rejection }
     let authority = headers.first(name: ":authority") ?? ""
     let service = authority.split(separator: ":").first.map(String.init) ?? ""
-    guard let endpoints = routes[service], !endpoints.isEmpty else {
+    guard let endpoints = table.routes[service], !endpoints.isEmpty else {
       return .reject(.unavailable, "no route to '\(service)'")
     }
+    // The circuit breaker: past the limit a call is answered at once, not queued.
+    let limit = table.limits[service]
+    if let limit, !limit.acquire() {
+      metrics.recordOverflow(service: service, limit: "maxConcurrentRequests")
+      return .reject(
+        .unavailable,
+        "circuit breaker: \(limit.maximum) calls to '\(service)' are in flight (maxConcurrentRequests)"
+      )
+    }
     let endpoint = endpoints[counter.next(endpoints.count)]
-    return .forward(endpoint, pool.mesh, rewrite: nil)
+    return .forward(endpoint, pool.mesh, rewrite: nil, limit: limit)
   }
 
   /// Both directions refuse a `:path` that is not exactly `/package.Service/Method`.
@@ -380,26 +391,51 @@ final class PoolSet: Sendable {
 /// (with the identity each must present) and this service's authorization. A new config
 /// replaces them whole; a call reads them once, when it starts.
 public final class MeshRouting: Sendable {
-  private struct Table {
+  /// What an outbound call is routed by: each service's endpoints, and its circuit breaker.
+  struct Outbound {
     var routes: [String: [Endpoint]]
+    var limits: [String: ConcurrencyLimit]
+  }
+
+  private struct Table {
+    var outbound: Outbound
     var policy: Authorization
   }
 
   private let table: NIOLockedValueBox<Table>
+  /// One limit per service for the sidecar's life, so calls in flight stay counted when a new
+  /// config changes the maximum.
+  private let limits = NIOLockedValueBox<[String: ConcurrencyLimit]>([:])
   private let service: String
 
   init(_ mesh: MeshConfig, service: String) {
     self.service = service
-    table = NIOLockedValueBox(Table(routes: Self.routes(mesh), policy: mesh.policy(for: service)))
+    table = NIOLockedValueBox(
+      Table(outbound: Outbound(routes: [:], limits: [:]), policy: mesh.policy(for: service)))
+    apply(mesh)
   }
 
   /// Routes and authorizes by `mesh` from now on; calls in flight are not affected.
   public func apply(_ mesh: MeshConfig) {
-    let new = Table(routes: Self.routes(mesh), policy: mesh.policy(for: service))
+    let limits = self.limits.withLockedValue { limits in
+      for (name, service) in mesh.services {
+        let maximum = service.circuitBreaker.maxConcurrentRequests
+        if let limit = limits[name] {
+          limit.setMaximum(maximum)
+        } else {
+          limits[name] = ConcurrencyLimit(maximum: maximum)
+        }
+      }
+      return limits
+    }
+    let new = Table(
+      outbound: Outbound(routes: Self.routes(mesh), limits: limits),
+      policy: mesh.policy(for: service))
     table.withLockedValue { $0 = new }
   }
 
-  var routes: [String: [Endpoint]] { table.withLockedValue { $0.routes } }
+  var outbound: Outbound { table.withLockedValue { $0.outbound } }
+  var routes: [String: [Endpoint]] { outbound.routes }
   var policy: Authorization { table.withLockedValue { $0.policy } }
 
   private static func routes(_ mesh: MeshConfig) -> [String: [Endpoint]] {
@@ -452,4 +488,28 @@ public final class Eventually<Value: Sendable>: Sendable {
       waiter?.resume(returning: nil)
     }
   }
+}
+
+/// The calls in flight to one service, against its circuit breaker's maximum.
+final class ConcurrencyLimit: Sendable {
+  private let inFlight = Synchronization.Atomic<Int>(0)
+  private let limit: Synchronization.Atomic<Int>
+
+  init(maximum: Int) { limit = Synchronization.Atomic(maximum) }
+
+  var maximum: Int { limit.load(ordering: .relaxed) }
+
+  func setMaximum(_ value: Int) { limit.store(value, ordering: .relaxed) }
+
+  /// Takes a place; false when `maximum` calls are in flight already.
+  func acquire() -> Bool {
+    let now = inFlight.wrappingAdd(1, ordering: .relaxed).newValue
+    guard now <= maximum else {
+      inFlight.wrappingSubtract(1, ordering: .relaxed)
+      return false
+    }
+    return true
+  }
+
+  func release() { inFlight.wrappingSubtract(1, ordering: .relaxed) }
 }

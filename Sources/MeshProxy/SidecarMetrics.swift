@@ -23,6 +23,8 @@ final class SidecarMetrics: Sendable {
     var tlsFailures: [String: Int] = [:]
     var connectionsOpened: [String: Int] = [:]
     var connectionsOpen: [String: Int] = [:]
+    /// Calls refused by a circuit breaker, by service and limit.
+    var overflows: [String: Int] = [:]
   }
 
   /// Latency bucket bounds in seconds.
@@ -59,6 +61,11 @@ final class SidecarMetrics: Sendable {
 
   func connectionClosed(kind: String) {
     state.withLockedValue { $0.connectionsOpen[kind, default: 0] -= 1 }
+  }
+
+  func recordOverflow(service: String, limit: String) {
+    let key = "service=\"\(escape(service))\",limit=\"\(limit)\""
+    state.withLockedValue { $0.overflows[key, default: 0] += 1 }
   }
 
   func recordTLSFailure(reason: String) {
@@ -118,6 +125,12 @@ final class SidecarMetrics: Sendable {
     out += "# TYPE trellis_connections_open gauge\n"
     for (kind, count) in snapshot.connectionsOpen.sorted(by: { $0.key < $1.key }) {
       out += "trellis_connections_open{kind=\"\(kind)\"} \(count)\n"
+    }
+    out +=
+      "# HELP trellis_circuit_breaker_overflows_total Calls answered UNAVAILABLE at once by a circuit breaker, by service and limit.\n"
+    out += "# TYPE trellis_circuit_breaker_overflows_total counter\n"
+    for (labels, count) in snapshot.overflows.sorted(by: { $0.key < $1.key }) {
+      out += "trellis_circuit_breaker_overflows_total{\(labels)} \(count)\n"
     }
     return out + extra
   }

@@ -431,6 +431,15 @@ import Testing
     let table = try meshctl(["status"]).stdout
     #expect(table.contains("stale") && table.contains("synced"), "\(table)")
 
+    // A rollback to version 1 is stored as version 3, and both sidecars run it.
+    #expect(try meshctl(["rollback", "1"]).status == 0)
+    status = try statuses { nodes in
+      nodes["echo"]?["version"] as? Int == 3 && nodes["client"]?["version"] as? Int == 3
+    }
+    #expect(status["echo"]?["version"] as? Int == 3, "\(status)")
+    #expect(status["client"]?["version"] as? Int == 3, "\(status)")
+    #expect(try call(client) == "OK")
+
     // Without the control plane, a restarted client starts with the config it last ran.
     plane.kill()
     client.process.stop()

@@ -8,6 +8,9 @@
   transparency.py gather MESH N
       N calls on one connection that the server answers only once all N are in flight at
       once; prints {"ok": N, "failed": N}.
+  transparency.py burst MESH N MILLIS
+      N concurrent calls on one connection, each held MILLIS by the server; prints the count
+      of each status code and the first message of each code other than OK.
   transparency.py load MESH SECONDS
       Calls back to back (a new connection every 20 calls); prints {"ok": N, "failed": N}.
   transparency.py check DIRECT MESH [PID ...]
@@ -329,6 +332,20 @@ async def gather(target, count):
                       "first": str(failures[:1])}), flush=True)
 
 
+async def burst(target, count, millis):
+    """Mode `burst`: `count` calls in flight at once, each held `millis` by the server."""
+    async with channel((target, True, [])) as ch:
+        calls = [observe(method(ch, "Sleep", "unary_unary")(str(millis).encode()))
+                 for _ in range(count)]
+        results = await asyncio.gather(*calls)
+    codes, details = {}, {}
+    for result in results:
+        codes[result["code"]] = codes.get(result["code"], 0) + 1
+        if result["code"] != "OK":
+            details.setdefault(result["code"], result["details"])
+    print(json.dumps({"codes": codes, "details": details}), flush=True)
+
+
 async def load(target, seconds):
     """Mode `load`: calls back to back for `seconds`, on a new connection every 20 calls, and
     prints how many succeeded and failed (with the first failure)."""
@@ -353,6 +370,8 @@ def main():
         asyncio.run(serve())
     elif sys.argv[1:2] == ["call"]:
         asyncio.run(call_once(sys.argv[2], sys.argv[3], sys.argv[4]))
+    elif sys.argv[1:2] == ["burst"]:
+        asyncio.run(burst(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     elif sys.argv[1:2] == ["gather"]:
         asyncio.run(gather(sys.argv[2], int(sys.argv[3])))
     elif sys.argv[1:2] == ["load"]:
