@@ -18,6 +18,11 @@ public struct CAFiles: Sendable {
   /// The issuer, ready to sign.
   public func loadIssuer() throws(IdentityError) -> SigningAuthority {
     guard FileManager.default.fileExists(atPath: issuerKey) else {
+      if FileManager.default.fileExists(atPath: issuer) {
+        throw IdentityError(
+          "\(issuer) has no key beside it: since `meshctl certs rotate-ca` the issuer's key is kept by the control plane; get certificates from it (meshctl certs request, or a sidecar with a join token)"
+        )
+      }
       throw IdentityError("no CA in \(dir)/: run meshctl certs init first")
     }
     do {

@@ -189,6 +189,12 @@ import Testing
     let bundle = try String(contentsOfFile: "\(state)/bundle.pem", encoding: .utf8)
     #expect(bundle.components(separatedBy: "BEGIN CERTIFICATE").count == 2)
     #expect(try call(client) == "OK")
+    // The issuer's key stayed in the control plane; `certs issue` says so.
+    let issue = try run(
+      binary("meshctl"), ["certs", "issue", "--service", "x", "--dir", mesh.certs])
+    #expect(issue.status != 0)
+    #expect(
+      issue.stderr.contains("the issuer's key is kept by the control plane"), "\(issue.stderr)")
 
     // The old identity no longer opens a connection; the current one does.
     func handshake(_ certificate: String) throws -> ProcessResult {
