@@ -41,7 +41,9 @@ public final class ConfigHub: Sendable {
     var issuers: [String: (issuer: String, root: String)] = [:]
     /// Registered endpoints by node, each alive until its lease runs out.
     var registrations: [String: Registered] = [:]
-    var discoveryGeneration: Int64 = 0
+    /// Starts from the clock (ms), so a generation after a restart never repeats one a sidecar
+    /// ran before it: config versions and trust generations are stored, this is not.
+    var discoveryGeneration = Int64(Date().timeIntervalSince1970 * 1000)
   }
 
   struct Registered {
