@@ -158,19 +158,8 @@ public struct CertificateKeeper: Service {
   )
     throws
   {
-    let directory = URL(fileURLWithPath: files.certificate).deletingLastPathComponent().path
-    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    try replace(files.privateKey, with: Data(key.pemRepresentation.utf8), mode: 0o600)
-    try replace(files.certificate, with: Data(response.certificateChain.utf8), mode: 0o644)
-    try replace(files.bundle, with: Data(response.trustBundle.utf8), mode: 0o644)
-  }
-
-  private func replace(_ path: String, with data: Data, mode: Int) throws {
-    let temporary = path + ".new"
-    guard
-      FileManager.default.createFile(
-        atPath: temporary, contents: data, attributes: [.posixPermissions: mode])
-    else { throw IdentityError("cannot write \(temporary)") }
-    guard rename(temporary, path) == 0 else { throw IdentityError("cannot replace \(path)") }
+    try CertificateFiles.writePrivateKey(key, to: files.privateKey)
+    try CertificateFiles.replace(files.certificate, with: Array(response.certificateChain.utf8))
+    try CertificateFiles.replace(files.bundle, with: Array(response.trustBundle.utf8))
   }
 }

@@ -470,13 +470,8 @@ public struct ConfigSubscriber: Service {
     ])
   }
 
-  /// Each file whole or not at all (written aside, then renamed over).
+  /// Each file whole or not at all, in order.
   private func write(_ files: [(path: String, data: Data)]) throws {
-    try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
-    for (path, data) in files {
-      let temporary = path + ".new"
-      try data.write(to: URL(fileURLWithPath: temporary))
-      guard rename(temporary, path) == 0 else { throw IdentityError("cannot replace \(path)") }
-    }
+    for (path, data) in files { try CertificateFiles.replace(path, with: Array(data)) }
   }
 }

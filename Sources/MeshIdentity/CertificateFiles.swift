@@ -45,12 +45,12 @@ public enum CertificateFiles {
   /// Writes certificates as PEM, leaf first.
   public static func writeCertificates(_ certificates: [Certificate], to path: String) throws {
     let pem = try certificates.map { try $0.serializeAsPEM().pemString }.joined(separator: "\n")
-    try write(pem + "\n", to: path, mode: 0o644)
+    try replace(path, with: Array((pem + "\n").utf8), mode: 0o644)
   }
 
   /// Writes a private key as PKCS#8 PEM, mode 0600.
   public static func writePrivateKey(_ key: P256.Signing.PrivateKey, to path: String) throws {
-    try write(key.pemRepresentation + "\n", to: path, mode: 0o600)
+    try replace(path, with: Array((key.pemRepresentation + "\n").utf8), mode: 0o600)
   }
 
   private static func readText(_ path: String) throws -> String {
@@ -60,16 +60,18 @@ public enum CertificateFiles {
     return String(decoding: data, as: UTF8.self)
   }
 
-  private static func write(_ text: String, to path: String, mode: mode_t) throws {
+  /// Replaces `path` with `bytes`, whole or not at all: written beside it with `mode` (never
+  /// more open than that, even briefly), then renamed over it. Folders are made as needed.
+  public static func replace(_ path: String, with bytes: [UInt8], mode: mode_t = 0o644) throws {
     let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     // Write beside the target and rename over it, so a reader never sees half a file.
-    let temporary = path + ".tmp-\(getpid())"
+    // Unique per write: two tasks of one process may replace the same file at once.
+    let temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, mode)
     guard fd >= 0 else {
       throw IdentityError("cannot write \(path): \(String(cString: strerror(errno)))")
     }
-    let bytes = Array(text.utf8)
     let written = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
     fchmod(fd, mode)
     close(fd)

@@ -136,9 +136,7 @@ extension Certs {
     }
 
     private func write(_ pem: String, to path: String) throws {
-      let temporary = path + ".new"
-      try Data(pem.utf8).write(to: URL(fileURLWithPath: temporary))
-      guard rename(temporary, path) == 0 else { throw MeshctlFailure("cannot replace \(path)") }
+      try CertificateFiles.replace(path, with: Array(pem.utf8))
     }
 
     /// A new operator certificate from the new issuer, before the old root goes.
@@ -152,11 +150,8 @@ extension Certs {
       let response = try await controlPlane.withClient { [request] client in
         try await Trellis_Mesh_V1_Identity.Client(wrapping: client).certify(request)
       }
-      try CertificateFiles.writePrivateKey(key, to: files.operatorKey + ".new")
-      try write(response.certificateChain, to: files.operatorCertificate + ".new")
-      guard rename(files.operatorKey + ".new", files.operatorKey) == 0,
-        rename(files.operatorCertificate + ".new", files.operatorCertificate) == 0
-      else { throw MeshctlFailure("cannot replace \(files.operatorCertificate)") }
+      try CertificateFiles.writePrivateKey(key, to: files.operatorKey)
+      try write(response.certificateChain, to: files.operatorCertificate)
       print("  operator certificate renewed from the new issuer (serial \(response.serial))")
     }
 
