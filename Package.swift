@@ -42,7 +42,9 @@ let package = Package(
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
-    .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+    // Without its default BinaryDelimitedStreams trait, SwiftProtobuf does not link Foundation
+    // (it needs only FoundationEssentials), which keeps ~6 MB out of every sidecar.
+    .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0", traits: ["FieldMaskUtilities"]),
     .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
     .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
     .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
@@ -82,7 +84,7 @@ let package = Package(
     ),
     .target(
       name: "MeshConfig",
-      dependencies: ["MeshIdentity", .product(name: "Yams", package: "Yams")],
+      dependencies: ["MeshIdentity"],
       swiftSettings: swiftSettings
     ),
     .target(
@@ -197,7 +199,12 @@ let package = Package(
         argumentParser, logging, grpcCore,
         lifecycle, crypto,
       ],
-      swiftSettings: swiftSettings
+      swiftSettings: swiftSettings,
+      // lld with packed relative relocations (DT_RELR, glibc 2.36+): the loader reads 12 KB of
+      // relocations instead of gold's 1.4 MB, which otherwise stay resident in every sidecar.
+      linkerSettings: [
+        .unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"])
+      ]
     ),
 
     // `meshctl`.
@@ -262,7 +269,7 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshConfigTests",
-      dependencies: ["MeshConfig"],
+      dependencies: ["MeshConfig", "TestSupport"],
       swiftSettings: swiftSettings
     ),
     .testTarget(

@@ -1,5 +1,3 @@
-import Yams
-
 /// A mistake in a configuration file, located: the file, the line and column, the field's path
 /// and what is wrong with it — `mesh.yaml:12:9: services.users.endpoints[0].address: ...`.
 public struct ConfigError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -29,22 +27,24 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable, Sendable {
 /// so that every mistake can be reported precisely. Mappings are strict: a key the schema does
 /// not know is an error, so a misspelt field never goes silently unused.
 struct ConfigNode {
-  let node: Node?
+  let node: YAMLNode?
   let file: String
   let path: String
   /// Where the enclosing mapping is, for a missing key.
-  let parentMark: Mark?
+  let parentMark: YAMLMark?
 
-  static func parse(_ text: String, file: String) throws -> ConfigNode {
+  static func parse(_ text: String, file: String) throws(ConfigError) -> ConfigNode {
     do {
-      let node = try Yams.compose(yaml: text)
+      let node = try YAMLParser.parse(text)
       return ConfigNode(node: node, file: file, path: "", parentMark: nil)
-    } catch let error as YamlError {
-      throw ConfigError(yaml: error, file: file)
+    } catch {
+      throw ConfigError(
+        file: file, line: error.mark.line, column: error.mark.column, field: "",
+        message: error.message)
     }
   }
 
-  var mark: Mark? { node?.mark ?? parentMark }
+  var mark: YAMLMark? { node?.mark ?? parentMark }
 
   func error(_ message: String) -> ConfigError {
     ConfigError(file: file, line: mark?.line, column: mark?.column, field: path, message: message)
@@ -52,13 +52,11 @@ struct ConfigNode {
 
   var isPresent: Bool {
     guard let node else { return false }
-    if case .scalar(let scalar) = node, scalar.tag == Tag(.null) || scalar.string == "~" {
-      return false
-    }
+    if case .scalar(let scalar) = node, scalar.isNull { return false }
     return true
   }
 
-  private func child(_ name: String, _ node: Node?) -> ConfigNode {
+  private func child(_ name: String, _ node: YAMLNode?) -> ConfigNode {
     let childPath = path.isEmpty ? name : "\(path).\(name)"
     return ConfigNode(node: node, file: file, path: childPath, parentMark: mark)
   }
@@ -66,23 +64,24 @@ struct ConfigNode {
   /// The entries of a mapping, checked against `allowed` keys (nil: any key).
   func mapping(allowed: Set<String>? = nil) throws -> [(key: String, value: ConfigNode)] {
     guard isPresent else { return [] }
-    guard case .mapping(let mapping)? = node else { throw error("expected a mapping") }
+    guard case .mapping(let pairs, _)? = node else { throw error("expected a mapping") }
     var entries: [(String, ConfigNode)] = []
     var seen: Set<String> = []
-    for (key, value) in mapping {
+    for pair in pairs {
+      let (key, value) = (pair.key, pair.value)
       guard case .scalar(let scalar) = key else {
         throw ConfigNode(node: key, file: file, path: path, parentMark: mark).error(
           "keys must be plain strings")
       }
       let keyNode = ConfigNode(node: key, file: file, path: path, parentMark: mark)
-      if let allowed, !allowed.contains(scalar.string) {
-        throw keyNode.child(scalar.string, key).error(
+      if let allowed, !allowed.contains(scalar.value) {
+        throw keyNode.child(scalar.value, key).error(
           "unknown field; expected one of \(allowed.sorted().joined(separator: ", "))")
       }
-      guard seen.insert(scalar.string).inserted else {
-        throw keyNode.child(scalar.string, key).error("given twice")
+      guard seen.insert(scalar.value).inserted else {
+        throw keyNode.child(scalar.value, key).error("given twice")
       }
-      entries.append((scalar.string, child(scalar.string, value)))
+      entries.append((scalar.value, child(scalar.value, value)))
     }
     return entries
   }
@@ -106,7 +105,7 @@ struct ConfigNode {
 
   func sequence() throws -> [ConfigNode] {
     guard isPresent else { return [] }
-    guard case .sequence(let sequence)? = node else { throw error("expected a list") }
+    guard case .sequence(let sequence, _)? = node else { throw error("expected a list") }
     return sequence.enumerated().map { index, element in
       ConfigNode(node: element, file: file, path: "\(path)[\(index)]", parentMark: mark)
     }
@@ -121,7 +120,7 @@ struct ConfigNode {
   func string() throws -> String {
     guard isPresent else { throw error("required") }
     guard case .scalar(let scalar)? = node else { throw error("expected a string") }
-    return scalar.string
+    return scalar.value
   }
 
   func optionalString() throws -> String? {
@@ -145,18 +144,6 @@ struct ConfigNode {
       throw error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)")
     }
     return value
-  }
-}
-
-extension ConfigError {
-  init(yaml error: YamlError, file: String) {
-    switch error {
-    case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _),
-      .composer(_, let problem, let mark, _):
-      self.init(file: file, line: mark.line, column: mark.column, field: "", message: problem)
-    default:
-      self.init(file: file, line: nil, column: nil, field: "", message: "\(error)")
-    }
   }
 }
 

@@ -1,5 +1,9 @@
 import Crypto
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
@@ -58,7 +62,7 @@ public struct CertificateKeeper: Service {
     let token: String
     do {
       token = try String(contentsOfFile: link.tokenFile, encoding: .utf8)
-        .trimmingCharacters(in: .whitespacesAndNewlines)
+        .trimmedOfWhitespace
     } catch {
       throw IdentityError(
         "no certificate in \(files.certificate) and no join token in \(link.tokenFile)")
@@ -77,7 +81,7 @@ public struct CertificateKeeper: Service {
       let wait: TimeInterval
       if failures > 0 {
         // 1 s, 2 s, 4 s … up to a minute, with jitter.
-        wait = min(60, pow(2, Double(failures - 1))) * Double.random(in: 0.8...1.2)
+        wait = min(60, Double(sign: .plus, exponent: min(failures - 1, 6), significand: 1)) * Double.random(in: 0.8...1.2)
       } else if let current = try? currentCertificate() {
         let life = current.notValidAfter.timeIntervalSince(current.notValidBefore)
         let renewAt = current.notValidBefore.addingTimeInterval(

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
@@ -92,14 +96,14 @@ public struct ConfigSubscriber: Service {
   /// The trust generation whose bundle is in place (0: the one the sidecar joined with).
   private func persistedTrustGeneration() -> Int64 {
     (try? String(contentsOfFile: trustFile, encoding: .utf8)).flatMap {
-      Int64($0.trimmingCharacters(in: .whitespacesAndNewlines))
+      Int64($0.trimmedOfWhitespace)
     } ?? 0
   }
 
   private func persistedConfig() -> (config: MeshConfig, version: Int64)? {
     guard let text = try? String(contentsOfFile: configFile, encoding: .utf8),
       let versionText = try? String(contentsOfFile: versionFile, encoding: .utf8),
-      let version = Int64(versionText.trimmingCharacters(in: .whitespacesAndNewlines)),
+      let version = Int64(versionText.trimmedOfWhitespace),
       let config = try? MeshConfig(yaml: text, file: configFile)
     else { return nil }
     return (config, version)
@@ -162,7 +166,7 @@ public struct ConfigSubscriber: Service {
       progress.failed()
       let failures = progress.failures
       // 0.5 s, 1 s, 2 s … up to 30 s, with jitter, so sidecars do not return in a herd.
-      let wait = min(30, 0.5 * pow(2, Double(max(0, failures - 1)))) * Double.random(in: 0.5...1.5)
+      let wait = min(30, Double(sign: .plus, exponent: min(max(0, failures - 1), 6) - 1, significand: 1)) * Double.random(in: 0.5...1.5)
       do {
         // Shutdown ends the wait at once.
         try await cancelWhenGracefulShutdown {

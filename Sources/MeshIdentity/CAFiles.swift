@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// Where `meshctl certs init` keeps the mesh's CA: the root, the issuer it signed, the trust
 /// bundle, and the operator identity.

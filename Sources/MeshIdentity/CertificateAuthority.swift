@@ -1,5 +1,9 @@
 import Crypto
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import SwiftASN1
 import X509
 
@@ -142,7 +146,7 @@ public struct SigningAuthority: Sendable {
     -> DistinguishedName
   {
     // A random generation tag gives every root and issuer its own subject.
-    let generation = (0..<4).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }
+    let generation = (0..<4).map { _ in hexByte(UInt8.random(in: 0...255)) }
       .joined()
     return try DistinguishedName {
       OrganizationName(trustDomain)

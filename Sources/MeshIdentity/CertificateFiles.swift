@@ -1,16 +1,30 @@
 import Crypto
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import SwiftASN1
 import X509
 
 extension Certificate {
   /// The serial as `meshctl certs inspect` shows it: hex bytes joined by colons.
   public var serialHex: String {
-    serialNumber.bytes.map { byte in
-      let hex = String(byte, radix: 16)
-      return hex.count == 1 ? "0" + hex : hex
-    }.joined(separator: ":")
+    serialNumber.bytes.map(hexByte).joined(separator: ":")
   }
+}
+
+/// A byte as two lower-case hex digits.
+func hexByte(_ byte: UInt8) -> String {
+  let hex = String(byte, radix: 16)
+  return hex.count == 1 ? "0" + hex : hex
 }
 
 /// Reading and writing certificates and keys as PEM files. Private keys are written with mode
@@ -72,7 +86,7 @@ public enum CertificateFiles {
     guard fd >= 0 else {
       throw IdentityError("cannot write \(path): \(String(cString: strerror(errno)))")
     }
-    let written = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+    let written = bytes.withUnsafeBytes { systemWrite(fd, $0.baseAddress, $0.count) }
     fchmod(fd, mode)
     close(fd)
     guard written == bytes.count, rename(temporary, path) == 0 else {
@@ -80,4 +94,8 @@ public enum CertificateFiles {
       throw IdentityError("cannot write \(path): \(String(cString: strerror(errno)))")
     }
   }
+}
+
+private func systemWrite(_ fd: Int32, _ bytes: UnsafeRawPointer?, _ count: Int) -> Int {
+  write(fd, bytes, count)
 }

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import MeshIdentity
 import NIOConcurrencyHelpers
 import NIOCore
@@ -187,16 +191,13 @@ struct CertificateStatus: Sendable {
   var notAfterEpoch: Int { Int(notAfter.timeIntervalSince1970) }
 
   var json: String {
-    let formatter = ISO8601DateFormatter()
     func quoted(_ text: String) -> String {
-      "\""
-        + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
-          of: "\"", with: "\\\"") + "\""
+      "\"" + text.replacing("\\", with: "\\\\").replacing("\"", with: "\\\"") + "\""
     }
     return """
       {"identity":\(quoted(identity)),"serial":\(quoted(serial)),"issuer":\(quoted(issuer)),\
-      "not_before":\(quoted(formatter.string(from: notBefore))),\
-      "not_after":\(quoted(formatter.string(from: notAfter))),\
+      "not_before":\(quoted(notBefore.formatted(.iso8601))),\
+      "not_after":\(quoted(notAfter.formatted(.iso8601))),\
       "remaining_seconds":\(max(0, Int(secondsLeft)))}
 
       """

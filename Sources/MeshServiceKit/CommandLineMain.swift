@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// Runs a command-line tool's root command with the exit statuses Trellis' CLIs share: a
 /// failure the tool recognises is one line on standard error with its own status; a usage
@@ -19,20 +23,20 @@ public enum CommandLineMain {
       } else {
         try command.run()
       }
-      exit(0)
+      exitProcess(0)
     } catch {
       if let (message, status) = describe(error) {
-        FileHandle.standardError.write(Data("\(name): \(message)\n".utf8))
-        exit(status)
+        StandardError.write("\(name): \(message)\n")
+        exitProcess(status)
       }
       let code = root.exitCode(for: error)
       let message = root.fullMessage(for: error)
       if code == .success {
         print(message)
-        exit(0)
+        exitProcess(0)
       }
-      FileHandle.standardError.write(Data((message.isEmpty ? "" : message + "\n").utf8))
-      exit(code == .validationFailure ? 2 : code.rawValue)
+      StandardError.write(message.isEmpty ? "" : message + "\n")
+      exitProcess(code == .validationFailure ? 2 : code.rawValue)
     }
   }
 }

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Logging
 import MeshTranscoding
 
@@ -39,7 +43,7 @@ public struct JSONLogHandler: LogHandler {
       members.append((key, Self.json(merged[key]!)))
     }
     let line = JSONValue.object(members).serialized(pretty: false) + "\n"
-    FileHandle.standardError.write(Data(line.utf8))
+    StandardError.write(line)
   }
 
   private static func json(_ value: Logger.MetadataValue) -> JSONValue {

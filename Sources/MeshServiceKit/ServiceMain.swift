@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import GRPCCore
 import Logging
 
@@ -39,7 +43,7 @@ public struct ServiceOptions: ParsableArguments {
         logger: logger)
       try await host.runUntilSignalled()
     } catch {
-      FileHandle.standardError.write(Data("\(name): \(Self.describe(error, address))\n".utf8))
+      StandardError.write("\(name): \(Self.describe(error, address))\n")
       throw ExitCode.failure
     }
   }

@@ -1,5 +1,9 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import GRPCCore
 import Logging
 import MeshConfig
@@ -72,7 +76,7 @@ struct SidecarCommand: AsyncParsableCommand {
     } catch let error as ValidationError {
       throw error
     } catch {
-      FileHandle.standardError.write(Data("sidecar: \(Self.describe(error))\n".utf8))
+      StandardError.write("sidecar: \(Self.describe(error))\n")
       throw ExitCode.failure
     }
     let sidecar = Sidecar(configuration: configuration, tls: tls, logger: logger)
