@@ -259,7 +259,7 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshProxyTests",
-      dependencies: ["MeshProxy"],
+      dependencies: ["MeshProxy", "MeshConfig", nioCore],
       swiftSettings: swiftSettings
     ),
     .testTarget(

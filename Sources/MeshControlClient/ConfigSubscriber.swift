@@ -426,7 +426,17 @@ public struct ConfigSubscriber: Service {
         continue
       }
       var service = merged.services[registered.service] ?? MeshConfig.Service()
-      guard !service.endpoints.contains(where: { $0.address == address }) else { continue }
+      // What the service's own descriptors say of its methods, unless the config says
+      // otherwise: no side effects and idempotent methods may be retried.
+      for method in registered.methods where config.services[registered.service]?
+        .idempotency[method.name] == nil
+      {
+        service.idempotency[method.name] = method.idempotencyLevel == 1 || method.idempotencyLevel == 2
+      }
+      guard !service.endpoints.contains(where: { $0.address == address }) else {
+        merged.services[registered.service] = service
+        continue
+      }
       service.endpoints.append(MeshConfig.Endpoint(address: address, labels: registered.labels))
       merged.services[registered.service] = service
     }

@@ -11,6 +11,8 @@ struct AdminServer {
     var metrics: @Sendable () -> String
     /// `/certs` as JSON.
     var certificates: @Sendable () -> String
+    /// `/endpoints` as JSON: every service's endpoints, their state, load and ejections.
+    var endpoints: @Sendable () -> String
   }
 
   static func bind(
@@ -86,8 +88,13 @@ private final class AdminHandler: ChannelInboundHandler {
       return (.ok, "text/plain; version=0.0.4", reports.metrics())
     case "/certs":
       return (.ok, "application/json", reports.certificates())
+    case "/endpoints":
+      return (.ok, "application/json", reports.endpoints())
     default:
-      return (.notFound, "text/plain", "no such page; try /live, /ready, /metrics or /certs\n")
+      return (
+        .notFound, "text/plain",
+        "no such page; try /live, /ready, /metrics, /certs or /endpoints\n"
+      )
     }
   }
 }

@@ -1,8 +1,14 @@
+import MeshConfig
 import NIOCore
 import NIOHPACK
 
-/// One call crossing the proxy: the caller's stream joined to the stream towards its
-/// destination. Everything here runs on the event loop both connections share.
+/// One call crossing the proxy: the caller's stream joined to a stream towards its
+/// destination — one attempt after another when an outbound call is retried. Everything here
+/// runs on the event loop both connections share.
+///
+/// The request runs top to bottom: the caller's frames are forwarded to the attempt's stream
+/// (held while it is being opened, kept for replay while a retry is possible); the response
+/// unwinds in reverse, and its first frame forwarded commits the call to its attempt.
 final class ForwardedCall {
   let downstream: ForwardingConnection
   let downstreamStream: UInt32
@@ -15,14 +21,15 @@ final class ForwardedCall {
   var method = ""
   /// The call's gRPC status, once seen.
   private var code: Substring?
+  /// The attempt's connection and stream; nil between attempts.
   var upstream: ForwardingConnection?
   var upstreamStream: UInt32?
 
   private var requestMessages = MessageFramer()
   private var responseMessages = MessageFramer()
 
-  /// Request frames that arrived before the upstream stream was open, in order.
-  private enum Held {
+  /// Request frames not yet sent on the attempt's stream, in order.
+  enum Held {
     case headers(HPACKHeaders, endStream: Bool)
     case data(ByteBuffer, endStream: Bool, flow: Int)
   }
@@ -36,13 +43,142 @@ final class ForwardedCall {
   private var downstreamClosed = false
   private var upstreamClosed = false
 
+  // Deadlines and attempts.
+  /// When the call must be over: the caller's `grpc-timeout`, the route's timeout.
+  private(set) var deadline: NIODeadline?
+  private var deadlineTimer: Scheduled<Void>?
+  /// The route's policies and the attempts so far (outbound calls).
+  var plan: OutboundPlan?
+  private var pool: UpstreamPool?
+  /// The request headers every attempt starts from.
+  private var requestHeaders: HPACKHeaders = [:]
+  private var requestHeadersEndStream = false
+  /// Request frames already sent on earlier attempts, replayed on the next one; nil once no
+  /// retry is possible.
+  private var replay: [Held]?
+  /// The per-try timeout of the attempt in flight, or the backoff before the next.
+  private var attemptTimer: Scheduled<Void>?
+  private var attemptStart = NIODeadline.now()
+  private var attemptLatency: TimeAmount?
+  private var attemptOpen = false
+
   init(downstream: ForwardingConnection, stream: UInt32) {
     self.downstream = downstream
     self.downstreamStream = stream
   }
 
+  // MARK: Starting
+
+  /// Forwards the call to `endpoint` (the inbound hop to the app, or an outbound call
+  /// without policies), under the caller's `grpc-timeout`.
+  func forward(to endpoint: Endpoint, pool: UpstreamPool, headers: HPACKHeaders, endStream: Bool)
+  {
+    var headers = headers
+    if let timeout = headers.first(name: "grpc-timeout") {
+      armDeadline(GRPCTimeout.parse(timeout).map { start + $0 }, cause: "grpc-timeout \(timeout)")
+      if let deadline { setTimeout(&headers, until: deadline) }
+    }
+    attemptOpen = true
+    pool.connection(to: endpoint).open(self, headers: headers, endStream: endStream)
+  }
+
+  /// Starts an outbound call under its route's policies: the deadline (the caller's and the
+  /// route's, whichever is sooner), an injected delay, then the first attempt.
+  func forward(_ plan: OutboundPlan, pool: UpstreamPool, headers: HPACKHeaders, endStream: Bool) {
+    self.plan = plan
+    self.pool = pool
+    requestHeaders = headers
+    requestHeadersEndStream = endStream
+    if plan.retry.policy.attempts > 1 { replay = [] }
+    let callerTimeout = headers.first(name: "grpc-timeout")
+    var deadline = callerTimeout.flatMap(GRPCTimeout.parse).map { start + $0 }
+    var cause = callerTimeout.map { "grpc-timeout \($0)" } ?? ""
+    if let timeout = plan.route.timeout.map(TimeAmount.init) {
+      if deadline == nil || start + timeout < deadline! {
+        deadline = start + timeout
+        cause = "the route's timeout of \(milliseconds(timeout)) ms"
+      }
+    }
+    armDeadline(deadline, cause: cause)
+    if let delay = plan.delay {
+      metrics?.recordFault(service: service, kind: "delay")
+      attemptTimer = schedule(at: .now() + delay) { $0.startAttempt() }
+    } else {
+      startAttempt()
+    }
+  }
+
+  private func armDeadline(_ deadline: NIODeadline?, cause: String) {
+    guard let deadline else { return }
+    self.deadline = deadline
+    deadlineTimer = schedule(at: deadline) { call in
+      call.deadlineExpired(cause)
+    }
+  }
+
+  private func schedule(at deadline: NIODeadline, _ body: @escaping (ForwardedCall) -> Void)
+    -> Scheduled<Void>
+  {
+    downstream.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+      body(self)
+      // Not inside a read: what the timer wrote goes out now.
+      downstream.flushWrites()
+    }
+  }
+
+  /// The header a hop forwards: the time left, so the next hop's deadline is never later.
+  private func setTimeout(_ headers: inout HPACKHeaders, until deadline: NIODeadline) {
+    headers.replaceOrAdd(name: "grpc-timeout", value: GRPCTimeout.format(deadline - .now()))
+  }
+
+  private func startAttempt() {
+    attemptTimer = nil
+    guard var plan, let pool, !downstreamClosed, !responseEnded else { return }
+    let now = NIODeadline.now()
+    guard let endpoint = plan.target.balancer.pick(plan.candidates, avoiding: plan.tried, now: now)
+    else {
+      answer(.unavailable, "no endpoint of '\(service)'")
+      return
+    }
+    plan.tried.append(endpoint)
+    plan.current = endpoint
+    endpoint.callStarted()
+    attemptStart = now
+    attemptLatency = nil
+    attemptOpen = true
+    upstreamClosed = false
+    var headers = requestHeaders
+    if plan.retry.attempts > 1 {
+      headers.replaceOrAdd(name: "grpc-previous-rpc-attempts", value: "\(plan.retry.attempts - 1)")
+    }
+    var attemptDeadline = deadline
+    if let perTry = plan.perTryTimeout {
+      let end = now + perTry
+      if attemptDeadline == nil || end < attemptDeadline! { attemptDeadline = end }
+      attemptTimer = schedule(at: end) { $0.perTryTimeoutExpired() }
+    }
+    if let attemptDeadline { setTimeout(&headers, until: attemptDeadline) }
+    self.plan = plan
+    // What earlier attempts sent goes first, then what arrived since.
+    if let sent = replay, !sent.isEmpty {
+      held = sent + held
+      replay = []
+    }
+    pool.connection(to: endpoint.endpoint).open(
+      self, headers: headers, endStream: requestHeadersEndStream)
+  }
+
+  /// Whether an upstream event belongs to the attempt in flight (not to one abandoned).
+  private func isCurrent(_ side: ForwardingConnection, _ stream: UInt32?) -> Bool {
+    side === upstream && (stream == nil || stream == upstreamStream)
+  }
+
+  // MARK: Frames
+
   /// HEADERS from one side go to the other: response headers, trailers, or request trailers.
-  func forwardHeaders(_ headers: HPACKHeaders, endStream: Bool, from side: ForwardingConnection) {
+  func forwardHeaders(
+    _ headers: HPACKHeaders, endStream: Bool, from side: ForwardingConnection, stream: UInt32
+  ) {
     if side === downstream {
       if endStream { requestEnded = true }
       guard !upstreamClosed else { return }
@@ -50,20 +186,32 @@ final class ForwardedCall {
         held.append(.headers(headers, endStream: endStream))
         return
       }
+      keepForReplay(.headers(headers, endStream: endStream), bytes: 0)
       upstream.sendHeaders(headers, endStream: endStream, on: upstreamStream)
-    } else if !downstreamClosed {
-      if endStream {
-        responseEnded = true
-        code = headers.first(name: "grpc-status").map { Substring($0) }
-      }
-      responseStarted = true
-      downstream.sendHeaders(headers, endStream: endStream, on: downstreamStream)
+      return
     }
+    guard isCurrent(side, stream), !downstreamClosed else { return }
+    answered()
+    if endStream {
+      let status = headers.first(name: "grpc-status")
+      if !responseStarted, let status, let code = Int(status), plan != nil,
+        retry(.status(code, pushback: Pushback(header: headers.first(name: "grpc-retry-pushback-ms"))))
+      {
+        return
+      }
+      responseEnded = true
+      code = status.map { Substring($0) }
+      attemptEnded(failed: code.flatMap { Int($0) }.map(isEndpointFailure) ?? false)
+    }
+    commit()
+    responseStarted = true
+    downstream.sendHeaders(headers, endStream: endStream, on: downstreamStream)
   }
 
   /// DATA from one side goes to the other; its window returns to the sender once handed on.
   func forwardData(
-    _ data: ByteBuffer, endStream: Bool, flow: Int, from side: ForwardingConnection
+    _ data: ByteBuffer, endStream: Bool, flow: Int, from side: ForwardingConnection,
+    stream: UInt32
   ) {
     if side === downstream {
       if endStream { requestEnded = true }
@@ -80,36 +228,84 @@ final class ForwardedCall {
         held.append(.data(data, endStream: endStream, flow: flow))
         return
       }
+      keepForReplay(.data(data, endStream: endStream, flow: 0), bytes: data.readableBytes)
       upstream.sendData(
         data, endStream: endStream, on: upstreamStream, flow: flow, source: side, call: self)
+      return
+    }
+    guard isCurrent(side, stream), !responseEnded, !downstreamClosed else {
+      side.returnCredit(flow)
+      return
+    }
+    if let size = responseMessages.scan(data, limit: MessageFramer.defaultLimit) {
+      side.returnCredit(flow)
+      refuseOversized(size, direction: "response")
+      return
+    }
+    answered()
+    commit()
+    responseStarted = true
+    if endStream { responseEnded = true }
+    downstream.sendData(
+      data, endStream: endStream, on: downstreamStream, flow: flow, source: side, call: self)
+  }
+
+  /// Keeps a request frame sent on this attempt for the next one, while retries are possible
+  /// and the request fits the replay buffer.
+  private func keepForReplay(_ frame: Held, bytes: Int) {
+    guard replay != nil else { return }
+    if plan?.retry.buffer(bytes) == true {
+      replay!.append(frame)
     } else {
-      guard !responseEnded, !downstreamClosed else {
-        side.returnCredit(flow)
-        return
-      }
-      if let size = responseMessages.scan(data, limit: MessageFramer.defaultLimit) {
-        side.returnCredit(flow)
-        refuseOversized(size, direction: "response")
-        return
-      }
-      responseStarted = true
-      if endStream { responseEnded = true }
-      downstream.sendData(
-        data, endStream: endStream, on: downstreamStream, flow: flow, source: side, call: self)
+      replay = nil
     }
   }
 
   /// A forwarded DATA frame has left (or was dropped): its bytes go back to the side it came
   /// from — to the stream too while that stream may still send.
   func handedOn(_ flow: Int, from source: ForwardingConnection) {
+    guard flow > 0 else { return }
     if source === downstream {
       source.returnCredit(flow, stream: downstreamStream)
-    } else if let upstreamStream {
+    } else if let upstreamStream, source === upstream {
       source.returnCredit(flow, stream: upstreamStream)
     } else {
       source.returnCredit(flow)
     }
   }
+
+  /// The upstream stream now exists: frames held meanwhile follow the HEADERS.
+  func releaseHeld() {
+    let frames = held
+    held = []
+    for entry in frames {
+      switch entry {
+      case .headers(let headers, let endStream):
+        guard let upstream, let upstreamStream, !upstreamClosed else { continue }
+        keepForReplay(entry, bytes: 0)
+        upstream.sendHeaders(headers, endStream: endStream, on: upstreamStream)
+      case .data(let data, let endStream, let flow):
+        guard !upstreamClosed, let upstream, let upstreamStream else {
+          if flow > 0 { downstream.returnCredit(flow) }
+          continue
+        }
+        keepForReplay(.data(data, endStream: endStream, flow: 0), bytes: data.readableBytes)
+        upstream.sendData(
+          data, endStream: endStream, on: upstreamStream, flow: flow, source: downstream,
+          call: self)
+      }
+    }
+  }
+
+  private func dropHeld() {
+    for entry in held {
+      if case .data(_, _, let flow) = entry, flow > 0 { downstream.returnCredit(flow) }
+    }
+    held = []
+    replay = nil
+  }
+
+  // MARK: Ending
 
   /// A message over the limit ends the call: RESOURCE_EXHAUSTED to the caller, a reset
   /// upstream, and none of the message forwarded.
@@ -125,34 +321,13 @@ final class ForwardedCall {
     let wasClosed = upstreamClosed
     upstreamClosed = true
     dropHeld()
-    if !wasClosed, let upstream, let upstreamStream {
-      upstream.resetStream(upstreamStream, code)
-    }
-  }
-
-  private func dropHeld() {
-    for entry in held {
-      if case .data(_, _, let flow) = entry { downstream.returnCredit(flow) }
-    }
-    held = []
-  }
-
-  /// The upstream stream now exists: frames held meanwhile follow the HEADERS.
-  func releaseHeld() {
-    let frames = held
-    held = []
-    for entry in frames {
-      switch entry {
-      case .headers(let headers, let endStream):
-        forwardHeaders(headers, endStream: endStream, from: downstream)
-      case .data(let data, let endStream, let flow):
-        guard !upstreamClosed, let upstream, let upstreamStream else {
-          downstream.returnCredit(flow)
-          continue
-        }
-        upstream.sendData(
-          data, endStream: endStream, on: upstreamStream, flow: flow, source: downstream,
-          call: self)
+    attemptEnded(failed: false, cancelled: true)
+    plan = nil
+    if !wasClosed, let upstream {
+      if let upstreamStream {
+        upstream.resetStream(upstreamStream, code)
+      } else {
+        upstream.cancelWaiting(self)
       }
     }
   }
@@ -166,35 +341,45 @@ final class ForwardedCall {
       responseStarted ? trailers(status, message) : trailersOnly(status, message)
     responseStarted = true
     responseEnded = true
+    stopTimers()
     downstream.sendHeaders(headers, endStream: true, on: downstreamStream)
     if !requestEnded { downstream.resetStream(downstreamStream, .noError) }
   }
 
-  /// A reset from one side resets the other with the same code.
-  func reset(_ code: H2Error, from side: ForwardingConnection) {
+  /// A reset from one side resets the other with the same code — unless the reset upstream
+  /// can be retried (REFUSED_STREAM never reached the app).
+  func reset(_ code: H2Error, from side: ForwardingConnection, stream: UInt32) {
     if side === downstream {
       downstreamClosed = true
       cancelUpstream(code)
-    } else {
-      upstreamClosed = true
-      if !downstreamClosed { downstream.resetStream(downstreamStream, code) }
+      return
     }
+    guard isCurrent(side, stream) else { return }
+    let reason = "\(side.endpointName) reset the stream (\(code))"
+    if retry(code == .refusedStream ? .refused(reason) : .lost(reason)) { return }
+    upstreamClosed = true
+    attemptEnded(failed: true)
+    if !downstreamClosed { downstream.resetStream(downstreamStream, code) }
   }
 
   /// A stream of this call has closed on `side`. A stream that ended in error (a reset either
   /// way, or a stream error found here) ends the other half too.
-  func closed(on side: ForwardingConnection, reason: H2Error?) {
+  func closed(on side: ForwardingConnection, reason: H2Error?, stream: UInt32) {
     if side === downstream {
       let wasClosed = downstreamClosed
       downstreamClosed = true
+      stopTimers()
       record(reset: reason != nil)
       if reason != nil, !wasClosed { cancelUpstream(.cancel) }
-    } else {
-      let wasClosed = upstreamClosed
-      upstreamClosed = true
-      if let reason, !wasClosed, !responseEnded {
-        answer(.unavailable, "stream to \(side.endpointName) closed (\(reason))")
-      }
+      if reason == nil { attemptEnded(failed: false, cancelled: true) }
+      return
+    }
+    guard isCurrent(side, stream) else { return }
+    let wasClosed = upstreamClosed
+    upstreamClosed = true
+    if let reason, !wasClosed, !responseEnded {
+      attemptEnded(failed: true)
+      answer(.unavailable, "stream to \(side.endpointName) closed (\(reason))")
     }
   }
 
@@ -210,27 +395,154 @@ final class ForwardedCall {
       direction: direction, service: service, method: method, code: name, seconds: seconds)
   }
 
-  /// The upstream connection could not carry this call.
+  /// The upstream connection could not carry this call: it was never sent to the app.
   func upstreamFailed(_ message: String) {
+    if plan != nil, retry(.refused(message)) { return }
     upstreamClosed = true
+    attemptEnded(failed: true)
     dropHeld()
     answer(.unavailable, message)
   }
 
-  func connectionLost(_ side: ForwardingConnection, reason: String) {
+  func connectionLost(_ side: ForwardingConnection, reason: String, stream: UInt32) {
     if side === downstream {
       if !downstreamClosed { record(reset: true) }
       downstreamClosed = true
+      stopTimers()
       cancelUpstream(.cancel)
-    } else if !upstreamClosed {
-      upstreamClosed = true
-      if responseEnded {
-        if !downstreamClosed { downstream.resetStream(downstreamStream, .cancel) }
-      } else {
-        answer(.unavailable, reason)
-      }
+      return
+    }
+    guard isCurrent(side, stream), !upstreamClosed else { return }
+    if !responseStarted, retry(.lost(reason)) { return }
+    upstreamClosed = true
+    attemptEnded(failed: true)
+    if responseEnded {
+      if !downstreamClosed { downstream.resetStream(downstreamStream, .cancel) }
+    } else {
+      answer(.unavailable, reason)
     }
   }
+
+  // MARK: Deadlines and retries
+
+  private func deadlineExpired(_ cause: String) {
+    deadlineTimer = nil
+    guard !downstreamClosed, !responseEnded else { return }
+    metrics?.recordDeadlineExceeded(direction: direction, service: service)
+    let elapsed = milliseconds(.now() - start)
+    cancelUpstream(.cancel)
+    answer(.deadlineExceeded, "deadline exceeded after \(elapsed) ms (\(cause))")
+  }
+
+  private func perTryTimeoutExpired() {
+    attemptTimer = nil
+    guard attemptOpen, !downstreamClosed, !responseEnded else { return }
+    let perTry = plan?.perTryTimeout.map(milliseconds) ?? 0
+    if !responseStarted, retry(.perTryTimeout) { return }
+    metrics?.recordDeadlineExceeded(direction: direction, service: service)
+    attemptEnded(failed: true)
+    cancelUpstream(.cancel)
+    answer(.deadlineExceeded, "no answer within the route's per-try timeout of \(perTry) ms")
+  }
+
+  /// The attempt in flight ended with `end` before the call committed: true if another
+  /// attempt follows (after its backoff), false if the call ends with this one.
+  private func retry(_ end: AttemptEnd) -> Bool {
+    guard var plan, replay != nil, !downstreamClosed else { return false }
+    let remaining = deadline.map { $0 - .now() }
+    let budget = plan.target.budget
+    let decision = plan.retry.attemptEnded(end, remaining: remaining) { budget.withdraw() }
+    self.plan = plan
+    switch decision {
+    case .giveUp(let reason):
+      if reason == .budget { metrics?.recordRetryBudgetExhausted(service: service) }
+      return false
+    case .retry(let delay):
+      metrics?.recordRetry(service: service, reason: end.reason)
+      attemptEnded(failed: end.countsAsFailure)
+      abandonAttempt()
+      attemptTimer = schedule(at: .now() + delay) { $0.startAttempt() }
+      return true
+    }
+  }
+
+  /// Leaves the attempt in flight: its stream is reset (or its wait for a connection given
+  /// up) and nothing more of it is forwarded.
+  private func abandonAttempt() {
+    attemptTimer?.cancel()
+    attemptTimer = nil
+    let connection = upstream
+    let stream = upstreamStream
+    upstream = nil
+    upstreamStream = nil
+    upstreamClosed = false
+    guard let connection else { return }
+    if let stream {
+      connection.abandon(stream)
+    } else {
+      connection.cancelWaiting(self)
+    }
+  }
+
+  /// The attempt's first response frame: the balancer's latency sample.
+  private func answered() {
+    if attemptLatency == nil { attemptLatency = .now() - attemptStart }
+  }
+
+  /// Something of the response is about to reach the caller: no attempt follows.
+  private func commit() {
+    guard replay != nil || plan?.retry.committed == false else { return }
+    plan?.retry.commit()
+    replay = nil
+    attemptTimer?.cancel()
+    attemptTimer = nil
+  }
+
+  /// The attempt in flight is over: its endpoint's latency and outcome are recorded, once.
+  private func attemptEnded(failed: Bool, cancelled: Bool = false) {
+    guard attemptOpen else { return }
+    attemptOpen = false
+    guard let endpoint = plan?.current, let target = plan?.target else { return }
+    plan?.current = nil
+    if cancelled, attemptLatency == nil {
+      endpoint.callCancelled()
+      return
+    }
+    target.attemptEnded(
+      endpoint, latency: attemptLatency ?? (.now() - attemptStart), failed: failed,
+      metrics: metrics)
+  }
+
+  private func stopTimers() {
+    deadlineTimer?.cancel()
+    deadlineTimer = nil
+    attemptTimer?.cancel()
+    attemptTimer = nil
+  }
+}
+
+extension AttemptEnd {
+  /// The reason a retry is counted under.
+  var reason: String {
+    switch self {
+    case .status(let code, _): grpcCodeName(Substring(String(code)))
+    case .refused: "refused"
+    case .lost: "lost"
+    case .perTryTimeout: "per_try_timeout"
+    }
+  }
+
+  var countsAsFailure: Bool {
+    switch self {
+    case .status(let code, _): isEndpointFailure(code)
+    case .refused, .lost, .perTryTimeout: true
+    }
+  }
+}
+
+/// `amount` in whole milliseconds, for messages.
+func milliseconds(_ amount: TimeAmount) -> Int64 {
+  amount.nanoseconds / 1_000_000
 }
 
 /// Trailers (after response headers) carrying a status of the proxy's own.

@@ -3,12 +3,12 @@ import NIOHPACK
 import NIOPosix
 
 /// Where a new call goes, decided from its request headers.
-enum Route {
-  /// Forward to `endpoint` through `pool`, rewriting the request headers on the way; `limit`
-  /// (a place the call holds in its service's circuit breaker) is released when it ends.
-  case forward(
-    Endpoint, UpstreamPool, rewrite: ((inout HPACKHeaders) -> Void)?,
-    limit: ConcurrencyLimit? = nil)
+enum CallRoute {
+  /// Forward to `endpoint` through `pool`, rewriting the request headers on the way.
+  case forward(Endpoint, UpstreamPool, rewrite: ((inout HPACKHeaders) -> Void)?)
+  /// An outbound call under its route's policies, through `pool`; `limit` (a place the call
+  /// holds in its service's circuit breaker) is released when it ends.
+  case outbound(OutboundPlan, UpstreamPool, limit: ConcurrencyLimit)
   /// Answer at once with a gRPC status; the call goes nowhere.
   case reject(ProxyStatus, String)
 }
@@ -36,7 +36,7 @@ final class ForwardingConnection: ChannelInboundHandler {
   enum Role {
     /// Accepted: calls start here, each asking `route` where it goes. `service` names the
     /// service for metrics (nil: the target named by `:authority`).
-    case downstream(direction: String, service: String?, route: (HPACKHeaders) -> Route)
+    case downstream(direction: String, service: String?, route: (HPACKHeaders) -> CallRoute)
     /// Opened by a pool: calls are forwarded to it.
     case upstream(Endpoint)
   }
@@ -139,6 +139,12 @@ final class ForwardingConnection: ChannelInboundHandler {
   /// Calls using or waiting for this connection.
   var load: Int { streams.count + waiting.count }
 
+  var eventLoop: any EventLoop { loop.eventLoop }
+
+  /// Flushes every connection of the loop written to since the last flush — for writes made
+  /// outside a read (a timer's).
+  func flushWrites() { loop.flushAll() }
+
   // MARK: Channel events
 
   func handlerAdded(context: ChannelHandlerContext) {
@@ -167,6 +173,9 @@ final class ForwardingConnection: ChannelInboundHandler {
     counted = true
     loop.metrics?.connectionOpened(kind: kind)
     startIdleCheck(context: context)
+    if case .upstream(let endpoint) = role, endpoint.expectedIdentity != nil {
+      startLivenessCheck(context: context)
+    }
     if !isServer { output.writeBytes(HTTP2Wire.preface) }
     // This side's SETTINGS, and the connection window opened to its target (stream windows
     // are set by SETTINGS).
@@ -198,6 +207,8 @@ final class ForwardingConnection: ChannelInboundHandler {
     acceptsCalls = false
     closing = true
     idleCheck?.cancel()
+    liveness?.check?.cancel()
+    liveness = nil
     loop.unregister(self)
     connectionLost(reason: failure ?? "connection closed")
     context.fireChannelInactive()
@@ -211,6 +222,7 @@ final class ForwardingConnection: ChannelInboundHandler {
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     var buffer = unwrapInboundIn(data)
+    if liveness != nil { heardFromPeer() }
     if var pending = unread {
       unread = nil
       pending.writeBuffer(&buffer)
@@ -366,7 +378,7 @@ final class ForwardingConnection: ChannelInboundHandler {
       call = stream.call
       streams[id] = stream
     }
-    call.forwardData(payload, endStream: endStream, flow: flow, from: self)
+    call.forwardData(payload, endStream: endStream, flow: flow, from: self, stream: id)
     if endStream { closeIfEnded(id) }
   }
 
@@ -434,7 +446,7 @@ final class ForwardingConnection: ChannelInboundHandler {
         stream.remoteEnded = true
         streams[id] = stream
       }
-      stream.call.forwardHeaders(headers, endStream: endStream, from: self)
+      stream.call.forwardHeaders(headers, endStream: endStream, from: self, stream: id)
       if endStream { closeIfEnded(id) }
       return
     }
@@ -473,11 +485,13 @@ final class ForwardingConnection: ChannelInboundHandler {
     switch route(headers) {
     case .reject(let status, let message):
       call.answer(status, message)
-    case .forward(let endpoint, let pool, let rewrite, let limit):
-      call.limit = limit
+    case .forward(let endpoint, let pool, let rewrite):
       var requestHeaders = headers
       rewrite?(&requestHeaders)
-      pool.connection(to: endpoint).open(call, headers: requestHeaders, endStream: endStream)
+      call.forward(to: endpoint, pool: pool, headers: requestHeaders, endStream: endStream)
+    case .outbound(let plan, let pool, let limit):
+      call.limit = limit
+      call.forward(plan, pool: pool, headers: headers, endStream: endStream)
     }
   }
 
@@ -501,8 +515,8 @@ final class ForwardingConnection: ChannelInboundHandler {
     }
     let code = H2Error(code: payload.getInteger(at: payload.readerIndex, as: UInt32.self)!)
     guard let stream = removeStream(id) else { return }
-    stream.call.reset(code, from: self)
-    stream.call.closed(on: self, reason: code)
+    stream.call.reset(code, from: self, stream: id)
+    stream.call.closed(on: self, reason: code, stream: id)
     streamRemoved()
   }
 
@@ -635,7 +649,7 @@ final class ForwardingConnection: ChannelInboundHandler {
   private func closeIfEnded(_ id: UInt32) {
     guard let stream = streams[id], stream.localEnded, stream.remoteEnded else { return }
     streams.removeValue(forKey: id)
-    stream.call.closed(on: self, reason: nil)
+    stream.call.closed(on: self, reason: nil, stream: id)
     streamRemoved()
   }
 
@@ -643,8 +657,27 @@ final class ForwardingConnection: ChannelInboundHandler {
   func resetStream(_ id: UInt32, _ code: H2Error) {
     guard let stream = removeStream(id) else { return }
     writeReset(id, code)
-    stream.call.closed(on: self, reason: code)
+    stream.call.closed(on: self, reason: code, stream: id)
     streamRemoved()
+  }
+
+  /// Drops a stream whose call has moved on to another attempt: reset if either side may
+  /// still send on it, forgotten quietly if both have ended it (a closed stream takes no
+  /// RST_STREAM). The call is not told.
+  func abandon(_ id: UInt32) {
+    guard let stream = streams[id] else { return }
+    if stream.localEnded && stream.remoteEnded {
+      _ = removeStream(id)
+    } else {
+      _ = removeStream(id)
+      writeReset(id, .cancel)
+    }
+    streamRemoved()
+  }
+
+  /// A call waiting for this connection to be established has gone elsewhere.
+  func cancelWaiting(_ call: ForwardedCall) {
+    waiting.removeAll { $0.call === call }
   }
 
   /// Whether `headers` are not a well-formed request (RFC 9113 §8.2–8.3); the reason if so.
@@ -742,7 +775,7 @@ final class ForwardingConnection: ChannelInboundHandler {
       return
     }
     streams.removeValue(forKey: id)
-    stream.call.closed(on: self, reason: nil)
+    stream.call.closed(on: self, reason: nil, stream: id)
     streamRemoved()
   }
 
@@ -897,6 +930,75 @@ final class ForwardingConnection: ChannelInboundHandler {
     streams[id] = stream
   }
 
+  // MARK: Liveness
+
+  /// A peer sidecar behind a cut link sends nothing, and TCP says nothing for minutes: a
+  /// pooled mesh connection that has heard nothing for a while sends a PING, and one whose
+  /// PING goes unanswered is closed, its calls failing over (or retried) at once.
+  struct Liveness {
+    var lastHeard = NIODeadline.now()
+    var pingSent: NIODeadline?
+    var check: Scheduled<Void>?
+  }
+  private var liveness: Liveness?
+
+  /// How long a connection carrying calls may be silent before it is PINGed, and how long an
+  /// idle one may.
+  static let pingAfterSilence = (busy: TimeAmount.milliseconds(500), idle: TimeAmount.seconds(10))
+  /// How long a PING may go unanswered.
+  static let pingTimeout = TimeAmount.seconds(1)
+
+  private func heardFromPeer() {
+    liveness!.lastHeard = .now()
+    liveness!.pingSent = nil
+  }
+
+  private func startLivenessCheck(context: ChannelHandlerContext) {
+    liveness = Liveness()
+    scheduleLivenessCheck(context: context)
+  }
+
+  private func scheduleLivenessCheck(context: ChannelHandlerContext) {
+    let wait =
+      streams.isEmpty
+      ? Self.pingAfterSilence.idle : .nanoseconds(Self.pingAfterSilence.busy.nanoseconds / 2)
+    liveness?.check = context.eventLoop.assumeIsolated().scheduleTask(in: wait) { [self] in
+      checkLiveness(context: context)
+    }
+  }
+
+  private func checkLiveness(context: ChannelHandlerContext) {
+    guard var state = liveness, !closing else { return }
+    let now = NIODeadline.now()
+    if let sent = state.pingSent {
+      if now - sent >= Self.pingTimeout {
+        failure = "no answer to a PING within \(milliseconds(Self.pingTimeout)) ms"
+        closing = true
+        acceptsCalls = false
+        context.close(promise: nil)
+        return
+      }
+    } else {
+      let silence = streams.isEmpty ? Self.pingAfterSilence.idle : Self.pingAfterSilence.busy
+      if now - state.lastHeard >= silence {
+        state.pingSent = now
+        output.writeFrameHeader(length: 8, type: FrameType.ping, flags: 0, stream: 0)
+        output.writeInteger(UInt64(now.uptimeNanoseconds))
+        markNeedsFlush()
+        loop.flushAll()
+      }
+    }
+    liveness = state
+    // A PING in flight is checked again when its time is up.
+    if let sent = state.pingSent {
+      liveness?.check = context.eventLoop.assumeIsolated().scheduleTask(
+        deadline: sent + Self.pingTimeout
+      ) { [self] in checkLiveness(context: context) }
+    } else {
+      scheduleLivenessCheck(context: context)
+    }
+  }
+
   // MARK: Idleness and draining
 
   private var idleCheck: RepeatedTask?
@@ -985,6 +1087,11 @@ final class ForwardingConnection: ChannelInboundHandler {
     lastActive = .now()
     writeHeaders(headers, endStream: endStream, on: id)
     call.releaseHeld()
+    // The first call on an idle connection: its liveness is watched closely from now on.
+    if streams.count == 1, liveness?.pingSent == nil, let context {
+      liveness?.check?.cancel()
+      scheduleLivenessCheck(context: context)
+    }
   }
 
   /// The connection could not be made: every waiting call is answered.
@@ -1015,14 +1122,14 @@ final class ForwardingConnection: ChannelInboundHandler {
     let open = streams
     streams = [:]
     blocked = []
-    for (_, stream) in open.sorted(by: { $0.key < $1.key }) {
+    for (id, stream) in open.sorted(by: { $0.key < $1.key }) {
       for entry in stream.queue {
         if case .data(_, _, let flow, let source) = entry, let source {
           stream.call.handedOn(flow, from: source)
         }
       }
       stream.call.connectionLost(
-        self, reason: "connection to \(endpointDescription) lost: \(reason)")
+        self, reason: "connection to \(endpointDescription) lost: \(reason)", stream: id)
     }
     loop.flushAll()
   }

@@ -1,14 +1,18 @@
 import NIOHPACK
 
-/// gRPC status codes the proxy answers with itself.
-enum ProxyStatus: Int {
-  case cancelled = 1
-  case deadlineExceeded = 4
-  case permissionDenied = 7
-  case resourceExhausted = 8
-  case unimplemented = 12
-  case internalError = 13
-  case unavailable = 14
+/// A gRPC status code the proxy answers with itself: its own refusals, and any code a fault
+/// injection names.
+struct ProxyStatus: RawRepresentable, Equatable {
+  var rawValue: Int
+  init(rawValue: Int) { self.rawValue = rawValue }
+
+  static let cancelled = ProxyStatus(rawValue: 1)
+  static let deadlineExceeded = ProxyStatus(rawValue: 4)
+  static let permissionDenied = ProxyStatus(rawValue: 7)
+  static let resourceExhausted = ProxyStatus(rawValue: 8)
+  static let unimplemented = ProxyStatus(rawValue: 12)
+  static let internalError = ProxyStatus(rawValue: 13)
+  static let unavailable = ProxyStatus(rawValue: 14)
 }
 
 /// A Trailers-Only gRPC response: HTTP 200, the status and a percent-encoded message in one

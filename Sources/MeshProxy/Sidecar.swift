@@ -168,7 +168,8 @@ public struct Sidecar: Service {
 
             """)
       },
-      certificates: { tls.certificateStatus.json })
+      certificates: { tls.certificateStatus.json },
+      endpoints: { [routing] in EndpointState.json(routing.endpointReports()) })
   }
 
   private static func hostPort(_ address: SocketAddress?) -> String {
@@ -180,44 +181,19 @@ public struct Sidecar: Service {
 
   private func bindOutbound(pools: PoolSet, metrics: SidecarMetrics) async throws -> any Channel {
     let routing = self.routing
-    let counter = RoundRobin()
     return try await listen(on: configuration.bootstrap.outbound) { channel in
       let pool = pools.pool(for: channel.eventLoop)
       return channel.eventLoop.makeCompletedFuture {
         try Self.serveCalls(on: channel, loop: pool.loop, direction: "outbound", service: nil) {
           headers in
-          Self.routeOutbound(
-            headers, table: routing.outbound, pool: pool, counter: counter, metrics: metrics)
+          Self.routeOutbound(headers, table: routing.outbound, pool: pool, metrics: metrics)
         }
       }
     }
   }
 
-  static func routeOutbound(
-    _ headers: HPACKHeaders, table: MeshRouting.Outbound, pool: PoolSet.Pools,
-    counter: RoundRobin, metrics: SidecarMetrics
-  ) -> Route {
-    if let rejection = checkPath(headers) { return rejection }
-    let authority = headers.first(name: ":authority") ?? ""
-    let service = authority.split(separator: ":").first.map(String.init) ?? ""
-    guard let endpoints = table.routes[service], !endpoints.isEmpty else {
-      return .reject(.unavailable, "no route to '\(service)'")
-    }
-    // The circuit breaker: past the limit a call is answered at once, not queued.
-    let limit = table.limits[service]
-    if let limit, !limit.acquire() {
-      metrics.recordOverflow(service: service, limit: "maxConcurrentRequests")
-      return .reject(
-        .unavailable,
-        "circuit breaker: \(limit.maximum) calls to '\(service)' are in flight (maxConcurrentRequests)"
-      )
-    }
-    let endpoint = endpoints[counter.next(endpoints.count)]
-    return .forward(endpoint, pool.mesh, rewrite: nil, limit: limit)
-  }
-
   /// Both directions refuse a `:path` that is not exactly `/package.Service/Method`.
-  static func checkPath(_ headers: HPACKHeaders) -> Route? {
+  static func checkPath(_ headers: HPACKHeaders) -> CallRoute? {
     guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
       return .reject(.unimplemented, "malformed :path; expected /package.Service/Method")
     }
@@ -258,7 +234,7 @@ public struct Sidecar: Service {
   static func routeInbound(
     _ headers: HPACKHeaders, caller: String, service: String, policy: Authorization, app: Endpoint,
     pool: PoolSet.Pools
-  ) -> Route {
+  ) -> CallRoute {
     if let rejection = checkPath(headers) { return rejection }
     let path = headers.first(name: ":path") ?? ""
     guard policy.allows(caller: caller, path: path) else {
@@ -276,7 +252,7 @@ public struct Sidecar: Service {
   /// says.
   private static func serveCalls(
     on channel: any Channel, loop: LoopState, direction: String, service: String?,
-    route: @escaping (HPACKHeaders) -> Route
+    route: @escaping (HPACKHeaders) -> CallRoute
   ) throws {
     let pipeline = channel.pipeline.syncOperations
     try pipeline.addHandler(
@@ -335,18 +311,6 @@ final class PeerIdentity: @unchecked Sendable {
   var isSet: Bool { !value.isEmpty }
 }
 
-/// Spreads calls over endpoints in turn.
-final class RoundRobin: @unchecked Sendable {
-  private var counter = 0
-  private let lock = NIOLock()
-  func next(_ count: Int) -> Int {
-    lock.withLock {
-      counter &+= 1
-      return counter % count
-    }
-  }
-}
-
 /// Per event loop: its shared state and two upstream pools, to mesh peers (mTLS) and to the
 /// local app (h2c).
 final class PoolSet: Sendable {
@@ -391,69 +355,6 @@ final class PoolSet: Sendable {
   }
 }
 
-/// The parts of the mesh config calls are routed and authorized by: each service's endpoints
-/// (with the identity each must present) and this service's authorization. A new config
-/// replaces them whole; a call reads them once, when it starts.
-public final class MeshRouting: Sendable {
-  /// What an outbound call is routed by: each service's endpoints, and its circuit breaker.
-  struct Outbound {
-    var routes: [String: [Endpoint]]
-    var limits: [String: ConcurrencyLimit]
-  }
-
-  private struct Table {
-    var outbound: Outbound
-    var policy: Authorization
-  }
-
-  private let table: NIOLockedValueBox<Table>
-  /// One limit per service for the sidecar's life, so calls in flight stay counted when a new
-  /// config changes the maximum.
-  private let limits = NIOLockedValueBox<[String: ConcurrencyLimit]>([:])
-  private let service: String
-
-  init(_ mesh: MeshConfig, service: String) {
-    self.service = service
-    table = NIOLockedValueBox(
-      Table(outbound: Outbound(routes: [:], limits: [:]), policy: mesh.policy(for: service)))
-    apply(mesh)
-  }
-
-  /// Routes and authorizes by `mesh` from now on; calls in flight are not affected.
-  public func apply(_ mesh: MeshConfig) {
-    let limits = self.limits.withLockedValue { limits in
-      for (name, service) in mesh.services {
-        let maximum = service.circuitBreaker.maxConcurrentRequests
-        if let limit = limits[name] {
-          limit.setMaximum(maximum)
-        } else {
-          limits[name] = ConcurrencyLimit(maximum: maximum)
-        }
-      }
-      return limits
-    }
-    let new = Table(
-      outbound: Outbound(routes: Self.routes(mesh), limits: limits),
-      policy: mesh.policy(for: service))
-    table.withLockedValue { $0 = new }
-  }
-
-  var outbound: Outbound { table.withLockedValue { $0.outbound } }
-  var routes: [String: [Endpoint]] { outbound.routes }
-  var policy: Authorization { table.withLockedValue { $0.policy } }
-
-  private static func routes(_ mesh: MeshConfig) -> [String: [Endpoint]] {
-    var routes: [String: [Endpoint]] = [:]
-    for (name, service) in mesh.services {
-      let identity = "spiffe://\(mesh.trustDomain)/svc/\(name)"
-      routes[name] = service.endpoints.map {
-        Endpoint(host: $0.address.host, port: $0.address.port, expectedIdentity: identity)
-      }
-    }
-    return routes
-  }
-}
-
 /// A value that becomes known once, for tasks that wait for it.
 public final class Eventually<Value: Sendable>: Sendable {
   private struct State {
@@ -492,28 +393,4 @@ public final class Eventually<Value: Sendable>: Sendable {
       waiter?.resume(returning: nil)
     }
   }
-}
-
-/// The calls in flight to one service, against its circuit breaker's maximum.
-final class ConcurrencyLimit: Sendable {
-  private let inFlight = Synchronization.Atomic<Int>(0)
-  private let limit: Synchronization.Atomic<Int>
-
-  init(maximum: Int) { limit = Synchronization.Atomic(maximum) }
-
-  var maximum: Int { limit.load(ordering: .relaxed) }
-
-  func setMaximum(_ value: Int) { limit.store(value, ordering: .relaxed) }
-
-  /// Takes a place; false when `maximum` calls are in flight already.
-  func acquire() -> Bool {
-    let now = inFlight.wrappingAdd(1, ordering: .relaxed).newValue
-    guard now <= maximum else {
-      inFlight.wrappingSubtract(1, ordering: .relaxed)
-      return false
-    }
-    return true
-  }
-
-  func release() { inFlight.wrappingSubtract(1, ordering: .relaxed) }
 }

@@ -23,8 +23,55 @@ final class SidecarMetrics: Sendable {
     var tlsFailures: [String: Int] = [:]
     var connectionsOpened: [String: Int] = [:]
     var connectionsOpen: [String: Int] = [:]
-    /// Calls refused by a circuit breaker, by service and limit.
-    var overflows: [String: Int] = [:]
+    /// The resilience policies' decisions, by counter and labels.
+    var decisions: [PolicyCounter: [String: Int]] = [:]
+  }
+
+  /// Counters of what the resilience policies decided.
+  enum PolicyCounter: String, CaseIterable {
+    case overflows = "trellis_circuit_breaker_overflows_total"
+    case retries = "trellis_retries_total"
+    case budgetExhausted = "trellis_retry_budget_exhausted_total"
+    case ejections = "trellis_outlier_ejections_total"
+    case deadlines = "trellis_deadline_exceeded_total"
+    case faults = "trellis_faults_injected_total"
+
+    var help: String {
+      switch self {
+      case .overflows:
+        "Calls answered UNAVAILABLE at once by a circuit breaker, by service and limit."
+      case .retries: "Attempts after the first, by service and what ended the one before."
+      case .budgetExhausted: "Retries not made because the service's retry budget was spent."
+      case .ejections: "Endpoints ejected by outlier detection, by service and endpoint."
+      case .deadlines: "Calls ended DEADLINE_EXCEEDED by the sidecar, by direction and service."
+      case .faults: "Faults injected by a route, by service and kind (abort, delay)."
+      }
+    }
+  }
+
+  private func count(_ counter: PolicyCounter, _ labels: [(String, String)]) {
+    let key = labels.map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",")
+    state.withLockedValue { $0.decisions[counter, default: [:]][key, default: 0] += 1 }
+  }
+
+  func recordRetry(service: String, reason: String) {
+    count(.retries, [("service", service), ("reason", reason)])
+  }
+
+  func recordRetryBudgetExhausted(service: String) {
+    count(.budgetExhausted, [("service", service)])
+  }
+
+  func recordEjection(service: String, endpoint: String) {
+    count(.ejections, [("service", service), ("endpoint", endpoint)])
+  }
+
+  func recordDeadlineExceeded(direction: String, service: String) {
+    count(.deadlines, [("direction", direction), ("service", service)])
+  }
+
+  func recordFault(service: String, kind: String) {
+    count(.faults, [("service", service), ("kind", kind)])
   }
 
   /// Latency bucket bounds in seconds.
@@ -64,8 +111,7 @@ final class SidecarMetrics: Sendable {
   }
 
   func recordOverflow(service: String, limit: String) {
-    let key = "service=\"\(escape(service))\",limit=\"\(limit)\""
-    state.withLockedValue { $0.overflows[key, default: 0] += 1 }
+    count(.overflows, [("service", service), ("limit", limit)])
   }
 
   func recordTLSFailure(reason: String) {
@@ -126,11 +172,12 @@ final class SidecarMetrics: Sendable {
     for (kind, count) in snapshot.connectionsOpen.sorted(by: { $0.key < $1.key }) {
       out += "trellis_connections_open{kind=\"\(kind)\"} \(count)\n"
     }
-    out +=
-      "# HELP trellis_circuit_breaker_overflows_total Calls answered UNAVAILABLE at once by a circuit breaker, by service and limit.\n"
-    out += "# TYPE trellis_circuit_breaker_overflows_total counter\n"
-    for (labels, count) in snapshot.overflows.sorted(by: { $0.key < $1.key }) {
-      out += "trellis_circuit_breaker_overflows_total{\(labels)} \(count)\n"
+    for counter in PolicyCounter.allCases {
+      out += "# HELP \(counter.rawValue) \(counter.help)\n"
+      out += "# TYPE \(counter.rawValue) counter\n"
+      for (labels, count) in (snapshot.decisions[counter] ?? [:]).sorted(by: { $0.key < $1.key }) {
+        out += "\(counter.rawValue){\(labels)} \(count)\n"
+      }
     }
     return out + extra
   }

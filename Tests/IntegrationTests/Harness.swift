@@ -57,18 +57,25 @@ func jsonObjects(_ text: String) throws -> [[String: Any]] {
   return objects
 }
 
-/// `transparency.py load` running in the background: calls back to back through a sidecar's
-/// outbound listener while a test does something to the mesh.
+/// A Python load (`transparency.py load`, `resilience.py load`) running in the background:
+/// calls back to back through a sidecar's outbound listener while a test does something to the
+/// mesh.
 struct BackgroundLoad {
   let process = Process()
   let output = Pipe()
 
   init(through outbound: String, seconds: Int) throws {
+    try self.init(
+      python: [
+        PythonInteropTests.python.appendingPathComponent("transparency.py").path, "load",
+        outbound, "\(seconds)",
+      ])
+  }
+
+  /// Any Python load script's command line.
+  init(python arguments: [String]) throws {
     process.executableURL = URL(fileURLWithPath: try resolve("python3"))
-    process.arguments = [
-      PythonInteropTests.python.appendingPathComponent("transparency.py").path, "load", outbound,
-      "\(seconds)",
-    ]
+    process.arguments = arguments
     process.standardOutput = output
     try process.run()
   }
