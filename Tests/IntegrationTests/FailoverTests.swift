@@ -93,6 +93,53 @@ import Testing
     #expect(endpoints.filter { $0["state"] as? String == "active" }.count == 2)
   }
 
+  /// One instance in a network namespace of its own, reached over a veth pair, and the link
+  /// cut under load: the PING on its silent connection fails, calls move to the other two
+  /// within 2 s, and no call outlives its deadline.
+  @Test(.enabled(if: NetworkNamespace.available, "needs root and iproute2's ip netns"))
+  func aPartitionedInstanceLosesItsTrafficWithinTwoSeconds() throws {
+    let scene = try Scene("partition")
+    let near = try ["a", "b"].map { try scene.server($0) }
+    let namespace = try NetworkNamespace()
+    defer { namespace.remove() }
+    let python = try resolve("python3")
+    let app = try ServiceProcess(
+      "ip", ["netns", "exec", namespace.name, python, RetryAndDeadlineTests.script, "serve", "far", scene.log])
+    scene.processes.append(app)
+    let bootstrap = try scene.mesh.write(
+      "far-sidecar.yaml", scene.mesh.bootstrap("r", app: app.address, inbound: "\(namespace.inside):0"))
+    let far = try RunningSidecar(
+      ServiceProcess("ip", ["netns", "exec", namespace.name, binary("sidecar"), "--config", bootstrap]))
+    scene.processes.append(far.process)
+    #expect(far.inbound.hasPrefix(namespace.inside))
+    let client = try scene.client(
+      """
+      services:
+        r:
+          endpoints: [{address: \(near[0])}, {address: \(near[1])}, {address: \(far.inbound)}]
+          loadBalancing: round-robin
+      \(RetryAndDeadlineTests.idempotent)
+      """)
+    let load = try BackgroundLoad(
+      python: [RetryAndDeadlineTests.script, "load", client.outbound, "Get", "7", "6", "1.0"],
+      environment: ["TIMELINE": "1"])
+    Thread.sleep(forTimeInterval: 2.5)
+    let cut = Date().timeIntervalSince1970
+    try namespace.cut()
+    let result = try load.finish()
+    let timeline = result["timeline"] as? [[Any]] ?? []
+    let beforeCut = timeline.filter { ($0[0] as? Double ?? 0) < cut - 0.5 }
+    #expect(beforeCut.contains { $0[3] as? String == "far" }, "the far instance took no calls")
+    // Two seconds after the cut, every call goes to the near instances and succeeds.
+    let settled = timeline.filter { ($0[0] as? Double ?? 0) > cut + 2 }
+    #expect(settled.count > 100, "\(result["codes"] ?? "")")
+    let late = settled.filter { $0[2] as? String != "OK" || $0[3] as? String == "far" }
+    #expect(late.isEmpty, "after the cut: \(late.prefix(5))")
+    // No call waited past its 1 s deadline (with room for the client's own scheduling).
+    let longest = timeline.map { $0[1] as? Double ?? 0 }.max() ?? 0
+    #expect(longest < 1300, "a call took \(longest) ms")
+  }
+
   /// One instance 100 ms slower than the others: the default balancer (peak-EWMA over two
   /// random choices) sends it clearly less traffic than round robin does, and p99 is lower.
   @Test func theDefaultBalancerAvoidsASlowInstance() throws {
@@ -124,5 +171,56 @@ import Testing
     #expect(shares.roundRobin > 0.25, "\(roundRobin)")
     #expect(shares.ewma < shares.roundRobin / 2, "\(ewma)")
     #expect(p99.ewma < p99.roundRobin, "\(ewma) \(roundRobin)")
+  }
+}
+
+/// A network namespace with a veth pair to the host, made (and removed) by a test: processes
+/// started in it with `ip netns exec` reach the host at `outside` and are reached at `inside`,
+/// never over loopback.
+struct NetworkNamespace {
+  let name: String
+  let hostInterface: String
+  let inside: String
+  let outside: String
+
+  static var available: Bool {
+    getuid() == 0 && (try? run("ip", ["netns", "list"]))?.status == 0
+  }
+
+  init() throws {
+    let tag = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+    name = "trellis-\(tag)"
+    hostInterface = "tv\(tag.prefix(6))h"
+    let octet = Int.random(in: 1...250)
+    outside = "10.213.\(octet).1"
+    inside = "10.213.\(octet).2"
+    let peer = "tv\(tag.prefix(6))n"
+    for command in [
+      ["netns", "add", name],
+      ["link", "add", hostInterface, "type", "veth", "peer", "name", peer],
+      ["link", "set", peer, "netns", name],
+      ["addr", "add", "\(outside)/30", "dev", hostInterface],
+      ["link", "set", hostInterface, "up"],
+      ["netns", "exec", name, "ip", "addr", "add", "\(inside)/30", "dev", peer],
+      ["netns", "exec", name, "ip", "link", "set", peer, "up"],
+      ["netns", "exec", name, "ip", "link", "set", "lo", "up"],
+    ] {
+      let result = try run("ip", command)
+      guard result.status == 0 else {
+        remove()
+        throw HarnessError("ip \(command.joined(separator: " ")): \(result.stderr)")
+      }
+    }
+  }
+
+  /// Cuts the link: the host side goes down, and nothing more crosses it either way.
+  func cut() throws {
+    let result = try run("ip", ["link", "set", hostInterface, "down"])
+    guard result.status == 0 else { throw HarnessError("cutting the link: \(result.stderr)") }
+  }
+
+  func remove() {
+    _ = try? run("ip", ["link", "del", hostInterface])
+    _ = try? run("ip", ["netns", "del", name])
   }
 }

@@ -73,17 +73,21 @@ struct BackgroundLoad {
   }
 
   /// Any Python load script's command line.
-  init(python arguments: [String]) throws {
+  init(python arguments: [String], environment: [String: String] = [:]) throws {
     process.executableURL = URL(fileURLWithPath: try resolve("python3"))
     process.arguments = arguments
+    if !environment.isEmpty {
+      process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
     process.standardOutput = output
     try process.run()
   }
 
   /// Waits for the end; returns the summary (`ok`, `failed`, `first`).
   func finish() throws -> [String: Any] {
-    process.waitUntilExit()
+    // Read first: a summary larger than the pipe's buffer would otherwise block the writer.
     let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
     return try jsonObjects(text).first ?? ["failed": -1, "output": text]
   }
 }

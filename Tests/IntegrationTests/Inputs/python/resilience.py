@@ -13,7 +13,8 @@
       none); prints {"code", "details", "server", "ms"}.
   resilience.py load MESH METHOD SECONDS CONCURRENCY [TIMEOUT [NAME=VALUE ...]]
       Calls back to back from CONCURRENCY tasks on one connection, each with a fresh key;
-      prints {"codes": {...}, "servers": {...}, "p50_ms", "p99_ms", "calls", "first_failure"}.
+      prints {"codes": {...}, "servers": {...}, "p50_ms", "p99_ms", "calls", "first_failure"},
+      and with TIMELINE=1 in the environment every call as [start (Unix s), ms, code, server].
 
 Methods (raw bytes; the request is a key):
   Get     answers the server's name.
@@ -130,7 +131,7 @@ async def call(target, method, key, timeout, metadata):
 
 
 async def load(target, method, seconds, concurrency, timeout, metadata):
-    codes, servers, latencies, first = {}, {}, [], None
+    codes, servers, latencies, first, timeline = {}, {}, [], None, []
     end = time.monotonic() + seconds
     counter = {"n": 0}
 
@@ -139,7 +140,9 @@ async def load(target, method, seconds, concurrency, timeout, metadata):
         while time.monotonic() < end:
             counter["n"] += 1
             key = f"{method}-{os.getpid()}-{index}-{counter['n']}"
+            started = time.time()
             result = await one_call(ch, method, key, timeout, metadata)
+            timeline.append([started, result["ms"], result["code"], result["server"]])
             codes[result["code"]] = codes.get(result["code"], 0) + 1
             if result["server"]:
                 servers[result["server"]] = servers.get(result["server"], 0) + 1
@@ -151,9 +154,11 @@ async def load(target, method, seconds, concurrency, timeout, metadata):
         await asyncio.gather(*(worker(ch, i) for i in range(concurrency)))
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0
-    print(json.dumps({"codes": codes, "servers": servers, "calls": len(latencies),
-                      "p50_ms": pick(0.5), "p99_ms": pick(0.99), "first_failure": first}),
-          flush=True)
+    summary = {"codes": codes, "servers": servers, "calls": len(latencies),
+               "p50_ms": pick(0.5), "p99_ms": pick(0.99), "first_failure": first}
+    if os.environ.get("TIMELINE"):
+        summary["timeline"] = timeline
+    print(json.dumps(summary), flush=True)
 
 
 def options(args):
