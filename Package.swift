@@ -276,6 +276,11 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
     .testTarget(
+      name: "MeshControlClientTests",
+      dependencies: ["MeshControlClient", "MeshConfig", "MeshProtos"],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
       name: "MeshConfigTests",
       dependencies: ["MeshConfig", "TestSupport"],
       swiftSettings: swiftSettings

@@ -134,9 +134,7 @@ final class EndpointState: Sendable {
   /// `/endpoints`: one object per service, its endpoints in config order.
   static func json(_ services: [(service: String, endpoints: [EndpointState])]) -> String {
     let now = NIODeadline.now()
-    func quoted(_ text: String) -> String {
-      "\"" + text.replacing("\\", with: "\\\\").replacing("\"", with: "\\\"") + "\""
-    }
+    let quoted = jsonString
     func number(_ value: Double) -> String {
       let rounded = (value * 1000).rounded() / 1000
       return rounded == rounded.rounded() ? "\(Int(rounded))" : "\(rounded)"

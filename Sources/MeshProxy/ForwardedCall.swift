@@ -61,6 +61,8 @@ final class ForwardedCall {
   private var attemptStart = NIODeadline.now()
   private var attemptLatency: TimeAmount?
   private var attemptOpen = false
+  /// The attempt waits for its connection, holding a place under `maxPendingRequests`.
+  private var pending: ConcurrencyLimit?
 
   init(downstream: ForwardingConnection, stream: UInt32) {
     self.downstream = downstream
@@ -140,6 +142,19 @@ final class ForwardedCall {
       answer(.unavailable, "no endpoint of '\(service)'")
       return
     }
+    // The circuit breaker's second limit: calls waiting for a connection.
+    let connection = pool.connection(to: endpoint.endpoint)
+    if !connection.isEstablished {
+      guard plan.target.pending.acquire() else {
+        metrics?.recordOverflow(service: service, limit: "maxPendingRequests")
+        answer(
+          .unavailable,
+          "circuit breaker: \(plan.target.pending.maximum) calls to '\(service)' are waiting for a connection (maxPendingRequests)"
+        )
+        return
+      }
+      pending = plan.target.pending
+    }
     plan.tried.append(endpoint)
     plan.current = endpoint
     endpoint.callStarted()
@@ -164,8 +179,14 @@ final class ForwardedCall {
       held = sent + held
       replay = []
     }
-    pool.connection(to: endpoint.endpoint).open(
-      self, headers: headers, endStream: requestHeadersEndStream)
+    connection.open(self, headers: headers, endStream: requestHeadersEndStream)
+  }
+
+  /// The attempt no longer waits for a connection: its place under `maxPendingRequests` is
+  /// given back.
+  private func stopWaiting() {
+    pending?.release()
+    pending = nil
   }
 
   /// Whether an upstream event belongs to the attempt in flight (not to one abandoned).
@@ -276,6 +297,7 @@ final class ForwardedCall {
 
   /// The upstream stream now exists: frames held meanwhile follow the HEADERS.
   func releaseHeld() {
+    stopWaiting()
     let frames = held
     held = []
     for entry in frames {
@@ -298,6 +320,7 @@ final class ForwardedCall {
   }
 
   private func dropHeld() {
+    stopWaiting()
     for entry in held {
       if case .data(_, _, let flow) = entry, flow > 0 { downstream.returnCredit(flow) }
     }
@@ -387,6 +410,7 @@ final class ForwardedCall {
   private func record(reset: Bool) {
     limit?.release()
     limit = nil
+    stopWaiting()
     guard let metrics else { return }
     self.metrics = nil
     let name = code.map(grpcCodeName) ?? (reset ? "CANCELLED" : "UNKNOWN")
@@ -469,6 +493,7 @@ final class ForwardedCall {
   /// Leaves the attempt in flight: its stream is reset (or its wait for a connection given
   /// up) and nothing more of it is forwarded.
   private func abandonAttempt() {
+    stopWaiting()
     attemptTimer?.cancel()
     attemptTimer = nil
     let connection = upstream

@@ -1060,6 +1060,9 @@ final class ForwardingConnection: ChannelInboundHandler {
 
   // MARK: Upstream: opening streams
 
+  /// Whether a call opened now starts at once (rather than waiting for the connection).
+  var isEstablished: Bool { context?.channel.isActive == true }
+
   /// Starts `call` on this connection now, or once it is established.
   func open(_ call: ForwardedCall, headers: HPACKHeaders, endStream: Bool) {
     call.upstream = self

@@ -21,6 +21,7 @@ public final class MeshRouting: Sendable {
   /// What outlives a config, per service.
   private struct Learnt {
     var limits: [String: ConcurrencyLimit] = [:]
+    var pending: [String: ConcurrencyLimit] = [:]
     var budgets: [String: RetryBudgetWindow] = [:]
     var endpoints: [String: [Address: EndpointState]] = [:]
     var roundRobin: [String: RoundRobin] = [:]
@@ -47,6 +48,10 @@ public final class MeshRouting: Sendable {
         let limit = learnt.limits[name] ?? ConcurrencyLimit(maximum: maximum)
         limit.setMaximum(maximum)
         learnt.limits[name] = limit
+        let waiting = service.circuitBreaker.maxPendingRequests
+        let pending = learnt.pending[name] ?? ConcurrencyLimit(maximum: waiting)
+        pending.setMaximum(waiting)
+        learnt.pending[name] = pending
         let budget = learnt.budgets[name] ?? RetryBudgetWindow(service.retryBudget)
         budget.update(service.retryBudget)
         learnt.budgets[name] = budget
@@ -69,7 +74,8 @@ public final class MeshRouting: Sendable {
         endpointsKept[name] = kept
         targets[name] = ServiceTarget(
           name: name, endpoints: endpoints, routes: mesh.effectiveRoutes(for: name),
-          service: service, limit: limit, budget: budget, roundRobin: roundRobin)
+          service: service, limit: limit, pending: pending, budget: budget,
+          roundRobin: roundRobin)
       }
       learnt.endpoints = endpointsKept
       return targets

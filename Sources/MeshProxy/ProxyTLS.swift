@@ -191,9 +191,7 @@ struct CertificateStatus: Sendable {
   var notAfterEpoch: Int { Int(notAfter.timeIntervalSince1970) }
 
   var json: String {
-    func quoted(_ text: String) -> String {
-      "\"" + text.replacing("\\", with: "\\\\").replacing("\"", with: "\\\"") + "\""
-    }
+    let quoted = jsonString
     return """
       {"identity":\(quoted(identity)),"serial":\(quoted(serial)),"issuer":\(quoted(issuer)),\
       "not_before":\(quoted(notBefore.formatted(.iso8601))),\

@@ -15,12 +15,15 @@ final class ServiceTarget: Sendable {
   /// Whether a method (`package.Service/Method`) may be tried again after it reached the app.
   let idempotency: [String: Bool]
   let limit: ConcurrencyLimit
+  /// Calls waiting for a connection to one of the service's endpoints, against
+  /// `circuitBreaker.maxPendingRequests`.
+  let pending: ConcurrencyLimit
   let budget: RetryBudgetWindow
 
   init(
     name: String, endpoints: [EndpointState], routes: [Route],
-    service: MeshConfig.Service, limit: ConcurrencyLimit, budget: RetryBudgetWindow,
-    roundRobin: RoundRobin
+    service: MeshConfig.Service, limit: ConcurrencyLimit, pending: ConcurrencyLimit,
+    budget: RetryBudgetWindow, roundRobin: RoundRobin
   ) {
     self.name = name
     self.endpoints = endpoints
@@ -29,6 +32,7 @@ final class ServiceTarget: Sendable {
     self.outlier = service.outlierDetection
     self.idempotency = service.idempotency
     self.limit = limit
+    self.pending = pending
     self.budget = budget
   }
 

@@ -140,6 +140,47 @@ import Testing
     #expect(longest < 1300, "a call took \(longest) ms")
   }
 
+  /// Calls waiting for a connection that does not come (its peer's link is down, so the
+  /// handshake's packets vanish) are limited by `maxPendingRequests`; the rest are answered at
+  /// once, naming that limit.
+  @Test(.enabled(if: NetworkNamespace.available, "needs root and iproute2's ip netns"))
+  func callsWaitingForAConnectionAreLimited() throws {
+    let scene = try Scene("pending")
+    let namespace = try NetworkNamespace()
+    defer { namespace.remove() }
+    try namespace.cutFromInside()
+    let client = try scene.client(
+      """
+      services:
+        r:
+          endpoints: [{address: "\(namespace.inside):7000"}]
+          circuitBreaker: {maxPendingRequests: 2}
+      """)
+    let started = Date()
+    let result = try run(
+      try resolve("python3"), [RetryAndDeadlineTests.script, "burst", client.outbound, "Get", "6"])
+    let calls = try #require(
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]],
+      "\(result.stdout)\(result.stderr)")
+    func isRefused(_ call: [String: Any]) -> Bool {
+      (call["details"] as? String ?? "").hasSuffix("waiting for a connection (maxPendingRequests)")
+    }
+    let refused = calls.filter(isRefused)
+    #expect(refused.count == 4, "\(calls)")
+    #expect(refused.allSatisfy { $0["code"] as? String == "UNAVAILABLE" && ($0["ms"] as? Double ?? 9e9) < 500 })
+    #expect(
+      refused.first?["details"] as? String
+        == "circuit breaker: 2 calls to 'r' are waiting for a connection (maxPendingRequests)")
+    // The two that waited fail once connecting gives up (1 s a try), never hang.
+    let waited = calls.filter { !isRefused($0) }
+    #expect(waited.allSatisfy { $0["code"] as? String == "UNAVAILABLE" }, "\(waited)")
+    #expect(Date().timeIntervalSince(started) < 15)
+    #expect(
+      try client.metric(
+        "trellis_circuit_breaker_overflows_total", ["service": "r", "limit": "maxPendingRequests"])
+        >= 4)
+  }
+
   /// One instance 100 ms slower than the others: the default balancer (peak-EWMA over two
   /// random choices) sends it clearly less traffic than round robin does, and p99 is lower.
   @Test func theDefaultBalancerAvoidsASlowInstance() throws {
@@ -216,6 +257,14 @@ struct NetworkNamespace {
   /// Cuts the link: the host side goes down, and nothing more crosses it either way.
   func cut() throws {
     let result = try run("ip", ["link", "set", hostInterface, "down"])
+    guard result.status == 0 else { throw HarnessError("cutting the link: \(result.stderr)") }
+  }
+
+  /// Takes the namespace's side of the link down: the host's side stays up and routed, so
+  /// what is sent there vanishes without an answer (a SYN gets neither SYN-ACK nor reset).
+  func cutFromInside() throws {
+    let peer = "tv\(name.dropFirst("trellis-".count).prefix(6))n"
+    let result = try run("ip", ["netns", "exec", name, "ip", "link", "set", peer, "down"])
     guard result.status == 0 else { throw HarnessError("cutting the link: \(result.stderr)") }
   }
 

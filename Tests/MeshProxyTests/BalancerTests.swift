@@ -17,7 +17,7 @@ import Testing
   func target(_ endpoints: [EndpointState], service: MeshConfig.Service = .init()) -> ServiceTarget {
     ServiceTarget(
       name: "orders", endpoints: endpoints, routes: [Route(service: "orders", name: "default")],
-      service: service, limit: ConcurrencyLimit(maximum: 10),
+      service: service, limit: ConcurrencyLimit(maximum: 10), pending: ConcurrencyLimit(maximum: 10),
       budget: RetryBudgetWindow(RetryBudget()), roundRobin: RoundRobin())
   }
 

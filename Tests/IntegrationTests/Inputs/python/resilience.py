@@ -16,6 +16,10 @@
       prints {"codes": {...}, "servers": {...}, "p50_ms", "p99_ms", "calls", "first_failure"},
       and with TIMELINE=1 in the environment every call as [start (Unix s), ms, code, server].
 
+  resilience.py burst MESH METHOD N
+      N calls at once on one connection; prints one {"code", "details", "ms"} per call, as a
+      JSON list.
+
 Methods (raw bytes; the request is a key):
   Get     answers the server's name.
   Create  answers the server's name (a non-idempotent method: the tests configure Get and
@@ -161,6 +165,13 @@ async def load(target, method, seconds, concurrency, timeout, metadata):
     print(json.dumps(summary), flush=True)
 
 
+async def burst(target, method, count):
+    async with channel(target) as ch:
+        results = await asyncio.gather(
+            *(one_call(ch, method, f"burst-{os.getpid()}-{i}", None) for i in range(count)))
+    print(json.dumps(results), flush=True)
+
+
 def options(args):
     """[TIMEOUT [NAME=VALUE ...]]: the timeout in seconds ("-" for none) and headers."""
     timeout = float(args[0]) if args and args[0] != "-" else None
@@ -179,6 +190,8 @@ def main():
         timeout, metadata = options(sys.argv[6:])
         asyncio.run(load(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), timeout,
                          metadata))
+    elif command == ["burst"]:
+        asyncio.run(burst(sys.argv[2], sys.argv[3], int(sys.argv[4])))
     else:
         sys.exit(__doc__)
 
