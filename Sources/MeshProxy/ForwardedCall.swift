@@ -61,6 +61,9 @@ final class ForwardedCall {
   private var attemptStart = NIODeadline.now()
   private var attemptLatency: TimeAmount?
   private var attemptOpen = false
+  /// The attempt's `grpc-timeout` is its per-try timeout (sooner than the call's deadline): a
+  /// DEADLINE_EXCEEDED from upstream then means the try ran out, not the call.
+  private var attemptBoundByPerTry = false
   /// The attempt waits for its connection, holding a place under `maxPendingRequests`.
   private var pending: ConcurrencyLimit?
 
@@ -167,9 +170,13 @@ final class ForwardedCall {
       headers.replaceOrAdd(name: "grpc-previous-rpc-attempts", value: "\(plan.retry.attempts - 1)")
     }
     var attemptDeadline = deadline
+    attemptBoundByPerTry = false
     if let perTry = plan.perTryTimeout {
       let end = now + perTry
-      if attemptDeadline == nil || end < attemptDeadline! { attemptDeadline = end }
+      if attemptDeadline == nil || end < attemptDeadline! {
+        attemptDeadline = end
+        attemptBoundByPerTry = true
+      }
       attemptTimer = schedule(at: end) { $0.perTryTimeoutExpired() }
     }
     if let attemptDeadline { setTimeout(&headers, until: attemptDeadline) }
@@ -215,10 +222,12 @@ final class ForwardedCall {
     answered()
     if endStream {
       let status = headers.first(name: "grpc-status")
-      if !responseStarted, let status, let code = Int(status), plan != nil,
-        retry(.status(code, pushback: Pushback(header: headers.first(name: "grpc-retry-pushback-ms"))))
-      {
-        return
+      if !responseStarted, let status, let code = Int(status), plan != nil {
+        let end: AttemptEnd =
+          code == ProxyStatus.deadlineExceeded.rawValue && attemptBoundByPerTry
+          ? .perTryTimeout
+          : .status(code, pushback: Pushback(header: headers.first(name: "grpc-retry-pushback-ms")))
+        if retry(end) { return }
       }
       responseEnded = true
       code = status.map { Substring($0) }

@@ -42,6 +42,7 @@ import Testing
     let ok = Double(readCodes["OK"] ?? 0)
     let total = Double(readCodes.values.reduce(0, +))
     #expect(total > 1000 && ok / total >= 0.999, "\(read)")
+    print("one of three killed: idempotent \(Int(ok)) of \(Int(total)) OK (\(ok / total * 100) %)")
 
     // Every Create key the servers executed, executed once, whatever the caller was told.
     var seen: [String: Int] = [:]
@@ -49,6 +50,7 @@ import Testing
       seen[execution["key"] as? String ?? "", default: 0] += 1
     }
     let twice = seen.filter { $0.value > 1 }
+    print("one of three killed: \(seen.count) Create calls executed, \(twice.count) of them twice")
     #expect(twice.isEmpty, "executed twice: \(twice.keys.sorted().prefix(5))")
     let writeCodes = write["codes"] as? [String: Int] ?? [:]
     #expect((writeCodes["OK"] ?? 0) > 100, "\(write)")
@@ -78,6 +80,9 @@ import Testing
     let callsMade = Double(result["calls"] as? Int ?? 0)
     let amplification = Double(executions.count) / max(callsMade, 1)
     #expect(amplification < 1.2, "amplification \(amplification)")
+    print(
+      "failing instance: \(onBad) calls before ejection; \(executions.count) executions for "
+        + "\(Int(callsMade)) calls (amplification \(amplification))")
     #expect(
       try client.metric(
         "trellis_outlier_ejections_total", ["service": "r", "endpoint": failing]) == 1)

@@ -60,14 +60,16 @@ import Testing
     return try #require(try jsonObjects(result.stdout).first, "\(result.stderr)")
   }
 
+  /// Calls back to back for `seconds`, or until `calls` are made.
   func load(
-    _ client: RunningSidecar, _ method: String, seconds: Double, concurrency: Int,
-    headers: [String: String] = [:]
+    _ client: RunningSidecar, _ method: String, seconds: Double = 0, calls: Int? = nil,
+    concurrency: Int, headers: [String: String] = [:]
   ) throws -> [String: Any] {
     let extra = ["-"] + headers.map { "\($0.key)=\($0.value)" }
+    let span = calls.map { "n\($0)" } ?? "\(seconds)"
     let result = try run(
       try resolve("python3"),
-      [script, "load", client.outbound, method, "\(seconds)", "\(concurrency)"] + extra)
+      [script, "load", client.outbound, method, span, "\(concurrency)"] + extra)
     return try #require(try jsonObjects(result.stdout).first, "\(result.stderr)")
   }
 
@@ -154,14 +156,29 @@ import Testing
           match: {headers: {x-mode: per-try}}
           timeout: 5s
           perTryTimeout: 200ms
+        - service: r
+          match: {headers: {x-mode: overall}}
+          timeout: 800ms
+          perTryTimeout: 400ms
       """)
-    let callerDeadline = try call(client, "Sleep", "3000", timeout: 0.4)
+    // The caller's 500 ms against a 2 s handler.
+    let callerDeadline = try call(client, "Sleep", "2000", timeout: 0.5)
     #expect(callerDeadline["code"] as? String == "DEADLINE_EXCEEDED", "\(callerDeadline)")
-    #expect((callerDeadline["ms"] as? Double ?? 0) < 1500)
-    let seen = try #require(try scene.executions(of: "3000").first)
+    #expect((callerDeadline["ms"] as? Double ?? 0) < 750, "\(callerDeadline)")
+    print("caller deadline 500 ms: DEADLINE_EXCEEDED after \(callerDeadline["ms"] ?? "") ms")
+    let seen = try #require(try scene.executions(of: "2000").first)
     let forwarded = try #require(seen["remaining"] as? Double, "\(seen)")
-    #expect(forwarded > 0.2 && forwarded <= 0.4, "\(seen)")
-    try expectCancelled(scene, "3000")
+    #expect(forwarded > 0.3 && forwarded <= 0.5, "\(seen)")
+    try expectCancelled(scene, "2000")
+
+    // 800 ms in all, 400 ms a try: the second try is cut short by the whole.
+    let overall = try call(client, "Sleep", "2001", headers: ["x-mode": "overall"])
+    #expect(overall["code"] as? String == "DEADLINE_EXCEEDED", "\(overall)")
+    let overallMs = overall["ms"] as? Double ?? 0
+    #expect(overallMs > 750 && overallMs < 1100, "\(overall)")
+    #expect((overall["details"] as? String ?? "").contains("the route's timeout of 800 ms"))
+    #expect(try scene.executions(of: "2001").count == 2)
+    print("overall 800 ms, per try 400 ms: DEADLINE_EXCEEDED after \(overallMs) ms")
 
     let routeTimeout = try call(client, "Sleep", "3001", headers: ["x-mode": "route-timeout"])
     #expect(routeTimeout["code"] as? String == "DEADLINE_EXCEEDED")
@@ -178,7 +195,7 @@ import Testing
     #expect(attempts.count == 3, "\(attempts) \(perTry)")
     #expect(
       try client.metric("trellis_deadline_exceeded_total", ["direction": "outbound", "service": "r"])
-        == 3)
+        == 4)
   }
 
   func expectCancelled(_ scene: Scene, _ key: String) throws {
@@ -213,8 +230,8 @@ import Testing
           match: {headers: {x-drill: delay}}
           fault: {delay: {duration: 300ms, percent: 100}}
         - service: r
-          match: {headers: {x-drill: half}}
-          fault: {abort: {code: UNAVAILABLE, percent: 50}}
+          match: {headers: {x-drill: tenth}}
+          fault: {abort: {code: UNAVAILABLE, percent: 10}}
       """)
     let aborted = try call(client, "Get", "abort-1", headers: ["x-drill": "abort"])
     #expect(aborted["code"] as? String == "RESOURCE_EXHAUSTED")
@@ -223,14 +240,16 @@ import Testing
     let delayed = try call(client, "Get", "delay-1", headers: ["x-drill": "delay"])
     #expect(delayed["code"] as? String == "OK")
     #expect((delayed["ms"] as? Double ?? 0) >= 300)
-    let half = try load(client, "Get", seconds: 2, concurrency: 4, headers: ["x-drill": "half"])
-    let codes = half["codes"] as? [String: Int] ?? [:]
+    // 10 % aborted, over 10,000 calls: within ±2 %.
+    let tenth = try load(client, "Get", calls: 10_000, concurrency: 8, headers: ["x-drill": "tenth"])
+    let codes = tenth["codes"] as? [String: Int] ?? [:]
     let total = Double((codes["OK"] ?? 0) + (codes["UNAVAILABLE"] ?? 0))
     let share = Double(codes["UNAVAILABLE"] ?? 0) / max(total, 1)
-    #expect(total >= 100 && share > 0.35 && share < 0.65, "\(half)")
+    #expect(total == 10_000 && share > 0.08 && share < 0.12, "\(codes)")
+    print("fault abort 10 %: \(share * 100) % of \(Int(total)) calls")
     #expect(
       try client.metric("trellis_faults_injected_total", ["service": "r", "kind": "abort"])
-        >= 1 + total * 0.35)
+        == 1 + Double(codes["UNAVAILABLE"] ?? 0))
   }
 
   /// Weights split a route's calls across endpoint subsets by label (a canary at 10 %), and
@@ -255,11 +274,13 @@ import Testing
             - {labels: {version: v1}, weight: 90}
             - {labels: {version: v2}, weight: 10}
       """)
-    let split = try load(client, "Get", seconds: 3, concurrency: 4)
+    // 90/10 over 10,000 calls: within ±2 %.
+    let split = try load(client, "Get", calls: 10_000, concurrency: 8)
     let servers = split["servers"] as? [String: Int] ?? [:]
     let calls = Double((servers["v1"] ?? 0) + (servers["v2"] ?? 0))
     let canary = Double(servers["v2"] ?? 0) / max(calls, 1)
-    #expect(calls >= 300 && canary > 0.05 && canary < 0.16, "\(split)")
+    #expect(calls == 10_000 && canary > 0.08 && canary < 0.12, "\(servers)")
+    print("split 90/10: \(canary * 100) % to v2 of \(Int(calls)) calls")
     for index in 0..<10 {
       let answer = try call(client, "Get", "canary-\(index)", headers: ["x-canary": "1"])
       #expect(answer["server"] as? String == "v2", "\(answer)")

@@ -457,6 +457,41 @@ import Testing
     #expect(try call(client) == "OK")
   }
 
+  /// The traffic policies act as applied with `meshctl apply`, and `meshctl get routes` shows
+  /// them: a fault route answers at once, the next version without it lets calls through.
+  @Test func policiesAppliedWithMeshctlActAtOnce() throws {
+    let (port, server, client) = try echoAndClientAtVersion1()
+    defer {
+      client.process.stop()
+      server.process.stop()
+    }
+    _ = try statuses { $0["client"]?["version"] as? Int == 1 }
+    #expect(try call(client) == "OK")
+    let drill = try mesh.write(
+      "drill.yaml",
+      """
+      services:
+        echo:
+          endpoints:
+            - address: 127.0.0.1:\(port)
+          circuitBreaker: {maxConcurrentRequests: 50}
+      routes:
+        - service: echo
+          name: drill
+          fault: {abort: {code: RESOURCE_EXHAUSTED, percent: 100}}
+      """)
+    #expect(try meshctl(["apply", "-f", drill]).status == 0)
+    _ = try statuses { $0["client"]?["version"] as? Int == 2 }
+    #expect(try call(client) == "RESOURCE_EXHAUSTED")
+    let routes = try meshctl(["get", "routes", "-o", "json"])
+    #expect(routes.stdout.contains("\"drill\""), "\(routes.stdout)")
+    #expect(routes.stdout.contains("RESOURCE_EXHAUSTED"), "\(routes.stdout)")
+    #expect(try client.metric("trellis_faults_injected_total", ["service": "echo"]) == 1)
+    #expect(try meshctl(["rollback", "1"]).status == 0)
+    _ = try statuses { $0["client"]?["version"] as? Int == 3 }
+    #expect(try call(client) == "OK")
+  }
+
   /// `rpc call --mesh SERVICE`: the operator calls a service by name; the endpoint comes from
   /// the control plane, the app sees the operator's identity, and a peer that is not that
   /// service is refused (secure naming).

@@ -12,7 +12,8 @@
       One call through the mesh (authority `r`) with those request headers (TIMEOUT "-" for
       none); prints {"code", "details", "server", "ms"}.
   resilience.py load MESH METHOD SECONDS CONCURRENCY [TIMEOUT [NAME=VALUE ...]]
-      Calls back to back from CONCURRENCY tasks on one connection, each with a fresh key;
+      Calls back to back from CONCURRENCY tasks on one connection, each with a fresh key, for
+      SECONDS (or, written nCOUNT, until COUNT calls are made);
       prints {"codes": {...}, "servers": {...}, "p50_ms", "p99_ms", "calls", "first_failure"},
       and with TIMELINE=1 in the environment every call as [start (Unix s), ms, code, server].
 
@@ -136,12 +137,13 @@ async def call(target, method, key, timeout, metadata):
 
 async def load(target, method, seconds, concurrency, timeout, metadata):
     codes, servers, latencies, first, timeline = {}, {}, [], None, []
-    end = time.monotonic() + seconds
+    total = int(seconds[1:]) if seconds.startswith("n") else None
+    end = time.monotonic() + (float(seconds) if total is None else 3600)
     counter = {"n": 0}
 
     async def worker(ch, index):
         nonlocal first
-        while time.monotonic() < end:
+        while time.monotonic() < end and (total is None or counter["n"] < total):
             counter["n"] += 1
             key = f"{method}-{os.getpid()}-{index}-{counter['n']}"
             started = time.time()
@@ -188,7 +190,7 @@ def main():
         asyncio.run(call(sys.argv[2], sys.argv[3], sys.argv[4], timeout, metadata))
     elif command == ["load"]:
         timeout, metadata = options(sys.argv[6:])
-        asyncio.run(load(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), timeout,
+        asyncio.run(load(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), timeout,
                          metadata))
     elif command == ["burst"]:
         asyncio.run(burst(sys.argv[2], sys.argv[3], int(sys.argv[4])))
