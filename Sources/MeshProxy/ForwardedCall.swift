@@ -80,7 +80,9 @@ final class ForwardedCall {
   {
     var headers = headers
     if let timeout = headers.first(name: "grpc-timeout") {
-      armDeadline(GRPCTimeout.parse(timeout).map { start + $0 }, cause: "grpc-timeout \(timeout)")
+      armDeadline(
+        GRPCTimeout.parse(timeout).map { start + $0 }, cause: "grpc-timeout \(timeout)",
+        grace: Self.callerDeadlineGrace)
       if let deadline { setTimeout(&headers, until: deadline) }
     }
     attemptOpen = true
@@ -98,13 +100,15 @@ final class ForwardedCall {
     let callerTimeout = headers.first(name: "grpc-timeout")
     var deadline = callerTimeout.flatMap(GRPCTimeout.parse).map { start + $0 }
     var cause = callerTimeout.map { "grpc-timeout \($0)" } ?? ""
+    var grace = Self.callerDeadlineGrace
     if let timeout = plan.route.timeout.map(TimeAmount.init) {
       if deadline == nil || start + timeout < deadline! {
         deadline = start + timeout
         cause = "the route's timeout of \(milliseconds(timeout)) ms"
+        grace = .zero
       }
     }
-    armDeadline(deadline, cause: cause)
+    armDeadline(deadline, cause: cause, grace: grace)
     if let delay = plan.delay {
       metrics?.recordFault(service: service, kind: "delay")
       attemptTimer = schedule(at: .now() + delay) { $0.startAttempt() }
@@ -113,10 +117,18 @@ final class ForwardedCall {
     }
   }
 
-  private func armDeadline(_ deadline: NIODeadline?, cause: String) {
+  /// The caller's own deadline is the caller's to enforce first: the sidecar's timer for it
+  /// fires this much later, so a client that keeps its deadline sees what it would see without
+  /// the mesh, and one that does not is still answered and its call cancelled upstream. The
+  /// route's timeouts are the sidecar's own and fire on time.
+  static let callerDeadlineGrace = TimeAmount.milliseconds(20)
+
+  /// The call's deadline: forwarded as `grpc-timeout` (what is left of it) on every attempt,
+  /// and answered DEADLINE_EXCEEDED `grace` after it passes.
+  private func armDeadline(_ deadline: NIODeadline?, cause: String, grace: TimeAmount) {
     guard let deadline else { return }
     self.deadline = deadline
-    deadlineTimer = schedule(at: deadline) { call in
+    deadlineTimer = schedule(at: deadline + grace) { call in
       call.deadlineExpired(cause)
     }
   }
