@@ -64,10 +64,17 @@ final class EndpointState: Sendable {
   }
 
   private static func decayed(_ stats: Stats, now: NIODeadline) -> Double {
-    let elapsed = Double(max(0, (now - stats.stamp).nanoseconds))
-    // Towards the default with time, so an endpoint slow long ago is tried again.
-    let weight = exp(-elapsed / decay)
-    return stats.latency * weight + defaultLatency * (1 - weight)
+    decayed(stats, weight: weight(stats, now: now))
+  }
+
+  /// Towards the default with time, so an endpoint slow long ago is tried again.
+  private static func decayed(_ stats: Stats, weight: Double) -> Double {
+    stats.latency * weight + defaultLatency * (1 - weight)
+  }
+
+  /// How much of the estimate still stands after the time since it was last updated.
+  private static func weight(_ stats: Stats, now: NIODeadline) -> Double {
+    exp(-Double(max(0, (now - stats.stamp).nanoseconds)) / decay)
   }
 
   /// Whether the endpoint is ejected at `now`.
@@ -88,15 +95,10 @@ final class EndpointState: Sendable {
     return stats.withLockedValue { stats in
       let observed = Double(latency.nanoseconds)
       let sample = failed ? max(observed, Self.failurePenalty) : observed
-      let current = Self.decayed(stats, now: now)
+      let weight = Self.weight(stats, now: now)
+      let current = Self.decayed(stats, weight: weight)
       // Peak: a slower answer is believed at once; a faster one only on average.
-      if sample > current {
-        stats.latency = sample
-      } else {
-        let elapsed = Double(max(0, (now - stats.stamp).nanoseconds))
-        let weight = exp(-elapsed / Self.decay)
-        stats.latency = current * weight + sample * (1 - weight)
-      }
+      stats.latency = sample > current ? sample : current * weight + sample * (1 - weight)
       stats.stamp = now
       stats.calls += 1
       guard failed else {
@@ -186,8 +188,12 @@ struct Balancer {
     random: (Int) -> Int = { Int.random(in: 0..<$0) }
   ) -> EndpointState? {
     guard !candidates.isEmpty else { return nil }
-    var available = candidates.filter { !$0.isEjected(now: now) }
-    if available.isEmpty { available = candidates }
+    // Ejections are rare: the common case copies nothing.
+    var available = candidates
+    if candidates.contains(where: { $0.isEjected(now: now) }) {
+      available = candidates.filter { !$0.isEjected(now: now) }
+      if available.isEmpty { available = candidates }
+    }
     if !tried.isEmpty {
       let fresh = available.filter { endpoint in !tried.contains { $0 === endpoint } }
       if !fresh.isEmpty { available = fresh }

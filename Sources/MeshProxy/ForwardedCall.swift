@@ -537,7 +537,7 @@ final class ForwardedCall {
 
   /// Something of the response is about to reach the caller: no attempt follows.
   private func commit() {
-    guard replay != nil || plan?.retry.committed == false else { return }
+    guard plan?.retry.committed == false else { return }
     plan?.retry.commit()
     replay = nil
     attemptTimer?.cancel()

@@ -122,10 +122,7 @@ final class RoundRobin: Sendable {
   private let counter = Synchronization.Atomic<Int>(0)
 
   func next(_ count: Int) -> Int {
-    counter.wrappingAdd(1, ordering: .relaxed).newValue.magnitude.remainder(count)
+    let turn = UInt(bitPattern: counter.wrappingAdd(1, ordering: .relaxed).newValue)
+    return Int(turn % UInt(count))
   }
-}
-
-extension UInt {
-  fileprivate func remainder(_ count: Int) -> Int { Int(self % UInt(count)) }
 }
