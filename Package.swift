@@ -60,6 +60,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+    .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
   ],
   targets: [
     // Generated code and the descriptor sets it was generated from.
@@ -92,12 +93,18 @@ let package = Package(
       dependencies: [swiftProtobuf],
       swiftSettings: swiftSettings
     ),
+    // Trace context, the span model and the queue spans leave the data path by.
+    .target(
+      name: "MeshTracing",
+      swiftSettings: swiftSettings
+    ),
 
     // The sidecar's engine.
     .target(
       name: "MeshProxy",
       dependencies: [
-        "MeshIdentity", "MeshConfig", nioCore, nioPosix, nioHPACK, nioSSL, x509, logging, lifecycle,
+        "MeshIdentity", "MeshConfig", "MeshTracing", "MeshTranscoding", nioCore, nioPosix, nioHPACK,
+        nioSSL, x509, logging, lifecycle,
         .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "NIOTLS", package: "swift-nio"),
@@ -112,8 +119,8 @@ let package = Package(
     .target(
       name: "MeshControlPlane",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshProtos", grpcCore, grpcHTTP2, grpcProtobuf, logging,
-        lifecycle, x509, crypto, grdb, nioCore, nioSSL,
+        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshTracing", grpcCore, grpcHTTP2, grpcProtobuf,
+        logging, lifecycle, x509, crypto, grdb, nioCore, nioSSL,
         .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
@@ -135,8 +142,10 @@ let package = Package(
     .target(
       name: "MeshServiceKit",
       dependencies: [
-        "MeshProtos", "MeshTranscoding", grpcCore, grpcHTTP2, grpcProtobuf, swiftProtobuf,
-        logging, lifecycle, argumentParser,
+        "MeshProtos", "MeshTranscoding", "MeshTracing", grpcCore, grpcHTTP2, grpcProtobuf,
+        swiftProtobuf, logging, lifecycle, argumentParser, nioCore, nioPosix,
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "Tracing", package: "swift-distributed-tracing"),
       ],
       swiftSettings: swiftSettings
     ),

@@ -33,6 +33,9 @@ import MeshIdentity
 ///   handshakeTimeout: 10s          # a TLS handshake must finish within this
 ///   drainTimeout: 30s              # calls in flight at SIGTERM get this long to finish
 ///   maxConcurrentStreams: 1024     # streams a caller may have open on one connection
+/// tracing:                         # optional: where spans go (OTLP/gRPC); by default the
+///   collector: 127.0.0.1:4317      #   control plane's collector (mutual TLS), or nowhere
+///                                  #   without a control plane; here plaintext OTLP/gRPC
 /// ```
 public struct SidecarBootstrap: Equatable, Sendable {
   public var service: String
@@ -49,6 +52,8 @@ public struct SidecarBootstrap: Equatable, Sendable {
   public var trustDomain: String
   public var threads: Int
   public var limits = Limits()
+  /// An OTLP/gRPC collector (plaintext) spans go to instead of the control plane.
+  public var collector: Address?
   /// How the sidecar gets its identity from the control plane; nil in static mode (the `tls`
   /// files come from `meshctl certs`).
   public var controlPlane: ControlPlaneLink?
@@ -125,7 +130,7 @@ public struct SidecarBootstrap: Equatable, Sendable {
   init(_ root: ConfigNode, directory: String) throws {
     let fields = try root.fields([
       "service", "app", "listen", "advertise", "tls", "mesh", "trustDomain", "threads", "limits",
-      "controlPlane", "state", "register",
+      "controlPlane", "state", "register", "tracing",
     ])
     let trustDomain = try fields["trustDomain"].optionalString() ?? SPIFFEID.defaultTrustDomain
     let service = try fields["service"].string()
@@ -191,6 +196,8 @@ public struct SidecarBootstrap: Equatable, Sendable {
     }
     self.controlPlane = link
     self.state = state
+    let tracing = try fields["tracing"].fields(["collector"])
+    if tracing["collector"].isPresent { collector = try address(tracing["collector"]) }
     let register = fields["register"]
     if case .scalar? = register.node, register.isPresent {
       registration = try register.bool() == true ? Registration() : nil

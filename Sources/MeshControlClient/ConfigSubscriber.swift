@@ -65,7 +65,8 @@ public struct ConfigSubscriber: Service {
   private let base: MeshConfig
   private let state: String
   private let events: CertificateEvents
-  private let apply: @Sendable (MeshConfig) -> Void
+  /// Called with every config the sidecar runs from now on, and its version.
+  private let apply: @Sendable (MeshConfig, Int64) -> Void
   private let logger: Logger
 
   /// `advertised` gives the inbound address others dial once it is bound; `base` is the config
@@ -74,7 +75,7 @@ public struct ConfigSubscriber: Service {
     link: SidecarBootstrap.ControlPlaneLink, files: CertificateKeeper.Files, identity: Identity,
     advertised: @escaping @Sendable () async -> String?, registering: Registering?,
     base: MeshConfig, state: String, events: CertificateEvents, logger: Logger,
-    apply: @escaping @Sendable (MeshConfig) -> Void
+    apply: @escaping @Sendable (MeshConfig, Int64) -> Void
   ) {
     self.link = link
     self.files = files
@@ -401,8 +402,10 @@ public struct ConfigSubscriber: Service {
       changed = true
     }
     if changed {
-      let (config, discovery) = progress.withLock { ($0.config, $0.discovery) }
-      apply(Self.merge(config, discovery, own: identity.service, logger: logger))
+      let (config, discovery, version) = progress.withLock {
+        ($0.config, $0.discovery, $0.running)
+      }
+      apply(Self.merge(config, discovery, own: identity.service, logger: logger), version)
     }
     if snapshot.renewCertificate { events.requestRenewal() }
     var answer = progress.report(serial: certificateSerial())

@@ -27,6 +27,8 @@ public struct ControlPlane: Service {
     public var data: String
     public var trustDomain: String
     public var leafLifetime: TimeInterval
+    /// How many spans, and for how long, the trace store keeps.
+    public var traceRetention = TraceStore.Retention()
 
     public init(
       listen: (host: String, port: Int), join: (host: String, port: Int), certs: String,
@@ -51,6 +53,8 @@ public struct ControlPlane: Service {
 
   public func run() async throws {
     let store = try ControlStore(directory: configuration.data)
+    let traces = try TraceStore(
+      directory: configuration.data, retention: configuration.traceRetention)
     let trust = try MeshTrust(try loadTrust(store), trustDomain: configuration.trustDomain)
     let control = try ControlContext(
       store: store, trust: trust, defaultLeafLifetime: configuration.leafLifetime)
@@ -79,7 +83,10 @@ public struct ControlPlane: Service {
       })
     let main = GRPCServer(
       transport: mtls,
-      services: [IdentityService(control), AdminService(control), ConfigService(control)])
+      services: [
+        IdentityService(control), AdminService(control), ConfigService(control),
+        CollectorService(store: traces), TracesService(store: traces),
+      ])
     let joinServer = GRPCServer(transport: join, services: [IdentityService(control)])
 
     try await withGracefulShutdownHandler {
@@ -94,6 +101,11 @@ public struct ControlPlane: Service {
               try control.expireRegistrations()
             } catch {
               logger.error("cannot withdraw expired registrations", metadata: ["error": "\(error)"])
+            }
+            do {
+              try traces.enforceRetention()
+            } catch {
+              logger.error("cannot trim the trace store", metadata: ["error": "\(error)"])
             }
             // Its own certificate lives 30 days; new handshakes take the renewed one.
             do {

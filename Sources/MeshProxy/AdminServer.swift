@@ -2,7 +2,8 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// The sidecar's admin listener (loopback HTTP/1.1): `/live`, `/ready`, `/metrics`, `/certs`.
+/// The sidecar's admin listener (loopback HTTP/1.1): `/live`, `/ready`, `/metrics`, `/certs`,
+/// `/endpoints`, and OTLP/HTTP's `POST /v1/traces` for the app's spans.
 struct AdminServer {
   /// What the admin endpoints report, asked afresh on every request.
   struct Reports: Sendable {
@@ -13,7 +14,21 @@ struct AdminServer {
     var certificates: @Sendable () -> String
     /// `/endpoints` as JSON: every service's endpoints, their state, load and ejections.
     var endpoints: @Sendable () -> String
+    /// Takes an OTLP/HTTP `ExportTraceServiceRequest` (binary protobuf); nil when no spans are
+    /// exported.
+    var traces: (@Sendable (ByteBuffer) -> TraceIntake)?
   }
+
+  /// What became of spans posted to `/v1/traces`.
+  enum TraceIntake {
+    case accepted
+    /// The export queue is full: the spans were dropped (and counted).
+    case full
+    case invalid(String)
+  }
+
+  /// The largest body `/v1/traces` takes.
+  static let maximumBody = 4 << 20
 
   static func bind(
     host: String, port: Int, group: any EventLoopGroup, reports: Reports
@@ -38,6 +53,8 @@ private final class AdminHandler: ChannelInboundHandler {
 
   private let reports: AdminServer.Reports
   private var request: HTTPRequestHead?
+  private var body: ByteBuffer?
+  private var bodyTooLarge = false
 
   init(reports: AdminServer.Reports) {
     self.reports = reports
@@ -47,12 +64,24 @@ private final class AdminHandler: ChannelInboundHandler {
     switch unwrapInboundIn(data) {
     case .head(let head):
       request = head
-    case .body:
-      break
+      body = nil
+      bodyTooLarge = false
+    case .body(var part):
+      guard !bodyTooLarge else { return }
+      if (body?.readableBytes ?? 0) + part.readableBytes > AdminServer.maximumBody {
+        bodyTooLarge = true
+        body = nil
+      } else if body == nil {
+        body = part
+      } else {
+        body!.writeBuffer(&part)
+      }
     case .end:
       guard let head = request else { return }
       request = nil
-      let (status, type, body) = answer(head)
+      let (status, type, body) =
+        head.method == .POST ? post(head, self.body ?? ByteBuffer()) : answer(head)
+      self.body = nil
       var headers = HTTPHeaders()
       headers.add(name: "content-type", value: type)
       headers.add(name: "content-length", value: "\(body.utf8.count)")
@@ -71,9 +100,38 @@ private final class AdminHandler: ChannelInboundHandler {
     }
   }
 
+  /// `POST /v1/traces`: OTLP/HTTP with a binary protobuf body; the answer to a success is an
+  /// empty `ExportTraceServiceResponse`.
+  private func post(_ head: HTTPRequestHead, _ body: ByteBuffer) -> (
+    HTTPResponseStatus, String, String
+  ) {
+    let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+    guard path == "/v1/traces" else {
+      return (.methodNotAllowed, "text/plain", "only GET, except POST /v1/traces\n")
+    }
+    guard let traces = reports.traces else {
+      return (.notFound, "text/plain", "this sidecar exports no spans\n")
+    }
+    guard !bodyTooLarge else {
+      return (.payloadTooLarge, "text/plain", "over \(AdminServer.maximumBody) bytes\n")
+    }
+    let type = head.headers.first(name: "content-type") ?? ""
+    guard type.hasPrefix("application/x-protobuf") else {
+      return (
+        .unsupportedMediaType, "text/plain",
+        "expected content-type application/x-protobuf, got '\(type)'\n"
+      )
+    }
+    switch traces(body) {
+    case .accepted: return (.ok, "application/x-protobuf", "")
+    case .full: return (.serviceUnavailable, "text/plain", "the span queue is full\n")
+    case .invalid(let reason): return (.badRequest, "text/plain", reason + "\n")
+    }
+  }
+
   private func answer(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String, String) {
     guard head.method == .GET || head.method == .HEAD else {
-      return (.methodNotAllowed, "text/plain", "only GET\n")
+      return (.methodNotAllowed, "text/plain", "only GET, except POST /v1/traces\n")
     }
     let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
     switch path {

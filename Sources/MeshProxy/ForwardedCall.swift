@@ -1,4 +1,5 @@
 import MeshConfig
+import MeshTracing
 import NIOCore
 import NIOHPACK
 
@@ -19,8 +20,19 @@ final class ForwardedCall {
   var direction = ""
   var service = ""
   var method = ""
-  /// The call's gRPC status, once seen.
+  /// The call's gRPC status, once seen, and its message.
   private var code: Substring?
+  private var statusMessage: String?
+  /// The call's span and what happened on the way, and where it is recorded.
+  var trace: CallTrace?
+  var tracing: CallTracing?
+  /// Inbound: the caller's verified identity; outbound: the identity the attempt's endpoint
+  /// must prove.
+  var peer: String?
+  private var routeName: String?
+  /// Where the last attempt went, and how many there were.
+  private var endpointName: String?
+  private var attemptsMade = 0
   /// The attempt's connection and stream; nil between attempts.
   var upstream: ForwardingConnection?
   var upstreamStream: UInt32?
@@ -86,6 +98,8 @@ final class ForwardedCall {
       if let deadline { setTimeout(&headers, until: deadline) }
     }
     attemptOpen = true
+    endpointName = endpoint.description
+    attemptsMade = 1
     pool.connection(to: endpoint).open(self, headers: headers, endStream: endStream)
   }
 
@@ -94,6 +108,7 @@ final class ForwardedCall {
   func forward(_ plan: OutboundPlan, pool: UpstreamPool, headers: HPACKHeaders, endStream: Bool) {
     self.plan = plan
     self.pool = pool
+    routeName = plan.route.name ?? "default"
     requestHeaders = headers
     requestHeadersEndStream = endStream
     if plan.retry.policy.attempts > 1 { replay = [] }
@@ -111,6 +126,9 @@ final class ForwardedCall {
     armDeadline(deadline, cause: cause, grace: grace)
     if let delay = plan.delay {
       metrics?.recordFault(service: service, kind: "delay")
+      trace?.event(
+        "fault_injected",
+        [.string("kind", "delay"), .int("delay_ms", Int(milliseconds(delay)))])
       attemptTimer = schedule(at: .now() + delay) { $0.startAttempt() }
     } else {
       startAttempt()
@@ -172,6 +190,9 @@ final class ForwardedCall {
     }
     plan.tried.append(endpoint)
     plan.current = endpoint
+    endpointName = endpoint.endpoint.description
+    peer = endpoint.endpoint.expectedIdentity
+    attemptsMade += 1
     endpoint.callStarted()
     attemptStart = now
     attemptLatency = nil
@@ -243,6 +264,7 @@ final class ForwardedCall {
       }
       responseEnded = true
       code = status.map { Substring($0) }
+      statusMessage = headers.first(name: "grpc-message")
       attemptEnded(failed: code.flatMap { Int($0) }.map(isEndpointFailure) ?? false)
     }
     commit()
@@ -381,6 +403,7 @@ final class ForwardedCall {
   func answer(_ status: ProxyStatus, _ message: String) {
     guard !downstreamClosed, !responseEnded else { return }
     code = Substring(String(status.rawValue))
+    statusMessage = message
     let headers =
       responseStarted ? trailers(status, message) : trailersOnly(status, message)
     responseStarted = true
@@ -438,6 +461,18 @@ final class ForwardedCall {
     let seconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9
     metrics.recordCall(
       direction: direction, service: service, method: method, code: name, seconds: seconds)
+    guard let tracing else { return }
+    let sampled = trace?.context.sampled == true && tracing.sink != nil
+    guard sampled || tracing.logsAccess else { return }
+    let record = CallRecord(
+      direction: direction, service: service, path: method,
+      code: code.flatMap { Int($0) } ?? (reset ? 1 : nil), codeName: name,
+      message: statusMessage, peer: peer,
+      endpoint: endpointName, attempts: direction == "outbound" ? max(attemptsMade, 1) : nil,
+      route: routeName, seconds: seconds)
+    let end = WallClock.now()
+    if sampled, let trace { tracing.sink?.record(record.span(trace, end: end)) }
+    if tracing.logsAccess { AccessLog.write(record.accessLogLine(trace, end: end)) }
   }
 
   /// The upstream connection could not carry this call: it was never sent to the app.
@@ -475,6 +510,7 @@ final class ForwardedCall {
     guard !downstreamClosed, !responseEnded else { return }
     metrics?.recordDeadlineExceeded(direction: direction, service: service)
     let elapsed = milliseconds(.now() - start)
+    trace?.event("deadline_exceeded", [.string("cause", cause), .int("elapsed_ms", Int(elapsed))])
     cancelUpstream(.cancel)
     answer(.deadlineExceeded, "deadline exceeded after \(elapsed) ms (\(cause))")
   }
@@ -483,6 +519,10 @@ final class ForwardedCall {
     attemptTimer = nil
     guard attemptOpen, !downstreamClosed, !responseEnded else { return }
     let perTry = plan?.perTryTimeout.map(milliseconds) ?? 0
+    trace?.event(
+      "per_try_timeout",
+      [.int("attempt", attemptsMade), .int("timeout_ms", Int(perTry))]
+        + (endpointName.map { [.string("endpoint", $0)] } ?? []))
     if !responseStarted, retry(.perTryTimeout) { return }
     metrics?.recordDeadlineExceeded(direction: direction, service: service)
     attemptEnded(failed: true)
@@ -504,6 +544,12 @@ final class ForwardedCall {
       return false
     case .retry(let delay):
       metrics?.recordRetry(service: service, reason: end.reason)
+      trace?.event(
+        "retry",
+        [
+          .int("attempt", attemptsMade + 1), .string("reason", end.reason),
+          .int("backoff_ms", Int(milliseconds(delay))),
+        ] + (endpointName.map { [.string("previous_endpoint", $0)] } ?? []))
       attemptEnded(failed: end.countsAsFailure)
       abandonAttempt()
       attemptTimer = schedule(at: .now() + delay) { $0.startAttempt() }
@@ -554,9 +600,12 @@ final class ForwardedCall {
       endpoint.callCancelled()
       return
     }
-    target.attemptEnded(
+    let ejected = target.attemptEnded(
       endpoint, latency: attemptLatency ?? (.now() - attemptStart), failed: failed,
       metrics: metrics)
+    if ejected {
+      trace?.event("outlier_ejection", [.string("endpoint", endpoint.endpoint.description)])
+    }
   }
 
   private func stopTimers() {

@@ -1,3 +1,4 @@
+import MeshTracing
 import NIOCore
 import NIOHPACK
 import NIOPosix
@@ -9,8 +10,9 @@ enum CallRoute {
   /// An outbound call under its route's policies, through `pool`; `limit` (a place the call
   /// holds in its service's circuit breaker) is released when it ends.
   case outbound(OutboundPlan, UpstreamPool, limit: ConcurrencyLimit)
-  /// Answer at once with a gRPC status; the call goes nowhere.
-  case reject(ProxyStatus, String)
+  /// Answer at once with a gRPC status; the call goes nowhere. `fault` names the kind of an
+  /// injected fault.
+  case reject(ProxyStatus, String, fault: String? = nil)
 }
 
 /// One HTTP/2 connection of the proxy, speaking the protocol itself on the bytes of the socket
@@ -474,6 +476,10 @@ final class ForwardingConnection: ChannelInboundHandler {
     lastActive = .now()
     let call = ForwardedCall(downstream: self, stream: id)
     call.metrics = loop.metrics
+    call.tracing = loop.tracing
+    // The trace headers are this hop's to rewrite; the route is chosen by what the caller sent.
+    var forwarded = headers
+    call.trace = loop.beginTrace(&forwarded, inbound: direction == "inbound")
     call.direction = direction
     call.method = headers.first(name: ":path") ?? ""
     call.service =
@@ -483,15 +489,19 @@ final class ForwardingConnection: ChannelInboundHandler {
       call: call, sendWindow: peerInitialWindow, receiveWindow: HTTP2Windows.stream,
       remoteEnded: endStream)
     switch route(headers) {
-    case .reject(let status, let message):
+    case .reject(let status, let message, let fault):
+      if let fault {
+        call.trace?.event(
+          "fault_injected", [.string("kind", fault), .int("grpc_status", status.rawValue)])
+      }
       call.answer(status, message)
     case .forward(let endpoint, let pool, let rewrite):
-      var requestHeaders = headers
-      rewrite?(&requestHeaders)
-      call.forward(to: endpoint, pool: pool, headers: requestHeaders, endStream: endStream)
+      rewrite?(&forwarded)
+      call.peer = forwarded.first(name: "x-trellis-peer-identity")
+      call.forward(to: endpoint, pool: pool, headers: forwarded, endStream: endStream)
     case .outbound(let plan, let pool, let limit):
       call.limit = limit
-      call.forward(plan, pool: pool, headers: headers, endStream: endStream)
+      call.forward(plan, pool: pool, headers: forwarded, endStream: endStream)
     }
   }
 
@@ -1143,6 +1153,9 @@ final class ForwardingConnection: ChannelInboundHandler {
 final class LoopState {
   let eventLoop: any EventLoop
   let metrics: SidecarMetrics?
+  let tracing: CallTracing?
+  /// Span and trace ids for this loop's calls.
+  var ids = IDGenerator()
   let idleTimeout: TimeAmount
   /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to callers.
   let maxConcurrentStreams: Int
@@ -1150,10 +1163,11 @@ final class LoopState {
 
   init(
     eventLoop: any EventLoop, metrics: SidecarMetrics?, idleTimeout: TimeAmount,
-    maxConcurrentStreams: Int = HTTP2Windows.maxConcurrentStreams
+    maxConcurrentStreams: Int = HTTP2Windows.maxConcurrentStreams, tracing: CallTracing? = nil
   ) {
     self.eventLoop = eventLoop
     self.metrics = metrics
+    self.tracing = tracing
     self.idleTimeout = idleTimeout
     self.maxConcurrentStreams = maxConcurrentStreams
   }

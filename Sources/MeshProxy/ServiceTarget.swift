@@ -82,16 +82,19 @@ final class ServiceTarget: Sendable {
 
   /// An attempt on `endpoint` ended: the balancer learns its latency, and enough failures in a
   /// row eject it — unless that would take more than the service's maximum share out.
+  /// Returns whether the endpoint was ejected.
+  @discardableResult
   func attemptEnded(
     _ endpoint: EndpointState, latency: TimeAmount, failed: Bool, metrics: SidecarMetrics?
-  ) {
+  ) -> Bool {
     let now = NIODeadline.now()
     guard endpoint.callEnded(latency: latency, failed: failed, now: now, outlier: outlier)
-    else { return }
+    else { return false }
     let ejected = endpoints.filter { $0.isEjected(now: now) }.count
-    guard ejected + 1 <= endpoints.count * outlier.maxEjectionPercent / 100 else { return }
+    guard ejected + 1 <= endpoints.count * outlier.maxEjectionPercent / 100 else { return false }
     endpoint.eject(now: now, base: outlier.baseEjectionTime)
     metrics?.recordEjection(service: name, endpoint: "\(endpoint.endpoint)")
+    return true
   }
 }
 

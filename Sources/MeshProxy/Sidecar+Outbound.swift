@@ -30,7 +30,8 @@ extension Sidecar {
     if let abort = route.fault?.abort, chance(abort.percent) {
       metrics.recordFault(service: service, kind: "abort")
       return .reject(
-        ProxyStatus(rawValue: abort.code), "fault injected by route '\(routeName)' of '\(service)'")
+        ProxyStatus(rawValue: abort.code), "fault injected by route '\(routeName)' of '\(service)'",
+        fault: "abort")
     }
     let delay = route.fault?.delay.flatMap { chance($0.percent) ? TimeAmount($0.duration) : nil }
 

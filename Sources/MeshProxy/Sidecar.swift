@@ -6,6 +6,7 @@ import Foundation
 import Logging
 import MeshConfig
 import MeshIdentity
+import MeshTracing
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHPACK
@@ -21,10 +22,19 @@ public struct Sidecar: Service {
     public var bootstrap: SidecarBootstrap
     /// The mesh config: other services' endpoints and who may call this one.
     public var mesh: MeshConfig
+    /// Where the spans of sampled calls go; nil: none are recorded (sampling decisions are
+    /// still passed on).
+    public var spans: (any SpanSink)?
+    /// Takes the app's spans posted to the admin port's `/v1/traces` (OTLP/HTTP, protobuf):
+    /// true if accepted, false if dropped; throws when the body is not a valid request.
+    public var appSpans: (@Sendable ([UInt8]) throws -> Bool)?
+    /// More of the admin port's `/metrics`, owned by the executable (the span exporter's).
+    public var extraMetrics: @Sendable () -> String = { "" }
 
-    public init(bootstrap: SidecarBootstrap, mesh: MeshConfig) {
+    public init(bootstrap: SidecarBootstrap, mesh: MeshConfig, spans: (any SpanSink)? = nil) {
       self.bootstrap = bootstrap
       self.mesh = mesh
+      self.spans = spans
     }
 
   }
@@ -32,6 +42,10 @@ public struct Sidecar: Service {
   private let configuration: Configuration
   /// What calls are routed and authorized by; replaced whole when a new mesh config arrives.
   public let routing: MeshRouting
+  /// Sampling and access logs, as the mesh config sets them.
+  public let tracing: CallTracing
+  /// The version of the mesh config in force (0: the bootstrap's).
+  private let configVersion = NIOLockedValueBox<Int64>(0)
   /// The inbound address other sidecars dial, known once the listener is bound: the
   /// advertised address, with the bound port when the configured one is 0.
   public let advertised = Eventually<String>()
@@ -45,6 +59,14 @@ public struct Sidecar: Service {
     self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.bootstrap.threads)
     self.logger = logger
     self.routing = MeshRouting(configuration.mesh, service: configuration.bootstrap.service)
+    self.tracing = CallTracing(configuration.mesh.tracing, sink: configuration.spans)
+  }
+
+  /// Routes, authorizes and traces by `mesh` from now on; calls in flight are not affected.
+  public func apply(_ mesh: MeshConfig, version: Int64) {
+    routing.apply(mesh)
+    tracing.apply(mesh.tracing)
+    configVersion.withLockedValue { $0 = version }
   }
 
   public func run() async throws {
@@ -52,7 +74,7 @@ public struct Sidecar: Service {
     let limits = configuration.bootstrap.limits
     let pools = PoolSet(
       group: group, tls: tls, metrics: metrics, idleTimeout: TimeAmount(limits.idleTimeout),
-      maxConcurrentStreams: limits.maxConcurrentStreams)
+      maxConcurrentStreams: limits.maxConcurrentStreams, tracing: tracing)
     let state = NIOLockedValueBox(RunState.starting)
     let outbound = try await bindOutbound(pools: pools, metrics: metrics)
     let inbound = try await bindInbound(pools: pools, metrics: metrics)
@@ -145,6 +167,8 @@ public struct Sidecar: Service {
     state: NIOLockedValueBox<RunState>, metrics: SidecarMetrics
   ) -> AdminServer.Reports {
     let tls = self.tls
+    let configuration = self.configuration
+    let configVersion = self.configVersion
     return AdminServer.Reports(
       notReady: {
         switch state.withLockedValue({ $0 }) {
@@ -165,11 +189,28 @@ public struct Sidecar: Service {
             # HELP trellis_certificate_expiry_timestamp_seconds When this sidecar's certificate expires.
             # TYPE trellis_certificate_expiry_timestamp_seconds gauge
             trellis_certificate_expiry_timestamp_seconds \(certificate.notAfterEpoch)
+            # HELP trellis_config_version The version of the mesh config in force (0: the bootstrap's own).
+            # TYPE trellis_config_version gauge
+            trellis_config_version \(configVersion.withLockedValue { $0 })
 
-            """)
+            """) + configuration.extraMetrics()
       },
       certificates: { tls.certificateStatus.json },
-      endpoints: { [routing] in EndpointState.json(routing.endpointReports()) })
+      endpoints: { [routing] in EndpointState.json(routing.endpointReports()) },
+      traces: traceIntake(configuration.appSpans))
+  }
+
+  private func traceIntake(_ take: (@Sendable ([UInt8]) throws -> Bool)?) -> (
+    @Sendable (ByteBuffer) -> AdminServer.TraceIntake
+  )? {
+    guard let take else { return nil }
+    return { body in
+      do {
+        return try take(Array(buffer: body)) ? .accepted : .full
+      } catch {
+        return .invalid("not an OTLP ExportTraceServiceRequest: \(error)")
+      }
+    }
   }
 
   private static func hostPort(_ address: SocketAddress?) -> String {
@@ -329,14 +370,14 @@ final class PoolSet: Sendable {
 
   init(
     group: MultiThreadedEventLoopGroup, tls: ProxyTLS, metrics: SidecarMetrics,
-    idleTimeout: TimeAmount, maxConcurrentStreams: Int
+    idleTimeout: TimeAmount, maxConcurrentStreams: Int, tracing: CallTracing
   ) {
     var pools: [ObjectIdentifier: Pools] = [:]
     for eventLoop in group.makeIterator() {
       pools[ObjectIdentifier(eventLoop)] = Pools(
         loop: LoopState(
           eventLoop: eventLoop, metrics: metrics, idleTimeout: idleTimeout,
-          maxConcurrentStreams: maxConcurrentStreams),
+          maxConcurrentStreams: maxConcurrentStreams, tracing: tracing),
         tls: tls)
     }
     self.pools = pools

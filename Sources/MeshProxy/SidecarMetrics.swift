@@ -1,3 +1,4 @@
+import MeshTracing
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -202,11 +203,5 @@ final class SidecarMetrics: Sendable {
 
 /// gRPC status codes by number, named as in the protocol (`grpc_code` labels).
 func grpcCodeName(_ value: Substring) -> String {
-  let names = [
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-  ]
-  guard let code = Int(value), names.indices.contains(code) else { return "UNKNOWN" }
-  return names[code]
+  Int(value).map(GRPCStatusName.of) ?? "UNKNOWN"
 }

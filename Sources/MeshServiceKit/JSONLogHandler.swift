@@ -5,25 +5,30 @@ import Foundation
 #endif
 import Logging
 import MeshTranscoding
+import Tracing
 
 /// A swift-log handler that writes one JSON object per line to standard error:
 /// `{"time":…,"level":…,"logger":…,"message":…, …metadata}`.
 public struct JSONLogHandler: LogHandler {
   public var logLevel: Logger.Level = .info
   public var metadata: Logger.Metadata = [:]
+  public var metadataProvider: Logger.MetadataProvider?
   private let label: String
 
-  public init(label: String) {
+  public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
     self.label = label
+    self.metadataProvider = metadataProvider
   }
 
   /// Makes every logger in the process a JSON-lines logger; call once, first thing in `main`.
+  /// A line logged under a trace carries its `trace_id` and `span_id`.
   public static func bootstrap(level: Logger.Level = .info) {
-    LoggingSystem.bootstrap { label in
-      var handler = JSONLogHandler(label: label)
-      handler.logLevel = level
-      return handler
-    }
+    LoggingSystem.bootstrap(
+      { label, provider in
+        var handler = JSONLogHandler(label: label, metadataProvider: provider)
+        handler.logLevel = level
+        return handler
+      }, metadataProvider: .traceContext)
   }
 
   public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -38,7 +43,9 @@ public struct JSONLogHandler: LogHandler {
       ("logger", .string(label)),
       ("message", .string(event.message.description)),
     ]
-    let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
+    var merged = metadataProvider?.get() ?? [:]
+    merged.merge(metadata) { _, new in new }
+    merged.merge(event.metadata ?? [:]) { _, new in new }
     for key in merged.keys.sorted() {
       members.append((key, Self.json(merged[key]!)))
     }
@@ -64,5 +71,13 @@ public struct JSONLogHandler: LogHandler {
     let seconds = Int64(now.rounded(.down))
     let millis = Int32((now - Double(seconds)) * 1000) * 1_000_000
     return formatTimestamp(seconds: seconds, nanos: millis)
+  }
+}
+
+extension Logger.MetadataProvider {
+  /// The trace the task runs under: `trace_id` and `span_id`.
+  public static let traceContext = Logger.MetadataProvider {
+    guard let trace = ServiceContext.current?.trace else { return [:] }
+    return ["trace_id": "\(trace.traceID)", "span_id": "\(trace.spanID)"]
   }
 }

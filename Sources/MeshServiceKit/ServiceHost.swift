@@ -77,7 +77,7 @@ public struct ServiceHost: Service {
       services: configuration.services + [
         HealthService(status: health), reflection, ReflectionServiceV1Alpha(v1: reflection),
       ],
-      interceptors: [RequestLogger(logger: logger)])
+      interceptors: [TracingServerInterceptor(), RequestLogger(logger: logger)])
 
     try await withGracefulShutdownHandler {
       try await withThrowingDiscardingTaskGroup { group in

@@ -38,10 +38,11 @@ public struct ServiceOptions: ParsableArguments {
     JSONLogHandler.bootstrap(level: level)
     let logger = Logger(label: name)
     do {
+      let exporter = try AppTracing.bootstrap(service: name, logger: logger)
       let host = try ServiceHost(
         .init(listen: address, services: try makeServices(), descriptorSets: descriptorSets),
         logger: logger)
-      try await host.runUntilSignalled()
+      try await host.runUntilSignalled(with: exporter.map { [$0] } ?? [])
     } catch {
       StandardError.write("\(name): \(Self.describe(error, address))\n")
       throw ExitCode.failure

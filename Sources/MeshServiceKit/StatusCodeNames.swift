@@ -1,4 +1,5 @@
 import GRPCCore
+import MeshTracing
 
 extension RPCError.Code {
   /// The code's canonical name from the gRPC specification ("NOT_FOUND"), as logs, metrics
@@ -11,9 +12,5 @@ extension Status.Code {
   public var canonicalName: String { Self.canonicalNames[rawValue] }
 
   /// Indexed by code number.
-  static let canonicalNames = [
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-  ]
+  static var canonicalNames: [String] { GRPCStatusName.all }
 }

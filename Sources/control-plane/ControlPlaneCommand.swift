@@ -25,6 +25,10 @@ struct ControlPlaneCommand: AsyncParsableCommand {
   var leafLifetime = "24h"
   @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
   var logLevel = "info"
+  @Option(help: "Spans the trace store keeps at most; the oldest traces go first.")
+  var traceMaxSpans = 200_000
+  @Option(help: "How long the trace store keeps a trace: 30m, 24h, 7d.")
+  var traceRetention = "24h"
 
   func run() async throws {
     guard let level = Logger.Level(rawValue: logLevel) else {
@@ -32,6 +36,13 @@ struct ControlPlaneCommand: AsyncParsableCommand {
     }
     guard let lifetime = parseDuration(leafLifetime), lifetime >= .seconds(60) else {
       throw ValidationError("--leaf-lifetime \(leafLifetime): expected a duration of at least 60s")
+    }
+    guard let retention = parseDuration(traceRetention), retention >= .seconds(60) else {
+      throw ValidationError(
+        "--trace-retention \(traceRetention): expected a duration of at least 60s")
+    }
+    guard traceMaxSpans >= 100 else {
+      throw ValidationError("--trace-max-spans \(traceMaxSpans): keep at least 100 spans")
     }
     let listenAddress: HostPort
     let joinAddress: HostPort
@@ -43,12 +54,12 @@ struct ControlPlaneCommand: AsyncParsableCommand {
     }
     JSONLogHandler.bootstrap(level: level)
     let logger = Logger(label: "control-plane")
-    let plane = ControlPlane(
-      .init(
-        listen: (listenAddress.host, listenAddress.port),
-        join: (joinAddress.host, joinAddress.port),
-        certs: certs, data: data, trustDomain: trustDomain, leafLifetime: lifetime.timeInterval),
-      logger: logger)
+    var configuration = ControlPlane.Configuration(
+      listen: (listenAddress.host, listenAddress.port),
+      join: (joinAddress.host, joinAddress.port),
+      certs: certs, data: data, trustDomain: trustDomain, leafLifetime: lifetime.timeInterval)
+    configuration.traceRetention = .init(maximumSpans: traceMaxSpans, maximumAge: retention)
+    let plane = ControlPlane(configuration, logger: logger)
     do {
       let group = ServiceGroup(
         services: [plane], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -10,7 +10,9 @@ import MeshConfig
 import MeshControlClient
 import MeshIdentity
 import MeshProxy
+import MeshProtos
 import MeshServiceKit
+import MeshTracing
 import ServiceLifecycle
 
 /// `sidecar`: the proxy beside every service.
@@ -54,7 +56,7 @@ struct SidecarCommand: AsyncParsableCommand {
   func run() async throws {
     JSONLogHandler.bootstrap()
     let logger = Logger(label: "sidecar")
-    let configuration: Sidecar.Configuration
+    var configuration: Sidecar.Configuration
     let tls: ProxyTLS
     var keeper: CertificateKeeper?
     // The config stream asks the keeper to renew; the keeper reports new certificates.
@@ -79,13 +81,21 @@ struct SidecarCommand: AsyncParsableCommand {
       StandardError.write("sidecar: \(Self.describe(error))\n")
       throw ExitCode.failure
     }
+    let bootstrap = configuration.bootstrap
+    let exporter = Self.spanExporter(bootstrap, logger: logger)
+    if let exporter {
+      configuration.spans = exporter.queue
+      configuration.appSpans = { bytes -> Bool in
+        exporter.relay(try OTLPExportRequest(serializedBytes: bytes))
+      }
+      configuration.extraMetrics = { Self.exporterMetrics(exporter) }
+    }
     let sidecar = Sidecar(configuration: configuration, tls: tls, logger: logger)
     var services: [any Service] = [sidecar] + (keeper.map { [$0] } ?? [])
-    let bootstrap = configuration.bootstrap
+    if let exporter { services.append(exporter) }
     if let link = bootstrap.controlPlane, let state = bootstrap.state {
       // Routes and rules come from the control plane; until it answers, the last config this
       // sidecar ran (or the bootstrap's mesh file) serves.
-      let routing = sidecar.routing
       let advertised = sidecar.advertised
       let subscriber = ConfigSubscriber(
         link: link,
@@ -98,9 +108,9 @@ struct SidecarCommand: AsyncParsableCommand {
           .init(app: bootstrap.app, labels: $0.labels, lease: $0.lease)
         },
         base: configuration.mesh, state: state, events: events, logger: logger
-      ) { config in routing.apply(config) }
+      ) { config, version in sidecar.apply(config, version: version) }
       if let persisted = subscriber.persisted() {
-        routing.apply(persisted.config)
+        sidecar.apply(persisted.config, version: persisted.version)
         logger.info("using the persisted config", metadata: ["version": "\(persisted.version)"])
       }
       services.append(subscriber)
@@ -108,6 +118,49 @@ struct SidecarCommand: AsyncParsableCommand {
     let group = ServiceGroup(
       services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
+  }
+
+  /// Where the sidecar's spans (and its app's) go: the bootstrap's collector, or the control
+  /// plane's; nil (nothing recorded) without either.
+  private static func spanExporter(_ bootstrap: SidecarBootstrap, logger: Logger) -> SpanExporter?
+  {
+    let destination: OTLPTraceSender.Destination
+    if let collector = bootstrap.collector {
+      destination = .plaintext(collector)
+    } else if let link = bootstrap.controlPlane {
+      destination = .controlPlane(
+        link.address,
+        .init(
+          certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
+          bundle: bootstrap.bundle))
+    } else {
+      return nil
+    }
+    let sender = OTLPTraceSender(destination)
+    logger.info("exporting spans", metadata: ["collector": "\(sender.description)"])
+    return SpanExporter(
+      queue: SpanQueue(),
+      resource: [
+        .string(SpanAttribute.serviceName, bootstrap.service),
+        .string(SpanAttribute.component, "sidecar"),
+        .string("service.instance.id", "\(bootstrap.advertise)"),
+      ],
+      logger: logger, send: { try await sender.send($0) })
+  }
+
+  private static func exporterMetrics(_ exporter: SpanExporter) -> String {
+    """
+    # HELP trellis_spans_recorded_total Spans this sidecar recorded for export.
+    # TYPE trellis_spans_recorded_total counter
+    trellis_spans_recorded_total \(exporter.queue.recorded)
+    # HELP trellis_spans_dropped_total Spans lost: the export queue was full, or an export failed.
+    # TYPE trellis_spans_dropped_total counter
+    trellis_spans_dropped_total \(exporter.queue.dropped)
+    # HELP trellis_span_export_failures_total Span exports the collector did not accept.
+    # TYPE trellis_span_export_failures_total counter
+    trellis_span_export_failures_total \(exporter.failures)
+
+    """
   }
 
   private func loadConfiguration() throws -> Sidecar.Configuration {

@@ -1,0 +1,88 @@
+import Foundation
+import GRPCCore
+import MeshIdentity
+import MeshProtos
+import MeshTracing
+
+/// OTLP's `TraceService`: the mesh's default collector. Any workload of the mesh may export
+/// (the listener has verified its certificate); what it sends is stored in the `TraceStore`.
+public struct CollectorService: Opentelemetry_Proto_Collector_Trace_V1_TraceService.SimpleServiceProtocol
+{
+  let store: TraceStore
+
+  public init(store: TraceStore) { self.store = store }
+
+  public func export(request: OTLPExportRequest, context: ServerContext) async throws
+    -> Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceResponse
+  {
+    guard ControlContext.caller(context) != nil else {
+      throw RPCError(code: .unauthenticated, message: "exporting spans needs a mesh certificate")
+    }
+    let (rejected, reason) = try store.store(request)
+    var response = Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceResponse()
+    if rejected > 0 {
+      response.partialSuccess.rejectedSpans = Int64(rejected)
+      response.partialSuccess.errorMessage = reason ?? ""
+    }
+    return response
+  }
+}
+
+/// `trellis.mesh.v1.Traces`: what `meshctl trace` reads. Operator identities only.
+public struct TracesService: Trellis_Mesh_V1_Traces.ServiceProtocol {
+  let store: TraceStore
+
+  public init(store: TraceStore) { self.store = store }
+
+  private func requireOperator(_ context: ServerContext) throws {
+    guard let caller = ControlContext.caller(context) else {
+      throw RPCError(code: .unauthenticated, message: "reading traces needs an operator certificate")
+    }
+    guard caller.path.hasPrefix("/operator/") else {
+      throw RPCError(
+        code: .permissionDenied, message: "\(caller) is not an operator; traces are for operators")
+    }
+  }
+
+  public func listTraces(
+    request: ServerRequest<Trellis_Mesh_V1_ListTracesRequest>, context: ServerContext
+  ) async throws -> ServerResponse<Trellis_Mesh_V1_ListTracesResponse> {
+    try requireOperator(context)
+    var response = Trellis_Mesh_V1_ListTracesResponse()
+    response.traces = try store.list(request.message.filter)
+    response.storedSpans = Int64(try store.storedSpans)
+    response.maximumSpans = Int64(store.retention.maximumSpans)
+    return ServerResponse(message: response)
+  }
+
+  public func getTraces(
+    request: ServerRequest<Trellis_Mesh_V1_GetTracesRequest>, context: ServerContext
+  ) async throws -> StreamingServerResponse<OTLPExportRequest> {
+    try requireOperator(context)
+    var ids: [Data] = []
+    for text in request.message.traceIds {
+      guard let id = Self.traceID(text) else {
+        throw RPCError(
+          code: .invalidArgument, message: "'\(text)' is not a trace id (32 hex digits)")
+      }
+      ids.append(id)
+    }
+    let traces = try store.traces(ids: ids, filter: request.message.filter)
+    if !ids.isEmpty, traces.isEmpty {
+      throw RPCError(
+        code: .notFound,
+        message: ids.count == 1
+          ? "no trace \(request.message.traceIds[0]) is stored (it was not sampled, or is past retention)"
+          : "none of these traces is stored")
+    }
+    return StreamingServerResponse { writer in
+      try await writer.write(contentsOf: traces)
+      return [:]
+    }
+  }
+
+  static func traceID(_ text: String) -> Data? {
+    guard text.utf8.count == 32, let id = TraceID(hex: text.lowercased()) else { return nil }
+    return Data(id.bytes)
+  }
+}
