@@ -39,6 +39,7 @@ let package = Package(
     .executable(name: "control-plane-bench", targets: ["control-plane-bench"]),
     .executable(name: "sidecar", targets: ["sidecar"]),
     .executable(name: "bench-server", targets: ["bench-server"]),
+    .executable(name: "relay-service", targets: ["relay-service"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -230,8 +231,8 @@ let package = Package(
       dependencies: [
         "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", "MeshControlClient",
         argumentParser, x509, crypto,
-        grpcCore, grpcHTTP2, grpcProtobuf, .product(name: "SwiftASN1", package: "swift-asn1"),
-        .product(name: "Yams", package: "Yams"),
+        "MeshTracing", grpcCore, grpcHTTP2, grpcProtobuf, swiftProtobuf,
+        .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "Yams", package: "Yams"),
       ],
       swiftSettings: swiftSettings
     ),
@@ -252,6 +253,17 @@ let package = Package(
         "MeshIdentity", "MeshProtos", "MeshControlClient", argumentParser, grpcCore, grpcHTTP2,
         grpcProtobuf, x509, crypto, .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
+      swiftSettings: swiftSettings
+    ),
+
+    // A service for trying the mesh out: calls that pass from service to service.
+    .executableTarget(
+      name: "relay-service",
+      dependencies: [
+        "MeshServiceKit", grpcCore, grpcProtobuf, swiftProtobuf, argumentParser,
+        .product(name: "Tracing", package: "swift-distributed-tracing"),
+      ],
+      resources: [.embedInCode("Generated/relay.protoset")],
       swiftSettings: swiftSettings
     ),
 
@@ -287,6 +299,11 @@ let package = Package(
     .testTarget(
       name: "MeshControlClientTests",
       dependencies: ["MeshControlClient", "MeshConfig", "MeshProtos"],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "MeshTracingTests",
+      dependencies: ["MeshTracing"],
       swiftSettings: swiftSettings
     ),
     .testTarget(

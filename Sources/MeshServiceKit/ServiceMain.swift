@@ -6,6 +6,7 @@ import Foundation
 #endif
 import GRPCCore
 import Logging
+import ServiceLifecycle
 
 /// The options every service executable takes.
 public struct ServiceOptions: ParsableArguments {
@@ -21,7 +22,7 @@ public struct ServiceOptions: ParsableArguments {
   /// `defaultListen`), until SIGTERM or SIGINT. Failures to start are one line on standard
   /// error and exit status 1.
   public func serve(
-    name: String, defaultListen: String, descriptorSets: [[UInt8]],
+    name: String, defaultListen: String, descriptorSets: [[UInt8]], others: [any Service] = [],
     makeServices: () throws -> [any RegistrableRPCService]
   ) async throws {
     guard let level = Logger.Level(rawValue: logLevel) else {
@@ -42,7 +43,7 @@ public struct ServiceOptions: ParsableArguments {
       let host = try ServiceHost(
         .init(listen: address, services: try makeServices(), descriptorSets: descriptorSets),
         logger: logger)
-      try await host.runUntilSignalled(with: exporter.map { [$0] } ?? [])
+      try await host.runUntilSignalled(with: others + (exporter.map { [$0] } ?? []))
     } catch {
       StandardError.write("\(name): \(Self.describe(error, address))\n")
       throw ExitCode.failure

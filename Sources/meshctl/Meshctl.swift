@@ -12,6 +12,7 @@ struct Meshctl: AsyncParsableCommand {
     abstract: "Run and operate the Trellis mesh.",
     subcommands: [
       Certs.self, Tokens.self, Apply.self, Get.self, History.self, Rollback.self, Status.self,
+      Trace.self,
     ])
 
   static func main() async {

@@ -86,6 +86,58 @@ final class MeshFixture: @unchecked Sendable {
   }
 }
 
+extension MeshFixture {
+  /// A control plane with the fixture's CA, on free ports.
+  func controlPlane(_ extra: [String] = []) throws -> ServiceProcess {
+    try ServiceProcess(
+      binary("control-plane"),
+      [
+        "--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", certs, "--data",
+        directory.appendingPathComponent("data").path,
+      ] + extra)
+  }
+
+  /// `meshctl ARGUMENTS` against `plane`, as the operator; returns standard output.
+  @discardableResult
+  func meshctl(_ arguments: [String], plane: ServiceProcess) throws -> String {
+    let result = try run(
+      binary("meshctl"), arguments + ["--control-plane", plane.address, "--certs", certs])
+    guard result.status == 0 else {
+      throw HarnessError("meshctl \(arguments.joined(separator: " ")): \(result.stderr)")
+    }
+    return result.stdout
+  }
+
+  /// A sidecar for `service` that joins through `plane` with a join token (made once per
+  /// instance), as the README's control-plane section sets one up.
+  func joiningSidecar(
+    _ service: String, app: String, plane: ServiceProcess, mesh meshFile: String? = nil,
+    inbound: String = "127.0.0.1:0", instance: String? = nil, extra: String = ""
+  ) throws -> RunningSidecar {
+    let name = instance ?? service
+    let token = directory.appendingPathComponent("\(name).token").path
+    if !FileManager.default.fileExists(atPath: token) {
+      try meshctl(["tokens", "create", "--service", service, "--out", token], plane: plane)
+    }
+    var text = """
+      service: \(service)
+      app: \(app)
+      listen: {inbound: \(inbound), outbound: 127.0.0.1:0, admin: 127.0.0.1:0}
+      controlPlane:
+        address: \(plane.address)
+        join: \(try logField(plane.log, "join_address"))
+        tokenFile: \(name).token
+        bundle: certs/bundle.pem
+      state: state/\(name)
+
+      """
+    if let meshFile { text += "mesh: \(meshFile)\n" }
+    text += extra
+    let file = try write("\(name)-sidecar.yaml", text)
+    return try RunningSidecar(ServiceProcess(binary("sidecar"), ["--config", file]))
+  }
+}
+
 /// A sidecar process and the addresses it logged.
 struct RunningSidecar {
   let process: ServiceProcess
@@ -111,7 +163,8 @@ struct RunningSidecar {
   /// The value of one sample in `/metrics`, or 0 when it has not been counted yet.
   func metric(_ name: String, _ labels: [String: String]) throws -> Double {
     let body = try adminPage("/metrics").body
-    for line in body.split(separator: "\n") where line.hasPrefix(name + "{") {
+    for line in body.split(separator: "\n")
+    where line.hasPrefix(name + "{") || (labels.isEmpty && line.hasPrefix(name + " ")) {
       let matches = labels.allSatisfy { line.contains("\($0.key)=\"\($0.value)\"") }
       if matches, let value = line.split(separator: " ").last.flatMap({ Double($0) }) {
         return value

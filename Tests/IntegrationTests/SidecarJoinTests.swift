@@ -27,38 +27,14 @@ import Testing
     app.stop()
   }
 
-  /// A bootstrap file for `service` that joins through the control plane.
+  /// A sidecar for `service` that joins through the control plane.
   func joiningSidecar(
     _ service: String, app: String, mesh meshFile: String? = nil, inbound: String = "127.0.0.1:0",
     instance: String? = nil, extra: String = ""
   ) throws -> RunningSidecar {
-    let name = instance ?? service
-    let token = mesh.directory.appendingPathComponent("\(name).token").path
-    if !FileManager.default.fileExists(atPath: token) {
-      let created = try run(
-        binary("meshctl"),
-        [
-          "tokens", "create", "--service", service, "--out", token, "--control-plane",
-          plane.address, "--certs", mesh.certs,
-        ])
-      guard created.status == 0 else { throw HarnessError("tokens create: \(created.stderr)") }
-    }
-    var text = """
-      service: \(service)
-      app: \(app)
-      listen: {inbound: \(inbound), outbound: 127.0.0.1:0, admin: 127.0.0.1:0}
-      controlPlane:
-        address: \(plane.address)
-        join: \(try logField(plane.log, "join_address"))
-        tokenFile: \(name).token
-        bundle: certs/bundle.pem
-      state: state/\(name)
-
-      """
-    if let meshFile { text += "mesh: \(meshFile)\n" }
-    text += extra
-    let file = try mesh.write("\(name)-sidecar.yaml", text)
-    return try RunningSidecar(ServiceProcess(binary("sidecar"), ["--config", file]))
+    try mesh.joiningSidecar(
+      service, app: app, plane: plane, mesh: meshFile, inbound: inbound, instance: instance,
+      extra: extra)
   }
 
   func call(_ client: RunningSidecar) throws -> String {
@@ -66,17 +42,7 @@ import Testing
     return (try jsonObjects(result.stdout).first?["code"] as? String) ?? result.stderr
   }
 
-  /// A loopback port nobody listens on now, for a sidecar whose address must be known before
-  /// it starts.
-  func freePort() throws -> String {
-    try run(
-      try resolve("python3"),
-      [
-        "-c",
-        "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])",
-      ]
-    ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-  }
+  func freePort() throws -> String { try freeLoopbackPort() }
 
   func serial(_ sidecar: RunningSidecar) throws -> String {
     let page = try sidecar.adminPage("/certs").body

@@ -27,6 +27,8 @@ Methods (raw bytes; the request is a key):
           Flaky idempotent, Create not).
   Flaky   KEY "name:n" fails UNAVAILABLE the first n times a key is seen on this server.
   Sleep   sleeps KEY milliseconds; a cancelled sleep is logged as method "cancelled".
+  Headers answers the trace headers it received (traceparent, tracestate, b3, x-b3-*) as a
+          JSON object.
 """
 import asyncio
 import json
@@ -92,6 +94,16 @@ async def sleep(request, context):
     return state["name"].encode()
 
 
+TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                 "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags")
+
+
+async def headers(request, context):
+    await common("Headers", request, context)
+    seen = {k: v for k, v in context.invocation_metadata() if k in TRACE_HEADERS}
+    return json.dumps(seen, sort_keys=True).encode()
+
+
 async def serve():
     args = sys.argv[2:]
     state["name"], state["log"] = args[0], open(args[1], "a", buffering=1)
@@ -101,7 +113,8 @@ async def serve():
     if "--pushback" in args:
         state["pushback"] = int(args[args.index("--pushback") + 1])
     u = grpc.unary_unary_rpc_method_handler
-    handlers = {"Get": u(get), "Create": u(create), "Flaky": u(flaky), "Sleep": u(sleep)}
+    handlers = {"Get": u(get), "Create": u(create), "Flaky": u(flaky), "Sleep": u(sleep),
+                "Headers": u(headers)}
     server = grpc.aio.server()
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_insecure_port(os.environ.get("LISTEN", "127.0.0.1:0"))
