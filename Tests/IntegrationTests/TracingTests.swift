@@ -52,13 +52,12 @@ import Testing
     return (sidecar, app)
   }
 
-  /// A `resilience.py` server named `name` behind a sidecar of service `r`; returns the
-  /// sidecar's inbound address.
-  func resilienceServer(_ name: String, _ flags: [String] = []) throws -> String {
+  /// A `resilience.py` server named `name` behind a sidecar of service `r`.
+  func resilienceServer(_ name: String, _ flags: [String] = []) throws -> RunningSidecar {
     let log = mesh.directory.appendingPathComponent("executions.jsonl").path
     let app = try ServiceProcess(try resolve("python3"), [Self.resilience, "serve", name, log] + flags)
     processes.append(app)
-    return try sidecar("r", app: app.address).inbound
+    return try sidecar("r", app: app.address)
   }
 
   /// One `resilience.py` call of `r` through `client`.
@@ -187,7 +186,7 @@ import Testing
       """
       services:
         r:
-          endpoints: [{address: \(server)}]
+          endpoints: [{address: \(server.inbound)}]
           methods:
             r.R/Flaky: {idempotent: true}
       routes:
@@ -237,7 +236,7 @@ import Testing
   /// an unsampled trace is passed on untouched and records nothing.
   @Test func traceHeadersArePassedOnTranslatedOrReplaced() throws {
     let server = try resilienceServer("h")
-    try apply("services:\n  r:\n    endpoints: [{address: \(server)}]\n")
+    try apply("services:\n  r:\n    endpoints: [{address: \(server.inbound)}]\n")
     let client = try sidecar("client")
     try waitForConfig(client)
     func seen(_ headers: [String: String]) throws -> [String: String] {
@@ -297,7 +296,7 @@ import Testing
   /// new traces arrive again. Each sidecar logs every call as one JSON line meanwhile.
   @Test func aCollectorDownUnderLoadCostsNoCalls() throws {
     let server = try resilienceServer("load")
-    try apply("services:\n  r:\n    endpoints: [{address: \(server)}]\n")
+    try apply("services:\n  r:\n    endpoints: [{address: \(server.inbound)}]\n")
     let client = try sidecar("client")
     try waitForConfig(client)
     let before = try call(client, "Get", "before")
@@ -332,6 +331,37 @@ import Testing
       #expect(line[key] != nil, "access log lacks \(key): \(line)")
     }
     #expect(line["peer"] as? String == "spiffe://trellis.local/svc/r")
+  }
+
+  /// `/metrics` under load is valid Prometheus text as `promtool check metrics` (Debian's
+  /// `prometheus` package) lints it, and has the golden metrics with their labels.
+  @Test func metricsPassPromtoolUnderLoad() throws {
+    let server = try resilienceServer("metrics")
+    try apply(
+      "services:\n  r:\n    endpoints: [{address: \(server.inbound)}]\n    methods:\n      r.R/Flaky: {idempotent: true}\n")
+    let client = try sidecar("client")
+    try waitForConfig(client)
+    _ = try call(client, "Flaky", "m:1")  // a retry, counted
+    let load = try BackgroundLoad(
+      python: [Self.resilience, "load", client.outbound, "Get", "4", "4", "-"])
+    defer { _ = try? load.finish() }
+    Thread.sleep(forTimeInterval: 2)
+    let promtool = try resolve("promtool")
+    for page in [try client.adminPage("/metrics").body, try server.adminPage("/metrics").body]
+    {
+      let checked = try run(promtool, ["check", "metrics"], stdin: Data((page + "\n").utf8))
+      #expect(checked.status == 0, "promtool: \(checked.stdout) \(checked.stderr)")
+      for name in [
+        "trellis_requests_total", "trellis_request_duration_seconds_bucket",
+        "trellis_certificate_expiry_timestamp_seconds", "trellis_config_version",
+        "trellis_tls_handshake_failures_total", "trellis_spans_dropped_total",
+      ] {
+        #expect(page.contains("# TYPE \(name.replacingOccurrences(of: "_bucket", with: ""))"), "no \(name)")
+      }
+    }
+    let page = try client.adminPage("/metrics").body
+    #expect(page.contains(#"trellis_requests_total{direction="outbound",service="r",method="/r.R/Get",grpc_code="OK"}"#))
+    #expect(page.contains(#"trellis_retries_total{service="r",reason="UNAVAILABLE"} 1"#), "\(page)")
   }
 
   // MARK: Waiting
