@@ -132,8 +132,8 @@ let package = Package(
     .target(
       name: "MeshControlClient",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshServiceKit", grpcCore, grpcHTTP2,
-        grpcProtobuf, swiftProtobuf, logging, lifecycle, x509, crypto,
+        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshServiceKit", "MeshProxy", grpcCore,
+        grpcHTTP2, grpcProtobuf, swiftProtobuf, logging, lifecycle, x509, crypto,
         .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: swiftSettings

@@ -86,6 +86,7 @@ public struct ControlPlane: Service {
       services: [
         IdentityService(control), AdminService(control), ConfigService(control),
         CollectorService(store: traces), TracesService(store: traces),
+        TelemetryService(hub: TelemetryHub()),
       ])
     let joinServer = GRPCServer(transport: join, services: [IdentityService(control)])
 

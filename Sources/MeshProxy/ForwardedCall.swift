@@ -26,6 +26,7 @@ final class ForwardedCall {
   /// The call's span and what happened on the way, and where it is recorded.
   var trace: CallTrace?
   var tracing: CallTracing?
+  var telemetry: LiveTelemetry?
   /// Inbound: the caller's verified identity; outbound: the identity the attempt's endpoint
   /// must prove.
   var peer: String?
@@ -461,6 +462,12 @@ final class ForwardedCall {
     let seconds = Double((NIODeadline.now() - start).nanoseconds) / 1e9
     metrics.recordCall(
       direction: direction, service: service, method: method, code: name, seconds: seconds)
+    if let telemetry {
+      telemetry.record(
+        direction: direction, service: service, method: method, code: name, seconds: seconds,
+        peer: peer, traceID: telemetry.isTapping ? trace?.context.traceID.description : nil,
+        attempts: max(attemptsMade, 1))
+    }
     guard let tracing else { return }
     let sampled = trace?.context.sampled == true && tracing.sink != nil
     guard sampled || tracing.logsAccess else { return }

@@ -477,6 +477,7 @@ final class ForwardingConnection: ChannelInboundHandler {
     let call = ForwardedCall(downstream: self, stream: id)
     call.metrics = loop.metrics
     call.tracing = loop.tracing
+    call.telemetry = loop.telemetry
     // The trace headers are this hop's to rewrite; the route is chosen by what the caller sent.
     var forwarded = headers
     call.trace = loop.beginTrace(&forwarded, inbound: direction == "inbound")
@@ -1154,6 +1155,7 @@ final class LoopState {
   let eventLoop: any EventLoop
   let metrics: SidecarMetrics?
   let tracing: CallTracing?
+  let telemetry: LiveTelemetry?
   /// Span and trace ids for this loop's calls.
   var ids = IDGenerator()
   let idleTimeout: TimeAmount
@@ -1163,11 +1165,13 @@ final class LoopState {
 
   init(
     eventLoop: any EventLoop, metrics: SidecarMetrics?, idleTimeout: TimeAmount,
-    maxConcurrentStreams: Int = HTTP2Windows.maxConcurrentStreams, tracing: CallTracing? = nil
+    maxConcurrentStreams: Int = HTTP2Windows.maxConcurrentStreams, tracing: CallTracing? = nil,
+    telemetry: LiveTelemetry? = nil
   ) {
     self.eventLoop = eventLoop
     self.metrics = metrics
     self.tracing = tracing
+    self.telemetry = telemetry
     self.idleTimeout = idleTimeout
     self.maxConcurrentStreams = maxConcurrentStreams
   }

@@ -28,6 +28,8 @@ public struct Sidecar: Service {
     /// Takes the app's spans posted to the admin port's `/v1/traces` (OTLP/HTTP, protobuf):
     /// true if accepted, false if dropped; throws when the body is not a valid request.
     public var appSpans: (@Sendable ([UInt8]) throws -> Bool)?
+    /// Where live figures (`meshctl top`, `meshctl tap`) are gathered; nil: nowhere.
+    public var telemetry: LiveTelemetry?
     /// More of the admin port's `/metrics`, owned by the executable (the span exporter's).
     public var extraMetrics: @Sendable () -> String = { "" }
 
@@ -74,7 +76,8 @@ public struct Sidecar: Service {
     let limits = configuration.bootstrap.limits
     let pools = PoolSet(
       group: group, tls: tls, metrics: metrics, idleTimeout: TimeAmount(limits.idleTimeout),
-      maxConcurrentStreams: limits.maxConcurrentStreams, tracing: tracing)
+      maxConcurrentStreams: limits.maxConcurrentStreams, tracing: tracing,
+      telemetry: configuration.telemetry)
     let state = NIOLockedValueBox(RunState.starting)
     let outbound = try await bindOutbound(pools: pools, metrics: metrics)
     let inbound = try await bindInbound(pools: pools, metrics: metrics)
@@ -370,14 +373,15 @@ final class PoolSet: Sendable {
 
   init(
     group: MultiThreadedEventLoopGroup, tls: ProxyTLS, metrics: SidecarMetrics,
-    idleTimeout: TimeAmount, maxConcurrentStreams: Int, tracing: CallTracing
+    idleTimeout: TimeAmount, maxConcurrentStreams: Int, tracing: CallTracing,
+    telemetry: LiveTelemetry?
   ) {
     var pools: [ObjectIdentifier: Pools] = [:]
     for eventLoop in group.makeIterator() {
       pools[ObjectIdentifier(eventLoop)] = Pools(
         loop: LoopState(
           eventLoop: eventLoop, metrics: metrics, idleTimeout: idleTimeout,
-          maxConcurrentStreams: maxConcurrentStreams, tracing: tracing),
+          maxConcurrentStreams: maxConcurrentStreams, tracing: tracing, telemetry: telemetry),
         tls: tls)
     }
     self.pools = pools

@@ -12,7 +12,7 @@ struct Meshctl: AsyncParsableCommand {
     abstract: "Run and operate the Trellis mesh.",
     subcommands: [
       Certs.self, Tokens.self, Apply.self, Get.self, History.self, Rollback.self, Status.self,
-      Trace.self,
+      Trace.self, Top.self, Tap.self,
     ])
 
   static func main() async {

@@ -90,6 +90,8 @@ struct SidecarCommand: AsyncParsableCommand {
       }
       configuration.extraMetrics = { Self.exporterMetrics(exporter) }
     }
+    let telemetry = bootstrap.controlPlane.map { _ in LiveTelemetry() }
+    configuration.telemetry = telemetry
     let sidecar = Sidecar(configuration: configuration, tls: tls, logger: logger)
     var services: [any Service] = [sidecar] + (keeper.map { [$0] } ?? [])
     if let exporter { services.append(exporter) }
@@ -114,6 +116,16 @@ struct SidecarCommand: AsyncParsableCommand {
         logger.info("using the persisted config", metadata: ["version": "\(persisted.version)"])
       }
       services.append(subscriber)
+      if let telemetry {
+        // Live figures for `meshctl top` and `meshctl tap`.
+        services.append(
+          TelemetryReporter(
+            link: link,
+            files: .init(
+              certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
+              bundle: bootstrap.bundle),
+            telemetry: telemetry, instance: { await advertised.value() }, logger: logger))
+      }
     }
     let group = ServiceGroup(
       services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -1,0 +1,122 @@
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import MeshConfig
+import MeshProtos
+import MeshProxy
+import ServiceLifecycle
+
+/// Sends the sidecar's live figures to the control plane over one stream
+/// (`trellis.mesh.v1.Telemetry/Report`): every second the calls that ended, and — while an
+/// operator taps this service — the tapped calls every 100 ms. The control plane answers with
+/// the taps open. A lost stream is opened again with backoff (0.5 s to 30 s); meanwhile no call
+/// is tapped.
+public struct TelemetryReporter: Service {
+  private let link: SidecarBootstrap.ControlPlaneLink
+  private let files: CertificateKeeper.Files
+  private let telemetry: LiveTelemetry
+  private let instance: @Sendable () async -> String?
+  private let logger: Logger
+
+  public init(
+    link: SidecarBootstrap.ControlPlaneLink, files: CertificateKeeper.Files,
+    telemetry: LiveTelemetry, instance: @escaping @Sendable () async -> String?, logger: Logger
+  ) {
+    self.link = link
+    self.files = files
+    self.telemetry = telemetry
+    self.instance = instance
+    self.logger = logger
+  }
+
+  public func run() async throws {
+    guard let instance = await instance() else { return }
+    var backoff = Duration.milliseconds(500)
+    while !Task.isShuttingDownGracefully, !Task.isCancelled {
+      let started = ContinuousClock.now
+      do {
+        try await cancelWhenGracefulShutdown { try await stream(instance) }
+      } catch {
+        logger.debug("telemetry stream lost", metadata: ["error": "\(error)"])
+      }
+      telemetry.setTaps([])
+      if ContinuousClock.now - started > .seconds(30) { backoff = .milliseconds(500) }
+      let jittered = backoff * Double.random(in: 0.5...1)
+      try? await cancelWhenGracefulShutdown { try await Task.sleep(for: jittered) }
+      backoff = min(backoff * 2, .seconds(30))
+    }
+  }
+
+  private func stream(_ instance: String) async throws {
+    let transport = try HTTP2ClientTransport.Posix(
+      target: .ipv4(address: link.address.host, port: link.address.port),
+      transportSecurity: .meshIdentity(
+        certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
+    let telemetry = self.telemetry
+    try await withGRPCClient(transport: transport) { client in
+      try await Trellis_Mesh_V1_Telemetry.Client(wrapping: client).report(
+        requestProducer: { writer in
+          var last = ContinuousClock.now
+          while true {
+            try await Task.sleep(for: telemetry.isTapping ? .milliseconds(100) : .seconds(1))
+            var report = Trellis_Mesh_V1_TelemetryReport()
+            report.instance = instance
+            let now = ContinuousClock.now
+            if now - last >= .seconds(1) {
+              let (stats, tapped) = telemetry.drain()
+              let interval = now - last
+              last = now
+              report.calls = stats.map { Self.message($0, interval: interval) }
+              report.taps = tapped.map { Self.message($0, instance: instance) }
+            } else {
+              report.taps = telemetry.drainTapped().map { Self.message($0, instance: instance) }
+              if report.taps.isEmpty { continue }
+            }
+            try await writer.write(report)
+          }
+        },
+        onResponse: { response in
+          for try await control in response.messages {
+            telemetry.setTaps(
+              control.taps.map {
+                LiveTelemetry.Tap(
+                  id: $0.id, method: $0.method, maxPerSecond: Int(max($0.maxPerSecond, 1)))
+              })
+          }
+        })
+    }
+  }
+
+  static func message(_ stats: LiveTelemetry.Stats, interval: Duration) -> Trellis_Mesh_V1_CallStats
+  {
+    var message = Trellis_Mesh_V1_CallStats()
+    message.direction = stats.direction
+    message.service = stats.service
+    message.method = stats.method
+    message.requests = stats.requests
+    message.failures = stats.failures
+    // Trailing empty buckets are left out.
+    let used = (stats.buckets.lastIndex { $0 != 0 } ?? -1) + 1
+    message.latencyBuckets = Array(stats.buckets[..<used])
+    message.intervalMs = UInt32(
+      interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+    return message
+  }
+
+  static func message(_ call: LiveTelemetry.TappedCall, instance: String) -> Trellis_Mesh_V1_TapEvent
+  {
+    var message = Trellis_Mesh_V1_TapEvent()
+    message.tapID = call.tap
+    message.timeUnixNano = call.time
+    message.direction = call.direction
+    message.service = call.service
+    message.method = call.method
+    message.peer = call.peer
+    message.status = call.status
+    message.durationNanos = call.durationNanos
+    message.traceID = call.traceID
+    message.instance = instance
+    message.attempts = UInt32(call.attempts)
+    return message
+  }
+}

@@ -1,0 +1,240 @@
+import Foundation
+import GRPCCore
+import MeshIdentity
+import MeshProtos
+import MeshTracing
+import Synchronization
+
+/// The sidecars' live figures, kept for a minute, and the taps operators have open. Sidecars
+/// report every second over `Telemetry/Report`; `meshctl top` reads the figures, `meshctl tap`
+/// opens a tap that the hub tells the tapped service's sidecars about, and their tapped calls
+/// go to it.
+final class TelemetryHub: Sendable {
+  static let window: TimeInterval = 60
+
+  private struct Sample {
+    var time: TimeInterval
+    var instance: String
+    var stats: Trellis_Mesh_V1_CallStats
+  }
+
+  private struct Reporter {
+    var service: String
+    var instance: String
+    var controls: AsyncStream<Trellis_Mesh_V1_TapControl>.Continuation
+  }
+
+  private struct Tap {
+    var service: String
+    var filter: Trellis_Mesh_V1_TapFilter
+    var events: AsyncStream<Trellis_Mesh_V1_TapEvent>.Continuation
+  }
+
+  private struct State {
+    /// Inbound calls by service, oldest first.
+    var samples: [String: [Sample]] = [:]
+    /// When each service was first reported (the window is shorter until a minute has passed).
+    var firstSeen: [String: TimeInterval] = [:]
+    var reporters: [UUID: Reporter] = [:]
+    var taps: [String: Tap] = [:]
+  }
+
+  private let state = Mutex(State())
+
+  // MARK: Sidecars
+
+  /// A sidecar of `service` opened its stream; `controls` gets the taps open on the service.
+  func connect(
+    service: String, instance: String,
+    controls: AsyncStream<Trellis_Mesh_V1_TapControl>.Continuation
+  ) -> UUID {
+    let id = UUID()
+    let current = state.withLock { state in
+      state.reporters[id] = Reporter(service: service, instance: instance, controls: controls)
+      return Self.control(for: service, state.taps)
+    }
+    controls.yield(current)
+    return id
+  }
+
+  func disconnect(_ id: UUID) {
+    _ = state.withLock { $0.reporters.removeValue(forKey: id) }
+  }
+
+  func receive(_ report: Trellis_Mesh_V1_TelemetryReport, from id: UUID, now: Date = Date()) {
+    let time = now.timeIntervalSince1970
+    let deliveries: [(AsyncStream<Trellis_Mesh_V1_TapEvent>.Continuation, Trellis_Mesh_V1_TapEvent)] =
+      state.withLock { state in
+        guard let reporter = state.reporters[id] else { return [] }
+        for stats in report.calls where stats.direction == "inbound" {
+          // What a sidecar says of its own service only: its identity names it.
+          guard stats.service == reporter.service else { continue }
+          state.samples[stats.service, default: []].append(
+            Sample(time: time, instance: report.instance, stats: stats))
+          if state.firstSeen[stats.service] == nil { state.firstSeen[stats.service] = time }
+        }
+        for service in Array(state.samples.keys) {
+          state.samples[service]!.removeAll { time - $0.time > Self.window }
+        }
+        return report.taps.compactMap { event in
+          guard let tap = state.taps[event.tapID], tap.service == reporter.service else {
+            return nil
+          }
+          return (tap.events, event)
+        }
+      }
+    for (events, event) in deliveries { events.yield(event) }
+  }
+
+  // MARK: Operators
+
+  func top(service: String, byMethod: Bool, now: Date = Date()) -> Trellis_Mesh_V1_TopResponse {
+    let time = now.timeIntervalSince1970
+    let (samples, firstSeen) = state.withLock { ($0.samples, $0.firstSeen) }
+    var groups: [String: [Sample]] = [:]
+    for (name, list) in samples where service.isEmpty || name == service {
+      for sample in list where time - sample.time <= Self.window {
+        let key = byMethod ? "\(name)\u{0}\(sample.stats.method)" : name
+        groups[key, default: []].append(sample)
+      }
+    }
+    var response = Trellis_Mesh_V1_TopResponse()
+    response.windowSeconds = UInt32(Self.window)
+    for (key, list) in groups.sorted(by: { $0.key < $1.key }) {
+      let parts = key.split(separator: "\u{0}", maxSplits: 1).map(String.init)
+      var row = Trellis_Mesh_V1_TopRow()
+      row.service = parts[0]
+      if parts.count > 1 { row.method = parts[1] }
+      var buckets = [UInt64](repeating: 0, count: LatencyBuckets.count)
+      var requests: UInt64 = 0
+      var failures: UInt64 = 0
+      for sample in list {
+        requests += sample.stats.requests
+        failures += sample.stats.failures
+        for (index, count) in sample.stats.latencyBuckets.enumerated() where index < buckets.count {
+          buckets[index] += UInt64(count)
+        }
+      }
+      let seconds = min(Self.window, max(1, time - (firstSeen[row.service] ?? time)))
+      row.requests = requests
+      row.requestsPerSecond = Double(requests) / seconds
+      row.successRate = requests == 0 ? 1 : Double(requests - failures) / Double(requests)
+      row.p50Ms = (LatencyBuckets.quantile(0.50, of: buckets) ?? 0) * 1000
+      row.p95Ms = (LatencyBuckets.quantile(0.95, of: buckets) ?? 0) * 1000
+      row.p99Ms = (LatencyBuckets.quantile(0.99, of: buckets) ?? 0) * 1000
+      row.instances = UInt32(Set(list.map(\.instance)).count)
+      response.rows.append(row)
+    }
+    return response
+  }
+
+  /// Opens a tap on `service`; its calls arrive on the stream returned until `closeTap`.
+  func openTap(service: String, method: String, maxPerSecond: UInt32) -> (
+    String, AsyncStream<Trellis_Mesh_V1_TapEvent>
+  ) {
+    let (events, continuation) = AsyncStream.makeStream(
+      of: Trellis_Mesh_V1_TapEvent.self, bufferingPolicy: .bufferingNewest(1_000))
+    let id = UUID().uuidString
+    var filter = Trellis_Mesh_V1_TapFilter()
+    filter.id = id
+    filter.method = method
+    filter.maxPerSecond = maxPerSecond
+    state.withLock { $0.taps[id] = Tap(service: service, filter: filter, events: continuation) }
+    announce(service)
+    return (id, events)
+  }
+
+  func closeTap(_ id: String) {
+    let tap = state.withLock { $0.taps.removeValue(forKey: id) }
+    tap?.events.finish()
+    if let tap { announce(tap.service) }
+  }
+
+  /// Tells every sidecar of `service` which taps are open on it.
+  private func announce(_ service: String) {
+    let (control, reporters) = state.withLock { state in
+      (
+        Self.control(for: service, state.taps),
+        state.reporters.values.filter { $0.service == service }.map(\.controls)
+      )
+    }
+    for reporter in reporters { reporter.yield(control) }
+  }
+
+  private static func control(for service: String, _ taps: [String: Tap]) -> Trellis_Mesh_V1_TapControl {
+    var control = Trellis_Mesh_V1_TapControl()
+    control.taps = taps.values.filter { $0.service == service }.map(\.filter).sorted { $0.id < $1.id }
+    return control
+  }
+}
+
+/// `trellis.mesh.v1.Telemetry`: sidecars report; operators read `top` and open taps.
+public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
+  let hub: TelemetryHub
+
+  init(hub: TelemetryHub) { self.hub = hub }
+
+  public func report(
+    request: StreamingServerRequest<Trellis_Mesh_V1_TelemetryReport>, context: ServerContext
+  ) async throws -> StreamingServerResponse<Trellis_Mesh_V1_TapControl> {
+    guard let caller = ControlContext.caller(context), caller.path.hasPrefix("/svc/") else {
+      throw RPCError(code: .permissionDenied, message: "only a workload's sidecar reports telemetry")
+    }
+    let service = String(caller.path.dropFirst("/svc/".count))
+    return StreamingServerResponse { writer in
+      let (controls, continuation) = AsyncStream.makeStream(of: Trellis_Mesh_V1_TapControl.self)
+      var id: UUID?
+      defer { id.map(hub.disconnect) }
+      try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask {
+          for await control in controls { try await writer.write(control) }
+        }
+        for try await report in request.messages {
+          if id == nil { id = hub.connect(service: service, instance: report.instance, controls: continuation) }
+          hub.receive(report, from: id!)
+        }
+        continuation.finish()
+        try await group.waitForAll()
+      }
+      return [:]
+    }
+  }
+
+  private func requireOperator(_ context: ServerContext) throws {
+    guard let caller = ControlContext.caller(context) else {
+      throw RPCError(code: .unauthenticated, message: "live figures need an operator certificate")
+    }
+    guard caller.path.hasPrefix("/operator/") else {
+      throw RPCError(code: .permissionDenied, message: "\(caller) is not an operator")
+    }
+  }
+
+  public func top(
+    request: ServerRequest<Trellis_Mesh_V1_TopRequest>, context: ServerContext
+  ) async throws -> ServerResponse<Trellis_Mesh_V1_TopResponse> {
+    try requireOperator(context)
+    return ServerResponse(
+      message: hub.top(service: request.message.service, byMethod: request.message.byMethod))
+  }
+
+  public func tap(
+    request: ServerRequest<Trellis_Mesh_V1_TapRequest>, context: ServerContext
+  ) async throws -> StreamingServerResponse<Trellis_Mesh_V1_TapEvent> {
+    try requireOperator(context)
+    let message = request.message
+    guard !message.service.isEmpty else {
+      throw RPCError(code: .invalidArgument, message: "name the service to tap")
+    }
+    let rate = message.maxPerSecond == 0 ? 20 : min(message.maxPerSecond, 1_000)
+    let (id, events) = hub.openTap(service: message.service, method: message.method, maxPerSecond: rate)
+    return StreamingServerResponse { writer in
+      defer { hub.closeTap(id) }
+      try await withTaskCancellationHandler {
+        for await event in events { try await writer.write(event) }
+      } onCancel: {
+        hub.closeTap(id)
+      }
+      return [:]
+    }
+  }
+}
