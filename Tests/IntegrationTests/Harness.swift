@@ -83,6 +83,21 @@ struct BackgroundLoad {
     try process.run()
   }
 
+  /// Any program, in the background; its standard output is read at the end.
+  init(command: String, _ arguments: [String]) throws {
+    process.executableURL = URL(fileURLWithPath: command)
+    process.arguments = arguments
+    process.standardOutput = output
+    try process.run()
+  }
+
+  /// Waits for the end; returns what it printed.
+  func finishText() throws -> String {
+    let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return text
+  }
+
   /// Waits for the end; returns the summary (`ok`, `failed`, `first`).
   func finish() throws -> [String: Any] {
     // Read first: a summary larger than the pipe's buffer would otherwise block the writer.

@@ -364,6 +364,82 @@ import Testing
     #expect(page.contains(#"trellis_retries_total{service="r",reason="UNAVAILABLE"} 1"#), "\(page)")
   }
 
+  /// `meshctl top` counts every call a service's sidecar saw in the last minute, with its
+  /// success rate and latency; `meshctl tap` streams the calls as they end, only those asked
+  /// for, at most `--max-rps` a second.
+  @Test func topAndTapShowLiveCalls() throws {
+    let server = try resilienceServer("live")
+    try apply("services:\n  r:\n    endpoints: [{address: \(server.inbound)}]\n")
+    let client = try sidecar("client")
+    try waitForConfig(client)
+    let load = try BackgroundLoad(
+      python: [Self.resilience, "load", client.outbound, "Get", "n300", "2", "-"])
+    let summary = try load.finish()
+    let calls = (summary["codes"] as? [String: Int])?["OK"] ?? 0
+    #expect(calls == 300, "\(summary)")
+    for index in 0..<5 {
+      let failed = try call(client, "Flaky", "bad-\(index):9")
+      #expect(failed["code"] as? String == "UNAVAILABLE")
+    }
+    Thread.sleep(forTimeInterval: 2.5)  // the last second's report
+    func top(_ flags: [String]) throws -> [[String: Any]] {
+      let text = try mesh.meshctl(["top", "r", "--once", "-o", "json"] + flags, plane: plane)
+      return try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]] ?? []
+    }
+    let rows = try top([])
+    let row = try #require(rows.first, "\(rows)")
+    #expect(rows.count == 1 && row["service"] as? String == "r")
+    #expect(row["requests"] as? Int == 305, "\(row)")
+    let rate = row["successRate"] as? Double ?? 0
+    #expect(abs(rate - 300.0 / 305.0) < 1e-9, "\(row)")
+    let p50 = row["p50Ms"] as? Double ?? 0
+    let p99 = row["p99Ms"] as? Double ?? 0
+    #expect(p50 > 0 && p99 >= p50 && p99 < 5_000, "\(row)")
+    #expect(row["instances"] as? Int == 1)
+    let byMethod = try top(["--methods"])
+    #expect(byMethod.compactMap { $0["method"] as? String }.sorted() == ["/r.R/Flaky", "/r.R/Get"])
+    #expect(byMethod.first { $0["method"] as? String == "/r.R/Flaky" }?["successRate"] as? Double == 0)
+    let table = try mesh.meshctl(["top", "--once"], plane: plane)
+    #expect(table.contains("SUCCESS") && table.contains("98.36%"), "\(table)")
+    print(table)
+
+    // A tap of one method: only its calls, as they end.
+    let tap = try BackgroundLoad(
+      command: binary("meshctl"),
+      [
+        "tap", "r", "--method", "r.R/Flaky", "--count", "2", "-o", "json", "--control-plane",
+        plane.address, "--certs", mesh.certs,
+      ])
+    Thread.sleep(forTimeInterval: 1.5)  // the sidecar hears of the tap
+    _ = try call(client, "Get", "not-tapped")
+    for index in 0..<3 { _ = try call(client, "Flaky", "tapped-\(index):9") }
+    let tapped = try jsonObjects(try tap.finishText())
+    #expect(tapped.count == 2, "\(tapped)")
+    for event in tapped {
+      #expect(event["method"] as? String == "/r.R/Flaky")
+      #expect(event["status"] as? String == "UNAVAILABLE")
+      #expect(event["peer"] as? String == "spiffe://trellis.local/svc/client")
+      #expect((event["traceId"] as? String)?.count == 32)
+    }
+
+    // Rate-limited: at most --max-rps calls a second from each sidecar, under load.
+    let limited = try BackgroundLoad(
+      command: binary("meshctl"),
+      [
+        "tap", "r", "--max-rps", "5", "-o", "json", "--control-plane", plane.address, "--certs",
+        mesh.certs,
+      ])
+    Thread.sleep(forTimeInterval: 1.5)
+    let busy = try BackgroundLoad(
+      python: [Self.resilience, "load", client.outbound, "Get", "3", "4", "-"])
+    let busySummary = try busy.finish()
+    limited.process.terminate()
+    let seen = try jsonObjects(try limited.finishText()).count
+    let made = (busySummary["codes"] as? [String: Int])?["OK"] ?? 0
+    print("tap at --max-rps 5 during \(made) calls in 3 s: \(seen) calls shown")
+    #expect(made > 200 && seen >= 5 && seen <= 25, "\(seen) of \(made)")
+  }
+
   // MARK: Waiting
 
   func waitForRegistrations(_ services: [String]) throws {
