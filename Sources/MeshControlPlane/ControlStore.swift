@@ -11,17 +11,24 @@ public final class ControlStore: Sendable {
 
   /// Opens (creating if needed) `control.sqlite` in `directory`.
   public init(directory: String) throws {
-    // The folder holds the issuer's key: the control plane's only.
+    database = try Self.open("control.sqlite", in: directory, synchronous: "FULL")
+    try Self.migrator.migrate(database)
+  }
+
+  /// Opens (creating if needed) a WAL database in the control plane's folder, which only the
+  /// control plane may read: it holds the issuer's key.
+  static func open(_ file: String, in directory: String, synchronous: String) throws
+    -> DatabasePool
+  {
     try FileManager.default.createDirectory(
       atPath: directory, withIntermediateDirectories: true,
       attributes: [.posixPermissions: 0o700])
     var configuration = Configuration()
     configuration.busyMode = .timeout(10)
     configuration.prepareDatabase { db in
-      try db.execute(sql: "PRAGMA synchronous = FULL")
+      try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
     }
-    database = try DatabasePool(path: "\(directory)/control.sqlite", configuration: configuration)
-    try Self.migrator.migrate(database)
+    return try DatabasePool(path: "\(directory)/\(file)", configuration: configuration)
   }
 
   private static var migrator: DatabaseMigrator {

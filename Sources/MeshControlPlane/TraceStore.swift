@@ -25,15 +25,7 @@ public final class TraceStore: Sendable {
   public let retention: Retention
 
   public init(directory: String, retention: Retention = Retention()) throws {
-    try FileManager.default.createDirectory(
-      atPath: directory, withIntermediateDirectories: true,
-      attributes: [.posixPermissions: 0o700])
-    var configuration = Configuration()
-    configuration.busyMode = .timeout(10)
-    configuration.prepareDatabase { db in
-      try db.execute(sql: "PRAGMA synchronous = NORMAL")
-    }
-    database = try DatabasePool(path: "\(directory)/traces.sqlite", configuration: configuration)
+    database = try ControlStore.open("traces.sqlite", in: directory, synchronous: "NORMAL")
     self.retention = retention
     try Self.migrator.migrate(database)
   }

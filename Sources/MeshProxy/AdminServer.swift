@@ -79,37 +79,59 @@ private final class AdminHandler: ChannelInboundHandler {
     case .end:
       guard let head = request else { return }
       request = nil
-      let (status, type, body) =
-        head.method == .POST ? post(head, self.body ?? ByteBuffer()) : answer(head)
+      let body = self.body ?? ByteBuffer()
       self.body = nil
-      var headers = HTTPHeaders()
-      headers.add(name: "content-type", value: type)
-      headers.add(name: "content-length", value: "\(body.utf8.count)")
-      if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
-      context.write(
-        wrapOutboundOut(
-          .head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
-        promise: nil)
-      context.write(
-        wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))),
-        promise: nil)
-      let keepAlive = head.isKeepAlive
-      context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-        if !keepAlive { context.close(promise: nil) }
+      guard head.method == .POST else {
+        respond(context: context, head: head, answer(head))
+        return
       }
+      if let refusal = refusePost(head) {
+        respond(context: context, head: head, refusal)
+        return
+      }
+      // Decoding spans is not for the event loop the calls run on: it happens on another
+      // thread, and the answer is written back on the loop.
+      let traces = reports.traces!
+      let loop = context.eventLoop
+      let handler = NIOLoopBound(self, eventLoop: loop)
+      let channelContext = NIOLoopBound(context, eventLoop: loop)
+      let reply: @Sendable ((HTTPResponseStatus, String, String)) -> Void = { answer in
+        loop.execute { handler.value.respond(context: channelContext.value, head: head, answer) }
+      }
+      Self.decodeAside(body, with: traces, then: reply)
     }
   }
 
-  /// `POST /v1/traces`: OTLP/HTTP with a binary protobuf body; the answer to a success is an
-  /// empty `ExportTraceServiceResponse`.
-  private func post(_ head: HTTPRequestHead, _ body: ByteBuffer) -> (
-    HTTPResponseStatus, String, String
+  private func respond(
+    context: ChannelHandlerContext, head: HTTPRequestHead,
+    _ answer: (status: HTTPResponseStatus, type: String, body: String)
   ) {
+    let (status, type, body) = answer
+    var headers = HTTPHeaders()
+    headers.add(name: "content-type", value: type)
+    headers.add(name: "content-length", value: "\(body.utf8.count)")
+    if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
+    context.write(
+      wrapOutboundOut(
+        .head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
+      promise: nil)
+    context.write(
+      wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))),
+      promise: nil)
+    let keepAlive = head.isKeepAlive
+    context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+      if !keepAlive { context.close(promise: nil) }
+    }
+  }
+
+  /// `POST /v1/traces` (OTLP/HTTP, binary protobuf) is the only POST; nil when this one is
+  /// to be read.
+  private func refusePost(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String, String)? {
     let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
     guard path == "/v1/traces" else {
       return (.methodNotAllowed, "text/plain", "only GET, except POST /v1/traces\n")
     }
-    guard let traces = reports.traces else {
+    guard reports.traces != nil else {
       return (.notFound, "text/plain", "this sidecar exports no spans\n")
     }
     guard !bodyTooLarge else {
@@ -122,10 +144,25 @@ private final class AdminHandler: ChannelInboundHandler {
         "expected content-type application/x-protobuf, got '\(type)'\n"
       )
     }
-    switch traces(body) {
-    case .accepted: return (.ok, "application/x-protobuf", "")
-    case .full: return (.serviceUnavailable, "text/plain", "the span queue is full\n")
-    case .invalid(let reason): return (.badRequest, "text/plain", reason + "\n")
+    return nil
+  }
+
+  /// Hands posted spans to `traces` on a thread of the concurrency pool.
+  private static func decodeAside(
+    _ body: ByteBuffer, with traces: @escaping @Sendable (ByteBuffer) -> AdminServer.TraceIntake,
+    then reply: @escaping @Sendable ((HTTPResponseStatus, String, String)) -> Void
+  ) {
+    Task.detached { reply(answer(traces(body))) }
+  }
+
+  /// The answer to spans posted: an empty `ExportTraceServiceResponse` when they were taken.
+  private static func answer(_ intake: AdminServer.TraceIntake) -> (
+    HTTPResponseStatus, String, String
+  ) {
+    switch intake {
+    case .accepted: (.ok, "application/x-protobuf", "")
+    case .full: (.serviceUnavailable, "text/plain", "the span queue is full\n")
+    case .invalid(let reason): (.badRequest, "text/plain", reason + "\n")
     }
   }
 

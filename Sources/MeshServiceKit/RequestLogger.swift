@@ -27,32 +27,6 @@ struct RequestLogger: ServerInterceptor {
       if let message { metadata["grpc_message"] = "\(message)" }
       logger.info("rpc", metadata: metadata)
     }
-    do {
-      var response = try await next(request, context)
-      switch response.accepted {
-      case .success(var contents):
-        let producer = contents.producer
-        contents.producer = { writer in
-          do {
-            let trailers = try await producer(writer)
-            log(nil, nil)
-            return trailers
-          } catch let error as RPCError {
-            log(error.code, error.message)
-            throw error
-          } catch {
-            log(.unknown, "\(error)")
-            throw error
-          }
-        }
-        response.accepted = .success(contents)
-      case .failure(let error):
-        log(error.code, error.message)
-      }
-      return response
-    } catch let error as RPCError {
-      log(error.code, error.message)
-      throw error
-    }
+    return try await observingEnd(request, context, next: next, ended: log)
   }
 }

@@ -33,40 +33,7 @@ struct TracingServerInterceptor: ServerInterceptor {
       }
       span.end()
     }
-    do {
-      var response = try await ServiceContext.withValue(spanContext) {
-        try await next(request, context)
-      }
-      switch response.accepted {
-      case .success(var contents):
-        let producer = contents.producer
-        contents.producer = { writer in
-          do {
-            let trailers = try await ServiceContext.withValue(spanContext) {
-              try await producer(writer)
-            }
-            end(nil, nil)
-            return trailers
-          } catch let error as RPCError {
-            end(error.code, error.message)
-            throw error
-          } catch {
-            end(.unknown, "\(error)")
-            throw error
-          }
-        }
-        response.accepted = .success(contents)
-      case .failure(let error):
-        end(error.code, error.message)
-      }
-      return response
-    } catch let error as RPCError {
-      end(error.code, error.message)
-      throw error
-    } catch {
-      end(.unknown, "\(error)")
-      throw error
-    }
+    return try await observingEnd(request, context, within: spanContext, next: next, ended: end)
   }
 
   /// The statuses that say the server failed (OpenTelemetry's gRPC conventions).

@@ -36,5 +36,17 @@ enum TraceViewPage {
     let size = (try? FileManager.default.attributesOfItem(atPath: screenshot)[.size] as? Int) ?? 0
     #expect(size > 10_000, "screenshot of \(size) bytes")
     print("trace view: \(spanRows) rows rendered by Chromium; screenshot \(screenshot)")
+
+    // A click on a row shows the span's details; another hides them.
+    let clicked = try run(
+      try resolve("python3"),
+      [PythonInteropTests.python.appendingPathComponent("trace_page.py").path, html])
+    let result = try #require(try jsonObjects(clicked.stdout).first, "\(clicked.stderr)")
+    #expect(result["rows"] as? Int == rows)
+    #expect(result["hidden_before"] as? Bool == true)
+    #expect(result["shown_after_click"] as? Bool == true, "\(result)")
+    #expect(result["hidden_after_second_click"] as? Bool == true)
+    let details = result["details"] as? String ?? ""
+    #expect(details.contains("span id") && details.contains("duration"), "\(details)")
   }
 }
