@@ -1,7 +1,8 @@
 import GRPCCore
 import Logging
 
-/// Logs one line per RPC when it ends: method, gRPC status, duration and peer.
+/// Logs one line per RPC when it ends: method, gRPC status, duration and peer (health checks
+/// answered at debug level), with the trace it ran under.
 struct RequestLogger: ServerInterceptor {
   let logger: Logger
 
@@ -14,6 +15,7 @@ struct RequestLogger: ServerInterceptor {
   ) async throws -> StreamingServerResponse<Output> {
     let start = ContinuousClock.now
     let method = "/" + context.descriptor.fullyQualifiedMethod
+    let isHealthCheck = context.descriptor.service.fullyQualifiedService == "grpc.health.v1.Health"
     let log: @Sendable (RPCError.Code?, String?) -> Void = { code, message in
       let elapsed = ContinuousClock.now - start
       let millis =
@@ -25,7 +27,9 @@ struct RequestLogger: ServerInterceptor {
         "peer": "\(context.remotePeer)",
       ]
       if let message { metadata["grpc_message"] = "\(message)" }
-      logger.info("rpc", metadata: metadata)
+      // The sidecar asks for the app's health every second: a health check answered is a
+      // debug line.
+      logger.log(level: isHealthCheck && code == nil ? .debug : .info, "rpc", metadata: metadata)
     }
     return try await observingEnd(request, context, next: next, ended: log)
   }
