@@ -298,7 +298,7 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshControlClientTests",
-      dependencies: ["MeshControlClient", "MeshConfig", "MeshProtos"],
+      dependencies: ["MeshControlClient", "MeshConfig", "MeshProtos", "MeshTracing"],
       swiftSettings: swiftSettings
     ),
     .testTarget(

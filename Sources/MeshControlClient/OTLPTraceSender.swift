@@ -36,13 +36,20 @@ public actor OTLPTraceSender {
     }
   }
 
-  public func send(_ request: OTLPExportRequest) async throws {
+  /// Sends one `ExportTraceServiceRequest`'s bytes, as `OTLPEncoder` wrote them.
+  public func send(_ request: [UInt8]) async throws {
     let client = try current()
     var options = CallOptions.defaults
     options.timeout = .seconds(5)
-    _ = try await Opentelemetry_Proto_Collector_Trace_V1_TraceService.Client(wrapping: client)
-      .export(request, options: options)
+    try await client.unary(
+      request: ClientRequest(message: request), descriptor: Self.export,
+      serializer: RawSerializer(), deserializer: RawDeserializer(), options: options
+    ) { response in _ = try response.message }
   }
+
+  private static let export = MethodDescriptor(
+    fullyQualifiedService: "opentelemetry.proto.collector.trace.v1.TraceService",
+    method: "Export")
 
   public func close() {
     client?.beginGracefulShutdown()

@@ -1,8 +1,6 @@
-import MeshProtos
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import SwiftProtobuf
 
 /// Sends span batches as OTLP/HTTP (`POST /v1/traces`, binary protobuf) to a plaintext
 /// endpoint: an app's sidecar's admin port, or any OTLP/HTTP collector on the host.
@@ -30,8 +28,8 @@ public struct OTLPHTTPSender: Sendable {
     self.path = path.isEmpty ? "/v1/traces" : String(path)
   }
 
-  public func send(_ request: OTLPExportRequest) async throws {
-    let body: [UInt8] = try request.serializedBytes()
+  /// Posts one `ExportTraceServiceRequest`'s bytes.
+  public func send(_ body: [UInt8]) async throws {
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .connectTimeout(.seconds(2))
       .connect(host: host, port: port) { channel in

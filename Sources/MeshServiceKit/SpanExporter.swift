@@ -8,9 +8,11 @@ import Synchronization
 /// batch is full. It runs beside the data path, never in it: spans wait in a bounded
 /// `SpanQueue`, and when the collector is slow or down they are dropped there and counted,
 /// never waited for. An export that fails is dropped too (the next batch is tried afresh).
+/// Requests are written by `OTLPEncoder`, straight from the span model.
 public struct SpanExporter: Service {
-  /// Sends one request to the collector; throws when it was not accepted.
-  public typealias Send = @Sendable (OTLPExportRequest) async throws -> Void
+  /// Sends one `ExportTraceServiceRequest` (its protobuf bytes) to the collector; throws when
+  /// it was not accepted.
+  public typealias Send = @Sendable ([UInt8]) async throws -> Void
 
   public let queue: SpanQueue
   private let resource: [Attribute]
@@ -32,16 +34,20 @@ public struct SpanExporter: Service {
     self.relayed = RelayQueue(capacity: queue.capacity)
   }
 
-  /// Spans of other processes (the app beside a sidecar) sent on with this process's own; when
-  /// the queue is full they are dropped and counted. False when dropped.
+  /// Spans of another process (the app beside a sidecar), as it posted them: an
+  /// `ExportTraceServiceRequest`, checked here and sent on with this process's own. False when
+  /// the queue is full (they are dropped and counted); throws when the bytes are not a request.
   @discardableResult
-  public func relay(_ request: OTLPExportRequest) -> Bool {
-    let accepted = relayed.add(request.resourceSpans)
-    if !accepted { queue.countDropped(request.resourceSpans.reduce(0) { $0 + $1.spanCount }) }
+  public func relay(_ request: [UInt8]) throws -> Bool {
+    let spans = try OTLPExportRequest(serializedBytes: request).resourceSpans.reduce(0) {
+      $0 + $1.spanCount
+    }
+    let accepted = relayed.add(request, spans: spans)
+    if !accepted { queue.countDropped(spans) }
     return accepted
   }
 
-  /// Exports made and failed, for metrics.
+  /// Exports the collector did not take.
   public var failures: Int { relayed.failures }
 
   public func run() async throws {
@@ -70,25 +76,29 @@ public struct SpanExporter: Service {
   private func exportPending(failed: (any Error, Int) -> Void) async {
     while true {
       let own = queue.take(Self.batchSize)
-      let others = relayed.take()
+      let (others, otherSpans) = relayed.take()
       if own.isEmpty && others.isEmpty { return }
-      var request = OTLPExportRequest()
-      if !own.isEmpty { request.resourceSpans.append(OTLPResourceSpans(resource: resource, spans: own)) }
-      request.resourceSpans += others
+      // Serialized requests concatenated are one request with all their spans.
+      var request = others.flatMap { $0 }
+      if !own.isEmpty {
+        request += OTLPEncoder.exportRequest([
+          OTLPEncoder.resourceSpans(resource: resource, spans: own)
+        ])
+      }
       do {
         try await send(request)
       } catch {
-        failed(error, request.resourceSpans.reduce(0) { $0 + $1.spanCount })
+        failed(error, own.count + otherSpans)
         return
       }
     }
   }
 }
 
-/// Resource spans waiting to be sent on, bounded by their span count.
+/// Posted requests waiting to be sent on, bounded by their span count.
 private final class RelayQueue: Sendable {
   private struct State {
-    var waiting: [OTLPResourceSpans] = []
+    var waiting: [[UInt8]] = []
     var spans = 0
     var failures = 0
   }
@@ -97,23 +107,22 @@ private final class RelayQueue: Sendable {
 
   init(capacity: Int) { self.capacity = capacity }
 
-  func add(_ resourceSpans: [OTLPResourceSpans]) -> Bool {
-    let count = resourceSpans.reduce(0) { $0 + $1.spanCount }
-    return state.withLock { state in
-      guard state.spans + count <= capacity else { return false }
-      state.waiting += resourceSpans
-      state.spans += count
+  func add(_ request: [UInt8], spans: Int) -> Bool {
+    state.withLock { state in
+      guard state.spans + spans <= capacity else { return false }
+      state.waiting.append(request)
+      state.spans += spans
       return true
     }
   }
 
-  func take() -> [OTLPResourceSpans] {
+  func take() -> ([[UInt8]], Int) {
     state.withLock { state in
       defer {
         state.waiting = []
         state.spans = 0
       }
-      return state.waiting
+      return (state.waiting, state.spans)
     }
   }
 

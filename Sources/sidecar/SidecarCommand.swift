@@ -85,9 +85,7 @@ struct SidecarCommand: AsyncParsableCommand {
     let exporter = Self.spanExporter(bootstrap, logger: logger)
     if let exporter {
       configuration.spans = exporter.queue
-      configuration.appSpans = { bytes -> Bool in
-        exporter.relay(try OTLPExportRequest(serializedBytes: bytes))
-      }
+      configuration.appSpans = { bytes in try exporter.relay(bytes) }
       configuration.extraMetrics = { Self.exporterMetrics(exporter) }
     }
     let telemetry = bootstrap.controlPlane.map { _ in LiveTelemetry() }
