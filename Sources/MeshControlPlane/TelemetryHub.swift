@@ -73,9 +73,8 @@ final class TelemetryHub: Sendable {
             Sample(time: time, instance: report.instance, stats: stats))
           if state.firstSeen[stats.service] == nil { state.firstSeen[stats.service] = time }
         }
-        for service in Array(state.samples.keys) {
-          state.samples[service]!.removeAll { time - $0.time > Self.window }
-        }
+        // Only this service's samples are looked through; `top` skips any other's old ones.
+        state.samples[reporter.service]?.removeAll { time - $0.time > Self.window }
         return report.taps.compactMap { event in
           guard let tap = state.taps[event.tapID], tap.service == reporter.service else {
             return nil
