@@ -85,7 +85,9 @@ extension LoopState {
       } else if parent?.traceState == nil {
         headers.remove(name: "tracestate")
       }
-      headers.replaceOrAdd(name: "traceparent", value: own.traceparent)
+      // A value of its own on every call: kept out of HPACK's dynamic table, where it would
+      // only push out the headers that do repeat.
+      headers.replaceOrAdd(name: "traceparent", value: own.traceparent, indexing: .nonIndexable)
       if let traceState = own.traceState { headers.replaceOrAdd(name: "tracestate", value: traceState) }
     }
     var trace = CallTrace(context: own, parent: parent?.spanID, start: WallClock.now())

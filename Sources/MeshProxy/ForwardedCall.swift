@@ -164,7 +164,8 @@ final class ForwardedCall {
 
   /// The header a hop forwards: the time left, so the next hop's deadline is never later.
   private func setTimeout(_ headers: inout HPACKHeaders, until deadline: NIODeadline) {
-    headers.replaceOrAdd(name: "grpc-timeout", value: GRPCTimeout.format(deadline - .now()))
+    headers.replaceOrAdd(
+      name: "grpc-timeout", value: GRPCTimeout.format(deadline - .now()), indexing: .nonIndexable)
   }
 
   private func startAttempt() {

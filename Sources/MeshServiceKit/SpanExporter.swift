@@ -57,7 +57,7 @@ public struct SpanExporter: Service {
       if !stopping, queue.count < Self.batchSize {
         try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
       }
-      await exportPending { error, lost in
+      await exportPending(all: stopping) { error, lost in
         relayed.countFailure()
         queue.countDropped(lost)
         // One warning per minute at most: a collector that is down is not news every batch.
@@ -72,9 +72,13 @@ public struct SpanExporter: Service {
     }
   }
 
-  /// Sends everything waiting now, one batch after another.
-  private func exportPending(failed: (any Error, Int) -> Void) async {
-    while true {
+  /// Sends what is waiting: a batch, then more only while a full batch waits (or, with `all`,
+  /// until nothing does). Calls that go on meanwhile must not make a stream of small batches
+  /// out of the spans that arrive while one is being sent.
+  private func exportPending(all: Bool, failed: (any Error, Int) -> Void) async {
+    var first = true
+    while first || all || queue.count >= Self.batchSize {
+      first = false
       let own = queue.take(Self.batchSize)
       let (others, otherSpans) = relayed.take()
       if own.isEmpty && others.isEmpty { return }
