@@ -33,6 +33,7 @@ let package = Package(
     .executable(name: "user-service", targets: ["user-service"]),
     .executable(name: "order-service", targets: ["order-service"]),
     .executable(name: "payment-service", targets: ["payment-service"]),
+    .executable(name: "event-service", targets: ["event-service"]),
     .executable(name: "rpc", targets: ["rpc"]),
     .executable(name: "meshctl", targets: ["meshctl"]),
     .executable(name: "control-plane", targets: ["control-plane"]),
@@ -170,6 +171,16 @@ let package = Package(
     .target(
       name: "PaymentService",
       dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+    .target(
+      name: "EventService",
+      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      swiftSettings: swiftSettings
+    ),
+    .executableTarget(
+      name: "event-service",
+      dependencies: ["EventService", "ShopProtos", "MeshServiceKit", argumentParser],
       swiftSettings: swiftSettings
     ),
     .executableTarget(
@@ -319,8 +330,8 @@ let package = Package(
     .testTarget(
       name: "ShopServiceTests",
       dependencies: [
-        "UserService", "OrderService", "PaymentService", "ShopProtos", "ShopSupport", "TestSupport",
-        grpcCore,
+        "UserService", "OrderService", "PaymentService", "EventService", "ShopProtos",
+        "ShopSupport", "TestSupport", grpcCore, swiftProtobuf,
       ],
       swiftSettings: swiftSettings
     ),

@@ -1,0 +1,127 @@
+import EventService
+import Foundation
+import GRPCCore
+import ShopProtos
+import Synchronization
+import Testing
+
+/// The event bus against a real SQLite file: idempotent publishing, groups that each get every
+/// event and share them among their consumers, redelivery of what was not acknowledged, and a
+/// log that outlives the process.
+@Suite struct EventServiceTests {
+  /// Collects what a subscription writes.
+  final class Collector: RPCWriterProtocol, Sendable {
+    private let received = Mutex<[Shop_V1_Delivery]>([])
+    func write(_ element: Shop_V1_Delivery) async throws { received.withLock { $0.append(element) } }
+    func write(contentsOf elements: some Sequence<Shop_V1_Delivery>) async throws {
+      for element in elements { try await write(element) }
+    }
+    var deliveries: [Shop_V1_Delivery] { received.withLock { $0 } }
+  }
+
+  func event(_ id: String, topic: String = "user.created", payload: String = "p") -> Shop_V1_PublishRequest {
+    var request = Shop_V1_PublishRequest()
+    request.event.id = id
+    request.event.topic = topic
+    request.event.type = "shop.v1.UserCreated"
+    request.event.payload = Data(payload.utf8)
+    request.event.headers = ["traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    return request
+  }
+
+  /// Subscribes until `count` deliveries arrived (or `timeout`), then ends the subscription.
+  func receive(
+    _ bus: EventService, group: String, count: Int, ackDeadline: UInt32 = 30,
+    timeout: Duration = .seconds(5)
+  ) async throws -> [Shop_V1_Delivery] {
+    var request = Shop_V1_SubscribeRequest()
+    request.topic = "user.created"
+    request.consumerGroup = group
+    request.ackDeadlineSeconds = ackDeadline
+    let collector = Collector()
+    let subscription = Task {
+      try await bus.subscribe(request: request, response: RPCWriter(wrapping: collector), context: context())
+    }
+    let deadline = ContinuousClock.now + timeout
+    while collector.deliveries.count < count, ContinuousClock.now < deadline {
+      try await Task.sleep(for: .milliseconds(20))
+    }
+    subscription.cancel()
+    _ = try? await subscription.value
+    return collector.deliveries
+  }
+
+  func ack(_ bus: EventService, group: String, _ ids: [String]) async throws -> UInt32 {
+    var request = Shop_V1_AckRequest()
+    request.topic = "user.created"
+    request.consumerGroup = group
+    request.eventIds = ids
+    return try await bus.ack(request: request, context: context()).acknowledged
+  }
+
+  @Test func publishingIsIdempotentByID() async throws {
+    let bus = try EventService(databasePath: try databasePath("events-idempotent"))
+    let first = try await bus.publish(request: event("usr_1"), context: context())
+    let second = try await bus.publish(request: event("usr_2"), context: context())
+    let again = try await bus.publish(request: event("usr_1", payload: "other"), context: context())
+    #expect(second.sequence > first.sequence && !first.duplicate && !second.duplicate)
+    #expect(again.duplicate && again.sequence == first.sequence)
+    let delivered = try await receive(bus, group: "orders", count: 2)
+    #expect(delivered.map(\.event.id) == ["usr_1", "usr_2"])
+    #expect(delivered[0].event.payload == Data("p".utf8), "the first publication stands")
+    #expect(delivered[0].event.headers["traceparent"]?.hasPrefix("00-4bf92f") == true)
+    #expect(delivered.allSatisfy { $0.attempt == 1 && $0.event.publishTime.seconds > 0 })
+  }
+
+  @Test func everyGroupGetsEveryEventAndAGroupSharesThem() async throws {
+    let bus = try EventService(databasePath: try databasePath("events-groups"))
+    for index in 0..<20 { _ = try await bus.publish(request: event("e\(index)"), context: context()) }
+    let orders = try await receive(bus, group: "orders", count: 20)
+    let audit = try await receive(bus, group: "audit", count: 20)
+    #expect(orders.map(\.event.id) == (0..<20).map { "e\($0)" })
+    #expect(audit.count == 20)
+    // Two consumers of one group at once: between them every event, none twice.
+    async let one = receive(bus, group: "shared", count: 20, timeout: .seconds(2))
+    async let two = receive(bus, group: "shared", count: 20, timeout: .seconds(2))
+    let ids = try await (one + two).map(\.event.id)
+    #expect(ids.count == 20 && Set(ids).count == 20, "\(ids)")
+  }
+
+  @Test func whatIsNotAcknowledgedComesAgain() async throws {
+    let path = try databasePath("events-redelivery")
+    let bus = try EventService(databasePath: path, pollInterval: .milliseconds(50))
+    for id in ["a", "b", "c"] { _ = try await bus.publish(request: event(id), context: context()) }
+    let first = try await receive(bus, group: "orders", count: 3, ackDeadline: 1)
+    #expect(first.map(\.event.id) == ["a", "b", "c"])
+    #expect(try await ack(bus, group: "orders", ["a", "c", "nope"]) == 2)
+    #expect(try await ack(bus, group: "orders", ["a"]) == 0, "twice is harmless")
+    // b's deadline passes: it comes again, the second attempt; a and c never do.
+    let again = try await receive(bus, group: "orders", count: 1, ackDeadline: 1)
+    #expect(again.map(\.event.id) == ["b"] && again.first?.attempt == 2, "\(again.map(\.event.id))")
+    // A new process on the same file: the group's place and its unacknowledged event are kept.
+    _ = try await bus.publish(request: event("d"), context: context())
+    let restarted = try EventService(databasePath: path, pollInterval: .milliseconds(50))
+    try await Task.sleep(for: .milliseconds(1100))
+    let after = try await receive(restarted, group: "orders", count: 2, ackDeadline: 1)
+    #expect(after.map(\.event.id).sorted() == ["b", "d"], "\(after.map(\.event.id))")
+    #expect(after.first { $0.event.id == "b" }?.attempt == 3)
+  }
+
+  @Test func badInputIsRefused() async throws {
+    let bus = try EventService(databasePath: try databasePath("events-bad"))
+    for topic in ["", "User.Created", "user..created", "user created", ".user"] {
+      let message = await expectStatus(.invalidArgument) {
+        _ = try await bus.publish(request: event("x", topic: topic), context: context())
+      }
+      #expect(message.contains("topic"), "\(message)")
+    }
+    await expectStatus(.invalidArgument) {
+      _ = try await bus.publish(request: event(""), context: context())
+    }
+    var request = Shop_V1_SubscribeRequest()
+    request.topic = "user.created"
+    await expectStatus(.invalidArgument) {
+      try await bus.subscribe(request: request, response: RPCWriter(wrapping: Collector()), context: context())
+    }
+  }
+}
