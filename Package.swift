@@ -155,7 +155,7 @@ let package = Package(
     // The shop.
     .target(
       name: "ShopSupport",
-      dependencies: ["ShopProtos", grpcCore, grdb, swiftProtobuf],
+      dependencies: ["ShopProtos", grpcCore, grdb, swiftProtobuf, logging, lifecycle],
       swiftSettings: swiftSettings
     ),
     .target(
@@ -185,7 +185,10 @@ let package = Package(
     ),
     .executableTarget(
       name: "user-service",
-      dependencies: ["UserService", "ShopProtos", "MeshServiceKit", argumentParser],
+      dependencies: [
+        "UserService", "ShopProtos", "ShopSupport", "MeshServiceKit", argumentParser, grpcCore,
+        logging, lifecycle, .product(name: "Tracing", package: "swift-distributed-tracing"),
+      ],
       swiftSettings: swiftSettings
     ),
     .executableTarget(

@@ -14,6 +14,15 @@ extension ServiceContext {
     get { self[TraceContextKey.self] }
     set { self[TraceContextKey.self] = newValue }
   }
+
+  /// The trace context as headers (`traceparent`, `tracestate`): what an event carries so its
+  /// consumer joins the trace.
+  public var traceHeaders: [String: String] {
+    guard let trace else { return [:] }
+    var headers = ["traceparent": trace.traceparent]
+    if let state = trace.traceState { headers["tracestate"] = state }
+    return headers
+  }
 }
 
 /// The tracer apps on `MeshServiceKit` run with (swift-distributed-tracing's `Tracer`): W3C

@@ -4,14 +4,25 @@ import ShopProtos
 import ShopSupport
 import SwiftProtobuf
 
-/// `shop.v1.UserService` over its own SQLite database.
+/// `shop.v1.UserService` over its own SQLite database. Creating a user also writes its
+/// `user.created` event to the database's outbox, in the same transaction.
 public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
   private let database: DatabasePool
 
-  /// Opens (creating and migrating if needed) the database at `path`.
-  public init(databasePath path: String) throws {
+  /// The trace context to put on the events a call publishes (`traceparent`, `tracestate`).
+  private let eventHeaders: @Sendable () -> [String: String]
+
+  /// Opens (creating and migrating if needed) the database at `path`. `eventHeaders` gives the
+  /// headers an event published by the current call carries: its trace context.
+  public init(
+    databasePath path: String, eventHeaders: @escaping @Sendable () -> [String: String] = { [:] }
+  ) throws {
     self.database = try openShopDatabase(path: path, migrator: Self.migrator)
+    self.eventHeaders = eventHeaders
   }
+
+  /// The database, for the outbox relay that publishes its `user.created` events.
+  public var outboxDatabase: DatabasePool { database }
 
   public func createUser(
     request: Shop_V1_CreateUserRequest, context: ServerContext
@@ -31,14 +42,27 @@ public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
       $0.name = name
       $0.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
     }
+    // `user.created` is written with the user, in one transaction (the outbox).
+    var created = Shop_V1_UserCreated()
+    created.userID = user.id
+    created.email = user.email
+    created.name = user.name
+    created.createTime = user.createTime
+    var event = Shop_V1_Event()
+    event.id = "user.created/\(user.id)"
+    event.topic = "user.created"
+    event.type = "shop.v1.UserCreated"
+    event.payload = try created.serializedData()
+    event.headers = eventHeaders()
     do {
-      try await database.write { db in
+      try await database.write { [event] db in
         try db.execute(
           sql: """
             INSERT INTO users (id, email, email_key, name, create_time_ns)
             VALUES (?, ?, ?, ?, ?)
             """,
           arguments: [user.id, user.email, email.lowercased(), user.name, now])
+        try Outbox.append(event, in: db)
       }
     } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
       // The unique index decides, so two instances racing on one email cannot both win.
@@ -107,6 +131,7 @@ public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
           )
           """)
     }
+    Outbox.register(in: &migrator)
     return migrator
   }
 }

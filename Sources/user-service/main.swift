@@ -1,9 +1,14 @@
 import ArgumentParser
+import Logging
 import MeshServiceKit
+import ServiceLifecycle
 import ShopProtos
+import ShopSupport
+import Tracing
 import UserService
 
-/// `user-service`: hosts `shop.v1.UserService` over a SQLite database.
+/// `user-service`: hosts `shop.v1.UserService` over a SQLite database, and with `--sidecar`
+/// publishes its outbox (`user.created`) to the `events` service through the sidecar.
 @main
 struct UserServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -14,10 +19,37 @@ struct UserServiceCommand: AsyncParsableCommand {
   @Option(help: "SQLite database file; created if missing.")
   var db = ".trellis/users/users.sqlite"
 
+  @Option(
+    help:
+      "The sidecar's outbound listener, HOST:PORT: the outbox is published to the events service through it (without it, events wait in the outbox)."
+  )
+  var sidecar: String?
+
   func run() async throws {
+    // An event carries the trace of the call that caused it.
+    let users = try UserService(
+      databasePath: db, eventHeaders: { ServiceContext.current?.traceHeaders ?? [:] })
+    var others: [any Service] = []
+    if let sidecar {
+      let address: HostPort
+      do {
+        address = try HostPort(parsing: sidecar)
+      } catch {
+        throw ValidationError("--sidecar: \(error)")
+      }
+      let clients = SidecarClients(sidecar: address)
+      others.append(clients)
+      others.append(
+        OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "user-service")) { event in
+          var request = Shop_V1_PublishRequest()
+          request.event = event
+          _ = try await Shop_V1_EventService.Client(wrapping: try clients.client(for: "events"))
+            .publish(request)
+        })
+    }
     try await options.serve(
       name: "user-service", defaultListen: "127.0.0.1:50051",
-      descriptorSets: [ShopProtosDescriptors.fileDescriptorSet]
-    ) { [try UserService(databasePath: db)] }
+      descriptorSets: [ShopProtosDescriptors.fileDescriptorSet], others: others
+    ) { [users] }
   }
 }
