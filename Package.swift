@@ -193,7 +193,10 @@ let package = Package(
     ),
     .executableTarget(
       name: "order-service",
-      dependencies: ["OrderService", "ShopProtos", "MeshServiceKit", argumentParser],
+      dependencies: [
+        "OrderService", "ShopProtos", "ShopSupport", "MeshServiceKit", argumentParser, grpcCore,
+        logging, lifecycle,
+      ],
       swiftSettings: swiftSettings
     ),
     .executableTarget(

@@ -4,9 +4,10 @@ import ShopProtos
 import ShopSupport
 import SwiftProtobuf
 
-/// `shop.v1.OrderService` over its own SQLite database.
+/// `shop.v1.OrderService` over its own SQLite database, with the customer records it keeps
+/// from users' `user.created` events (`Customers.swift`).
 public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
-  private let database: DatabasePool
+  let database: DatabasePool
 
   /// Opens (creating and migrating if needed) the database at `path`.
   public init(databasePath path: String) throws {
@@ -235,6 +236,7 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
           );
           """)
     }
+    registerCustomers(in: &migrator)
     return migrator
   }
 }

@@ -6,6 +6,7 @@ import ShopProtos
 import ShopSupport
 import SwiftProtobuf
 import Testing
+import OrderService
 import UserService
 
 /// `user.created` goes through the users service's outbox: written with the user in one
@@ -66,5 +67,74 @@ import UserService
       _ = try await users.createUser(request: request, context: context())
     }
     #expect(try await users.outboxDatabase.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") } == 1)
+  }
+}
+
+/// orders consumes `user.created` from a real event bus and keeps one customer record per
+/// user, whatever is delivered twice.
+@Suite struct CustomerRecordTests {
+  /// Forwards what a subscription writes to the consumer's handler.
+  final class Forwarder: RPCWriterProtocol, Sendable {
+    let each: @Sendable (Shop_V1_Delivery) async throws -> Void
+    init(_ each: @escaping @Sendable (Shop_V1_Delivery) async throws -> Void) { self.each = each }
+    func write(_ element: Shop_V1_Delivery) async throws { try await each(element) }
+    func write(contentsOf elements: some Sequence<Shop_V1_Delivery>) async throws {
+      for element in elements { try await write(element) }
+    }
+  }
+
+  @Test func eachUserBecomesOneCustomer() async throws {
+    let bus = try EventService(
+      databasePath: try databasePath("customers-events"), pollInterval: .milliseconds(50))
+    let users = try UserService(databasePath: try databasePath("customers-users"))
+    let orders = try OrderService(databasePath: try databasePath("customers-orders"))
+    let publish: OutboxRelay.Publish = { event in
+      var request = Shop_V1_PublishRequest()
+      request.event = event
+      _ = try await bus.publish(request: request, context: context())
+    }
+    var ids: [String] = []
+    for name in ["Ada", "Grace", "Edsger"] {
+      var request = Shop_V1_CreateUserRequest()
+      request.email = "\(name.lowercased())@example.com"
+      request.name = name
+      ids.append(try await users.createUser(request: request, context: context()).id)
+    }
+    var lookup = Shop_V1_GetCustomerRequest()
+    lookup.userID = ids[0]
+    await expectStatus(.notFound) {
+      _ = try await orders.getCustomer(request: lookup, context: context())
+    }
+    try await OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "test"), publish: publish)
+      .relayOnce()
+
+    let consumer = EventConsumer(
+      topic: "user.created", group: "orders", logger: Logger(label: "test"),
+      subscribe: { request, each in
+        try await bus.subscribe(request: request, response: RPCWriter(wrapping: Forwarder(each)), context: context())
+      },
+      acknowledge: { request in _ = try await bus.ack(request: request, context: context()) },
+      handle: { event in try await orders.handleUserCreated(event) })
+    let running = Task { try await consumer.run() }
+    defer { running.cancel() }
+    let deadline = ContinuousClock.now + .seconds(5)
+    var customers: [Shop_V1_Customer] = []
+    while customers.count < 3, ContinuousClock.now < deadline {
+      customers = []
+      for id in ids {
+        lookup.userID = id
+        if let customer = try? await orders.getCustomer(request: lookup, context: context()) {
+          customers.append(customer)
+        }
+      }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    #expect(customers.map(\.name) == ["Ada", "Grace", "Edsger"])
+    #expect(customers[0].email == "ada@example.com" && customers[0].createTime.seconds > 0)
+    // Delivered again (a redelivery after a crash before the ack): nothing changes.
+    let event = try #require(
+      try await users.outboxDatabase.read { db in try Data.fetchOne(db, sql: "SELECT event FROM outbox") }
+        .map { try Shop_V1_Event(serializedBytes: $0) })
+    #expect(try await orders.handleUserCreated(event) == false)
   }
 }

@@ -85,13 +85,27 @@ public enum Shop_V1_OrderService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "GetCustomer" metadata.
+        public enum GetCustomer: Sendable {
+            /// Request type for "GetCustomer".
+            public typealias Input = Shop_V1_GetCustomerRequest
+            /// Response type for "GetCustomer".
+            public typealias Output = Shop_V1_Customer
+            /// Descriptor for "GetCustomer".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "shop.v1.OrderService"),
+                method: "GetCustomer",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "shop.v1.OrderService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             CreateOrder.descriptor,
             GetOrder.descriptor,
             ListOrders.descriptor,
             CancelOrder.descriptor,
-            MarkOrderPaid.descriptor
+            MarkOrderPaid.descriptor,
+            GetCustomer.descriptor
         ]
     }
 }
@@ -213,6 +227,25 @@ extension Shop_V1_OrderService {
             request: GRPCCore.StreamingServerRequest<Shop_V1_MarkOrderPaidRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Order>
+
+        /// Handle the "GetCustomer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Returns the customer record orders keeps of a user, made from the user's `user.created`
+        /// > event. NOT_FOUND until that event has been handled.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Shop_V1_GetCustomerRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Shop_V1_Customer` messages.
+        func getCustomer(
+            request: GRPCCore.StreamingServerRequest<Shop_V1_GetCustomerRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Customer>
     }
 
     /// Service protocol for the "shop.v1.OrderService" service.
@@ -318,6 +351,25 @@ extension Shop_V1_OrderService {
             request: GRPCCore.ServerRequest<Shop_V1_MarkOrderPaidRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Shop_V1_Order>
+
+        /// Handle the "GetCustomer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Returns the customer record orders keeps of a user, made from the user's `user.created`
+        /// > event. NOT_FOUND until that event has been handled.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Shop_V1_GetCustomerRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Shop_V1_Customer` message.
+        func getCustomer(
+            request: GRPCCore.ServerRequest<Shop_V1_GetCustomerRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Shop_V1_Customer>
     }
 
     /// Simple service protocol for the "shop.v1.OrderService" service.
@@ -421,6 +473,25 @@ extension Shop_V1_OrderService {
             request: Shop_V1_MarkOrderPaidRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Shop_V1_Order
+
+        /// Handle the "GetCustomer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Returns the customer record orders keeps of a user, made from the user's `user.created`
+        /// > event. NOT_FOUND until that event has been handled.
+        ///
+        /// - Parameters:
+        ///   - request: A `Shop_V1_GetCustomerRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Shop_V1_Customer` to respond with.
+        func getCustomer(
+            request: Shop_V1_GetCustomerRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Shop_V1_Customer
     }
 }
 
@@ -483,6 +554,17 @@ extension Shop_V1_OrderService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Shop_V1_OrderService.Method.GetCustomer.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_GetCustomerRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_Customer>(),
+            handler: { request, context in
+                try await self.getCustomer(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -538,6 +620,17 @@ extension Shop_V1_OrderService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Order> {
         let response = try await self.markOrderPaid(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func getCustomer(
+        request: GRPCCore.StreamingServerRequest<Shop_V1_GetCustomerRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Customer> {
+        let response = try await self.getCustomer(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -606,6 +699,19 @@ extension Shop_V1_OrderService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Shop_V1_Order> {
         return GRPCCore.ServerResponse<Shop_V1_Order>(
             message: try await self.markOrderPaid(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func getCustomer(
+        request: GRPCCore.ServerRequest<Shop_V1_GetCustomerRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Shop_V1_Customer> {
+        return GRPCCore.ServerResponse<Shop_V1_Customer>(
+            message: try await self.getCustomer(
                 request: request.message,
                 context: context
             ),
@@ -742,6 +848,30 @@ extension Shop_V1_OrderService {
             deserializer: some GRPCCore.MessageDeserializer<Shop_V1_Order>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Order>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetCustomer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Returns the customer record orders keeps of a user, made from the user's `user.created`
+        /// > event. NOT_FOUND until that event has been handled.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Shop_V1_GetCustomerRequest` message.
+        ///   - serializer: A serializer for `Shop_V1_GetCustomerRequest` messages.
+        ///   - deserializer: A deserializer for `Shop_V1_Customer` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getCustomer<Result>(
+            request: GRPCCore.ClientRequest<Shop_V1_GetCustomerRequest>,
+            serializer: some GRPCCore.MessageSerializer<Shop_V1_GetCustomerRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Shop_V1_Customer>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Customer>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -936,6 +1066,41 @@ extension Shop_V1_OrderService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "GetCustomer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Returns the customer record orders keeps of a user, made from the user's `user.created`
+        /// > event. NOT_FOUND until that event has been handled.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Shop_V1_GetCustomerRequest` message.
+        ///   - serializer: A serializer for `Shop_V1_GetCustomerRequest` messages.
+        ///   - deserializer: A deserializer for `Shop_V1_Customer` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getCustomer<Result>(
+            request: GRPCCore.ClientRequest<Shop_V1_GetCustomerRequest>,
+            serializer: some GRPCCore.MessageSerializer<Shop_V1_GetCustomerRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Shop_V1_Customer>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Customer>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Shop_V1_OrderService.Method.GetCustomer.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1084,6 +1249,36 @@ extension Shop_V1_OrderService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_MarkOrderPaidRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_Order>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetCustomer" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Returns the customer record orders keeps of a user, made from the user's `user.created`
+    /// > event. NOT_FOUND until that event has been handled.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Shop_V1_GetCustomerRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getCustomer<Result>(
+        request: GRPCCore.ClientRequest<Shop_V1_GetCustomerRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Customer>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getCustomer(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_GetCustomerRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_Customer>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1254,6 +1449,40 @@ extension Shop_V1_OrderService.ClientProtocol {
             metadata: metadata
         )
         return try await self.markOrderPaid(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetCustomer" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Returns the customer record orders keeps of a user, made from the user's `user.created`
+    /// > event. NOT_FOUND until that event has been handled.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getCustomer<Result>(
+        _ message: Shop_V1_GetCustomerRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Customer>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Shop_V1_GetCustomerRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getCustomer(
             request: request,
             options: options,
             onResponse: handleResponse
