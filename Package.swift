@@ -195,7 +195,7 @@ let package = Package(
       name: "order-service",
       dependencies: [
         "OrderService", "ShopProtos", "ShopSupport", "MeshServiceKit", argumentParser, grpcCore,
-        logging, lifecycle,
+        logging, lifecycle, .product(name: "Tracing", package: "swift-distributed-tracing"),
       ],
       swiftSettings: swiftSettings
     ),

@@ -15,6 +15,14 @@ extension ServiceContext {
     set { self[TraceContextKey.self] = newValue }
   }
 
+  /// The context an event's headers carry (`traceparent`, `tracestate`): its consumer's work
+  /// runs under it, so the asynchronous hop joins the publisher's trace.
+  public static func carried(by headers: [String: String]) -> ServiceContext {
+    var context = ServiceContext.topLevel
+    InstrumentationSystem.instrument.extract(headers, into: &context, using: HeaderExtractor())
+    return context
+  }
+
   /// The trace context as headers (`traceparent`, `tracestate`): what an event carries so its
   /// consumer joins the trace.
   public var traceHeaders: [String: String] {
@@ -54,6 +62,8 @@ public final class MeshTracer: Tracer {
       switch kind {
       case .server: .server
       case .client: .client
+      case .producer: .producer
+      case .consumer: .consumer
       default: .internal
       }
     return MeshSpan(
@@ -181,4 +191,8 @@ public final class MeshSpan: Tracing.Span {
     }
     return out.sorted { $0.key < $1.key }
   }
+}
+
+struct HeaderExtractor: Extractor {
+  func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
 }

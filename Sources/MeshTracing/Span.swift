@@ -2,7 +2,7 @@
 /// mesh writes. Times are nanoseconds since the Unix epoch.
 public struct Span: Sendable {
   public enum Kind: Int, Sendable {
-    case `internal` = 1, server = 2, client = 3
+    case `internal` = 1, server = 2, client = 3, producer = 4, consumer = 5
   }
 
   public enum Status: Sendable, Equatable {

@@ -6,6 +6,7 @@ import OrderService
 import ServiceLifecycle
 import ShopProtos
 import ShopSupport
+import Tracing
 
 /// `order-service`: hosts `shop.v1.OrderService` over a SQLite database, and with `--sidecar`
 /// keeps a customer record per user from the `user.created` events it consumes (group
@@ -51,7 +52,16 @@ struct OrderServiceCommand: AsyncParsableCommand {
             _ = try await Shop_V1_EventService.Client(wrapping: try clients.client(for: "events"))
               .ack(request)
           },
-          handle: { event in try await orders.handleUserCreated(event) }))
+          handle: { event in
+            // Under the trace of the call that published the event.
+            try await withSpan(
+              "\(event.topic) process", context: .carried(by: event.headers), ofKind: .consumer
+            ) { span in
+              span.attributes["messaging.destination.name"] = event.topic
+              span.attributes["messaging.message.id"] = event.id
+              try await orders.handleUserCreated(event)
+            }
+          }))
     }
     try await options.serve(
       name: "order-service", defaultListen: "127.0.0.1:50052",

@@ -43,8 +43,11 @@ struct UserServiceCommand: AsyncParsableCommand {
         OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "user-service")) { event in
           var request = Shop_V1_PublishRequest()
           request.event = event
-          _ = try await Shop_V1_EventService.Client(wrapping: try clients.client(for: "events"))
-            .publish(request)
+          // The publication joins the trace of the call that made the event.
+          try await ServiceContext.withValue(.carried(by: event.headers)) {
+            _ = try await Shop_V1_EventService.Client(wrapping: try clients.client(for: "events"))
+              .publish(request)
+          }
         })
     }
     try await options.serve(

@@ -440,6 +440,73 @@ import Testing
     #expect(made > 200 && seen >= 5 && seen <= 25, "\(seen) of \(made)")
   }
 
+  /// A shop service beside its own registered sidecar, exporting its spans to it (and, with
+  /// `callsOut`, calling other services through it).
+  func shopService(_ service: String, _ executable: String, callsOut: Bool = true) throws
+    -> RunningSidecar
+  {
+    let port = try freeLoopbackPort()
+    let sidecar = try self.sidecar(service, app: "127.0.0.1:\(port)", register: true)
+    let app = try ServiceProcess(
+      binary(executable),
+      [
+        "--listen", "127.0.0.1:\(port)", "--db",
+        mesh.directory.appendingPathComponent("\(service).sqlite").path,
+      ] + (callsOut ? ["--sidecar", sidecar.outbound] : []),
+      environment: [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://\(sidecar.admin)/v1/traces",
+        "OTEL_SERVICE_NAME": service,
+      ])
+    processes.append(app)
+    return sidecar
+  }
+
+  /// A user created through the mesh becomes a customer in orders — `user.created` goes from
+  /// users' outbox through the events service to orders' consumer — and the trace of the
+  /// CreateUser call holds the asynchronous hop: the publication and orders' handling.
+  @Test func aUserCreatedBecomesACustomerAndTheEventHopIsTraced() throws {
+    try apply()
+    _ = try shopService("events", "event-service", callsOut: false)
+    _ = try shopService("users", "user-service")
+    _ = try shopService("orders", "order-service")
+    let client = try sidecar("client")
+    try waitForRegistrations(["events", "users", "orders"])
+    let created = try rpc([
+      "call", "--plaintext", "--authority", "users", client.outbound,
+      "shop.v1.UserService/CreateUser", "-d", #"{"email":"ada@example.com","name":"Ada"}"#,
+    ])
+    #expect(created.status == 0, "\(created.stderr)")
+    let user = try #require(try jsonObjects(created.stdout).first?["id"] as? String, "\(created.stdout)")
+
+    var customer: [String: Any]?
+    let deadline = Date().addingTimeInterval(20)
+    while customer == nil, Date() < deadline {
+      let found = try rpc([
+        "call", "--plaintext", "--authority", "orders", client.outbound,
+        "shop.v1.OrderService/GetCustomer", "-d", #"{"userId":"\#(user)"}"#,
+      ])
+      if found.status == 0 { customer = try jsonObjects(found.stdout).first }
+      else { Thread.sleep(forTimeInterval: 0.2) }
+    }
+    #expect(customer?["name"] as? String == "Ada", "orders never learnt of \(user)")
+    #expect(customer?["email"] as? String == "ada@example.com")
+
+    let spans = try trace(["--method", "shop.v1.UserService/CreateUser"], spans: 7, timeout: 30)
+    let labels = Set(spans.map(\.label))
+    for expected in [
+      "client sidecar client", "users sidecar server", "users app server", "users sidecar client",
+      "events sidecar server", "events app server", "orders app consumer",
+    ] {
+      #expect(labels.contains(expected), "no \(expected) span in \(labels.sorted())")
+    }
+    let create = try #require(spans.first { $0.label == "users app server" })
+    let consume = try #require(spans.first { $0.label == "orders app consumer" })
+    #expect(consume.name == "user.created process" && consume.parent == create.id)
+    #expect(consume.attributes["messaging.message.id"] as? String == "user.created/\(user)")
+    let publish = try #require(spans.first { $0.label == "users sidecar client" })
+    #expect(publish.parent == create.id && publish.attributes["rpc.method"] as? String == "Publish")
+  }
+
   // MARK: Waiting
 
   func waitForRegistrations(_ services: [String]) throws {
@@ -485,7 +552,7 @@ struct DumpedSpan {
 
   /// `a sidecar server`, `b app internal`.
   var label: String {
-    "\(service) \(component) \([1: "internal", 2: "server", 3: "client"][kind] ?? "?")"
+    "\(service) \(component) \([1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"][kind] ?? "?")"
   }
 
   static func parse(_ text: String) throws -> [DumpedSpan] {
