@@ -1,3 +1,4 @@
+import ArgumentParser
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import ServiceLifecycle
@@ -15,6 +16,15 @@ public final class SidecarClients: Service, Sendable {
 
   public init(sidecar: HostPort) {
     self.sidecar = sidecar
+  }
+
+  /// Clients through the sidecar an executable's `--sidecar HOST:PORT` names.
+  public convenience init(option address: String) throws {
+    do {
+      self.init(sidecar: try HostPort(parsing: address))
+    } catch {
+      throw ValidationError("--sidecar: \(error)")
+    }
   }
 
   /// The client for `service`, connected on first use.

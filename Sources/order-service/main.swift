@@ -31,13 +31,7 @@ struct OrderServiceCommand: AsyncParsableCommand {
     let orders = try OrderService(databasePath: db)
     var others: [any Service] = []
     if let sidecar {
-      let address: HostPort
-      do {
-        address = try HostPort(parsing: sidecar)
-      } catch {
-        throw ValidationError("--sidecar: \(error)")
-      }
-      let clients = SidecarClients(sidecar: address)
+      let clients = try SidecarClients(option: sidecar)
       others.append(clients)
       others.append(
         EventConsumer(

@@ -19,13 +19,7 @@ struct RelayCommand: AsyncParsableCommand {
   var sidecar = "127.0.0.1:15002"
 
   func run() async throws {
-    let address: HostPort
-    do {
-      address = try HostPort(parsing: sidecar)
-    } catch {
-      throw ValidationError("--sidecar: \(error)")
-    }
-    let clients = SidecarClients(sidecar: address)
+    let clients = try SidecarClients(option: sidecar)
     try await options.serve(
       name: name, defaultListen: "127.0.0.1:50070",
       descriptorSets: [PackageResources.relay_protoset], others: [clients]

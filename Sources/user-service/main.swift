@@ -31,13 +31,7 @@ struct UserServiceCommand: AsyncParsableCommand {
       databasePath: db, eventHeaders: { ServiceContext.current?.traceHeaders ?? [:] })
     var others: [any Service] = []
     if let sidecar {
-      let address: HostPort
-      do {
-        address = try HostPort(parsing: sidecar)
-      } catch {
-        throw ValidationError("--sidecar: \(error)")
-      }
-      let clients = SidecarClients(sidecar: address)
+      let clients = try SidecarClients(option: sidecar)
       others.append(clients)
       others.append(
         OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "user-service")) { event in
