@@ -70,9 +70,9 @@ import Testing
     #expect(again.duplicate && again.sequence == first.sequence)
     let delivered = try await receive(bus, group: "orders", count: 2)
     #expect(delivered.map(\.event.id) == ["usr_1", "usr_2"])
-    let first = try #require(delivered.first)
-    #expect(first.event.payload == Data("p".utf8), "the first publication stands")
-    #expect(first.event.headers["traceparent"]?.hasPrefix("00-4bf92f") == true)
+    let earliest = try #require(delivered.first)
+    #expect(earliest.event.payload == Data("p".utf8), "the first publication stands")
+    #expect(earliest.event.headers["traceparent"]?.hasPrefix("00-4bf92f") == true)
     #expect(delivered.allSatisfy { $0.attempt == 1 && $0.event.publishTime.seconds > 0 })
   }
 
