@@ -53,7 +53,7 @@ public struct EventConsumer: Service {
         }
         pause = .milliseconds(200)
       } catch {
-        if Task.isShuttingDownGracefully { return }
+        if Task.isShuttingDownGracefully || Task.isCancelled { return }
         logger.warning(
           "event subscription lost; subscribing again",
           metadata: ["topic": "\(topic)", "error": "\(error)", "retry_in": "\(pause)"])

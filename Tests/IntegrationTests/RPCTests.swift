@@ -180,7 +180,8 @@ import Testing
     let listed = try rpc(["list", "--plaintext", address, "--protoset", protoset.path])
     #expect(
       listed.stdout.split(separator: "\n") == [
-        "shop.v1.OrderService", "shop.v1.PaymentService", "shop.v1.UserService",
+        "shop.v1.EventService", "shop.v1.OrderService", "shop.v1.PaymentService",
+        "shop.v1.UserService",
       ])
     let broken = directory.appendingPathComponent("broken.protoset")
     try Data([0x0A, 0x05, 0x01]).write(to: broken)

@@ -34,7 +34,7 @@ import Testing
   /// a short ack deadline pass meanwhile: what comes after the first `count` is not looked at.)
   func receive(
     _ bus: EventService, group: String, count: Int, ackDeadline: UInt32 = 30,
-    timeout: Duration = .seconds(60)
+    timeout: Duration = .seconds(300)
   ) async throws -> [Shop_V1_Delivery] {
     var request = Shop_V1_SubscribeRequest()
     request.topic = "user.created"
