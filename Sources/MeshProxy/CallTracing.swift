@@ -152,7 +152,7 @@ struct CallRecord {
   var codeName: String
   var message: String?
   var peer: String?
-  var endpoint: String?
+  var endpoint: Endpoint?
   var attempts: Int?
   var route: String?
   var seconds: Double
@@ -169,13 +169,9 @@ struct CallRecord {
     if let code { attributes.append(.int(SpanAttribute.grpcStatusCode, code)) }
     if let peer { attributes.append(.string(SpanAttribute.peerIdentity, peer)) }
     if let endpoint {
-      attributes.append(.string(SpanAttribute.endpoint, endpoint))
-      if let colon = endpoint.lastIndex(of: ":") {
-        attributes.append(.string(SpanAttribute.serverAddress, String(endpoint[..<colon])))
-        if let port = Int(endpoint[endpoint.index(after: colon)...]) {
-          attributes.append(.int(SpanAttribute.serverPort, port))
-        }
-      }
+      attributes.append(.string(SpanAttribute.endpoint, endpoint.description))
+      attributes.append(.string(SpanAttribute.serverAddress, endpoint.host))
+      attributes.append(.int(SpanAttribute.serverPort, endpoint.port))
     }
     if let attempts { attributes.append(.int(SpanAttribute.attempts, attempts)) }
     if direction == "inbound" { attributes.append(.int(SpanAttribute.attempt, trace.attempt)) }
@@ -213,7 +209,7 @@ struct CallRecord {
     fields.append(("grpc_code", jsonString(codeName)))
     fields.append(("duration_ms", "\((seconds * 1_000_000).rounded() / 1000)"))
     fields.append(("attempts", "\(attempts ?? trace?.attempt ?? 1)"))
-    if let endpoint { fields.append(("endpoint", jsonString(endpoint))) }
+    if let endpoint { fields.append(("endpoint", jsonString(endpoint.description))) }
     return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}\n"
   }
 }

@@ -32,7 +32,7 @@ final class ForwardedCall {
   var peer: String?
   private var routeName: String?
   /// Where the last attempt went, and how many there were.
-  private var endpointName: String?
+  private var lastEndpoint: Endpoint?
   private var attemptsMade = 0
   /// The attempt's connection and stream; nil between attempts.
   var upstream: ForwardingConnection?
@@ -99,7 +99,7 @@ final class ForwardedCall {
       if let deadline { setTimeout(&headers, until: deadline) }
     }
     attemptOpen = true
-    endpointName = endpoint.description
+    lastEndpoint = endpoint
     attemptsMade = 1
     pool.connection(to: endpoint).open(self, headers: headers, endStream: endStream)
   }
@@ -192,7 +192,7 @@ final class ForwardedCall {
     }
     plan.tried.append(endpoint)
     plan.current = endpoint
-    endpointName = endpoint.endpoint.description
+    lastEndpoint = endpoint.endpoint
     peer = endpoint.endpoint.expectedIdentity
     attemptsMade += 1
     endpoint.callStarted()
@@ -476,7 +476,7 @@ final class ForwardedCall {
       direction: direction, service: service, path: method,
       code: code.flatMap { Int($0) } ?? (reset ? 1 : nil), codeName: name,
       message: statusMessage, peer: peer,
-      endpoint: endpointName, attempts: direction == "outbound" ? max(attemptsMade, 1) : nil,
+      endpoint: lastEndpoint, attempts: direction == "outbound" ? max(attemptsMade, 1) : nil,
       route: routeName, seconds: seconds)
     let end = WallClock.now()
     if sampled, let trace { tracing.sink?.record(record.span(trace, end: end)) }
@@ -530,7 +530,7 @@ final class ForwardedCall {
     trace?.event(
       "per_try_timeout",
       [.int("attempt", attemptsMade), .int("timeout_ms", Int(perTry))]
-        + (endpointName.map { [.string("endpoint", $0)] } ?? []))
+        + (lastEndpoint.map { [.string("endpoint", $0.description)] } ?? []))
     if !responseStarted, retry(.perTryTimeout) { return }
     metrics?.recordDeadlineExceeded(direction: direction, service: service)
     attemptEnded(failed: true)
@@ -557,7 +557,7 @@ final class ForwardedCall {
         [
           .int("attempt", attemptsMade + 1), .string("reason", end.reason),
           .int("backoff_ms", Int(milliseconds(delay))),
-        ] + (endpointName.map { [.string("previous_endpoint", $0)] } ?? []))
+        ] + (lastEndpoint.map { [.string("previous_endpoint", $0.description)] } ?? []))
       attemptEnded(failed: end.countsAsFailure)
       abandonAttempt()
       attemptTimer = schedule(at: .now() + delay) { $0.startAttempt() }
