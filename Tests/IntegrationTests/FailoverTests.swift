@@ -59,7 +59,8 @@ import Testing
   /// An instance that fails every call is ejected after 5 failures in a row, and the retries
   /// its failures cause stay inside the retry budget. Round robin keeps sending it its share
   /// until then (peak-EWMA may stop choosing it after fewer failures, before ejection, which is
-  /// timing-dependent), so the count is exact.
+  /// timing-dependent). With 4 calls in flight, up to 3 may already be on their way to it when
+  /// the 5th failure ejects it, so it executes 5 to 8 calls — and is ejected exactly once.
   @Test func aFailingInstanceIsEjectedAndRetriesStayInTheBudget() throws {
     let scene = try Scene("eject")
     let healthy = try ["a", "b"].map { try scene.server($0) }
@@ -73,12 +74,14 @@ import Testing
           retryBudget: {percent: 20, minPerSecond: 10, window: 10s}
       \(RetryAndDeadlineTests.idempotent)
       """)
-    let result = try calls.load(client, "Get", seconds: 3, concurrency: 4)
+    let concurrency = 4
+    let result = try calls.load(client, "Get", seconds: 3, concurrency: concurrency)
     let codes = result["codes"] as? [String: Int] ?? [:]
     #expect(codes.keys.sorted() == ["OK"], "\(result)")
     let executions = try scene.executions().filter { $0["method"] as? String == "Get" }
     let onBad = executions.filter { $0["server"] as? String == "bad" }.count
-    #expect(onBad == 5, "the failing instance executed \(onBad) calls")
+    #expect(
+      (5...(5 + concurrency - 1)).contains(onBad), "the failing instance executed \(onBad) calls")
     // Amplification: executions per call, over the whole run.
     let callsMade = Double(result["calls"] as? Int ?? 0)
     let amplification = Double(executions.count) / max(callsMade, 1)
