@@ -165,7 +165,7 @@ let package = Package(
     ),
     .target(
       name: "OrderService",
-      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf, logging, lifecycle],
       swiftSettings: swiftSettings
     ),
     .target(

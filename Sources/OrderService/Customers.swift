@@ -38,19 +38,23 @@ extension OrderService {
     async throws -> Shop_V1_Customer
   {
     try Validate.required(request.userID, "user_id")
-    let row = try await database.read { db in
-      try Row.fetchOne(db, sql: "SELECT * FROM customers WHERE user_id = ?", arguments: [request.userID])
+    let customer = try await database.read { db -> Shop_V1_Customer? in
+      try Row.fetchOne(
+        db, sql: "SELECT * FROM customers WHERE user_id = ?", arguments: [request.userID]
+      ).map { row in
+        .with {
+          $0.userID = row["user_id"]
+          $0.email = row["email"]
+          $0.name = row["name"]
+          $0.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: row["create_time_ns"])
+        }
+      }
     }
-    guard let row else {
+    guard let customer else {
       throw RPCError(
         code: .notFound,
         message: "no customer \(request.userID): its user.created event has not been handled")
     }
-    var customer = Shop_V1_Customer()
-    customer.userID = row["user_id"]
-    customer.email = row["email"]
-    customer.name = row["name"]
-    customer.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: row["create_time_ns"])
     return customer
   }
 

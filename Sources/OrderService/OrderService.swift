@@ -1,18 +1,35 @@
 import GRDB
 import GRPCCore
+import Logging
 import ShopProtos
 import ShopSupport
 import SwiftProtobuf
 
 /// `shop.v1.OrderService` over its own SQLite database, with the customer records it keeps
-/// from users' `user.created` events (`Customers.swift`).
+/// from users' `user.created` events (`Customers.swift`) and, given a payments client, the saga
+/// that charges each order (`OrderSaga.swift`).
 public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
   let database: DatabasePool
+  /// Without payments, orders stay PENDING (the service alone, as in its unit tests).
+  let saga: OrderSaga?
 
   /// Opens (creating and migrating if needed) the database at `path`.
-  public init(databasePath path: String) throws {
-    self.database = try openShopDatabase(path: path, migrator: Self.migrator)
+  public init(
+    databasePath path: String, payments: PaymentsClient? = nil,
+    saga settings: OrderSaga.Settings = .init(), tracing: SagaTracing? = nil,
+    logger: Logger = Logger(label: "order-service")
+  ) throws {
+    let database = try openShopDatabase(path: path, migrator: Self.migrator)
+    self.database = database
+    self.saga = payments.map {
+      OrderSaga(
+        database: database, payments: $0, settings: settings, tracing: tracing, logger: logger)
+    }
   }
+
+  /// The background worker that finishes sagas: those whose payment could not be reached at
+  /// once, and those another instance — or this one, before a restart — left unfinished.
+  public var sagaWorker: SagaWorker? { saga.map { SagaWorker(saga: $0) } }
 
   public func createOrder(
     request: Shop_V1_CreateOrderRequest, context: ServerContext
@@ -29,7 +46,8 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
       $0.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
       $0.updateTime = $0.createTime
     }
-    try await database.write { db in
+    let traceHeaders = saga?.currentTraceHeaders() ?? [:]
+    try await database.write { [saga] db in
       try db.execute(
         sql: """
           INSERT INTO orders (id, user_id, status, currency_code, total_minor, payment_id,
@@ -51,8 +69,13 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
             item.unitPrice.minorUnits,
           ])
       }
+      try saga?.begin(db, orderID: order.id, now: now, traceHeaders: traceHeaders)
     }
-    return order
+    guard let saga else { return order }
+    // The first step runs now, in this call (and its trace); what it leaves undone the worker
+    // finishes.
+    await saga.work(orderID: order.id)
+    return try await database.read { db in try Self.fetchOrder(db, id: order.id) }
   }
 
   public func getOrder(
@@ -89,56 +112,27 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
     request: Shop_V1_CancelOrderRequest, context: ServerContext
   ) async throws -> Shop_V1_Order {
     try Validate.required(request.id, "id")
-    return try await database.write { db in
-      var order = try Self.fetchOrder(db, id: request.id)
+    let (order, compensating) = try await database.write { [saga] db in
+      let order = try Self.fetchOrder(db, id: request.id)
       switch order.status {
       case .cancelled:
-        return order  // CancelOrder is idempotent: a repeat changes nothing.
-      case .paid:
+        return (order, false)  // CancelOrder is idempotent: a repeat changes nothing.
+      case .confirmed:
         throw RPCError(
           code: .failedPrecondition,
           message:
-            "order \(order.id) is paid (payment \(order.paymentID)); refund it before cancelling")
+            "order \(order.id) is confirmed (payment \(order.paymentID)); refund it before cancelling")
       default:
         let now = nowNanos()
-        try db.execute(
-          sql: "UPDATE orders SET status = ?, update_time_ns = ? WHERE id = ?",
-          arguments: [Shop_V1_OrderStatus.cancelled.rawValue, now, order.id])
-        order.status = .cancelled
-        order.updateTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
-        return order
+        let reason = "cancelled by request"
+        try OrderSaga.cancelOrder(db, id: order.id, reason: reason, now: now)
+        try saga?.compensate(db, orderID: order.id, reason: reason, now: now)
+        return (try Self.fetchOrder(db, id: order.id), saga != nil)
       }
     }
-  }
-
-  public func markOrderPaid(
-    request: Shop_V1_MarkOrderPaidRequest, context: ServerContext
-  ) async throws -> Shop_V1_Order {
-    try Validate.required(request.id, "id")
-    try Validate.required(request.paymentID, "payment_id")
-    return try await database.write { db in
-      var order = try Self.fetchOrder(db, id: request.id)
-      switch order.status {
-      case .paid where order.paymentID == request.paymentID:
-        return order
-      case .paid:
-        throw RPCError(
-          code: .failedPrecondition,
-          message: "order \(order.id) is already paid by payment \(order.paymentID)")
-      case .cancelled:
-        throw RPCError(
-          code: .failedPrecondition, message: "order \(order.id) is cancelled and cannot be paid")
-      default:
-        let now = nowNanos()
-        try db.execute(
-          sql: "UPDATE orders SET status = ?, payment_id = ?, update_time_ns = ? WHERE id = ?",
-          arguments: [Shop_V1_OrderStatus.paid.rawValue, request.paymentID, now, order.id])
-        order.status = .paid
-        order.paymentID = request.paymentID
-        order.updateTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
-        return order
-      }
-    }
+    // A charge that may have landed is cancelled now; the worker retries if payments is away.
+    if compensating, let saga { await saga.work(orderID: order.id) }
+    return order
   }
 
   /// Checks the line items and sums them; every price must be in one currency and the sum must
@@ -193,6 +187,7 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
         $0.minorUnits = row["total_minor"]
       }
       $0.paymentID = row["payment_id"]
+      $0.cancelReason = row["cancel_reason"]
       $0.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: row["create_time_ns"])
       $0.updateTime = Google_Protobuf_Timestamp(nanosSinceEpoch: row["update_time_ns"])
       $0.lineItems = items.map { item in
@@ -237,6 +232,7 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
           """)
     }
     registerCustomers(in: &migrator)
+    OrderSaga.registerSagas(in: &migrator)
     return migrator
   }
 }

@@ -43,6 +43,15 @@ public struct PaymentService: Shop_V1_PaymentService.SimpleServiceProtocol {
         }
         return first
       }
+      if let reason = try String.fetchOne(
+        db, sql: "SELECT reason FROM cancelled_charges WHERE idempotency_key = ?",
+        arguments: [request.idempotencyKey])
+      {
+        throw RPCError(
+          code: .failedPrecondition,
+          message: "charge declined: idempotency_key \(request.idempotencyKey) was cancelled"
+            + (reason.isEmpty ? "" : " (\(reason))"))
+      }
       guard request.amount.minorUnits <= limit else {
         throw RPCError(
           code: .failedPrecondition,
@@ -94,6 +103,43 @@ public struct PaymentService: Shop_V1_PaymentService.SimpleServiceProtocol {
     }
   }
 
+  public func cancelCharge(
+    request: Shop_V1_CancelChargeRequest, context: ServerContext
+  ) async throws -> Shop_V1_CancelChargeResponse {
+    try Validate.required(request.idempotencyKey, "idempotency_key", maxLength: 255)
+    guard request.reason.count <= 500 else {
+      throw Validate.invalid("reason", "is longer than 500 characters")
+    }
+    return try await database.write { db in
+      // One transaction, as Charge's check-then-insert is: a charge either landed before this
+      // (and is refunded here) or comes after it (and finds the key cancelled).
+      try db.execute(
+        sql: """
+          INSERT INTO cancelled_charges (idempotency_key, reason, create_time_ns) VALUES (?, ?, ?)
+          ON CONFLICT (idempotency_key) DO NOTHING
+          """,
+        arguments: [request.idempotencyKey, request.reason, nowNanos()])
+      var response = Shop_V1_CancelChargeResponse()
+      guard
+        let row = try Row.fetchOne(
+          db, sql: "SELECT * FROM payments WHERE idempotency_key = ?",
+          arguments: [request.idempotencyKey])
+      else { return response }
+      var payment = Self.payment(from: row)
+      if payment.status == .charged {
+        let now = nowNanos()
+        try db.execute(
+          sql: "UPDATE payments SET status = ?, refund_reason = ?, update_time_ns = ? WHERE id = ?",
+          arguments: [Shop_V1_PaymentStatus.refunded.rawValue, request.reason, now, payment.id])
+        payment.status = .refunded
+        payment.refundReason = request.reason
+        payment.updateTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
+      }
+      response.payment = payment
+      return response
+    }
+  }
+
   public func getPayment(
     request: Shop_V1_GetPaymentRequest, context: ServerContext
   ) async throws -> Shop_V1_Payment {
@@ -140,6 +186,16 @@ public struct PaymentService: Shop_V1_PaymentService.SimpleServiceProtocol {
             refund_reason TEXT NOT NULL,
             create_time_ns INTEGER NOT NULL,
             update_time_ns INTEGER NOT NULL
+          )
+          """)
+    }
+    migrator.registerMigration("v2: cancelled charges") { db in
+      try db.execute(
+        sql: """
+          CREATE TABLE cancelled_charges (
+            idempotency_key TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            create_time_ns INTEGER NOT NULL
           )
           """)
     }

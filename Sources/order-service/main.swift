@@ -8,9 +8,10 @@ import ShopProtos
 import ShopSupport
 import Tracing
 
-/// `order-service`: hosts `shop.v1.OrderService` over a SQLite database, and with `--sidecar`
-/// keeps a customer record per user from the `user.created` events it consumes (group
-/// `orders`) from the `events` service through the sidecar.
+/// `order-service`: hosts `shop.v1.OrderService` over a SQLite database. With `--sidecar` it
+/// charges each order through payments (the order saga) and keeps a customer record per user
+/// from the `user.created` events it consumes (group `orders`) from the `events` service, all
+/// through the sidecar.
 @main
 struct OrderServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -27,12 +28,56 @@ struct OrderServiceCommand: AsyncParsableCommand {
   )
   var sidecar: String?
 
+  @Option(
+    help:
+      "Without a sidecar: payments' address, HOST:PORT (h2c), for the order saga. Without either, orders stay PENDING."
+  )
+  var payments: String?
+
+  @Option(help: "A pending order whose charge has not completed in this many seconds is cancelled.")
+  var sagaTimeout: Double = 30
+
+  func validate() throws {
+    guard sagaTimeout > 0 else { throw ValidationError("--saga-timeout: must be positive") }
+    if sidecar != nil, payments != nil {
+      throw ValidationError("--payments: payments is reached through the sidecar; give one of the two")
+    }
+  }
+
   func run() async throws {
-    let orders = try OrderService(databasePath: db)
     var others: [any Service] = []
-    if let sidecar {
-      let clients = try SidecarClients(option: sidecar)
-      others.append(clients)
+    var paymentsClient: PaymentsClient?
+    let sidecarClients = try sidecar.map { try SidecarClients(option: $0) }
+    if let sidecarClients {
+      others.append(sidecarClients)
+      paymentsClient = PaymentsClient(
+        Shop_V1_PaymentService.Client(wrapping: try sidecarClients.client(for: "payments")),
+        timeout: .seconds(3))
+    } else if let payments {
+      let direct: SidecarClients
+      do {
+        direct = SidecarClients(sidecar: try HostPort(parsing: payments))
+      } catch {
+        throw ValidationError("--payments: \(error)")
+      }
+      others.append(direct)
+      paymentsClient = PaymentsClient(
+        Shop_V1_PaymentService.Client(wrapping: try direct.client(for: "payments")),
+        timeout: .seconds(3))
+    }
+    var settings = OrderSaga.Settings()
+    settings.timeout = .milliseconds(Int64(sagaTimeout * 1000))
+    let orders = try OrderService(
+      databasePath: db, payments: paymentsClient, saga: settings,
+      tracing: SagaTracing(
+        capture: { ServiceContext.current?.traceHeaders ?? [:] },
+        resume: { name, headers, step in
+          try await withSpan(name, context: .carried(by: headers), ofKind: .internal) { _ in
+            try await step()
+          }
+        }))
+    if let worker = orders.sagaWorker { others.append(worker) }
+    if let clients = sidecarClients {
       others.append(
         EventConsumer(
           topic: "user.created", group: "orders", logger: Logger(label: "order-service"),

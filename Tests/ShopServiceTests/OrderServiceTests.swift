@@ -59,55 +59,39 @@ import Testing
     #expect(await create([item("A", 10000, .max)]) == "line_items: the order total is too large")
   }
 
-  @Test func cancelIsIdempotentAndRefusedOncePaid() async throws {
-    let service = try OrderService(databasePath: try databasePath("orders"))
+  @Test func cancelIsIdempotentAndRefusedOnceConfirmed() async throws {
+    let payments = try PaymentsDesk()
+    let service = try OrderService(
+      databasePath: try databasePath("orders"), payments: payments.client)
+    payments.reachable = false
     let order = try await service.createOrder(
       request: .with {
         $0.userID = "usr_1"
         $0.lineItems = [item("A", 1, 500)]
       }, context: context())
+    #expect(order.status == .pending)
+    payments.reachable = true
     let cancelled = try await service.cancelOrder(
       request: .with { $0.id = order.id }, context: context())
     #expect(cancelled.status == .cancelled)
+    #expect(cancelled.cancelReason == "cancelled by request")
     let again = try await service.cancelOrder(
       request: .with { $0.id = order.id }, context: context())
     #expect(again == cancelled)
-    await expectStatus(.failedPrecondition) {
-      _ = try await service.markOrderPaid(
-        request: .with {
-          $0.id = order.id
-          $0.paymentID = "pay_1"
-        }, context: context())
-    }
+    // The compensation ran: a charge with the order's key is declined from now on.
+    #expect(payments.cancelled == [order.id])
 
-    let paid = try await service.createOrder(
+    let confirmed = try await service.createOrder(
       request: .with {
         $0.userID = "usr_1"
         $0.lineItems = [item("A", 1, 500)]
       }, context: context())
-    let marked = try await service.markOrderPaid(
-      request: .with {
-        $0.id = paid.id
-        $0.paymentID = "pay_1"
-      }, context: context())
-    #expect(marked.status == .paid)
-    #expect(
-      try await service.markOrderPaid(
-        request: .with {
-          $0.id = paid.id
-          $0.paymentID = "pay_1"
-        }, context: context()) == marked)
-    await expectStatus(.failedPrecondition) {
-      _ = try await service.markOrderPaid(
-        request: .with {
-          $0.id = paid.id
-          $0.paymentID = "pay_2"
-        }, context: context())
-    }
+    #expect(confirmed.status == .confirmed)
     let message = await expectStatus(.failedPrecondition) {
-      _ = try await service.cancelOrder(request: .with { $0.id = paid.id }, context: context())
+      _ = try await service.cancelOrder(
+        request: .with { $0.id = confirmed.id }, context: context())
     }
-    #expect(message.contains("is paid"))
+    #expect(message.contains("is confirmed (payment \(confirmed.paymentID))"))
     await expectStatus(.notFound) {
       _ = try await service.cancelOrder(
         request: .with { $0.id = "ord_missing" }, context: context())

@@ -106,3 +106,50 @@ import Testing
     }
   }
 }
+
+/// CancelCharge, the saga's compensation, before and after the charge it cancels.
+@Suite struct CancelChargeTests {
+  func charge(_ key: String) -> Shop_V1_ChargeRequest {
+    .with {
+      $0.idempotencyKey = key
+      $0.orderID = "ord_\(key)"
+      $0.amount = .with {
+        $0.currencyCode = "EUR"
+        $0.minorUnits = 700
+      }
+    }
+  }
+
+  @Test func aCancelledChargeIsRefundedAndACancelledKeyChargesNothingLater() async throws {
+    let service = try PaymentService(databasePath: try databasePath("payments"))
+    let paid = try await service.charge(request: charge("k1"), context: context())
+    let cancelled = try await service.cancelCharge(
+      request: .with {
+        $0.idempotencyKey = "k1"
+        $0.reason = "order timed out"
+      }, context: context())
+    #expect(cancelled.payment.id == paid.id)
+    #expect(cancelled.payment.status == .refunded)
+    #expect(cancelled.payment.refundReason == "order timed out")
+    let again = try await service.cancelCharge(
+      request: .with { $0.idempotencyKey = "k1" }, context: context())
+    #expect(again == cancelled)
+    // The first payment is still what a repeat of its charge returns.
+    #expect(try await service.charge(request: charge("k1"), context: context()).status == .refunded)
+
+    let before = try await service.cancelCharge(
+      request: .with {
+        $0.idempotencyKey = "k2"
+        $0.reason = "gave up"
+      }, context: context())
+    #expect(!before.hasPayment)
+    let message = await expectStatus(.failedPrecondition) {
+      _ = try await service.charge(request: charge("k2"), context: context())
+    }
+    #expect(message == "charge declined: idempotency_key k2 was cancelled (gave up)")
+    let missing = await expectStatus(.invalidArgument) {
+      _ = try await service.cancelCharge(request: .init(), context: context())
+    }
+    #expect(missing == "idempotency_key: is required")
+  }
+}

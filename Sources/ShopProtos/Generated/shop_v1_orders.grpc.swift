@@ -72,19 +72,6 @@ public enum Shop_V1_OrderService: Sendable {
                 type: .unary
             )
         }
-        /// Namespace for "MarkOrderPaid" metadata.
-        public enum MarkOrderPaid: Sendable {
-            /// Request type for "MarkOrderPaid".
-            public typealias Input = Shop_V1_MarkOrderPaidRequest
-            /// Response type for "MarkOrderPaid".
-            public typealias Output = Shop_V1_Order
-            /// Descriptor for "MarkOrderPaid".
-            public static let descriptor = GRPCCore.MethodDescriptor(
-                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "shop.v1.OrderService"),
-                method: "MarkOrderPaid",
-                type: .unary
-            )
-        }
         /// Namespace for "GetCustomer" metadata.
         public enum GetCustomer: Sendable {
             /// Request type for "GetCustomer".
@@ -104,7 +91,6 @@ public enum Shop_V1_OrderService: Sendable {
             GetOrder.descriptor,
             ListOrders.descriptor,
             CancelOrder.descriptor,
-            MarkOrderPaid.descriptor,
             GetCustomer.descriptor
         ]
     }
@@ -140,7 +126,12 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order in PENDING state.
+        /// > Places an order and starts its saga: the order is PENDING, payments charges its total
+        /// > (the order id is the idempotency key), and the order becomes CONFIRMED — or CANCELLED with
+        /// > the reason when the charge is declined or does not complete within the saga's timeout
+        /// > (the charge is then cancelled too). Returns the order once its first charge attempt ended:
+        /// > CONFIRMED or CANCELLED, or PENDING while payments could not be reached (the saga goes on
+        /// > in the background; GetOrder shows its outcome).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Shop_V1_CreateOrderRequest` messages.
@@ -194,8 +185,8 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Cancels a pending order. Cancelling a cancelled order returns it unchanged; cancelling a
-        /// > paid order is FAILED_PRECONDITION (refund it first).
+        /// > Cancels a pending order (its charge is cancelled too). Cancelling a cancelled order returns
+        /// > it unchanged; cancelling a confirmed order is FAILED_PRECONDITION (refund it first).
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Shop_V1_CancelOrderRequest` messages.
@@ -206,25 +197,6 @@ extension Shop_V1_OrderService {
         /// - Returns: A streaming response of `Shop_V1_Order` messages.
         func cancelOrder(
             request: GRPCCore.StreamingServerRequest<Shop_V1_CancelOrderRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Order>
-
-        /// Handle the "MarkOrderPaid" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Records that a pending order was paid. Repeating it with the same payment returns the
-        /// > order unchanged; a cancelled order, or one paid by another payment, is FAILED_PRECONDITION.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Shop_V1_MarkOrderPaidRequest` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Shop_V1_Order` messages.
-        func markOrderPaid(
-            request: GRPCCore.StreamingServerRequest<Shop_V1_MarkOrderPaidRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Order>
 
@@ -264,7 +236,12 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order in PENDING state.
+        /// > Places an order and starts its saga: the order is PENDING, payments charges its total
+        /// > (the order id is the idempotency key), and the order becomes CONFIRMED — or CANCELLED with
+        /// > the reason when the charge is declined or does not complete within the saga's timeout
+        /// > (the charge is then cancelled too). Returns the order once its first charge attempt ended:
+        /// > CONFIRMED or CANCELLED, or PENDING while payments could not be reached (the saga goes on
+        /// > in the background; GetOrder shows its outcome).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Shop_V1_CreateOrderRequest` message.
@@ -318,8 +295,8 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Cancels a pending order. Cancelling a cancelled order returns it unchanged; cancelling a
-        /// > paid order is FAILED_PRECONDITION (refund it first).
+        /// > Cancels a pending order (its charge is cancelled too). Cancelling a cancelled order returns
+        /// > it unchanged; cancelling a confirmed order is FAILED_PRECONDITION (refund it first).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Shop_V1_CancelOrderRequest` message.
@@ -330,25 +307,6 @@ extension Shop_V1_OrderService {
         /// - Returns: A response containing a single `Shop_V1_Order` message.
         func cancelOrder(
             request: GRPCCore.ServerRequest<Shop_V1_CancelOrderRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.ServerResponse<Shop_V1_Order>
-
-        /// Handle the "MarkOrderPaid" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Records that a pending order was paid. Repeating it with the same payment returns the
-        /// > order unchanged; a cancelled order, or one paid by another payment, is FAILED_PRECONDITION.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Shop_V1_MarkOrderPaidRequest` message.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A response containing a single `Shop_V1_Order` message.
-        func markOrderPaid(
-            request: GRPCCore.ServerRequest<Shop_V1_MarkOrderPaidRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Shop_V1_Order>
 
@@ -386,7 +344,12 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order in PENDING state.
+        /// > Places an order and starts its saga: the order is PENDING, payments charges its total
+        /// > (the order id is the idempotency key), and the order becomes CONFIRMED — or CANCELLED with
+        /// > the reason when the charge is declined or does not complete within the saga's timeout
+        /// > (the charge is then cancelled too). Returns the order once its first charge attempt ended:
+        /// > CONFIRMED or CANCELLED, or PENDING while payments could not be reached (the saga goes on
+        /// > in the background; GetOrder shows its outcome).
         ///
         /// - Parameters:
         ///   - request: A `Shop_V1_CreateOrderRequest` message.
@@ -440,8 +403,8 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Cancels a pending order. Cancelling a cancelled order returns it unchanged; cancelling a
-        /// > paid order is FAILED_PRECONDITION (refund it first).
+        /// > Cancels a pending order (its charge is cancelled too). Cancelling a cancelled order returns
+        /// > it unchanged; cancelling a confirmed order is FAILED_PRECONDITION (refund it first).
         ///
         /// - Parameters:
         ///   - request: A `Shop_V1_CancelOrderRequest` message.
@@ -452,25 +415,6 @@ extension Shop_V1_OrderService {
         /// - Returns: A `Shop_V1_Order` to respond with.
         func cancelOrder(
             request: Shop_V1_CancelOrderRequest,
-            context: GRPCCore.ServerContext
-        ) async throws -> Shop_V1_Order
-
-        /// Handle the "MarkOrderPaid" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Records that a pending order was paid. Repeating it with the same payment returns the
-        /// > order unchanged; a cancelled order, or one paid by another payment, is FAILED_PRECONDITION.
-        ///
-        /// - Parameters:
-        ///   - request: A `Shop_V1_MarkOrderPaidRequest` message.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A `Shop_V1_Order` to respond with.
-        func markOrderPaid(
-            request: Shop_V1_MarkOrderPaidRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Shop_V1_Order
 
@@ -544,17 +488,6 @@ extension Shop_V1_OrderService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
-            forMethod: Shop_V1_OrderService.Method.MarkOrderPaid.descriptor,
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_MarkOrderPaidRequest>(),
-            serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_Order>(),
-            handler: { request, context in
-                try await self.markOrderPaid(
-                    request: request,
-                    context: context
-                )
-            }
-        )
-        router.registerHandler(
             forMethod: Shop_V1_OrderService.Method.GetCustomer.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_GetCustomerRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_Customer>(),
@@ -609,17 +542,6 @@ extension Shop_V1_OrderService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Order> {
         let response = try await self.cancelOrder(
-            request: GRPCCore.ServerRequest(stream: request),
-            context: context
-        )
-        return GRPCCore.StreamingServerResponse(single: response)
-    }
-
-    public func markOrderPaid(
-        request: GRPCCore.StreamingServerRequest<Shop_V1_MarkOrderPaidRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Order> {
-        let response = try await self.markOrderPaid(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -693,19 +615,6 @@ extension Shop_V1_OrderService.SimpleServiceProtocol {
         )
     }
 
-    public func markOrderPaid(
-        request: GRPCCore.ServerRequest<Shop_V1_MarkOrderPaidRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.ServerResponse<Shop_V1_Order> {
-        return GRPCCore.ServerResponse<Shop_V1_Order>(
-            message: try await self.markOrderPaid(
-                request: request.message,
-                context: context
-            ),
-            metadata: [:]
-        )
-    }
-
     public func getCustomer(
         request: GRPCCore.ServerRequest<Shop_V1_GetCustomerRequest>,
         context: GRPCCore.ServerContext
@@ -737,7 +646,12 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order in PENDING state.
+        /// > Places an order and starts its saga: the order is PENDING, payments charges its total
+        /// > (the order id is the idempotency key), and the order becomes CONFIRMED — or CANCELLED with
+        /// > the reason when the charge is declined or does not complete within the saga's timeout
+        /// > (the charge is then cancelled too). Returns the order once its first charge attempt ended:
+        /// > CONFIRMED or CANCELLED, or PENDING while payments could not be reached (the saga goes on
+        /// > in the background; GetOrder shows its outcome).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Shop_V1_CreateOrderRequest` message.
@@ -806,8 +720,8 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Cancels a pending order. Cancelling a cancelled order returns it unchanged; cancelling a
-        /// > paid order is FAILED_PRECONDITION (refund it first).
+        /// > Cancels a pending order (its charge is cancelled too). Cancelling a cancelled order returns
+        /// > it unchanged; cancelling a confirmed order is FAILED_PRECONDITION (refund it first).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Shop_V1_CancelOrderRequest` message.
@@ -821,30 +735,6 @@ extension Shop_V1_OrderService {
         func cancelOrder<Result>(
             request: GRPCCore.ClientRequest<Shop_V1_CancelOrderRequest>,
             serializer: some GRPCCore.MessageSerializer<Shop_V1_CancelOrderRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Shop_V1_Order>,
-            options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Order>) async throws -> Result
-        ) async throws -> Result where Result: Sendable
-
-        /// Call the "MarkOrderPaid" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Records that a pending order was paid. Repeating it with the same payment returns the
-        /// > order unchanged; a cancelled order, or one paid by another payment, is FAILED_PRECONDITION.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Shop_V1_MarkOrderPaidRequest` message.
-        ///   - serializer: A serializer for `Shop_V1_MarkOrderPaidRequest` messages.
-        ///   - deserializer: A deserializer for `Shop_V1_Order` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        func markOrderPaid<Result>(
-            request: GRPCCore.ClientRequest<Shop_V1_MarkOrderPaidRequest>,
-            serializer: some GRPCCore.MessageSerializer<Shop_V1_MarkOrderPaidRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Shop_V1_Order>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Order>) async throws -> Result
@@ -899,7 +789,12 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Places an order in PENDING state.
+        /// > Places an order and starts its saga: the order is PENDING, payments charges its total
+        /// > (the order id is the idempotency key), and the order becomes CONFIRMED — or CANCELLED with
+        /// > the reason when the charge is declined or does not complete within the saga's timeout
+        /// > (the charge is then cancelled too). Returns the order once its first charge attempt ended:
+        /// > CONFIRMED or CANCELLED, or PENDING while payments could not be reached (the saga goes on
+        /// > in the background; GetOrder shows its outcome).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Shop_V1_CreateOrderRequest` message.
@@ -1001,8 +896,8 @@ extension Shop_V1_OrderService {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Cancels a pending order. Cancelling a cancelled order returns it unchanged; cancelling a
-        /// > paid order is FAILED_PRECONDITION (refund it first).
+        /// > Cancels a pending order (its charge is cancelled too). Cancelling a cancelled order returns
+        /// > it unchanged; cancelling a confirmed order is FAILED_PRECONDITION (refund it first).
         ///
         /// - Parameters:
         ///   - request: A request containing a single `Shop_V1_CancelOrderRequest` message.
@@ -1025,41 +920,6 @@ extension Shop_V1_OrderService {
             try await self.client.unary(
                 request: request,
                 descriptor: Shop_V1_OrderService.Method.CancelOrder.descriptor,
-                serializer: serializer,
-                deserializer: deserializer,
-                options: options,
-                onResponse: handleResponse
-            )
-        }
-
-        /// Call the "MarkOrderPaid" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Records that a pending order was paid. Repeating it with the same payment returns the
-        /// > order unchanged; a cancelled order, or one paid by another payment, is FAILED_PRECONDITION.
-        ///
-        /// - Parameters:
-        ///   - request: A request containing a single `Shop_V1_MarkOrderPaidRequest` message.
-        ///   - serializer: A serializer for `Shop_V1_MarkOrderPaidRequest` messages.
-        ///   - deserializer: A deserializer for `Shop_V1_Order` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        public func markOrderPaid<Result>(
-            request: GRPCCore.ClientRequest<Shop_V1_MarkOrderPaidRequest>,
-            serializer: some GRPCCore.MessageSerializer<Shop_V1_MarkOrderPaidRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Shop_V1_Order>,
-            options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Order>) async throws -> Result = { response in
-                try response.message
-            }
-        ) async throws -> Result where Result: Sendable {
-            try await self.client.unary(
-                request: request,
-                descriptor: Shop_V1_OrderService.Method.MarkOrderPaid.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -1111,7 +971,12 @@ extension Shop_V1_OrderService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Places an order in PENDING state.
+    /// > Places an order and starts its saga: the order is PENDING, payments charges its total
+    /// > (the order id is the idempotency key), and the order becomes CONFIRMED — or CANCELLED with
+    /// > the reason when the charge is declined or does not complete within the saga's timeout
+    /// > (the charge is then cancelled too). Returns the order once its first charge attempt ended:
+    /// > CONFIRMED or CANCELLED, or PENDING while payments could not be reached (the saga goes on
+    /// > in the background; GetOrder shows its outcome).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Shop_V1_CreateOrderRequest` message.
@@ -1198,8 +1063,8 @@ extension Shop_V1_OrderService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Cancels a pending order. Cancelling a cancelled order returns it unchanged; cancelling a
-    /// > paid order is FAILED_PRECONDITION (refund it first).
+    /// > Cancels a pending order (its charge is cancelled too). Cancelling a cancelled order returns
+    /// > it unchanged; cancelling a confirmed order is FAILED_PRECONDITION (refund it first).
     ///
     /// - Parameters:
     ///   - request: A request containing a single `Shop_V1_CancelOrderRequest` message.
@@ -1218,36 +1083,6 @@ extension Shop_V1_OrderService.ClientProtocol {
         try await self.cancelOrder(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_CancelOrderRequest>(),
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_Order>(),
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
-    /// Call the "MarkOrderPaid" method.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > Records that a pending order was paid. Repeating it with the same payment returns the
-    /// > order unchanged; a cancelled order, or one paid by another payment, is FAILED_PRECONDITION.
-    ///
-    /// - Parameters:
-    ///   - request: A request containing a single `Shop_V1_MarkOrderPaidRequest` message.
-    ///   - options: Options to apply to this RPC.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func markOrderPaid<Result>(
-        request: GRPCCore.ClientRequest<Shop_V1_MarkOrderPaidRequest>,
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Order>) async throws -> Result = { response in
-            try response.message
-        }
-    ) async throws -> Result where Result: Sendable {
-        try await self.markOrderPaid(
-            request: request,
-            serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_MarkOrderPaidRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_Order>(),
             options: options,
             onResponse: handleResponse
@@ -1292,7 +1127,12 @@ extension Shop_V1_OrderService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Places an order in PENDING state.
+    /// > Places an order and starts its saga: the order is PENDING, payments charges its total
+    /// > (the order id is the idempotency key), and the order becomes CONFIRMED — or CANCELLED with
+    /// > the reason when the charge is declined or does not complete within the saga's timeout
+    /// > (the charge is then cancelled too). Returns the order once its first charge attempt ended:
+    /// > CONFIRMED or CANCELLED, or PENDING while payments could not be reached (the saga goes on
+    /// > in the background; GetOrder shows its outcome).
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -1391,8 +1231,8 @@ extension Shop_V1_OrderService.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Cancels a pending order. Cancelling a cancelled order returns it unchanged; cancelling a
-    /// > paid order is FAILED_PRECONDITION (refund it first).
+    /// > Cancels a pending order (its charge is cancelled too). Cancelling a cancelled order returns
+    /// > it unchanged; cancelling a confirmed order is FAILED_PRECONDITION (refund it first).
     ///
     /// - Parameters:
     ///   - message: request message to send.
@@ -1415,40 +1255,6 @@ extension Shop_V1_OrderService.ClientProtocol {
             metadata: metadata
         )
         return try await self.cancelOrder(
-            request: request,
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
-    /// Call the "MarkOrderPaid" method.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > Records that a pending order was paid. Repeating it with the same payment returns the
-    /// > order unchanged; a cancelled order, or one paid by another payment, is FAILED_PRECONDITION.
-    ///
-    /// - Parameters:
-    ///   - message: request message to send.
-    ///   - metadata: Additional metadata to send, defaults to empty.
-    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func markOrderPaid<Result>(
-        _ message: Shop_V1_MarkOrderPaidRequest,
-        metadata: GRPCCore.Metadata = [:],
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Order>) async throws -> Result = { response in
-            try response.message
-        }
-    ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.ClientRequest<Shop_V1_MarkOrderPaidRequest>(
-            message: message,
-            metadata: metadata
-        )
-        return try await self.markOrderPaid(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -24,9 +24,14 @@ public nonisolated enum Shop_V1_OrderStatus: SwiftProtobuf.Enum, Swift.CaseItera
   public typealias RawValue = Int
   case unspecified // = 0
 
-  /// Placed, not yet paid.
+  /// Placed; its payment is under way.
   case pending // = 1
-  case paid // = 2
+
+  /// Paid: `payment_id` names the charge.
+  case confirmed // = 2
+
+  /// Cancelled (by the caller, a declined charge, or the saga's timeout): `cancel_reason` says
+  /// why. No charge of it stands.
   case cancelled // = 3
   case UNRECOGNIZED(Int)
 
@@ -38,7 +43,7 @@ public nonisolated enum Shop_V1_OrderStatus: SwiftProtobuf.Enum, Swift.CaseItera
     switch rawValue {
     case 0: self = .unspecified
     case 1: self = .pending
-    case 2: self = .paid
+    case 2: self = .confirmed
     case 3: self = .cancelled
     default: self = .UNRECOGNIZED(rawValue)
     }
@@ -48,7 +53,7 @@ public nonisolated enum Shop_V1_OrderStatus: SwiftProtobuf.Enum, Swift.CaseItera
     switch self {
     case .unspecified: return 0
     case .pending: return 1
-    case .paid: return 2
+    case .confirmed: return 2
     case .cancelled: return 3
     case .UNRECOGNIZED(let i): return i
     }
@@ -58,7 +63,7 @@ public nonisolated enum Shop_V1_OrderStatus: SwiftProtobuf.Enum, Swift.CaseItera
   public static let allCases: [Shop_V1_OrderStatus] = [
     .unspecified,
     .pending,
-    .paid,
+    .confirmed,
     .cancelled,
   ]
 
@@ -156,7 +161,7 @@ public nonisolated struct Shop_V1_Order: Sendable {
 
   public var status: Shop_V1_OrderStatus = .unspecified
 
-  /// Set once the order is paid.
+  /// Set once the order is confirmed.
   public var paymentID: String = String()
 
   public var createTime: SwiftProtobuf.Google_Protobuf_Timestamp {
@@ -176,6 +181,9 @@ public nonisolated struct Shop_V1_Order: Sendable {
   public var hasUpdateTime: Bool {self._updateTime != nil}
   /// Clears the value of `updateTime`. Subsequent reads from it will return its default value.
   public mutating func clearUpdateTime() {self._updateTime = nil}
+
+  /// Why the order was cancelled.
+  public var cancelReason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -256,26 +264,12 @@ public nonisolated struct Shop_V1_CancelOrderRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct Shop_V1_MarkOrderPaidRequest: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  public var id: String = String()
-
-  public var paymentID: String = String()
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
-}
-
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "shop.v1"
 
 nonisolated extension Shop_V1_OrderStatus: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ORDER_STATUS_UNSPECIFIED\0\u{1}ORDER_STATUS_PENDING\0\u{1}ORDER_STATUS_PAID\0\u{1}ORDER_STATUS_CANCELLED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ORDER_STATUS_UNSPECIFIED\0\u{1}ORDER_STATUS_PENDING\0\u{1}ORDER_STATUS_CONFIRMED\0\u{1}ORDER_STATUS_CANCELLED\0")
 }
 
 nonisolated extension Shop_V1_Customer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -403,7 +397,7 @@ nonisolated extension Shop_V1_LineItem: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Shop_V1_Order: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Order"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}user_id\0\u{3}line_items\0\u{1}total\0\u{1}status\0\u{3}payment_id\0\u{3}create_time\0\u{3}update_time\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}user_id\0\u{3}line_items\0\u{1}total\0\u{1}status\0\u{3}payment_id\0\u{3}create_time\0\u{3}update_time\0\u{3}cancel_reason\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -419,6 +413,7 @@ nonisolated extension Shop_V1_Order: SwiftProtobuf.Message, SwiftProtobuf._Messa
       case 6: try { try decoder.decodeSingularStringField(value: &self.paymentID) }()
       case 7: try { try decoder.decodeSingularMessageField(value: &self._createTime) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._updateTime) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.cancelReason) }()
       default: break
       }
     }
@@ -453,6 +448,9 @@ nonisolated extension Shop_V1_Order: SwiftProtobuf.Message, SwiftProtobuf._Messa
     try { if let v = self._updateTime {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     } }()
+    if !self.cancelReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.cancelReason, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -465,6 +463,7 @@ nonisolated extension Shop_V1_Order: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if lhs.paymentID != rhs.paymentID {return false}
     if lhs._createTime != rhs._createTime {return false}
     if lhs._updateTime != rhs._updateTime {return false}
+    if lhs.cancelReason != rhs.cancelReason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -635,41 +634,6 @@ nonisolated extension Shop_V1_CancelOrderRequest: SwiftProtobuf.Message, SwiftPr
 
   public static func ==(lhs: Shop_V1_CancelOrderRequest, rhs: Shop_V1_CancelOrderRequest) -> Bool {
     if lhs.id != rhs.id {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Shop_V1_MarkOrderPaidRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".MarkOrderPaidRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}payment_id\0")
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.paymentID) }()
-      default: break
-      }
-    }
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.id.isEmpty {
-      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
-    }
-    if !self.paymentID.isEmpty {
-      try visitor.visitSingularStringField(value: self.paymentID, fieldNumber: 2)
-    }
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Shop_V1_MarkOrderPaidRequest, rhs: Shop_V1_MarkOrderPaidRequest) -> Bool {
-    if lhs.id != rhs.id {return false}
-    if lhs.paymentID != rhs.paymentID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

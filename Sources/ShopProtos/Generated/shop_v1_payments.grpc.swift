@@ -46,6 +46,19 @@ public enum Shop_V1_PaymentService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "CancelCharge" metadata.
+        public enum CancelCharge: Sendable {
+            /// Request type for "CancelCharge".
+            public typealias Input = Shop_V1_CancelChargeRequest
+            /// Response type for "CancelCharge".
+            public typealias Output = Shop_V1_CancelChargeResponse
+            /// Descriptor for "CancelCharge".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "shop.v1.PaymentService"),
+                method: "CancelCharge",
+                type: .unary
+            )
+        }
         /// Namespace for "GetPayment" metadata.
         public enum GetPayment: Sendable {
             /// Request type for "GetPayment".
@@ -63,6 +76,7 @@ public enum Shop_V1_PaymentService: Sendable {
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Charge.descriptor,
             Refund.descriptor,
+            CancelCharge.descriptor,
             GetPayment.descriptor
         ]
     }
@@ -131,6 +145,28 @@ extension Shop_V1_PaymentService {
             request: GRPCCore.StreamingServerRequest<Shop_V1_RefundRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Payment>
+
+        /// Handle the "CancelCharge" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels the charge made, or to be made, with an idempotency key: a charged payment with
+        /// > that key is refunded with the reason, and a later Charge with the key is
+        /// > FAILED_PRECONDITION, so a charge still on its way when its order gave up never lands.
+        /// > Repeating it returns the same result. A saga's compensation: the caller need not know
+        /// > whether its charge happened.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Shop_V1_CancelChargeRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Shop_V1_CancelChargeResponse` messages.
+        func cancelCharge(
+            request: GRPCCore.StreamingServerRequest<Shop_V1_CancelChargeRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_CancelChargeResponse>
 
         /// Handle the "GetPayment" method.
         ///
@@ -201,6 +237,28 @@ extension Shop_V1_PaymentService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Shop_V1_Payment>
 
+        /// Handle the "CancelCharge" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels the charge made, or to be made, with an idempotency key: a charged payment with
+        /// > that key is refunded with the reason, and a later Charge with the key is
+        /// > FAILED_PRECONDITION, so a charge still on its way when its order gave up never lands.
+        /// > Repeating it returns the same result. A saga's compensation: the caller need not know
+        /// > whether its charge happened.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Shop_V1_CancelChargeRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Shop_V1_CancelChargeResponse` message.
+        func cancelCharge(
+            request: GRPCCore.ServerRequest<Shop_V1_CancelChargeRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Shop_V1_CancelChargeResponse>
+
         /// Handle the "GetPayment" method.
         ///
         /// > Source IDL Documentation:
@@ -268,6 +326,28 @@ extension Shop_V1_PaymentService {
             context: GRPCCore.ServerContext
         ) async throws -> Shop_V1_Payment
 
+        /// Handle the "CancelCharge" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels the charge made, or to be made, with an idempotency key: a charged payment with
+        /// > that key is refunded with the reason, and a later Charge with the key is
+        /// > FAILED_PRECONDITION, so a charge still on its way when its order gave up never lands.
+        /// > Repeating it returns the same result. A saga's compensation: the caller need not know
+        /// > whether its charge happened.
+        ///
+        /// - Parameters:
+        ///   - request: A `Shop_V1_CancelChargeRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Shop_V1_CancelChargeResponse` to respond with.
+        func cancelCharge(
+            request: Shop_V1_CancelChargeRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Shop_V1_CancelChargeResponse
+
         /// Handle the "GetPayment" method.
         ///
         /// > Source IDL Documentation:
@@ -315,6 +395,17 @@ extension Shop_V1_PaymentService.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Shop_V1_PaymentService.Method.CancelCharge.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_CancelChargeRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_CancelChargeResponse>(),
+            handler: { request, context in
+                try await self.cancelCharge(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Shop_V1_PaymentService.Method.GetPayment.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_GetPaymentRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_Payment>(),
@@ -347,6 +438,17 @@ extension Shop_V1_PaymentService.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_Payment> {
         let response = try await self.refund(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func cancelCharge(
+        request: GRPCCore.StreamingServerRequest<Shop_V1_CancelChargeRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Shop_V1_CancelChargeResponse> {
+        let response = try await self.cancelCharge(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -387,6 +489,19 @@ extension Shop_V1_PaymentService.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Shop_V1_Payment> {
         return GRPCCore.ServerResponse<Shop_V1_Payment>(
             message: try await self.refund(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func cancelCharge(
+        request: GRPCCore.ServerRequest<Shop_V1_CancelChargeRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Shop_V1_CancelChargeResponse> {
+        return GRPCCore.ServerResponse<Shop_V1_CancelChargeResponse>(
+            message: try await self.cancelCharge(
                 request: request.message,
                 context: context
             ),
@@ -467,6 +582,33 @@ extension Shop_V1_PaymentService {
             deserializer: some GRPCCore.MessageDeserializer<Shop_V1_Payment>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_Payment>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "CancelCharge" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels the charge made, or to be made, with an idempotency key: a charged payment with
+        /// > that key is refunded with the reason, and a later Charge with the key is
+        /// > FAILED_PRECONDITION, so a charge still on its way when its order gave up never lands.
+        /// > Repeating it returns the same result. A saga's compensation: the caller need not know
+        /// > whether its charge happened.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Shop_V1_CancelChargeRequest` message.
+        ///   - serializer: A serializer for `Shop_V1_CancelChargeRequest` messages.
+        ///   - deserializer: A deserializer for `Shop_V1_CancelChargeResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func cancelCharge<Result>(
+            request: GRPCCore.ClientRequest<Shop_V1_CancelChargeRequest>,
+            serializer: some GRPCCore.MessageSerializer<Shop_V1_CancelChargeRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Shop_V1_CancelChargeResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_CancelChargeResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "GetPayment" method.
@@ -583,6 +725,44 @@ extension Shop_V1_PaymentService {
             )
         }
 
+        /// Call the "CancelCharge" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Cancels the charge made, or to be made, with an idempotency key: a charged payment with
+        /// > that key is refunded with the reason, and a later Charge with the key is
+        /// > FAILED_PRECONDITION, so a charge still on its way when its order gave up never lands.
+        /// > Repeating it returns the same result. A saga's compensation: the caller need not know
+        /// > whether its charge happened.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Shop_V1_CancelChargeRequest` message.
+        ///   - serializer: A serializer for `Shop_V1_CancelChargeRequest` messages.
+        ///   - deserializer: A deserializer for `Shop_V1_CancelChargeResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func cancelCharge<Result>(
+            request: GRPCCore.ClientRequest<Shop_V1_CancelChargeRequest>,
+            serializer: some GRPCCore.MessageSerializer<Shop_V1_CancelChargeRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Shop_V1_CancelChargeResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_CancelChargeResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Shop_V1_PaymentService.Method.CancelCharge.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "GetPayment" method.
         ///
         /// > Source IDL Documentation:
@@ -677,6 +857,39 @@ extension Shop_V1_PaymentService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_RefundRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_Payment>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CancelCharge" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cancels the charge made, or to be made, with an idempotency key: a charged payment with
+    /// > that key is refunded with the reason, and a later Charge with the key is
+    /// > FAILED_PRECONDITION, so a charge still on its way when its order gave up never lands.
+    /// > Repeating it returns the same result. A saga's compensation: the caller need not know
+    /// > whether its charge happened.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Shop_V1_CancelChargeRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func cancelCharge<Result>(
+        request: GRPCCore.ClientRequest<Shop_V1_CancelChargeRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_CancelChargeResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.cancelCharge(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Shop_V1_CancelChargeRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Shop_V1_CancelChargeResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -777,6 +990,43 @@ extension Shop_V1_PaymentService.ClientProtocol {
             metadata: metadata
         )
         return try await self.refund(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CancelCharge" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Cancels the charge made, or to be made, with an idempotency key: a charged payment with
+    /// > that key is refunded with the reason, and a later Charge with the key is
+    /// > FAILED_PRECONDITION, so a charge still on its way when its order gave up never lands.
+    /// > Repeating it returns the same result. A saga's compensation: the caller need not know
+    /// > whether its charge happened.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func cancelCharge<Result>(
+        _ message: Shop_V1_CancelChargeRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Shop_V1_CancelChargeResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Shop_V1_CancelChargeRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.cancelCharge(
             request: request,
             options: options,
             onResponse: handleResponse
