@@ -41,6 +41,7 @@ let package = Package(
     .executable(name: "sidecar", targets: ["sidecar"]),
     .executable(name: "bench-server", targets: ["bench-server"]),
     .executable(name: "relay-service", targets: ["relay-service"]),
+    .executable(name: "gateway", targets: ["gateway"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -63,6 +64,7 @@ let package = Package(
     .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+    .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
   ],
   targets: [
     // Generated code and the descriptor sets it was generated from.
@@ -205,6 +207,26 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
 
+    // The shop's HTTP/JSON entry point, transcoding to gRPC from google.api.http annotations.
+    .target(
+      name: "APIGateway",
+      dependencies: [
+        "MeshTranscoding", "MeshProtos", "MeshServiceKit", grpcCore, swiftProtobuf, logging, crypto,
+        nioCore, .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "Tracing", package: "swift-distributed-tracing"),
+      ],
+      swiftSettings: swiftSettings
+    ),
+    .executableTarget(
+      name: "gateway",
+      dependencies: [
+        "APIGateway", "MeshTranscoding", "MeshServiceKit", "ShopProtos", argumentParser, grpcCore,
+        logging, lifecycle, .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "HummingbirdHTTP2", package: "hummingbird"),
+      ],
+      swiftSettings: swiftSettings
+    ),
+
     // The `rpc` CLI.
     .executableTarget(
       name: "rpc",
@@ -301,6 +323,11 @@ let package = Package(
       name: "MeshTranscodingTests",
       dependencies: ["MeshTranscoding", "TestSupport", "ShopProtos", "MeshProtos", swiftProtobuf],
       exclude: ["Inputs"],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "APIGatewayTests",
+      dependencies: ["APIGateway", "MeshTranscoding", "ShopProtos"],
       swiftSettings: swiftSettings
     ),
     .testTarget(

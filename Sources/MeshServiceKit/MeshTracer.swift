@@ -8,7 +8,21 @@ public enum TraceContextKey: ServiceContextKey {
   public static var nameOverride: String? { "trellis.trace" }
 }
 
+/// Asks the tracer to start a new trace at the next span when there is none: the sampling
+/// decision for it. What an entry point (the API gateway) sets for each request it takes.
+enum NewTraceKey: ServiceContextKey {
+  typealias Value = Bool
+}
+
 extension ServiceContext {
+  /// A context in which the next span starts a new trace, sampled or not — unless `trace` is
+  /// set (a caller's context, which is continued).
+  public static func startingTrace(sampled: Bool) -> ServiceContext {
+    var context = ServiceContext.topLevel
+    context[NewTraceKey.self] = sampled
+    return context
+  }
+
   /// The W3C trace context of the span the task runs under, if any.
   public var trace: TraceContext? {
     get { self[TraceContextKey.self] }
@@ -53,11 +67,6 @@ public final class MeshTracer: Tracer {
     at instant: @autoclosure () -> Instant, function: String, file fileID: String, line: UInt
   ) -> MeshSpan {
     var context = context()
-    guard let sink, let parent = context.trace, parent.sampled else {
-      return MeshSpan(context: context, recording: nil)
-    }
-    let own = parent.child(ids.withLock { $0.spanID() })
-    context.trace = own
     let kind: MeshTracing.Span.Kind =
       switch kind {
       case .server: .server
@@ -66,6 +75,23 @@ public final class MeshTracer: Tracer {
       case .consumer: .consumer
       default: .internal
       }
+    if context.trace == nil, let sampled = context[NewTraceKey.self] {
+      // The root of a new trace.
+      context[NewTraceKey.self] = nil
+      let root = ids.withLock { TraceContext(traceID: $0.traceID(), spanID: $0.spanID(), sampled: sampled) }
+      context.trace = root
+      guard let sink, sampled else { return MeshSpan(context: context, recording: nil) }
+      return MeshSpan(
+        context: context,
+        recording: .init(
+          sink: sink, parent: nil, kind: kind, start: instant().nanosecondsSinceEpoch,
+          parentIsRemote: false, name: operationName))
+    }
+    guard let sink, let parent = context.trace, parent.sampled else {
+      return MeshSpan(context: context, recording: nil)
+    }
+    let own = parent.child(ids.withLock { $0.spanID() })
+    context.trace = own
     return MeshSpan(
       context: context,
       recording: .init(
@@ -100,7 +126,7 @@ public final class MeshTracer: Tracer {
 public final class MeshSpan: Tracing.Span {
   struct Recording: Sendable {
     let sink: any SpanSink
-    let parent: SpanID
+    let parent: SpanID?
     let kind: MeshTracing.Span.Kind
     let start: UInt64
     let parentIsRemote: Bool
