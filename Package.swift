@@ -177,7 +177,7 @@ let package = Package(
     ),
     .target(
       name: "EventService",
-      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf, lifecycle],
       swiftSettings: swiftSettings
     ),
     .executableTarget(

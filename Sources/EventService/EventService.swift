@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import GRPCCore
+import ServiceLifecycle
 import ShopProtos
 import ShopSupport
 import SwiftProtobuf
@@ -111,7 +112,10 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
     try Validate.required(request.consumerGroup, "consumer_group")
     let room = Int(request.maxUnacknowledged == 0 ? 100 : min(request.maxUnacknowledged, 10_000))
     let deadline = Int64(request.ackDeadlineSeconds == 0 ? 30 : min(request.ackDeadlineSeconds, 3600))
-    while !Task.isCancelled {
+    // A subscription lasts until the subscriber goes, or this instance shuts down: then it
+    // ends (OK), and the subscriber subscribes again — to another instance, or to this one
+    // restarted. Unacknowledged deliveries come again after their deadline.
+    while !Task.isCancelled, !Task.isShuttingDownGracefully {
       let deliveries = try await claim(
         topic: request.topic, group: request.consumerGroup, room: room,
         ackDeadline: deadline * 1_000_000_000)

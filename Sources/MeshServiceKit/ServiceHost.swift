@@ -20,6 +20,10 @@ public struct ServiceHost: Service {
     public var descriptorSets: [[UInt8]]
     /// The largest request message accepted, in bytes.
     public var maxRequestBytes = 4 * 1024 * 1024
+    /// How long the host reports NOT_SERVING, still serving, before it stops taking calls: the
+    /// time its sidecar needs to see that and withdraw the endpoint, so a rolling restart
+    /// loses no call.
+    public var shutdownDelay: Duration = .zero
 
     public init(
       listen: HostPort, services: [any RegistrableRPCService], descriptorSets: [[UInt8]]
@@ -94,10 +98,20 @@ public struct ServiceHost: Service {
           "listening",
           metadata: ["address": "\(bound)", "services": .array(hostedServices.map { "\($0)" })])
       }
-    } onGracefulShutdown: {
-      logger.info("shutting down: finishing in-flight calls")
+    } onGracefulShutdown: { [delay = configuration.shutdownDelay] in
       health.shutDown()
-      server.beginGracefulShutdown()
+      guard delay > .zero else {
+        logger.info("shutting down: finishing in-flight calls")
+        server.beginGracefulShutdown()
+        return
+      }
+      logger.info(
+        "shutting down: reporting NOT_SERVING, still serving", metadata: ["for": "\(delay)"])
+      Task {
+        try? await Task.sleep(for: delay)
+        logger.info("shutting down: finishing in-flight calls")
+        server.beginGracefulShutdown()
+      }
     }
   }
 

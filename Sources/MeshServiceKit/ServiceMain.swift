@@ -16,6 +16,12 @@ public struct ServiceOptions: ParsableArguments {
   @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
   public var logLevel: String = "info"
 
+  @Option(
+    help:
+      "Seconds to report NOT_SERVING, still serving, after SIGTERM before stopping: the sidecar's time to withdraw the endpoint."
+  )
+  public var shutdownDelay: Double = 0
+
   public init() {}
 
   /// Starts a service executable: JSON logs, the services hosted on `listen` (or
@@ -40,9 +46,10 @@ public struct ServiceOptions: ParsableArguments {
     let logger = Logger(label: name)
     do {
       let exporter = try AppTracing.bootstrap(service: name, logger: logger)
-      let host = try ServiceHost(
-        .init(listen: address, services: try makeServices(), descriptorSets: descriptorSets),
-        logger: logger)
+      var configuration = ServiceHost.Configuration(
+        listen: address, services: try makeServices(), descriptorSets: descriptorSets)
+      configuration.shutdownDelay = .milliseconds(Int64(max(shutdownDelay, 0) * 1000))
+      let host = try ServiceHost(configuration, logger: logger)
       try await host.runUntilSignalled(with: others + (exporter.map { [$0] } ?? []))
     } catch {
       StandardError.write("\(name): \(Self.describe(error, address))\n")

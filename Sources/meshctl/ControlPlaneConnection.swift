@@ -10,8 +10,17 @@ import MeshServiceKit
 /// How `meshctl` reaches the control plane: mutual TLS with the operator identity that
 /// `meshctl certs init` wrote, and the control plane checked against the mesh's bundle.
 struct ControlPlaneOptions: ParsableArguments {
-  @Option(name: .customLong("control-plane"), help: "The control plane's API, HOST:PORT.")
-  var address = "127.0.0.1:15000"
+  @Option(
+    name: .customLong("control-plane"),
+    help:
+      "The control plane's API, HOST:PORT. (default: the one `meshctl up` started here, else 127.0.0.1:15000)"
+  )
+  var explicitAddress: String?
+
+  var address: String {
+    explicitAddress ?? ShopRun.load().map { "127.0.0.1:\($0.ports.controlPlane)" }
+      ?? "127.0.0.1:15000"
+  }
   @Option(help: "Folder holding the operator identity and the trust bundle.") var certs = "certs"
 
   /// Runs `body` with an admin client; RPC failures become one line naming the status.

@@ -56,6 +56,20 @@ struct Status: AsyncParsableCommand {
         ])
       }
       printTable(rows)
+      if let run = ShopRun.load() { Self.printProcesses(run) }
     }
+  }
+
+  /// The processes `meshctl up` started here, alive or not.
+  static func printProcesses(_ run: ShopRun) {
+    print("\nprocesses started by meshctl up (\(ShopRun.file)):")
+    var rows = [["PROCESS", "PID", "STATE", "ADDRESS", "LOG"]]
+    for entry in run.processes {
+      rows.append([
+        entry.name, "\(entry.pid)", LocalProcesses.isRunning(entry.pid) ? "running" : "exited",
+        entry.address, entry.log,
+      ])
+    }
+    printTable(rows)
   }
 }

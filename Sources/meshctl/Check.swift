@@ -1,0 +1,160 @@
+import ArgumentParser
+import Foundation
+import MeshIdentity
+import MeshProtos
+import X509
+
+/// `meshctl check`: a preflight of the local mesh, each check with what to do when it fails.
+struct Check: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Check the local mesh: the CA, the ports, each process, each sidecar, the config.",
+    discussion: """
+      Before `meshctl up`: the CA and the ports it needs. While the shop runs: every process it
+      started, the control plane, each sidecar's readiness, certificate and config (synced, not
+      NACKed), and the gateway. Each problem is printed with how to fix it; the exit status is
+      1 when there is one.
+      """)
+
+  @OptionGroup var ports: PortOptions
+  @Option(help: "Warn about a CA certificate that expires within this many days.")
+  var expiryWarningDays = 30
+
+  struct Report {
+    var failures = 0
+    mutating func pass(_ what: String) { print("√ \(what)") }
+    mutating func fail(_ what: String, fix: String) {
+      failures += 1
+      print("× \(what)\n    fix: \(fix)")
+    }
+    func warn(_ what: String, fix: String) { print("‼ \(what)\n    fix: \(fix)") }
+  }
+
+  func run() async throws {
+    var report = Report()
+    checkCA(&report)
+    let run = ShopRun.load()
+    let alive = run?.running ?? []
+    if let run, !alive.isEmpty {
+      await checkRunning(run, &report)
+    } else {
+      print("the shop is not running here; checking what meshctl up needs")
+      let chosen = ports.chosen
+      let plan = ShopRun(bin: "", ports: chosen, detached: false, apiKeyFile: "", processes: [])
+      let wanted =
+        [chosen.gateway, chosen.controlPlane, chosen.join]
+        + (0..<ShopLayout.services.count).flatMap { slot -> [Int] in
+          let p = plan.slotPorts(slot)
+          return [p.inbound, p.outbound, p.admin, p.app]
+        }
+      let taken = wanted.filter { !LocalProcesses.isFree($0) }
+      if taken.isEmpty {
+        report.pass("the ports meshctl up uses are free (\(wanted.count) from \(chosen.base), \(chosen.gateway), \(chosen.controlPlane))")
+      } else {
+        report.fail(
+          "ports taken: " + taken.map { "127.0.0.1:\($0)" }.joined(separator: ", "),
+          fix: "stop what holds them (ss -ltnp shows it), or pass --base-port, --gateway-port, --control-plane-port")
+      }
+    }
+    print(report.failures == 0 ? "\nall checks passed" : "\n\(report.failures) check(s) failed")
+    if report.failures > 0 { throw ExitCode.failure }
+  }
+
+  func checkCA(_ report: inout Report) {
+    let files = CAFiles(dir: "certs")
+    guard FileManager.default.fileExists(atPath: files.root) else {
+      report.fail("no CA in certs/", fix: "meshctl certs init (meshctl up makes one when there is none)")
+      return
+    }
+    for (name, path) in [("root", files.root), ("issuer", files.issuer), ("operator", files.operatorCertificate)] {
+      guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+        let end = text.range(of: "-----END CERTIFICATE-----"),
+        let certificate = try? Certificate(pemEncoded: String(text[..<end.upperBound]))
+      else {
+        report.fail("certs/: the \(name) certificate (\(path)) cannot be read", fix: "meshctl certs init --force makes a new CA")
+        continue
+      }
+      let left = certificate.notValidAfter.timeIntervalSinceNow
+      if left <= 0 {
+        report.fail(
+          "the \(name) certificate expired on \(certificate.notValidAfter)",
+          fix: name == "operator" ? "meshctl certs init --force" : "meshctl certs rotate-ca\(name == "root" ? " --root" : "")")
+      } else if left < Double(expiryWarningDays) * 86400 {
+        report.warn(
+          "the \(name) certificate expires in \(Int(left / 86400)) days (\(certificate.notValidAfter))",
+          fix: name == "operator" ? "meshctl certs init --force" : "meshctl certs rotate-ca\(name == "root" ? " --root" : "")")
+      } else {
+        report.pass("the \(name) certificate is valid until \(certificate.notValidAfter)")
+      }
+    }
+  }
+
+  func checkRunning(_ run: ShopRun, _ report: inout Report) async {
+    for entry in run.processes {
+      if LocalProcesses.isRunning(entry.pid) {
+        report.pass("\(entry.name) runs (pid \(entry.pid))")
+      } else {
+        let last = LocalProcesses.tail(entry.log, lines: 3).joined(separator: "\n      ")
+        report.fail(
+          "\(entry.name) (pid \(entry.pid)) is not running; its last lines:\n      \(last)",
+          fix: "meshctl logs \(entry.name); then meshctl down && meshctl up")
+      }
+    }
+    let launcher = Launcher(run: run)
+    guard let status = try? await launcher.controlPlane.withAdmin({ try await $0.status(.init()) })
+    else {
+      report.fail(
+        "the control plane does not answer at 127.0.0.1:\(run.ports.controlPlane)",
+        fix: "meshctl logs control-plane")
+      return
+    }
+    report.pass("the control plane answers; config version \(status.currentVersion) is running")
+    for entry in run.processes where entry.role == .sidecar {
+      let ports = run.slotPorts(entry.slot ?? 0)
+      let ready = LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 2)
+      if ready?.status == 200 {
+        report.pass("\(entry.name) is ready")
+      } else {
+        report.fail(
+          "\(entry.name) is not ready (\(ready.map { "\($0.status): \($0.body.trimmingCharacters(in: .whitespacesAndNewlines))" } ?? "no answer at 127.0.0.1:\(ports.admin)"))",
+          fix: "meshctl logs \(entry.name)")
+      }
+      guard let sidecar = status.sidecars.first(where: { $0.registeredAddress == "127.0.0.1:\(ports.inbound)" || $0.node.hasSuffix("@127.0.0.1:\(ports.inbound)") })
+      else {
+        report.fail(
+          "\(entry.name) is not subscribed to the control plane", fix: "meshctl logs \(entry.name)")
+        continue
+      }
+      if sidecar.lastNackVersion != 0, sidecar.lastNackVersion >= sidecar.version {
+        report.fail(
+          "\(entry.name) NACKed config version \(sidecar.lastNackVersion): \(sidecar.lastNackError)",
+          fix: "fix .trellis/mesh.yaml and meshctl apply -f .trellis/mesh.yaml (or meshctl rollback)")
+      } else if sidecar.version != status.currentVersion {
+        report.fail(
+          "\(entry.name) runs config version \(sidecar.version), not \(status.currentVersion)",
+          fix: "wait a moment; if it stays, meshctl logs \(entry.name)")
+      } else {
+        report.pass("\(entry.name) runs config version \(sidecar.version)")
+      }
+      if !sidecar.registered {
+        report.fail(
+          "\(entry.name)'s endpoint is not registered (its app is not SERVING)",
+          fix: "meshctl logs \(entry.instance)")
+      }
+      let expires = Date(timeIntervalSince1970: TimeInterval(sidecar.certificateNotAfterUnix))
+      if sidecar.certificateNotAfterUnix != 0, expires.timeIntervalSinceNow < 3600 {
+        report.fail(
+          "\(entry.name)'s certificate expires at \(expires)",
+          fix: "meshctl certs rotate --service \(entry.service)")
+      }
+    }
+    let answer = LocalProcesses.httpRequest(
+      port: run.ports.gateway, path: "/v1/users/usr_check", headers: ["x-api-key": launcher.apiKey])
+    if answer?.status == 404 {
+      report.pass("the gateway answers at http://127.0.0.1:\(run.ports.gateway) through the mesh")
+    } else {
+      report.fail(
+        "the gateway does not answer through the mesh (\(answer.map { "HTTP \($0.status)" } ?? "no answer"))",
+        fix: "meshctl logs gateway; meshctl logs gateway-sidecar")
+    }
+  }
+}

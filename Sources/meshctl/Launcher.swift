@@ -1,0 +1,409 @@
+import ArgumentParser
+import Foundation
+import GRPCCore
+import MeshIdentity
+import MeshProtos
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starts and stops the processes of a local mesh, for `up`, `restart` and `down`.
+struct Launcher {
+  let run: ShopRun
+
+  var root: String { FileManager.default.currentDirectoryPath }
+  func absolute(_ path: String) -> String { path.hasPrefix("/") ? path : root + "/" + path }
+
+  var controlPlane: ControlPlaneOptions {
+    // (Parsed, as options made any other way hold no values.)
+    try! ControlPlaneOptions.parse(["--control-plane", "127.0.0.1:\(run.ports.controlPlane)"])
+  }
+
+  // MARK: - Before anything runs
+
+  /// The CA in certs/: made when missing (the same as `meshctl certs init`).
+  func ensureCA() throws {
+    let files = CAFiles(dir: "certs")
+    if FileManager.default.fileExists(atPath: files.root) {
+      for path in [files.issuer, files.issuerKey, files.bundle, files.operatorCertificate]
+      where !FileManager.default.fileExists(atPath: path) {
+        throw MeshctlFailure("certs/ is incomplete: \(path) is missing (meshctl certs init --force makes a new CA)")
+      }
+      return
+    }
+    print("creating the mesh's CA in certs/ (meshctl certs init)…")
+    let me = Self.ownExecutable
+    let made = try Self.runTool(me, ["certs", "init", "--dir", "certs"])
+    guard made.status == 0 else { throw MeshctlFailure("meshctl certs init failed: \(made.output)") }
+  }
+
+  /// The gateway's API key, made once and kept in .trellis/api-keys (mode 0600).
+  func ensureAPIKey() throws {
+    if FileManager.default.fileExists(atPath: run.apiKeyFile) { return }
+    var bytes = [UInt8](repeating: 0, count: 18)
+    for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255) }
+    let key = "shop_" + Data(bytes).base64EncodedString()
+      .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+    guard
+      FileManager.default.createFile(
+        atPath: run.apiKeyFile,
+        contents: Data("# the shop's API key (meshctl up)\n\(key)\n".utf8),
+        attributes: [.posixPermissions: 0o600])
+    else { throw MeshctlFailure("cannot write \(run.apiKeyFile)") }
+  }
+
+  var apiKey: String {
+    let text = (try? String(contentsOfFile: run.apiKeyFile, encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").first { !$0.hasPrefix("#") && !$0.isEmpty }.map(String.init) ?? ""
+  }
+
+  // MARK: - Starting
+
+  func startControlPlane() async throws -> ShopRun.Entry {
+    let log = ShopRun.folder + "/logs/control-plane.log"
+    let pid = try LocalProcesses.spawn(
+      run.bin + "/control-plane",
+      [
+        "--certs", absolute("certs"), "--data", absolute(ShopRun.folder + "/control-plane"),
+        "--listen", "127.0.0.1:\(run.ports.controlPlane)", "--join", "127.0.0.1:\(run.ports.join)",
+      ], environment: [:], log: log)
+    let entry = ShopRun.Entry(
+      name: "control-plane", service: "control-plane", instance: "control-plane",
+      role: .controlPlane, pid: pid, log: log, slot: nil,
+      address: "127.0.0.1:\(run.ports.controlPlane)")
+    let deadline = ContinuousClock.now + .seconds(30)
+    while true {
+      guard LocalProcesses.isRunning(pid) else {
+        throw MeshctlFailure("the control plane exited at start")
+      }
+      if (try? await controlPlane.withAdmin { try await $0.status(.init()) }) != nil {
+        return entry
+      }
+      if ContinuousClock.now > deadline {
+        throw MeshctlFailure("the control plane did not answer within 30 s (see \(log))")
+      }
+      try await Task.sleep(for: .milliseconds(100))
+    }
+  }
+
+  /// Applies .trellis/mesh.yaml, written with the shop's defaults the first time.
+  func applyMeshConfig() async throws {
+    let file = ShopRun.folder + "/mesh.yaml"
+    if !FileManager.default.fileExists(atPath: file) {
+      try ShopLayout.defaultMeshConfig.write(toFile: file, atomically: true, encoding: .utf8)
+    }
+    var request = Trellis_Mesh_V1_ApplyConfigRequest()
+    request.yaml = try String(contentsOfFile: file, encoding: .utf8)
+    request.fileName = file
+    let response = try await controlPlane.withAdmin { [request] in
+      try await $0.applyConfig(request)
+    }
+    print(
+      response.changed
+        ? "applied \(file) as version \(response.version)"
+        : "\(file) is the running config (version \(response.version))")
+  }
+
+  /// Starts one instance of a service: its app and its sidecar (joined with a new token).
+  func startInstance(_ service: ShopLayout.Service, instance: String, slot: Int) async throws
+    -> [ShopRun.Entry]
+  {
+    let ports = run.slotPorts(slot)
+    let folder = ShopRun.folder + "/sidecars/\(instance)"
+    try FileManager.default.createDirectory(atPath: folder + "/state", withIntermediateDirectories: true)
+    let tokenFile = folder + "/token"
+    var request = Trellis_Mesh_V1_CreateTokenRequest()
+    request.service = service.name
+    request.ttlSeconds = 3600
+    let token = try await controlPlane.withAdmin { [request] in try await $0.createToken(request) }
+    guard
+      FileManager.default.createFile(
+        atPath: tokenFile, contents: Data((token.token + "\n").utf8),
+        attributes: [.posixPermissions: 0o600])
+    else { throw MeshctlFailure("cannot write \(tokenFile)") }
+    let bootstrap = """
+      # \(instance)'s sidecar, written by meshctl up
+      service: \(service.name)
+      app: 127.0.0.1:\(ports.app)
+      listen: {inbound: 127.0.0.1:\(ports.inbound), outbound: 127.0.0.1:\(ports.outbound), admin: 127.0.0.1:\(ports.admin)}
+      controlPlane:
+        address: 127.0.0.1:\(run.ports.controlPlane)
+        join: 127.0.0.1:\(run.ports.join)
+        tokenFile: \(absolute(tokenFile))
+        bundle: \(absolute("certs/bundle.pem"))
+      state: \(absolute(folder + "/state"))
+
+      """
+    let bootstrapFile = folder + "/sidecar.yaml"
+    try bootstrap.write(toFile: bootstrapFile, atomically: true, encoding: .utf8)
+
+    let data = ShopRun.folder + "/data/\(service.name)"
+    try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+    var arguments: [String]
+    var address = "127.0.0.1:\(ports.app)"
+    if service.name == "gateway" {
+      arguments = [
+        "--listen", "127.0.0.1:\(run.ports.gateway)", "--health-listen", "127.0.0.1:\(ports.app)",
+        "--sidecar", "127.0.0.1:\(ports.outbound)", "--api-keys-file", absolute(run.apiKeyFile),
+      ]
+      address = "127.0.0.1:\(run.ports.gateway)"
+    } else {
+      arguments = [
+        "--listen", "127.0.0.1:\(ports.app)", "--db", absolute(data + "/\(service.name).sqlite"),
+        "--shutdown-delay", "2",
+      ]
+      if service.callsOut { arguments += ["--sidecar", "127.0.0.1:\(ports.outbound)"] }
+    }
+    let appLog = ShopRun.folder + "/logs/\(instance).log"
+    let sidecarLog = ShopRun.folder + "/logs/\(instance)-sidecar.log"
+    let app = try LocalProcesses.spawn(
+      run.bin + "/" + service.executable, arguments,
+      environment: [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:\(ports.admin)/v1/traces",
+        "OTEL_SERVICE_NAME": service.name,
+      ], log: appLog)
+    let sidecar = try LocalProcesses.spawn(
+      run.bin + "/sidecar", ["--config", absolute(bootstrapFile)], environment: [:],
+      log: sidecarLog)
+    return [
+      .init(
+        name: instance, service: service.name, instance: instance, role: .app, pid: app,
+        log: appLog, slot: slot, address: address),
+      .init(
+        name: "\(instance)-sidecar", service: service.name, instance: instance, role: .sidecar,
+        pid: sidecar, log: sidecarLog, slot: slot, address: "127.0.0.1:\(ports.admin)"),
+    ]
+  }
+
+  // MARK: - Readiness
+
+  /// Waits until every process (or `only` these) is ready: each sidecar ready and its
+  /// endpoint registered with the running config, each app listening, and the gateway
+  /// answering through the mesh.
+  func waitUntilReady(_ run: ShopRun, only: [ShopRun.Entry]? = nil, timeout: Duration = .seconds(120))
+    async throws
+  {
+    let entries = only ?? run.processes
+    let deadline = ContinuousClock.now + timeout
+    var waitingFor: [String] = []
+    while ContinuousClock.now < deadline {
+      _ = LocalProcesses.reapChildren()
+      if let dead = entries.first(where: { !LocalProcesses.isRunning($0.pid) }) {
+        throw MeshctlFailure("\(dead.name) exited (its log: \(dead.log))")
+      }
+      let status = try? await controlPlane.withAdmin { try await $0.status(.init()) }
+      waitingFor = []
+      for entry in entries {
+        switch entry.role {
+        case .controlPlane:
+          if status == nil { waitingFor.append("control-plane") }
+        case .sidecar:
+          let ports = run.slotPorts(entry.slot ?? 0)
+          let ready = LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 1)?.status == 200
+          let inbound = "127.0.0.1:\(ports.inbound)"
+          let registered =
+            status?.sidecars.contains {
+              $0.connected && $0.registered && $0.registeredAddress == inbound
+                && $0.version == status?.currentVersion
+            } ?? false
+          if !ready || !registered {
+            waitingFor.append("\(entry.name) (\(ready ? "not registered yet" : "not ready"))")
+          }
+        case .app:
+          let port = Int(entry.address.split(separator: ":").last ?? "") ?? 0
+          if !LocalProcesses.isListening(port) { waitingFor.append("\(entry.name) (not listening)") }
+        }
+      }
+      if waitingFor.isEmpty, entries.contains(where: { $0.service == "gateway" && $0.role == .app }) {
+        // Through the gateway, its sidecar, users' sidecar, to users: a NOT_FOUND is the answer.
+        let answer = LocalProcesses.httpRequest(
+          port: run.ports.gateway, path: "/v1/users/usr_readiness", headers: ["x-api-key": apiKey],
+          timeout: 2)
+        if answer?.status != 404 { waitingFor.append("gateway → users (answered \(answer.map { "\($0.status)" } ?? "nothing"))") }
+      }
+      if waitingFor.isEmpty { return }
+      try await Task.sleep(for: .milliseconds(200))
+    }
+    throw MeshctlFailure("not ready after \(timeout): \(waitingFor.joined(separator: ", "))")
+  }
+
+  // MARK: - Running in the foreground
+
+  /// Shows every process's new log lines, prefixed with its name, and reports a process that
+  /// dies, until SIGINT or SIGTERM — then stops everything. The run file is read again each
+  /// second, so instances `meshctl restart` replaced are followed too.
+  static func foreground(_ started: ShopRun, logs: LogStream) async {
+    signal(SIGINT, SIG_IGN)
+    signal(SIGTERM, SIG_IGN)
+    let stopRequested = StopFlag()
+    let sources = [SIGINT, SIGTERM].map { number in
+      let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+      source.setEventHandler { stopRequested.set() }
+      source.resume()
+      return source
+    }
+    defer { sources.forEach { $0.cancel() } }
+
+    var run = started
+    var reported = Set<Int32>()
+    var exits: [pid_t: Int32] = [:]
+    var lastReload = ContinuousClock.now
+    logs.follow(run.processes)
+    while !stopRequested.isSet {
+      logs.printNew()
+      for (pid, status) in LocalProcesses.reapChildren() { exits[pid] = status }
+      if ContinuousClock.now - lastReload > .seconds(1), let fresh = ShopRun.load() {
+        run = fresh
+        logs.follow(run.processes)
+        lastReload = .now
+      }
+      for entry in run.processes where !reported.contains(entry.pid) && !LocalProcesses.isRunning(entry.pid) {
+        // A restart may be replacing it: only a process still in the run file counts.
+        guard ShopRun.load()?.processes.contains(where: { $0.pid == entry.pid }) ?? true else { continue }
+        logs.printNew()
+        reported.insert(entry.pid)
+        reportDeath(entry, status: exits[entry.pid])
+      }
+      flushStandardOutput()
+      try? await Task.sleep(for: .milliseconds(150))
+    }
+    print("\nstopping the shop (gateway and apps, then sidecars, then the control plane)…")
+    flushStandardOutput()
+    run = ShopRun.load() ?? run
+    let stopping = Task {
+      while !Task.isCancelled {
+        logs.printNew()
+        try? await Task.sleep(for: .milliseconds(150))
+      }
+    }
+    await stopAll(run)
+    stopping.cancel()
+    logs.printNew()
+    try? FileManager.default.removeItem(atPath: ShopRun.file)
+    print("stopped; the data stays in \(ShopRun.folder)/")
+  }
+
+  /// The log lines of the processes of a run, each prefixed with its process's name: from
+  /// where each file ended when `up` began, so a second run shows only its own lines.
+  final class LogStream: @unchecked Sendable {
+    private let lock = NSLock()
+    private var followers: [String: LogFollower] = [:]
+    private let startOffsets: [String: UInt64]
+
+    init(startOffsets: [String: UInt64]) {
+      self.startOffsets = startOffsets
+    }
+
+    func follow(_ entries: [ShopRun.Entry]) {
+      lock.withLock {
+        for entry in entries where followers[entry.log] == nil {
+          followers[entry.log] = LogFollower(
+            name: entry.name, path: entry.log,
+            from: startOffsets[entry.log] ?? Launcher.fileSize(entry.log))
+        }
+      }
+    }
+
+    func printNew() {
+      lock.withLock {
+        for key in followers.keys.sorted() { followers[key]?.printNew() }
+      }
+      flushStandardOutput()
+    }
+  }
+
+  final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
+  }
+
+  static func reportDeath(_ entry: ShopRun.Entry, status: Int32?) {
+    let how: String
+    if let status {
+      let signal = status & 0x7f
+      how = signal == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(signal)"
+    } else {
+      how = "is no longer running"
+    }
+    print("[meshctl] \(entry.name) (pid \(entry.pid)) \(how); its last lines (\(entry.log)):")
+    for line in LocalProcesses.tail(entry.log, lines: 15) { print("    \(line)") }
+  }
+
+  /// Stops the gateway and the apps, then the sidecars (so calls in flight finish through
+  /// them), then the control plane.
+  static func stopAll(_ run: ShopRun) async {
+    let apps = run.processes.filter { $0.role == .app }
+    await LocalProcesses.stop(apps.filter { $0.service == "gateway" }.map(\.pid))
+    await LocalProcesses.stop(apps.filter { $0.service != "gateway" }.map(\.pid))
+    await LocalProcesses.stop(run.processes.filter { $0.role == .sidecar }.map(\.pid))
+    await LocalProcesses.stop(run.processes.filter { $0.role == .controlPlane }.map(\.pid))
+  }
+
+  static func printSummary(_ run: ShopRun) {
+    let launcher = Launcher(run: run)
+    var rows = [["PROCESS", "PID", "ADDRESS", "LOG"]]
+    for entry in run.processes {
+      let address: String
+      switch entry.role {
+      case .sidecar:
+        let ports = run.slotPorts(entry.slot ?? 0)
+        address = "in :\(ports.inbound) out :\(ports.outbound) admin :\(ports.admin)"
+      case .app where entry.service == "gateway": address = "http://\(entry.address)"
+      default: address = entry.address
+      }
+      rows.append([entry.name, "\(entry.pid)", address, entry.log])
+    }
+    print("")
+    printTable(rows)
+    let gateway = "http://127.0.0.1:\(run.ports.gateway)"
+    print(
+      """
+
+      The shop is running on the mesh\(run.detached ? " (meshctl down stops it)" : " (Ctrl-C stops it)").
+      The gateway is \(gateway); its API key is in \(run.apiKeyFile). Try:
+
+        key=\(launcher.apiKey)
+        curl -s -H "x-api-key: $key" \(gateway)/v1/users -d '{"email":"ada@example.com","name":"Ada"}'
+        curl -s -H "x-api-key: $key" \(gateway)/v1/customers/USER_ID
+        curl -s -H "x-api-key: $key" \(gateway)/v1/orders -d '{"userId":"USER_ID","lineItems":[{"sku":"TEA","quantity":2,"unitPrice":{"currencyCode":"EUR","minorUnits":450}}]}'
+        meshctl status          meshctl top          meshctl trace list
+        meshctl logs orders     meshctl restart orders   meshctl check
+
+      """)
+    flushStandardOutput()
+  }
+
+  // MARK: - Helpers
+
+  static var ownExecutable: String {
+    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+      ?? CommandLine.arguments[0]
+  }
+
+  static func fileSize(_ path: String) -> UInt64 {
+    ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.uint64Value
+      ?? 0
+  }
+
+  /// Runs a tool to the end; its output (standard output and error together), or shown as it
+  /// comes with `echo`.
+  static func runTool(_ program: String, _ arguments: [String], echo: Bool = false) throws
+    -> (status: Int32, output: String)
+  {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: program)
+    process.arguments = arguments
+    let pipe = Pipe()
+    if !echo {
+      process.standardOutput = pipe
+      process.standardError = pipe
+    }
+    try process.run()
+    let data = echo ? Data() : pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+  }
+}

@@ -1,0 +1,344 @@
+import ArgumentParser
+import Foundation
+import MeshIdentity
+import MeshProtos
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `meshctl up`: the whole shop on the mesh, on loopback, in one command.
+struct Up: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Start the shop on a local mesh: control plane, services, sidecars and gateway.",
+    discussion: """
+      Builds what is needed (release), creates the CA in certs/ if there is none, starts the
+      control plane, applies .trellis/mesh.yaml (written with the shop's defaults the first
+      time), and starts events, payments, users, orders and the gateway, each beside its
+      sidecar, joined with a fresh token. It waits until every one is ready, then prints what
+      is where. Run state lives in .trellis/; a second `up` reuses the data.
+
+      In the foreground (the default) each process's log lines are shown prefixed with its
+      name, and Ctrl-C stops everything gracefully. With --detach it returns once the shop is
+      ready; `meshctl down` stops it.
+      """)
+
+  @Flag(help: "Return once everything is ready; stop it with `meshctl down`.") var detach = false
+  @Flag(help: "Use the executables already built (beside meshctl, or in --bin) instead of building.")
+  var noBuild = false
+  @Option(help: "The folder of the executables (default: built with swift build -c release).")
+  var bin: String?
+  @Option(
+    help: "Instances per service, SERVICE=N (repeatable): --replicas orders=3.",
+    transform: Replicas.parse)
+  var replicas: [Replicas] = []
+  @OptionGroup var ports: PortOptions
+
+  func run() async throws {
+    if let previous = ShopRun.load(), !previous.running.isEmpty {
+      throw MeshctlFailure(
+        "the shop is already running (\(previous.running.count) processes, from \(ShopRun.file)); "
+          + "run `meshctl down` first, or `meshctl status`")
+    }
+    let counts = try Replicas.counts(replicas)
+    let binFolder = try resolveBin()
+    let chosen = ports.chosen
+    var plan = ShopRun(
+      bin: binFolder, ports: chosen, detached: detach,
+      apiKeyFile: ShopRun.folder + "/api-keys", processes: [])
+    let instances = ShopLayout.services.flatMap { service in
+      let count = counts[service.name] ?? 1
+      return (1...count).map { count == 1 ? service.name : "\(service.name)-\($0)" }
+        .map { (service, $0) }
+    }
+    try preflight(plan, instances: instances.count)
+
+    let launcher = Launcher(run: plan)
+    try FileManager.default.createDirectory(
+      atPath: ShopRun.folder + "/logs", withIntermediateDirectories: true)
+    // In the foreground, every process's lines are shown from its start.
+    let logNames =
+      ["control-plane"] + instances.flatMap { [$0.1, $0.1 + "-sidecar"] }
+    let logs = Launcher.LogStream(
+      startOffsets: Dictionary(
+        uniqueKeysWithValues: logNames.map {
+          let path = ShopRun.folder + "/logs/\($0).log"
+          return (path, Launcher.fileSize(path))
+        }))
+    let streaming =
+      detach
+      ? nil
+      : Task {
+        while !Task.isCancelled {
+          logs.follow(ShopRun.load()?.processes ?? [])
+          logs.printNew()
+          try? await Task.sleep(for: .milliseconds(150))
+        }
+      }
+    try launcher.ensureCA()
+    try launcher.ensureAPIKey()
+    var failure: (any Error)?
+    do {
+      plan.processes.append(try await launcher.startControlPlane())
+      try plan.save()
+      try await launcher.applyMeshConfig()
+      for (slot, (service, instance)) in instances.enumerated() {
+        plan.processes += try await launcher.startInstance(service, instance: instance, slot: slot)
+        try plan.save()
+      }
+      try await launcher.waitUntilReady(plan)
+    } catch {
+      failure = error
+    }
+    streaming?.cancel()
+    logs.printNew()
+    if let failure {
+      print("meshctl up: \(failure)")
+      for entry in plan.processes where !LocalProcesses.isRunning(entry.pid) {
+        Launcher.reportDeath(entry, status: nil)
+      }
+      print("stopping what was started…")
+      await Launcher.stopAll(plan)
+      try? FileManager.default.removeItem(atPath: ShopRun.file)
+      throw ExitCode.failure
+    }
+    Launcher.printSummary(plan)
+    if detach { return }
+    await Launcher.foreground(plan, logs: logs)
+  }
+
+  func resolveBin() throws -> String {
+    if let bin { return URL(fileURLWithPath: bin).standardizedFileURL.path }
+    if noBuild {
+      // Beside this meshctl.
+      let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        ?? CommandLine.arguments[0]
+      return URL(fileURLWithPath: me).deletingLastPathComponent().standardizedFileURL.path
+    }
+    guard FileManager.default.fileExists(atPath: "Package.swift") else {
+      throw MeshctlFailure(
+        "no Package.swift here: run meshctl up in the repository's folder, or pass --no-build / --bin")
+    }
+    print("building the mesh and the shop (swift build -c release; the first build takes minutes)…")
+    let build = try Launcher.runTool("/usr/bin/env", ["swift", "build", "-c", "release"], echo: true)
+    guard build.status == 0 else { throw MeshctlFailure("swift build failed (exit \(build.status))") }
+    let path = try Launcher.runTool(
+      "/usr/bin/env", ["swift", "build", "-c", "release", "--show-bin-path"])
+    return path.output.trimmingCharacters(in: .whitespacesAndNewlines)
+  }
+
+  func preflight(_ plan: ShopRun, instances: Int) throws {
+    for executable in ShopLayout.executables {
+      let path = plan.bin + "/" + executable
+      guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw MeshctlFailure(
+          "\(path) is missing: build first (swift build -c release), or run meshctl up without --no-build")
+      }
+    }
+    var taken: [String] = []
+    let wanted =
+      [
+        ("the gateway", plan.ports.gateway), ("the control plane", plan.ports.controlPlane),
+        ("the control plane's join listener", plan.ports.join),
+      ] + (0..<instances).flatMap { slot in
+        let p = plan.slotPorts(slot)
+        return [p.inbound, p.outbound, p.admin, p.app].map { ("slot \(slot)", $0) }
+      }
+    for (what, port) in wanted where !LocalProcesses.isFree(port) {
+      taken.append("127.0.0.1:\(port) (\(what))")
+    }
+    if !taken.isEmpty {
+      throw MeshctlFailure(
+        "ports already in use: \(taken.joined(separator: ", ")). Stop what holds them, or move "
+          + "the shop with --base-port, --gateway-port and --control-plane-port")
+    }
+  }
+}
+
+/// The ports a local mesh uses.
+struct PortOptions: ParsableArguments {
+  @Option(help: "The first port of the sidecars and apps (each instance takes the next 10).")
+  var basePort = 16000
+  @Option(help: "The gateway's HTTP port.") var gatewayPort = 8080
+  @Option(help: "The control plane's API port (its join listener takes the next).")
+  var controlPlanePort = 15000
+
+  var chosen: ShopRun.Ports {
+    .init(base: basePort, gateway: gatewayPort, controlPlane: controlPlanePort)
+  }
+}
+
+struct Replicas {
+  let service: String
+  let count: Int
+
+  static func parse(_ text: String) throws -> Replicas {
+    let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+    guard parts.count == 2, let count = Int(parts[1]), (1...9).contains(count) else {
+      throw ValidationError("--replicas \(text): expected SERVICE=N with N from 1 to 9")
+    }
+    return Replicas(service: parts[0], count: count)
+  }
+
+  static func counts(_ list: [Replicas]) throws -> [String: Int] {
+    var counts: [String: Int] = [:]
+    for replicas in list {
+      guard ShopLayout.services.contains(where: { $0.name == replicas.service }) else {
+        throw ValidationError(
+          "--replicas \(replicas.service)=\(replicas.count): no such service; the shop has "
+            + ShopLayout.services.map(\.name).joined(separator: ", "))
+      }
+      if replicas.service == "gateway", replicas.count > 1 {
+        throw ValidationError("--replicas gateway=\(replicas.count): the gateway holds one HTTP port")
+      }
+      counts[replicas.service] = replicas.count
+    }
+    return counts
+  }
+}
+
+/// `meshctl down`
+struct Down: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Stop what `meshctl up` started, gracefully (gateway and apps, sidecars, control plane).")
+
+  func run() async throws {
+    guard let run = ShopRun.load() else {
+      print("nothing to stop: no \(ShopRun.file) here")
+      return
+    }
+    let running = run.running
+    await Launcher.stopAll(run)
+    try? FileManager.default.removeItem(atPath: ShopRun.file)
+    print("stopped \(running.count) processes; the data stays in \(ShopRun.folder)/")
+  }
+}
+
+/// `meshctl logs SERVICE [--follow]`
+struct Logs: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Show the log of a process `meshctl up` started.",
+    discussion: """
+      NAME is a process (users, users-sidecar, orders-2, control-plane) or a service, which
+      shows each of its instances' apps.
+      """)
+
+  @Argument(help: "A process or a service.") var name: String
+  @Flag(name: .shortAndLong, help: "Keep printing lines as they are written.") var follow = false
+  @Option(name: [.customShort("n"), .long], help: "Lines from the end to start with.")
+  var lines = 100
+
+  func run() async throws {
+    guard let run = ShopRun.load() else {
+      throw MeshctlFailure("no \(ShopRun.file) here: start the shop with meshctl up")
+    }
+    var chosen = run.processes.filter { $0.name == name }
+    if chosen.isEmpty { chosen = run.processes.filter { $0.service == name && $0.role == .app } }
+    guard !chosen.isEmpty else {
+      throw MeshctlFailure(
+        "no process or service \(name); there are "
+          + run.processes.map(\.name).joined(separator: ", "))
+    }
+    let prefix = chosen.count > 1
+    var offsets: [String: UInt64] = [:]
+    for entry in chosen {
+      for line in LocalProcesses.tail(entry.log, lines: lines) {
+        print(prefix ? "[\(entry.name)] \(line)" : line)
+      }
+      offsets[entry.log] = Launcher.fileSize(entry.log)
+    }
+    guard follow else { return }
+    var followers = chosen.map { LogFollower(name: prefix ? $0.name : nil, path: $0.log, from: offsets[$0.log] ?? 0) }
+    while !Task.isCancelled {
+      for index in followers.indices { followers[index].printNew() }
+      flushStandardOutput()
+      try await Task.sleep(for: .milliseconds(200))
+    }
+  }
+}
+
+/// `meshctl restart SERVICE`
+struct Restart: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Roll a service's instances one at a time, without failing a call.",
+    discussion: """
+      For each instance: a new one is started (with its sidecar) and waited for until it is
+      registered, then the old app reports NOT_SERVING, its sidecar withdraws it, and only then
+      do the old app and sidecar stop, finishing their calls. The gateway, which holds one
+      port, is stopped and started again.
+      """)
+
+  @Argument(help: "The service: users, orders, payments, events or gateway.") var service: String
+
+  func run() async throws {
+    guard var run = ShopRun.load(), !run.running.isEmpty else {
+      throw MeshctlFailure("the shop is not running here (no live \(ShopRun.file)): meshctl up")
+    }
+    guard let layout = ShopLayout.services.first(where: { $0.name == service }) else {
+      throw MeshctlFailure(
+        "no service \(service); the shop has "
+          + ShopLayout.services.map(\.name).joined(separator: ", "))
+    }
+    let instances = Array(Set(run.processes.filter { $0.service == service }.map(\.instance)))
+      .sorted()
+    let launcher = Launcher(run: run)
+    for instance in instances {
+      let old = run.processes.filter { $0.instance == instance }
+      let slot = run.freeSlot
+      if service == "gateway" {
+        // One HTTP port: stop, then start again.
+        await LocalProcesses.stop(old.filter { $0.role == .app }.map(\.pid))
+        await LocalProcesses.stop(old.filter { $0.role == .sidecar }.map(\.pid))
+        run.processes.removeAll { $0.instance == instance }
+        run.processes += try await launcher.startInstance(layout, instance: instance, slot: slot)
+        try run.save()
+        try await launcher.waitUntilReady(run)
+        print("restarted \(instance)")
+        continue
+      }
+      let fresh = try await launcher.startInstance(layout, instance: instance, slot: slot)
+      run.processes += fresh
+      try run.save()
+      try await launcher.waitUntilReady(run, only: fresh)
+      // The old app reports NOT_SERVING (its --shutdown-delay), its sidecar withdraws the
+      // endpoint and the control plane pushes that; the app then finishes its calls and ends.
+      await LocalProcesses.stop(old.filter { $0.role == .app }.map(\.pid))
+      await LocalProcesses.stop(old.filter { $0.role == .sidecar }.map(\.pid))
+      let oldPIDs = Set(old.map(\.pid))
+      run.processes.removeAll { oldPIDs.contains($0.pid) }
+      try run.save()
+      print("restarted \(instance): now pid \(fresh.first { $0.role == .app }?.pid ?? 0)")
+    }
+  }
+}
+
+/// Follows a log file from an offset, printing complete new lines.
+struct LogFollower {
+  let name: String?
+  let path: String
+  var offset: UInt64
+  var partial = ""
+
+  init(name: String?, path: String, from offset: UInt64) {
+    self.name = name
+    self.path = path
+    self.offset = offset
+  }
+
+  mutating func printNew() {
+    guard let handle = FileHandle(forReadingAtPath: path) else { return }
+    defer { try? handle.close() }
+    let size = (try? handle.seekToEnd()) ?? 0
+    if size < offset { offset = 0 }
+    guard size > offset else { return }
+    try? handle.seek(toOffset: offset)
+    let data = handle.readData(ofLength: Int(size - offset))
+    offset += UInt64(data.count)
+    partial += String(decoding: data, as: UTF8.self)
+    while let newline = partial.firstIndex(of: "\n") {
+      let line = partial[..<newline]
+      print(name.map { "[\($0)] \(line)" } ?? String(line))
+      partial = String(partial[partial.index(after: newline)...])
+    }
+  }
+}
