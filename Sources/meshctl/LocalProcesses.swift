@@ -18,6 +18,7 @@ enum LocalProcesses {
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
     posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    closeOnExec()
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
@@ -46,6 +47,20 @@ enum LocalProcesses {
       throw MeshctlFailure("cannot start \(executable): \(String(cString: strerror(result)))")
     }
     return pid
+  }
+
+  /// Marks every descriptor above standard error close-on-exec, so a child gets none of
+  /// meshctl's: a pipe meshctl inherited (its caller reading its output to the end) must not
+  /// stay open in a mesh that outlives it.
+  static func closeOnExec() {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else {
+      return
+    }
+    for name in names {
+      guard let fd = Int32(name), fd > 2 else { continue }
+      let flags = fcntl(fd, F_GETFD)
+      if flags >= 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
+    }
   }
 
   /// Exit statuses of this process's children that have ended, reaped.

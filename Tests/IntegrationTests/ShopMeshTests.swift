@@ -1,0 +1,360 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Whether a process runs: it exists and is not a zombie (a mesh's processes outlive the
+/// `meshctl up` that started them, and nobody may reap them at once).
+func isAlive(_ pid: Int) -> Bool {
+  guard kill(pid_t(pid), 0) == 0,
+    let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+    let close = stat.lastIndex(of: ")")
+  else { return false }
+  return stat[stat.index(close, offsetBy: 2)] != "Z"
+}
+
+/// A shop started by `meshctl up --detach` (the binaries already built: `--no-build`) in a
+/// folder of its own, on ports of its own.
+final class LocalShop: @unchecked Sendable {
+  let directory: URL
+  let basePort: Int
+  var gatewayPort: Int { basePort + 199 }
+  var controlPlanePort: Int { basePort + 195 }
+  var gateway: String { "http://127.0.0.1:\(gatewayPort)" }
+  let upOutput: String
+
+  init(_ extra: [String] = [], name: String = "shop") throws {
+    directory = try makeTemporaryDirectory(name)
+    var attempt = 0
+    while true {
+      // A 200-port block below Linux's ephemeral range; another one if it is taken.
+      let base = 20000 + 200 * Int.random(in: 0..<60)
+      let result = try run(
+        binary("meshctl"),
+        [
+          "up", "--detach", "--no-build", "--base-port", "\(base)", "--gateway-port",
+          "\(base + 199)", "--control-plane-port", "\(base + 195)",
+        ] + extra, directory: directory)
+      if result.status == 0 {
+        basePort = base
+        upOutput = result.stdout
+        return
+      }
+      attempt += 1
+      guard result.stdout.contains("ports already in use") || result.stderr.contains("ports already in use"), attempt < 5
+      else {
+        throw HarnessError("meshctl up failed (\(result.status)): \(result.stdout)\n\(result.stderr)")
+      }
+    }
+  }
+
+  @discardableResult
+  func meshctl(_ arguments: [String]) throws -> ProcessResult {
+    try run(binary("meshctl"), arguments, directory: directory)
+  }
+
+  var runFile: [String: Any] {
+    let data = FileManager.default.contents(
+      atPath: directory.appendingPathComponent(".trellis/run.json").path) ?? Data()
+    return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
+  }
+
+  var processes: [[String: Any]] { runFile["processes"] as? [[String: Any]] ?? [] }
+
+  func pid(of name: String) -> Int32? {
+    (processes.first { $0["name"] as? String == name }?["pid"] as? Int).map(Int32.init)
+  }
+
+  var apiKey: String {
+    let text =
+      (try? String(
+        contentsOf: directory.appendingPathComponent(".trellis/api-keys"), encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").first { !$0.hasPrefix("#") }.map(String.init) ?? ""
+  }
+
+  var auth: [String: String] { ["x-api-key": apiKey] }
+
+  func post(_ path: String, _ json: String) throws -> HTTPExchange {
+    try http("POST", gateway + path, headers: auth, body: Data(json.utf8))
+  }
+
+  func get(_ path: String) throws -> HTTPExchange {
+    try http("GET", gateway + path, headers: auth)
+  }
+
+  /// The drills' invariants, read from the SQLite files.
+  func invariants() throws -> [String: Any] {
+    let result = try run(
+      "python3",
+      [
+        integrationInputs.appendingPathComponent("python/shop_invariants.py").path,
+        directory.appendingPathComponent(".trellis/data").path,
+      ])
+    guard result.status == 0 else { throw HarnessError("shop_invariants.py: \(result.stderr)") }
+    return (try JSONSerialization.jsonObject(with: result.stdoutData)) as? [String: Any] ?? [:]
+  }
+
+  /// Waits (up to `seconds`) until the invariants hold: the drills' sagas and events take a
+  /// lease or a redelivery to finish.
+  func settledInvariants(seconds: Double = 90) throws -> [String: Any] {
+    let end = Date().addingTimeInterval(seconds)
+    var last: [String: Any] = [:]
+    while Date() < end {
+      last = try invariants()
+      if (last["violations"] as? [String])?.isEmpty == true, last["unfinished_sagas"] as? Int == 0 {
+        return last
+      }
+      Thread.sleep(forTimeInterval: 1)
+    }
+    return last
+  }
+
+  /// HTTP load through the gateway (`gateway_load.py`) until `finish`.
+  func load(workers: Int = 3, minorUnits: Int = 450) throws -> GatewayLoad {
+    try GatewayLoad(shop: self, workers: workers, minorUnits: minorUnits)
+  }
+
+  func down() {
+    _ = try? meshctl(["down"])
+  }
+
+  deinit { down() }
+}
+
+struct GatewayLoad {
+  let process: Process
+  let stopFile: URL
+  let output: URL
+
+  init(shop: LocalShop, workers: Int, minorUnits: Int) throws {
+    stopFile = shop.directory.appendingPathComponent("stop-load-\(UUID().uuidString.prefix(6))")
+    output = shop.directory.appendingPathComponent("load-\(UUID().uuidString.prefix(6)).json")
+    process = Process()
+    process.executableURL = URL(fileURLWithPath: try resolve("python3"))
+    process.arguments = [
+      integrationInputs.appendingPathComponent("python/gateway_load.py").path, shop.gateway,
+      shop.apiKey, stopFile.path, "\(workers)", "\(minorUnits)",
+    ]
+    FileManager.default.createFile(atPath: output.path, contents: nil)
+    process.standardOutput = try FileHandle(forWritingTo: output)
+    try process.run()
+  }
+
+  func finish() throws -> [String: Any] {
+    FileManager.default.createFile(atPath: stopFile.path, contents: nil)
+    process.waitUntilExit()
+    let data = FileManager.default.contents(atPath: output.path) ?? Data()
+    return (try JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
+  }
+}
+
+/// The whole shop on the mesh, started by `meshctl up` — real processes, real sockets, real
+/// SQLite files: the README's walkthrough, rolling restarts, and crash drills.
+@Suite(.serialized) struct ShopMeshTests {
+  static func order(_ user: String, minor: Int) -> String {
+    #"{"userId":"\#(user)","lineItems":[{"sku":"TEA","quantity":2,"unitPrice":{"currencyCode":"EUR","minorUnits":\#(minor)}}]}"#
+  }
+
+  /// What the README's walkthrough does, step by step.
+  @Test func theWalkthrough() throws {
+    let shop = try LocalShop(name: "walkthrough")
+    #expect(shop.upOutput.contains("The shop is running on the mesh"))
+    #expect(shop.upOutput.contains("http://127.0.0.1:\(shop.gatewayPort)"))
+    #expect(shop.processes.count == 11, "\(shop.processes)")
+
+    // A user, over HTTP.
+    let created = try shop.post("/v1/users", #"{"email":"ada@example.com","name":"Ada"}"#)
+    #expect(created.status == 200, "\(created)")
+    let user = try #require(created.json["id"] as? String)
+    // Its customer record appears in orders (user.created, through the outbox and the bus).
+    var customer = try shop.get("/v1/customers/\(user)")
+    let end = Date().addingTimeInterval(30)
+    while customer.status != 200, Date() < end {
+      Thread.sleep(forTimeInterval: 0.2)
+      customer = try shop.get("/v1/customers/\(user)")
+    }
+    #expect(customer.status == 200, "\(customer)")
+    #expect(customer.json["email"] as? String == "ada@example.com")
+
+    // An order, confirmed by the saga.
+    let confirmed = try shop.post("/v1/orders", Self.order(user, minor: 450))
+    #expect(confirmed.json["status"] as? String == "ORDER_STATUS_CONFIRMED", "\(confirmed)")
+    let order = try #require(confirmed.json["id"] as? String)
+    #expect(try shop.get("/v1/orders/\(order)").json["paymentId"] as? String == confirmed.json["paymentId"] as? String)
+    // One over payments' limit (1,000,000 minor units): cancelled, with the reason.
+    let declined = try shop.post("/v1/orders", Self.order(user, minor: 600_000))
+    #expect(declined.json["status"] as? String == "ORDER_STATUS_CANCELLED", "\(declined)")
+    #expect((declined.json["cancelReason"] as? String)?.hasPrefix("payment declined: charge declined") == true)
+
+    // The trace of the order: gateway → orders → payments, app and sidecar spans.
+    let traceID = try #require(confirmed.headers["x-trace-id"])
+    var shown = try shop.meshctl(["trace", "show", traceID])
+    let traceEnd = Date().addingTimeInterval(20)
+    while !(shown.stdout.contains("shop.v1.PaymentService/Charge") && shown.stdout.contains("payments  ")),
+      Date() < traceEnd
+    {
+      Thread.sleep(forTimeInterval: 0.5)
+      shown = try shop.meshctl(["trace", "show", traceID])
+    }
+    for expected in [
+      "POST /v1/orders", "gateway sidecar", "shop.v1.OrderService/CreateOrder", "orders sidecar",
+      "saga charge", "shop.v1.PaymentService/Charge", "payments sidecar",
+    ] {
+      #expect(shown.stdout.contains(expected), "\(expected) missing from:\n\(shown.stdout)")
+    }
+    // The user's trace carries the event hop: published by users, processed by orders.
+    let userTrace = try #require(created.headers["x-trace-id"])
+    var hop = try shop.meshctl(["trace", "show", userTrace])
+    while !hop.stdout.contains("user.created process"), Date() < traceEnd {
+      Thread.sleep(forTimeInterval: 0.5)
+      hop = try shop.meshctl(["trace", "show", userTrace])
+    }
+    #expect(hop.stdout.contains("user.created process"), "\(hop.stdout)")
+
+    // Operating it.
+    let status = try shop.meshctl(["status"])
+    #expect(status.status == 0, "\(status.stderr)")
+    #expect(status.stdout.contains("processes started by meshctl up"))
+    #expect(status.stdout.components(separatedBy: "running").count - 1 >= 11, "\(status.stdout)")
+    let check = try shop.meshctl(["check"])
+    #expect(check.status == 0, "\(check.stdout)")
+    #expect(check.stdout.contains("√ the gateway answers"))
+    let logs = try shop.meshctl(["logs", "orders", "-n", "5"])
+    #expect(logs.stdout.contains(#""logger":"order-service""#), "\(logs.stdout)")
+    #expect(try shop.meshctl(["logs", "shipping"]).stderr.contains("no process or service shipping"))
+    let again = try shop.meshctl(["up", "--detach", "--no-build"])
+    #expect(again.status != 0)
+    #expect((again.stdout + again.stderr).contains("the shop is already running"))
+
+    // Down stops every process; the data stays for the next up.
+    let pids = shop.processes.compactMap { $0["pid"] as? Int }
+    let down = try shop.meshctl(["down"])
+    #expect(down.stdout.contains("stopped 11 processes"), "\(down.stdout)")
+    #expect(pids.allSatisfy { !isAlive($0) })
+    #expect(FileManager.default.fileExists(
+      atPath: shop.directory.appendingPathComponent(".trellis/data/orders/orders.sqlite").path))
+  }
+
+  /// `meshctl restart` rolls each instance without a failed call, under load through the
+  /// gateway; two orders instances share one database.
+  @Test func restartsRollWithoutAFailedCall() throws {
+    let shop = try LocalShop(["--replicas", "orders=2"], name: "restart")
+    #expect(shop.pid(of: "orders-1") != nil && shop.pid(of: "orders-2") != nil)
+    let load = try shop.load()
+    Thread.sleep(forTimeInterval: 2)
+    for service in ["orders", "users", "payments", "events"] {
+      let before = shop.processes.filter { $0["service"] as? String == service }.compactMap { $0["pid"] as? Int }
+      let restarted = try shop.meshctl(["restart", service])
+      #expect(restarted.status == 0, "\(restarted.stdout)\(restarted.stderr)")
+      let after = shop.processes.filter { $0["service"] as? String == service }.compactMap { $0["pid"] as? Int }
+      #expect(Set(before).isDisjoint(with: after), "\(service): \(before) → \(after)")
+      #expect(before.allSatisfy { !isAlive($0) })
+    }
+    Thread.sleep(forTimeInterval: 1)
+    let result = try load.finish()
+    let statuses = result["statuses"] as? [String: Int] ?? [:]
+    #expect(statuses.keys.sorted() == ["200"], "\(statuses) \(result["failures"] ?? "")")
+    #expect((statuses["200"] ?? 0) > 50, "\(statuses)")
+    let settled = try shop.settledInvariants()
+    #expect((settled["violations"] as? [String])?.isEmpty == true, "\(settled)")
+    print("restarts under load: \(statuses); \(settled)")
+  }
+
+  /// kill -9 of an orders instance under load, mid-saga: the other instance (by lease) and
+  /// the restarted one finish every saga; nothing is charged twice or without its order.
+  @Test func ordersKilledMidSagaLosesNothing() throws {
+    let shop = try LocalShop(["--replicas", "orders=2"], name: "kill-orders")
+    let load = try shop.load(workers: 4)
+    Thread.sleep(forTimeInterval: 3)
+    let victim = try #require(shop.pid(of: "orders-1"))
+    kill(victim, SIGKILL)
+    Thread.sleep(forTimeInterval: 2)
+    let check = try shop.meshctl(["check"])
+    #expect(check.status != 0)
+    #expect(check.stdout.contains("× orders-1 (pid \(victim)) is not running"), "\(check.stdout)")
+    let restarted = try shop.meshctl(["restart", "orders"])
+    #expect(restarted.status == 0, "\(restarted.stdout)\(restarted.stderr)")
+    Thread.sleep(forTimeInterval: 2)
+    let result = try load.finish()
+    let settled = try shop.settledInvariants()
+    #expect((settled["violations"] as? [String])?.isEmpty == true, "\(settled)")
+    #expect(settled["unfinished_sagas"] as? Int == 0, "\(settled)")
+    #expect((settled["orders"] as? Int ?? 0) > 10, "\(settled)")
+    print("orders killed under load: \(result["statuses"] ?? ""); \(settled)")
+  }
+
+  /// kill -9 of users (between a user's commit and its event's publication, some of the
+  /// time) and of the event bus, under load: every user still gets its customer record.
+  @Test func usersAndTheBusKilledLoseNoEvent() throws {
+    let shop = try LocalShop(name: "kill-bus")
+    let load = try shop.load(workers: 4)
+    Thread.sleep(forTimeInterval: 3)
+    for service in ["users", "events"] {
+      let victim = try #require(shop.pid(of: service))
+      kill(victim, SIGKILL)
+      Thread.sleep(forTimeInterval: 1)
+      let restarted = try shop.meshctl(["restart", service])
+      #expect(restarted.status == 0, "\(restarted.stdout)\(restarted.stderr)")
+      Thread.sleep(forTimeInterval: 2)
+    }
+    let result = try load.finish()
+    let settled = try shop.settledInvariants(seconds: 120)
+    #expect((settled["violations"] as? [String])?.isEmpty == true, "\(settled)")
+    #expect(settled["users"] as? Int == settled["customers"] as? Int, "\(settled)")
+    #expect((settled["users"] as? Int ?? 0) > 10, "\(settled)")
+    print("users and events killed under load: \(result["statuses"] ?? ""); \(settled)")
+  }
+
+  /// In the foreground: every process's lines prefixed with its name, a process that dies
+  /// reported with its last lines, and Ctrl-C (SIGINT) stopping everything.
+  @Test func theForegroundShowsLogsReportsDeathsAndStopsOnCtrlC() throws {
+    let directory = try makeTemporaryDirectory("foreground")
+    let base = 20000 + 200 * Int.random(in: 0..<60)
+    let output = directory.appendingPathComponent("up.out")
+    FileManager.default.createFile(atPath: output.path, contents: nil)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: binary("meshctl"))
+    process.arguments = [
+      "up", "--no-build", "--base-port", "\(base)", "--gateway-port", "\(base + 199)",
+      "--control-plane-port", "\(base + 195)",
+    ]
+    process.currentDirectoryURL = directory
+    process.standardOutput = try FileHandle(forWritingTo: output)
+    process.standardError = process.standardOutput
+    try process.run()
+    func text() -> String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
+    let end = Date().addingTimeInterval(120)
+    while !text().contains("The shop is running"), process.isRunning, Date() < end {
+      Thread.sleep(forTimeInterval: 0.2)
+    }
+    #expect(text().contains("Ctrl-C stops it"), "\(text())")
+    #expect(text().contains(#"[control-plane] {"#))
+    #expect(text().contains(#"[orders-sidecar] {"#))
+    let shop = (try? JSONSerialization.jsonObject(
+      with: FileManager.default.contents(atPath: directory.appendingPathComponent(".trellis/run.json").path) ?? Data()))
+      as? [String: Any]
+    let processes = shop?["processes"] as? [[String: Any]] ?? []
+    let payments = try #require(processes.first { $0["name"] as? String == "payments" }?["pid"] as? Int)
+    kill(pid_t(payments), SIGKILL)
+    while !text().contains("[meshctl] payments (pid \(payments)) was killed by signal 9"), Date() < end {
+      Thread.sleep(forTimeInterval: 0.2)
+    }
+    #expect(text().contains("[meshctl] payments (pid \(payments)) was killed by signal 9; its last lines"))
+    kill(process.processIdentifier, SIGINT)
+    process.waitUntilExit()
+    #expect(process.terminationStatus == 0)
+    #expect(text().contains("stopped; the data stays in .trellis/"))
+    let pids = processes.compactMap { $0["pid"] as? Int }
+    #expect(pids.allSatisfy { !isAlive($0) }, "still running: \(pids.filter { isAlive($0) })")
+  }
+
+  /// Before `up`: what is missing and what is taken, with the fix.
+  @Test func checkBeforeUpNamesWhatIsWrong() throws {
+    let directory = try makeTemporaryDirectory("check")
+    let result = try run(binary("meshctl"), ["check"], directory: directory)
+    #expect(result.status == 1)
+    #expect(result.stdout.contains("× no CA in certs/\n    fix: meshctl certs init"), "\(result.stdout)")
+    let bad = try run(binary("meshctl"), ["up", "--no-build", "--replicas", "shipping=2"], directory: directory)
+    #expect(bad.status != 0)
+    #expect(bad.stderr.contains("--replicas shipping=2: no such service"), "\(bad.stderr)")
+  }
+}
