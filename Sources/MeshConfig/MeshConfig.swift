@@ -50,6 +50,10 @@ public struct MeshConfig: Equatable, Sendable {
     /// Whether a method (`package.Service/Method`) may be retried after it reached the app,
     /// overriding what the service's own descriptors say.
     public var idempotency: [String: Bool] = [:]
+    /// Methods (`package.Service/Method`) whose responses stream — subscriptions, watches —
+    /// from the service's descriptors: a route's `timeout` does not apply to them (a stream
+    /// that lasts is what they are for; the caller's own deadline still does).
+    public var streaming: Set<String> = []
 
     public init(endpoints: [Endpoint] = [], authorization: Authorization? = nil) {
       self.endpoints = endpoints

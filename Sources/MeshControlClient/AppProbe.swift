@@ -48,6 +48,7 @@ struct AppProbe {
             var info = Trellis_Mesh_V1_MethodInfo()
             info.name = "\(service)/\(method.name)"
             info.idempotencyLevel = Int32(method.options.idempotencyLevel.rawValue)
+            info.serverStreaming = method.serverStreaming
             methods.append(info)
           }
         }

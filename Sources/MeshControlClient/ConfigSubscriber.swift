@@ -436,6 +436,9 @@ public struct ConfigSubscriber: Service {
       {
         service.idempotency[method.name] = method.idempotencyLevel == 1 || method.idempotencyLevel == 2
       }
+      for method in registered.methods where method.serverStreaming {
+        service.streaming.insert(method.name)
+      }
       guard !service.endpoints.contains(where: { $0.address == address }) else {
         merged.services[registered.service] = service
         continue

@@ -117,7 +117,9 @@ final class ForwardedCall {
     var deadline = callerTimeout.flatMap(GRPCTimeout.parse).map { start + $0 }
     var cause = callerTimeout.map { "grpc-timeout \($0)" } ?? ""
     var grace = Self.callerDeadlineGrace
-    if let timeout = plan.route.timeout.map(TimeAmount.init) {
+    if let timeout = plan.route.timeout.map(TimeAmount.init),
+      !plan.target.isStreaming(path: headers.first(name: ":path") ?? "")
+    {
       if deadline == nil || start + timeout < deadline! {
         deadline = start + timeout
         cause = "the route's timeout of \(milliseconds(timeout)) ms"

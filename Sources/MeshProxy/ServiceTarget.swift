@@ -14,6 +14,7 @@ final class ServiceTarget: Sendable {
   let outlier: OutlierDetection
   /// Whether a method (`package.Service/Method`) may be tried again after it reached the app.
   let idempotency: [String: Bool]
+  let streaming: Set<String>
   let limit: ConcurrencyLimit
   /// Calls waiting for a connection to one of the service's endpoints, against
   /// `circuitBreaker.maxPendingRequests`.
@@ -31,6 +32,7 @@ final class ServiceTarget: Sendable {
     self.balancer = Balancer(balancing: service.loadBalancing, roundRobin: roundRobin)
     self.outlier = service.outlierDetection
     self.idempotency = service.idempotency
+    self.streaming = service.streaming
     self.limit = limit
     self.pending = pending
     self.budget = budget
@@ -48,6 +50,11 @@ final class ServiceTarget: Sendable {
   /// reached the app: what the config or the service's descriptors say, else no.
   func isIdempotent(path: String) -> Bool {
     idempotency[String(path.dropFirst())] ?? false
+  }
+
+  /// Whether the method of `path` streams its responses, which puts it beyond route timeouts.
+  func isStreaming(path: String) -> Bool {
+    streaming.contains(String(path.dropFirst()))
   }
 
   /// The endpoints a call on `route` may go to: all of them, or the subset its traffic split

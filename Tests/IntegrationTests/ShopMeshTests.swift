@@ -347,6 +347,39 @@ struct GatewayLoad {
     #expect(pids.allSatisfy { !isAlive($0) }, "still running: \(pids.filter { isAlive($0) })")
   }
 
+  /// A route timeout on the event bus cuts its unary calls, not its subscriptions: the
+  /// sidecars know Subscribe streams (from the service's descriptors) and let it last.
+  @Test func subscriptionsOutliveARouteTimeout() throws {
+    let shop = try LocalShop(name: "streams")
+    let meshFile = shop.directory.appendingPathComponent(".trellis/mesh.yaml")
+    var text = try String(contentsOf: meshFile, encoding: .utf8)
+    text += "routes:\n  - service: events\n    timeout: 1s\n"
+    try text.write(to: meshFile, atomically: true, encoding: .utf8)
+    let applied = try shop.meshctl(["apply", "-f", meshFile.path])
+    #expect(applied.status == 0, "\(applied.stdout)\(applied.stderr)")
+    // New subscriptions, under the new config: the bus's restart ends the open ones.
+    Thread.sleep(forTimeInterval: 1)
+    let restarted = try shop.meshctl(["restart", "events"])
+    #expect(restarted.status == 0, "\(restarted.stdout)\(restarted.stderr)")
+    Thread.sleep(forTimeInterval: 1)
+    let ordersLog = shop.directory.appendingPathComponent(".trellis/logs/orders.log")
+    let before = try String(contentsOf: ordersLog, encoding: .utf8)
+      .components(separatedBy: "event subscription lost").count
+    Thread.sleep(forTimeInterval: 4)
+    let created = try shop.post("/v1/users", #"{"email":"sub@example.com","name":"Sub"}"#)
+    let user = try #require(created.json["id"] as? String)
+    var customer = try shop.get("/v1/customers/\(user)")
+    let end = Date().addingTimeInterval(20)
+    while customer.status != 200, Date() < end {
+      Thread.sleep(forTimeInterval: 0.2)
+      customer = try shop.get("/v1/customers/\(user)")
+    }
+    #expect(customer.status == 200)
+    let after = try String(contentsOf: ordersLog, encoding: .utf8)
+      .components(separatedBy: "event subscription lost").count
+    #expect(after == before, "orders' subscription was cut \(after - before) times")
+  }
+
   /// Before `up`: what is missing and what is taken, with the fix.
   @Test func checkBeforeUpNamesWhatIsWrong() throws {
     let directory = try makeTemporaryDirectory("check")

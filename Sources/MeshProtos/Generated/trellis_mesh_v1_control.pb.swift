@@ -146,6 +146,9 @@ public nonisolated struct Trellis_Mesh_V1_MethodInfo: Sendable {
   /// 2 idempotent.
   public var idempotencyLevel: Int32 = 0
 
+  /// The method's responses stream (a subscription, a watch): route timeouts do not cut it.
+  public var serverStreaming: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -793,7 +796,7 @@ nonisolated extension Trellis_Mesh_V1_Registration: SwiftProtobuf.Message, Swift
 
 nonisolated extension Trellis_Mesh_V1_MethodInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MethodInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}idempotency_level\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}idempotency_level\0\u{3}server_streaming\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -803,6 +806,7 @@ nonisolated extension Trellis_Mesh_V1_MethodInfo: SwiftProtobuf.Message, SwiftPr
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.idempotencyLevel) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.serverStreaming) }()
       default: break
       }
     }
@@ -815,12 +819,16 @@ nonisolated extension Trellis_Mesh_V1_MethodInfo: SwiftProtobuf.Message, SwiftPr
     if self.idempotencyLevel != 0 {
       try visitor.visitSingularInt32Field(value: self.idempotencyLevel, fieldNumber: 2)
     }
+    if self.serverStreaming != false {
+      try visitor.visitSingularBoolField(value: self.serverStreaming, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Trellis_Mesh_V1_MethodInfo, rhs: Trellis_Mesh_V1_MethodInfo) -> Bool {
     if lhs.name != rhs.name {return false}
     if lhs.idempotencyLevel != rhs.idempotencyLevel {return false}
+    if lhs.serverStreaming != rhs.serverStreaming {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
