@@ -54,8 +54,8 @@ public struct SagaTracing: Sendable {
 }
 
 /// The order saga: PENDING → payments.Charge (the order id is the idempotency key) →
-/// CONFIRMED; a declined charge → CANCELLED with the reason; no answer within `timeout` →
-/// CANCELLED, then payments.CancelCharge until payments answers (compensation: a charge that
+/// CONFIRMED; a declined charge → CANCELLED with the reason; no answer within `timeout` (and at
+/// least one attempt made) → CANCELLED, then payments.CancelCharge until payments answers (compensation: a charge that
 /// landed is refunded, one still on its way is declined).
 ///
 /// The saga's state is a row in `sagas`, written in the same transaction as each change of the
@@ -169,7 +169,10 @@ public final class OrderSaga: Sendable {
       else { return nil }
       let now = nowNanos()
       guard var step = Step(rawValue: row["step"]), step != .done else { return nil }
-      if step == .charge, now >= row["deadline_ns"] as Int64 {
+      // Past the deadline, a charge that has been tried — and failed — at least once gives up.
+      // (The first attempt is always made, however late it comes: the charge is idempotent,
+      // and a saga never times out without having asked payments.)
+      if step == .charge, now >= row["deadline_ns"] as Int64, row["attempts"] as Int > 0 {
         let lastError: String = row["last_error"]
         let reason =
           "payment did not complete within \(timeout)"

@@ -85,7 +85,7 @@ final class PaymentsDesk: Sendable {
     }
   }
 
-  func settings(timeout: Duration = .seconds(30)) -> OrderSaga.Settings {
+  func settings(timeout: Duration = .seconds(600)) -> OrderSaga.Settings {
     var settings = OrderSaga.Settings()
     settings.timeout = timeout
     settings.pollInterval = .milliseconds(20)
@@ -97,7 +97,7 @@ final class PaymentsDesk: Sendable {
   /// Polls until `condition` holds, for up to `seconds` (long: in a loaded run, async tests
   /// may wait a long time for a thread).
   func eventually(
-    _ seconds: Double = 240, _ condition: () async throws -> Bool
+    _ seconds: Double = 600, _ condition: () async throws -> Bool
   ) async throws -> Bool {
     let end = Date().addingTimeInterval(seconds)
     while Date() < end {
