@@ -90,16 +90,8 @@ public struct PaymentService: Shop_V1_PaymentService.SimpleServiceProtocol {
       throw Validate.invalid("reason", "is longer than 500 characters")
     }
     return try await database.write { db in
-      var payment = try Self.fetchPayment(db, id: request.id)
-      guard payment.status == .charged else { return payment }  // Refund is idempotent.
-      let now = nowNanos()
-      try db.execute(
-        sql: "UPDATE payments SET status = ?, refund_reason = ?, update_time_ns = ? WHERE id = ?",
-        arguments: [Shop_V1_PaymentStatus.refunded.rawValue, request.reason, now, payment.id])
-      payment.status = .refunded
-      payment.refundReason = request.reason
-      payment.updateTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
-      return payment
+      // Refund is idempotent: a refunded payment is returned unchanged.
+      try Self.refund(try Self.fetchPayment(db, id: request.id), reason: request.reason, db)
     }
   }
 
@@ -125,17 +117,7 @@ public struct PaymentService: Shop_V1_PaymentService.SimpleServiceProtocol {
           db, sql: "SELECT * FROM payments WHERE idempotency_key = ?",
           arguments: [request.idempotencyKey])
       else { return response }
-      var payment = Self.payment(from: row)
-      if payment.status == .charged {
-        let now = nowNanos()
-        try db.execute(
-          sql: "UPDATE payments SET status = ?, refund_reason = ?, update_time_ns = ? WHERE id = ?",
-          arguments: [Shop_V1_PaymentStatus.refunded.rawValue, request.reason, now, payment.id])
-        payment.status = .refunded
-        payment.refundReason = request.reason
-        payment.updateTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
-      }
-      response.payment = payment
+      response.payment = try Self.refund(Self.payment(from: row), reason: request.reason, db)
       return response
     }
   }
@@ -145,6 +127,22 @@ public struct PaymentService: Shop_V1_PaymentService.SimpleServiceProtocol {
   ) async throws -> Shop_V1_Payment {
     try Validate.required(request.id, "id")
     return try await database.read { db in try Self.fetchPayment(db, id: request.id) }
+  }
+
+  /// Refunds a charged payment in `db`'s transaction; any other is returned as it is.
+  private static func refund(_ payment: Shop_V1_Payment, reason: String, _ db: Database) throws
+    -> Shop_V1_Payment
+  {
+    guard payment.status == .charged else { return payment }
+    var refunded = payment
+    let now = nowNanos()
+    try db.execute(
+      sql: "UPDATE payments SET status = ?, refund_reason = ?, update_time_ns = ? WHERE id = ?",
+      arguments: [Shop_V1_PaymentStatus.refunded.rawValue, reason, now, payment.id])
+    refunded.status = .refunded
+    refunded.refundReason = reason
+    refunded.updateTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
+    return refunded
   }
 
   private static func fetchPayment(_ db: Database, id: String) throws -> Shop_V1_Payment {
