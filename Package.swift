@@ -40,6 +40,7 @@ let package = Package(
     .executable(name: "control-plane-bench", targets: ["control-plane-bench"]),
     .executable(name: "sidecar", targets: ["sidecar"]),
     .executable(name: "bench-server", targets: ["bench-server"]),
+    .executable(name: "bench-relay", targets: ["bench-relay"]),
     .executable(name: "relay-service", targets: ["relay-service"]),
     .executable(name: "gateway", targets: ["gateway"]),
   ],
@@ -312,6 +313,9 @@ let package = Package(
       dependencies: [argumentParser, nioCore, nioPosix, nioHTTP2],
       swiftSettings: swiftSettings
     ),
+
+    // The floor of the proxy benchmarks: a byte relay that does no work (`scripts/bench`).
+    .executableTarget(name: "bench-relay"),
 
     // Tests.
     .target(
