@@ -146,7 +146,14 @@ extension TraceContext {
   /// lowercase hex. Version ff is invalid; version 00 is exactly 55 characters; a later version
   /// may append fields after a dash, which are ignored. Zero ids are invalid.
   public static func parseTraceparent(_ value: String) -> Result<TraceContext, TraceHeaderError> {
-    let bytes = Array(value.utf8)
+    // Read in place: the header arrives with every call a sidecar forwards.
+    var value = value
+    return value.withUTF8 { parseTraceparent(bytes: $0) }
+  }
+
+  private static func parseTraceparent(
+    bytes: UnsafeBufferPointer<UInt8>
+  ) -> Result<TraceContext, TraceHeaderError> {
     guard bytes.count >= 55 else {
       return .failure(.init("\(bytes.count) characters, expected 55"))
     }
@@ -236,7 +243,7 @@ extension TraceContext {
 
 private let dash = UInt8(ascii: "-")
 
-func parseHex(_ digits: ArraySlice<UInt8>, lowercaseOnly: Bool = false) -> UInt64? {
+func parseHex<Digits: Collection<UInt8>>(_ digits: Digits, lowercaseOnly: Bool = false) -> UInt64? {
   guard !digits.isEmpty, digits.count <= 16 else { return nil }
   var value: UInt64 = 0
   for digit in digits {

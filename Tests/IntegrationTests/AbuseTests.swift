@@ -82,6 +82,19 @@ import Testing
     try expectHealthy()
   }
 
+  /// Malformed requests (RFC 9113 §8.2–8.3) are refused one stream at a time, and a request
+  /// with allowed headers of the same lengths as the refused names is served on the same
+  /// connection.
+  @Test func malformedRequestsAreResetAndTheConnectionServesOn() throws {
+    let result = try attack("malformed")
+    #expect(result["resets"] as? [String: Int] == ["PROTOCOL_ERROR": 8], "\(result)")
+    #expect(result["reset_streams"] as? [Int] == [1, 3, 5, 7, 9, 11, 13, 15], "\(result)")
+    #expect(result["grpc_status"] as? [String: Int] == ["0": 1], "\(result)")
+    #expect(result["answered_streams"] as? [Int] == [17], "\(result)")
+    #expect(result["goaway"] as? [String] == [], "\(result)")
+    try expectHealthy()
+  }
+
   /// An app that answers with GOAWAY carrying an error, naming every stream as taken and never
   /// closing: the sidecar ends that connection itself, and the call gets UNAVAILABLE at once
   /// rather than waiting forever.

@@ -8,6 +8,9 @@ Usage: h2_abuse.py HOST:PORT CASE
   too-many-streams    1,100 open streams on one connection (1,024 advertised)
   idle                a connection that opens and then sends nothing
   slowloris           a request's HEADERS frame sent one byte every 200 ms
+  malformed           requests that RFC 9113 calls malformed (connection-specific headers, te
+                      other than trailers, upper-case names, misplaced or unknown
+                      pseudo-headers), then a good one with look-alike headers, on one connection
   then-healthy        (after any case) a normal call on a new connection
 """
 import json
@@ -181,6 +184,34 @@ def slowloris(target):
     return result
 
 
+MALFORMED = [
+    [("connection", "keep-alive")], [("keep-alive", "timeout=5")], [("proxy-connection", "x")],
+    [("transfer-encoding", "chunked")], [("upgrade", "h2c")], [("te", "gzip")],
+    [("X-Upper", "1")], [("x-after", "1"), (":status", "200")],
+]
+
+
+def malformed(target):
+    """Each malformed request is a stream error; then a request whose headers have the same
+    lengths as the refused names, but are allowed, is answered on the same connection."""
+    c = Connection(target)
+    burst = b""
+    for i, extra in enumerate(MALFORMED):
+        burst += c.request("/t.T/Unary", 1 + 2 * i, end_stream=True, extra=extra)
+    good = 1 + 2 * len(MALFORMED)
+    look_alike = [("ab", "1"), ("upgrad", "1"), ("user-agent", "h2-abuse"), ("tee", "gzip"),
+                  ("x-proxy-connect1", "1"), ("transfer-encodin2", "1")]
+    burst += c.request("/t.T/Unary", good, end_stream=False, extra=look_alike)
+    burst += frame(DATA, END_STREAM, good, b"\x00\x00\x00\x00\x02ok")
+    c.send(burst)
+    frames, closed = c.read_frames(20, until_status=True)
+    result = summary(frames, closed)
+    result["reset_streams"] = sorted(s for k, _, s, _ in frames if k == RST_STREAM)
+    result["answered_streams"] = sorted(
+        s for k, _, s, p in frames if k == HEADERS and "grpc-status" in p)
+    return result
+
+
 def then_healthy(target):
     c = Connection(target)
     c.send(c.request("/t.T/Unary", 1, end_stream=False)
@@ -190,7 +221,7 @@ def then_healthy(target):
 
 CASES = {"rapid-reset": rapid_reset, "continuation-flood": continuation_flood,
          "big-headers": big_headers, "too-many-streams": too_many_streams, "idle": idle,
-         "slowloris": slowloris, "then-healthy": then_healthy}
+         "slowloris": slowloris, "malformed": malformed, "then-healthy": then_healthy}
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[2] not in CASES:
