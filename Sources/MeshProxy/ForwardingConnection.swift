@@ -717,17 +717,11 @@ final class ForwardingConnection: ChannelInboundHandler {
       if name.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) {
         return "upper-case header name"
       }
-      // Only names of these lengths can be refused: most headers skip the comparisons.
-      switch name.count {
-      case 2, 7, 10, 16, 17:
-        switch header.name {
-        case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-          return "connection-specific header \(header.name)"
-        case "te" where header.value != "trailers":
-          return "te other than trailers"
-        default:
-          break
-        }
+      switch header.name {
+      case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+        return "connection-specific header \(header.name)"
+      case "te" where header.value != "trailers":
+        return "te other than trailers"
       default:
         break
       }

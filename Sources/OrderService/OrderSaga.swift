@@ -55,8 +55,8 @@ public struct SagaTracing: Sendable {
 
 /// The order saga: PENDING → payments.Charge (the order id is the idempotency key) →
 /// CONFIRMED; a declined charge → CANCELLED with the reason; no answer within `timeout` (and at
-/// least one attempt made) → CANCELLED, then payments.CancelCharge until payments answers (compensation: a charge that
-/// landed is refunded, one still on its way is declined).
+/// least one attempt made) → CANCELLED, then payments.CancelCharge until payments answers
+/// (compensation: a charge that landed is refunded, one still on its way is declined).
 ///
 /// The saga's state is a row in `sagas`, written in the same transaction as each change of the
 /// order, so a process killed at any point resumes where it was. A step is worked under a
