@@ -949,6 +949,8 @@ final class ForwardingConnection: ChannelInboundHandler {
   struct Liveness {
     var lastHeard = NIODeadline.now()
     var pingSent: NIODeadline?
+    /// The PING's time ran out once; the verdict waits for one more pass over the socket.
+    var overdue = false
     var check: Scheduled<Void>?
   }
   private var liveness: Liveness?
@@ -958,10 +960,14 @@ final class ForwardingConnection: ChannelInboundHandler {
   static let pingAfterSilence = (busy: TimeAmount.milliseconds(500), idle: TimeAmount.seconds(10))
   /// How long a PING may go unanswered.
   static let pingTimeout = TimeAmount.seconds(1)
+  /// After that, one more pass of the event loop over its sockets before the connection is
+  /// given up: an answer read in it counts.
+  static let lastLook = TimeAmount.milliseconds(5)
 
   private func heardFromPeer() {
     liveness!.lastHeard = .now()
     liveness!.pingSent = nil
+    liveness!.overdue = false
   }
 
   private func startLivenessCheck(context: ChannelHandlerContext) {
@@ -982,7 +988,17 @@ final class ForwardingConnection: ChannelInboundHandler {
     guard var state = liveness, !closing else { return }
     let now = NIODeadline.now()
     if let sent = state.pingSent {
-      if now - sent >= Self.pingTimeout {
+      if now - sent >= Self.pingTimeout, !state.overdue {
+        // This loop may itself have been too busy to read an answer that is already waiting
+        // (timers run after the I/O of a long pass): look at the socket once more first.
+        state.overdue = true
+        liveness = state
+        liveness?.check = context.eventLoop.assumeIsolated().scheduleTask(
+          in: Self.lastLook
+        ) { [self] in checkLiveness(context: context) }
+        return
+      }
+      if state.overdue {
         failure = "no answer to a PING within \(milliseconds(Self.pingTimeout)) ms"
         closing = true
         acceptsCalls = false
