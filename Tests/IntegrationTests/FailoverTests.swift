@@ -193,7 +193,10 @@ import Testing
   }
 
   /// One instance 100 ms slower than the others: the default balancer (peak-EWMA over two
-  /// random choices) sends it clearly less traffic than round robin does, and p99 is lower.
+  /// random choices) sends it clearly less traffic than round robin does, so calls take less
+  /// time on average and the 90th percentile is no longer a slow call. (p99 is not the claim:
+  /// peak-EWMA still probes the slow instance with a few percent of the calls, as it must to
+  /// notice it recover, and those fill the last percent under either balancer.)
   @Test func theDefaultBalancerAvoidsASlowInstance() throws {
     let scene = try Scene("slow")
     let fast = try ["a", "b"].map { try scene.server($0) }
@@ -220,15 +223,20 @@ import Testing
       return Double(servers["slow"] ?? 0) / Double(max(1, servers.values.reduce(0, +)))
     }
     let shares = (ewma: slowShare(ewma), roundRobin: slowShare(roundRobin))
-    let p99 = (ewma: ewma["p99_ms"] as? Double ?? 0, roundRobin: roundRobin["p99_ms"] as? Double ?? 0)
+    func figure(_ result: [String: Any], _ key: String) -> Double { result[key] as? Double ?? 0 }
+    let mean = (ewma: figure(ewma, "mean_ms"), roundRobin: figure(roundRobin, "mean_ms"))
+    let p90 = (ewma: figure(ewma, "p90_ms"), roundRobin: figure(roundRobin, "p90_ms"))
     print(
       "slow instance: share p2c-ewma \(shares.ewma), round-robin \(shares.roundRobin); "
-        + "p99 p2c-ewma \(p99.ewma) ms, round-robin \(p99.roundRobin) ms; "
-        + "share ratio \(shares.ewma / max(shares.roundRobin, 0.0001)), "
-        + "p99 ratio \(p99.ewma / max(p99.roundRobin, 0.0001))")
+        + "mean p2c-ewma \(mean.ewma) ms, round-robin \(mean.roundRobin) ms; "
+        + "p90 p2c-ewma \(p90.ewma) ms, round-robin \(p90.roundRobin) ms; "
+        + "p99 p2c-ewma \(figure(ewma, "p99_ms")) ms, round-robin \(figure(roundRobin, "p99_ms")) ms")
     #expect(shares.roundRobin > 0.25, "\(roundRobin)")
     #expect(shares.ewma < shares.roundRobin / 2, "\(ewma)")
-    #expect(p99.ewma < p99.roundRobin, "\(ewma) \(roundRobin)")
+    #expect(mean.ewma < mean.roundRobin, "\(ewma) \(roundRobin)")
+    // Round robin puts a third of the calls on the slow instance, so its p90 is a slow call.
+    #expect(p90.roundRobin >= 100, "\(roundRobin)")
+    #expect(p90.ewma < p90.roundRobin, "\(ewma) \(roundRobin)")
   }
 }
 

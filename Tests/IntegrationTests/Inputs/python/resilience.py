@@ -14,7 +14,7 @@
   resilience.py load MESH METHOD SECONDS CONCURRENCY [TIMEOUT [NAME=VALUE ...]]
       Calls back to back from CONCURRENCY tasks on one connection, each with a fresh key, for
       SECONDS (or, written nCOUNT, until COUNT calls are made);
-      prints {"codes": {...}, "servers": {...}, "p50_ms", "p99_ms", "calls", "first_failure"},
+      prints {"codes": {...}, "servers": {...}, "p50_ms", "p90_ms", "p99_ms", "mean_ms", "calls", "first_failure"},
       and with TIMELINE=1 in the environment every call as [start (Unix s), ms, code, server].
 
   resilience.py burst MESH METHOD N
@@ -174,7 +174,9 @@ async def load(target, method, seconds, concurrency, timeout, metadata):
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0
     summary = {"codes": codes, "servers": servers, "calls": len(latencies),
-               "p50_ms": pick(0.5), "p99_ms": pick(0.99), "first_failure": first}
+               "p50_ms": pick(0.5), "p90_ms": pick(0.9), "p99_ms": pick(0.99),
+               "mean_ms": sum(latencies) / len(latencies) if latencies else 0,
+               "first_failure": first}
     if os.environ.get("TIMELINE"):
         summary["timeline"] = timeline
     print(json.dumps(summary), flush=True)
