@@ -83,9 +83,11 @@ public struct Sidecar: Service {
     let inbound = try await bindInbound(pools: pools, metrics: metrics)
     var admin: (any Channel)?
     if let address = configuration.bootstrap.admin {
-      admin = try await AdminServer.bind(
-        host: address.host, port: address.port, group: group,
-        reports: reports(state: state, metrics: metrics))
+      admin = try await ListenError.naming("admin", address) {
+        try await AdminServer.bind(
+          host: address.host, port: address.port, group: group,
+          reports: reports(state: state, metrics: metrics))
+      }
     }
     state.withLockedValue { $0 = .serving }
     var advertise = configuration.bootstrap.advertise
@@ -111,13 +113,12 @@ public struct Sidecar: Service {
     }
     // Listeners are closed: every accepted connection gets GOAWAY and its calls finish.
     logger.info("draining")
-    let drained = pools.drain()
-    let timeout = drainTimeout
-    await withTaskGroup(of: Void.self) { waiting in
-      waiting.addTask { try? await drained.get() }
-      waiting.addTask { try? await Task.sleep(for: timeout) }
-      await waiting.next()
-      waiting.cancelAll()
+    // The timeout is kept on the event loop: a task waiting on the drain's future could not be
+    // cancelled, so a stream that never ends (a subscription) would hold the sidecar forever.
+    if try await !pools.drain(within: TimeAmount(drainTimeout)).get() {
+      logger.warning(
+        "drain timed out; closing the calls still open",
+        metadata: ["drain_timeout": "\(drainTimeout)"])
     }
     try await admin?.close()
     logger.info("stopped")
@@ -225,7 +226,7 @@ public struct Sidecar: Service {
 
   private func bindOutbound(pools: PoolSet, metrics: SidecarMetrics) async throws -> any Channel {
     let routing = self.routing
-    return try await listen(on: configuration.bootstrap.outbound) { channel in
+    return try await listen("outbound", on: configuration.bootstrap.outbound) { channel in
       let pool = pools.pool(for: channel.eventLoop)
       return channel.eventLoop.makeCompletedFuture {
         try Self.serveCalls(on: channel, loop: pool.loop, direction: "outbound", service: nil) {
@@ -254,7 +255,7 @@ public struct Sidecar: Service {
     let handshakeTimeout = TimeAmount(configuration.bootstrap.limits.handshakeTimeout)
     let trustDomain = configuration.mesh.trustDomain
     let tls = self.tls
-    return try await listen(on: configuration.bootstrap.inbound) { channel in
+    return try await listen("inbound", on: configuration.bootstrap.inbound) { channel in
       let pool = pools.pool(for: channel.eventLoop)
       let peer = PeerIdentity()
       return channel.eventLoop.makeCompletedFuture {
@@ -307,16 +308,42 @@ public struct Sidecar: Service {
   /// A listening socket whose accepted connections are set up by `initializer`; small calls
   /// go out at once (no Nagle delay).
   private func listen(
-    on address: Address,
+    _ listener: String, on address: Address,
     initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
   ) async throws -> any Channel {
-    try await ServerBootstrap(group: group)
-      .serverChannelOption(ChannelOptions.backlog, value: 256)
-      .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-      .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-      .childChannelInitializer(initializer)
-      .bind(host: address.host, port: address.port)
-      .get()
+    try await ListenError.naming(listener, address) {
+      try await ServerBootstrap(group: group)
+        .serverChannelOption(ChannelOptions.backlog, value: 256)
+        .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        .childChannelInitializer(initializer)
+        .bind(host: address.host, port: address.port)
+        .get()
+    }
+  }
+}
+
+/// A listener that could not be opened, in words an operator can act on:
+/// `cannot listen on 127.0.0.1:15101 (inbound): address already in use`.
+public struct ListenError: Error, CustomStringConvertible {
+  public let listener: String
+  public let address: String
+  public let reason: String
+
+  public var description: String { "cannot listen on \(address) (\(listener)): \(reason)" }
+
+  static func naming<Result>(
+    _ listener: String, _ address: Address, _ bind: () async throws -> Result
+  ) async throws -> Result {
+    do {
+      return try await bind()
+    } catch let error as IOError {
+      throw ListenError(
+        listener: listener, address: "\(address)",
+        reason: String(cString: strerror(error.errnoCode)).lowercased())
+    } catch {
+      throw ListenError(listener: listener, address: "\(address)", reason: "\(error)")
+    }
   }
 }
 
@@ -387,12 +414,27 @@ final class PoolSet: Sendable {
     self.pools = pools
   }
 
-  /// Drains every loop's accepted connections; succeeds when all have closed.
-  func drain() -> EventLoopFuture<Void> {
+  /// Drains every loop's accepted connections: true once all have closed, false if `timeout`
+  /// passes first (the event loop group's shutdown then closes what is left).
+  func drain(within timeout: TimeAmount) -> EventLoopFuture<Bool> {
     let futures = pools.values.map { pools in
       pools.loop.eventLoop.flatSubmit { pools.loop.drain() }
     }
-    return EventLoopFuture.andAllComplete(futures, on: futures[0].eventLoop)
+    let loop = futures[0].eventLoop
+    let outcome = loop.makePromise(of: Bool.self)
+    // Whichever comes first settles it.
+    let settled = NIOLockedValueBox(false)
+    @Sendable func settle(_ drained: Bool) {
+      if settled.withLockedValue({ was in defer { was = true }; return !was }) {
+        outcome.succeed(drained)
+      }
+    }
+    let timer = loop.scheduleTask(in: timeout) { settle(false) }
+    EventLoopFuture.andAllComplete(futures, on: loop).whenComplete { _ in
+      timer.cancel()
+      settle(true)
+    }
+    return outcome.futureResult
   }
 
   func pool(for loop: any EventLoop) -> Pools {

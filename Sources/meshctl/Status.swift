@@ -6,7 +6,9 @@ import MeshProtos
 struct Status: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract:
-      "Every sidecar subscribed to the control plane: the config version it runs, its last NACK, its certificate's expiry, when it was last seen."
+      "Every sidecar subscribed to the control plane: the config version it runs, its last NACK, its certificate's expiry, when it was last seen; then the processes `meshctl up` started here.",
+    discussion:
+      "-o json prints one object: current_version, sidecars (one per sidecar) and processes (name, service, role, pid, state, address, log; empty when no shop runs here)."
   )
 
   @Option(name: .short, help: "Output: table or json.") var output: OutputFormat = .table
@@ -21,7 +23,7 @@ struct Status: AsyncParsableCommand {
       let rows: [[String: Any]] = response.sidecars.map {
         [
           "node": $0.node, "spiffe_id": $0.spiffeID, "version": $0.version,
-          "current_version": response.currentVersion, "connected": $0.connected,
+          "connected": $0.connected,
           "last_nack_version": $0.lastNackVersion, "last_nack_error": $0.lastNackError,
           "last_seen": isoDate($0.lastSeenUnix),
           "certificate_expires": isoDate($0.certificateNotAfterUnix),
@@ -29,8 +31,19 @@ struct Status: AsyncParsableCommand {
           "trust_generation": $0.trustGeneration, "discovery_generation": $0.discoveryGeneration,
         ]
       }
+      // The processes `meshctl up` started here, as the table shows them after the sidecars.
+      let processes: [[String: Any]] = (ShopRun.load()?.processes ?? []).map {
+        [
+          "name": $0.name, "service": $0.service, "role": $0.role.rawValue, "pid": Int($0.pid),
+          "state": LocalProcesses.isRunning($0.pid) ? "running" : "exited",
+          "address": $0.address, "log": $0.log,
+        ]
+      }
+      let document: [String: Any] = [
+        "current_version": response.currentVersion, "sidecars": rows, "processes": processes,
+      ]
       let data = try JSONSerialization.data(
-        withJSONObject: rows, options: [.sortedKeys, .withoutEscapingSlashes])
+        withJSONObject: document, options: [.sortedKeys, .withoutEscapingSlashes])
       print(String(decoding: data, as: UTF8.self))
     case .table, .yaml:
       print(

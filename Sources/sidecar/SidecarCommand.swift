@@ -52,9 +52,19 @@ struct SidecarCommand: AsyncParsableCommand {
   var routes: [String] = []
   @Option(help: "Event-loop threads.") var threads = 1
   @Option(help: "The trust domain.") var trustDomain = SPIFFEID.defaultTrustDomain
+  @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
+  var logLevel: String = "info"
+
+  func validate() throws {
+    guard Logger.Level(rawValue: logLevel) != nil else {
+      throw ValidationError(
+        "--log-level \(logLevel) is not one of trace, debug, info, notice, warning, error, critical"
+      )
+    }
+  }
 
   func run() async throws {
-    JSONLogHandler.bootstrap()
+    JSONLogHandler.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info)
     let logger = Logger(label: "sidecar")
     var configuration: Sidecar.Configuration
     let tls: ProxyTLS
@@ -91,8 +101,12 @@ struct SidecarCommand: AsyncParsableCommand {
     let telemetry = bootstrap.controlPlane.map { _ in LiveTelemetry() }
     configuration.telemetry = telemetry
     let sidecar = Sidecar(configuration: configuration, tls: tls, logger: logger)
-    var services: [any Service] = [sidecar] + (keeper.map { [$0] } ?? [])
-    if let exporter { services.append(exporter) }
+    // A service group stops its services one at a time, last first: the telemetry reporter,
+    // then the subscriber (which withdraws the endpoint, so peers stop sending calls here),
+    // then the sidecar (GOAWAY; the calls in flight finish), then the keeper, and the span
+    // exporter last, so the spans of the calls the drain let finish are sent too.
+    var services: [any Service] = (exporter.map { [$0] } ?? []) + (keeper.map { [$0] } ?? [])
+    services.append(sidecar)
     if let link = bootstrap.controlPlane, let state = bootstrap.state {
       // Routes and rules come from the control plane; until it answers, the last config this
       // sidecar ran (or the bootstrap's mesh file) serves.
@@ -127,7 +141,12 @@ struct SidecarCommand: AsyncParsableCommand {
     }
     let group = ServiceGroup(
       services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-    try await group.run()
+    do {
+      try await group.run()
+    } catch let error as ListenError {
+      StandardError.write("sidecar: \(error)\n")
+      throw ExitCode.failure
+    }
   }
 
   /// Where the sidecar's spans (and its app's) go: the bootstrap's collector, or the control

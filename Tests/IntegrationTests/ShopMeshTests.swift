@@ -215,6 +215,15 @@ struct GatewayLoad {
     #expect(status.status == 0, "\(status.stderr)")
     #expect(status.stdout.contains("processes started by meshctl up"))
     #expect(status.stdout.components(separatedBy: "running").count - 1 >= 11, "\(status.stdout)")
+    let statusJSON = try shop.meshctl(["status", "-o", "json"])
+    let document = try #require(
+      try JSONSerialization.jsonObject(with: Data(statusJSON.stdout.utf8)) as? [String: Any],
+      "\(statusJSON.stdout)\(statusJSON.stderr)")
+    let listed = document["processes"] as? [[String: Any]] ?? []
+    #expect(listed.count == 11, "\(document)")
+    #expect(listed.allSatisfy { $0["state"] as? String == "running" }, "\(listed)")
+    #expect(Set(listed.compactMap { $0["pid"] as? Int }) == Set(shop.processes.compactMap { $0["pid"] as? Int }))
+    #expect((document["sidecars"] as? [[String: Any]])?.count == 5, "\(document)")
     let check = try shop.meshctl(["check"])
     #expect(check.status == 0, "\(check.stdout)")
     #expect(check.stdout.contains("√ the gateway answers"))

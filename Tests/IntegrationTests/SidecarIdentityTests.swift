@@ -261,4 +261,31 @@ import Testing
       try resolve("python3"), [script, "call", clientSidecar.outbound, "Unary", "x"])
     #expect(after.stdout.contains("UNAVAILABLE"), "\(after.stdout)")
   }
+
+  /// A call that outlasts `drainTimeout` (a stream that never ends, say) does not hold the
+  /// sidecar: when the timeout passes the call is ended and the sidecar exits.
+  @Test func aCallOutlastingTheDrainTimeoutIsEndedAndTheSidecarExits() throws {
+    let (server, client) = try mesh.pair(app: self.server.address, serverLimits: "  drainTimeout: 1s")
+    defer { client.process.stop() }
+    let slow = Process()
+    slow.executableURL = URL(fileURLWithPath: try resolve("python3"))
+    slow.arguments = [script, "call", client.outbound, "Sleep", "60000"]
+    let output = Pipe()
+    slow.standardOutput = output
+    try slow.run()
+    let deadline = Date().addingTimeInterval(20)
+    while try server.metric("trellis_connections_open", ["kind": "app"]) < 1, Date() < deadline {
+      Thread.sleep(forTimeInterval: 0.05)
+    }
+    let started = Date()
+    let status = server.process.stop(timeout: 30)
+    let stopping = Date().timeIntervalSince(started)
+    slow.waitUntilExit()
+    let answer = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    #expect(status == 0)
+    #expect(stopping >= 1 && stopping < 10, "the sidecar took \(stopping) s to exit")
+    #expect(Date().timeIntervalSince(started) < 15, "the call was not ended: \(answer)")
+    #expect(!answer.contains(#""code": "OK""#), "\(answer)")
+    #expect(server.process.log.contains("drain timed out; closing the calls still open"))
+  }
 }

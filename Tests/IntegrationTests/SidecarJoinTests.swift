@@ -291,8 +291,9 @@ import Testing
     let deadline = Date().addingTimeInterval(timeout)
     repeat {
       let result = try meshctl(["status", "-o", "json"], at: address)
-      let rows =
-        (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [[String: Any]]
+      let document =
+        (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any]
+      let rows = document?["sidecars"] as? [[String: Any]]
       byService = [:]
       for row in rows ?? [] {
         byService[(row["node"] as? String ?? "").components(separatedBy: "@")[0]] = row

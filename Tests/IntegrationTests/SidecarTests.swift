@@ -211,6 +211,16 @@ import Testing
     #expect(
       second.stderr.contains("bad-bootstrap.yaml:2:6: app: '99999' is not a port"),
       "\(second.stderr)")
+    // A listen address another process holds is named, with the listener, in one line.
+    let taken = try mesh.write(
+      "taken-bootstrap.yaml",
+      mesh.bootstrap("client", app: "127.0.0.1:1", inbound: serverInbound))
+    let third = try run(binary("sidecar"), ["--config", taken])
+    #expect(third.status == 1)
+    #expect(
+      third.stderr.hasSuffix(
+        "sidecar: cannot listen on \(serverInbound) (inbound): address already in use\n"),
+      "\(third.stderr)")
   }
 
   func echoProtoset() throws -> String {
