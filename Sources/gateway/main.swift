@@ -64,6 +64,11 @@ struct GatewayCommand: AsyncParsableCommand {
   @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
   var logLevel = "info"
 
+  @Option(
+    help:
+      "If the listen addresses are in use, wait up to this many seconds for them to be free, then take them at once (how `meshctl restart gateway` hands the port over).")
+  var bindWait: Double = 0
+
   /// The shop's services by gRPC name, and the mesh names they are called by.
   static let meshNames = [
     "shop.v1.UserService": "users", "shop.v1.OrderService": "orders",
@@ -82,6 +87,7 @@ struct GatewayCommand: AsyncParsableCommand {
     guard (0...1).contains(traceSampling) else {
       throw ValidationError("--trace-sampling: must be from 0 to 1")
     }
+    guard bindWait >= 0 else { throw ValidationError("--bind-wait: must not be negative") }
   }
 
   func run() async throws {
@@ -182,6 +188,13 @@ struct GatewayCommand: AsyncParsableCommand {
     let group = ServiceGroup(
       services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     do {
+      if bindWait > 0 {
+        // Everything else is ready first, so the port changes hands within 10 ms of the old
+        // gateway closing it.
+        let limit = Duration.milliseconds(Int64(bindWait * 1000))
+        try await address.waitUntilFree(for: limit, logger: logger)
+        if let h2cListen { try await Self.address(h2cListen, "--h2c-listen").waitUntilFree(for: limit, logger: logger) }
+      }
       try await group.run()
     } catch {
       StandardError.write("gateway: \(error)\n")

@@ -106,9 +106,12 @@ struct Launcher {
   }
 
   /// Starts one instance of a service: its app and its sidecar (joined with a new token).
-  func startInstance(_ service: ShopLayout.Service, instance: String, slot: Int) async throws
-    -> [ShopRun.Entry]
-  {
+  ///
+  /// A gateway started with `takingOverPort` waits for the gateway port to be free and takes it
+  /// the moment the running gateway closes it.
+  func startInstance(
+    _ service: ShopLayout.Service, instance: String, slot: Int, takingOverPort: Bool = false
+  ) async throws -> [ShopRun.Entry] {
     let ports = run.slotPorts(slot)
     let folder = ShopRun.folder + "/sidecars/\(instance)"
     try FileManager.default.createDirectory(atPath: folder + "/state", withIntermediateDirectories: true)
@@ -148,6 +151,7 @@ struct Launcher {
         "--sidecar", "127.0.0.1:\(ports.outbound)", "--api-keys-file", absolute(run.apiKeyFile),
       ]
       address = "127.0.0.1:\(run.ports.gateway)"
+      if takingOverPort { arguments += ["--bind-wait", "120"] }
     } else {
       arguments = [
         "--listen", "127.0.0.1:\(ports.app)", "--db", absolute(data + "/\(service.name).sqlite"),
@@ -226,6 +230,50 @@ struct Launcher {
       try await Task.sleep(for: .milliseconds(200))
     }
     throw MeshctlFailure("not ready after \(timeout): \(waitingFor.joined(separator: ", "))")
+  }
+
+  /// Waits until a gateway instance started to take over the port is ready but for the port:
+  /// its sidecar is ready and runs the current config, and the gateway says it waits (or,
+  /// when the port was free already, listens).
+  func waitUntilWaitingForThePort(
+    _ run: ShopRun, _ fresh: [ShopRun.Entry], timeout: Duration = .seconds(120)
+  ) async throws {
+    let deadline = ContinuousClock.now + timeout
+    var waitingFor = ""
+    while ContinuousClock.now < deadline {
+      _ = LocalProcesses.reapChildren()
+      if let dead = fresh.first(where: { !LocalProcesses.isRunning($0.pid) }) {
+        throw MeshctlFailure("\(dead.name) exited (its log: \(dead.log))")
+      }
+      waitingFor = ""
+      for entry in fresh {
+        let ports = run.slotPorts(entry.slot ?? 0)
+        switch entry.role {
+        case .sidecar:
+          let ready = LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 1)?.status == 200
+          let status = try? await controlPlane.withAdmin { try await $0.status(.init()) }
+          let synced =
+            status?.sidecars.contains {
+              $0.node == "\(entry.service)@127.0.0.1:\(ports.inbound)" && $0.connected
+                && $0.version == status?.currentVersion
+            } ?? false
+          if !ready || !synced { waitingFor = "\(entry.name) (\(ready ? "config not synced" : "not ready"))" }
+        case .app:
+          let log = (try? String(contentsOfFile: absolute(entry.log), encoding: .utf8)) ?? ""
+          if !log.contains("\"waiting for the listen address to be free\""),
+            !log.contains("\"message\":\"listening\"")
+          {
+            waitingFor = "\(entry.name) (starting)"
+          }
+        case .controlPlane:
+          break
+        }
+        if !waitingFor.isEmpty { break }
+      }
+      if waitingFor.isEmpty { return }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    throw MeshctlFailure("not ready after \(timeout): \(waitingFor)")
   }
 
   // MARK: - Running in the foreground

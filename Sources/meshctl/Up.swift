@@ -264,8 +264,9 @@ struct Restart: AsyncParsableCommand {
     discussion: """
       For each instance: a new one is started (with its sidecar) and waited for until it is
       registered, then the old app reports NOT_SERVING, its sidecar withdraws it, and only then
-      do the old app and sidecar stop, finishing their calls. The gateway, which holds one
-      port, is stopped and started again.
+      do the old app and sidecar stop, finishing their calls. The gateway holds one port: the
+      new gateway starts beside its new sidecar and waits for the port, the old one closes its
+      listener and finishes its requests, and the new one takes the port within 10 ms.
       """)
 
   @Argument(help: "The service: users, orders, payments, events or gateway.") var service: String
@@ -286,14 +287,21 @@ struct Restart: AsyncParsableCommand {
       let old = run.processes.filter { $0.instance == instance }
       let slot = run.freeSlot
       if service == "gateway" {
-        // One HTTP port: stop, then start again.
-        await LocalProcesses.stop(old.filter { $0.role == .app }.map(\.pid))
-        await LocalProcesses.stop(old.filter { $0.role == .sidecar }.map(\.pid))
-        run.processes.removeAll { $0.instance == instance }
-        run.processes += try await launcher.startInstance(layout, instance: instance, slot: slot)
+        // One HTTP port, handed over: the new gateway starts beside its new sidecar and waits
+        // for the port; the old one closes its listener on SIGTERM (its requests in flight
+        // finish) and the new one takes the port within 10 ms.
+        let fresh = try await launcher.startInstance(
+          layout, instance: instance, slot: slot, takingOverPort: true)
+        run.processes += fresh
         try run.save()
-        try await launcher.waitUntilReady(run)
-        print("restarted \(instance)")
+        try await launcher.waitUntilWaitingForThePort(run, fresh)
+        await LocalProcesses.stop(old.filter { $0.role == .app }.map(\.pid))
+        try await launcher.waitUntilReady(run, only: fresh)
+        await LocalProcesses.stop(old.filter { $0.role == .sidecar }.map(\.pid))
+        let oldPIDs = Set(old.map(\.pid))
+        run.processes.removeAll { oldPIDs.contains($0.pid) }
+        try run.save()
+        print("restarted \(instance): now pid \(fresh.first { $0.role == .app }?.pid ?? 0)")
         continue
       }
       let fresh = try await launcher.startInstance(layout, instance: instance, slot: slot)

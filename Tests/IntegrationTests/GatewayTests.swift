@@ -230,5 +230,26 @@ func http(
       binary("gateway"), ["--upstream", "users=127.0.0.1:1", "--api-keys-file", keys.path])
     #expect(empty.status != 0)
     #expect(empty.stderr.contains("holds no key"))
+    // A port another process keeps past --bind-wait is named.
+    let holder = try ServiceProcess(
+      try resolve("python3"),
+      [
+        "-c",
+        """
+        import json, socket, sys, time
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+        print(json.dumps({"message": "listening", "address": "127.0.0.1:%d" % s.getsockname()[1]}), file=sys.stderr, flush=True)
+        time.sleep(60)
+        """,
+      ])
+    defer { holder.stop() }
+    let busy = try run(
+      binary("gateway"),
+      ["--listen", holder.address, "--upstream", "users=127.0.0.1:1", "--bind-wait", "0.3"])
+    #expect(busy.status == 1)
+    #expect(
+      busy.stderr.contains(
+        "gateway: cannot listen on \(holder.address): the address is still in use after waiting 0.3 seconds"),
+      "\(busy.stderr)")
   }
 }

@@ -255,7 +255,7 @@ struct GatewayLoad {
   }
 
   /// `meshctl restart` rolls each instance without a failed call, under load through the
-  /// gateway; two orders instances share one database.
+  /// gateway; two orders instances share one database. Then the gateway hands its port over.
   @Test func restartsRollWithoutAFailedCall() throws {
     let shop = try LocalShop(["--replicas", "orders=2"], name: "restart")
     #expect(shop.pid(of: "orders-1") != nil && shop.pid(of: "orders-2") != nil)
@@ -274,9 +274,29 @@ struct GatewayLoad {
     let statuses = result["statuses"] as? [String: Int] ?? [:]
     #expect(statuses.keys.sorted() == ["200"], "\(statuses) \(result["failures"] ?? "")")
     #expect((statuses["200"] ?? 0) > 50, "\(statuses)")
+
+    // The gateway hands its port over. Its requests in flight are answered; what a client can
+    // see is a keep-alive connection the old gateway closed while idle (it connects again),
+    // never a refused connection: the new gateway takes the port within 10 ms.
+    let oldGateway = try #require(shop.pid(of: "gateway"))
+    let gatewayLoad = try shop.load()
+    Thread.sleep(forTimeInterval: 2)
+    let handedOver = try shop.meshctl(["restart", "gateway"])
+    #expect(handedOver.status == 0, "\(handedOver.stdout)\(handedOver.stderr)")
+    #expect(shop.pid(of: "gateway").map { $0 != oldGateway } == true)
+    #expect(!isAlive(Int(oldGateway)))
+    Thread.sleep(forTimeInterval: 1)
+    let throughGateway = try gatewayLoad.finish()
+    let gatewayStatuses = throughGateway["statuses"] as? [String: Int] ?? [:]
+    let failures = throughGateway["failures"] as? [String] ?? []
+    #expect(Set(gatewayStatuses.keys).isSubset(of: ["200", "0"]), "\(gatewayStatuses) \(failures)")
+    #expect((gatewayStatuses["0"] ?? 0) <= 2, "one closed connection per worker at most: \(failures)")
+    #expect(!failures.contains { $0.contains("ConnectionRefused") }, "\(failures)")
+    #expect((gatewayStatuses["200"] ?? 0) > 20, "\(gatewayStatuses)")
+
     let settled = try shop.settledInvariants()
     #expect((settled["violations"] as? [String])?.isEmpty == true, "\(settled)")
-    print("restarts under load: \(statuses); \(settled)")
+    print("restarts under load: \(statuses); gateway handed over: \(gatewayStatuses) \(failures); \(settled)")
   }
 
   /// kill -9 of an orders instance under load, mid-saga: the other instance (by lease) and
