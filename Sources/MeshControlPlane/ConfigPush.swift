@@ -368,39 +368,41 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
       let id = UUID()
       // Nonces sent and the version each carried, to read NACKs by.
       let sent = SentNonces()
-      try await withThrowingTaskGroup(of: Void.self) { group in
-        var messages = request.messages.makeAsyncIterator()
-        guard var hello = try await messages.next() else { return }
-        let node = hello.node.isEmpty ? caller.description : hello.node
-        if hello.certificateSerial.isEmpty, let peer {
-          hello.certificateSerial = peer.serialHex  // a sidecar that does not report it
-        }
-        let snapshots = hub.subscribe(
-          id: id, node: node, identity: caller.description, hello: hello,
-          issued: try Self.issued(hello.certificateSerial, caller, store),
-          certificateNotAfter: peer?.notValidAfter)
-        defer { hub.unsubscribe(id: id) }
-        if hello.hasRegistration {
-          try Self.register(hello.registration, node: node, caller: caller, hub, store)
-        }
-        group.addTask {
-          for await snapshot in snapshots {
-            sent.withLock { $0[snapshot.nonce] = snapshot.version }
-            try await writer.write(snapshot)
+      try await endingAtShutdown {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+          var messages = request.messages.makeAsyncIterator()
+          guard var hello = try await messages.next() else { return }
+          let node = hello.node.isEmpty ? caller.description : hello.node
+          if hello.certificateSerial.isEmpty, let peer {
+            hello.certificateSerial = peer.serialHex  // a sidecar that does not report it
           }
-        }
-        while let message = try await messages.next() {
-          let version =
-            message.responseNonce.isEmpty
-            ? nil : sent.withLock { $0.removeValue(forKey: message.responseNonce) }
-          hub.answered(
-            node: node, message, snapshotVersion: version,
-            issued: try Self.issued(message.certificateSerial, caller, store))
-          if message.hasRegistration {
-            try Self.register(message.registration, node: node, caller: caller, hub, store)
+          let snapshots = hub.subscribe(
+            id: id, node: node, identity: caller.description, hello: hello,
+            issued: try Self.issued(hello.certificateSerial, caller, store),
+            certificateNotAfter: peer?.notValidAfter)
+          defer { hub.unsubscribe(id: id) }
+          if hello.hasRegistration {
+            try Self.register(hello.registration, node: node, caller: caller, hub, store)
           }
+          group.addTask {
+            for await snapshot in snapshots {
+              sent.withLock { $0[snapshot.nonce] = snapshot.version }
+              try await writer.write(snapshot)
+            }
+          }
+          while let message = try await messages.next() {
+            let version =
+              message.responseNonce.isEmpty
+              ? nil : sent.withLock { $0.removeValue(forKey: message.responseNonce) }
+            hub.answered(
+              node: node, message, snapshotVersion: version,
+              issued: try Self.issued(message.certificateSerial, caller, store))
+            if message.hasRegistration {
+              try Self.register(message.registration, node: node, caller: caller, hub, store)
+            }
+          }
+          group.cancelAll()
         }
-        group.cancelAll()
       }
       return [:]
     }

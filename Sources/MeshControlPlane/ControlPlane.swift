@@ -154,3 +154,22 @@ public struct ControlPlane: Service {
       ?? "\(address)"
   }
 }
+
+/// Runs the body of a stream that lasts as long as its peer does (a sidecar's config or
+/// telemetry stream, an operator's tap) until it ends by itself or the control plane shuts
+/// down. Then it ends with UNAVAILABLE, so the peer comes back to the next control plane
+/// (sidecars keep the config they run) instead of holding this one's shutdown forever.
+func endingAtShutdown<Result: Sendable>(
+  _ body: @escaping @Sendable () async throws -> Result
+) async throws -> Result {
+  let shuttingDown = RPCError(code: .unavailable, message: "the control plane is shutting down")
+  let result: Result
+  do {
+    result = try await cancelWhenGracefulShutdown(body)
+  } catch where Task.isShuttingDownGracefully {
+    throw shuttingDown
+  }
+  // A body that ends quietly when cancelled (a tap's event stream) ends the same way.
+  if Task.isShuttingDownGracefully { throw shuttingDown }
+  return result
+}

@@ -181,19 +181,21 @@ public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
     }
     let service = String(caller.path.dropFirst("/svc/".count))
     return StreamingServerResponse { writer in
-      let (controls, continuation) = AsyncStream.makeStream(of: Trellis_Mesh_V1_TapControl.self)
-      var id: UUID?
-      defer { id.map(hub.disconnect) }
-      try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask {
-          for await control in controls { try await writer.write(control) }
+      try await endingAtShutdown {
+        let (controls, continuation) = AsyncStream.makeStream(of: Trellis_Mesh_V1_TapControl.self)
+        var id: UUID?
+        defer { id.map(hub.disconnect) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+          group.addTask {
+            for await control in controls { try await writer.write(control) }
+          }
+          for try await report in request.messages {
+            if id == nil { id = hub.connect(service: service, instance: report.instance, controls: continuation) }
+            hub.receive(report, from: id!)
+          }
+          continuation.finish()
+          try await group.waitForAll()
         }
-        for try await report in request.messages {
-          if id == nil { id = hub.connect(service: service, instance: report.instance, controls: continuation) }
-          hub.receive(report, from: id!)
-        }
-        continuation.finish()
-        try await group.waitForAll()
       }
       return [:]
     }
@@ -228,10 +230,12 @@ public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
     let (id, events) = hub.openTap(service: message.service, method: message.method, maxPerSecond: rate)
     return StreamingServerResponse { writer in
       defer { hub.closeTap(id) }
-      try await withTaskCancellationHandler {
-        for await event in events { try await writer.write(event) }
-      } onCancel: {
-        hub.closeTap(id)
+      try await endingAtShutdown {
+        try await withTaskCancellationHandler {
+          for await event in events { try await writer.write(event) }
+        } onCancel: {
+          hub.closeTap(id)
+        }
       }
       return [:]
     }

@@ -370,6 +370,61 @@ import Testing
     #expect(try call(client) == "OK")
   }
 
+  /// SIGTERM ends the control plane's streams that last as long as their peers (sidecars'
+  /// config and telemetry streams, an operator's tap) with UNAVAILABLE, so it exits at once
+  /// with sidecars connected; they serve on, and converge again on its successor.
+  @Test func onSIGTERMTheControlPlaneEndsItsStreamsAndExits() throws {
+    let (_, server, client) = try echoAndClientAtVersion1()
+    defer {
+      client.process.stop()
+      server.process.stop()
+    }
+    _ = try statuses {
+      $0["echo"]?["version"] as? Int == 1 && $0["client"]?["version"] as? Int == 1
+    }
+    let listen = try logField(plane.log, "address")
+    let join = try logField(plane.log, "join_address")
+    let tap = Process()
+    tap.executableURL = URL(fileURLWithPath: try binary("meshctl"))
+    tap.arguments = ["tap", "echo", "--control-plane", plane.address, "--certs", mesh.certs]
+    let tapErrors = Pipe()
+    tap.standardError = tapErrors
+    tap.standardOutput = FileHandle.nullDevice
+    try tap.run()
+    Thread.sleep(forTimeInterval: 1)
+    #expect(tap.isRunning)
+
+    let started = Date()
+    let status = plane.stop(timeout: 30)
+    let took = Date().timeIntervalSince(started)
+    #expect(status == 0)
+    #expect(took < 5, "the control plane took \(took) s to stop")
+    let tapDeadline = Date().addingTimeInterval(10)
+    while tap.isRunning, Date() < tapDeadline { Thread.sleep(forTimeInterval: 0.05) }
+    if tap.isRunning { tap.terminate() }
+    tap.waitUntilExit()
+    let tapSaid = String(decoding: tapErrors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    #expect(tap.terminationStatus != 0)
+    #expect(tapSaid.contains("the control plane is shutting down"), "\(tapSaid)")
+    #expect(try call(client) == "OK")
+
+    let restarted = try ServiceProcess(
+      binary("control-plane"),
+      [
+        "--listen", listen, "--join", join, "--certs", mesh.certs, "--data",
+        mesh.directory.appendingPathComponent("data").path,
+      ])
+    defer { restarted.stop() }
+    let converged = try statuses(at: restarted.address, timeout: 60) { nodes in
+      ["echo", "client"].allSatisfy {
+        nodes[$0]?["connected"] as? Bool == true && nodes[$0]?["version"] as? Int == 1
+      }
+    }
+    #expect(converged["echo"]?["connected"] as? Bool == true, "\(converged)")
+    #expect(converged["client"]?["connected"] as? Bool == true, "\(converged)")
+    #expect(try call(client) == "OK")
+  }
+
   @Test func appliedConfigReachesEverySidecarAndABadSnapshotIsNacked() throws {
     let (port, server, joined) = try echoAndClientAtVersion1()
     var client = joined
