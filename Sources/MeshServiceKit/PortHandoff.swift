@@ -21,7 +21,7 @@ extension HostPort {
     return address.withSockAddr { bind(fd, $0, socklen_t($1)) } == 0 || errno != EADDRINUSE
   }
 
-  /// Waits, checking every 10 ms, until nothing listens here, for up to `limit`: how a new
+  /// Waits, checking every millisecond, until nothing listens here, for up to `limit`: how a new
   /// process takes over a port from the one it replaces, the moment that one closes its
   /// listener (calls on the old one's connections finish there). Throws if the port is still
   /// held when `limit` has passed.
@@ -33,7 +33,7 @@ extension HostPort {
       guard ContinuousClock.now < deadline else {
         throw PortBusyError(address: self, waited: limit)
       }
-      try await Task.sleep(for: .milliseconds(10))
+      try await Task.sleep(for: .milliseconds(1))
     }
   }
 }

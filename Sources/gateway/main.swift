@@ -189,8 +189,8 @@ struct GatewayCommand: AsyncParsableCommand {
       services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     do {
       if bindWait > 0 {
-        // Everything else is ready first, so the port changes hands within 10 ms of the old
-        // gateway closing it.
+        // Everything else is ready first, so the port changes hands the moment the old
+        // gateway closes it.
         let limit = Duration.milliseconds(Int64(bindWait * 1000))
         try await address.waitUntilFree(for: limit, logger: logger)
         if let h2cListen { try await Self.address(h2cListen, "--h2c-listen").waitUntilFree(for: limit, logger: logger) }

@@ -266,7 +266,7 @@ struct Restart: AsyncParsableCommand {
       registered, then the old app reports NOT_SERVING, its sidecar withdraws it, and only then
       do the old app and sidecar stop, finishing their calls. The gateway holds one port: the
       new gateway starts beside its new sidecar and waits for the port, the old one closes its
-      listener and finishes its requests, and the new one takes the port within 10 ms.
+      listener and finishes its requests, and the new one takes the port at once.
       """)
 
   @Argument(help: "The service: users, orders, payments, events or gateway.") var service: String
@@ -289,7 +289,8 @@ struct Restart: AsyncParsableCommand {
       if service == "gateway" {
         // One HTTP port, handed over: the new gateway starts beside its new sidecar and waits
         // for the port; the old one closes its listener on SIGTERM (its requests in flight
-        // finish) and the new one takes the port within 10 ms.
+        // finish) and the new one takes the port at once (the port is without a listener for
+        // milliseconds; stopping and starting left it without one for half a second).
         let fresh = try await launcher.startInstance(
           layout, instance: instance, slot: slot, takingOverPort: true)
         run.processes += fresh
