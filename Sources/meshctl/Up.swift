@@ -264,21 +264,28 @@ struct Restart: AsyncParsableCommand {
     discussion: """
       For each instance: a new one is started (with its sidecar) and waited for until it is
       registered, then the old app reports NOT_SERVING, its sidecar withdraws it, and only then
-      do the old app and sidecar stop, finishing their calls. The gateway holds one port: the
+      do the old app and sidecar stop, finishing their calls. The control plane is stopped
+      and started again on its ports and data (sidecars serve on meanwhile, then subscribe
+      again). The gateway holds one port: the
       new gateway starts beside its new sidecar and waits for the port, the old one closes its
       listener and finishes its requests, and the new one takes the port at once.
       """)
 
-  @Argument(help: "The service: users, orders, payments, events or gateway.") var service: String
+  @Argument(help: "The service: users, orders, payments, events, gateway or control-plane.")
+  var service: String
 
   func run() async throws {
     guard var run = ShopRun.load(), !run.running.isEmpty else {
       throw MeshctlFailure("the shop is not running here (no live \(ShopRun.file)): meshctl up")
     }
+    if service == "control-plane" {
+      try await restartControlPlane(&run)
+      return
+    }
     guard let layout = ShopLayout.services.first(where: { $0.name == service }) else {
       throw MeshctlFailure(
-        "no service \(service); the shop has "
-          + ShopLayout.services.map(\.name).joined(separator: ", "))
+        "no service \(service); restart one of "
+          + (ShopLayout.services.map(\.name) + ["control-plane"]).joined(separator: ", "))
     }
     let instances = Array(Set(run.processes.filter { $0.service == service }.map(\.instance)))
       .sorted()
@@ -318,6 +325,22 @@ struct Restart: AsyncParsableCommand {
       try run.save()
       print("restarted \(instance): now pid \(fresh.first { $0.role == .app }?.pid ?? 0)")
     }
+  }
+}
+
+extension Restart {
+  /// The control plane on SIGTERM ends its streams and exits; meanwhile the sidecars serve on
+  /// with the config they run. The new one starts on the same ports and data, and every
+  /// sidecar subscribes again (within its backoff), registers, and runs the current version.
+  private func restartControlPlane(_ run: inout ShopRun) async throws {
+    let old = run.processes.filter { $0.role == .controlPlane }
+    await LocalProcesses.stop(old.map(\.pid))
+    run.processes.removeAll { $0.role == .controlPlane }
+    let fresh = try await Launcher(run: run).startControlPlane()
+    run.processes.insert(fresh, at: 0)
+    try run.save()
+    try await Launcher(run: run).waitUntilReady(run)
+    print("restarted control-plane: now pid \(fresh.pid)")
   }
 }
 

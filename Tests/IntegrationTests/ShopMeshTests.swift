@@ -230,6 +230,12 @@ struct GatewayLoad {
     let logs = try shop.meshctl(["logs", "orders", "-n", "5"])
     #expect(logs.stdout.contains(#""logger":"order-service""#), "\(logs.stdout)")
     #expect(try shop.meshctl(["logs", "shipping"]).stderr.contains("no process or service shipping"))
+    let unknown = try shop.meshctl(["restart", "shipping"])
+    #expect(unknown.status == 1)
+    #expect(
+      unknown.stderr.contains(
+        "no service shipping; restart one of events, payments, users, orders, gateway, control-plane"),
+      "\(unknown.stderr)")
     let again = try shop.meshctl(["up", "--detach", "--no-build"])
     #expect(again.status != 0)
     #expect((again.stdout + again.stderr).contains("the shop is already running"))
@@ -261,7 +267,7 @@ struct GatewayLoad {
     #expect(shop.pid(of: "orders-1") != nil && shop.pid(of: "orders-2") != nil)
     let load = try shop.load()
     Thread.sleep(forTimeInterval: 2)
-    for service in ["orders", "users", "payments", "events"] {
+    for service in ["orders", "users", "payments", "events", "control-plane"] {
       let before = shop.processes.filter { $0["service"] as? String == service }.compactMap { $0["pid"] as? Int }
       let restarted = try shop.meshctl(["restart", service])
       #expect(restarted.status == 0, "\(restarted.stdout)\(restarted.stderr)")
