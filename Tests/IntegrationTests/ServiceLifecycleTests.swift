@@ -100,6 +100,11 @@ import Testing
     }
     #expect(printed().contains("\"SERVING\""))
     #expect(service.stop() == 0)
+    // Bounded, so a client that never ends fails this test instead of hanging the run.
+    let exitDeadline = Date().addingTimeInterval(20)
+    while watch.isRunning, Date() < exitDeadline { Thread.sleep(forTimeInterval: 0.05) }
+    #expect(!watch.isRunning, "rpc did not exit within 20 s of the server's exit: \(printed())")
+    if watch.isRunning { watch.terminate() }
     watch.waitUntilExit()
     #expect(printed().contains("NOT_SERVING"))
     #expect(watch.terminationStatus == 0)
