@@ -311,6 +311,10 @@ struct Launcher {
         guard ShopRun.load()?.processes.contains(where: { $0.pid == entry.pid }) ?? true else { continue }
         logs.printNew()
         reported.insert(entry.pid)
+        // It may have ended after this pass reaped: its status is waiting now.
+        if exits[entry.pid] == nil {
+          for (pid, status) in LocalProcesses.reapChildren() { exits[pid] = status }
+        }
         reportDeath(entry, status: exits[entry.pid])
       }
       flushStandardOutput()
