@@ -353,21 +353,7 @@ import Testing
     #expect(try call(client) == "OK")
 
     // Back on the same addresses and data: every sidecar resubscribes and converges.
-    let restarted = try ServiceProcess(
-      binary("control-plane"),
-      [
-        "--listen", listen, "--join", join, "--certs", mesh.certs, "--data",
-        mesh.directory.appendingPathComponent("data").path,
-      ])
-    defer { restarted.stop() }
-    let converged = try statuses(at: restarted.address, timeout: 60) { nodes in
-      ["echo", "client"].allSatisfy {
-        nodes[$0]?["connected"] as? Bool == true && nodes[$0]?["version"] as? Int == 1
-      }
-    }
-    #expect(converged["echo"]?["connected"] as? Bool == true, "\(converged)")
-    #expect(converged["client"]?["connected"] as? Bool == true, "\(converged)")
-    #expect(try call(client) == "OK")
+    try restartConvergesAtVersion1(listen: listen, join: join, client: client)
   }
 
   /// SIGTERM ends the control plane's streams that last as long as their peers (sidecars'
@@ -408,6 +394,12 @@ import Testing
     #expect(tapSaid.contains("the control plane is shutting down"), "\(tapSaid)")
     #expect(try call(client) == "OK")
 
+    try restartConvergesAtVersion1(listen: listen, join: join, client: client)
+  }
+
+  /// A control plane started again on `listen` and `join` with the same data: the echo and
+  /// client sidecars subscribe to it again and run version 1, and calls go through.
+  func restartConvergesAtVersion1(listen: String, join: String, client: RunningSidecar) throws {
     let restarted = try ServiceProcess(
       binary("control-plane"),
       [
