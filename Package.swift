@@ -48,7 +48,9 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
     // Without its default BinaryDelimitedStreams trait, SwiftProtobuf does not link Foundation
     // (it needs only FoundationEssentials), which keeps ~6 MB out of every sidecar.
-    .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0", traits: ["FieldMaskUtilities"]),
+    .package(
+      url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0",
+      traits: ["FieldMaskUtilities"]),
     .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
     .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
     .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
@@ -108,7 +110,7 @@ let package = Package(
     .target(
       name: "MeshProxy",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshTracing", "MeshTranscoding", nioCore, nioPosix, nioHPACK,
+        "MeshIdentity", "MeshConfig", "MeshTracing", nioCore, nioPosix, nioHPACK,
         nioSSL, x509, logging, lifecycle,
         .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -124,7 +126,8 @@ let package = Package(
     .target(
       name: "MeshControlPlane",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshTracing", grpcCore, grpcHTTP2, grpcProtobuf,
+        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshTracing", grpcCore, grpcHTTP2,
+        grpcProtobuf,
         logging, lifecycle, x509, crypto, grdb, nioCore, nioSSL,
         .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -136,7 +139,7 @@ let package = Package(
     .target(
       name: "MeshControlClient",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshServiceKit", "MeshProxy", grpcCore,
+        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshServiceKit", "MeshTracing", grpcCore,
         grpcHTTP2, grpcProtobuf, swiftProtobuf, logging, lifecycle, x509, crypto,
         .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
@@ -168,7 +171,9 @@ let package = Package(
     ),
     .target(
       name: "OrderService",
-      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf, logging, lifecycle],
+      dependencies: [
+        "ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf, logging, lifecycle,
+      ],
       swiftSettings: swiftSettings
     ),
     .target(
@@ -246,7 +251,7 @@ let package = Package(
       name: "sidecar",
       dependencies: [
         "MeshProxy", "MeshControlClient", "MeshConfig", "MeshIdentity", "MeshServiceKit",
-        argumentParser, logging, grpcCore,
+        "MeshTracing", argumentParser, logging, grpcCore,
         lifecycle, crypto,
       ],
       swiftSettings: swiftSettings,

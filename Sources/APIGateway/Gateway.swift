@@ -1,8 +1,3 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Crypto
 import GRPCCore
 import HTTPTypes
@@ -12,6 +7,12 @@ import MeshServiceKit
 import MeshTranscoding
 import NIOCore
 import Tracing
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// The API gateway: the shop's single HTTP/JSON entry point. Each request is matched against
 /// the `google.api.http` bindings of the services' methods (`RouteTable`), transcoded to the
@@ -39,7 +40,7 @@ public struct Gateway: Sendable {
   /// Calls a service's method with the request's bytes; returns the response's bytes.
   public typealias Call =
     @Sendable (_ route: GatewayRoute, _ request: [UInt8], _ metadata: Metadata) async throws ->
-      [UInt8]
+    [UInt8]
 
   let routes: RouteTable
   let transcoder: Transcoder
@@ -109,14 +110,16 @@ public struct Gateway: Sendable {
     case .methodNotAllowed(let allowed):
       throw GatewayError(
         httpStatus: 405, code: "UNIMPLEMENTED",
-        message: "\(request.method.rawValue) \(path): allowed are \(allowed.joined(separator: ", "))",
+        message:
+          "\(request.method.rawValue) \(path): allowed are \(allowed.joined(separator: ", "))",
         headers: [.allow: allowed.joined(separator: ", ")])
     case .notFound:
       throw GatewayError(
         httpStatus: 404, code: "NOT_FOUND",
         message: "no route for \(request.method.rawValue) \(path)")
     }
-    if let length = request.headers[.contentLength].flatMap(Int.init), length > settings.maxBodyBytes
+    if let length = request.headers[.contentLength].flatMap(Int.init),
+      length > settings.maxBodyBytes
     {
       throw Self.tooLarge(settings.maxBodyBytes)
     }
@@ -148,7 +151,8 @@ public struct Gateway: Sendable {
     }
     return Response(
       status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
-      body: .init(byteBuffer: ByteBuffer(string: try transcoder.response(for: route, bytes: reply))))
+      body: .init(byteBuffer: ByteBuffer(string: try transcoder.response(for: route, bytes: reply)))
+    )
   }
 
   static func tooLarge(_ limit: Int) -> GatewayError {
@@ -256,7 +260,8 @@ struct EdgeMiddleware: RouterMiddleware {
       ?? "req_" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
     var trace = ServiceContext.startingTrace(
       sampled: Double.random(in: 0..<1) < gateway.settings.traceSampling)
-    InstrumentationSystem.instrument.extract(request.headers, into: &trace, using: FieldsExtractor())
+    InstrumentationSystem.instrument.extract(
+      request.headers, into: &trace, using: FieldsExtractor())
     let span = InstrumentationSystem.tracer.startAnySpan(
       "\(request.method.rawValue) \(request.uri.path)", context: trace, ofKind: .server)
     span.attributes["http.request.method"] = request.method.rawValue

@@ -158,8 +158,9 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
     mutating func fieldPath() -> [String] {
       var path: [String] = []
       var current = ""
-      while let scalar = peek, scalar == "_" || scalar == "." || scalar.properties.isAlphabetic
-        || ("0"..."9").contains(scalar)
+      while let scalar = peek,
+        scalar == "_" || scalar == "." || scalar.properties.isAlphabetic
+          || ("0"..."9").contains(scalar)
       {
         position += 1
         if scalar == "." {
@@ -195,7 +196,9 @@ public struct PathTemplateError: Error, CustomStringConvertible, Equatable {
 
 /// RFC 3986 percent-decoding (`%2F` → `/`), leaving malformed escapes as they are.
 enum PercentDecoding {
-  static func decode(_ text: some StringProtocol, keepingSlashes: Bool = false, plusIsSpace: Bool = false)
+  static func decode(
+    _ text: some StringProtocol, keepingSlashes: Bool = false, plusIsSpace: Bool = false
+  )
     -> String
   {
     guard text.contains("%") || (plusIsSpace && text.contains("+")) else { return String(text) }

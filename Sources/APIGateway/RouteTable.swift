@@ -83,7 +83,11 @@ public struct RouteTable: Sendable {
     for fieldPath in template.fieldPaths {
       guard Self.field(fieldPath, in: method.inputType) != nil else {
         throw DescriptorError(
-          "\(method.fullPath): path \(path) binds \(fieldPath), which \(method.inputType.fullName) has not")
+          """
+          \(method.fullPath): path \(path) binds \(fieldPath), which \(method.inputType.fullName) \
+          has not
+          """
+        )
       }
     }
     if !rule.body.isEmpty, rule.body != "*", Self.field(rule.body, in: method.inputType) == nil {

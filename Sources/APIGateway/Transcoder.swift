@@ -62,7 +62,8 @@ public struct Transcoder: Sendable {
       for name in order {
         let field = RouteTable.field(name, in: input)!
         let values = repeated[name]!
-        try set(name, to: field.isRepeated ? .array(values) : values[0], in: &object, message: input)
+        try set(
+          name, to: field.isRepeated ? .array(values) : values[0], in: &object, message: input)
       }
     }
     for (path, value) in pathValues.sorted(by: { $0.key < $1.key }) {
@@ -109,7 +110,9 @@ public struct Transcoder: Sendable {
   /// A path or query value as the JSON the field's type reads: booleans as `true`/`false`,
   /// everything else as a string (the mapping reads numbers, enums and well-known types from
   /// strings).
-  private func scalar(_ value: String, for field: FieldDescriptor, name: String)
+  private func scalar(
+    _ value: String, for field: FieldDescriptor, name: String
+  )
     throws(GatewayError) -> JSONValue
   {
     switch field.kind {

@@ -66,7 +66,9 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
 
   // MARK: Publish
 
-  public func publish(request: Shop_V1_PublishRequest, context: ServerContext) async throws
+  public func publish(
+    request: Shop_V1_PublishRequest, context: ServerContext
+  ) async throws
     -> Shop_V1_PublishResponse
   {
     let event = request.event
@@ -77,7 +79,9 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
       throw Validate.invalid("event.payload", "is over 1 MiB")
     }
     var headers = Google_Protobuf_Struct()
-    for (key, value) in event.headers { headers.fields[key] = Google_Protobuf_Value(stringValue: value) }
+    for (key, value) in event.headers {
+      headers.fields[key] = Google_Protobuf_Value(stringValue: value)
+    }
     let headerBytes = try headers.serializedData()
     let response = try await database.write { db -> Shop_V1_PublishResponse in
       var response = Shop_V1_PublishResponse()
@@ -111,7 +115,8 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
     try Self.validateTopic(request.topic, "topic")
     try Validate.required(request.consumerGroup, "consumer_group")
     let room = Int(request.maxUnacknowledged == 0 ? 100 : min(request.maxUnacknowledged, 10_000))
-    let deadline = Int64(request.ackDeadlineSeconds == 0 ? 30 : min(request.ackDeadlineSeconds, 3600))
+    let deadline = Int64(
+      request.ackDeadlineSeconds == 0 ? 30 : min(request.ackDeadlineSeconds, 3600))
     // A subscription lasts until the subscriber goes, or this instance shuts down: then it
     // ends (OK), and the subscriber subscribes again — to another instance, or to this one
     // restarted. Unacknowledged deliveries come again after their deadline.
@@ -131,7 +136,9 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
 
   /// Hands the group its redeliveries whose deadline passed, then new events, as far as
   /// `room` allows; returns them in order.
-  func claim(topic: String, group: String, room: Int, ackDeadline: Int64) async throws
+  func claim(
+    topic: String, group: String, room: Int, ackDeadline: Int64
+  ) async throws
     -> [Shop_V1_Delivery]
   {
     try await database.write { db in
@@ -139,7 +146,8 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
       let outstanding =
         try Int.fetchOne(
           db,
-          sql: "SELECT COUNT(*) FROM pending WHERE topic = ? AND consumer_group = ? AND deadline > ?",
+          sql:
+            "SELECT COUNT(*) FROM pending WHERE topic = ? AND consumer_group = ? AND deadline > ?",
           arguments: [topic, group, now]) ?? 0
       var free = room - outstanding
       guard free > 0 else { return [] }
@@ -171,7 +179,11 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
             arguments: [topic, group]) ?? 0
         let fresh = try Int64.fetchAll(
           db,
-          sql: "SELECT sequence FROM events WHERE topic = ? AND sequence >= ? ORDER BY sequence LIMIT ?",
+          sql:
+            """
+            SELECT sequence FROM events WHERE topic = ? AND sequence >= ? ORDER BY sequence LIMIT \
+            ?
+            """,
           arguments: [topic, next, free])
         for sequence in fresh {
           try db.execute(
@@ -204,7 +216,9 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
 
   // MARK: Ack
 
-  public func ack(request: Shop_V1_AckRequest, context: ServerContext) async throws
+  public func ack(
+    request: Shop_V1_AckRequest, context: ServerContext
+  ) async throws
     -> Shop_V1_AckResponse
   {
     try Self.validateTopic(request.topic, "topic")
@@ -253,10 +267,14 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
     let words = topic.split(separator: ".", omittingEmptySubsequences: false)
     guard
       words.allSatisfy({ word in
-        !word.isEmpty && word.utf8.allSatisfy { (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5f }
+        !word.isEmpty
+          && word.utf8.allSatisfy {
+            (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5f
+          }
       })
     else {
-      throw Validate.invalid(field, "'\(topic)' is not lowercase words joined by dots (user.created)")
+      throw Validate.invalid(
+        field, "'\(topic)' is not lowercase words joined by dots (user.created)")
     }
   }
 }

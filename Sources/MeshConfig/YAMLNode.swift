@@ -36,8 +36,9 @@ struct YAMLScalar: Equatable, Sendable {
 
   /// YAML 1.2's null: an empty plain scalar, `~`, or `null` unquoted. `"null"` is a string.
   var isNull: Bool {
-    style == .plain && (value.isEmpty || value == "~" || value == "null" || value == "Null"
-      || value == "NULL")
+    style == .plain
+      && (value.isEmpty || value == "~" || value == "null" || value == "Null"
+        || value == "NULL")
   }
 }
 

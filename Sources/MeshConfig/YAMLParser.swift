@@ -79,7 +79,9 @@ struct YAMLParser {
 
   /// The node that starts on the next non-blank line, if that line is indented more than
   /// `parentIndent`; an empty (null) scalar otherwise.
-  private mutating func blockNode(parentIndent: Int, emptyMark: YAMLMark) throws(YAMLError)
+  private mutating func blockNode(
+    parentIndent: Int, emptyMark: YAMLMark
+  ) throws(YAMLError)
     -> YAMLNode
   {
     skipBlankLines()
@@ -95,7 +97,9 @@ struct YAMLParser {
   /// A value starting at `col` of the current line, consuming through the end of its last
   /// line. `compact` allows a block mapping or sequence to start here (as at the start of a
   /// line or after a list item's dash), which YAML forbids after a mapping key's colon.
-  private mutating func value(_ row: Int, _ col: Int, parentIndent: Int, compact: Bool)
+  private mutating func value(
+    _ row: Int, _ col: Int, parentIndent: Int, compact: Bool
+  )
     throws(YAMLError) -> YAMLNode
   {
     let line = lines[row]
@@ -124,7 +128,8 @@ struct YAMLParser {
     switch line[col] {
     case .dash where isBlankOrEnd(row, col + 1):
       guard compact else {
-        throw error("a list can not start after a key on the same line; start it on the next line",
+        throw error(
+          "a list can not start after a key on the same line; start it on the next line",
           row, col)
       }
       self.row = row
@@ -155,7 +160,8 @@ struct YAMLParser {
     case .exclamation:
       throw error("tags (!) are not supported; every value is read from its text", row, col)
     case .percent, .at, .backtick:
-      throw error("a plain value can not start with '\(Character(Unicode.Scalar(line[col])))'; quote it",
+      throw error(
+        "a plain value can not start with '\(Character(Unicode.Scalar(line[col])))'; quote it",
         row, col)
     default:
       if compact, keyColon(row, col) != nil {
@@ -274,7 +280,9 @@ struct YAMLParser {
 
   /// A plain scalar in block context: this line up to a comment, then any following lines
   /// indented more than `parentIndent`, folded into one line as YAML does.
-  private mutating func plainScalar(_ row: Int, _ col: Int, parentIndent: Int)
+  private mutating func plainScalar(
+    _ row: Int, _ col: Int, parentIndent: Int
+  )
     throws(YAMLError) -> YAMLNode
   {
     let start = mark(row, col)
@@ -309,7 +317,8 @@ struct YAMLParser {
       let byte = line[i]
       if byte == .hash, i > col, isSpace(line[i - 1]) { return (text(line[col..<end]), true) }
       if byte == .colon, isBlankOrEnd(row, i + 1) {
-        throw error("a ': ' inside a value; quote the value, or start a mapping on a new line",
+        throw error(
+          "a ': ' inside a value; quote the value, or start a mapping on a new line",
           row, i)
       }
       if !isSpace(byte) { end = i + 1 }
@@ -320,7 +329,9 @@ struct YAMLParser {
 
   /// A literal (`|`) or folded (`>`) block scalar, with its chomping (`-`, `+`) and
   /// indentation indicators.
-  private mutating func blockScalar(_ row: Int, _ col: Int, parentIndent: Int)
+  private mutating func blockScalar(
+    _ row: Int, _ col: Int, parentIndent: Int
+  )
     throws(YAMLError) -> YAMLNode
   {
     enum Chomping { case clip, strip, keep }
@@ -424,7 +435,8 @@ struct YAMLParser {
       anchors[name] = node
       return node
     case .exclamation:
-      throw error("tags (!) are not supported; every value is read from its text",
+      throw error(
+        "tags (!) are not supported; every value is read from its text",
         position.row, position.col)
     case .question where isBlankOrEnd(position.row, position.col + 1):
       throw error("complex mapping keys (?) are not supported", position.row, position.col)
@@ -437,7 +449,9 @@ struct YAMLParser {
 
   /// A `{…}` mapping or `[…]` sequence, which may run over several lines. A `key: value` item
   /// of a sequence is a mapping of one pair, as YAML has it.
-  private mutating func flowCollection(_ position: inout Position, mapping: Bool)
+  private mutating func flowCollection(
+    _ position: inout Position, mapping: Bool
+  )
     throws(YAMLError) -> YAMLNode
   {
     let start = mark(position.row, position.col)
@@ -589,7 +603,9 @@ struct YAMLParser {
       style: quote == .singleQuote ? .singleQuoted : .doubleQuoted, mark: start)
   }
 
-  private func escape(_ line: [UInt8], _ position: inout Position, into out: inout [UInt8])
+  private func escape(
+    _ line: [UInt8], _ position: inout Position, into out: inout [UInt8]
+  )
     throws(YAMLError)
   {
     let at = position.col
@@ -615,14 +631,19 @@ struct YAMLParser {
       let digits = code == UInt8(ascii: "x") ? 2 : code == UInt8(ascii: "u") ? 4 : 8
       guard position.col + digits <= line.count,
         let value = UInt32(text(line[position.col..<position.col + digits]), radix: 16)
-      else { throw error("expected \(digits) hexadecimal digits after '\\\(Character(Unicode.Scalar(code)))'", position.row, at) }
+      else {
+        throw error(
+          "expected \(digits) hexadecimal digits after '\\\(Character(Unicode.Scalar(code)))'",
+          position.row, at)
+      }
       position.col += digits
       scalar = value
     default:
       throw error("unknown escape '\\\(Character(Unicode.Scalar(code)))'", position.row, at)
     }
     guard let unicode = Unicode.Scalar(scalar) else {
-      throw error("'\\\(Character(Unicode.Scalar(code)))' names no Unicode character", position.row, at)
+      throw error(
+        "'\\\(Character(Unicode.Scalar(code)))' names no Unicode character", position.row, at)
     }
     out += Array(String(Character(unicode)).utf8)
   }

@@ -1,9 +1,4 @@
 import Crypto
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
@@ -13,6 +8,12 @@ import MeshProtos
 import ServiceLifecycle
 import SwiftASN1
 import X509
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// Keeps a sidecar's identity: the first certificate from the control plane's join listener
 /// (paid for with the join token), then renewals over the current identity at 70 % of each
@@ -81,7 +82,9 @@ public struct CertificateKeeper: Service {
       let wait: TimeInterval
       if failures > 0 {
         // 1 s, 2 s, 4 s … up to a minute, with jitter.
-        wait = min(60, Double(sign: .plus, exponent: min(failures - 1, 6), significand: 1)) * Double.random(in: 0.8...1.2)
+        wait =
+          min(60, Double(sign: .plus, exponent: min(failures - 1, 6), significand: 1))
+          * Double.random(in: 0.8...1.2)
       } else if let current = try? currentCertificate() {
         let life = current.notValidAfter.timeIntervalSince(current.notValidBefore)
         let renewAt = current.notValidBefore.addingTimeInterval(

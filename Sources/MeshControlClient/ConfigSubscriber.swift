@@ -1,8 +1,3 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
@@ -11,6 +6,12 @@ import MeshIdentity
 import MeshProtos
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// A sidecar's config stream: it subscribes to the control plane over its own identity,
 /// validates each snapshot, applies it and ACKs, or NACKs with the reason and keeps running
@@ -167,7 +168,9 @@ public struct ConfigSubscriber: Service {
       progress.failed()
       let failures = progress.failures
       // 0.5 s, 1 s, 2 s … up to 30 s, with jitter, so sidecars do not return in a herd.
-      let wait = min(30, Double(sign: .plus, exponent: min(max(0, failures - 1), 6) - 1, significand: 1)) * Double.random(in: 0.5...1.5)
+      let wait =
+        min(30, Double(sign: .plus, exponent: min(max(0, failures - 1), 6) - 1, significand: 1))
+        * Double.random(in: 0.5...1.5)
       do {
         // Shutdown ends the wait at once.
         try await cancelWhenGracefulShutdown {
@@ -431,10 +434,12 @@ public struct ConfigSubscriber: Service {
       var service = merged.services[registered.service] ?? MeshConfig.Service()
       // What the service's own descriptors say of its methods, unless the config says
       // otherwise: no side effects and idempotent methods may be retried.
-      for method in registered.methods where config.services[registered.service]?
+      for method in registered.methods
+      where config.services[registered.service]?
         .idempotency[method.name] == nil
       {
-        service.idempotency[method.name] = method.idempotencyLevel == 1 || method.idempotencyLevel == 2
+        service.idempotency[method.name] =
+          method.idempotencyLevel == 1 || method.idempotencyLevel == 2
       }
       for method in registered.methods where method.serverStreaming {
         service.streaming.insert(method.name)

@@ -1,13 +1,14 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import MeshConfig
 import MeshProtos
 import MeshServiceKit
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// Sends span batches over OTLP/gRPC: to the control plane's collector with the sidecar's own
 /// identity (mutual TLS), or to a plaintext collector. One connection, kept; with mutual TLS

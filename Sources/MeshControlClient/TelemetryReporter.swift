@@ -3,7 +3,7 @@ import GRPCNIOTransportHTTP2
 import Logging
 import MeshConfig
 import MeshProtos
-import MeshProxy
+import MeshTracing
 import ServiceLifecycle
 
 /// Sends the sidecar's live figures to the control plane over one stream
@@ -103,8 +103,9 @@ public struct TelemetryReporter: Service {
     return message
   }
 
-  static func message(_ call: LiveTelemetry.TappedCall, instance: String) -> Trellis_Mesh_V1_TapEvent
-  {
+  static func message(
+    _ call: LiveTelemetry.TappedCall, instance: String
+  ) -> Trellis_Mesh_V1_TapEvent {
     var message = Trellis_Mesh_V1_TapEvent()
     message.tapID = call.tap
     message.timeUnixNano = call.time

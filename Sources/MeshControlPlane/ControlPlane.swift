@@ -166,7 +166,7 @@ func endingAtShutdown<Result: Sendable>(
   let result: Result
   do {
     result = try await cancelWhenGracefulShutdown(body)
-  } catch where Task.isShuttingDownGracefully {
+  } catch  where Task.isShuttingDownGracefully {
     throw shuttingDown
   }
   // A body that ends quietly when cancelled (a tap's event stream) ends the same way.

@@ -157,7 +157,10 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
         throw RPCError(
           code: .invalidArgument,
           message:
-            "a lifetime of \(request.lifetimeSeconds)s is outside \(Int(control.minimumLeafLifetime))s to \(Int(maximum))s"
+            """
+            a lifetime of \(request.lifetimeSeconds)s is outside \
+            \(Int(control.minimumLeafLifetime))s to \(Int(maximum))s
+            """
         )
       }
     }
@@ -239,7 +242,10 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
       throw RPCError(
         code: .invalidArgument,
         message:
-          "\(file): \(request.yaml.utf8.count) bytes; a mesh config may be at most \(control.maximumConfigBytes) bytes"
+          """
+          \(file): \(request.yaml.utf8.count) bytes; a mesh config may be at most \
+          \(control.maximumConfigBytes) bytes
+          """
       )
     }
     try validate(request.yaml, file: file)
@@ -267,7 +273,10 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
         throw RPCError(
           code: .invalidArgument,
           message:
-            "\(file): trustDomain: \(config.trustDomain) is not this mesh's (\(control.trustDomain))"
+            """
+            \(file): trustDomain: \(config.trustDomain) is not this mesh's \
+            (\(control.trustDomain))
+            """
         )
       }
     } catch let error as ConfigError {

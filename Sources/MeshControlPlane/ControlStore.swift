@@ -17,7 +17,9 @@ public final class ControlStore: Sendable {
 
   /// Opens (creating if needed) a WAL database in the control plane's folder, which only the
   /// control plane may read: it holds the issuer's key.
-  static func open(_ file: String, in directory: String, synchronous: String) throws
+  static func open(
+    _ file: String, in directory: String, synchronous: String
+  ) throws
     -> DatabasePool
   {
     try FileManager.default.createDirectory(

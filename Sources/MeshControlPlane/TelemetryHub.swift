@@ -63,25 +63,26 @@ final class TelemetryHub: Sendable {
 
   func receive(_ report: Trellis_Mesh_V1_TelemetryReport, from id: UUID, now: Date = Date()) {
     let time = now.timeIntervalSince1970
-    let deliveries: [(AsyncStream<Trellis_Mesh_V1_TapEvent>.Continuation, Trellis_Mesh_V1_TapEvent)] =
-      state.withLock { state in
-        guard let reporter = state.reporters[id] else { return [] }
-        for stats in report.calls where stats.direction == "inbound" {
-          // What a sidecar says of its own service only: its identity names it.
-          guard stats.service == reporter.service else { continue }
-          state.samples[stats.service, default: []].append(
-            Sample(time: time, instance: report.instance, stats: stats))
-          if state.firstSeen[stats.service] == nil { state.firstSeen[stats.service] = time }
-        }
-        // Only this service's samples are looked through; `top` skips any other's old ones.
-        state.samples[reporter.service]?.removeAll { time - $0.time > Self.window }
-        return report.taps.compactMap { event in
-          guard let tap = state.taps[event.tapID], tap.service == reporter.service else {
-            return nil
+    let deliveries:
+      [(AsyncStream<Trellis_Mesh_V1_TapEvent>.Continuation, Trellis_Mesh_V1_TapEvent)] =
+        state.withLock { state in
+          guard let reporter = state.reporters[id] else { return [] }
+          for stats in report.calls where stats.direction == "inbound" {
+            // What a sidecar says of its own service only: its identity names it.
+            guard stats.service == reporter.service else { continue }
+            state.samples[stats.service, default: []].append(
+              Sample(time: time, instance: report.instance, stats: stats))
+            if state.firstSeen[stats.service] == nil { state.firstSeen[stats.service] = time }
           }
-          return (tap.events, event)
+          // Only this service's samples are looked through; `top` skips any other's old ones.
+          state.samples[reporter.service]?.removeAll { time - $0.time > Self.window }
+          return report.taps.compactMap { event in
+            guard let tap = state.taps[event.tapID], tap.service == reporter.service else {
+              return nil
+            }
+            return (tap.events, event)
+          }
         }
-      }
     for (events, event) in deliveries { events.yield(event) }
   }
 
@@ -128,7 +129,9 @@ final class TelemetryHub: Sendable {
   }
 
   /// Opens a tap on `service`; its calls arrive on the stream returned until `closeTap`.
-  func openTap(service: String, method: String, maxPerSecond: UInt32) -> (
+  func openTap(
+    service: String, method: String, maxPerSecond: UInt32
+  ) -> (
     String, AsyncStream<Trellis_Mesh_V1_TapEvent>
   ) {
     let (events, continuation) = AsyncStream.makeStream(
@@ -160,9 +163,13 @@ final class TelemetryHub: Sendable {
     for reporter in reporters { reporter.yield(control) }
   }
 
-  private static func control(for service: String, _ taps: [String: Tap]) -> Trellis_Mesh_V1_TapControl {
+  private static func control(
+    for service: String, _ taps: [String: Tap]
+  ) -> Trellis_Mesh_V1_TapControl {
     var control = Trellis_Mesh_V1_TapControl()
-    control.taps = taps.values.filter { $0.service == service }.map(\.filter).sorted { $0.id < $1.id }
+    control.taps = taps.values.filter { $0.service == service }.map(\.filter).sorted {
+      $0.id < $1.id
+    }
     return control
   }
 }
@@ -177,7 +184,8 @@ public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
     request: StreamingServerRequest<Trellis_Mesh_V1_TelemetryReport>, context: ServerContext
   ) async throws -> StreamingServerResponse<Trellis_Mesh_V1_TapControl> {
     guard let caller = ControlContext.caller(context), caller.path.hasPrefix("/svc/") else {
-      throw RPCError(code: .permissionDenied, message: "only a workload's sidecar reports telemetry")
+      throw RPCError(
+        code: .permissionDenied, message: "only a workload's sidecar reports telemetry")
     }
     let service = String(caller.path.dropFirst("/svc/".count))
     return StreamingServerResponse { writer in
@@ -190,7 +198,9 @@ public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
             for await control in controls { try await writer.write(control) }
           }
           for try await report in request.messages {
-            if id == nil { id = hub.connect(service: service, instance: report.instance, controls: continuation) }
+            if id == nil {
+              id = hub.connect(service: service, instance: report.instance, controls: continuation)
+            }
             hub.receive(report, from: id!)
           }
           continuation.finish()
@@ -227,7 +237,8 @@ public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
       throw RPCError(code: .invalidArgument, message: "name the service to tap")
     }
     let rate = message.maxPerSecond == 0 ? 20 : min(message.maxPerSecond, 1_000)
-    let (id, events) = hub.openTap(service: message.service, method: message.method, maxPerSecond: rate)
+    let (id, events) = hub.openTap(
+      service: message.service, method: message.method, maxPerSecond: rate)
     return StreamingServerResponse { writer in
       defer { hub.closeTap(id) }
       try await endingAtShutdown {

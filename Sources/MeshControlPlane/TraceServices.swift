@@ -6,13 +6,16 @@ import MeshTracing
 
 /// OTLP's `TraceService`: the mesh's default collector. Any workload of the mesh may export
 /// (the listener has verified its certificate); what it sends is stored in the `TraceStore`.
-public struct CollectorService: Opentelemetry_Proto_Collector_Trace_V1_TraceService.SimpleServiceProtocol
+public struct CollectorService: Opentelemetry_Proto_Collector_Trace_V1_TraceService
+    .SimpleServiceProtocol
 {
   let store: TraceStore
 
   public init(store: TraceStore) { self.store = store }
 
-  public func export(request: OTLPExportRequest, context: ServerContext) async throws
+  public func export(
+    request: OTLPExportRequest, context: ServerContext
+  ) async throws
     -> Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceResponse
   {
     guard ControlContext.caller(context) != nil else {
@@ -36,7 +39,8 @@ public struct TracesService: Trellis_Mesh_V1_Traces.ServiceProtocol {
 
   private func requireOperator(_ context: ServerContext) throws {
     guard let caller = ControlContext.caller(context) else {
-      throw RPCError(code: .unauthenticated, message: "reading traces needs an operator certificate")
+      throw RPCError(
+        code: .unauthenticated, message: "reading traces needs an operator certificate")
     }
     guard caller.path.hasPrefix("/operator/") else {
       throw RPCError(

@@ -74,7 +74,8 @@ public final class TraceStore: Sendable {
     var reason: String?
     try database.write { db in
       for resourceSpans in request.resourceSpans {
-        let service = resourceSpans.resource.attributes.first { $0.key == "service.name" }?.value
+        let service =
+          resourceSpans.resource.attributes.first { $0.key == "service.name" }?.value
           .stringValue ?? "unknown"
         let resource = try resourceSpans.resource.serializedData()
         for scope in resourceSpans.scopeSpans {
@@ -166,7 +167,9 @@ public final class TraceStore: Sendable {
     }
   }
 
-  private func deleteTraces(_ db: Database, where condition: String, arguments: StatementArguments)
+  private func deleteTraces(
+    _ db: Database, where condition: String, arguments: StatementArguments
+  )
     throws -> Int
   {
     let ids = try Data.fetchAll(
@@ -192,8 +195,7 @@ public final class TraceStore: Sendable {
   // MARK: Queries
 
   /// The newest traces `filter` matches, newest first.
-  public func list(_ filter: Trellis_Mesh_V1_TraceFilter) throws -> [Trellis_Mesh_V1_TraceSummary]
-  {
+  public func list(_ filter: Trellis_Mesh_V1_TraceFilter) throws -> [Trellis_Mesh_V1_TraceSummary] {
     try database.read { db in
       let (condition, arguments) = Self.condition(filter)
       let limit = filter.limit == 0 ? 20 : Int(min(filter.limit, 10_000))
@@ -240,7 +242,8 @@ public final class TraceStore: Sendable {
         let limit = filter.limit == 0 ? 20 : Int(min(filter.limit, 10_000))
         wanted = try Data.fetchAll(
           db,
-          sql: "SELECT trace_id FROM traces WHERE \(condition) ORDER BY start_ns DESC LIMIT \(limit)",
+          sql:
+            "SELECT trace_id FROM traces WHERE \(condition) ORDER BY start_ns DESC LIMIT \(limit)",
           arguments: arguments)
       }
       return try wanted.compactMap { id in
@@ -274,7 +277,9 @@ public final class TraceStore: Sendable {
   }
 
   /// The SQL condition on `traces` a filter makes.
-  private static func condition(_ filter: Trellis_Mesh_V1_TraceFilter) -> (
+  private static func condition(
+    _ filter: Trellis_Mesh_V1_TraceFilter
+  ) -> (
     String, StatementArguments
   ) {
     var parts = ["1"]

@@ -70,7 +70,10 @@ struct TrustRotation {
         throw RPCError(
           code: .failedPrecondition,
           message:
-            "the issuer in force (\(current.issuer.certificate.subject)) chains to none of these roots: switch the issuer first, or every certificate would stop being trusted"
+            """
+            the issuer in force (\(current.issuer.certificate.subject)) chains to none of these \
+            roots: switch the issuer first, or every certificate would stop being trusted
+            """
         )
       }
       guard Set(roots.map(\.serialHex)) != Set(current.bundle.roots.map(\.serialHex)) else {

@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+  import FoundationEssentials
 #else
-import Foundation
+  import Foundation
 #endif
 
 /// Where `meshctl certs init` keeps the mesh's CA: the root, the issuer it signed, the trust
@@ -24,7 +24,11 @@ public struct CAFiles: Sendable {
     guard FileManager.default.fileExists(atPath: issuerKey) else {
       if FileManager.default.fileExists(atPath: issuer) {
         throw IdentityError(
-          "\(issuer) has no key beside it: since `meshctl certs rotate-ca` the issuer's key is kept by the control plane; get certificates from it (meshctl certs request, or a sidecar with a join token)"
+          """
+          \(issuer) has no key beside it: since `meshctl certs rotate-ca` the issuer's key is kept \
+          by the control plane; get certificates from it (meshctl certs request, or a sidecar with \
+          a join token)
+          """
         )
       }
       throw IdentityError("no CA in \(dir)/: run meshctl certs init first")

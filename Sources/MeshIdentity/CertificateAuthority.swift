@@ -1,11 +1,12 @@
 import Crypto
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import SwiftASN1
 import X509
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// A certificate that signs others, with its private key: the mesh's root, or the intermediate
 /// issuer that signs workload certificates.

@@ -1,10 +1,11 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import SwiftASN1
 @_spi(FixedExpiryValidationTime) import X509
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// The roots a sidecar trusts. It may hold several at once: during a root rotation both the
 /// old and the new root verify.

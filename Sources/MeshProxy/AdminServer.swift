@@ -156,7 +156,9 @@ private final class AdminHandler: ChannelInboundHandler {
   }
 
   /// The answer to spans posted: an empty `ExportTraceServiceResponse` when they were taken.
-  private static func answer(_ intake: AdminServer.TraceIntake) -> (
+  private static func answer(
+    _ intake: AdminServer.TraceIntake
+  ) -> (
     HTTPResponseStatus, String, String
   ) {
     switch intake {

@@ -1,6 +1,5 @@
 import MeshConfig
 import MeshTracing
-import MeshTranscoding
 import NIOCore
 import NIOHPACK
 import Synchronization
@@ -88,7 +87,9 @@ extension LoopState {
       // A value of its own on every call: kept out of HPACK's dynamic table, where it would
       // only push out the headers that do repeat.
       headers.replaceOrAdd(name: "traceparent", value: own.traceparent, indexing: .nonIndexable)
-      if let traceState = own.traceState { headers.replaceOrAdd(name: "tracestate", value: traceState) }
+      if let traceState = own.traceState {
+        headers.replaceOrAdd(name: "tracestate", value: traceState)
+      }
     }
     var trace = CallTrace(context: own, parent: parent?.spanID, start: WallClock.now())
     if inbound, let previous = found.previousAttempts.flatMap(Int.init), previous >= 0 {
@@ -163,7 +164,8 @@ struct CallRecord {
     var attributes: [Attribute] = [
       .string(SpanAttribute.rpcSystem, "grpc"),
       .string(SpanAttribute.rpcService, String(slash.map { method[..<$0] } ?? method)),
-      .string(SpanAttribute.rpcMethod, String(slash.map { method[method.index(after: $0)...] } ?? "")),
+      .string(
+        SpanAttribute.rpcMethod, String(slash.map { method[method.index(after: $0)...] } ?? "")),
       .string(SpanAttribute.direction, direction),
     ]
     if let code { attributes.append(.int(SpanAttribute.grpcStatusCode, code)) }
@@ -195,8 +197,7 @@ struct CallRecord {
   /// The access-log line: one JSON object.
   func accessLogLine(_ trace: CallTrace?, end: UInt64) -> String {
     var fields: [(String, String)] = [
-      ("time", jsonString(formatTimestamp(
-        seconds: Int64(end / 1_000_000_000), nanos: Int32(end % 1_000_000_000)))),
+      ("time", jsonString(WallClock.rfc3339(end, fractionDigits: 6)))
     ]
     if let trace {
       fields.append(("trace_id", jsonString("\(trace.context.traceID)")))
@@ -215,7 +216,7 @@ struct CallRecord {
 }
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// The access log: one JSON line per call on standard output, each written whole.

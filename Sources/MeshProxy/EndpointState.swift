@@ -1,14 +1,15 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import MeshConfig
 import NIOConcurrencyHelpers
 import NIOCore
 import Synchronization
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#elseif canImport(Darwin)
+  import Darwin
+#endif
 
 /// One endpoint of a service as a caller's sidecar sees it: where it is, its labels, and what
 /// the balancer and outlier detection have learnt of it — calls in flight, a peak-EWMA of its
@@ -88,7 +89,9 @@ final class EndpointState: Sendable {
   /// An attempt ended. `latency` is the time to its first response frame (or to its failure).
   /// True when the failures in a row have reached `outlier.consecutiveFailures` and the
   /// endpoint is not ejected already: the service then decides whether it may `eject` it.
-  func callEnded(latency: TimeAmount, failed: Bool, now: NIODeadline, outlier: OutlierDetection)
+  func callEnded(
+    latency: TimeAmount, failed: Bool, now: NIODeadline, outlier: OutlierDetection
+  )
     -> Bool
   {
     inFlight.wrappingSubtract(1, ordering: .relaxed)
@@ -156,7 +159,8 @@ final class EndpointState: Sendable {
           + "\"consecutive_failures\":\(r.consecutiveFailures),\"ejections\":\(r.ejections),"
           + "\"calls\":\(r.calls),\"failures\":\(r.failures)}"
       }
-      return "{\"service\":\(quoted(service.service)),\"endpoints\":[\(endpoints.joined(separator: ","))]}"
+      return
+        "{\"service\":\(quoted(service.service)),\"endpoints\":[\(endpoints.joined(separator: ","))]}"
     }
     return "{\"services\":[\(entries.joined(separator: ","))]}\n"
   }

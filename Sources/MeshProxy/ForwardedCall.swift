@@ -89,8 +89,7 @@ final class ForwardedCall {
 
   /// Forwards the call to `endpoint` (the inbound hop to the app, or an outbound call
   /// without policies), under the caller's `grpc-timeout`.
-  func forward(to endpoint: Endpoint, pool: UpstreamPool, headers: HPACKHeaders, endStream: Bool)
-  {
+  func forward(to endpoint: Endpoint, pool: UpstreamPool, headers: HPACKHeaders, endStream: Bool) {
     var headers = headers
     if let timeout = headers.first(name: "grpc-timeout") {
       armDeadline(
@@ -154,7 +153,9 @@ final class ForwardedCall {
     }
   }
 
-  private func schedule(at deadline: NIODeadline, _ body: @escaping (ForwardedCall) -> Void)
+  private func schedule(
+    at deadline: NIODeadline, _ body: @escaping (ForwardedCall) -> Void
+  )
     -> Scheduled<Void>
   {
     downstream.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
@@ -186,7 +187,10 @@ final class ForwardedCall {
         metrics?.recordOverflow(service: service, limit: "maxPendingRequests")
         answer(
           .unavailable,
-          "circuit breaker: \(plan.target.pending.maximum) calls to '\(service)' are waiting for a connection (maxPendingRequests)"
+          """
+          circuit breaker: \(plan.target.pending.maximum) calls to '\(service)' are waiting for a \
+          connection (maxPendingRequests)
+          """
         )
         return
       }
@@ -383,7 +387,10 @@ final class ForwardedCall {
     cancelUpstream(.cancel)
     answer(
       .resourceExhausted,
-      "\(direction) message of \(size) bytes exceeds the limit of \(MessageFramer.defaultLimit) bytes"
+      """
+      \(direction) message of \(size) bytes exceeds the limit of \(MessageFramer.defaultLimit) \
+      bytes
+      """
     )
   }
 

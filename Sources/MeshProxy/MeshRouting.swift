@@ -66,7 +66,9 @@ public final class MeshRouting: Sendable {
             expectedIdentity: identity)
           let previous = learnt.endpoints[name]?[configured.address]
           let state =
-            previous.flatMap { $0.endpoint == endpoint && $0.labels == configured.labels ? $0 : nil }
+            previous.flatMap {
+              $0.endpoint == endpoint && $0.labels == configured.labels ? $0 : nil
+            }
             ?? EndpointState(endpoint: endpoint, labels: configured.labels, carrying: previous)
           kept[configured.address] = state
           return state

@@ -1,14 +1,15 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import MeshIdentity
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import NIOTLS
 import X509
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// The sidecar's TLS between mesh peers: TLS 1.3 only, ALPN h2, ECDSA P-256 workload
 /// certificates, and every peer validated as an X.509-SVID of the mesh on every handshake.

@@ -59,7 +59,9 @@ final class ServiceTarget: Sendable {
 
   /// The endpoints a call on `route` may go to: all of them, or the subset its traffic split
   /// draws (by weight) — nil with the subset's labels when no endpoint carries them.
-  func candidates(for route: Route, draw: (Int) -> Int = { Int.random(in: 0..<$0) })
+  func candidates(
+    for route: Route, draw: (Int) -> Int = { Int.random(in: 0..<$0) }
+  )
     -> Result<[EndpointState], SubsetMissing>
   {
     guard !route.split.isEmpty else { return .success(endpoints) }

@@ -50,7 +50,10 @@ extension Sidecar {
       metrics.recordOverflow(service: service, limit: "maxConcurrentRequests")
       return .reject(
         .unavailable,
-        "circuit breaker: \(target.limit.maximum) calls to '\(service)' are in flight (maxConcurrentRequests)"
+        """
+        circuit breaker: \(target.limit.maximum) calls to '\(service)' are in flight \
+        (maxConcurrentRequests)
+        """
       )
     }
 

@@ -1,8 +1,3 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Logging
 import MeshConfig
 import MeshIdentity
@@ -13,6 +8,12 @@ import NIOHPACK
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// The sidecar: an outbound listener for the local app (h2c) that routes each call by
 /// `:authority` to a peer sidecar over mutual TLS, and an inbound listener (mutual TLS) that
@@ -204,7 +205,9 @@ public struct Sidecar: Service {
       traces: traceIntake(configuration.appSpans))
   }
 
-  private func traceIntake(_ take: (@Sendable ([UInt8]) throws -> Bool)?) -> (
+  private func traceIntake(
+    _ take: (@Sendable ([UInt8]) throws -> Bool)?
+  ) -> (
     @Sendable (ByteBuffer) -> AdminServer.TraceIntake
   )? {
     guard let take else { return nil }
@@ -425,7 +428,9 @@ final class PoolSet: Sendable {
     // Whichever comes first settles it.
     let settled = NIOLockedValueBox(false)
     @Sendable func settle(_ drained: Bool) {
-      if settled.withLockedValue({ was in defer { was = true }; return !was }) {
+      if settled.withLockedValue({ was in
+        defer { was = true }; return !was
+      }) {
         outcome.succeed(drained)
       }
     }

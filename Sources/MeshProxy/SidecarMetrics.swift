@@ -131,7 +131,10 @@ final class SidecarMetrics: Sendable {
     let snapshot = state.withLockedValue { $0 }
     var out = ""
     out +=
-      "# HELP trellis_requests_total Calls handled, by direction, service, method and gRPC status.\n"
+      """
+      # HELP trellis_requests_total Calls handled, by direction, service, method and gRPC \
+      status.\n
+      """
     out += "# TYPE trellis_requests_total counter\n"
     let keys = snapshot.calls.keys.sorted {
       ($0.direction, $0.service, $0.method, $0.code) < (
@@ -163,7 +166,10 @@ final class SidecarMetrics: Sendable {
       out += "trellis_tls_handshake_failures_total{reason=\"\(escape(reason))\"} \(count)\n"
     }
     out +=
-      "# HELP trellis_connections_opened_total Connections opened: inbound and outbound (accepted), mesh (to peer sidecars), app (to the local app).\n"
+      """
+      # HELP trellis_connections_opened_total Connections opened: inbound and outbound (accepted), \
+      mesh (to peer sidecars), app (to the local app).\n
+      """
     out += "# TYPE trellis_connections_opened_total counter\n"
     for (kind, count) in snapshot.connectionsOpened.sorted(by: { $0.key < $1.key }) {
       out += "trellis_connections_opened_total{kind=\"\(kind)\"} \(count)\n"
@@ -184,7 +190,9 @@ final class SidecarMetrics: Sendable {
   }
 
   private func labels(_ key: CallKey) -> String {
-    "direction=\"\(key.direction)\",service=\"\(escape(key.service))\",method=\"\(escape(key.method))\",grpc_code=\"\(key.code)\""
+    """
+    direction=\"\(key.direction)\",service=\"\(escape(key.service))\",method=\"\(escape(key.method))\",grpc_code=\"\(key.code)\"
+    """
   }
 
   private func escape(_ value: String) -> String {

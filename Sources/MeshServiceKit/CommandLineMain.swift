@@ -1,8 +1,9 @@
 import ArgumentParser
+
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+  import FoundationEssentials
 #else
-import Foundation
+  import Foundation
 #endif
 
 /// Runs a command-line tool's root command with the exit statuses Trellis' CLIs share: a

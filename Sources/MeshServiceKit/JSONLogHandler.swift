@@ -1,11 +1,13 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Logging
+import MeshTracing
 import MeshTranscoding
 import Tracing
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// A swift-log handler that writes one JSON object per line to standard error:
 /// `{"time":…,"level":…,"logger":…,"message":…, …metadata}`.
@@ -67,10 +69,7 @@ public struct JSONLogHandler: LogHandler {
   }
 
   private static func timestamp() -> String {
-    let now = Date().timeIntervalSince1970
-    let seconds = Int64(now.rounded(.down))
-    let millis = Int32((now - Double(seconds)) * 1000) * 1_000_000
-    return formatTimestamp(seconds: seconds, nanos: millis)
+    WallClock.rfc3339(WallClock.now(), fractionDigits: 3)
   }
 }
 

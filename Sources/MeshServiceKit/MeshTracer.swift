@@ -78,7 +78,9 @@ public final class MeshTracer: Tracer {
     if context.trace == nil, let sampled = context[NewTraceKey.self] {
       // The root of a new trace.
       context[NewTraceKey.self] = nil
-      let root = ids.withLock { TraceContext(traceID: $0.traceID(), spanID: $0.spanID(), sampled: sampled) }
+      let root = ids.withLock {
+        TraceContext(traceID: $0.traceID(), spanID: $0.spanID(), sampled: sampled)
+      }
       context.trace = root
       guard let sink, sampled else { return MeshSpan(context: context, recording: nil) }
       return MeshSpan(

@@ -13,7 +13,8 @@ public struct OTLPHTTPSender: Sendable {
   /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` names it.
   public init(url: String) throws {
     guard url.hasPrefix("http://") else {
-      throw OTLPEndpointError("\(url): only http:// endpoints are supported (the sidecar's admin port)")
+      throw OTLPEndpointError(
+        "\(url): only http:// endpoints are supported (the sidecar's admin port)")
     }
     let rest = url.dropFirst("http://".count)
     let authority = rest.prefix { $0 != "/" }

@@ -1,13 +1,14 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import MeshProtos
 import MeshTranscoding
 import SwiftProtobuf
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// Asks a server for its schema by gRPC server reflection: v1 first, then v1alpha for servers
 /// that only speak that (Python's grpcio-reflection, older Go and Java servers), as grpcurl

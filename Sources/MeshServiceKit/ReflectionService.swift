@@ -1,12 +1,13 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import GRPCCore
 import MeshProtos
 import MeshTranscoding
 import SwiftProtobuf
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// gRPC server reflection (`grpc.reflection.v1`) answered from a descriptor pool: the files
 /// declaring the hosted services, their types and everything they import.

@@ -1,12 +1,13 @@
 import ArgumentParser
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import GRPCCore
 import Logging
 import ServiceLifecycle
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// The options every service executable takes.
 public struct ServiceOptions: ParsableArguments {
@@ -18,7 +19,10 @@ public struct ServiceOptions: ParsableArguments {
 
   @Option(
     help:
-      "Seconds to report NOT_SERVING, still serving, after SIGTERM before stopping: the sidecar's time to withdraw the endpoint."
+      """
+      Seconds to report NOT_SERVING, still serving, after SIGTERM before stopping: the sidecar's \
+      time to withdraw the endpoint.
+      """
   )
   public var shutdownDelay: Double = 0
 

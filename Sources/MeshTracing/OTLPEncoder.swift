@@ -86,7 +86,8 @@ public enum OTLPEncoder {
   }
 
   static func spanSize(_ span: Span) -> Int {
-    var size = field(16) + field(8) + stringSize(span.name) + 2 + fixed64Size(span.start)
+    var size =
+      field(16) + field(8) + stringSize(span.name) + 2 + fixed64Size(span.start)
       + fixed64Size(span.end) + 6
     if let state = span.context.traceState { size += stringSize(state) }
     if span.parent != nil { size += field(8) }
@@ -144,12 +145,16 @@ public enum OTLPEncoder {
     mutating func fixed64(_ number: Int, _ value: UInt64, always: Bool = false) {
       guard value != 0 || always else { return }
       tag(number, 1)
-      for shift in stride(from: 0, to: 64, by: 8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+      for shift in stride(from: 0, to: 64, by: 8) {
+        bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(shift)))
+      }
     }
 
     mutating func fixed32(_ number: Int, _ value: UInt32) {
       tag(number, 5)
-      for shift in stride(from: 0, to: 32, by: 8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt32(shift))) }
+      for shift in stride(from: 0, to: 32, by: 8) {
+        bytes.append(UInt8(truncatingIfNeeded: value >> UInt32(shift)))
+      }
     }
 
     mutating func keyValue(_ number: Int, _ attribute: Attribute) {

@@ -78,7 +78,9 @@ public struct Attribute: Sendable, Equatable {
     Attribute(key, .int(Int64(value)))
   }
 
-  public static func bool(_ key: String, _ value: Bool) -> Attribute { Attribute(key, .bool(value)) }
+  public static func bool(_ key: String, _ value: Bool) -> Attribute {
+    Attribute(key, .bool(value))
+  }
 }
 
 /// What recorded spans are handed to. `record` is called on the data path: it must not block

@@ -221,7 +221,8 @@ extension TraceContext {
       return .malformed("\(name): trace id is not 16 or 32 hex digits, or is zero")
     }
     guard let spanID, let span = SpanID(hex: spanID.lowercased()), span.isValid else {
-      return .malformed("\(single ? "b3" : "x-b3-spanid"): span id is not 16 hex digits, or is zero")
+      return .malformed(
+        "\(single ? "b3" : "x-b3-spanid"): span id is not 16 hex digits, or is zero")
     }
     // Debug (`d`, or flags 1) means sampled; no decision means the receiver's own.
     let decision: Bool?

@@ -120,7 +120,10 @@ extension DescriptorPool {
       entry.field.count == 2
     {
       return
-        "map<\(typeText(entry.field[0])), \(typeText(entry.field[1]))> \(field.name) = \(field.number)"
+        """
+        map<\(typeText(entry.field[0])), \(typeText(entry.field[1]))> \(field.name) = \
+        \(field.number)
+        """
     }
     switch field.label {
     case .repeated: type = "repeated " + typeText(field)

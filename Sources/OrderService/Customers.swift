@@ -34,7 +34,9 @@ extension OrderService {
     }
   }
 
-  public func getCustomer(request: Shop_V1_GetCustomerRequest, context: ServerContext)
+  public func getCustomer(
+    request: Shop_V1_GetCustomerRequest, context: ServerContext
+  )
     async throws -> Shop_V1_Customer
   {
     try Validate.required(request.userID, "user_id")

@@ -5,8 +5,8 @@ import Logging
 import ServiceLifecycle
 import ShopProtos
 import ShopSupport
-import Synchronization
 import SwiftProtobuf
+import Synchronization
 
 /// What the order saga asks of payments.
 public struct PaymentsClient: Sendable {
@@ -16,7 +16,8 @@ public struct PaymentsClient: Sendable {
 
   public init(
     charge: @escaping @Sendable (Shop_V1_ChargeRequest) async throws -> Shop_V1_Payment,
-    cancelCharge: @escaping @Sendable (Shop_V1_CancelChargeRequest) async throws ->
+    cancelCharge:
+      @escaping @Sendable (Shop_V1_CancelChargeRequest) async throws ->
       Shop_V1_CancelChargeResponse
   ) {
     self.charge = charge
@@ -45,7 +46,8 @@ public struct SagaTracing: Sendable {
 
   public init(
     capture: @escaping @Sendable () -> [String: String],
-    resume: @escaping @Sendable (String, [String: String], @Sendable () async throws -> Void)
+    resume:
+      @escaping @Sendable (String, [String: String], @Sendable () async throws -> Void)
       async throws -> Void
   ) {
     self.capture = capture
@@ -107,7 +109,9 @@ public final class OrderSaga: Sendable {
   func currentTraceHeaders() -> [String: String] { tracing?.capture() ?? [:] }
 
   /// Writes the saga of a new order, claimed by this instance, in the order's transaction.
-  func begin(_ db: Database, orderID: String, now: Int64, traceHeaders headers: [String: String])
+  func begin(
+    _ db: Database, orderID: String, now: Int64, traceHeaders headers: [String: String]
+  )
     throws
   {
     try db.execute(
@@ -213,7 +217,8 @@ public final class OrderSaga: Sendable {
     }
     let outcome: Result<Shop_V1_Payment, any Error>
     do {
-      outcome = .success(try await traced("saga charge", headers) { try await self.payments.charge(request) })
+      outcome = .success(
+        try await traced("saga charge", headers) { try await self.payments.charge(request) })
     } catch {
       outcome = .failure(error)
     }

@@ -121,7 +121,11 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
         throw RPCError(
           code: .failedPrecondition,
           message:
-            "order \(order.id) is confirmed (payment \(order.paymentID)); refund it before cancelling")
+            """
+            order \(order.id) is confirmed (payment \(order.paymentID)); refund it before \
+            cancelling
+            """
+        )
       default:
         let now = nowNanos()
         let reason = "cancelled by request"

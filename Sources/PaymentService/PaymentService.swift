@@ -130,7 +130,9 @@ public struct PaymentService: Shop_V1_PaymentService.SimpleServiceProtocol {
   }
 
   /// Refunds a charged payment in `db`'s transaction; any other is returned as it is.
-  private static func refund(_ payment: Shop_V1_Payment, reason: String, _ db: Database) throws
+  private static func refund(
+    _ payment: Shop_V1_Payment, reason: String, _ db: Database
+  ) throws
     -> Shop_V1_Payment
   {
     guard payment.status == .charged else { return payment }

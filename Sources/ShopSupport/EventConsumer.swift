@@ -23,7 +23,8 @@ public struct EventConsumer: Service {
 
   public init(
     topic: String, group: String, logger: Logger, subscribe: @escaping Subscribe,
-    acknowledge: @escaping Acknowledge, handle: @escaping @Sendable (Shop_V1_Event) async throws -> Void
+    acknowledge: @escaping Acknowledge,
+    handle: @escaping @Sendable (Shop_V1_Event) async throws -> Void
   ) {
     self.topic = topic
     self.group = group

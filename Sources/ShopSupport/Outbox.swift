@@ -37,7 +37,9 @@ public enum Outbox {
   }
 
   /// Events not yet published, oldest first.
-  public static func unpublished(_ database: DatabasePool, limit: Int = 100) throws
+  public static func unpublished(
+    _ database: DatabasePool, limit: Int = 100
+  ) throws
     -> [Shop_V1_Event]
   {
     try database.read { db in
@@ -82,7 +84,8 @@ public struct OutboxRelay: Service {
         pause = .milliseconds(200)
       } catch {
         logger.warning(
-          "cannot publish the outbox; retrying", metadata: ["error": "\(error)", "retry_in": "\(pause)"])
+          "cannot publish the outbox; retrying",
+          metadata: ["error": "\(error)", "retry_in": "\(pause)"])
         pause = min(pause * 2, .seconds(5))
       }
       try? await cancelWhenGracefulShutdown { [pause] in try await Task.sleep(for: pause) }

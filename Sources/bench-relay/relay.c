@@ -128,6 +128,12 @@ static void drain(int to) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    printf("USAGE: bench-relay LISTEN-PORT UPSTREAM-PORT\n\n"
+           "Relays each connection to 127.0.0.1:LISTEN-PORT to 127.0.0.1:UPSTREAM-PORT,\n"
+           "copying bytes both ways and doing no other work: the floor of scripts/bench.\n");
+    return 0;
+  }
   int listenPort = argc == 3 ? atoi(argv[1]) : 0, upstreamPort = argc == 3 ? atoi(argv[2]) : 0;
   if (listenPort <= 0 || listenPort > 65535 || upstreamPort <= 0 || upstreamPort > 65535) {
     fprintf(stderr, "usage: bench-relay LISTEN-PORT UPSTREAM-PORT (both on 127.0.0.1)\n");

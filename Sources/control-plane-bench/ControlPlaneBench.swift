@@ -21,7 +21,8 @@ import X509
 struct ControlPlaneBench: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "control-plane-bench",
-    abstract: "Measure config propagation to many sidecars and CSR signing throughput.")
+    abstract: "Measure config propagation to many sidecars and CSR signing throughput.",
+    usage: "control-plane-bench [<options>]")
 
   @Option(help: "Simulated sidecar subscriptions.") var sidecars = 1000
   @Option(help: "Config versions to apply and time.") var changes = 5
@@ -134,12 +135,18 @@ struct ControlPlaneBench: AsyncParsableCommand {
       }
       print("config propagation to \(sidecars) sidecars over \(changes) changes:")
       print(
-        "  per sidecar   p50 \(ms(all[all.count / 2]))  p99 \(ms(all[all.count * 99 / 100]))  max \(ms(all.last!))"
+        """
+        per sidecar   p50 \(ms(all[all.count / 2]))  p99 \(ms(all[all.count * 99 / 100]))  max \
+        \(ms(all.last!))
+        """
       )
       print("  until all     " + rounds.map(ms).joined(separator: ", "))
       let status = try await admin.status()
       print(
-        "  meshctl status: \(status.sidecars.filter { $0.version == Int64(changes + 1) }.count) of \(status.sidecars.count) sidecars at version \(changes + 1)"
+        """
+        meshctl status: \(status.sidecars.filter { $0.version == Int64(changes + 1) }.count) of \
+        \(status.sidecars.count) sidecars at version \(changes + 1)
+        """
       )
       print(
         "  control plane memory with \(sidecars) streams: \(Self.memory(process.processIdentifier))"

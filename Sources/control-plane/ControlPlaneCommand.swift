@@ -12,7 +12,8 @@ import ServiceLifecycle
 struct ControlPlaneCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "control-plane",
-    abstract: "Run the Trellis control plane: the mesh's CA and its configuration store.")
+    abstract: "Run the Trellis control plane: the mesh's CA and its configuration store.",
+    usage: "control-plane [<options>]")
 
   @Option(help: "The mutual-TLS API (renewals, admin methods), HOST:PORT.")
   var listen = "127.0.0.1:15000"

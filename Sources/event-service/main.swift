@@ -8,7 +8,8 @@ import ShopProtos
 struct EventServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "event-service",
-    abstract: "Serve shop.v1.EventService (the event bus) over gRPC (h2c).")
+    abstract: "Serve shop.v1.EventService (the event bus) over gRPC (h2c).",
+    usage: "event-service [<options>]")
 
   @OptionGroup var options: ServiceOptions
 

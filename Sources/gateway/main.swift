@@ -19,9 +19,10 @@ struct GatewayCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "gateway",
     abstract: "Serve the shop's HTTP/JSON API, transcoded to gRPC.",
+    usage: "gateway [<options>]",
     discussion: """
-      Routes come from the google.api.http annotations of shop.v1's services. Each service is
-      called by its mesh name (users, orders, payments) through --sidecar, or at the address
+      Routes come from the google.api.http annotations of shop.v1's services. Each service is \
+      called by its mesh name (users, orders, payments) through --sidecar, or at the address \
       --upstream gives it.
       """)
 
@@ -41,7 +42,8 @@ struct GatewayCommand: AsyncParsableCommand {
 
   @Option(
     name: .customLong("upstream"),
-    help: "Without a sidecar: NAME=HOST:PORT, where service NAME (users, orders, payments) listens.")
+    help: "Without a sidecar: NAME=HOST:PORT, where service NAME (users, orders, payments) listens."
+  )
   var upstreams: [String] = []
 
   @Option(
@@ -66,7 +68,11 @@ struct GatewayCommand: AsyncParsableCommand {
 
   @Option(
     help:
-      "If the listen addresses are in use, wait up to this many seconds for them to be free, then take them at once (how `meshctl restart gateway` hands the port over).")
+      """
+      If the listen addresses are in use, wait up to this many seconds for them to be free, then \
+      take them at once (how `meshctl restart gateway` hands the port over).
+      """
+  )
   var bindWait: Double = 0
 
   /// The shop's services by gRPC name, and the mesh names they are called by.
@@ -77,10 +83,12 @@ struct GatewayCommand: AsyncParsableCommand {
 
   func validate() throws {
     if sidecar != nil, !upstreams.isEmpty {
-      throw ValidationError("--upstream: services are reached through --sidecar; give one of the two")
+      throw ValidationError(
+        "--upstream: services are reached through --sidecar; give one of the two")
     }
     if sidecar == nil, upstreams.isEmpty {
-      throw ValidationError("give --sidecar HOST:PORT, or --upstream NAME=HOST:PORT for each service")
+      throw ValidationError(
+        "give --sidecar HOST:PORT, or --upstream NAME=HOST:PORT for each service")
     }
     guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes: must be positive") }
     guard timeout > 0 else { throw ValidationError("--timeout: must be positive") }
@@ -120,7 +128,11 @@ struct GatewayCommand: AsyncParsableCommand {
         let parts = upstream.split(separator: "=", maxSplits: 1).map(String.init)
         guard parts.count == 2, Self.meshNames.values.contains(parts[0]) else {
           throw ValidationError(
-            "--upstream \(upstream): expected NAME=HOST:PORT with NAME one of users, orders, payments")
+            """
+            --upstream \(upstream): expected NAME=HOST:PORT with NAME one of users, orders, \
+            payments
+            """
+          )
         }
         let address: HostPort
         do {
@@ -133,7 +145,8 @@ struct GatewayCommand: AsyncParsableCommand {
         clientsByName[parts[0]] = clients
       }
     }
-    let byService = Self.meshNames.compactMapValues { name in clientsByName[name].map { (name, $0) } }
+    let byService = Self.meshNames.compactMapValues { name in clientsByName[name].map { (name, $0) }
+    }
 
     let pool = try DescriptorPool(fileDescriptorSet: ShopProtosDescriptors.fileDescriptorSet)
     let routes = try RouteTable(pool: pool, services: Array(byService.keys).sorted())
@@ -181,7 +194,9 @@ struct GatewayCommand: AsyncParsableCommand {
     }
     if let healthListen {
       let health = try ServiceHost(
-        .init(listen: try Self.address(healthListen, "--health-listen"), services: [], descriptorSets: []),
+        .init(
+          listen: try Self.address(healthListen, "--health-listen"), services: [],
+          descriptorSets: []),
         logger: logger)
       services.append(health)
     }
@@ -193,7 +208,10 @@ struct GatewayCommand: AsyncParsableCommand {
         // gateway closes it.
         let limit = Duration.milliseconds(Int64(bindWait * 1000))
         try await address.waitUntilFree(for: limit, logger: logger)
-        if let h2cListen { try await Self.address(h2cListen, "--h2c-listen").waitUntilFree(for: limit, logger: logger) }
+        if let h2cListen {
+          try await Self.address(h2cListen, "--h2c-listen").waitUntilFree(
+            for: limit, logger: logger)
+        }
       }
       try await group.run()
     } catch {
@@ -222,7 +240,8 @@ struct GatewayCommand: AsyncParsableCommand {
     do {
       text = try String(contentsOfFile: path, encoding: .utf8)
     } catch {
-      throw ValidationError("--api-keys-file \(path): cannot be read (\(error.localizedDescription))")
+      throw ValidationError(
+        "--api-keys-file \(path): cannot be read (\(error.localizedDescription))")
     }
     let keys = text.split(whereSeparator: \.isNewline).compactMap { line -> String? in
       let key = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0]

@@ -8,7 +8,8 @@ extension Certs {
   /// `meshctl certs init`: the root, the issuer, the trust bundle and the operator identity.
   struct Init: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Create the mesh CA: a root, an intermediate issuer and the operator identity.")
+      abstract: "Create the mesh CA: a root, an intermediate issuer and the operator identity.",
+      usage: "meshctl certs init [<options>]")
 
     @Option(help: "Folder to write to.") var dir = "certs"
     @Option(help: "The trust domain.") var trustDomain = SPIFFEID.defaultTrustDomain

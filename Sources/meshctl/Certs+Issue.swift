@@ -9,7 +9,8 @@ extension Certs {
   /// and tests (the control plane issues them in a running mesh).
   struct Issue: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Issue a workload key and X.509-SVID for a service from the mesh CA.")
+      abstract: "Issue a workload key and X.509-SVID for a service from the mesh CA.",
+      usage: "meshctl certs issue [<options>] --service <service>")
 
     @Option(help: "The service; its identity is spiffe://<trust-domain>/svc/<service>.")
     var service: String
@@ -46,7 +47,10 @@ extension Certs {
         try CertificateFiles.writeCertificates(
           [certificate, issuer.certificate], to: "\(folder)/\(service).pem")
         print(
-          "issued \(identity), serial \(certificate.serialHex), valid until \(certificate.notValidAfter)"
+          """
+          issued \(identity), serial \(certificate.serialHex), valid until \
+          \(certificate.notValidAfter)
+          """
         )
         print("  certificate  \(folder)/\(service).pem (with the issuer)")
         print("  key          \(folder)/\(service)-key.pem (mode 0600)")

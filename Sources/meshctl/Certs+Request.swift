@@ -17,7 +17,11 @@ extension Certs {
   struct Request: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract:
-        "Get a workload certificate from the control plane with a join token (the key never leaves this machine)."
+        """
+        Get a workload certificate from the control plane with a join token (the key never leaves \
+        this machine).
+        """,
+      usage: "meshctl certs request [<options>] --token-file <token-file> --name <name>"
     )
 
     @Option(help: "File holding the join token from `meshctl tokens create`.") var tokenFile: String
@@ -30,7 +34,10 @@ extension Certs {
     var lifetime: String?
     @Option(
       help:
-        "Send this PEM CSR (a key made elsewhere, by openssl say) instead of making a key here; only the certificate is written."
+        """
+        Send this PEM CSR (a key made elsewhere, by openssl say) instead of making a key here; \
+        only the certificate is written.
+        """
     )
     var csr: String?
 
@@ -83,7 +90,10 @@ extension Certs {
       try Data(response.trustBundle.utf8).write(
         to: URL(fileURLWithPath: "\(out)/\(name)-bundle.pem"))
       print(
-        "issued \(response.spiffeID), serial \(response.serial), valid until \(Date(timeIntervalSince1970: TimeInterval(response.notAfterUnix)))"
+        """
+        issued \(response.spiffeID), serial \(response.serial), valid until \
+        \(Date(timeIntervalSince1970: TimeInterval(response.notAfterUnix)))
+        """
       )
     }
   }

@@ -16,13 +16,15 @@ extension Certs {
       commandName: "rotate-ca",
       abstract:
         "Replace the mesh's issuer, or with --root its root and issuer, with no failed call.",
+      usage: "meshctl certs rotate-ca [<options>]",
       discussion: """
-        Each step waits until every connected sidecar has done it:
-          1. (--root) the new root is added to every trust bundle;
-          2. the control plane signs with a new issuer, and every sidecar renews from it;
-          3. (--root) the old root is dropped from every bundle.
-        The new issuer's key is made by the control plane and never leaves it; its certificate
-        is signed here with the root's key from --certs. A rotation that stopped (a sidecar
+        Three steps, each of which waits until every connected sidecar has done it. First \
+        (with --root) the new root is added to every trust bundle. Then the control plane signs \
+        with a new issuer, and every sidecar renews from it. Last (with --root) the old root is \
+        dropped from every bundle.
+
+        The new issuer's key is made by the control plane and never leaves it; its certificate \
+        is signed here with the root's key from --certs. A rotation that stopped (a sidecar \
         that did not follow in time) is taken up again by running the same command.
         """)
 
@@ -40,7 +42,10 @@ extension Certs {
           key: try CertificateFiles.readPrivateKey(files.rootKey))
       } catch {
         throw MeshctlFailure(
-          "the root and its key are needed to sign the new issuer: \(error) (bring the offline root key back into \(controlPlane.certs)/)"
+          """
+          the root and its key are needed to sign the new issuer: \(error) (bring the offline root \
+          key back into \(controlPlane.certs)/)
+          """
         )
       }
       let trustDomain = try Self.trustDomain(of: current.certificate)
@@ -51,7 +56,10 @@ extension Certs {
       if root {
         signer = try nextRoot(files, trustDomain: trustDomain)
         print(
-          "step \(number)/\(steps): adding the new root (\(signer.certificate.subject)) to every bundle"
+          """
+          step \(number)/\(steps): adding the new root (\(signer.certificate.subject)) to every \
+          bundle
+          """
         )
         let bundle = try await step(.addRoots, [signer.certificate], wait)
         try write(bundle, to: files.bundle)
@@ -65,7 +73,10 @@ extension Certs {
       let issuer = try signer.signIssuer(
         request: try CertificateSigningRequest(pemEncoded: csrPEM), trustDomain: trustDomain)
       print(
-        "step \(number)/\(steps): switching to the new issuer (\(issuer.subject)); every sidecar renews from it"
+        """
+        step \(number)/\(steps): switching to the new issuer (\(issuer.subject)); every sidecar \
+        renews from it
+        """
       )
       _ = try await step(.switchIssuer, [issuer], wait)
       try retire(files.issuer, files.issuerKey, in: files)
@@ -75,7 +86,10 @@ extension Certs {
 
       if root {
         print(
-          "step \(number)/\(steps): dropping the old root (\(current.certificate.subject)) from every bundle"
+          """
+          step \(number)/\(steps): dropping the old root (\(current.certificate.subject)) from \
+          every bundle
+          """
         )
         let bundle = try await step(.keepRoots, [signer.certificate], wait)
         try retire(files.root, files.rootKey, in: files)
@@ -168,7 +182,8 @@ extension Certs {
   struct Rotate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract:
-        "Have every sidecar of a service renew its certificate now, and wait until each has."
+        "Have every sidecar of a service renew its certificate now, and wait until each has.",
+      usage: "meshctl certs rotate [<options>] --service <service>"
     )
 
     @Option(help: "The service whose sidecars renew.") var service: String
@@ -209,7 +224,10 @@ extension Certs {
           }
           if progress.done {
             print(
-              "  done: \(progress.doneCount)/\(progress.total) sidecar(s), trust generation \(progress.trustGeneration)"
+              """
+              done: \(progress.doneCount)/\(progress.total) sidecar(s), trust generation \
+              \(progress.trustGeneration)
+              """
             )
           } else {
             print(

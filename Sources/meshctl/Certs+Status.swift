@@ -7,7 +7,11 @@ extension Certs {
   struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract:
-        "Each sidecar's identity, certificate serial, expiry and chain, and the mesh's issuer and roots."
+        """
+        Each sidecar's identity, certificate serial, expiry and chain, and the mesh's issuer and \
+        roots.
+        """,
+      usage: "meshctl certs status [<options>]"
     )
 
     @Option(name: .short, help: "Output: table or json.") var output: OutputFormat = .table

@@ -8,10 +8,11 @@ import X509
 struct Check: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Check the local mesh: the CA, the ports, each process, each sidecar, the config.",
+    usage: "meshctl check [<options>]",
     discussion: """
-      Before `meshctl up`: the CA and the ports it needs. While the shop runs: every process it
-      started, the control plane, each sidecar's readiness, certificate and config (synced, not
-      NACKed), and the gateway. Each problem is printed with how to fix it; the exit status is
+      Before `meshctl up`: the CA and the ports it needs. While the shop runs: every process it \
+      started, the control plane, each sidecar's readiness, certificate and config (synced, not \
+      NACKed), and the gateway. Each problem is printed with how to fix it; the exit status is \
       1 when there is one.
       """)
 
@@ -48,11 +49,21 @@ struct Check: AsyncParsableCommand {
         }
       let taken = wanted.filter { !LocalProcesses.isFree($0) }
       if taken.isEmpty {
-        report.pass("the ports meshctl up uses are free (\(wanted.count) from \(chosen.base), \(chosen.gateway), \(chosen.controlPlane))")
+        report.pass(
+          """
+          the ports meshctl up uses are free (\(wanted.count) from \(chosen.base), \
+          \(chosen.gateway), \(chosen.controlPlane))
+          """
+        )
       } else {
         report.fail(
           "ports taken: " + taken.map { "127.0.0.1:\($0)" }.joined(separator: ", "),
-          fix: "stop what holds them (ss -ltnp shows it), or pass --base-port, --gateway-port, --control-plane-port")
+          fix:
+            """
+            stop what holds them (ss -ltnp shows it), or pass --base-port, --gateway-port, \
+            --control-plane-port
+            """
+        )
       }
     }
     print(report.failures == 0 ? "\nall checks passed" : "\n\(report.failures) check(s) failed")
@@ -62,26 +73,38 @@ struct Check: AsyncParsableCommand {
   func checkCA(_ report: inout Report) {
     let files = CAFiles(dir: "certs")
     guard FileManager.default.fileExists(atPath: files.root) else {
-      report.fail("no CA in certs/", fix: "meshctl certs init (meshctl up makes one when there is none)")
+      report.fail(
+        "no CA in certs/", fix: "meshctl certs init (meshctl up makes one when there is none)")
       return
     }
-    for (name, path) in [("root", files.root), ("issuer", files.issuer), ("operator", files.operatorCertificate)] {
+    for (name, path) in [
+      ("root", files.root), ("issuer", files.issuer), ("operator", files.operatorCertificate),
+    ] {
       guard let text = try? String(contentsOfFile: path, encoding: .utf8),
         let end = text.range(of: "-----END CERTIFICATE-----"),
         let certificate = try? Certificate(pemEncoded: String(text[..<end.upperBound]))
       else {
-        report.fail("certs/: the \(name) certificate (\(path)) cannot be read", fix: "meshctl certs init --force makes a new CA")
+        report.fail(
+          "certs/: the \(name) certificate (\(path)) cannot be read",
+          fix: "meshctl certs init --force makes a new CA")
         continue
       }
       let left = certificate.notValidAfter.timeIntervalSinceNow
       if left <= 0 {
         report.fail(
           "the \(name) certificate expired on \(certificate.notValidAfter)",
-          fix: name == "operator" ? "meshctl certs init --force" : "meshctl certs rotate-ca\(name == "root" ? " --root" : "")")
+          fix: name == "operator"
+            ? "meshctl certs init --force"
+            : "meshctl certs rotate-ca\(name == "root" ? " --root" : "")")
       } else if left < Double(expiryWarningDays) * 86400 {
         report.warn(
-          "the \(name) certificate expires in \(Int(left / 86400)) days (\(certificate.notValidAfter))",
-          fix: name == "operator" ? "meshctl certs init --force" : "meshctl certs rotate-ca\(name == "root" ? " --root" : "")")
+          """
+          the \(name) certificate expires in \(Int(left / 86400)) days \
+          (\(certificate.notValidAfter))
+          """,
+          fix: name == "operator"
+            ? "meshctl certs init --force"
+            : "meshctl certs rotate-ca\(name == "root" ? " --root" : "")")
       } else {
         report.pass("the \(name) certificate is valid until \(certificate.notValidAfter)")
       }
@@ -118,7 +141,11 @@ struct Check: AsyncParsableCommand {
           "\(entry.name) is not ready (\(ready.map { "\($0.status): \($0.body.trimmingCharacters(in: .whitespacesAndNewlines))" } ?? "no answer at 127.0.0.1:\(ports.admin)"))",
           fix: "meshctl logs \(entry.name)")
       }
-      guard let sidecar = status.sidecars.first(where: { $0.registeredAddress == "127.0.0.1:\(ports.inbound)" || $0.node.hasSuffix("@127.0.0.1:\(ports.inbound)") })
+      guard
+        let sidecar = status.sidecars.first(where: {
+          $0.registeredAddress == "127.0.0.1:\(ports.inbound)"
+            || $0.node.hasSuffix("@127.0.0.1:\(ports.inbound)")
+        })
       else {
         report.fail(
           "\(entry.name) is not subscribed to the control plane", fix: "meshctl logs \(entry.name)")
@@ -126,8 +153,11 @@ struct Check: AsyncParsableCommand {
       }
       if sidecar.lastNackVersion != 0, sidecar.lastNackVersion >= sidecar.version {
         report.fail(
-          "\(entry.name) NACKed config version \(sidecar.lastNackVersion): \(sidecar.lastNackError)",
-          fix: "fix .trellis/mesh.yaml and meshctl apply -f .trellis/mesh.yaml (or meshctl rollback)")
+          """
+          \(entry.name) NACKed config version \(sidecar.lastNackVersion): \(sidecar.lastNackError)
+          """,
+          fix:
+            "fix .trellis/mesh.yaml and meshctl apply -f .trellis/mesh.yaml (or meshctl rollback)")
       } else if sidecar.version != status.currentVersion {
         report.fail(
           "\(entry.name) runs config version \(sidecar.version), not \(status.currentVersion)",

@@ -6,7 +6,8 @@ import MeshProtos
 /// `meshctl apply -f mesh.yaml [--dry-run]`
 struct Apply: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Validate a mesh config and store it as the next version.")
+    abstract: "Validate a mesh config and store it as the next version.",
+    usage: "meshctl apply [<options>] -f <f>")
 
   @Option(name: .short, help: "The MeshConfig YAML file.") var file: String
   @Flag(help: "Only show how it differs from the running version.") var dryRun = false
@@ -21,7 +22,10 @@ struct Apply: AsyncParsableCommand {
     }
     guard text.utf8.count <= MeshConfig.maximumBytes else {
       throw MeshctlFailure(
-        "\(file): \(text.utf8.count) bytes; a mesh config may be at most \(MeshConfig.maximumBytes) bytes"
+        """
+        \(file): \(text.utf8.count) bytes; a mesh config may be at most \(MeshConfig.maximumBytes) \
+        bytes
+        """
       )
     }
     var request = Trellis_Mesh_V1_ApplyConfigRequest()
@@ -48,7 +52,8 @@ struct Get: AsyncParsableCommand {
 
   struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      commandName: "config", abstract: "The running mesh config, or a stored version.")
+      commandName: "config", abstract: "The running mesh config, or a stored version.",
+      usage: "meshctl get config [<options>]")
 
     @Option(help: "A stored version (default: the running one).") var version: Int64 = 0
     @Option(name: .short, help: "Output: yaml (the text as applied) or json (with its version).")
@@ -81,7 +86,8 @@ extension Get {
     static let configuration = CommandConfiguration(
       commandName: "endpoints",
       abstract:
-        "Every service's endpoints: those in the running config and those registered by sidecars.")
+        "Every service's endpoints: those in the running config and those registered by sidecars.",
+      usage: "meshctl get endpoints [<options>]")
 
     @Option(name: .short, help: "Output: table, json or yaml.") var output: OutputFormat = .table
     @OptionGroup var controlPlane: ControlPlaneOptions
@@ -154,7 +160,8 @@ extension Get {
 /// `meshctl history`
 struct History: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Every stored version of the mesh config, newest first.")
+    abstract: "Every stored version of the mesh config, newest first.",
+    usage: "meshctl history [<options>]")
 
   @Option(name: .short, help: "Output: table or json.") var output: OutputFormat = .table
   @OptionGroup var controlPlane: ControlPlaneOptions
@@ -196,7 +203,8 @@ struct History: AsyncParsableCommand {
 /// `meshctl rollback VERSION`
 struct Rollback: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Make an earlier version of the mesh config the running one (as a new version).")
+    abstract: "Make an earlier version of the mesh config the running one (as a new version).",
+    usage: "meshctl rollback [<options>] <version>")
 
   @Argument(help: "The version to go back to.") var version: Int64
   @OptionGroup var controlPlane: ControlPlaneOptions

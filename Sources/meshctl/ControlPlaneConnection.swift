@@ -13,7 +13,10 @@ struct ControlPlaneOptions: ParsableArguments {
   @Option(
     name: .customLong("control-plane"),
     help:
-      "The control plane's API, HOST:PORT. (default: the one `meshctl up` started here, else 127.0.0.1:15000)"
+      """
+      The control plane's API, HOST:PORT. (default: the one `meshctl up` started here, else \
+      127.0.0.1:15000)
+      """
   )
   var explicitAddress: String?
 

@@ -5,7 +5,7 @@ import MeshIdentity
 import MeshProtos
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Starts and stops the processes of a local mesh, for `up`, `restart` and `down`.
@@ -28,14 +28,17 @@ struct Launcher {
     if FileManager.default.fileExists(atPath: files.root) {
       for path in [files.issuer, files.issuerKey, files.bundle, files.operatorCertificate]
       where !FileManager.default.fileExists(atPath: path) {
-        throw MeshctlFailure("certs/ is incomplete: \(path) is missing (meshctl certs init --force makes a new CA)")
+        throw MeshctlFailure(
+          "certs/ is incomplete: \(path) is missing (meshctl certs init --force makes a new CA)")
       }
       return
     }
     print("creating the mesh's CA in certs/ (meshctl certs init)…")
     let me = Self.ownExecutable
     let made = try Self.runTool(me, ["certs", "init", "--dir", "certs"])
-    guard made.status == 0 else { throw MeshctlFailure("meshctl certs init failed: \(made.output)") }
+    guard made.status == 0 else {
+      throw MeshctlFailure("meshctl certs init failed: \(made.output)")
+    }
   }
 
   /// The gateway's API key, made once and kept in .trellis/api-keys (mode 0600).
@@ -43,7 +46,9 @@ struct Launcher {
     if FileManager.default.fileExists(atPath: run.apiKeyFile) { return }
     var bytes = [UInt8](repeating: 0, count: 18)
     for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255) }
-    let key = "shop_" + Data(bytes).base64EncodedString()
+    let key =
+      "shop_"
+      + Data(bytes).base64EncodedString()
       .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
     guard
       FileManager.default.createFile(
@@ -55,7 +60,8 @@ struct Launcher {
 
   var apiKey: String {
     let text = (try? String(contentsOfFile: run.apiKeyFile, encoding: .utf8)) ?? ""
-    return text.split(separator: "\n").first { !$0.hasPrefix("#") && !$0.isEmpty }.map(String.init) ?? ""
+    return text.split(separator: "\n").first { !$0.hasPrefix("#") && !$0.isEmpty }.map(String.init)
+      ?? ""
   }
 
   // MARK: - Starting
@@ -70,7 +76,7 @@ struct Launcher {
       ], environment: [:], log: log)
     let entry = ShopRun.Entry(
       name: "control-plane", service: "control-plane", instance: "control-plane",
-      role: .controlPlane, pid: pid, log: log, slot: nil,
+      role: .controlPlane, pid: pid, startTime: LocalProcesses.startTime(pid), log: log, slot: nil,
       address: "127.0.0.1:\(run.ports.controlPlane)")
     let deadline = ContinuousClock.now + .seconds(30)
     while true {
@@ -114,7 +120,8 @@ struct Launcher {
   ) async throws -> [ShopRun.Entry] {
     let ports = run.slotPorts(slot)
     let folder = ShopRun.folder + "/sidecars/\(instance)"
-    try FileManager.default.createDirectory(atPath: folder + "/state", withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(
+      atPath: folder + "/state", withIntermediateDirectories: true)
     let tokenFile = folder + "/token"
     var request = Trellis_Mesh_V1_CreateTokenRequest()
     request.service = service.name
@@ -173,10 +180,11 @@ struct Launcher {
     return [
       .init(
         name: instance, service: service.name, instance: instance, role: .app, pid: app,
-        log: appLog, slot: slot, address: address),
+        startTime: LocalProcesses.startTime(app), log: appLog, slot: slot, address: address),
       .init(
         name: "\(instance)-sidecar", service: service.name, instance: instance, role: .sidecar,
-        pid: sidecar, log: sidecarLog, slot: slot, address: "127.0.0.1:\(ports.admin)"),
+        pid: sidecar, startTime: LocalProcesses.startTime(sidecar), log: sidecarLog, slot: slot,
+        address: "127.0.0.1:\(ports.admin)"),
     ]
   }
 
@@ -185,7 +193,9 @@ struct Launcher {
   /// Waits until every process (or `only` these) is ready: each sidecar ready and its
   /// endpoint registered with the running config, each app listening, and the gateway
   /// answering through the mesh.
-  func waitUntilReady(_ run: ShopRun, only: [ShopRun.Entry]? = nil, timeout: Duration = .seconds(120))
+  func waitUntilReady(
+    _ run: ShopRun, only: [ShopRun.Entry]? = nil, timeout: Duration = .seconds(120)
+  )
     async throws
   {
     let entries = only ?? run.processes
@@ -204,7 +214,8 @@ struct Launcher {
           if status == nil { waitingFor.append("control-plane") }
         case .sidecar:
           let ports = run.slotPorts(entry.slot ?? 0)
-          let ready = LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 1)?.status == 200
+          let ready =
+            LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 1)?.status == 200
           let inbound = "127.0.0.1:\(ports.inbound)"
           let registered =
             status?.sidecars.contains {
@@ -216,15 +227,21 @@ struct Launcher {
           }
         case .app:
           let port = Int(entry.address.split(separator: ":").last ?? "") ?? 0
-          if !LocalProcesses.isListening(port) { waitingFor.append("\(entry.name) (not listening)") }
+          if !LocalProcesses.isListening(port) {
+            waitingFor.append("\(entry.name) (not listening)")
+          }
         }
       }
-      if waitingFor.isEmpty, entries.contains(where: { $0.service == "gateway" && $0.role == .app }) {
+      if waitingFor.isEmpty, entries.contains(where: { $0.service == "gateway" && $0.role == .app })
+      {
         // Through the gateway, its sidecar, users' sidecar, to users: a NOT_FOUND is the answer.
         let answer = LocalProcesses.httpRequest(
           port: run.ports.gateway, path: "/v1/users/usr_readiness", headers: ["x-api-key": apiKey],
           timeout: 2)
-        if answer?.status != 404 { waitingFor.append("gateway → users (answered \(answer.map { "\($0.status)" } ?? "nothing"))") }
+        if answer?.status != 404 {
+          waitingFor.append(
+            "gateway → users (answered \(answer.map { "\($0.status)" } ?? "nothing"))")
+        }
       }
       if waitingFor.isEmpty { return }
       try await Task.sleep(for: .milliseconds(200))
@@ -250,14 +267,17 @@ struct Launcher {
         let ports = run.slotPorts(entry.slot ?? 0)
         switch entry.role {
         case .sidecar:
-          let ready = LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 1)?.status == 200
+          let ready =
+            LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 1)?.status == 200
           let status = try? await controlPlane.withAdmin { try await $0.status(.init()) }
           let synced =
             status?.sidecars.contains {
               $0.node == "\(entry.service)@127.0.0.1:\(ports.inbound)" && $0.connected
                 && $0.version == status?.currentVersion
             } ?? false
-          if !ready || !synced { waitingFor = "\(entry.name) (\(ready ? "config not synced" : "not ready"))" }
+          if !ready || !synced {
+            waitingFor = "\(entry.name) (\(ready ? "config not synced" : "not ready"))"
+          }
         case .app:
           let log = (try? String(contentsOfFile: absolute(entry.log), encoding: .utf8)) ?? ""
           if !log.contains("\"waiting for the listen address to be free\""),
@@ -306,9 +326,12 @@ struct Launcher {
         logs.follow(run.processes)
         lastReload = .now
       }
-      for entry in run.processes where !reported.contains(entry.pid) && !LocalProcesses.isRunning(entry.pid) {
+      for entry in run.processes
+      where !reported.contains(entry.pid) && !LocalProcesses.isRunning(entry.pid) {
         // A restart may be replacing it: only a process still in the run file counts.
-        guard ShopRun.load()?.processes.contains(where: { $0.pid == entry.pid }) ?? true else { continue }
+        guard ShopRun.load()?.processes.contains(where: { $0.pid == entry.pid }) ?? true else {
+          continue
+        }
         logs.printNew()
         reported.insert(entry.pid)
         // It may have ended after this pass reaped: its status is waiting now.
@@ -329,9 +352,18 @@ struct Launcher {
         try? await Task.sleep(for: .milliseconds(150))
       }
     }
-    await stopAll(run)
+    let stopped = await stopAll(run)
     stopping.cancel()
     logs.printNew()
+    for entry in stopped.killed {
+      print("\(entry.name) (pid \(entry.pid)) did not exit within 20 s of SIGTERM: killed")
+    }
+    guard stopped.remaining.isEmpty else {
+      print(
+        "still running after SIGKILL: "
+          + stopped.remaining.map { "\($0.name) (pid \($0.pid))" }.joined(separator: ", "))
+      return
+    }
     try? FileManager.default.removeItem(atPath: ShopRun.file)
     print("stopped; the data stays in \(ShopRun.folder)/")
   }
@@ -376,7 +408,9 @@ struct Launcher {
     let how: String
     if let status {
       let signal = status & 0x7f
-      how = signal == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(signal)"
+      how =
+        signal == 0
+        ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(signal)"
     } else {
       how = "is no longer running"
     }
@@ -385,13 +419,24 @@ struct Launcher {
   }
 
   /// Stops the gateway and the apps, then the sidecars (so calls in flight finish through
-  /// them), then the control plane.
-  static func stopAll(_ run: ShopRun) async {
+  /// them), then the control plane; each group gets `timeout` after SIGTERM before SIGKILL.
+  /// Returns once every process has ended, or says which have not.
+  @discardableResult
+  static func stopAll(
+    _ run: ShopRun, timeout: Duration = .seconds(20)
+  ) async
+    -> LocalProcesses.Stopped
+  {
     let apps = run.processes.filter { $0.role == .app }
-    await LocalProcesses.stop(apps.filter { $0.service == "gateway" }.map(\.pid))
-    await LocalProcesses.stop(apps.filter { $0.service != "gateway" }.map(\.pid))
-    await LocalProcesses.stop(run.processes.filter { $0.role == .sidecar }.map(\.pid))
-    await LocalProcesses.stop(run.processes.filter { $0.role == .controlPlane }.map(\.pid))
+    var stopped = LocalProcesses.Stopped()
+    for group in [
+      apps.filter { $0.service == "gateway" }, apps.filter { $0.service != "gateway" },
+      run.processes.filter { $0.role == .sidecar },
+      run.processes.filter { $0.role == .controlPlane },
+    ] {
+      stopped.add(await LocalProcesses.stop(group, timeout: timeout))
+    }
+    return stopped
   }
 
   static func printSummary(_ run: ShopRun) {
@@ -442,7 +487,9 @@ struct Launcher {
 
   /// Runs a tool to the end; its output (standard output and error together), or shown as it
   /// comes with `echo`.
-  static func runTool(_ program: String, _ arguments: [String], echo: Bool = false) throws
+  static func runTool(
+    _ program: String, _ arguments: [String], echo: Bool = false
+  ) throws
     -> (status: Int32, output: String)
   {
     let process = Process()

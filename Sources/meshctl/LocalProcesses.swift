@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// Starting, watching and stopping the local processes `meshctl up` runs.
@@ -24,7 +24,8 @@ enum LocalProcesses {
     defer { posix_spawnattr_destroy(&attributes) }
     // POSIX_SPAWN_SETSID (glibc's 0x80): the child starts a new session. Its signal mask and
     // dispositions are reset to the defaults.
-    posix_spawnattr_setflags(&attributes, Int16(0x80 | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    posix_spawnattr_setflags(
+      &attributes, Int16(0x80 | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
     var empty = sigset_t()
     sigemptyset(&empty)
     posix_spawnattr_setsigmask(&attributes, &empty)
@@ -74,40 +75,82 @@ enum LocalProcesses {
     }
   }
 
-  /// Whether `pid` runs (and is not a zombie).
-  static func isRunning(_ pid: pid_t) -> Bool {
+  /// Whether `pid` runs: it exists and has not finished exiting. A zombie whose other threads
+  /// still run is running (the leader thread shows `Z` while the rest of the process exits,
+  /// holding its sockets and files until the last thread is gone). With `startedAt`, a
+  /// process of another start time — the pid given to someone else since — is not ours.
+  static func isRunning(_ pid: pid_t, startedAt: UInt64? = nil) -> Bool {
     guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
-    if let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
       let close = stat.lastIndex(of: ")")
-    {
-      let state = stat[stat.index(close, offsetBy: 2)]
-      return state != "Z" && state != "X"
+    else { return true }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // After the command: state is the 3rd field of the line, start time the 22nd.
+    if let startedAt, fields.count > 19, UInt64(fields[19]) != startedAt { return false }
+    guard let state = fields.first, state == "Z" || state == "X" else { return true }
+    let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"))
+    return (threads?.count ?? 0) > 1
+  }
+
+  /// When `pid` started, in clock ticks after boot (`/proc/PID/stat`'s 22nd field): with the
+  /// pid, it names one process for as long as the machine runs.
+  static func startTime(_ pid: pid_t) -> UInt64? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+      let close = stat.lastIndex(of: ")")
+    else { return nil }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    return fields.count > 19 ? UInt64(fields[19]) : nil
+  }
+
+  /// What stopping a group of processes came to.
+  struct Stopped {
+    /// Those that did not end within the timeout after SIGTERM, and were sent SIGKILL.
+    var killed: [ShopRun.Entry] = []
+    /// Those still running even after SIGKILL (a process in uninterruptible sleep, or one
+    /// this user may not signal).
+    var remaining: [ShopRun.Entry] = []
+
+    mutating func add(_ other: Stopped) {
+      killed += other.killed
+      remaining += other.remaining
     }
-    return true
   }
 
   /// Sends SIGTERM to each and waits for all to end, up to `timeout`; those still running then
-  /// get SIGKILL. Returns the ones that had to be killed.
+  /// get SIGKILL, and are waited for again (up to 5 s). Returns only once each has ended, or
+  /// says which have not.
   @discardableResult
-  static func stop(_ pids: [pid_t], timeout: Duration = .seconds(20)) async -> [pid_t] {
-    for pid in pids where isRunning(pid) { kill(pid, SIGTERM) }
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-      _ = reapChildren()
-      if !pids.contains(where: isRunning) { return [] }
-      try? await Task.sleep(for: .milliseconds(50))
+  static func stop(_ entries: [ShopRun.Entry], timeout: Duration = .seconds(20)) async -> Stopped {
+    var stopped = Stopped()
+    for entry in entries where entry.isRunning { kill(entry.pid, SIGTERM) }
+    guard await waitForExit(entries, within: timeout) else {
+      stopped.killed = entries.filter(\.isRunning)
+      for entry in stopped.killed { kill(entry.pid, SIGKILL) }
+      _ = await waitForExit(stopped.killed, within: .seconds(5))
+      stopped.remaining = stopped.killed.filter(\.isRunning)
+      return stopped
     }
-    let stubborn = pids.filter(isRunning)
-    for pid in stubborn { kill(pid, SIGKILL) }
-    _ = reapChildren()
-    return stubborn
+    return stopped
+  }
+
+  /// Waits until none of `entries` runs (reaping those that are meshctl's own children);
+  /// whether that happened within `timeout`.
+  static func waitForExit(_ entries: [ShopRun.Entry], within timeout: Duration) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+      _ = reapChildren()
+      if !entries.contains(where: \.isRunning) { return true }
+      if ContinuousClock.now >= deadline { return false }
+      try? await Task.sleep(for: .milliseconds(20))
+    }
   }
 
   /// The last `count` lines of a file.
   static func tail(_ path: String, lines count: Int) -> [String] {
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
-    return Array(text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-      .dropLast(text.hasSuffix("\n") ? 1 : 0).suffix(count))
+    return Array(
+      text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        .dropLast(text.hasSuffix("\n") ? 1 : 0).suffix(count))
   }
 
   /// Whether something listens on 127.0.0.1:`port` (a connection is accepted).
@@ -167,11 +210,14 @@ enum LocalProcesses {
     guard connected else { return nil }
     var request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
     for (name, value) in headers { request += "\(name): \(value)\r\n" }
-    if let body { request += "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n" }
+    if let body {
+      request += "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
+    }
     request += "\r\n" + (body ?? "")
     let bytes = Array(request.utf8)
-    guard bytes.withUnsafeBytes({ send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) })
-      == bytes.count
+    guard
+      bytes.withUnsafeBytes({ send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) })
+        == bytes.count
     else { return nil }
     var response: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 16384)

@@ -12,7 +12,11 @@ extension Get {
     static let configuration = CommandConfiguration(
       commandName: "routes",
       abstract:
-        "Every service's routes in the running config: match, timeouts, retries, split, faults, and the service's balancing, outlier detection, limits and retry budget."
+        """
+        Every service's routes in the running config: match, timeouts, retries, split, faults, and \
+        the service's balancing, outlier detection, limits and retry budget.
+        """,
+      usage: "meshctl get routes [<options>]"
     )
 
     @Option(name: .short, help: "Output: table, json or yaml.") var output: OutputFormat = .table
@@ -79,8 +83,14 @@ extension Get {
           let budget = service.retryBudget
           services.append([
             name, service.loadBalancing.rawValue,
-            "\(outlier.consecutiveFailures) failures, \(format(outlier.baseEjectionTime)) x ejections, max \(outlier.maxEjectionPercent)%",
-            "\(service.circuitBreaker.maxConcurrentRequests) concurrent, \(service.circuitBreaker.maxPendingRequests) pending",
+            """
+            \(outlier.consecutiveFailures) failures, \(format(outlier.baseEjectionTime)) x \
+            ejections, max \(outlier.maxEjectionPercent)%
+            """,
+            """
+            \(service.circuitBreaker.maxConcurrentRequests) concurrent, \
+            \(service.circuitBreaker.maxPendingRequests) pending
+            """,
             "\(budget.percent)% + \(budget.minPerSecond)/s over \(format(budget.window))",
           ])
         }

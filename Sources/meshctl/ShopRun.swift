@@ -29,12 +29,18 @@ struct ShopRun: Codable {
     var instance: String
     var role: Role
     var pid: Int32
+    /// When the process started (see `LocalProcesses.startTime`), so that a pid reused by
+    /// another process after ours ended is not taken for ours (nor signalled).
+    var startTime: UInt64?
     var log: String
     /// The instance's ports slot.
     var slot: Int?
     /// The address it serves (the app's gRPC port, the gateway's HTTP port, the sidecar's
     /// admin port).
     var address: String
+
+    /// Whether this entry's process (this pid, started at this time) still runs.
+    var isRunning: Bool { LocalProcesses.isRunning(pid, startedAt: startTime) }
   }
 
   enum Role: String, Codable {
@@ -63,7 +69,7 @@ struct ShopRun: Codable {
   }
 
   /// Entries whose process still runs.
-  var running: [Entry] { processes.filter { LocalProcesses.isRunning($0.pid) } }
+  var running: [Entry] { processes.filter(\.isRunning) }
 
   /// The ports of a slot.
   func slotPorts(_ slot: Int) -> (inbound: Int, outbound: Int, admin: Int, app: Int) {

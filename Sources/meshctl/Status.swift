@@ -6,9 +6,17 @@ import MeshProtos
 struct Status: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract:
-      "Every sidecar subscribed to the control plane: the config version it runs, its last NACK, its certificate's expiry, when it was last seen; then the processes `meshctl up` started here.",
+      """
+      Every sidecar subscribed to the control plane: the config version it runs, its last NACK, \
+      its certificate's expiry, when it was last seen; then the processes `meshctl up` started \
+      here.
+      """,
+    usage: "meshctl status [<options>]",
     discussion:
-      "-o json prints one object: current_version, sidecars (one per sidecar) and processes (name, service, role, pid, state, address, log; empty when no shop runs here)."
+      """
+      -o json prints one object: current_version, sidecars (one per sidecar) and processes (name, \
+      service, role, pid, state, address, log; empty when no shop runs here).
+      """
   )
 
   @Option(name: .short, help: "Output: table or json.") var output: OutputFormat = .table

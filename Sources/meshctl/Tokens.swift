@@ -13,7 +13,11 @@ struct Tokens: AsyncParsableCommand {
   struct Create: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
       abstract:
-        "Make a join token for one service. It is shown once; the control plane keeps only its hash."
+        """
+        Make a join token for one service. It is shown once; the control plane keeps only its \
+        hash.
+        """,
+      usage: "meshctl tokens create [<options>] --service <service>"
     )
 
     @Option(help: "The service the token admits.") var service: String

@@ -8,8 +8,9 @@ import MeshProtos
 struct Top: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Live success rate, RPS and p50/p95/p99 latency per service over the last minute.",
+    usage: "meshctl top [<options>] [<service>]",
     discussion: """
-      The figures come from the inbound calls each service's sidecars saw, reported to the
+      The figures come from the inbound calls each service's sidecars saw, reported to the \
       control plane every second; they work across hosts. Ctrl-C stops.
       """)
 
@@ -83,10 +84,12 @@ struct Top: AsyncParsableCommand {
 struct Tap: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Stream the calls a service's sidecars see: method, peer, status, latency.",
+    usage: "meshctl tap [<options>] <service>",
     discussion: "Rate-limited per sidecar (--max-rps). Ctrl-C stops; the sidecars stop tapping.")
 
   @Argument(help: "The service.") var service: String
-  @Option(help: "Only this method: package.Service/Method or package.Service/*.") var method: String?
+  @Option(help: "Only this method: package.Service/Method or package.Service/*.") var method:
+    String?
   @Option(help: "At most this many calls a second from each sidecar.") var maxRps = 20
   @Option(help: "Stop after this many calls.") var count: Int?
   @Option(name: .short, help: "Output: table (a line per call) or json (an object per line).")
@@ -139,7 +142,9 @@ struct Tap: AsyncParsableCommand {
         "latencyMs": Double(event.durationNanos) / 1e6, "traceId": event.traceID,
         "instance": event.instance, "attempts": Int(event.attempts),
       ]
-      if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) {
+      if let data = try? JSONSerialization.data(
+        withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+      {
         write(String(decoding: data, as: UTF8.self))
       }
     } else {

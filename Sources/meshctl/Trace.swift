@@ -28,25 +28,32 @@ struct Trace: AsyncParsableCommand {
         let path = method.hasPrefix("/") ? String(method.dropFirst()) : method
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
-          throw ValidationError("--method \(method): expected package.Service/Method or package.Service/*")
+          throw ValidationError(
+            "--method \(method): expected package.Service/Method or package.Service/*")
         }
         filter.method = path
       }
       if let minDuration {
         guard let duration = parseDuration(minDuration) else {
-          throw ValidationError("--min-duration \(minDuration): expected a duration such as 50ms or 2s")
+          throw ValidationError(
+            "--min-duration \(minDuration): expected a duration such as 50ms or 2s")
         }
         filter.minDurationNanos = Int64(duration.timeInterval * 1e9)
       }
       filter.errorsOnly = errors
       if let since {
         if let duration = parseDuration(since) {
-          filter.sinceUnixNano = UInt64((Date().timeIntervalSince1970 - duration.timeInterval) * 1e9)
+          filter.sinceUnixNano = UInt64(
+            (Date().timeIntervalSince1970 - duration.timeInterval) * 1e9)
         } else if let date = ISO8601DateFormatter().date(from: since) {
           filter.sinceUnixNano = UInt64(max(0, date.timeIntervalSince1970) * 1e9)
         } else {
           throw ValidationError(
-            "--since \(since): expected a duration ago (10m, 2h) or a time such as 2026-12-01T17:00:00Z")
+            """
+            --since \(since): expected a duration ago (10m, 2h) or a time such as \
+            2026-12-01T17:00:00Z
+            """
+          )
         }
       }
       guard (1...10_000).contains(limit) else {
@@ -59,7 +66,8 @@ struct Trace: AsyncParsableCommand {
 
   struct List: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Recent traces, newest first: root service and method, duration, spans, status.")
+      abstract: "Recent traces, newest first: root service and method, duration, spans, status.",
+      usage: "meshctl trace list [<options>]")
 
     @OptionGroup var filters: Filters
     @Option(name: .short, help: "Output: table or json.") var output: OutputFormat = .table
@@ -91,7 +99,8 @@ struct Trace: AsyncParsableCommand {
         for trace in response.traces {
           rows.append([
             hex(trace.traceID), Self.time(trace.startUnixNano),
-            "\(trace.rootService) \(trace.rootName)", formatNanos(UInt64(max(0, trace.durationNanos))),
+            "\(trace.rootService) \(trace.rootName)",
+            formatNanos(UInt64(max(0, trace.durationNanos))),
             "\(trace.spanCount)",
             (trace.status.isEmpty ? (trace.error ? "ERROR" : "-") : trace.status)
               + (trace.error && trace.status == "OK" ? " (errors below)" : ""),
@@ -110,7 +119,9 @@ struct Trace: AsyncParsableCommand {
 
   struct Show: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "A trace as a waterfall: one row per span, indented by parent, on a common time axis.")
+      abstract:
+        "A trace as a waterfall: one row per span, indented by parent, on a common time axis.",
+      usage: "meshctl trace show [<options>] <trace-id>")
 
     @Argument(help: "The trace id (32 hex digits).") var traceID: String
     @OptionGroup var controlPlane: ControlPlaneOptions
@@ -126,9 +137,13 @@ struct Trace: AsyncParsableCommand {
 
   struct Dump: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Traces as OTLP JSON: one ExportTraceServiceRequest per line, one line per trace.")
+      abstract: "Traces as OTLP JSON: one ExportTraceServiceRequest per line, one line per trace.",
+      usage: "meshctl trace dump [<options>] [<trace-id> ...]")
 
-    @Argument(help: "Trace ids; none: the traces the filters match.") var traceIDs: [String] = []
+    @Argument(
+      help: ArgumentHelp(
+        "Trace ids; none: the traces the filters match.", valueName: "trace-id"))
+    var traceIDs: [String] = []
     @OptionGroup var filters: Filters
     @Option(help: "Write to this file instead of standard output.") var file: String?
     @OptionGroup var controlPlane: ControlPlaneOptions
@@ -152,7 +167,8 @@ struct Trace: AsyncParsableCommand {
 
   struct View: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Draw the traces of a dump file: in the terminal, or as a self-contained HTML page.")
+      abstract: "Draw the traces of a dump file: in the terminal, or as a self-contained HTML page."
+    )
 
     @Argument(help: "A file from `meshctl trace dump` (OTLP JSON lines).") var file: String
     @Option(help: "Write an HTML page here instead of drawing in the terminal.") var html: String?
@@ -166,7 +182,8 @@ struct Trace: AsyncParsableCommand {
         throw MeshctlFailure("cannot read \(file): \(error.localizedDescription)")
       }
       var requests: [OTLPExportRequest] = []
-      for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+      for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false)
+        .enumerated()
       where !line.trimmingCharacters(in: .whitespaces).isEmpty {
         do {
           requests.append(try OTLPJSON.decode(String(line), line: index + 1))
@@ -181,7 +198,8 @@ struct Trace: AsyncParsableCommand {
       }
       guard !trees.isEmpty else { throw MeshctlFailure("\(file) holds no spans") }
       if let html {
-        let page = TraceHTML.page(trees, title: "Trellis traces from \((file as NSString).lastPathComponent)")
+        let page = TraceHTML.page(
+          trees, title: "Trellis traces from \((file as NSString).lastPathComponent)")
         do {
           try Data(page.utf8).write(to: URL(fileURLWithPath: html))
         } catch {

@@ -69,23 +69,38 @@ enum TraceHTML {
     out += "<h2>trace <code>\(tree.traceID)</code>"
     if let root = tree.root { out += " · \(escape(root.origin)) · \(escape(root.name))" }
     out += " · \(escape(formatNanos(tree.duration))) · \(tree.rows.count) spans</h2>\n"
-    out += "<div class=\"row head\"><div>span</div><div>0 – \(escape(formatNanos(tree.duration)))</div>"
+    out +=
+      "<div class=\"row head\"><div>span</div><div>0 – \(escape(formatNanos(tree.duration)))</div>"
     out += "<div class=\"dur\">duration</div><div>status</div></div>\n"
     for row in tree.rows {
       let span = row.span
       let left = percent(span.start)
       let width = String(
         format: "%.3f", max(Double(span.duration) / total * 100, 0.2))
-      out += "<div class=\"row\(span.isError ? " error" : "")\" data-trace=\"\(tree.traceID)\" data-span=\"\(span.spanID)\">"
+      out +=
+        "<div class=\"row\(span.isError ? " error" : "")\" data-trace=\"\(tree.traceID)\" data-span=\"\(span.spanID)\">"
       out += "<div class=\"label\" style=\"padding-left:\(row.depth * 18)px\">"
-      out += "<span class=\"name\">\(escape(span.name))</span><span class=\"origin\">\(escape(span.origin)) · \(span.kind)</span></div>"
-      out += "<div class=\"track\"><div class=\"bar \(span.kind)\" style=\"left:\(left)%;width:\(width)%\"></div>"
+      out +=
+        """
+        <span class=\"name\">\(escape(span.name))</span><span \
+        class=\"origin\">\(escape(span.origin)) · \(span.kind)</span></div>
+        """
+      out +=
+        """
+        <div class=\"track\"><div class=\"bar \(span.kind)\" \
+        style=\"left:\(left)%;width:\(width)%\"></div>
+        """
       for event in span.events {
-        out += "<div class=\"mark\" title=\"\(escape(event.name))\" style=\"left:\(percent(event.time))%\"></div>"
+        out +=
+          """
+          <div class=\"mark\" title=\"\(escape(event.name))\" \
+          style=\"left:\(percent(event.time))%\"></div>
+          """
       }
       out += "</div><div class=\"dur mono\">\(escape(formatNanos(span.duration)))</div>"
       let attempts = span.attempts.isEmpty ? "" : " · \(span.attempts)"
-      out += "<div class=\"status\(span.isError ? " error" : "")\">\(escape(span.status + attempts))</div></div>\n"
+      out +=
+        "<div class=\"status\(span.isError ? " error" : "")\">\(escape(span.status + attempts))</div></div>\n"
       out += details(span, tree)
     }
     return out + "</section>\n"
@@ -95,7 +110,8 @@ enum TraceHTML {
     var rows: [(String, String)] = [
       ("span id", span.spanID), ("parent", span.parentID ?? "none (root)"),
       ("service", span.origin), ("kind", span.kind),
-      ("start", "+" + formatNanos(span.start - tree.start)), ("duration", formatNanos(span.duration)),
+      ("start", "+" + formatNanos(span.start - tree.start)),
+      ("duration", formatNanos(span.duration)),
     ]
     if span.isError { rows.append(("error", span.statusMessage)) }
     rows += span.attributes
@@ -109,7 +125,11 @@ enum TraceHTML {
       for event in span.events {
         let at = "+" + formatNanos(event.time >= tree.start ? event.time - tree.start : 0)
         let attributes = event.attributes.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
-        out += "<tr><td>\(escape(at))</td><td>\(escape(event.name))</td><td class=\"mono\">\(escape(attributes))</td></tr>"
+        out +=
+          """
+          <tr><td>\(escape(at))</td><td>\(escape(event.name))</td><td \
+          class=\"mono\">\(escape(attributes))</td></tr>
+          """
       }
       out += "</table>"
     }

@@ -11,7 +11,8 @@ enum TerminalWaterfall {
     if let root = tree.root {
       out += "  \(root.origin)  \(root.name)"
     }
-    out += "  \(formatNanos(tree.duration))  \(tree.rows.count) span\(tree.rows.count == 1 ? "" : "s")\n\n"
+    out +=
+      "  \(formatNanos(tree.duration))  \(tree.rows.count) span\(tree.rows.count == 1 ? "" : "s")\n\n"
     var table = [["SPAN", "SERVICE", "KIND", "DURATION", "STATUS", "ATTEMPTS", "TIMELINE"]]
     var notes: [Int: [String]] = [:]
     for (index, row) in tree.rows.enumerated() {
@@ -32,9 +33,11 @@ enum TerminalWaterfall {
     }
     let widths = table[0].indices.map { column in table.map { $0[column].count }.max() ?? 0 }
     for (index, row) in table.enumerated() {
-      out += row.enumerated().map { column, cell in
-        column == row.count - 1 ? cell : cell.padding(toLength: widths[column] + 2, withPad: " ", startingAt: 0)
-      }.joined() + "\n"
+      out +=
+        row.enumerated().map { column, cell in
+          column == row.count - 1
+            ? cell : cell.padding(toLength: widths[column] + 2, withPad: " ", startingAt: 0)
+        }.joined() + "\n"
       let depth = index == 0 ? 0 : tree.rows[index - 1].depth
       for note in notes[index] ?? [] {
         out += String(repeating: "  ", count: depth + 1) + "↳ " + note + "\n"

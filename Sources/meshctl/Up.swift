@@ -4,27 +4,29 @@ import MeshIdentity
 import MeshProtos
 
 #if canImport(Glibc)
-import Glibc
+  import Glibc
 #endif
 
 /// `meshctl up`: the whole shop on the mesh, on loopback, in one command.
 struct Up: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Start the shop on a local mesh: control plane, services, sidecars and gateway.",
+    usage: "meshctl up [<options>]",
     discussion: """
-      Builds what is needed (release), creates the CA in certs/ if there is none, starts the
-      control plane, applies .trellis/mesh.yaml (written with the shop's defaults the first
-      time), and starts events, payments, users, orders and the gateway, each beside its
-      sidecar, joined with a fresh token. It waits until every one is ready, then prints what
+      Builds what is needed (release), creates the CA in certs/ if there is none, starts the \
+      control plane, applies .trellis/mesh.yaml (written with the shop's defaults the first \
+      time), and starts events, payments, users, orders and the gateway, each beside its \
+      sidecar, joined with a fresh token. It waits until every one is ready, then prints what \
       is where. Run state lives in .trellis/; a second `up` reuses the data.
 
-      In the foreground (the default) each process's log lines are shown prefixed with its
-      name, and Ctrl-C stops everything gracefully. With --detach it returns once the shop is
+      In the foreground (the default) each process's log lines are shown prefixed with its \
+      name, and Ctrl-C stops everything gracefully. With --detach it returns once the shop is \
       ready; `meshctl down` stops it.
       """)
 
   @Flag(help: "Return once everything is ready; stop it with `meshctl down`.") var detach = false
-  @Flag(help: "Use the executables already built (beside meshctl, or in --bin) instead of building.")
+  @Flag(
+    help: "Use the executables already built (beside meshctl, or in --bin) instead of building.")
   var noBuild = false
   @Option(help: "The folder of the executables (default: built with swift build -c release).")
   var bin: String?
@@ -111,17 +113,25 @@ struct Up: AsyncParsableCommand {
     if let bin { return URL(fileURLWithPath: bin).standardizedFileURL.path }
     if noBuild {
       // Beside this meshctl.
-      let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+      let me =
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
         ?? CommandLine.arguments[0]
       return URL(fileURLWithPath: me).deletingLastPathComponent().standardizedFileURL.path
     }
     guard FileManager.default.fileExists(atPath: "Package.swift") else {
       throw MeshctlFailure(
-        "no Package.swift here: run meshctl up in the repository's folder, or pass --no-build / --bin")
+        """
+        no Package.swift here: run meshctl up in the repository's folder, or pass --no-build / \
+        --bin
+        """
+      )
     }
     print("building the mesh and the shop (swift build -c release; the first build takes minutes)…")
-    let build = try Launcher.runTool("/usr/bin/env", ["swift", "build", "-c", "release"], echo: true)
-    guard build.status == 0 else { throw MeshctlFailure("swift build failed (exit \(build.status))") }
+    let build = try Launcher.runTool(
+      "/usr/bin/env", ["swift", "build", "-c", "release"], echo: true)
+    guard build.status == 0 else {
+      throw MeshctlFailure("swift build failed (exit \(build.status))")
+    }
     let path = try Launcher.runTool(
       "/usr/bin/env", ["swift", "build", "-c", "release", "--show-bin-path"])
     return path.output.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -132,7 +142,11 @@ struct Up: AsyncParsableCommand {
       let path = plan.bin + "/" + executable
       guard FileManager.default.isExecutableFile(atPath: path) else {
         throw MeshctlFailure(
-          "\(path) is missing: build first (swift build -c release), or run meshctl up without --no-build")
+          """
+          \(path) is missing: build first (swift build -c release), or run meshctl up without \
+          --no-build
+          """
+        )
       }
     }
     var taken: [String] = []
@@ -140,7 +154,8 @@ struct Up: AsyncParsableCommand {
       [
         ("the gateway", plan.ports.gateway), ("the control plane", plan.ports.controlPlane),
         ("the control plane's join listener", plan.ports.join),
-      ] + (0..<instances).flatMap { slot in
+      ]
+      + (0..<instances).flatMap { slot in
         let p = plan.slotPorts(slot)
         return [p.inbound, p.outbound, p.admin, p.app].map { ("slot \(slot)", $0) }
       }
@@ -189,7 +204,8 @@ struct Replicas {
             + ShopLayout.services.map(\.name).joined(separator: ", "))
       }
       if replicas.service == "gateway", replicas.count > 1 {
-        throw ValidationError("--replicas gateway=\(replicas.count): the gateway holds one HTTP port")
+        throw ValidationError(
+          "--replicas gateway=\(replicas.count): the gateway holds one HTTP port")
       }
       counts[replicas.service] = replicas.count
     }
@@ -200,15 +216,38 @@ struct Replicas {
 /// `meshctl down`
 struct Down: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Stop what `meshctl up` started, gracefully (gateway and apps, sidecars, control plane).")
+    abstract:
+      "Stop what `meshctl up` started, gracefully (gateway and apps, sidecars, control plane).",
+    discussion: """
+      Each group is sent SIGTERM and given --timeout to finish its calls and exit; what is \
+      still running then is sent SIGKILL. It returns once every process has exited, and \
+      names those it had to kill; a process that outlives even SIGKILL is named and the exit \
+      status is 1.
+      """)
+
+  @Option(help: "Seconds each group may take to exit after SIGTERM, before SIGKILL.")
+  var timeout: Double = 20
 
   func run() async throws {
     guard let run = ShopRun.load() else {
       print("nothing to stop: no \(ShopRun.file) here")
       return
     }
+    guard timeout > 0 else { throw ValidationError("--timeout must be more than 0 seconds") }
     let running = run.running
-    await Launcher.stopAll(run)
+    let stopped = await Launcher.stopAll(run, timeout: .milliseconds(Int64(timeout * 1000)))
+    let seconds = timeout == timeout.rounded() ? String(Int(timeout)) : String(timeout)
+    for entry in stopped.killed {
+      print(
+        "\(entry.name) (pid \(entry.pid)) did not exit within \(seconds) s of SIGTERM: "
+          + "killed")
+    }
+    guard stopped.remaining.isEmpty else {
+      throw MeshctlFailure(
+        "still running after SIGKILL: "
+          + stopped.remaining.map { "\($0.name) (pid \($0.pid))" }.joined(separator: ", ")
+          + "; \(ShopRun.file) is kept, so meshctl down can be run again")
+    }
     try? FileManager.default.removeItem(atPath: ShopRun.file)
     print("stopped \(running.count) processes; the data stays in \(ShopRun.folder)/")
   }
@@ -219,7 +258,7 @@ struct Logs: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Show the log of a process `meshctl up` started.",
     discussion: """
-      NAME is a process (users, users-sidecar, orders-2, control-plane) or a service, which
+      NAME is a process (users, users-sidecar, orders-2, control-plane) or a service, which \
       shows each of its instances' apps.
       """)
 
@@ -248,7 +287,9 @@ struct Logs: AsyncParsableCommand {
       offsets[entry.log] = Launcher.fileSize(entry.log)
     }
     guard follow else { return }
-    var followers = chosen.map { LogFollower(name: prefix ? $0.name : nil, path: $0.log, from: offsets[$0.log] ?? 0) }
+    var followers = chosen.map {
+      LogFollower(name: prefix ? $0.name : nil, path: $0.log, from: offsets[$0.log] ?? 0)
+    }
     while !Task.isCancelled {
       for index in followers.indices { followers[index].printNew() }
       flushStandardOutput()
@@ -262,12 +303,12 @@ struct Restart: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Roll a service's instances one at a time, without failing a call.",
     discussion: """
-      For each instance: a new one is started (with its sidecar) and waited for until it is
-      registered, then the old app reports NOT_SERVING, its sidecar withdraws it, and only then
-      do the old app and sidecar stop, finishing their calls. The control plane is stopped
-      and started again on its ports and data (sidecars serve on meanwhile, then subscribe
-      again). The gateway holds one port: the
-      new gateway starts beside its new sidecar and waits for the port, the old one closes its
+      For each instance: a new one is started (with its sidecar) and waited for until it is \
+      registered, then the old app reports NOT_SERVING, its sidecar withdraws it, and only then \
+      do the old app and sidecar stop, finishing their calls. The control plane is stopped \
+      and started again on its ports and data (sidecars serve on meanwhile, then subscribe \
+      again). The gateway holds one port: the \
+      new gateway starts beside its new sidecar and waits for the port, the old one closes its \
       listener and finishes its requests, and the new one takes the port at once.
       """)
 
@@ -303,9 +344,9 @@ struct Restart: AsyncParsableCommand {
         run.processes += fresh
         try run.save()
         try await launcher.waitUntilWaitingForThePort(run, fresh)
-        await LocalProcesses.stop(old.filter { $0.role == .app }.map(\.pid))
+        await LocalProcesses.stop(old.filter { $0.role == .app })
         try await launcher.waitUntilReady(run, only: fresh)
-        await LocalProcesses.stop(old.filter { $0.role == .sidecar }.map(\.pid))
+        await LocalProcesses.stop(old.filter { $0.role == .sidecar })
         let oldPIDs = Set(old.map(\.pid))
         run.processes.removeAll { oldPIDs.contains($0.pid) }
         try run.save()
@@ -318,8 +359,8 @@ struct Restart: AsyncParsableCommand {
       try await launcher.waitUntilReady(run, only: fresh)
       // The old app reports NOT_SERVING (its --shutdown-delay), its sidecar withdraws the
       // endpoint and the control plane pushes that; the app then finishes its calls and ends.
-      await LocalProcesses.stop(old.filter { $0.role == .app }.map(\.pid))
-      await LocalProcesses.stop(old.filter { $0.role == .sidecar }.map(\.pid))
+      await LocalProcesses.stop(old.filter { $0.role == .app })
+      await LocalProcesses.stop(old.filter { $0.role == .sidecar })
       let oldPIDs = Set(old.map(\.pid))
       run.processes.removeAll { oldPIDs.contains($0.pid) }
       try run.save()
@@ -334,7 +375,7 @@ extension Restart {
   /// sidecar subscribes again (within its backoff), registers, and runs the current version.
   private func restartControlPlane(_ run: inout ShopRun) async throws {
     let old = run.processes.filter { $0.role == .controlPlane }
-    await LocalProcesses.stop(old.map(\.pid))
+    await LocalProcesses.stop(old)
     run.processes.removeAll { $0.role == .controlPlane }
     let fresh = try await Launcher(run: run).startControlPlane()
     run.processes.insert(fresh, at: 0)

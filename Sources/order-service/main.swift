@@ -15,7 +15,8 @@ import Tracing
 @main
 struct OrderServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "order-service", abstract: "Serve shop.v1.OrderService over gRPC (h2c).")
+    commandName: "order-service", abstract: "Serve shop.v1.OrderService over gRPC (h2c).",
+    usage: "order-service [<options>]")
 
   @OptionGroup var options: ServiceOptions
 
@@ -24,13 +25,19 @@ struct OrderServiceCommand: AsyncParsableCommand {
 
   @Option(
     help:
-      "The sidecar's outbound listener, HOST:PORT: user.created events are consumed from the events service through it."
+      """
+      The sidecar's outbound listener, HOST:PORT: user.created events are consumed from the events \
+      service through it.
+      """
   )
   var sidecar: String?
 
   @Option(
     help:
-      "Without a sidecar: payments' address, HOST:PORT (h2c), for the order saga. Without either, orders stay PENDING."
+      """
+      Without a sidecar: payments' address, HOST:PORT (h2c), for the order saga. Without either, \
+      orders stay PENDING.
+      """
   )
   var payments: String?
 
@@ -40,7 +47,8 @@ struct OrderServiceCommand: AsyncParsableCommand {
   func validate() throws {
     guard sagaTimeout > 0 else { throw ValidationError("--saga-timeout: must be positive") }
     if sidecar != nil, payments != nil {
-      throw ValidationError("--payments: payments is reached through the sidecar; give one of the two")
+      throw ValidationError(
+        "--payments: payments is reached through the sidecar; give one of the two")
     }
   }
 

@@ -7,7 +7,8 @@ import ShopProtos
 @main
 struct PaymentServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "payment-service", abstract: "Serve shop.v1.PaymentService over gRPC (h2c).")
+    commandName: "payment-service", abstract: "Serve shop.v1.PaymentService over gRPC (h2c).",
+    usage: "payment-service [<options>]")
 
   @OptionGroup var options: ServiceOptions
 

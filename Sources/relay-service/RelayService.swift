@@ -11,7 +11,8 @@ import Tracing
 struct RelayCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "relay-service",
-    abstract: "Serve trellis.demo.v1.Relay: answer, or pass each call on to the next service.")
+    abstract: "Serve trellis.demo.v1.Relay: answer, or pass each call on to the next service.",
+    usage: "relay-service [<options>]")
 
   @OptionGroup var options: ServiceOptions
   @Option(help: "This service's name, as the mesh knows it.") var name = "relay"
@@ -33,7 +34,9 @@ struct Relay: Trellis_Demo_V1_Relay.SimpleServiceProtocol {
   let name: String
   let clients: SidecarClients
 
-  func hop(request: Trellis_Demo_V1_HopRequest, context: ServerContext) async throws
+  func hop(
+    request: Trellis_Demo_V1_HopRequest, context: ServerContext
+  ) async throws
     -> Trellis_Demo_V1_HopReply
   {
     if request.workMs > 0 {

@@ -72,7 +72,10 @@ struct Call: AsyncParsableCommand {
       if verbose {
         let elapsed = ContinuousClock.now - start
         print(
-          "\nSent \(requests.count) request(s) and received \(counts) response(s) in \(Self.format(elapsed))"
+          """
+          \nSent \(requests.count) request(s) and received \(counts) response(s) in \
+          \(Self.format(elapsed))
+          """
         )
       }
     }

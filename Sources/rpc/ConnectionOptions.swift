@@ -29,7 +29,10 @@ struct ConnectionOptions: ParsableArguments {
 
   @Flag(
     help:
-      "Call a service of the mesh by name (the address argument): its endpoints from the control plane, mutual TLS as the operator."
+      """
+      Call a service of the mesh by name (the address argument): its endpoints from the control \
+      plane, mutual TLS as the operator.
+      """
   )
   var mesh = false
 
@@ -49,7 +52,10 @@ struct ConnectionOptions: ParsableArguments {
 
   @Option(
     help:
-      "A FileDescriptorSet (protoc --descriptor_set_out --include_imports) to use instead of server reflection. Repeatable."
+      """
+      A FileDescriptorSet (protoc --descriptor_set_out --include_imports) to use instead of server \
+      reflection. Repeatable.
+      """
   )
   var protoset: [String] = []
 
@@ -59,7 +65,10 @@ struct ConnectionOptions: ParsableArguments {
     }
     if mesh, plaintext || cacert != nil || cert != nil || key != nil {
       throw ValidationError(
-        "--mesh uses the operator identity in --certs; it cannot be combined with --plaintext, --cacert, --cert or --key"
+        """
+        --mesh uses the operator identity in --certs; it cannot be combined with --plaintext, \
+        --cacert, --cert or --key
+        """
       )
     }
     if (cert == nil) != (key == nil) {

@@ -51,7 +51,10 @@ struct MeshTarget {
       }
     } catch let error as RPCError {
       throw CLIFailure.other(
-        "cannot read the mesh config from the control plane at \(controlPlane): \(error.code.canonicalName): \(error.message)"
+        """
+        cannot read the mesh config from the control plane at \(controlPlane): \
+        \(error.code.canonicalName): \(error.message)
+        """
       )
     }
     var config = MeshConfig()
@@ -67,7 +70,10 @@ struct MeshTarget {
       + registered.filter { $0.service == service }.map(\.address)
     guard let endpoint = candidates.randomElement() else {
       throw CLIFailure.other(
-        "'\(service)' has no endpoints in the mesh config (version \(stored?.version ?? 0)) and none registered"
+        """
+        '\(service)' has no endpoints in the mesh config (version \(stored?.version ?? 0)) and \
+        none registered
+        """
       )
     }
     let address = try HostPort(parsing: endpoint)

@@ -1,19 +1,19 @@
 import ArgumentParser
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import GRPCCore
 import Logging
 import MeshConfig
 import MeshControlClient
 import MeshIdentity
 import MeshProxy
-import MeshProtos
 import MeshServiceKit
 import MeshTracing
 import ServiceLifecycle
+
+#if canImport(FoundationEssentials)
+  import FoundationEssentials
+#else
+  import Foundation
+#endif
 
 /// `sidecar`: the proxy beside every service.
 ///
@@ -26,7 +26,7 @@ struct SidecarCommand: AsyncParsableCommand {
     commandName: "sidecar",
     abstract: "Carry a service's gRPC traffic over mutual TLS with workload identities.",
     discussion: """
-      Either --config FILE, or the settings as flags (--service, --app, --cert, --key, --bundle
+      Either --config FILE, or the settings as flags (--service, --app, --cert, --key, --bundle \
       and optionally the rest).
       """)
 
@@ -151,8 +151,7 @@ struct SidecarCommand: AsyncParsableCommand {
 
   /// Where the sidecar's spans (and its app's) go: the bootstrap's collector, or the control
   /// plane's; nil (nothing recorded) without either.
-  private static func spanExporter(_ bootstrap: SidecarBootstrap, logger: Logger) -> SpanExporter?
-  {
+  private static func spanExporter(_ bootstrap: SidecarBootstrap, logger: Logger) -> SpanExporter? {
     let destination: OTLPTraceSender.Destination
     if let collector = bootstrap.collector {
       destination = .plaintext(collector)
@@ -241,7 +240,10 @@ struct SidecarCommand: AsyncParsableCommand {
   private static func describe(_ error: any Error) -> String {
     if let error = error as? RPCError {
       return
-        "cannot get a certificate from the control plane: \(error.code.canonicalName): \(error.message)"
+        """
+        cannot get a certificate from the control plane: \(error.code.canonicalName): \
+        \(error.message)
+        """
     }
     return "\(error)"
   }

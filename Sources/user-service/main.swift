@@ -12,7 +12,8 @@ import UserService
 @main
 struct UserServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "user-service", abstract: "Serve shop.v1.UserService over gRPC (h2c).")
+    commandName: "user-service", abstract: "Serve shop.v1.UserService over gRPC (h2c).",
+    usage: "user-service [<options>]")
 
   @OptionGroup var options: ServiceOptions
 
@@ -21,7 +22,10 @@ struct UserServiceCommand: AsyncParsableCommand {
 
   @Option(
     help:
-      "The sidecar's outbound listener, HOST:PORT: the outbox is published to the events service through it (without it, events wait in the outbox)."
+      """
+      The sidecar's outbound listener, HOST:PORT: the outbox is published to the events service \
+      through it (without it, events wait in the outbox).
+      """
   )
   var sidecar: String?
 
@@ -34,7 +38,8 @@ struct UserServiceCommand: AsyncParsableCommand {
       let clients = try SidecarClients(option: sidecar)
       others.append(clients)
       others.append(
-        OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "user-service")) { event in
+        OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "user-service")) {
+          event in
           var request = Shop_V1_PublishRequest()
           request.event = event
           // The publication joins the trace of the call that made the event.

@@ -51,14 +51,16 @@ import Testing
     #expect(names.contains("GET /v1/customers/{user_id}"))
     // Streaming methods have no binding.
     #expect(!table.routes.contains { $0.method.serverStreaming || $0.method.clientStreaming })
-    guard case .matched(let route, let values) = table.resolve(method: "GET", path: "/v1/orders/ord_7")
+    guard
+      case .matched(let route, let values) = table.resolve(method: "GET", path: "/v1/orders/ord_7")
     else {
       Issue.record("GET /v1/orders/ord_7 did not match")
       return
     }
     #expect(route.method.fullPath == "shop.v1.OrderService/GetOrder")
     #expect(values == ["id": "ord_7"])
-    guard case .methodNotAllowed(let allowed) = table.resolve(method: "DELETE", path: "/v1/orders/x")
+    guard
+      case .methodNotAllowed(let allowed) = table.resolve(method: "DELETE", path: "/v1/orders/x")
     else {
       Issue.record("DELETE /v1/orders/x should be a known path with other methods")
       return
@@ -73,8 +75,9 @@ import Testing
   @Test func requestsAreBuiltFromPathQueryAndBody() throws {
     let table = try RouteTable(pool: pool)
     let transcoder = Transcoder(pool: pool)
-    guard case .matched(let list, let values) = table.resolve(
-      method: "GET", path: "/v1/users/usr_1/orders")
+    guard
+      case .matched(let list, let values) = table.resolve(
+        method: "GET", path: "/v1/users/usr_1/orders")
     else { throw RoutingError() }
     let bytes = try transcoder.request(
       for: list, pathValues: values, query: [("page_size", "5"), ("pageToken", "abc")], body: [])
@@ -94,7 +97,8 @@ import Testing
 
     func failure(_ body: String, query: [(String, String)] = []) -> String {
       do {
-        _ = try transcoder.request(for: create, pathValues: none, query: query, body: Array(body.utf8))
+        _ = try transcoder.request(
+          for: create, pathValues: none, query: query, body: Array(body.utf8))
         return "accepted"
       } catch {
         #expect(error.httpStatus == 400)

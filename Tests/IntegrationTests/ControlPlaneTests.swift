@@ -85,7 +85,10 @@ import Testing
     var result = try request(tokenFile, name: "x", csr: "\(directory)/other.csr")
     #expect(
       result.stderr.contains(
-        "PERMISSION_DENIED: the CSR asks for spiffe://trellis.local/svc/payments, but the join token is for spiffe://trellis.local/svc/orders"
+        """
+        PERMISSION_DENIED: the CSR asks for spiffe://trellis.local/svc/payments, but the join \
+        token is for spiffe://trellis.local/svc/orders
+        """
       ), "\(result.stderr)")
     result = try request(tokenFile, name: "x", csr: "\(directory)/rsa.csr")
     #expect(

@@ -96,7 +96,8 @@ import Testing
     let object = try #require(
       try JSONSerialization.jsonObject(with: Data(page.body.utf8)) as? [String: Any])
     let services = object["services"] as? [[String: Any]] ?? []
-    let endpoints = services.first { $0["service"] as? String == "r" }?["endpoints"]
+    let endpoints =
+      services.first { $0["service"] as? String == "r" }?["endpoints"]
       as? [[String: Any]] ?? []
     let bad = endpoints.first { $0["address"] as? String == failing }
     #expect(bad?["state"] as? String == "ejected", "\(page.body)")
@@ -115,12 +116,18 @@ import Testing
     defer { namespace.remove() }
     let python = try resolve("python3")
     let app = try ServiceProcess(
-      "ip", ["netns", "exec", namespace.name, python, RetryAndDeadlineTests.script, "serve", "far", scene.log])
+      "ip",
+      [
+        "netns", "exec", namespace.name, python, RetryAndDeadlineTests.script, "serve", "far",
+        scene.log,
+      ])
     scene.processes.append(app)
     let bootstrap = try scene.mesh.write(
-      "far-sidecar.yaml", scene.mesh.bootstrap("r", app: app.address, inbound: "\(namespace.inside):0"))
+      "far-sidecar.yaml",
+      scene.mesh.bootstrap("r", app: app.address, inbound: "\(namespace.inside):0"))
     let far = try RunningSidecar(
-      ServiceProcess("ip", ["netns", "exec", namespace.name, binary("sidecar"), "--config", bootstrap]))
+      ServiceProcess(
+        "ip", ["netns", "exec", namespace.name, binary("sidecar"), "--config", bootstrap]))
     scene.processes.append(far.process)
     #expect(far.inbound.hasPrefix(namespace.inside))
     let client = try scene.client(
@@ -178,7 +185,10 @@ import Testing
     }
     let refused = calls.filter(isRefused)
     #expect(refused.count == 4, "\(calls)")
-    #expect(refused.allSatisfy { $0["code"] as? String == "UNAVAILABLE" && ($0["ms"] as? Double ?? 9e9) < 500 })
+    #expect(
+      refused.allSatisfy {
+        $0["code"] as? String == "UNAVAILABLE" && ($0["ms"] as? Double ?? 9e9) < 500
+      })
     #expect(
       refused.first?["details"] as? String
         == "circuit breaker: 2 calls to 'r' are waiting for a connection (maxPendingRequests)")
@@ -230,7 +240,8 @@ import Testing
       "slow instance: share p2c-ewma \(shares.ewma), round-robin \(shares.roundRobin); "
         + "mean p2c-ewma \(mean.ewma) ms, round-robin \(mean.roundRobin) ms; "
         + "p90 p2c-ewma \(p90.ewma) ms, round-robin \(p90.roundRobin) ms; "
-        + "p99 p2c-ewma \(figure(ewma, "p99_ms")) ms, round-robin \(figure(roundRobin, "p99_ms")) ms")
+        + "p99 p2c-ewma \(figure(ewma, "p99_ms")) ms, round-robin \(figure(roundRobin, "p99_ms")) ms"
+    )
     #expect(shares.roundRobin > 0.25, "\(roundRobin)")
     #expect(shares.ewma < shares.roundRobin / 2, "\(ewma)")
     #expect(mean.ewma < mean.roundRobin, "\(ewma) \(roundRobin)")

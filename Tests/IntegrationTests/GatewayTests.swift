@@ -61,7 +61,8 @@ func http(
 
     init(maxBody: Int = 4096) throws {
       folder = try makeTemporaryDirectory("gateway")
-      users = try startService("user-service", database: folder.appendingPathComponent("users.sqlite"))
+      users = try startService(
+        "user-service", database: folder.appendingPathComponent("users.sqlite"))
       payments = try startService(
         "payment-service", database: folder.appendingPathComponent("payments.sqlite"),
         extra: ["--charge-limit", "100000"])
@@ -83,7 +84,9 @@ func http(
 
     var auth: [String: String] { ["x-api-key": key] }
 
-    func post(_ path: String, _ json: String, headers: [String: String]? = nil) throws
+    func post(
+      _ path: String, _ json: String, headers: [String: String]? = nil
+    ) throws
       -> HTTPExchange
     {
       try http("POST", base + path, headers: headers ?? auth, body: Data(json.utf8))
@@ -127,7 +130,9 @@ func http(
     #expect((listed.json["orders"] as? [[String: Any]])?.count == 1)
     let token = try #require(listed.json["nextPageToken"] as? String)
     let next = try shop.get("/v1/users/\(user)/orders?pageSize=1&page_token=\(token)")
-    #expect((next.json["orders"] as? [[String: Any]])?.first?["id"] as? String == declined.json["id"] as? String)
+    #expect(
+      (next.json["orders"] as? [[String: Any]])?.first?["id"] as? String == declined.json["id"]
+        as? String)
 
     let cancel = try shop.post("/v1/orders/\(confirmed.json["id"] as! String):cancel", "{}")
     #expect(cancel.status == 400)
@@ -168,7 +173,9 @@ func http(
     #expect(badQuery.status == 400)
     #expect(badQuery.errorMessage == #"page_size: "many" is not an integer"#)
     let unknownQuery = try shop.get("/v1/users/usr_1/orders?colour=red")
-    #expect(unknownQuery.errorMessage == "query parameter colour: shop.v1.ListOrdersRequest has no such field")
+    #expect(
+      unknownQuery.errorMessage
+        == "query parameter colour: shop.v1.ListOrdersRequest has no such field")
     let invalid = try shop.post("/v1/users", #"{"email":"nope","name":"N"}"#)
     #expect(invalid.status == 400)
     #expect(invalid.errorMessage == #"email: "nope" is not a valid email address"#)
@@ -191,7 +198,8 @@ func http(
       headers: shop.auth.merging(["transfer-encoding": "chunked"]) { $1 }, body: big)
     #expect(chunked.status == 413)
     // Request ids: the caller's kept, else a new one; a trace id on every answer.
-    let mine = try shop.get("/v1/users/usr_1", headers: shop.auth.merging(["x-request-id": "abc-123"]) { $1 })
+    let mine = try shop.get(
+      "/v1/users/usr_1", headers: shop.auth.merging(["x-request-id": "abc-123"]) { $1 })
     #expect(mine.headers["x-request-id"] == "abc-123")
     #expect(anonymous.headers["x-request-id"]?.hasPrefix("req_") == true)
     #expect(unknown.headers["x-trace-id"]?.count == 32)
@@ -249,7 +257,11 @@ func http(
     #expect(busy.status == 1)
     #expect(
       busy.stderr.contains(
-        "gateway: cannot listen on \(holder.address): the address is still in use after waiting 0.3 seconds"),
+        """
+        gateway: cannot listen on \(holder.address): the address is still in use after waiting 0.3 \
+        seconds
+        """
+      ),
       "\(busy.stderr)")
   }
 }

@@ -43,7 +43,9 @@ import Testing
     }
 
     func executions(of key: String) throws -> [[String: Any]] {
-      try executions().filter { $0["key"] as? String == key && $0["method"] as? String != "cancelled" }
+      try executions().filter {
+        $0["key"] as? String == key && $0["method"] as? String != "cancelled"
+      }
     }
   }
 
@@ -219,7 +221,8 @@ import Testing
     // The caller's own deadline is the caller's to keep first; the route's three are the
     // sidecar's.
     #expect(
-      try client.metric("trellis_deadline_exceeded_total", ["direction": "outbound", "service": "r"])
+      try client.metric(
+        "trellis_deadline_exceeded_total", ["direction": "outbound", "service": "r"])
         >= 3)
   }
 
@@ -266,7 +269,8 @@ import Testing
     #expect(delayed["code"] as? String == "OK")
     #expect((delayed["ms"] as? Double ?? 0) >= 300)
     // 10 % aborted, over 10,000 calls: within ±2 %.
-    let tenth = try load(client, "Get", calls: 10_000, concurrency: 8, headers: ["x-drill": "tenth"])
+    let tenth = try load(
+      client, "Get", calls: 10_000, concurrency: 8, headers: ["x-drill": "tenth"])
     let codes = tenth["codes"] as? [String: Int] ?? [:]
     let total = Double((codes["OK"] ?? 0) + (codes["UNAVAILABLE"] ?? 0))
     let share = Double(codes["UNAVAILABLE"] ?? 0) / max(total, 1)

@@ -40,9 +40,12 @@ final class LocalShop: @unchecked Sendable {
         return
       }
       attempt += 1
-      guard result.stdout.contains("ports already in use") || result.stderr.contains("ports already in use"), attempt < 5
+      guard
+        result.stdout.contains("ports already in use")
+          || result.stderr.contains("ports already in use"), attempt < 5
       else {
-        throw HarnessError("meshctl up failed (\(result.status)): \(result.stdout)\n\(result.stderr)")
+        throw HarnessError(
+          "meshctl up failed (\(result.status)): \(result.stdout)\n\(result.stderr)")
       }
     }
   }
@@ -53,8 +56,9 @@ final class LocalShop: @unchecked Sendable {
   }
 
   var runFile: [String: Any] {
-    let data = FileManager.default.contents(
-      atPath: directory.appendingPathComponent(".trellis/run.json").path) ?? Data()
+    let data =
+      FileManager.default.contents(
+        atPath: directory.appendingPathComponent(".trellis/run.json").path) ?? Data()
     return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
   }
 
@@ -179,11 +183,15 @@ struct GatewayLoad {
     let confirmed = try shop.post("/v1/orders", Self.order(user, minor: 450))
     #expect(confirmed.json["status"] as? String == "ORDER_STATUS_CONFIRMED", "\(confirmed)")
     let order = try #require(confirmed.json["id"] as? String)
-    #expect(try shop.get("/v1/orders/\(order)").json["paymentId"] as? String == confirmed.json["paymentId"] as? String)
+    #expect(
+      try shop.get("/v1/orders/\(order)").json["paymentId"] as? String == confirmed.json[
+        "paymentId"] as? String)
     // One over payments' limit (1,000,000 minor units): cancelled, with the reason.
     let declined = try shop.post("/v1/orders", Self.order(user, minor: 600_000))
     #expect(declined.json["status"] as? String == "ORDER_STATUS_CANCELLED", "\(declined)")
-    #expect((declined.json["cancelReason"] as? String)?.hasPrefix("payment declined: charge declined") == true)
+    #expect(
+      (declined.json["cancelReason"] as? String)?.hasPrefix("payment declined: charge declined")
+        == true)
 
     // The trace of the order: gateway → orders → payments, app and sidecar spans.
     let traceID = try #require(confirmed.headers["x-trace-id"])
@@ -222,31 +230,46 @@ struct GatewayLoad {
     let listed = document["processes"] as? [[String: Any]] ?? []
     #expect(listed.count == 11, "\(document)")
     #expect(listed.allSatisfy { $0["state"] as? String == "running" }, "\(listed)")
-    #expect(Set(listed.compactMap { $0["pid"] as? Int }) == Set(shop.processes.compactMap { $0["pid"] as? Int }))
+    #expect(
+      Set(listed.compactMap { $0["pid"] as? Int })
+        == Set(shop.processes.compactMap { $0["pid"] as? Int }))
     #expect((document["sidecars"] as? [[String: Any]])?.count == 5, "\(document)")
     let check = try shop.meshctl(["check"])
     #expect(check.status == 0, "\(check.stdout)")
     #expect(check.stdout.contains("√ the gateway answers"))
     let logs = try shop.meshctl(["logs", "orders", "-n", "5"])
     #expect(logs.stdout.contains(#""logger":"order-service""#), "\(logs.stdout)")
-    #expect(try shop.meshctl(["logs", "shipping"]).stderr.contains("no process or service shipping"))
+    #expect(
+      try shop.meshctl(["logs", "shipping"]).stderr.contains("no process or service shipping"))
     let unknown = try shop.meshctl(["restart", "shipping"])
     #expect(unknown.status == 1)
     #expect(
       unknown.stderr.contains(
-        "no service shipping; restart one of events, payments, users, orders, gateway, control-plane"),
+        """
+        no service shipping; restart one of events, payments, users, orders, gateway, \
+        control-plane
+        """
+      ),
       "\(unknown.stderr)")
     let again = try shop.meshctl(["up", "--detach", "--no-build"])
     #expect(again.status != 0)
     #expect((again.stdout + again.stderr).contains("the shop is already running"))
 
-    // Down stops every process; the data stays for the next up.
+    // Down stops every process, and returns only once each has exited: one that ignores
+    // SIGTERM (stopped, here) is killed after --timeout and named. The data stays.
     let pids = shop.processes.compactMap { $0["pid"] as? Int }
-    let down = try shop.meshctl(["down"])
+    let payments = try #require(shop.pid(of: "payments"))
+    kill(pid_t(payments), SIGSTOP)
+    let down = try shop.meshctl(["down", "--timeout", "2"])
+    #expect(down.status == 0, "\(down.stdout)\(down.stderr)")
+    #expect(
+      down.stdout.contains("payments (pid \(payments)) did not exit within 2 s of SIGTERM: killed"),
+      "\(down.stdout)")
     #expect(down.stdout.contains("stopped 11 processes"), "\(down.stdout)")
-    #expect(pids.allSatisfy { !isAlive($0) })
-    #expect(FileManager.default.fileExists(
-      atPath: shop.directory.appendingPathComponent(".trellis/data/orders/orders.sqlite").path))
+    #expect(pids.allSatisfy { !isAlive($0) }, "\(pids.filter { isAlive($0) }) still run")
+    #expect(
+      FileManager.default.fileExists(
+        atPath: shop.directory.appendingPathComponent(".trellis/data/orders/orders.sqlite").path))
 
     // A second up reuses the CA, the config, the sidecars' identities and the data.
     let second = try shop.meshctl([
@@ -256,7 +279,8 @@ struct GatewayLoad {
     #expect(second.status == 0, "\(second.stdout)\(second.stderr)")
     #expect(second.stdout.contains(".trellis/mesh.yaml is the running config (version 1)"))
     #expect(!second.stdout.contains("creating the mesh's CA"))
-    #expect(try shop.get("/v1/orders/\(order)").json["status"] as? String == "ORDER_STATUS_CONFIRMED")
+    #expect(
+      try shop.get("/v1/orders/\(order)").json["status"] as? String == "ORDER_STATUS_CONFIRMED")
     #expect(try shop.get("/v1/customers/\(user)").status == 200)
   }
 
@@ -268,10 +292,14 @@ struct GatewayLoad {
     let load = try shop.load()
     Thread.sleep(forTimeInterval: 2)
     for service in ["orders", "users", "payments", "events", "control-plane"] {
-      let before = shop.processes.filter { $0["service"] as? String == service }.compactMap { $0["pid"] as? Int }
+      let before = shop.processes.filter { $0["service"] as? String == service }.compactMap {
+        $0["pid"] as? Int
+      }
       let restarted = try shop.meshctl(["restart", service])
       #expect(restarted.status == 0, "\(restarted.stdout)\(restarted.stderr)")
-      let after = shop.processes.filter { $0["service"] as? String == service }.compactMap { $0["pid"] as? Int }
+      let after = shop.processes.filter { $0["service"] as? String == service }.compactMap {
+        $0["pid"] as? Int
+      }
       #expect(Set(before).isDisjoint(with: after), "\(service): \(before) → \(after)")
       #expect(before.allSatisfy { !isAlive($0) })
     }
@@ -320,7 +348,12 @@ struct GatewayLoad {
 
     let settled = try shop.settledInvariants()
     #expect((settled["violations"] as? [String])?.isEmpty == true, "\(settled)")
-    print("restarts under load: \(statuses); gateway handed over: \(gatewayStatuses) \(failures), port probe \(gap); \(settled)")
+    print(
+      """
+      restarts under load: \(statuses); gateway handed over: \(gatewayStatuses) \(failures), port \
+      probe \(gap); \(settled)
+      """
+    )
   }
 
   /// kill -9 of an orders instance under load, mid-saga: the other instance (by lease) and
@@ -393,16 +426,23 @@ struct GatewayLoad {
     #expect(text().contains("Ctrl-C stops it"), "\(text())")
     #expect(text().contains(#"[control-plane] {"#))
     #expect(text().contains(#"[orders-sidecar] {"#))
-    let shop = (try? JSONSerialization.jsonObject(
-      with: FileManager.default.contents(atPath: directory.appendingPathComponent(".trellis/run.json").path) ?? Data()))
+    let shop =
+      (try? JSONSerialization.jsonObject(
+        with: FileManager.default.contents(
+          atPath: directory.appendingPathComponent(".trellis/run.json").path) ?? Data()))
       as? [String: Any]
     let processes = shop?["processes"] as? [[String: Any]] ?? []
-    let payments = try #require(processes.first { $0["name"] as? String == "payments" }?["pid"] as? Int)
+    let payments = try #require(
+      processes.first { $0["name"] as? String == "payments" }?["pid"] as? Int)
     kill(pid_t(payments), SIGKILL)
-    while !text().contains("[meshctl] payments (pid \(payments)) was killed by signal 9"), Date() < end {
+    while !text().contains("[meshctl] payments (pid \(payments)) was killed by signal 9"),
+      Date() < end
+    {
       Thread.sleep(forTimeInterval: 0.2)
     }
-    #expect(text().contains("[meshctl] payments (pid \(payments)) was killed by signal 9; its last lines"))
+    #expect(
+      text().contains("[meshctl] payments (pid \(payments)) was killed by signal 9; its last lines")
+    )
     kill(process.processIdentifier, SIGINT)
     process.waitUntilExit()
     #expect(process.terminationStatus == 0)
@@ -449,8 +489,10 @@ struct GatewayLoad {
     let directory = try makeTemporaryDirectory("check")
     let result = try run(binary("meshctl"), ["check"], directory: directory)
     #expect(result.status == 1)
-    #expect(result.stdout.contains("× no CA in certs/\n    fix: meshctl certs init"), "\(result.stdout)")
-    let bad = try run(binary("meshctl"), ["up", "--no-build", "--replicas", "shipping=2"], directory: directory)
+    #expect(
+      result.stdout.contains("× no CA in certs/\n    fix: meshctl certs init"), "\(result.stdout)")
+    let bad = try run(
+      binary("meshctl"), ["up", "--no-build", "--replicas", "shipping=2"], directory: directory)
     #expect(bad.status != 0)
     #expect(bad.stderr.contains("--replicas shipping=2: no such service"), "\(bad.stderr)")
   }

@@ -265,7 +265,8 @@ import Testing
   /// A call that outlasts `drainTimeout` (a stream that never ends, say) does not hold the
   /// sidecar: when the timeout passes the call is ended and the sidecar exits.
   @Test func aCallOutlastingTheDrainTimeoutIsEndedAndTheSidecarExits() throws {
-    let (server, client) = try mesh.pair(app: self.server.address, serverLimits: "  drainTimeout: 1s")
+    let (server, client) = try mesh.pair(
+      app: self.server.address, serverLimits: "  drainTimeout: 1s")
     defer { client.process.stop() }
     let slow = Process()
     slow.executableURL = URL(fileURLWithPath: try resolve("python3"))

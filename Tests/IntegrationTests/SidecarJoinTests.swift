@@ -389,7 +389,8 @@ import Testing
     while tap.isRunning, Date() < tapDeadline { Thread.sleep(forTimeInterval: 0.05) }
     if tap.isRunning { tap.terminate() }
     tap.waitUntilExit()
-    let tapSaid = String(decoding: tapErrors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let tapSaid = String(
+      decoding: tapErrors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     #expect(tap.terminationStatus != 0)
     #expect(tapSaid.contains("the control plane is shutting down"), "\(tapSaid)")
     #expect(try call(client) == "OK")

@@ -201,7 +201,10 @@ import Testing
     #expect(result.status != 0)
     #expect(
       result.stderr.contains(
-        "\(badMesh):4:9: services.echo.endpoints[0].adress: unknown field; expected one of address, labels"
+        """
+        \(badMesh):4:9: services.echo.endpoints[0].adress: unknown field; expected one of address, \
+        labels
+        """
       ), "\(result.stderr)")
     let badBootstrap = try mesh.write(
       "bad-bootstrap.yaml",

@@ -30,7 +30,9 @@ import Testing
 
   /// A sidecar joined through the control plane, not registered (its app is not a gRPC
   /// health server, or it has none).
-  func sidecar(_ service: String, app: String = "127.0.0.1:1", register: Bool = false) throws
+  func sidecar(
+    _ service: String, app: String = "127.0.0.1:1", register: Bool = false
+  ) throws
     -> RunningSidecar
   {
     let sidecar = try mesh.joiningSidecar(
@@ -55,7 +57,8 @@ import Testing
   /// A `resilience.py` server named `name` behind a sidecar of service `r`.
   func resilienceServer(_ name: String, _ flags: [String] = []) throws -> RunningSidecar {
     let log = mesh.directory.appendingPathComponent("executions.jsonl").path
-    let app = try ServiceProcess(try resolve("python3"), [Self.resilience, "serve", name, log] + flags)
+    let app = try ServiceProcess(
+      try resolve("python3"), [Self.resilience, "serve", name, log] + flags)
     processes.append(app)
     return try sidecar("r", app: app.address)
   }
@@ -79,7 +82,9 @@ import Testing
 
   /// The spans of the one trace `filters` match, once `count` of them are stored (spans
   /// reach the collector within a second or so); read back from `meshctl trace dump`.
-  func trace(_ filters: [String], spans count: Int, timeout: TimeInterval = 20) throws
+  func trace(
+    _ filters: [String], spans count: Int, timeout: TimeInterval = 20
+  ) throws
     -> [DumpedSpan]
   {
     let deadline = Date().addingTimeInterval(timeout)
@@ -137,10 +142,15 @@ import Testing
       for (outer, inner) in [(parent, inbound), (inbound, app), (app, work)] {
         #expect(
           inner.start >= outer.start && inner.end <= outer.end,
-          "\(inner.label) [\(inner.start), \(inner.end)] is not within \(outer.label) [\(outer.start), \(outer.end)]")
+          """
+          \(inner.label) [\(inner.start), \(inner.end)] is not within \(outer.label) \
+          [\(outer.start), \(outer.end)]
+          """
+        )
       }
-      #expect(inbound.attributes["trellis.peer.identity"] as? String
-        == "spiffe://trellis.local/svc/\(index == 0 ? "edge" : ["a", "b"][index - 1])")
+      #expect(
+        inbound.attributes["trellis.peer.identity"] as? String
+          == "spiffe://trellis.local/svc/\(index == 0 ? "edge" : ["a", "b"][index - 1])")
       if index < 2 {
         let onward = try #require(spans.first { $0.label == "\(service) sidecar client" })
         #expect(onward.parent == app.id)
@@ -154,7 +164,9 @@ import Testing
 
     // The app's log lines of the call carry its trace and span.
     let appLine = try #require(
-      try jsonObjects(b.log).first { $0["message"] as? String == "rpc" && $0["method"] as? String == "/trellis.demo.v1.Relay/Hop" })
+      try jsonObjects(b.log).first {
+        $0["message"] as? String == "rpc" && $0["method"] as? String == "/trellis.demo.v1.Relay/Hop"
+      })
     #expect(appLine["trace_id"] as? String == root.trace, "\(appLine)")
     #expect(appLine["span_id"] as? String == spans.first { $0.label == "b app server" }?.id)
     _ = (a, c)
@@ -211,14 +223,17 @@ import Testing
     #expect(
       attempts.sorted { $0.start < $1.start }.map { $0.attributes["trellis.attempt"] as? String }
         == ["1", "2"])
-    #expect(attempts.sorted { $0.start < $1.start }.first?.status == 2, "the failed attempt is an error")
+    #expect(
+      attempts.sorted { $0.start < $1.start }.first?.status == 2, "the failed attempt is an error")
 
     let slow = try call(client, "Sleep", "2000")
     #expect(slow["code"] as? String == "DEADLINE_EXCEEDED", "\(slow)")
     let expired = try trace(["--method", "r.R/Sleep", "--errors"], spans: 2)
     let caller = try #require(expired.first { $0.parent == nil })
-    let event = try #require(caller.events.first { $0.name == "deadline_exceeded" }, "\(caller.events)")
-    #expect((event.attributes["cause"] as? String)?.contains("300 ms") == true, "\(event.attributes)")
+    let event = try #require(
+      caller.events.first { $0.name == "deadline_exceeded" }, "\(caller.events)")
+    #expect(
+      (event.attributes["cause"] as? String)?.contains("300 ms") == true, "\(event.attributes)")
     #expect(caller.attributes["rpc.grpc.status_code"] as? String == "4")
     #expect(caller.status == 2)
     let shown = try mesh.meshctl(["trace", "show", caller.trace], plane: plane)
@@ -273,7 +288,9 @@ import Testing
     ] {
       let replaced = try seen(["traceparent": malformed])
       let fresh = try #require(replaced["traceparent"], "\(malformed): \(replaced)")
-      #expect(fresh != malformed && !fresh.contains(trace) && !fresh.contains("00000000000000000000000000000000"))
+      #expect(
+        fresh != malformed && !fresh.contains(trace)
+          && !fresh.contains("00000000000000000000000000000000"))
       #expect(fresh.count == 55 && fresh.hasPrefix("00-"), "\(fresh)")
     }
     let replacedTrace = try self.trace(["--method", "r.R/Headers", "--limit", "1"], spans: 2)
@@ -314,7 +331,9 @@ import Testing
     let codes = summary["codes"] as? [String: Int] ?? [:]
     #expect(codes.keys.sorted() == ["OK"], "\(summary)")
     #expect((codes["OK"] ?? 0) > 1000, "\(summary)")
-    print("collector stopped 60 s under load: \(codes["OK"] ?? 0) calls OK, p50 \(summary["p50_ms"] ?? "") ms, p99 \(summary["p99_ms"] ?? "") ms, \(Int(droppedWhileDown)) spans dropped")
+    print(
+      "collector stopped 60 s under load: \(codes["OK"] ?? 0) calls OK, p50 \(summary["p50_ms"] ?? "") ms, p99 \(summary["p99_ms"] ?? "") ms, \(Int(droppedWhileDown)) spans dropped"
+    )
     #expect(droppedWhileDown > 0, "spans not sent while the collector was stopped are counted")
 
     // Back: a new call's trace arrives.
@@ -324,10 +343,14 @@ import Testing
     _ = try trace(["--service", "client", "--since", since], spans: 2, timeout: 30)
 
     // The access log: one JSON line per call, with its trace.
-    let lines = try jsonObjects(client.process.log).filter { $0["direction"] as? String == "outbound" }
+    let lines = try jsonObjects(client.process.log).filter {
+      $0["direction"] as? String == "outbound"
+    }
     #expect(lines.count >= (codes["OK"] ?? 0), "one access-log line per call")
     let line = try #require(lines.last)
-    for key in ["time", "trace_id", "span_id", "method", "peer", "grpc_code", "duration_ms", "attempts"] {
+    for key in [
+      "time", "trace_id", "span_id", "method", "peer", "grpc_code", "duration_ms", "attempts",
+    ] {
       #expect(line[key] != nil, "access log lacks \(key): \(line)")
     }
     #expect(line["peer"] as? String == "spiffe://trellis.local/svc/r")
@@ -338,7 +361,11 @@ import Testing
   @Test func metricsPassPromtoolUnderLoad() throws {
     let server = try resilienceServer("metrics")
     try apply(
-      "services:\n  r:\n    endpoints: [{address: \(server.inbound)}]\n    methods:\n      r.R/Flaky: {idempotent: true}\n")
+      """
+      services:\n  r:\n    endpoints: [{address: \(server.inbound)}]\n    methods:\n      \
+      r.R/Flaky: {idempotent: true}\n
+      """
+    )
     let client = try sidecar("client")
     try waitForConfig(client)
     _ = try call(client, "Flaky", "m:1")  // a retry, counted
@@ -347,8 +374,7 @@ import Testing
     defer { _ = try? load.finish() }
     Thread.sleep(forTimeInterval: 2)
     let promtool = try resolve("promtool")
-    for page in [try client.adminPage("/metrics").body, try server.adminPage("/metrics").body]
-    {
+    for page in [try client.adminPage("/metrics").body, try server.adminPage("/metrics").body] {
       let checked = try run(promtool, ["check", "metrics"], stdin: Data((page + "\n").utf8))
       #expect(checked.status == 0, "promtool: \(checked.stdout) \(checked.stderr)")
       for name in [
@@ -356,11 +382,16 @@ import Testing
         "trellis_certificate_expiry_timestamp_seconds", "trellis_config_version",
         "trellis_tls_handshake_failures_total", "trellis_spans_dropped_total",
       ] {
-        #expect(page.contains("# TYPE \(name.replacingOccurrences(of: "_bucket", with: ""))"), "no \(name)")
+        #expect(
+          page.contains("# TYPE \(name.replacingOccurrences(of: "_bucket", with: ""))"),
+          "no \(name)")
       }
     }
     let page = try client.adminPage("/metrics").body
-    #expect(page.contains(#"trellis_requests_total{direction="outbound",service="r",method="/r.R/Get",grpc_code="OK"}"#))
+    #expect(
+      page.contains(
+        #"trellis_requests_total{direction="outbound",service="r",method="/r.R/Get",grpc_code="OK"}"#
+      ))
     #expect(page.contains(#"trellis_retries_total{service="r",reason="UNAVAILABLE"} 1"#), "\(page)")
   }
 
@@ -398,7 +429,8 @@ import Testing
     #expect(row["instances"] as? Int == 1)
     let byMethod = try top(["--methods"])
     #expect(byMethod.compactMap { $0["method"] as? String }.sorted() == ["/r.R/Flaky", "/r.R/Get"])
-    #expect(byMethod.first { $0["method"] as? String == "/r.R/Flaky" }?["successRate"] as? Double == 0)
+    #expect(
+      byMethod.first { $0["method"] as? String == "/r.R/Flaky" }?["successRate"] as? Double == 0)
     let table = try mesh.meshctl(["top", "--once"], plane: plane)
     #expect(table.contains("SUCCESS") && table.contains("98.36%"), "\(table)")
     print(table)
@@ -442,7 +474,9 @@ import Testing
 
   /// A shop service beside its own registered sidecar, exporting its spans to it (and, with
   /// `callsOut`, calling other services through it).
-  func shopService(_ service: String, _ executable: String, callsOut: Bool = true) throws
+  func shopService(
+    _ service: String, _ executable: String, callsOut: Bool = true
+  ) throws
     -> RunningSidecar
   {
     let port = try freeLoopbackPort()
@@ -476,7 +510,8 @@ import Testing
       "shop.v1.UserService/CreateUser", "-d", #"{"email":"ada@example.com","name":"Ada"}"#,
     ])
     #expect(created.status == 0, "\(created.stderr)")
-    let user = try #require(try jsonObjects(created.stdout).first?["id"] as? String, "\(created.stdout)")
+    let user = try #require(
+      try jsonObjects(created.stdout).first?["id"] as? String, "\(created.stdout)")
 
     var customer: [String: Any]?
     let deadline = Date().addingTimeInterval(20)
@@ -485,8 +520,11 @@ import Testing
         "call", "--plaintext", "--authority", "orders", client.outbound,
         "shop.v1.OrderService/GetCustomer", "-d", #"{"userId":"\#(user)"}"#,
       ])
-      if found.status == 0 { customer = try jsonObjects(found.stdout).first }
-      else { Thread.sleep(forTimeInterval: 0.2) }
+      if found.status == 0 {
+        customer = try jsonObjects(found.stdout).first
+      } else {
+        Thread.sleep(forTimeInterval: 0.2)
+      }
     }
     #expect(customer?["name"] as? String == "Ada", "orders never learnt of \(user)")
     #expect(customer?["email"] as? String == "ada@example.com")
@@ -514,7 +552,9 @@ import Testing
     var text = ""
     while Date() < deadline {
       text = try mesh.meshctl(["get", "endpoints", "-o", "json"], plane: plane)
-      if services.allSatisfy({ text.contains("\"service\":\"\($0)\"") || text.contains("\"service\" : \"\($0)\"") }) {
+      if services.allSatisfy({
+        text.contains("\"service\":\"\($0)\"") || text.contains("\"service\" : \"\($0)\"")
+      }) {
         Thread.sleep(forTimeInterval: 1)  // pushed to every sidecar
         return
       }
@@ -565,7 +605,8 @@ struct DumpedSpan {
             out.append(
               DumpedSpan(
                 trace: span["traceId"] as? String ?? "", id: span["spanId"] as? String ?? "",
-                parent: span["parentSpanId"] as? String, service: resource["service.name"] as? String ?? "",
+                parent: span["parentSpanId"] as? String,
+                service: resource["service.name"] as? String ?? "",
                 component: resource["trellis.component"] as? String ?? "",
                 name: span["name"] as? String ?? "", kind: span["kind"] as? Int ?? 0,
                 start: UInt64(span["startTimeUnixNano"] as? String ?? "") ?? 0,

@@ -120,19 +120,31 @@ import Testing
       "routes[0].retries.on: 'NOPE' is not a gRPC status code"
     ),
     (
-      "services: {orders: {}}\nroutes:\n  - service: orders\n    timeout: 1s\n    perTryTimeout: 2s\n",
+      """
+      services: {orders: {}}\nroutes:\n  - service: orders\n    timeout: 1s\n    perTryTimeout: \
+      2s\n
+      """,
       "routes[0].perTryTimeout: longer than the route's timeout"
     ),
     (
-      "services: {orders: {}}\nroutes:\n  - service: orders\n    match: {headers: {X-Canary: '1'}}\n",
+      """
+      services: {orders: {}}\nroutes:\n  - service: orders\n    match: {headers: {X-Canary: \
+      '1'}}\n
+      """,
       "'X-Canary' is not a lower-case header name"
     ),
     (
-      "services: {orders: {}}\nroutes:\n  - service: orders\n    fault: {abort: {code: OK, percent: 5}}\n",
+      """
+      services: {orders: {}}\nroutes:\n  - service: orders\n    fault: {abort: {code: OK, percent: \
+      5}}\n
+      """,
       "routes[0].fault.abort.code: 'OK' is not a gRPC status code other than OK"
     ),
     (
-      "services: {orders: {}}\nroutes:\n  - service: orders\n    fault: {delay: {duration: 1s, percent: 101}}\n",
+      """
+      services: {orders: {}}\nroutes:\n  - service: orders\n    fault: {delay: {duration: 1s, \
+      percent: 101}}\n
+      """,
       "routes[0].fault.delay.percent: expected a percentage from 0 to 100"
     ),
     (

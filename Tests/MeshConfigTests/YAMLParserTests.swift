@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import TestSupport
+import Testing
 
 @testable import MeshConfig
 
@@ -232,8 +232,9 @@ import TestSupport
         guard case .scalar(let key) = pair.key else { return (render(pair.key), "") }
         return (key.value, render(pair.value))
       }
-      return "{" + entries.sorted { $0.0 < $1.0 }.map { "\(quote($0.0)):\($0.1)" }.joined(
-        separator: ",") + "}"
+      return "{"
+        + entries.sorted { $0.0 < $1.0 }.map { "\(quote($0.0)):\($0.1)" }.joined(
+          separator: ",") + "}"
     }
   }
 

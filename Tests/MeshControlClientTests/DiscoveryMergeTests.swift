@@ -8,7 +8,9 @@ import Testing
 /// endpoints and policies, the registrations added, and each method's idempotency as the
 /// service's descriptors declare it unless the config says otherwise.
 @Suite struct DiscoveryMergeTests {
-  func registration(_ address: String, methods: [(String, Int32)]) -> Trellis_Mesh_V1_RegisteredEndpoint {
+  func registration(
+    _ address: String, methods: [(String, Int32)]
+  ) -> Trellis_Mesh_V1_RegisteredEndpoint {
     .with {
       $0.service = "users"
       $0.address = address

@@ -42,11 +42,17 @@ import Testing
     let resource: [Attribute] = [
       .string("service.name", "orders"), .string("trellis.component", "sidecar"),
     ]
-    let bytes = OTLPEncoder.exportRequest([OTLPEncoder.resourceSpans(resource: resource, spans: spans())])
+    let bytes = OTLPEncoder.exportRequest([
+      OTLPEncoder.resourceSpans(resource: resource, spans: spans())
+    ])
     let decoded = try OTLPExportRequest(serializedBytes: bytes)
     let reference: [UInt8] = try decoded.serializedBytes()
-    let firstDifference = zip(reference, bytes).enumerated().first { $0.element.0 != $0.element.1 }?.offset
-    #expect(reference == bytes, "SwiftProtobuf writes \(reference.count) bytes, first different at \(firstDifference.map(String.init) ?? "the end")")
+    let firstDifference = zip(reference, bytes).enumerated().first { $0.element.0 != $0.element.1 }?
+      .offset
+    #expect(
+      reference == bytes,
+      "SwiftProtobuf writes \(reference.count) bytes, first different at \(firstDifference.map(String.init) ?? "the end")"
+    )
 
     let resourceSpans = try #require(decoded.resourceSpans.first)
     #expect(resourceSpans.resource.attributes.map(\.key) == ["service.name", "trellis.component"])

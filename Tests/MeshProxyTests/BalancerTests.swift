@@ -14,10 +14,12 @@ import Testing
     }
   }
 
-  func target(_ endpoints: [EndpointState], service: MeshConfig.Service = .init()) -> ServiceTarget {
+  func target(_ endpoints: [EndpointState], service: MeshConfig.Service = .init()) -> ServiceTarget
+  {
     ServiceTarget(
       name: "orders", endpoints: endpoints, routes: [Route(service: "orders", name: "default")],
-      service: service, limit: ConcurrencyLimit(maximum: 10), pending: ConcurrencyLimit(maximum: 10),
+      service: service, limit: ConcurrencyLimit(maximum: 10),
+      pending: ConcurrencyLimit(maximum: 10),
       budget: RetryBudgetWindow(RetryBudget()), roundRobin: RoundRobin())
   }
 
@@ -132,7 +134,8 @@ import Testing
     #expect(try service.candidates(for: route, draw: { _ in 89 }).get().count == 2)
     let canary = try service.candidates(for: route, draw: { _ in 90 }).get()
     #expect(canary.count == 1 && canary[0] === all[2])
-    let missing = Route(service: "orders", split: [WeightedSubset(labels: ["version": "v3"], weight: 1)])
+    let missing = Route(
+      service: "orders", split: [WeightedSubset(labels: ["version": "v3"], weight: 1)])
     guard case .failure(let error) = service.candidates(for: missing) else {
       Issue.record("a subset without endpoints was drawn")
       return

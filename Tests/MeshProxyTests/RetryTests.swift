@@ -33,16 +33,23 @@ import Testing
       reading.attemptEnded(.status(13, pushback: .none), remaining: nil, budget: always)
         == .giveUp(.notRetryable))
     #expect(
-      reading.attemptEnded(.status(14, pushback: .none), remaining: nil, budget: always, jitter: { _ in 0 })
+      reading.attemptEnded(
+        .status(14, pushback: .none), remaining: nil, budget: always, jitter: { _ in 0 })
         == .retry(after: .nanoseconds(0)))
   }
 
   @Test func aLostOrTimedOutAttemptMayHaveReachedTheApp() {
     var creating = state(idempotent: false)
-    #expect(creating.attemptEnded(.lost("reset"), remaining: nil, budget: always) == .giveUp(.notRetryable))
-    #expect(creating.attemptEnded(.perTryTimeout, remaining: nil, budget: always) == .giveUp(.notRetryable))
+    #expect(
+      creating.attemptEnded(.lost("reset"), remaining: nil, budget: always)
+        == .giveUp(.notRetryable))
+    #expect(
+      creating.attemptEnded(.perTryTimeout, remaining: nil, budget: always)
+        == .giveUp(.notRetryable))
     var reading = state(idempotent: true)
-    #expect(reading.attemptEnded(.perTryTimeout, remaining: nil, budget: always) != .giveUp(.notRetryable))
+    #expect(
+      reading.attemptEnded(.perTryTimeout, remaining: nil, budget: always) != .giveUp(.notRetryable)
+    )
   }
 
   @Test func attemptsStopAtThePolicysCount() {
@@ -57,7 +64,8 @@ import Testing
   @Test func aCommittedCallIsNeverRetried() {
     var retry = state(idempotent: true)
     retry.commit()
-    #expect(retry.attemptEnded(.refused("x"), remaining: nil, budget: always) == .giveUp(.committed))
+    #expect(
+      retry.attemptEnded(.refused("x"), remaining: nil, budget: always) == .giveUp(.committed))
   }
 
   @Test func aRequestOverTheBufferIsNotRetried() {
@@ -94,7 +102,8 @@ import Testing
         == .retry(after: .milliseconds(300)))
     var stopped = state(idempotent: true)
     #expect(
-      stopped.attemptEnded(.status(14, pushback: Pushback(header: "-1")), remaining: nil, budget: always)
+      stopped.attemptEnded(
+        .status(14, pushback: Pushback(header: "-1")), remaining: nil, budget: always)
         == .giveUp(.pushback))
     #expect(Pushback(header: "soon") == .stop)
   }
@@ -103,14 +112,19 @@ import Testing
     var late = state(idempotent: true)
     #expect(
       late.attemptEnded(
-        .status(14, pushback: Pushback(header: "500")), remaining: .milliseconds(100), budget: always)
+        .status(14, pushback: Pushback(header: "500")), remaining: .milliseconds(100),
+        budget: always)
         == .giveUp(.deadline))
     var poor = state(idempotent: true)
     #expect(poor.attemptEnded(.refused("x"), remaining: nil, budget: { false }) == .giveUp(.budget))
     // The budget is asked last: a call not retried for another reason spends nothing.
     var asked = false
     var creating = state(idempotent: false)
-    _ = creating.attemptEnded(.lost("x"), remaining: nil, budget: { asked = true; return true })
+    _ = creating.attemptEnded(
+      .lost("x"), remaining: nil,
+      budget: {
+        asked = true; return true
+      })
     #expect(!asked)
   }
 

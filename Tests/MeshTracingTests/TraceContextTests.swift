@@ -11,9 +11,12 @@ import Testing
   }
 
   @Test func aValidTraceparentIsRead() throws {
-    guard case .context(let context, .w3c) = incoming([
-      "traceparent": "00-\(trace)-\(parent)-01", "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
-    ]) else {
+    guard
+      case .context(let context, .w3c) = incoming([
+        "traceparent": "00-\(trace)-\(parent)-01",
+        "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+      ])
+    else {
       Issue.record("not read")
       return
     }
@@ -31,9 +34,11 @@ import Testing
   }
 
   @Test func aLaterVersionMayAppendFields() {
-    guard case .context(let context, _) = incoming([
-      "traceparent": "cc-\(trace)-\(parent)-01-what-the-future-holds"
-    ]) else {
+    guard
+      case .context(let context, _) = incoming([
+        "traceparent": "cc-\(trace)-\(parent)-01-what-the-future-holds"
+      ])
+    else {
       Issue.record("a later version's extra fields are ignored, not refused")
       return
     }
@@ -62,16 +67,20 @@ import Testing
 
   @Test func anOverlongTracestateIsDropped() {
     let long = String(repeating: "a=b,", count: 200)
-    guard case .context(let context, _) = incoming([
-      "traceparent": "00-\(trace)-\(parent)-01", "tracestate": long,
-    ]) else { return }
+    guard
+      case .context(let context, _) = incoming([
+        "traceparent": "00-\(trace)-\(parent)-01", "tracestate": long,
+      ])
+    else { return }
     #expect(context.traceState == nil)
   }
 
   @Test func b3SingleIsTranslated() {
-    guard case .context(let context, .b3Single) = incoming([
-      "b3": "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"
-    ]) else {
+    guard
+      case .context(let context, .b3Single) = incoming([
+        "b3": "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"
+      ])
+    else {
       Issue.record("not read")
       return
     }
@@ -99,16 +108,21 @@ import Testing
   }
 
   @Test func b3MultiIsTranslated() {
-    guard case .context(let context, .b3Multi) = incoming([
-      "x-b3-traceid": "80F198EE56343BA864FE8B2A57D3EFF7", "x-b3-spanid": "e457b5a2e4d86bd1",
-      "x-b3-flags": "1",
-    ]) else {
+    guard
+      case .context(let context, .b3Multi) = incoming([
+        "x-b3-traceid": "80F198EE56343BA864FE8B2A57D3EFF7", "x-b3-spanid": "e457b5a2e4d86bd1",
+        "x-b3-flags": "1",
+      ])
+    else {
       Issue.record("not read")
       return
     }
     #expect(context.traceID.description == "80f198ee56343ba864fe8b2a57d3eff7")
     #expect(context.sampled)
-    guard case .malformed = incoming(["x-b3-traceid": "80f198ee56343ba8", "x-b3-spanid": "0000000000000000"])
+    guard
+      case .malformed = incoming([
+        "x-b3-traceid": "80f198ee56343ba8", "x-b3-spanid": "0000000000000000",
+      ])
     else {
       Issue.record("a zero span id is refused")
       return
@@ -116,9 +130,11 @@ import Testing
   }
 
   @Test func traceparentWinsOverB3() {
-    guard case .context(_, .w3c) = incoming([
-      "traceparent": "00-\(trace)-\(parent)-01", "b3": "a3ce929d0e0e4736-00f067aa0ba902b7-1",
-    ]) else {
+    guard
+      case .context(_, .w3c) = incoming([
+        "traceparent": "00-\(trace)-\(parent)-01", "b3": "a3ce929d0e0e4736-00f067aa0ba902b7-1",
+      ])
+    else {
       Issue.record("W3C first")
       return
     }

@@ -103,7 +103,10 @@ import Testing
         fromTrellis.status == 0, "\(testCase.name): protoc cannot decode: \(fromTrellis.stderr)")
       #expect(
         fromTrellis.stdout == fromPython.stdout,
-        "\(testCase.name): protoc --decode differs:\n\(fromTrellis.stdout)\nPython's:\n\(fromPython.stdout)"
+        """
+        \(testCase.name): protoc --decode \
+        differs:\n\(fromTrellis.stdout)\nPython's:\n\(fromPython.stdout)
+        """
       )
     }
   }

@@ -204,7 +204,8 @@ import Testing
     #expect(pool.fileName(containingSymbol: "shop.v1.UserService") == "shop/v1/users.proto")
     #expect(pool.fileName(containingSymbol: "shop.v1.UserService.GetUser") == "shop/v1/users.proto")
     #expect(pool.fileName(containingSymbol: "shop.v1.Money") == "shop/v1/money.proto")
-    #expect(pool.fileName(containingSymbol: "shop.v1.ORDER_STATUS_CONFIRMED") == "shop/v1/orders.proto")
+    #expect(
+      pool.fileName(containingSymbol: "shop.v1.ORDER_STATUS_CONFIRMED") == "shop/v1/orders.proto")
     let files = pool.fileWithDependencies("shop/v1/orders.proto").map(\.name)
     #expect(files.first == "shop/v1/orders.proto")
     #expect(Set(files).isSuperset(of: ["shop/v1/money.proto", "google/api/annotations.proto"]))

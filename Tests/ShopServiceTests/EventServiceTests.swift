@@ -12,20 +12,26 @@ import Testing
   /// Collects what a subscription writes.
   final class Collector: RPCWriterProtocol, Sendable {
     private let received = Mutex<[Shop_V1_Delivery]>([])
-    func write(_ element: Shop_V1_Delivery) async throws { received.withLock { $0.append(element) } }
+    func write(_ element: Shop_V1_Delivery) async throws {
+      received.withLock { $0.append(element) }
+    }
     func write(contentsOf elements: some Sequence<Shop_V1_Delivery>) async throws {
       for element in elements { try await write(element) }
     }
     var deliveries: [Shop_V1_Delivery] { received.withLock { $0 } }
   }
 
-  func event(_ id: String, topic: String = "user.created", payload: String = "p") -> Shop_V1_PublishRequest {
+  func event(
+    _ id: String, topic: String = "user.created", payload: String = "p"
+  ) -> Shop_V1_PublishRequest {
     var request = Shop_V1_PublishRequest()
     request.event.id = id
     request.event.topic = topic
     request.event.type = "shop.v1.UserCreated"
     request.event.payload = Data(payload.utf8)
-    request.event.headers = ["traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    request.event.headers = [
+      "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ]
     return request
   }
 
@@ -42,7 +48,8 @@ import Testing
     request.ackDeadlineSeconds = ackDeadline
     let collector = Collector()
     let subscription = Task {
-      try await bus.subscribe(request: request, response: RPCWriter(wrapping: collector), context: context())
+      try await bus.subscribe(
+        request: request, response: RPCWriter(wrapping: collector), context: context())
     }
     let deadline = ContinuousClock.now + timeout
     while collector.deliveries.count < count, ContinuousClock.now < deadline {
@@ -78,7 +85,9 @@ import Testing
 
   @Test func everyGroupGetsEveryEventAndAGroupSharesThem() async throws {
     let bus = try EventService(databasePath: try databasePath("events-groups"))
-    for index in 0..<20 { _ = try await bus.publish(request: event("e\(index)"), context: context()) }
+    for index in 0..<20 {
+      _ = try await bus.publish(request: event("e\(index)"), context: context())
+    }
     let orders = try await receive(bus, group: "orders", count: 20)
     let audit = try await receive(bus, group: "audit", count: 20)
     #expect(orders.map(\.event.id) == (0..<20).map { "e\($0)" })
@@ -125,7 +134,8 @@ import Testing
     var request = Shop_V1_SubscribeRequest()
     request.topic = "user.created"
     await expectStatus(.invalidArgument) {
-      try await bus.subscribe(request: request, response: RPCWriter(wrapping: Collector()), context: context())
+      try await bus.subscribe(
+        request: request, response: RPCWriter(wrapping: Collector()), context: context())
     }
   }
 }

@@ -2,11 +2,11 @@ import EventService
 import Foundation
 import GRPCCore
 import Logging
+import OrderService
 import ShopProtos
 import ShopSupport
 import SwiftProtobuf
 import Testing
-import OrderService
 import UserService
 
 /// `user.created` goes through the users service's outbox: written with the user in one
@@ -32,7 +32,8 @@ import UserService
     #expect(try Outbox.unpublished(users.outboxDatabase).map(\.id) == ["user.created/\(ada.id)"])
 
     users = try UserService(databasePath: usersPath)
-    let relay = OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "test"), publish: publish)
+    let relay = OutboxRelay(
+      database: users.outboxDatabase, logger: Logger(label: "test"), publish: publish)
     #expect(try await relay.relayOnce() == 1)
     #expect(try await relay.relayOnce() == 0)
     #expect(try Outbox.unpublished(users.outboxDatabase).isEmpty)
@@ -66,7 +67,8 @@ import UserService
     #expect(collector.deliveries.count == 1)
     let delivered = try #require(collector.deliveries.first?.event)
     #expect(delivered.id == "user.created/\(ada.id)" && delivered.type == "shop.v1.UserCreated")
-    #expect(delivered.headers["traceparent"]?.hasPrefix("00-4bf92f3577b34da6a3ce929d0e0e4736") == true)
+    #expect(
+      delivered.headers["traceparent"]?.hasPrefix("00-4bf92f3577b34da6a3ce929d0e0e4736") == true)
     let created = try Shop_V1_UserCreated(serializedBytes: delivered.payload)
     #expect(created.userID == ada.id && created.email == "ada@example.com" && created.name == "Ada")
 
@@ -74,7 +76,10 @@ import UserService
     await expectStatus(.alreadyExists) {
       _ = try await users.createUser(request: request, context: context())
     }
-    #expect(try await users.outboxDatabase.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") } == 1)
+    #expect(
+      try await users.outboxDatabase.read { db in
+        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox")
+      } == 1)
   }
 }
 
@@ -113,13 +118,16 @@ import UserService
     await expectStatus(.notFound) {
       _ = try await orders.getCustomer(request: lookup, context: context())
     }
-    try await OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "test"), publish: publish)
-      .relayOnce()
+    try await OutboxRelay(
+      database: users.outboxDatabase, logger: Logger(label: "test"), publish: publish
+    )
+    .relayOnce()
 
     let consumer = EventConsumer(
       topic: "user.created", group: "orders", logger: Logger(label: "test"),
       subscribe: { request, each in
-        try await bus.subscribe(request: request, response: RPCWriter(wrapping: Forwarder(each)), context: context())
+        try await bus.subscribe(
+          request: request, response: RPCWriter(wrapping: Forwarder(each)), context: context())
       },
       acknowledge: { request in _ = try await bus.ack(request: request, context: context()) },
       handle: { event in try await orders.handleUserCreated(event) })
@@ -142,8 +150,10 @@ import UserService
     #expect(ada.email == "ada@example.com" && ada.createTime.seconds > 0)
     // Delivered again (a redelivery after a crash before the ack): nothing changes.
     let event = try #require(
-      try await users.outboxDatabase.read { db in try Data.fetchOne(db, sql: "SELECT event FROM outbox") }
-        .map { try Shop_V1_Event(serializedBytes: $0) })
+      try await users.outboxDatabase.read { db in
+        try Data.fetchOne(db, sql: "SELECT event FROM outbox")
+      }
+      .map { try Shop_V1_Event(serializedBytes: $0) })
     #expect(try await orders.handleUserCreated(event) == false)
   }
 }

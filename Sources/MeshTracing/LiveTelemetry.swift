@@ -1,10 +1,11 @@
-import MeshTracing
-import NIOConcurrencyHelpers
 import Synchronization
 
 /// What the sidecar tells the control plane live: each second's calls by direction, service
 /// and method (count, failures, a latency histogram), and — while an operator taps this
 /// service — the calls themselves as they end, at most so many a second per tap.
+///
+/// The sidecar's engine records into it and the sidecar's link to the control plane drains it,
+/// so it lives here, below both.
 public final class LiveTelemetry: Sendable {
   public struct Stats: Sendable {
     public var direction: String
@@ -67,17 +68,18 @@ public final class LiveTelemetry: Sendable {
   /// Tapped calls waiting to be sent at most.
   static let maximumTapped = 1_000
 
-  private let state = NIOLockedValueBox(State())
+  private let state = Mutex(State())
   private let tapping = Atomic<Bool>(false)
 
   public init() {}
 
-  func record(
+  /// Counts a call that ended (and queues it for the taps that match it).
+  package func record(
     direction: String, service: String, method: String, code: String, seconds: Double,
     peer: String?, traceID: String?, attempts: Int
   ) {
     let isTapping = tapping.load(ordering: .relaxed)
-    state.withLockedValue { state in
+    state.withLock { state in
       var key = Key(direction: direction, service: service, method: method)
       if state.stats[key] == nil, state.stats.count >= Self.maximumSeries { key.method = "other" }
       var stats =
@@ -108,7 +110,7 @@ public final class LiveTelemetry: Sendable {
 
   /// The calls counted since the last drain, and the tapped calls waiting.
   public func drain() -> (stats: [Stats], tapped: [TappedCall]) {
-    state.withLockedValue { state in
+    state.withLock { state in
       defer {
         state.stats = [:]
         state.tapped = []
@@ -119,7 +121,7 @@ public final class LiveTelemetry: Sendable {
 
   /// Only the tapped calls waiting (between reports).
   public func drainTapped() -> [TappedCall] {
-    state.withLockedValue { state in
+    state.withLock { state in
       defer { state.tapped = [] }
       return state.tapped
     }
@@ -127,7 +129,7 @@ public final class LiveTelemetry: Sendable {
 
   /// The taps open on this service, as the control plane last said.
   public func setTaps(_ taps: [Tap]) {
-    state.withLockedValue { $0.taps = taps }
+    state.withLock { $0.taps = taps }
     tapping.store(!taps.isEmpty, ordering: .relaxed)
   }
 
