@@ -379,7 +379,7 @@ let package = Package(
     ),
     .testTarget(
       name: "IntegrationTests",
-      dependencies: ["TestSupport", "MeshTranscoding", "ShopProtos", "MeshProtos", swiftProtobuf],
+      dependencies: ["TestSupport"],
       exclude: ["Inputs"],
       swiftSettings: swiftSettings
     ),
