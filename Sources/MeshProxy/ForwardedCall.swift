@@ -334,16 +334,23 @@ final class ForwardedCall {
   }
 
   /// A forwarded DATA frame has left (or was dropped): its bytes go back to the side it came
-  /// from — to the stream too while that stream may still send.
-  func handedOn(_ flow: Int, from source: ForwardingConnection) {
+  /// from — to the stream too while that stream may still send. `connectionCredited`: the
+  /// connection's share went back when the frame was queued (`queued`).
+  func handedOn(_ flow: Int, from source: ForwardingConnection, connectionCredited: Bool = false) {
     guard flow > 0 else { return }
+    if !connectionCredited { source.returnCredit(flow) }
     if source === downstream {
-      source.returnCredit(flow, stream: downstreamStream)
+      source.returnStreamCredit(flow, stream: downstreamStream)
     } else if let upstreamStream, source === upstream {
-      source.returnCredit(flow, stream: upstreamStream)
-    } else {
-      source.returnCredit(flow)
+      source.returnStreamCredit(flow, stream: upstreamStream)
     }
+  }
+
+  /// A forwarded DATA frame waits on the other side for its stream's window or a socket that
+  /// takes it: the source connection's window goes back now (the stream's window, not yet
+  /// returned, bounds what waits), so other streams of that connection are not held back.
+  func queued(_ flow: Int, from source: ForwardingConnection) {
+    if flow > 0 { source.returnCredit(flow) }
   }
 
   /// The upstream stream now exists: frames held meanwhile follow the HEADERS.

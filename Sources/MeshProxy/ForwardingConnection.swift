@@ -26,13 +26,19 @@ enum CallRoute {
 /// buffer, one table lookup per frame, no per-frame promise or pipeline hop — is what makes the
 /// forwarding path cheap. HPACK is NIOHPACK's.
 ///
-/// Flow control is end to end. The windows this side advertises are returned to the sender
-/// only once a DATA frame's bytes have been handed on to the other connection, so a slow reader
-/// stops its writer, and the proxy holds at most one stream window per stream and one
-/// connection window per connection. What the peer's windows do not yet allow waits, in order,
-/// on its stream.
-final class ForwardingConnection: ChannelInboundHandler {
+/// Flow control is end to end, and bounded by the sockets. A stream's window is returned to
+/// the sender only once a DATA frame's bytes have been written towards the other connection's
+/// socket, so a slow reader stops its writer, and the proxy holds at most one stream window
+/// (`HTTP2Windows.stream`) per stream. What the peer's windows or its socket do not yet allow
+/// waits, in order, on its stream — and the sender's *connection* window is returned as soon as
+/// a frame waits there, so one stalled stream never holds back the other streams of the
+/// connection it came from. Nothing but control frames is written to a socket the peer does not
+/// read (the channel is not writable), and once `maximumPendingOutput` of those wait, the peer
+/// is not read either until it reads: a peer that floods PINGs or SETTINGS without reading the
+/// acknowledgements costs a bounded buffer.
+final class ForwardingConnection: ChannelDuplexHandler {
   typealias InboundIn = ByteBuffer
+  typealias OutboundIn = ByteBuffer
   typealias OutboundOut = ByteBuffer
 
   enum Role {
@@ -59,7 +65,8 @@ final class ForwardingConnection: ChannelInboundHandler {
   }
 
   enum Queued {
-    /// `flow` bytes go back to `source` once the frame is out.
+    /// `flow` bytes of the source stream's window go back to `source` once the frame is out
+    /// (its connection's window went back when the frame was queued).
     case data(ByteBuffer, endStream: Bool, flow: Int, source: ForwardingConnection?)
     case headers(HPACKHeaders, endStream: Bool)
   }
@@ -86,9 +93,13 @@ final class ForwardingConnection: ChannelInboundHandler {
   private var decoder: HPACKDecoder
   private var encoder: HPACKEncoder
 
-  // Writing: every frame goes into `output`, written out by `flushIfNeeded`.
+  // Writing: every frame goes into `output`, written out by `flushIfNeeded` while the channel
+  // is writable (its socket takes what is written).
   private var output = ByteBuffer()
   private(set) var needsFlush = false
+  private var writable = true
+  /// A read the channel asked for while reading was paused.
+  private var readWanted = false
 
   // The peer's settings and windows.
   private var peerInitialWindow = 65_535
@@ -117,13 +128,36 @@ final class ForwardingConnection: ChannelInboundHandler {
   private var failure: String?
   private var closing = false
 
-  // Rapid-reset defence: resets from the peer in the current window.
-  private var resets = 0
+  // Rapid-reset defence (accepted connections): the streams that ended early in the current
+  // window — reset by the peer, or by this side for the peer's error or over the stream
+  // limit — and those that completed.
+  private var endedEarly = 0
+  private var completedStreams = 0
   private var resetWindowStart = NIODeadline.now()
+  /// Streams that may end early in `resetWindow` — beyond which, if they are also more than
+  /// twice the streams that completed, the connection is a reset loop (CVE-2023-44487, and
+  /// CVE-2025-8671's resets provoked from this side) and is sent away with ENHANCE_YOUR_CALM.
+  /// An app that cancels many calls (by deadline, say) while a third of them complete is never
+  /// cut.
   static let maximumResets = 200
   static let resetWindow = TimeAmount.seconds(30)
   static let maximumContinuations = 5
   static let maximumHeaderListSize = 16 * 1024
+  /// Control frames (PING, SETTINGS, PRIORITY) a peer may send in `controlFrameWindow`; past
+  /// that, GOAWAY ENHANCE_YOUR_CALM. Ten times what a gRPC client's keepalive and BDP pings
+  /// and a peer sidecar's liveness PINGs add up to.
+  static let maximumControlFrames = 1_000
+  static let controlFrameWindow = TimeAmount.seconds(10)
+  /// Empty DATA frames (no payload, or only padding, and no END_STREAM) a peer may send in a
+  /// row — none of which is forwarded; past that, GOAWAY ENHANCE_YOUR_CALM. HEADERS, a DATA
+  /// frame with data, and END_STREAM start the count again.
+  static let maximumEmptyDataFrames = 16
+  /// Bytes of frames (control frames: the peer's windows and socket hold DATA back) that may
+  /// wait for a socket its peer does not read before the peer is not read either.
+  static let maximumPendingOutput = 64 * 1024
+  private var controlFrames = 0
+  private var controlWindowStart = NIODeadline.now()
+  private var emptyDataFrames = 0
 
   init(role: Role, loop: LoopState, peerStreamLimit: Int = HTTP2Windows.maxConcurrentStreams) {
     self.role = role
@@ -251,6 +285,36 @@ final class ForwardingConnection: ChannelInboundHandler {
     context.fireChannelReadComplete()
   }
 
+  /// The socket took what was waiting (writable), or stopped taking it: while it does not, no
+  /// DATA is written to it and no stream credit goes back for what waits here.
+  func channelWritabilityChanged(context: ChannelHandlerContext) {
+    writable = context.channel.isWritable
+    if writable {
+      markNeedsFlush()
+      unblockAll()
+      loop.flushAll()
+      if readWanted, !readPaused {
+        readWanted = false
+        context.read()
+      }
+    }
+    context.fireChannelWritabilityChanged()
+  }
+
+  /// Whether the peer is not read: it does not read what it is sent, and control frames for it
+  /// are piling up.
+  private var readPaused: Bool {
+    !writable && output.readableBytes >= Self.maximumPendingOutput
+  }
+
+  func read(context: ChannelHandlerContext) {
+    guard !readPaused else {
+      readWanted = true
+      return
+    }
+    context.read()
+  }
+
   /// Ends the connection for a protocol error: GOAWAY naming the last stream taken, then close.
   private func fail(_ error: HTTP2ConnectionError) {
     guard !closing, let context else { return }
@@ -259,7 +323,7 @@ final class ForwardingConnection: ChannelInboundHandler {
     if failure == nil { failure = "HTTP/2 \(error)" }
     writeGoAway(error.code)
     markNeedsFlush()
-    flushIfNeeded()
+    flushIfNeeded(evenIfUnwritable: true)
     context.close(promise: nil)
   }
 
@@ -307,6 +371,9 @@ final class ForwardingConnection: ChannelInboundHandler {
     if let partial, type != FrameType.continuation || stream != partial.stream {
       throw HTTP2ConnectionError(.protocolError, "header block of stream \(partial.stream) cut")
     }
+    if type == FrameType.ping || type == FrameType.settings || type == FrameType.priority {
+      try countControlFrame()
+    }
     switch type {
     case FrameType.data: try receiveData(flags: flags, stream: stream, payload: &payload)
     case FrameType.headers: try receiveHeaders(flags: flags, stream: stream, payload: &payload)
@@ -336,6 +403,33 @@ final class ForwardingConnection: ChannelInboundHandler {
     }
   }
 
+  /// A stream of the peer's ended early: reset by it, or by this side for its error.
+  private func countEndedEarly() throws {
+    guard isServer else { return }
+    let now = NIODeadline.now()
+    if now - resetWindowStart > Self.resetWindow {
+      resetWindowStart = now
+      endedEarly = 0
+      completedStreams = 0
+    }
+    endedEarly += 1
+    guard endedEarly <= Self.maximumResets || endedEarly <= 2 * completedStreams else {
+      throw HTTP2ConnectionError(.enhanceYourCalm, "too many streams reset")
+    }
+  }
+
+  private func countControlFrame() throws {
+    let now = NIODeadline.now()
+    if now - controlWindowStart > Self.controlFrameWindow {
+      controlWindowStart = now
+      controlFrames = 0
+    }
+    controlFrames += 1
+    guard controlFrames <= Self.maximumControlFrames else {
+      throw HTTP2ConnectionError(.enhanceYourCalm, "too many PING, SETTINGS or PRIORITY frames")
+    }
+  }
+
   /// Whether `stream` has never been opened (a frame for it, other than HEADERS opening it, is
   /// a protocol error).
   private func isIdle(_ stream: UInt32) -> Bool {
@@ -357,6 +451,17 @@ final class ForwardingConnection: ChannelInboundHandler {
       payload = payload.readSlice(length: payload.readableBytes - Int(padding))!
     }
     let endStream = flags & FrameFlag.endStream != 0
+    if payload.readableBytes > 0 || endStream {
+      emptyDataFrames = 0
+    } else {
+      // Nothing to forward (an app may take a run of them for an attack on its connection,
+      // which other callers share): dropped, its padding credited, and a run of them ends the
+      // connection.
+      emptyDataFrames += 1
+      guard emptyDataFrames <= Self.maximumEmptyDataFrames else {
+        throw HTTP2ConnectionError(.enhanceYourCalm, "too many empty DATA frames")
+      }
+    }
     guard streams[id] != nil else {
       if isIdle(id) { throw HTTP2ConnectionError(.protocolError, "DATA on idle stream \(id)") }
       returnCredit(flow)  // a stream already closed here: the bytes are dropped
@@ -367,18 +472,22 @@ final class ForwardingConnection: ChannelInboundHandler {
       var stream = streams[id]!
       guard !stream.remoteEnded else {
         returnCredit(flow)
-        resetStream(id, .streamClosed)
+        try peerError(id, .streamClosed)
         return
       }
       stream.receiveWindow -= flow
       guard stream.receiveWindow >= 0 else {
         returnCredit(flow)
-        resetStream(id, .flowControlError)
+        try peerError(id, .flowControlError)
         return
       }
       if endStream { stream.remoteEnded = true }
       call = stream.call
       streams[id] = stream
+    }
+    guard payload.readableBytes > 0 || endStream else {
+      if flow > 0 { returnCredit(flow, stream: id) }
+      return
     }
     call.forwardData(payload, endStream: endStream, flow: flow, from: self, stream: id)
     if endStream { closeIfEnded(id) }
@@ -386,6 +495,7 @@ final class ForwardingConnection: ChannelInboundHandler {
 
   private func receiveHeaders(flags: UInt8, stream id: UInt32, payload: inout ByteBuffer) throws {
     guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "HEADERS on stream 0") }
+    emptyDataFrames = 0
     if flags & FrameFlag.padded != 0 {
       guard let padding = payload.readInteger(as: UInt8.self),
         Int(padding) <= payload.readableBytes
@@ -436,12 +546,12 @@ final class ForwardingConnection: ChannelInboundHandler {
     if streams[id] != nil {
       var stream = streams[id]!
       guard !stream.remoteEnded else {
-        resetStream(id, .streamClosed)
+        try peerError(id, .streamClosed)
         return
       }
       // Trailers (or response headers) on an open stream.
       guard endStream || !isServer else {
-        resetStream(id, .protocolError)
+        try peerError(id, .protocolError)
         return
       }
       if endStream {
@@ -465,12 +575,15 @@ final class ForwardingConnection: ChannelInboundHandler {
       return
     }
     guard streams.count < loop.maxConcurrentStreams else {
-      throw HTTP2ConnectionError(
-        .protocolError, "over \(loop.maxConcurrentStreams) concurrent streams")
+      // RFC 9113 §5.1.2: a stream over the advertised limit is refused, not the connection.
+      writeReset(id, .refusedStream)
+      try countEndedEarly()
+      return
     }
     guard malformedRequest(headers) == nil else {
       // RFC 9113 §8.1.1: a malformed request is a stream error.
       writeReset(id, .protocolError)
+      try countEndedEarly()
       return
     }
     lastActive = .now()
@@ -513,17 +626,7 @@ final class ForwardingConnection: ChannelInboundHandler {
     guard id != 0, !isIdle(id) else {
       throw HTTP2ConnectionError(.protocolError, "RST_STREAM on idle stream \(id)")
     }
-    if isServer {
-      let now = NIODeadline.now()
-      if now - resetWindowStart > Self.resetWindow {
-        resetWindowStart = now
-        resets = 0
-      }
-      resets += 1
-      guard resets <= Self.maximumResets else {
-        throw HTTP2ConnectionError(.enhanceYourCalm, "too many streams reset")
-      }
-    }
+    try countEndedEarly()
     let code = H2Error(code: payload.getInteger(at: payload.readerIndex, as: UInt32.self)!)
     guard let stream = removeStream(id) else { return }
     stream.call.reset(code, from: self, stream: id)
@@ -624,12 +727,12 @@ final class ForwardingConnection: ChannelInboundHandler {
       return
     }
     guard increment > 0 else {
-      resetStream(id, .protocolError)
+      try peerError(id, .protocolError)
       return
     }
     streams[id]!.sendWindow += increment
     guard streams[id]!.sendWindow <= HTTP2Wire.maxWindow else {
-      resetStream(id, .flowControlError)
+      try peerError(id, .flowControlError)
       return
     }
     if !streams[id]!.queue.isEmpty { sendQueued(id) }
@@ -642,7 +745,7 @@ final class ForwardingConnection: ChannelInboundHandler {
     guard let stream = streams.removeValue(forKey: id) else { return nil }
     for entry in stream.queue {
       if case .data(_, _, let flow, let source) = entry, let source {
-        stream.call.handedOn(flow, from: source)
+        stream.call.handedOn(flow, from: source, connectionCredited: true)
       }
     }
     return stream
@@ -660,8 +763,16 @@ final class ForwardingConnection: ChannelInboundHandler {
   private func closeIfEnded(_ id: UInt32) {
     guard let stream = streams[id], stream.localEnded, stream.remoteEnded else { return }
     streams.removeValue(forKey: id)
+    completedStreams += 1
     stream.call.closed(on: self, reason: nil, stream: id)
     streamRemoved()
+  }
+
+  /// Ends one of the peer's streams for the peer's error (a stream error it caused): counted
+  /// against the reset budget.
+  private func peerError(_ id: UInt32, _ code: H2Error) throws {
+    resetStream(id, code)
+    try countEndedEarly()
   }
 
   /// Ends one stream with RST_STREAM: a stream error, or the call's own reset.
@@ -760,9 +871,17 @@ final class ForwardingConnection: ChannelInboundHandler {
       return
     }
     let length = data.readableBytes
-    guard stream.queue.isEmpty, length <= stream.sendWindow, length <= sendWindow else {
-      stream.queue.append(.data(data, endStream: endStream, flow: flow, source: source))
+    guard stream.queue.isEmpty, canWrite, length <= stream.sendWindow, length <= sendWindow
+    else {
+      // It waits here, bounded by the stream window its source was given (no stream credit
+      // goes back until it is out), in a buffer of its own rather than a slice that would keep
+      // a whole read alive. The source's connection window goes back now: the other streams
+      // of the source's connection keep flowing.
+      var own = context?.channel.allocator.buffer(capacity: length) ?? ByteBuffer()
+      own.writeImmutableBuffer(data)
+      stream.queue.append(.data(own, endStream: endStream, flow: flow, source: source))
       streams[id] = stream
+      if let source { call.queued(flow, from: source) }
       sendQueued(id)
       return
     }
@@ -786,13 +905,23 @@ final class ForwardingConnection: ChannelInboundHandler {
       return
     }
     streams.removeValue(forKey: id)
+    completedStreams += 1
     stream.call.closed(on: self, reason: nil, stream: id)
     streamRemoved()
   }
 
-  /// Writes what the windows allow of a stream's queue.
+  /// Whether DATA may be written now: the socket takes what it is given. (What one read
+  /// forwards is bounded by the read; control frames for a peer that does not read are bounded
+  /// by `maximumPendingOutput`.)
+  private var canWrite: Bool { writable }
+
+  /// Writes what the windows and the socket allow of a stream's queue.
   private func sendQueued(_ id: UInt32) {
     while var stream = streams[id], !stream.queue.isEmpty {
+      guard canWrite else {
+        if !blocked.contains(id) { blocked.append(id) }
+        return
+      }
       switch stream.queue[0] {
       case .headers(let headers, let endStream):
         stream.queue.removeFirst()
@@ -821,7 +950,7 @@ final class ForwardingConnection: ChannelInboundHandler {
         if endStream { stream.localEnded = true }
         streams[id] = stream
         writeData(data, endStream: endStream, on: id)
-        if let source { stream.call.handedOn(flow, from: source) }
+        if let source { stream.call.handedOn(flow, from: source, connectionCredited: true) }
       }
     }
     closeIfEnded(id)
@@ -831,8 +960,9 @@ final class ForwardingConnection: ChannelInboundHandler {
     guard !blocked.isEmpty else { return }
     let waiting = blocked
     blocked = []
-    for id in waiting where sendWindow > 0 { sendQueued(id) }
-    for id in waiting where sendWindow <= 0 && streams[id] != nil && !blocked.contains(id) {
+    for id in waiting where sendWindow > 0 && canWrite { sendQueued(id) }
+    for id in waiting
+    where (sendWindow <= 0 || !canWrite) && streams[id] != nil && !blocked.contains(id) {
       blocked.append(id)
     }
   }
@@ -907,12 +1037,14 @@ final class ForwardingConnection: ChannelInboundHandler {
     }
   }
 
-  func flushIfNeeded() {
+  /// Writes what waits in `output` — while the socket takes it: to a peer that does not read,
+  /// only a connection error's GOAWAY is written (`evenIfUnwritable`).
+  func flushIfNeeded(evenIfUnwritable: Bool = false) {
     guard needsFlush else { return }
     needsFlush = false
-    guard let context, output.readableBytes > 0 else { return }
+    guard let context, output.readableBytes > 0, writable || evenIfUnwritable else { return }
     let chunk = output
-    output = context.channel.allocator.buffer(capacity: max(1024, chunk.readableBytes))
+    output = context.channel.allocator.buffer(capacity: 1024)
     context.writeAndFlush(wrapOutboundOut(chunk), promise: nil)
   }
 
@@ -931,6 +1063,11 @@ final class ForwardingConnection: ChannelInboundHandler {
   /// to stream `id`.
   func returnCredit(_ length: Int, stream id: UInt32) {
     returnCredit(length)
+    returnStreamCredit(length, stream: id)
+  }
+
+  /// Gives `length` bytes back to stream `id` only, while the peer may still send on it.
+  func returnStreamCredit(_ length: Int, stream id: UInt32) {
     guard var stream = streams[id], !stream.remoteEnded else { return }
     stream.credit += length
     if stream.credit >= HTTP2Windows.stream / 2 {
@@ -1155,7 +1292,7 @@ final class ForwardingConnection: ChannelInboundHandler {
     for (id, stream) in open.sorted(by: { $0.key < $1.key }) {
       for entry in stream.queue {
         if case .data(_, _, let flow, let source) = entry, let source {
-          stream.call.handedOn(flow, from: source)
+          stream.call.handedOn(flow, from: source, connectionCredited: true)
         }
       }
       stream.call.connectionLost(

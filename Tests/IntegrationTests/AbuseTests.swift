@@ -50,6 +50,23 @@ import Testing
     try expectHealthy()
   }
 
+  /// Streams the sidecar resets for the client's errors count as the client's own resets
+  /// (CVE-2025-8671): they were accepted and forwarded without end.
+  @Test func resetsTheClientProvokesEndTheConnectionWithEnhanceYourCalm() throws {
+    let result = try attack("made-you-reset")
+    #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
+    #expect(result["closed"] as? Bool == true)
+    try expectHealthy()
+  }
+
+  /// Cancels are judged against completed calls: 300 cancels, each after a call answered,
+  /// are what an app cancelling by deadline does, and the connection serves on.
+  @Test func cancelsAmongCompletedCallsAreNotAResetLoop() throws {
+    let result = try attack("cancels-among-calls")
+    #expect(result["goaway"] as? [String] == [], "\(result)")
+    #expect(result["answered"] as? Int == 300, "\(result)")
+  }
+
   @Test func aContinuationFloodEndsTheConnection() throws {
     let result = try attack("continuation-flood")
     #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
@@ -64,10 +81,13 @@ import Testing
     try expectHealthy()
   }
 
-  @Test func exceedingTheAdvertisedStreamLimitEndsTheConnection() throws {
+  /// RFC 9113 §5.1.2: each stream over the advertised 1,024 is refused on its own (the
+  /// connection ended, before); the refusals count toward the reset budget.
+  @Test func streamsOverTheAdvertisedLimitAreRefused() throws {
     let result = try attack("too-many-streams")
-    #expect(result["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
-    #expect(result["closed"] as? Bool == true)
+    #expect(result["resets"] as? [String: Int] == ["REFUSED_STREAM": 76], "\(result)")
+    #expect(result["goaway"] as? [String] == [], "\(result)")
+    #expect(result["closed"] as? Bool == false, "\(result)")
     try expectHealthy()
   }
 
@@ -92,6 +112,77 @@ import Testing
     #expect(result["grpc_status"] as? [String: Int] == ["0": 1], "\(result)")
     #expect(result["answered_streams"] as? [Int] == [17], "\(result)")
     #expect(result["goaway"] as? [String] == [], "\(result)")
+    try expectHealthy()
+  }
+
+  /// Runs a held case against the client sidecar, whose RSS the script samples.
+  func hold(_ name: String) throws -> [String: Any] {
+    let result = try run(
+      try resolve("python3"),
+      [abuse, clientSidecar.outbound, name, "\(clientSidecar.process.pid)"])
+    guard result.status == 0, let object = try jsonObjects(result.stdout).first else {
+      throw HarnessError("h2_abuse.py \(name): \(result.stdout)\(result.stderr)")
+    }
+    print("h2_abuse.py \(name): \(result.stdout)", terminator: "")
+    return object
+  }
+
+  /// What a well-behaved caller on another connection saw during the hold: every call answered
+  /// OK, none slower than `slowest` milliseconds.
+  func expectServedDuring(_ result: [String: Any], slowest: Double = 2_000) {
+    let calls = result["calls"] as? [String: [String: Any]] ?? [:]
+    let during = calls["during"] ?? [:]
+    #expect((during["ok"] as? Int ?? 0) >= 5, "\(result)")
+    #expect(during["failed"] as? Int == 0, "\(result)")
+    #expect((during["p99_ms"] as? Double ?? .infinity) < slowest, "\(result)")
+  }
+
+  /// The sidecar's RSS grew by less than `mebibytes` during the hold.
+  func expectGrowthUnder(_ mebibytes: Int, _ result: [String: Any]) {
+    let before = result["rss_before_kib"] as? Int ?? 0
+    let peak = result["rss_peak_kib"] as? Int ?? .max
+    #expect(peak - before < mebibytes * 1024, "grew \((peak - before) / 1024) MiB: \(result)")
+  }
+
+  /// Eight connections that ask for 64 MiB server streams, open their windows wide and never
+  /// read their sockets: the sidecar writes no more than the sockets take and holds a stream
+  /// window per stream (it held everything the windows allowed: 1.6 GB).
+  @Test func callersThatNeverReadCostABoundedBuffer() throws {
+    let result = try hold("unread-streams")
+    expectGrowthUnder(48, result)
+    expectServedDuring(result)
+    try expectHealthy()
+  }
+
+  /// Eight calls that keep their stream windows at 0 on 64 MiB server streams: the pooled
+  /// connection to the app keeps flowing for everyone else (its window was held by the
+  /// stalled streams, and other callers waited forever).
+  @Test func streamsHeldAtAZeroWindowHoldBackNoOtherCaller() throws {
+    let result = try hold("zero-window")
+    expectGrowthUnder(48, result)
+    expectServedDuring(result)
+    try expectHealthy()
+  }
+
+  /// PING and SETTINGS floods whose acknowledgements are never read: past the control-frame
+  /// rate the flooder is sent away (it was read, and answered into a growing buffer, for as
+  /// long as it flooded).
+  @Test func controlFrameFloodsCostABoundedBuffer() throws {
+    for flood in ["ping-flood", "settings-flood"] {
+      let result = try hold(flood)
+      #expect((result["closed_after_s"] as? Double ?? .infinity) < 1, "\(result)")
+      expectGrowthUnder(16, result)
+      expectServedDuring(result)
+    }
+    try expectHealthy()
+  }
+
+  /// Empty and padding-only DATA frames on a request are never forwarded, and a run of them
+  /// costs the sender its connection.
+  @Test func aRunOfEmptyDataFramesEndsTheConnection() throws {
+    let result = try attack("empty-data")
+    #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
+    #expect(result["closed"] as? Bool == true, "\(result)")
     try expectHealthy()
   }
 

