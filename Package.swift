@@ -341,7 +341,7 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshProxyTests",
-      dependencies: ["MeshProxy", "MeshConfig", nioCore],
+      dependencies: ["MeshProxy", "MeshConfig", nioCore, nioHPACK],
       swiftSettings: swiftSettings
     ),
     .testTarget(

@@ -32,10 +32,11 @@ enum CallRoute {
 /// (`HTTP2Windows.stream`) per stream. What the peer's windows or its socket do not yet allow
 /// waits, in order, on its stream — and the sender's *connection* window is returned as soon as
 /// a frame waits there, so one stalled stream never holds back the other streams of the
-/// connection it came from. Nothing but control frames is written to a socket the peer does not
-/// read (the channel is not writable), and once `maximumPendingOutput` of those wait, the peer
-/// is not read either until it reads: a peer that floods PINGs or SETTINGS without reading the
-/// acknowledgements costs a bounded buffer.
+/// connection it came from. No DATA is written to a socket the peer does not read (the channel
+/// is not writable); HEADERS and control frames are, and once `maximumPendingAnswers` of
+/// answers to the peer's own frames (PING and SETTINGS acknowledgements, resets of its streams)
+/// have been written meanwhile, the peer is not read either until it reads: a peer that floods
+/// PINGs or SETTINGS without reading the acknowledgements costs a bounded buffer.
 final class ForwardingConnection: ChannelDuplexHandler {
   typealias InboundIn = ByteBuffer
   typealias OutboundIn = ByteBuffer
@@ -62,6 +63,12 @@ final class ForwardingConnection: ChannelDuplexHandler {
     var remoteEnded = false
     /// Frames waiting for the peer's windows, in order.
     var queue: [Queued] = []
+    /// Whether the peer's first header block (a request's or a response's) has come; the
+    /// next one is trailers.
+    var headersReceived = false
+    /// The `content-length` the peer declared, and the DATA bytes it has sent.
+    var declaredLength: Int?
+    var receivedLength = 0
   }
 
   enum Queued {
@@ -76,6 +83,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     let stream: UInt32
     let endStream: Bool
     var block: ByteBuffer
+    var selfDependent = false
     var continuations = 0
   }
 
@@ -93,11 +101,14 @@ final class ForwardingConnection: ChannelDuplexHandler {
   private var decoder: HPACKDecoder
   private var encoder: HPACKEncoder
 
-  // Writing: every frame goes into `output`, written out by `flushIfNeeded` while the channel
-  // is writable (its socket takes what is written).
+  // Writing: every frame goes into `output`, written out by `flushIfNeeded`. DATA only while
+  // the channel is writable (its socket takes what is written).
   private var output = ByteBuffer()
   private(set) var needsFlush = false
   private var writable = true
+  /// Bytes of answers to the peer's own frames written since the channel stopped being
+  /// writable.
+  private var answersWhileUnwritable = 0
   /// A read the channel asked for while reading was paused.
   private var readWanted = false
 
@@ -152,9 +163,11 @@ final class ForwardingConnection: ChannelDuplexHandler {
   /// row — none of which is forwarded; past that, GOAWAY ENHANCE_YOUR_CALM. HEADERS, a DATA
   /// frame with data, and END_STREAM start the count again.
   static let maximumEmptyDataFrames = 16
-  /// Bytes of frames (control frames: the peer's windows and socket hold DATA back) that may
-  /// wait for a socket its peer does not read before the peer is not read either.
-  static let maximumPendingOutput = 64 * 1024
+  /// Bytes of answers to the peer's own frames (acknowledgements, resets) that may be written
+  /// to a socket the peer does not read before the peer is not read either. HEADERS are not
+  /// counted (calls bound them) nor WINDOW_UPDATE (DATA, which flow control bounds, causes
+  /// them), so two sidecars busy with each other never both stop reading.
+  static let maximumPendingAnswers = 64 * 1024
   private var controlFrames = 0
   private var controlWindowStart = NIODeadline.now()
   private var emptyDataFrames = 0
@@ -290,6 +303,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
   func channelWritabilityChanged(context: ChannelHandlerContext) {
     writable = context.channel.isWritable
     if writable {
+      answersWhileUnwritable = 0
       markNeedsFlush()
       unblockAll()
       loop.flushAll()
@@ -304,7 +318,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
   /// Whether the peer is not read: it does not read what it is sent, and control frames for it
   /// are piling up.
   private var readPaused: Bool {
-    !writable && output.readableBytes >= Self.maximumPendingOutput
+    !writable && answersWhileUnwritable >= Self.maximumPendingAnswers
   }
 
   func read(context: ChannelHandlerContext) {
@@ -323,7 +337,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     if failure == nil { failure = "HTTP/2 \(error)" }
     writeGoAway(error.code)
     markNeedsFlush()
-    flushIfNeeded(evenIfUnwritable: true)
+    flushIfNeeded()
     context.close(promise: nil)
   }
 
@@ -388,6 +402,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
       if flags & FrameFlag.ack == 0 {
         output.writeFrameHeader(length: 8, type: FrameType.ping, flags: FrameFlag.ack, stream: 0)
         output.writeImmutableBuffer(payload)
+        answered(17)
         markNeedsFlush()
       }
     case FrameType.goAway: try receiveGoAway(stream: stream, payload: &payload)
@@ -396,6 +411,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
       guard payload.readableBytes == 5 else {
         throw HTTP2ConnectionError(.frameSizeError, "PRIORITY of \(payload.readableBytes) bytes")
       }
+      guard stream != 0 else { throw HTTP2ConnectionError(.protocolError, "PRIORITY on stream 0") }
+      if Self.dependency(payload) == stream { try dependsOnItself(stream) }
     case FrameType.pushPromise:
       throw HTTP2ConnectionError(.protocolError, "PUSH_PROMISE, and push is off")
     default:
@@ -481,6 +498,14 @@ final class ForwardingConnection: ChannelDuplexHandler {
         try peerError(id, .flowControlError)
         return
       }
+      stream.receivedLength += payload.readableBytes
+      if let declared = stream.declaredLength,
+        stream.receivedLength > declared || (endStream && stream.receivedLength != declared)
+      {
+        returnCredit(flow)
+        try malformed(id, "content-length \(declared), DATA \(stream.receivedLength) bytes")
+        return
+      }
       if endStream { stream.remoteEnded = true }
       call = stream.call
       streams[id] = stream
@@ -502,16 +527,35 @@ final class ForwardingConnection: ChannelDuplexHandler {
       else { throw HTTP2ConnectionError(.protocolError, "padding longer than the frame") }
       payload = payload.readSlice(length: payload.readableBytes - Int(padding))!
     }
+    var selfDependent = false
     if flags & FrameFlag.priority != 0 {
-      guard payload.readSlice(length: 5) != nil else {
+      guard let priority = payload.readSlice(length: 5) else {
         throw HTTP2ConnectionError(.frameSizeError, "HEADERS too short for its priority")
       }
+      selfDependent = Self.dependency(priority) == id
     }
     let endStream = flags & FrameFlag.endStream != 0
     if flags & FrameFlag.endHeaders != 0 {
-      try headersComplete(stream: id, endStream: endStream, block: &payload)
+      try headersComplete(
+        stream: id, endStream: endStream, block: &payload, selfDependent: selfDependent)
     } else {
-      partial = PartialHeaders(stream: id, endStream: endStream, block: payload)
+      partial = PartialHeaders(
+        stream: id, endStream: endStream, block: payload, selfDependent: selfDependent)
+    }
+  }
+
+  /// The stream a PRIORITY frame's or field's 5 bytes name as the dependency.
+  private static func dependency(_ priority: ByteBuffer) -> UInt32 {
+    priority.getInteger(at: priority.readerIndex, as: UInt32.self)! & 0x7FFF_FFFF
+  }
+
+  /// RFC 9113 §5.3.1: a stream that depends on itself is a stream error.
+  private func dependsOnItself(_ id: UInt32) throws {
+    if streams[id] != nil {
+      try peerError(id, .protocolError)
+    } else {
+      writeReset(id, .protocolError)
+      try countEndedEarly()
     }
   }
 
@@ -526,13 +570,17 @@ final class ForwardingConnection: ChannelDuplexHandler {
     }
     block.block.writeBuffer(&payload)
     if flags & FrameFlag.endHeaders != 0 {
-      try headersComplete(stream: block.stream, endStream: block.endStream, block: &block.block)
+      try headersComplete(
+        stream: block.stream, endStream: block.endStream, block: &block.block,
+        selfDependent: block.selfDependent)
     } else {
       partial = block
     }
   }
 
-  private func headersComplete(stream id: UInt32, endStream: Bool, block: inout ByteBuffer) throws {
+  private func headersComplete(
+    stream id: UInt32, endStream: Bool, block: inout ByteBuffer, selfDependent: Bool = false
+  ) throws {
     // Every block is decoded, even for a stream about to be refused: HPACK state is shared.
     let headers: HPACKHeaders
     do {
@@ -542,6 +590,12 @@ final class ForwardingConnection: ChannelDuplexHandler {
         .protocolError, "header list over \(Self.maximumHeaderListSize) bytes")
     } catch {
       throw HTTP2ConnectionError(.compressionError, "undecodable header block: \(error)")
+    }
+    if selfDependent {
+      // The stream is opened and closed at once: its id is spent.
+      if isServer, id & 1 == 1, id > lastStreamSeen { lastStreamSeen = id }
+      try dependsOnItself(id)
+      return
     }
     if streams[id] != nil {
       var stream = streams[id]!
@@ -554,10 +608,28 @@ final class ForwardingConnection: ChannelDuplexHandler {
         try peerError(id, .protocolError)
         return
       }
-      if endStream {
-        stream.remoteEnded = true
-        streams[id] = stream
+      var headers = headers
+      let block: HTTP2Fields.Block = stream.headersReceived || isServer ? .trailers : .response
+      if let problem = HTTP2Fields.malformed(headers, as: block, strict: isServer) {
+        try malformed(id, problem)
+        return
       }
+      if block == .response {
+        stream.declaredLength = HTTP2Fields.contentLength(headers)
+        guard stream.declaredLength != -1 else {
+          try malformed(id, "content-length that is not one number")
+          return
+        }
+      }
+      if endStream, let declared = stream.declaredLength, declared != stream.receivedLength {
+        try malformed(id, "content-length \(declared), DATA \(stream.receivedLength) bytes")
+        return
+      }
+      // Only the sidecar may say who called, in trailers too.
+      if isServer { headers.remove(name: "x-trellis-peer-identity") }
+      stream.headersReceived = true
+      if endStream { stream.remoteEnded = true }
+      streams[id] = stream
       stream.call.forwardHeaders(headers, endStream: endStream, from: self, stream: id)
       if endStream { closeIfEnded(id) }
       return
@@ -580,7 +652,10 @@ final class ForwardingConnection: ChannelDuplexHandler {
       try countEndedEarly()
       return
     }
-    guard malformedRequest(headers) == nil else {
+    let declaredLength = HTTP2Fields.contentLength(headers)
+    guard HTTP2Fields.malformed(headers, as: .request, strict: true) == nil, declaredLength != -1,
+      !endStream || (declaredLength ?? 0) == 0
+    else {
       // RFC 9113 §8.1.1: a malformed request is a stream error.
       writeReset(id, .protocolError)
       try countEndedEarly()
@@ -601,7 +676,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     call.requestEnded = endStream
     streams[id] = Stream(
       call: call, sendWindow: peerInitialWindow, receiveWindow: HTTP2Windows.stream,
-      remoteEnded: endStream)
+      remoteEnded: endStream, headersReceived: true, declaredLength: declaredLength)
     switch route(headers) {
     case .reject(let status, let message, let fault):
       if let fault {
@@ -645,6 +720,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
     guard payload.readableBytes % 6 == 0 else {
       throw HTTP2ConnectionError(.frameSizeError, "SETTINGS of \(payload.readableBytes) bytes")
     }
+    let initialBefore = peerInitialWindow
+    var largestSendWindow: Int?
     var index = payload.readerIndex
     while index < payload.writerIndex {
       let id = payload.getInteger(at: index, as: UInt16.self)!
@@ -661,12 +738,16 @@ final class ForwardingConnection: ChannelDuplexHandler {
         guard value <= UInt32(HTTP2Wire.maxWindow) else {
           throw HTTP2ConnectionError(.flowControlError, "INITIAL_WINDOW_SIZE \(value)")
         }
-        let delta = Int(value) - peerInitialWindow
-        peerInitialWindow = Int(value)
-        if delta != 0 {
-          for id in Array(streams.keys) { streams[id]!.sendWindow += delta }
-          if delta > 0 { unblockAll() }
+        // Applied to the streams once the whole frame is read (one pass, however many entries);
+        // every value on the way must keep the largest stream window within 2^31-1.
+        if largestSendWindow == nil { largestSendWindow = streams.values.map(\.sendWindow).max() }
+        if let largest = largestSendWindow,
+          largest + Int(value) - initialBefore > HTTP2Wire.maxWindow
+        {
+          throw HTTP2ConnectionError(
+            .flowControlError, "INITIAL_WINDOW_SIZE \(value) takes a stream window past 2^31-1")
         }
+        peerInitialWindow = Int(value)
       case SettingID.maxFrameSize:
         guard value >= 16_384, value <= 16_777_215 else {
           throw HTTP2ConnectionError(.protocolError, "MAX_FRAME_SIZE \(value)")
@@ -676,8 +757,19 @@ final class ForwardingConnection: ChannelDuplexHandler {
         break  // MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored.
       }
     }
+    let delta = peerInitialWindow - initialBefore
+    if delta != 0 {
+      for id in Array(streams.keys) { streams[id]!.sendWindow += delta }
+      if delta > 0 { unblockAll() }
+    }
     output.writeFrameHeader(length: 0, type: FrameType.settings, flags: FrameFlag.ack, stream: 0)
+    answered(9)
     markNeedsFlush()
+  }
+
+  /// An answer to the peer's own frame was written.
+  private func answered(_ bytes: Int) {
+    if !writable { answersWhileUnwritable += bytes }
   }
 
   private func receiveGoAway(stream: UInt32, payload: inout ByteBuffer) throws {
@@ -802,45 +894,14 @@ final class ForwardingConnection: ChannelDuplexHandler {
     waiting.removeAll { $0.call === call }
   }
 
-  /// Whether `headers` are not a well-formed request (RFC 9113 §8.2–8.3); the reason if so.
-  private func malformedRequest(_ headers: HPACKHeaders) -> String? {
-    var pseudo = true
-    var method = 0
-    var scheme = 0
-    var path = 0
-    var authority = 0
-    for header in headers {
-      let name = header.name.utf8
-      if name.first == UInt8(ascii: ":") {
-        guard pseudo else { return "pseudo-header \(header.name) after regular headers" }
-        switch header.name {
-        case ":method": method += 1
-        case ":scheme": scheme += 1
-        case ":path":
-          path += 1
-          if header.value.isEmpty { return "empty :path" }
-        case ":authority": authority += 1
-        default: return "unknown pseudo-header \(header.name)"
-        }
-        continue
-      }
-      pseudo = false
-      if name.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) {
-        return "upper-case header name"
-      }
-      switch header.name {
-      case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-        return "connection-specific header \(header.name)"
-      case "te" where header.value != "trailers":
-        return "te other than trailers"
-      default:
-        break
-      }
+  /// A malformed header block or body on stream `id` (RFC 9113 §8.1.1): a stream error —
+  /// the peer's, counted against its reset budget, on an accepted connection.
+  private func malformed(_ id: UInt32, _ problem: String) throws {
+    if isServer {
+      try peerError(id, .protocolError)
+    } else {
+      resetStream(id, .protocolError)
     }
-    guard method == 1, scheme == 1, path == 1, authority <= 1 else {
-      return "missing or repeated pseudo-headers"
-    }
-    return nil
   }
 
   // MARK: Frames out
@@ -912,7 +973,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   /// Whether DATA may be written now: the socket takes what it is given. (What one read
   /// forwards is bounded by the read; control frames for a peer that does not read are bounded
-  /// by `maximumPendingOutput`.)
+  /// by `maximumPendingAnswers`.)
   private var canWrite: Bool { writable }
 
   /// Writes what the windows and the socket allow of a stream's queue.
@@ -1015,6 +1076,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     guard !closing else { return }
     output.writeFrameHeader(length: 4, type: FrameType.rstStream, flags: 0, stream: id)
     output.writeInteger(code.code)
+    answered(13)
     markNeedsFlush()
   }
 
@@ -1037,12 +1099,11 @@ final class ForwardingConnection: ChannelDuplexHandler {
     }
   }
 
-  /// Writes what waits in `output` — while the socket takes it: to a peer that does not read,
-  /// only a connection error's GOAWAY is written (`evenIfUnwritable`).
-  func flushIfNeeded(evenIfUnwritable: Bool = false) {
+  /// Writes what waits in `output`.
+  func flushIfNeeded() {
     guard needsFlush else { return }
     needsFlush = false
-    guard let context, output.readableBytes > 0, writable || evenIfUnwritable else { return }
+    guard let context, output.readableBytes > 0 else { return }
     let chunk = output
     output = context.channel.allocator.buffer(capacity: 1024)
     context.writeAndFlush(wrapOutboundOut(chunk), promise: nil)

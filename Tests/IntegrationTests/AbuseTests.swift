@@ -186,6 +186,47 @@ import Testing
     try expectHealthy()
   }
 
+  /// RFC 9113 §8.2.1 and §8.1.1: malformed fields in headers and trailers, and a
+  /// content-length the DATA disagrees with, are each a stream reset — never forwarded — and
+  /// the connection serves a good request after them.
+  @Test func malformedFieldsAndContentLengthAreResetOneStreamAtATime() throws {
+    let result = try attack("bad-fields")
+    let streams = Array(stride(from: 1, through: 23, by: 2))
+    #expect(result["resets"] as? [String: Int] == ["PROTOCOL_ERROR": 12], "\(result)")
+    #expect(result["reset_streams"] as? [Int] == streams, "\(result)")
+    #expect(result["answered_streams"] as? [Int] == [25], "\(result)")
+    #expect(result["goaway"] as? [String] == [], "\(result)")
+    try expectHealthy()
+  }
+
+  /// SETTINGS_INITIAL_WINDOW_SIZE that takes an open stream's window past 2^31-1 on the way
+  /// (its frame's last entry would not) is a connection FLOW_CONTROL_ERROR (RFC 9113 §6.9.2).
+  @Test func aWindowPushedPastTheMaximumEndsTheConnection() throws {
+    let result = try attack("window-overflow")
+    #expect(result["goaway"] as? [String] == ["FLOW_CONTROL_ERROR"], "\(result)")
+    try expectHealthy()
+  }
+
+  /// 300 SETTINGS frames of 2,730 INITIAL_WINDOW_SIZE entries over 1,000 open streams cost one
+  /// pass over the streams per frame: other callers are not held up (each entry walked every
+  /// stream, seconds of waiting).
+  @Test func aSettingsStormHoldsUpNoOtherCaller() throws {
+    let result = try hold("settings-storm")
+    expectServedDuring(result, slowest: 1_000)
+  }
+
+  /// RFC 9113 §5.3.1 and §6.3: a stream depending on itself is reset; PRIORITY on stream 0
+  /// ends the connection.
+  @Test func priorityOnItselfOrStreamZeroIsAnError() throws {
+    let result = try attack("priority")
+    let itself = result["self_dependency"] as? [String: Any] ?? [:]
+    #expect(itself["resets"] as? [String: Int] == ["PROTOCOL_ERROR": 1], "\(result)")
+    #expect(itself["goaway"] as? [String] == [], "\(result)")
+    let zero = result["stream_zero"] as? [String: Any] ?? [:]
+    #expect(zero["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
+    try expectHealthy()
+  }
+
   /// An app that answers with GOAWAY carrying an error, naming every stream as taken and never
   /// closing: the sidecar ends that connection itself, and the call gets UNAVAILABLE at once
   /// rather than waiting forever.

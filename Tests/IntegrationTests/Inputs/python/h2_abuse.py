@@ -22,6 +22,15 @@ Usage: h2_abuse.py HOST:PORT CASE [SIDECAR-PID [CONNECTIONS]]
   ping-flood          PINGs sent as fast as the socket takes them, ACKs never read, for 4 s
   settings-flood      the same with empty SETTINGS frames
   empty-data          a request stream sent 1,000 empty and padding-only DATA frames
+  bad-fields          requests whose fields RFC 9113 §8.2 calls malformed (names with a space,
+                      a colon, upper case; values with CR, LF, NUL or white space at an end;
+                      trailers with a pseudo-header or a connection-specific header;
+                      content-length against the DATA), then a good one on the same connection
+  window-overflow     SETTINGS_INITIAL_WINDOW_SIZE that takes an open stream's window past
+                      2^31-1 — at a value on the way, not the frame's last
+  settings-storm      300 SETTINGS frames of 2,730 INITIAL_WINDOW_SIZE entries over 1,000 open
+                      streams, while a well-behaved caller calls on another connection
+  priority            PRIORITY on a stream depending on itself, then PRIORITY on stream 0
   then-healthy        (after any case) a normal call on a new connection
 
 The held cases report the sidecar's RSS (from /proc, before and at most during the hold) and
@@ -424,6 +433,80 @@ def empty_data(target):
     return summary(*c.read_frames(3))
 
 
+BAD_HEADERS = [[("x y", "1")], [("x:y", "1")], [("x-a", "a\rb")], [("x-a", "a\nb")],
+               [("x-a", "a\x00b")], [("x-a", " a")], [("x-a", "a ")]]
+BAD_TRAILERS = [[(":path", "/x")], [("connection", "close")], [("X-Upper", "1")]]
+
+
+def bad_fields(target):
+    """Each bad request is a stream error (reset) and the connection serves on."""
+    c = Connection(target)
+    body = b"\x00\x00\x00\x00\x02ok"
+    burst, stream = b"", 1
+    for extra in BAD_HEADERS:
+        burst += c.request("/t.T/Unary", stream, end_stream=False, extra=extra)
+        burst += frame(DATA, END_STREAM, stream, body)
+        stream += 2
+    for extra in BAD_TRAILERS:
+        burst += c.request("/t.T/Unary", stream, end_stream=False)
+        burst += frame(DATA, 0, stream, body)
+        burst += frame(HEADERS, END_STREAM | END_HEADERS, stream, c.encoder.encode(extra))
+        stream += 2
+    for declared in ("3", "20"):  # fewer and more DATA bytes than declared
+        burst += c.request("/t.T/Unary", stream, end_stream=False,
+                           extra=[("content-length", declared)])
+        burst += frame(DATA, END_STREAM, stream, body)
+        stream += 2
+    good = stream
+    burst += c.request("/t.T/Unary", good, end_stream=False,
+                       extra=[("content-length", str(len(body)))])
+    burst += frame(DATA, 0, good, body)
+    burst += frame(HEADERS, END_STREAM | END_HEADERS, good, c.encoder.encode([("x-t", "fine")]))
+    c.send(burst)
+    frames, closed = c.read_frames(20, until_status=True)
+    result = summary(frames, closed)
+    result["reset_streams"] = sorted(s for k, _, s, _ in frames if k == RST_STREAM)
+    result["answered_streams"] = sorted(
+        s for k, _, s, p in frames if k == HEADERS and "grpc-status" in p)
+    return result
+
+
+def window_overflow(target):
+    """A stream's window at exactly 2^31-1; then SETTINGS whose first INITIAL_WINDOW_SIZE
+    raises it by one and whose second sets it back."""
+    c = Connection(target)
+    c.read_frames(0.3)
+    burst = c.request("/t.T/Slow", 1, end_stream=False)
+    burst += frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", WIDE - 65535))
+    burst += frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 65536) + struct.pack(">HI", 4, 65535))
+    c.send(burst)
+    return summary(*c.read_frames(3))
+
+
+def settings_storm(target, pid):
+    def attack():
+        c = Connection(target)
+        c.read_frames(0.3)
+        opened = b"".join(c.request("/t.T/Slow", 1 + 2 * i, end_stream=False)
+                          for i in range(1000))
+        c.send(opened)
+        entries = b"".join(struct.pack(">HI", 4, 65535 + (i % 2)) for i in range(2730))
+        c.send(frame(SETTINGS, 0, 0, entries) * 300)
+        return [c]
+    return held(target, pid, attack)
+
+
+def priority(target):
+    c = Connection(target)
+    c.read_frames(0.3)
+    c.send(c.request("/t.T/Slow", 1, end_stream=False)
+           + frame(2, 0, 1, struct.pack(">IB", 1, 16)))  # PRIORITY: stream 1 depends on 1
+    first = summary(*c.read_frames(1))
+    c.send(frame(2, 0, 0, struct.pack(">IB", 1, 16)))  # PRIORITY on stream 0
+    second = summary(*c.read_frames(2))
+    return {"self_dependency": first, "stream_zero": second}
+
+
 def then_healthy(target):
     c = Connection(target)
     c.send(c.request("/t.T/Unary", 1, end_stream=False)
@@ -435,9 +518,11 @@ CASES = {"rapid-reset": rapid_reset, "made-you-reset": made_you_reset,
          "cancels-among-calls": cancels_among_calls, "continuation-flood": continuation_flood,
          "big-headers": big_headers, "too-many-streams": too_many_streams, "idle": idle,
          "slowloris": slowloris, "malformed": malformed, "empty-data": empty_data,
+         "bad-fields": bad_fields, "window-overflow": window_overflow, "priority": priority,
          "then-healthy": then_healthy}
 HELD = {"unread-streams": lambda t, pid, n: unread_streams(t, pid, n),
         "zero-window": lambda t, pid, n: zero_window(t, pid),
+        "settings-storm": lambda t, pid, n: settings_storm(t, pid),
         "ping-flood": lambda t, pid, n: control_flood(t, pid, "ping"),
         "settings-flood": lambda t, pid, n: control_flood(t, pid, "settings")}
 
