@@ -418,12 +418,13 @@ final class ForwardedCall {
 
   /// Answers the caller with a gRPC status of the proxy's own (Trailers-Only), and asks it to
   /// stop sending if it has not finished.
-  func answer(_ status: ProxyStatus, _ message: String) {
+  func answer(_ status: ProxyStatus, _ message: String, httpStatus: Int = 200) {
     guard !downstreamClosed, !responseEnded else { return }
     code = Substring(String(status.rawValue))
     statusMessage = message
     let headers =
-      responseStarted ? trailers(status, message) : trailersOnly(status, message)
+      responseStarted
+      ? trailers(status, message) : trailersOnly(status, message, httpStatus: httpStatus)
     responseStarted = true
     responseEnded = true
     stopTimers()

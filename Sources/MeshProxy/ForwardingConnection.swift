@@ -677,6 +677,15 @@ final class ForwardingConnection: ChannelDuplexHandler {
     streams[id] = Stream(
       call: call, sendWindow: peerInitialWindow, receiveWindow: HTTP2Windows.stream,
       remoteEnded: endStream, headersReceived: true, declaredLength: declaredLength)
+    // gRPC over HTTP/2: a request that is not gRPC is answered 415, so that an HTTP client is
+    // not told 200.
+    let contentType = headers.first(name: "content-type")
+    guard isGRPCContentType(contentType) else {
+      call.answer(
+        .internalError,
+        "expected content-type application/grpc, got '\(contentType ?? "")'", httpStatus: 415)
+      return
+    }
     switch route(headers) {
     case .reject(let status, let message, let fault):
       if let fault {

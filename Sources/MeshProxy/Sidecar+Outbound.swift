@@ -16,7 +16,10 @@ extension Sidecar {
     let path = headers.first(name: ":path")!
 
     // The service, named by `:authority`.
-    let authority = headers.first(name: ":authority") ?? ""
+    guard let authority = headers.first(name: ":authority") else {
+      return .reject(
+        .invalidArgument, "the request has no :authority, which names the service to call")
+    }
     let service = authority.split(separator: ":").first.map(String.init) ?? ""
     guard let target = table.targets[service], !target.endpoints.isEmpty else {
       return .reject(.unavailable, "no route to '\(service)'")

@@ -293,7 +293,27 @@ public struct Sidecar: Service {
       // Only the sidecar may say who called: a client's copy is dropped.
       headers.remove(name: "x-trellis-peer-identity")
       headers.add(name: "x-trellis-peer-identity", value: caller)
+      // `:authority` is optional in HTTP/2, and some servers refuse a request without it: the
+      // app is named by the service it serves.
+      if headers.first(name: ":authority") == nil {
+        headers = withAuthority(headers, service)
+      }
     }
+  }
+
+  /// `headers` with `:authority` among the pseudo-headers, which come first.
+  static func withAuthority(_ headers: HPACKHeaders, _ authority: String) -> HPACKHeaders {
+    var result = HPACKHeaders()
+    var added = false
+    for header in headers {
+      if !added, !header.name.hasPrefix(":") {
+        result.add(name: ":authority", value: authority)
+        added = true
+      }
+      result.add(name: header.name, value: header.value, indexing: header.indexable)
+    }
+    if !added { result.add(name: ":authority", value: authority) }
+    return result
   }
 
   /// Makes an accepted connection an HTTP/2 server whose calls are forwarded where `route`

@@ -28,9 +28,18 @@ import Testing
     server.stop()
   }
 
-  /// Runs one case; returns what the sidecar did.
-  func attack(_ name: String) throws -> [String: Any] {
-    let result = try run(try resolve("python3"), [abuse, clientSidecar.outbound, name])
+  /// Runs one case against the outbound listener (h2c), or against the server sidecar's
+  /// inbound listener (mutual TLS, as the `client` service); returns what the sidecar did.
+  func attack(_ name: String, inbound: Bool = false) throws -> [String: Any] {
+    let certs = mesh.certs
+    let environment =
+      inbound
+      ? [
+        "H2_ABUSE_CERT": "\(certs)/client.pem", "H2_ABUSE_KEY": "\(certs)/client-key.pem",
+        "H2_ABUSE_CA": "\(certs)/bundle.pem",
+      ] : [:]
+    let target = inbound ? serverSidecar.inbound : clientSidecar.outbound
+    let result = try run(try resolve("python3"), [abuse, target, name], environment: environment)
     guard result.status == 0, let object = try jsonObjects(result.stdout).first else {
       throw HarnessError("h2_abuse.py \(name): \(result.stdout)\(result.stderr)")
     }
@@ -225,6 +234,31 @@ import Testing
     let zero = result["stream_zero"] as? [String: Any] ?? [:]
     #expect(zero["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
     try expectHealthy()
+  }
+
+  /// gRPC's HTTP/2 protocol: a request that is not gRPC is answered HTTP 415 (an HTTP client
+  /// sees an HTTP status, not a bare reset), on both listeners.
+  @Test func aRequestThatIsNotGRPCIsAnswered415() throws {
+    for inbound in [false, true] {
+      let result = try attack("not-grpc", inbound: inbound)
+      #expect(result["http_status"] as? [String] == ["415"], "inbound \(inbound): \(result)")
+      // Answered before the request ended: RST_STREAM NO_ERROR asks the client to stop
+      // sending (RFC 9113 §8.1), after the answer.
+      let resets = result["resets"] as? [String: Int] ?? ["?": 1]
+      #expect(resets.keys.allSatisfy { $0 == "NO_ERROR" }, "inbound \(inbound): \(result)")
+    }
+  }
+
+  /// `:authority` is optional in HTTP/2: the inbound side serves its app without it; the
+  /// outbound side, which routes by it, answers INVALID_ARGUMENT naming it.
+  @Test func aRequestWithoutAuthority() throws {
+    let inbound = try attack("no-authority", inbound: true)
+    #expect(inbound["grpc_status"] as? [String: Int] == ["0": 1], "\(inbound)")
+    let outbound = try attack("no-authority")
+    #expect(outbound["grpc_status"] as? [String: Int] == ["3": 1], "\(outbound)")
+    #expect(
+      (outbound["grpc_message"] as? [String])?.first?.contains(":authority") == true,
+      "\(outbound)")
   }
 
   /// An app that answers with GOAWAY carrying an error, naming every stream as taken and never

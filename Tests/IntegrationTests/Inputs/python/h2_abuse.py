@@ -33,12 +33,20 @@ Usage: h2_abuse.py HOST:PORT CASE [SIDECAR-PID [CONNECTIONS]]
   priority            PRIORITY on a stream depending on itself, then PRIORITY on stream 0
   then-healthy        (after any case) a normal call on a new connection
 
+  not-grpc            a request whose content-type is text/plain
+  no-authority        a gRPC request without :authority
+
+With H2_ABUSE_CERT, H2_ABUSE_KEY and H2_ABUSE_CA set, every connection is mutual TLS 1.3 with
+that client certificate (a sidecar's inbound listener); otherwise h2c.
+
 The held cases report the sidecar's RSS (from /proc, before and at most during the hold) and
 the calls a well-behaved caller made on another connection before and during the hold: how
 many were answered OK, and their p50 and p99.
 """
 import json
+import os
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -71,14 +79,24 @@ class Connection:
             self.sock.connect((host, int(port)))
         else:
             self.sock = socket.create_connection((host, int(port)), timeout=10)
+        if os.environ.get("H2_ABUSE_CERT"):
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
+            context.check_hostname = False
+            context.load_verify_locations(os.environ["H2_ABUSE_CA"])
+            context.load_cert_chain(os.environ["H2_ABUSE_CERT"], os.environ["H2_ABUSE_KEY"])
+            context.set_alpn_protocols(["h2"])
+            self.sock = context.wrap_socket(self.sock)
         self.encoder, self.decoder = hpack.Encoder(), hpack.Decoder()
         self.buffer = b""
         self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
 
-    def request(self, path, stream, end_stream=True, extra=()):
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", path),
-                   (":authority", "echo"), ("content-type", "application/grpc"),
-                   ("te", "trailers")] + list(extra)
+    def request(self, path, stream, end_stream=True, extra=(), authority="echo",
+                content_type="application/grpc"):
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", path)]
+        if authority:
+            headers.append((":authority", authority))
+        headers += [("content-type", content_type), ("te", "trailers")] + list(extra)
         flags = END_HEADERS | (END_STREAM if end_stream else 0)
         return frame(HEADERS, flags, stream, self.encoder.encode(headers))
 
@@ -507,6 +525,27 @@ def priority(target):
     return {"self_dependency": first, "stream_zero": second}
 
 
+def not_grpc(target):
+    c = Connection(target)
+    c.send(c.request("/t.T/Unary", 1, end_stream=False, content_type="text/plain")
+           + frame(DATA, END_STREAM, 1, b"hello"))
+    frames, closed = c.read_frames(5, until_status=True)
+    result = summary(frames, closed)
+    result["http_status"] = [p.get(":status") for k, _, _, p in frames if k == HEADERS]
+    return result
+
+
+def no_authority(target):
+    c = Connection(target)
+    c.send(c.request("/t.T/Unary", 1, end_stream=False, authority=None)
+           + frame(DATA, END_STREAM, 1, b"\x00\x00\x00\x00\x02ok"))
+    frames, closed = c.read_frames(10, until_status=True)
+    result = summary(frames, closed)
+    result["grpc_message"] = [p.get("grpc-message") for k, _, _, p in frames
+                              if k == HEADERS and "grpc-message" in p]
+    return result
+
+
 def then_healthy(target):
     c = Connection(target)
     c.send(c.request("/t.T/Unary", 1, end_stream=False)
@@ -519,6 +558,7 @@ CASES = {"rapid-reset": rapid_reset, "made-you-reset": made_you_reset,
          "big-headers": big_headers, "too-many-streams": too_many_streams, "idle": idle,
          "slowloris": slowloris, "malformed": malformed, "empty-data": empty_data,
          "bad-fields": bad_fields, "window-overflow": window_overflow, "priority": priority,
+         "not-grpc": not_grpc, "no-authority": no_authority,
          "then-healthy": then_healthy}
 HELD = {"unread-streams": lambda t, pid, n: unread_streams(t, pid, n),
         "zero-window": lambda t, pid, n: zero_window(t, pid),
