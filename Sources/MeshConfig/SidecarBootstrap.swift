@@ -30,7 +30,7 @@ import MeshIdentity
 ///   lease: 15s                     #   renewed every third of it (`register: false`: never)
 /// limits:                          # optional; these are the defaults
 ///   idleTimeout: 5m                # a connection without calls for this long is closed
-///   handshakeTimeout: 10s          # a TLS handshake must finish within this
+///   handshakeTimeout: 10s          # from TCP to the caller's first SETTINGS (TLS, preface)
 ///   drainTimeout: 30s              # calls in flight at SIGTERM get this long to finish
 ///   maxConcurrentStreams: 1024     # streams a caller may have open on one connection
 /// tracing:                         # optional: where spans go (OTLP/gRPC); by default the

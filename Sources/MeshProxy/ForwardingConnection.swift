@@ -222,6 +222,19 @@ final class ForwardingConnection: ChannelDuplexHandler {
     counted = true
     loop.metrics?.connectionOpened(kind: kind)
     startIdleCheck(context: context)
+    if isServer {
+      // The caller has `handshakeTimeout` from the TCP connection (before TLS, which the
+      // channel is active before) to its first SETTINGS; bytes trickled meanwhile buy nothing.
+      let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+      setupCheck = context.eventLoop.scheduleTask(in: loop.handshakeTimeout) {
+        let connection = bound.value
+        guard connection.awaitingSettings, !connection.closing else { return }
+        connection.failure = "no HTTP/2 preface and SETTINGS within the handshake timeout"
+        connection.closing = true
+        connection.acceptsCalls = false
+        connection.context?.close(promise: nil)
+      }
+    }
     if case .upstream(let endpoint) = role, endpoint.expectedIdentity != nil {
       startLivenessCheck(context: context)
     }
@@ -252,6 +265,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
   }
 
   func channelInactive(context: ChannelHandlerContext) {
+    setupCheck?.cancel()
     if counted { loop.metrics?.connectionClosed(kind: kind) }
     acceptsCalls = false
     closing = true
@@ -1236,6 +1250,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
   // MARK: Idleness and draining
 
   private var idleCheck: RepeatedTask?
+  /// Closes an accepted connection that has not sent its preface and SETTINGS in time.
+  private var setupCheck: Scheduled<Void>?
   private var lastActive = NIODeadline.now()
   private var draining = false
 
@@ -1382,12 +1398,16 @@ final class LoopState {
   /// Span and trace ids for this loop's calls.
   var ids = IDGenerator()
   let idleTimeout: TimeAmount
+  /// How long an accepted connection may take from TCP to the caller's first SETTINGS: the
+  /// TLS handshake, the preface and the SETTINGS frame.
+  let handshakeTimeout: TimeAmount
   /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to callers.
   let maxConcurrentStreams: Int
   private var toFlush: [ForwardingConnection] = []
 
   init(
     eventLoop: any EventLoop, metrics: SidecarMetrics?, idleTimeout: TimeAmount,
+    handshakeTimeout: TimeAmount = .seconds(10),
     maxConcurrentStreams: Int = HTTP2Windows.maxConcurrentStreams, tracing: CallTracing? = nil,
     telemetry: LiveTelemetry? = nil
   ) {
@@ -1396,6 +1416,7 @@ final class LoopState {
     self.tracing = tracing
     self.telemetry = telemetry
     self.idleTimeout = idleTimeout
+    self.handshakeTimeout = handshakeTimeout
     self.maxConcurrentStreams = maxConcurrentStreams
   }
 

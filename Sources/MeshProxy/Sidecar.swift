@@ -77,6 +77,7 @@ public struct Sidecar: Service {
     let limits = configuration.bootstrap.limits
     let pools = PoolSet(
       group: group, tls: tls, metrics: metrics, idleTimeout: TimeAmount(limits.idleTimeout),
+      handshakeTimeout: TimeAmount(limits.handshakeTimeout),
       maxConcurrentStreams: limits.maxConcurrentStreams, tracing: tracing,
       telemetry: configuration.telemetry)
     let state = NIOLockedValueBox(RunState.starting)
@@ -423,15 +424,16 @@ final class PoolSet: Sendable {
 
   init(
     group: MultiThreadedEventLoopGroup, tls: ProxyTLS, metrics: SidecarMetrics,
-    idleTimeout: TimeAmount, maxConcurrentStreams: Int, tracing: CallTracing,
-    telemetry: LiveTelemetry?
+    idleTimeout: TimeAmount, handshakeTimeout: TimeAmount, maxConcurrentStreams: Int,
+    tracing: CallTracing, telemetry: LiveTelemetry?
   ) {
     var pools: [ObjectIdentifier: Pools] = [:]
     for eventLoop in group.makeIterator() {
       pools[ObjectIdentifier(eventLoop)] = Pools(
         loop: LoopState(
           eventLoop: eventLoop, metrics: metrics, idleTimeout: idleTimeout,
-          maxConcurrentStreams: maxConcurrentStreams, tracing: tracing, telemetry: telemetry),
+          handshakeTimeout: handshakeTimeout, maxConcurrentStreams: maxConcurrentStreams,
+          tracing: tracing, telemetry: telemetry),
         tls: tls)
     }
     self.pools = pools

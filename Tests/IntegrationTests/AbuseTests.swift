@@ -19,7 +19,7 @@ import Testing
     // Short enough for the idle cases to be quick, long enough that an attacker's first bytes
     // arrive before it on a loaded machine.
     (serverSidecar, clientSidecar) = try mesh.pair(
-      app: server.address, clientLimits: "  idleTimeout: 2s")
+      app: server.address, clientLimits: "  idleTimeout: 2s\n  handshakeTimeout: 1s")
   }
 
   deinit {
@@ -233,6 +233,18 @@ import Testing
     #expect(itself["goaway"] as? [String] == [], "\(result)")
     let zero = result["stream_zero"] as? [String: Any] ?? [:]
     #expect(zero["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
+    try expectHealthy()
+  }
+
+  /// `handshakeTimeout` (1 s here) runs from the TCP connection to the caller's first
+  /// SETTINGS, on the h2c listener too: a connection that says nothing, or trickles its
+  /// preface, is closed then (it was kept for the idle timeout, 5 minutes by default).
+  @Test func aConnectionThatDoesNotStartHTTP2InTimeIsClosed() throws {
+    for name in ["no-preface", "slow-preface"] {
+      let result = try attack(name)
+      let seconds = result["closed_after_s"] as? Double ?? .infinity
+      #expect(seconds >= 0.9 && seconds < 1.9, "\(name): \(result)")
+    }
     try expectHealthy()
   }
 

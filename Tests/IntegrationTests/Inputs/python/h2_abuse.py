@@ -33,6 +33,8 @@ Usage: h2_abuse.py HOST:PORT CASE [SIDECAR-PID [CONNECTIONS]]
   priority            PRIORITY on a stream depending on itself, then PRIORITY on stream 0
   then-healthy        (after any case) a normal call on a new connection
 
+  no-preface          a connection that sends nothing at all
+  slow-preface        the client preface sent one byte every 100 ms
   not-grpc            a request whose content-type is text/plain
   no-authority        a gRPC request without :authority
 
@@ -525,6 +527,41 @@ def priority(target):
     return {"self_dependency": first, "stream_zero": second}
 
 
+def until_closed(sock, trickle=b"", every=0.1, limit=15):
+    """Seconds until the sidecar closes `sock`, sending `trickle` a byte at a time meanwhile."""
+    start = time.monotonic()
+    sock.settimeout(every)
+    for byte in trickle:
+        try:
+            sock.sendall(bytes([byte]))
+            if sock.recv(65536) == b"":
+                return round(time.monotonic() - start, 2)
+        except socket.timeout:
+            continue
+        except OSError:
+            return round(time.monotonic() - start, 2)
+    while time.monotonic() - start < limit:
+        try:
+            if sock.recv(65536) == b"":
+                break
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+    return round(time.monotonic() - start, 2)
+
+
+def no_preface(target):
+    host, port = target.rsplit(":", 1)
+    return {"closed_after_s": until_closed(socket.create_connection((host, int(port))))}
+
+
+def slow_preface(target):
+    host, port = target.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    return {"closed_after_s": until_closed(sock, trickle=PREFACE + frame(SETTINGS, 0, 0))}
+
+
 def not_grpc(target):
     c = Connection(target)
     c.send(c.request("/t.T/Unary", 1, end_stream=False, content_type="text/plain")
@@ -558,7 +595,8 @@ CASES = {"rapid-reset": rapid_reset, "made-you-reset": made_you_reset,
          "big-headers": big_headers, "too-many-streams": too_many_streams, "idle": idle,
          "slowloris": slowloris, "malformed": malformed, "empty-data": empty_data,
          "bad-fields": bad_fields, "window-overflow": window_overflow, "priority": priority,
-         "not-grpc": not_grpc, "no-authority": no_authority,
+         "not-grpc": not_grpc, "no-authority": no_authority, "no-preface": no_preface,
+         "slow-preface": slow_preface,
          "then-healthy": then_healthy}
 HELD = {"unread-streams": lambda t, pid, n: unread_streams(t, pid, n),
         "zero-window": lambda t, pid, n: zero_window(t, pid),
