@@ -317,17 +317,34 @@ struct Launcher {
     var reported = Set<Int32>()
     var exits: [pid_t: Int32] = [:]
     var lastReload = ContinuousClock.now
+    // `meshctl down` from another terminal marks the run file, stops everything and removes
+    // the file: then the stops are not deaths, and this ends once the file is gone.
+    var stoppedElsewhere = false
     logs.follow(run.processes)
     while !stopRequested.isSet {
       logs.printNew()
       for (pid, status) in LocalProcesses.reapChildren() { exits[pid] = status }
-      if ContinuousClock.now - lastReload > .seconds(1), let fresh = ShopRun.load() {
-        run = fresh
-        logs.follow(run.processes)
+      if ContinuousClock.now - lastReload > .milliseconds(300) {
+        let fresh = ShopRun.load()
+        if fresh == nil || fresh?.stopping == true, !stoppedElsewhere {
+          stoppedElsewhere = true
+          print("\nmeshctl down is stopping the shop…")
+        }
+        if let fresh {
+          run = fresh
+          logs.follow(run.processes)
+        } else if !run.processes.contains(where: \.isRunning) {
+          logs.printNew()
+          print("stopped by meshctl down; the data stays in \(ShopRun.folder)/")
+          flushStandardOutput()
+          return
+        }
         lastReload = .now
       }
       for entry in run.processes
-      where !reported.contains(entry.pid) && !LocalProcesses.isRunning(entry.pid) {
+      where !stoppedElsewhere && !reported.contains(entry.pid)
+        && !LocalProcesses.isRunning(entry.pid)
+      {
         // A restart may be replacing it: only a process still in the run file counts.
         guard ShopRun.load()?.processes.contains(where: { $0.pid == entry.pid }) ?? true else {
           continue

@@ -10,6 +10,9 @@ struct ShopRun: Codable {
   /// The mesh's API key for the gateway.
   var apiKeyFile: String
   var processes: [Entry]
+  /// Set by `meshctl down` while it stops the processes (a foreground `up` then takes their
+  /// ends for what they are).
+  var stopping: Bool?
 
   struct Ports: Codable, Equatable {
     /// The first of the sidecars' and apps' ports: slot N uses base+10N+1 … base+10N+4.

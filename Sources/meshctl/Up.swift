@@ -229,11 +229,13 @@ struct Down: AsyncParsableCommand {
   var timeout: Double = 20
 
   func run() async throws {
-    guard let run = ShopRun.load() else {
+    guard var run = ShopRun.load() else {
       print("nothing to stop: no \(ShopRun.file) here")
       return
     }
     guard timeout > 0 else { throw ValidationError("--timeout must be more than 0 seconds") }
+    run.stopping = true
+    try? run.save()
     let running = run.running
     let stopped = await Launcher.stopAll(run, timeout: .milliseconds(Int64(timeout * 1000)))
     let seconds = timeout == timeout.rounded() ? String(Int(timeout)) : String(timeout)

@@ -449,6 +449,30 @@ struct GatewayLoad {
     #expect(text().contains("stopped; the data stays in .trellis/"))
     let pids = processes.compactMap { $0["pid"] as? Int }
     #expect(pids.allSatisfy { !isAlive($0) }, "still running: \(pids.filter { isAlive($0) })")
+
+    // Up again in the foreground, stopped by `meshctl down` from another terminal: the stops
+    // are not reported as deaths, and the foreground ends once everything has.
+    FileManager.default.createFile(atPath: output.path, contents: nil)
+    let again = Process()
+    again.executableURL = process.executableURL
+    again.arguments = process.arguments
+    again.currentDirectoryURL = directory
+    again.standardOutput = try FileHandle(forWritingTo: output)
+    again.standardError = again.standardOutput
+    try again.run()
+    while !text().contains("The shop is running"), again.isRunning, Date() < end {
+      Thread.sleep(forTimeInterval: 0.2)
+    }
+    let down = try run(binary("meshctl"), ["down"], directory: directory)
+    #expect(down.stdout.contains("stopped 11 processes"), "\(down.stdout)\(down.stderr)")
+    let ended = Date().addingTimeInterval(20)
+    while again.isRunning, Date() < ended { Thread.sleep(forTimeInterval: 0.1) }
+    #expect(!again.isRunning, "the foreground up outlived meshctl down: \(text())")
+    if again.isRunning { kill(again.processIdentifier, SIGKILL) }
+    again.waitUntilExit()
+    #expect(text().contains("stopped by meshctl down"), "\(text())")
+    #expect(!text().contains("is no longer running"), "\(text())")
+    #expect(!text().contains("was killed by signal"), "\(text())")
   }
 
   /// A route timeout on the event bus cuts its unary calls, not its subscriptions: the
