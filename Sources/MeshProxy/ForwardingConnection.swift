@@ -57,6 +57,9 @@ final class ForwardingConnection: ChannelDuplexHandler {
     var sendWindow: Int
     /// What the peer may still send on it.
     var receiveWindow: Int
+    /// The window this side keeps open for the peer on it: `HTTP2Windows.stream` at first,
+    /// grown while its bytes keep leaving (see `returnStreamCredit`).
+    var window = HTTP2Windows.stream
     /// Bytes handed on but not yet given back with a stream WINDOW_UPDATE.
     var credit = 0
     var localEnded = false
@@ -124,6 +127,13 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   // This side's connection window.
   private var receiveWindow = HTTP2Windows.connection
+  /// Whether the peer has acknowledged this side's SETTINGS. Until it has, it may send up to
+  /// the protocol's default window on a stream (RFC 9113 §6.9.2), more than
+  /// `HTTP2Windows.stream`.
+  private var settingsAcknowledged = false
+  private var initialReceiveWindow: Int {
+    settingsAcknowledged ? HTTP2Windows.stream : HTTP2Windows.protocolDefault
+  }
   /// Bytes handed on but not yet given back with a connection WINDOW_UPDATE.
   private var connectionCredit = 0
 
@@ -689,7 +699,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
       service ?? String(headers.first(name: ":authority")?.split(separator: ":").first ?? "")
     call.requestEnded = endStream
     streams[id] = Stream(
-      call: call, sendWindow: peerInitialWindow, receiveWindow: HTTP2Windows.stream,
+      call: call, sendWindow: peerInitialWindow, receiveWindow: initialReceiveWindow,
       remoteEnded: endStream, headersReceived: true, declaredLength: declaredLength)
     // gRPC over HTTP/2: a request that is not gRPC is answered 415, so that an HTTP client is
     // not told 200.
@@ -737,6 +747,12 @@ final class ForwardingConnection: ChannelDuplexHandler {
     if flags & FrameFlag.ack != 0 {
       guard payload.readableBytes == 0 else {
         throw HTTP2ConnectionError(.frameSizeError, "SETTINGS ACK with a payload")
+      }
+      if !settingsAcknowledged {
+        // The peer now holds every stream to this side's initial window, as this side does.
+        settingsAcknowledged = true
+        let delta = HTTP2Windows.stream - HTTP2Windows.protocolDefault
+        for id in Array(streams.keys) { streams[id]!.receiveWindow += delta }
       }
       return
     }
@@ -858,6 +874,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
   /// Removes a stream, giving back the window of the data still queued on it.
   private func removeStream(_ id: UInt32) -> Stream? {
     guard let stream = streams.removeValue(forKey: id) else { return nil }
+    forget(stream)
     for entry in stream.queue {
       if case .data(_, _, let flow, let source) = entry, let source {
         stream.call.handedOn(flow, from: source, connectionCredited: true)
@@ -878,6 +895,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
   private func closeIfEnded(_ id: UInt32) {
     guard let stream = streams[id], stream.localEnded, stream.remoteEnded else { return }
     streams.removeValue(forKey: id)
+    forget(stream)
     completedStreams += 1
     stream.call.closed(on: self, reason: nil, stream: id)
     streamRemoved()
@@ -989,6 +1007,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
       return
     }
     streams.removeValue(forKey: id)
+    forget(stream)
     completedStreams += 1
     stream.call.closed(on: self, reason: nil, stream: id)
     streamRemoved()
@@ -1150,16 +1169,32 @@ final class ForwardingConnection: ChannelDuplexHandler {
     returnStreamCredit(length, stream: id)
   }
 
-  /// Gives `length` bytes back to stream `id` only, while the peer may still send on it.
+  /// Gives `length` bytes back to stream `id` only, while the peer may still send on it. Its
+  /// bytes are leaving for a reader that keeps up (credit comes back only as they are written
+  /// to a socket that takes them), so its window is doubled each time, up to
+  /// `HTTP2Windows.maximumStream`, while the event loop's budget for grown windows lasts: a
+  /// fast stream gets the window a long round trip needs, and what stalled streams can hold
+  /// stays bounded — `HTTP2Windows.stream` each, and the budget between them all.
   func returnStreamCredit(_ length: Int, stream id: UInt32) {
     guard var stream = streams[id], !stream.remoteEnded else { return }
     stream.credit += length
-    if stream.credit >= HTTP2Windows.stream / 2 {
-      writeWindowUpdate(stream.credit, on: id)
-      stream.receiveWindow += stream.credit
+    if stream.credit >= stream.window / 2 {
+      var increment = stream.credit
+      let growth = min(stream.window, HTTP2Windows.maximumStream - stream.window)
+      if growth > 0, loop.takeWindowBudget(growth) {
+        stream.window += growth
+        increment += growth
+      }
+      writeWindowUpdate(increment, on: id)
+      stream.receiveWindow += increment
       stream.credit = 0
     }
     streams[id] = stream
+  }
+
+  /// A stream is gone: what its window grew by goes back to the loop's budget.
+  private func forget(_ stream: Stream) {
+    loop.returnWindowBudget(stream.window - HTTP2Windows.stream)
   }
 
   // MARK: Liveness
@@ -1334,7 +1369,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     }
     nextStreamID = id + 2
     streams[id] = Stream(
-      call: call, sendWindow: peerInitialWindow, receiveWindow: HTTP2Windows.stream,
+      call: call, sendWindow: peerInitialWindow, receiveWindow: initialReceiveWindow,
       localEnded: endStream)
     call.upstreamStream = id
     lastActive = .now()
@@ -1375,6 +1410,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     let open = streams
     streams = [:]
     blocked = []
+    for stream in open.values { forget(stream) }
     for (id, stream) in open.sorted(by: { $0.key < $1.key }) {
       for entry in stream.queue {
         if case .data(_, _, let flow, let source) = entry, let source {
@@ -1404,6 +1440,19 @@ final class LoopState {
   /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to callers.
   let maxConcurrentStreams: Int
   private var toFlush: [ForwardingConnection] = []
+  /// What the windows of this loop's streams may grow by in all (`HTTP2Windows.growthBudget`).
+  private var windowBudget = HTTP2Windows.growthBudget
+
+  /// Takes `bytes` of the budget for a stream's window to grow by, if there are that many.
+  func takeWindowBudget(_ bytes: Int) -> Bool {
+    guard windowBudget >= bytes else { return false }
+    windowBudget -= bytes
+    return true
+  }
+
+  func returnWindowBudget(_ bytes: Int) {
+    windowBudget += bytes
+  }
 
   init(
     eventLoop: any EventLoop, metrics: SidecarMetrics?, idleTimeout: TimeAmount,

@@ -1,11 +1,16 @@
 /// The proxy's HTTP/2 windows and stream limit, advertised on every connection.
 enum HTTP2Windows {
   static let protocolDefault = 65_535
-  /// Per stream: 64 KiB, as nginx and HAProxy advertise. It is also what the proxy holds at
-  /// most for a stream whose reader has stopped reading (its window goes back to the sender
-  /// only as the bytes leave for the reader's socket): 800 stalled streams hold 50 MiB at
-  /// most, where 1 MiB windows let them hold 800 MiB.
-  static let stream = 64 << 10
+  /// Per stream, at first: 16 KiB. It is also what the proxy holds at most for a stream whose
+  /// reader has stopped reading (its window goes back to the sender only as the bytes leave
+  /// for the reader's socket): 800 stalled streams hold 12.5 MiB.
+  static let stream = 16 << 10
+  /// What a stream's window grows to while its reader keeps up (doubling), so a 4 MiB message
+  /// does not stall on round trips.
+  static let maximumStream = 1 << 20
+  /// What the windows of one event loop's streams may grow by in all: the most that stalled
+  /// streams can hold beyond their first 16 KiB each.
+  static let growthBudget = 8 << 20
   /// Per connection: the most one connection's calls hold in the proxy at once.
   static let connection = 4 << 20
   /// GRPC clients multiplex heavily: 1,024 concurrent streams are advertised unless the
