@@ -340,6 +340,11 @@ public struct Sidecar: Service {
         .serverChannelOption(ChannelOptions.backlog, value: 256)
         .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
         .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        // A caller that does not read stops being written to after 32 KiB wait in the
+        // channel (besides its socket's buffer), not NIO's default 64 KiB.
+        .childChannelOption(
+          ChannelOptions.writeBufferWaterMark, value: .init(low: 16 << 10, high: 32 << 10)
+        )
         .childChannelInitializer(initializer)
         .bind(host: address.host, port: address.port)
         .get()
