@@ -162,26 +162,23 @@ def summary(frames, closed):
     return {"goaway": goaway, "resets": resets, "grpc_status": statuses, "closed": closed}
 
 
-def rapid_reset(target):
+def reset_loop(target, ending):
+    """1,000 streams, each opened and at once followed by the frame `ending(stream)`."""
     c = Connection(target)
     burst = b""
     for i in range(1000):
         stream = 1 + 2 * i
-        burst += c.request("/t.T/Slow", stream, end_stream=False)
-        burst += frame(RST_STREAM, 0, stream, struct.pack(">I", 8))
+        burst += c.request("/t.T/Slow", stream, end_stream=False) + ending(stream)
     c.send(burst)
     return summary(*c.read_frames(3))
 
 
-def made_you_reset(target):
-    c = Connection(target)
-    burst = b""
-    for i in range(1000):
-        stream = 1 + 2 * i
-        burst += c.request("/t.T/Slow", stream, end_stream=False)
-        burst += frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", 0))
-    c.send(burst)
-    return summary(*c.read_frames(3))
+def rapid_reset(target):  # the client resets each stream (CANCEL)
+    return reset_loop(target, lambda stream: frame(RST_STREAM, 0, stream, struct.pack(">I", 8)))
+
+
+def made_you_reset(target):  # a WINDOW_UPDATE of 0 on each: the sidecar must reset it
+    return reset_loop(target, lambda stream: frame(WINDOW_UPDATE, 0, stream, struct.pack(">I", 0)))
 
 
 def cancels_among_calls(target):
