@@ -16,10 +16,10 @@ Usage: h2_abuse.py HOST:PORT CASE [SIDECAR-PID [CONNECTIONS]]
                       other than trailers, upper-case names, misplaced or unknown
                       pseudo-headers), then a good one with look-alike headers, on one connection
   unread-streams      CONNECTIONS connections (8) that open their windows wide, each ask for
-                      8 server streams of 64 MiB and never read the socket, held 4 s
+                      8 server streams of 64 MiB and never read the socket, held 2 s
   zero-window         8 calls for 64 MiB server streams on one connection that reads its socket
-                      but keeps every stream window at 0, held 4 s
-  ping-flood          PINGs sent as fast as the socket takes them, ACKs never read, for 4 s
+                      but keeps every stream window at 0, held 2 s
+  ping-flood          PINGs sent as fast as the socket takes them, ACKs never read, for 2 s
   settings-flood      the same with empty SETTINGS frames
   empty-data          a request stream sent 1,000 empty and padding-only DATA frames
   bad-fields          requests whose fields RFC 9113 §8.2 calls malformed (names with a space,
@@ -349,7 +349,7 @@ def stream_request(c, stream, count=1024, size=65536):
             + frame(DATA, END_STREAM, stream, b"\x00" + len(body).to_bytes(4, "big") + body))
 
 
-def held(target, pid, attack, seconds=4):
+def held(target, pid, attack, seconds=2):
     """Runs `attack` (which opens what it holds and returns it) for `seconds` while a prober
     calls on another connection and the sidecar's RSS is sampled."""
     prober = Prober(target)
