@@ -284,6 +284,11 @@ def malformed(target):
                   ("x-proxy-connect1", "1"), ("transfer-encodin2", "1")]
     burst += c.request("/t.T/Unary", good, end_stream=False, extra=look_alike)
     burst += frame(DATA, END_STREAM, good, b"\x00\x00\x00\x00\x02ok")
+    return send_and_sort(c, burst)
+
+
+def send_and_sort(c, burst):
+    """Sends `burst` and reads until a grpc-status: which streams were reset, which answered."""
     c.send(burst)
     frames, closed = c.read_frames(20, until_status=True)
     result = summary(frames, closed)
@@ -479,13 +484,7 @@ def bad_fields(target):
                        extra=[("content-length", str(len(body)))])
     burst += frame(DATA, 0, good, body)
     burst += frame(HEADERS, END_STREAM | END_HEADERS, good, c.encoder.encode([("x-t", "fine")]))
-    c.send(burst)
-    frames, closed = c.read_frames(20, until_status=True)
-    result = summary(frames, closed)
-    result["reset_streams"] = sorted(s for k, _, s, _ in frames if k == RST_STREAM)
-    result["answered_streams"] = sorted(
-        s for k, _, s, p in frames if k == HEADERS and "grpc-status" in p)
-    return result
+    return send_and_sort(c, burst)
 
 
 def window_overflow(target):
