@@ -20,15 +20,31 @@ struct AppProbe {
     return try await withGRPCClient(transport: transport) { try await body(AppProbe(client: $0)) }
   }
 
-  /// Whether the app answers SERVING within a second; any failure is "not serving".
-  func serving() async -> Bool {
+  /// What the app said when asked for its health.
+  enum Health: Equatable {
+    /// It answered SERVING.
+    case serving
+    /// It answered, and not SERVING (NOT_SERVING while it drains, or UNKNOWN).
+    case notServing
+    /// It did not answer within a second (or its connection failed), for the reason given.
+    case unanswered(String)
+  }
+
+  /// Asks the app for the health of the whole server, waiting up to a second.
+  func health() async -> Health {
     var options = CallOptions.defaults
     options.timeout = .seconds(1)
-    let health = Grpc_Health_V1_Health.Client(wrapping: client)
-    let status = try? await health.check(Grpc_Health_V1_HealthCheckRequest(), options: options) {
-      try $0.message.status
+    let client = Grpc_Health_V1_Health.Client(wrapping: client)
+    do {
+      let status = try await client.check(Grpc_Health_V1_HealthCheckRequest(), options: options) {
+        try $0.message.status
+      }
+      return status == .serving ? .serving : .notServing
+    } catch let error as RPCError {
+      return .unanswered("\(error.code): \(error.message)")
+    } catch {
+      return .unanswered("\(error)")
     }
-    return status == .serving
   }
 
   /// Every method of every service the app lists (health and reflection excepted), with its

@@ -46,6 +46,9 @@ public struct ConfigSubscriber: Service {
     public var lease: Duration
     /// How often the app's health is asked.
     public var probeInterval: Duration
+    /// How many health probes in a row the app may leave unanswered before its endpoint is
+    /// withdrawn (an answer of NOT_SERVING withdraws it at once).
+    public static let unansweredProbes = 2
 
     public init(
       app: Address, labels: [String: String], lease: Duration = .seconds(15),
@@ -191,10 +194,33 @@ public struct ConfigSubscriber: Service {
     var methods: [Trellis_Mesh_V1_MethodInfo]?
     var methodsTried: ContinuousClock.Instant?
     var sent: ContinuousClock.Instant?
+    var unanswered = 0
     do {
       try await AppProbe.with(app: registering.app) { probe in
         while !Task.isShuttingDownGracefully {
-          let serving = await probe.serving()
+          // An app that answers NOT_SERVING (draining) is withdrawn at once; one that does not
+          // answer only after `Registering.unansweredProbes` probes in a row, so one probe lost
+          // on a busy machine does not take a serving endpoint out of every caller's view.
+          let serving: Bool
+          switch await probe.health() {
+          case .serving:
+            serving = true
+            unanswered = 0
+          case .notServing:
+            serving = false
+            unanswered = 0
+          case .unanswered(let reason):
+            unanswered += 1
+            serving = registration.serving && unanswered < Registering.unansweredProbes
+            if registration.serving {
+              logger.warning(
+                "the app did not answer its health probe",
+                metadata: [
+                  "reason": "\(reason)", "in_a_row": "\(unanswered)",
+                  "withdrawn_after": "\(Registering.unansweredProbes)",
+                ])
+            }
+          }
           if serving, methods == nil, methodsTried.map({ .now - $0 > .seconds(30) }) ?? true {
             methodsTried = .now
             do {
