@@ -52,6 +52,7 @@ struct H2Error: Hashable, CustomStringConvertible {
   static let protocolError = H2Error(code: 0x1)
   static let internalError = H2Error(code: 0x2)
   static let flowControlError = H2Error(code: 0x3)
+  static let settingsTimeout = H2Error(code: 0x4)
   static let streamClosed = H2Error(code: 0x5)
   static let frameSizeError = H2Error(code: 0x6)
   static let refusedStream = H2Error(code: 0x7)
