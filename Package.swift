@@ -325,6 +325,14 @@ let package = Package(
     // The floor of the proxy benchmarks: a byte relay that does no work (`scripts/bench`).
     .executableTarget(name: "bench-relay"),
 
+    // The HTTP/2 core's fuzz target: `scripts/fuzz` builds it with libFuzzer (and FUZZING);
+    // built as it is here, it replays inputs (`h2-fuzz Tests/Fuzz/corpus`).
+    .executableTarget(
+      name: "h2-fuzz",
+      dependencies: ["MeshProxy"],
+      swiftSettings: swiftSettings
+    ),
+
     // Tests.
     .target(
       name: "TestSupport",

@@ -1,0 +1,100 @@
+import NIOCore
+
+/// Runs the HTTP/2 core on bytes a peer might send — the target `scripts/fuzz` hands libFuzzer.
+/// The first byte chooses the side (odd: an accepted connection, whose client preface is put
+/// first; even: a pooled one, with three streams of its own open); the rest is the connection's
+/// bytes, read in pieces whose sizes the input also chooses. Each event is carried out as the
+/// sidecar would (streams opened, data credited, answers sent, now and then a stream reset),
+/// and after each the connection's invariants are checked: a broken one traps. A connection
+/// error ends the run, as it ends a connection.
+package enum HTTP2FuzzInput {
+  package static func run(_ input: [UInt8]) {
+    guard let first = input.first else { return }
+    let isServer = first & 1 == 1
+    var connection = HTTP2Connection<UInt32>(
+      isServer: isServer, maxConcurrentStreams: 16, peerStreamLimit: 100,
+      now: .uptimeNanoseconds(0))
+    var reader = HTTP2FrameReader(expectsPreface: isServer)
+    if !isServer {
+      for index in 0..<3 { _ = connection.openStream(UInt32(index), endStream: index == 0) }
+    }
+    var bytes = isServer ? HTTP2Wire.preface : []
+    bytes += input.dropFirst()
+    // Reads of 1 to 64 bytes, or all at once, by the second byte.
+    let piece = input.count > 1 && input[1] & 0x80 != 0 ? Int(input[1] & 0x3F) + 1 : bytes.count
+    var budget = HTTP2Windows.growthBudget
+    var buffer = ByteBuffer()
+    var offset = 0
+    var frames = 0
+    do {
+      while offset < bytes.count {
+        let end = min(bytes.count, offset + max(piece, 1))
+        buffer.writeBytes(bytes[offset..<end])
+        offset = end
+        while let frame = try reader.next(from: &buffer) {
+          frames += 1
+          let now = NIODeadline.uptimeNanoseconds(UInt64(frames) * 1_000_000)
+          let event = try connection.receive(frame, now: now)
+          carryOut(event, on: &connection, budget: &budget)
+          if frames % 16 == 0, let id = connection.streams.keys.min() {
+            _ = connection.reset(id, .cancel)
+          }
+          connection.outbox.removeAll()
+          if connection.needsPing { connection.sentPing() }
+          check(connection)
+        }
+      }
+    } catch is HTTP2ConnectionError {
+      return
+    } catch {
+      preconditionFailure("not a connection error: \(error)")
+    }
+  }
+
+  private static func carryOut(
+    _ event: HTTP2Connection<UInt32>.Event, on connection: inout HTTP2Connection<UInt32>,
+    budget: inout Int
+  ) {
+    let grow: (Int) -> Bool = { _ in false }
+    switch event {
+    case .none, .peerReset, .streamError:
+      break
+    case .request(let id, _, let endStream, let declaredLength):
+      connection.open(id, id, endStream: endStream, declaredLength: declaredLength)
+      if endStream { _ = connection.endedHere(id) }
+    case .data(_, let id, _, let endStream, let flow):
+      connection.returnCredit(flow)
+      connection.returnStreamCredit(flow, on: id) { bytes in
+        guard budget >= bytes else { return false }
+        budget -= bytes
+        return true
+      }
+      if endStream { _ = connection.endedHere(id) }
+    case .headers(_, let id, _, let endStream):
+      if endStream { _ = connection.endedHere(id) }
+    case .credit(let id, let flow):
+      connection.returnCredit(flow)
+      connection.returnStreamCredit(flow, on: id, grow: grow)
+    case .goAway(let lastStream, _):
+      _ = connection.removeStreams(above: lastStream)
+    case .windowsOpened:
+      for id in connection.streams.keys.sorted().prefix(8) {
+        _ = connection.consumeSendWindow(connection.sendable(on: id), on: id)
+      }
+    case .streamWindowOpened(let id):
+      _ = connection.consumeSendWindow(connection.sendable(on: id), on: id)
+    }
+  }
+
+  private static func check(_ connection: HTTP2Connection<UInt32>) {
+    precondition(connection.receiveWindow >= 0, "the connection window went negative")
+    precondition(connection.sendWindow <= HTTP2Wire.maxWindow)
+    precondition(!connection.isServer || connection.streams.count <= 16, "over the stream limit")
+    for (id, stream) in connection.streams {
+      precondition(stream.attachment == id || !connection.isServer)
+      precondition(stream.sendWindow <= HTTP2Wire.maxWindow, "a stream window past 2^31-1")
+      precondition(stream.window <= HTTP2Windows.maximumStream)
+      precondition(!(stream.localEnded && stream.remoteEnded), "a closed stream kept")
+    }
+  }
+}
