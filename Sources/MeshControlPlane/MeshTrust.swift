@@ -142,7 +142,7 @@ public final class MeshTrust: Sendable {
     }
     Task {
       do {
-        _ = try await validator.validate(chain: chain)
+        _ = try await validator.validate(chain: chain, as: .client)
         promise.succeed(.certificateVerified(VerificationMetadata(.init(certificates))))
       } catch {
         promise.succeed(.failed)

@@ -61,9 +61,16 @@ public struct SVIDValidator: Sendable {
     self.trustDomain = trustDomain
   }
 
-  /// The peer's identity, or the reason it is refused. `chain` is leaf first.
+  /// Which end of a TLS handshake a peer's certificate is presented at.
+  public enum Role: String, Sendable {
+    case client
+    case server
+  }
+
+  /// The peer's identity, or the reason it is refused. `chain` is leaf first; the peer is the
+  /// handshake's `role`, which its certificate's extended key usage must allow.
   public func validate(
-    chain: [Certificate], now: Date = Date()
+    chain: [Certificate], as role: Role, now: Date = Date()
   ) async throws(SVIDRejection)
     -> SPIFFEID
   {
@@ -71,6 +78,7 @@ public struct SVIDValidator: Sendable {
       throw SVIDRejection(.noCertificate, "the peer presented no certificate")
     }
     let identity = try Self.leafIdentity(leaf)
+    try Self.checkExtendedKeyUsage(leaf, as: role)
     guard identity.trustDomain == trustDomain else {
       throw SVIDRejection(
         .wrongTrustDomain,
@@ -87,6 +95,25 @@ public struct SVIDValidator: Sendable {
     case .couldNotValidate(let failures):
       let reason = failures.first.map { "\($0.policyFailureReason)" } ?? "no path to a trusted root"
       throw SVIDRejection(.untrusted, "\(identity)'s certificate is not trusted: \(reason)")
+    }
+  }
+
+  /// RFC 5280 §4.2.1.12: a certificate whose extended key usage is stated may be used only for
+  /// what it states (an SVID states both TLS purposes, as the mesh's CA issues them).
+  public static func checkExtendedKeyUsage(
+    _ leaf: Certificate, as role: Role
+  ) throws(SVIDRejection) {
+    let usage: ExtendedKeyUsage?
+    do {
+      usage = try leaf.extensions.extendedKeyUsage
+    } catch {
+      throw SVIDRejection(.notAnSVID, "the certificate's extended key usage does not parse")
+    }
+    guard let usage else { return }
+    let needed: ExtendedKeyUsage.Usage = role == .client ? .clientAuth : .serverAuth
+    guard usage.contains(needed) || usage.contains(.any) else {
+      throw SVIDRejection(
+        .notAnSVID, "the certificate's extended key usage does not allow a TLS \(role.rawValue)")
     }
   }
 

@@ -152,7 +152,9 @@ public final class ProxyTLS: Sendable {
     }
     Task {
       do {
-        let identity = try await validator.validate(chain: chain)
+        // Without an expected identity this side is the server: the peer is a client.
+        let identity = try await validator.validate(
+          chain: chain, as: expected == nil ? .client : .server)
         if let expected, identity.description != expected {
           rejected("wrong_identity")
           promise.succeed(.failed)
@@ -288,6 +290,7 @@ final class HandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
     guard let certificate,
       let leaf = try? Certificate(derEncoded: try certificate.toDERBytes()),
       let identity = try? SVIDValidator.leafIdentity(leaf),
+      (try? SVIDValidator.checkExtendedKeyUsage(leaf, as: .client)) != nil,
       identity.trustDomain == trustDomain,
       leaf.notValidBefore <= Date(), Date() < leaf.notValidAfter
     else { return nil }

@@ -102,7 +102,7 @@ struct MeshTarget {
             try? Certificate(derEncoded: try $0.toDERBytes())
           }
           Task {
-            let verified = try? await validator.validate(chain: chain)
+            let verified = try? await validator.validate(chain: chain, as: .server)
             promise.succeed(
               verified?.description == identity ? .certificateVerified(.init(nil)) : .failed)
           }

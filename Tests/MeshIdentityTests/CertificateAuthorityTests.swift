@@ -40,7 +40,7 @@ import X509
     let eku = try #require(try leaf.extensions.extendedKeyUsage)
     #expect(eku.contains(.serverAuth) && eku.contains(.clientAuth))
     #expect(leaf.notValidAfter.timeIntervalSince(leaf.notValidBefore) <= 3600 + 60)
-    let identity = try await validator().validate(chain: [leaf, issuer.certificate])
+    let identity = try await validator().validate(chain: [leaf, issuer.certificate], as: .client)
     #expect(identity.description == "spiffe://trellis.local/svc/users")
     // Root and issuer have distinct subjects and key identifiers.
     #expect(root.certificate.subject != issuer.certificate.subject)
@@ -88,14 +88,14 @@ import X509
     let foreign = try otherIssuer.issueSVID(
       for: try .workload("users"), publicKey: .init(key.publicKey))
     await #expect {
-      try await validator().validate(chain: [foreign, otherIssuer.certificate])
+      try await validator().validate(chain: [foreign, otherIssuer.certificate], as: .client)
     } throws: { ($0 as? SVIDRejection)?.reason == .untrusted }
   }
 
   @Test func refusesAnExpiredCertificate() async throws {
     let old = try issue(lifetime: 60, now: Date().addingTimeInterval(-3600))
     await #expect {
-      try await validator().validate(chain: [old, issuer.certificate])
+      try await validator().validate(chain: [old, issuer.certificate], as: .client)
     } throws: { ($0 as? SVIDRejection)?.reason == .untrusted }
   }
 
@@ -105,7 +105,7 @@ import X509
       for: try SPIFFEID(parsing: "spiffe://elsewhere.org/svc/users"),
       publicKey: .init(key.publicKey))
     await #expect {
-      try await validator().validate(chain: [stranger, issuer.certificate])
+      try await validator().validate(chain: [stranger, issuer.certificate], as: .client)
     } throws: { ($0 as? SVIDRejection)?.reason == .wrongTrustDomain }
   }
 
@@ -145,12 +145,39 @@ import X509
       (noURI, "0 URI SANs"),
     ] {
       await #expect {
-        try await validator().validate(chain: [certificate, issuer.certificate])
+        try await validator().validate(chain: [certificate, issuer.certificate], as: .client)
       } throws: { error in
         guard let rejection = error as? SVIDRejection else { return false }
         return rejection.reason == .notAnSVID && rejection.detail.contains(expected)
       }
     }
+  }
+
+  @Test func theExtendedKeyUsageMustAllowTheRoleThePeerPlays() async throws {
+    let extensions = try Certificate.Extensions {
+      Critical(KeyUsage(digitalSignature: true))
+      try ExtendedKeyUsage([.serverAuth])
+      SubjectAlternativeNames([.uniformResourceIdentifier("spiffe://trellis.local/svc/a")])
+    }
+    let key = P256.Signing.PrivateKey()
+    let serverOnly = try Certificate(
+      version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey),
+      notValidBefore: Date() - 60, notValidAfter: Date() + 3600,
+      issuer: issuer.certificate.subject, subject: try DistinguishedName { CommonName("a") },
+      signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
+      issuerPrivateKey: .init(issuer.key))
+    let chain = [serverOnly, issuer.certificate]
+    #expect(try await validator().validate(chain: chain, as: .server).serviceName == "a")
+    await #expect {
+      try await validator().validate(chain: chain, as: .client)
+    } throws: { error in
+      (error as? SVIDRejection)?.detail.contains("does not allow a TLS client") == true
+    }
+    // What the mesh's CA issues serves either end.
+    let issued = try issue()
+    #expect(
+      try await validator().validate(chain: [issued, issuer.certificate], as: .server).serviceName
+        == "users")
   }
 
   @Test func aBundleWithTwoRootsTrustsBoth() async throws {
@@ -164,9 +191,11 @@ import X509
     let fromNew = try newIssuer.issueSVID(
       for: try .workload("orders"), publicKey: .init(key.publicKey))
     #expect(
-      try await validator.validate(chain: [fromNew, newIssuer.certificate]).serviceName == "orders")
+      try await validator.validate(chain: [fromNew, newIssuer.certificate], as: .client).serviceName
+        == "orders")
     #expect(
-      try await validator.validate(chain: [try issue(), issuer.certificate]).serviceName == "users")
+      try await validator.validate(chain: [try issue(), issuer.certificate], as: .client)
+        .serviceName == "users")
   }
 
   @Test func signsACertificateSigningRequest() throws {
