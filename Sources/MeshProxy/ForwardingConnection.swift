@@ -163,11 +163,14 @@ final class ForwardingConnection: ChannelDuplexHandler {
     loop.metrics?.connectionOpened(kind: kind)
     startIdleCheck(context: context)
     // The peer has `handshakeTimeout` (from the TCP connection, before TLS, which the channel
-    // is active before) to send its SETTINGS — a caller its preface first — and to acknowledge
-    // this side's (SETTINGS_TIMEOUT); bytes trickled meanwhile buy nothing.
+    // is active before) to send its SETTINGS — a caller its preface first — bytes trickled
+    // meanwhile buying nothing; and `settingsTimeout` to acknowledge this side's.
     let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
     setupCheck = context.eventLoop.scheduleTask(in: loop.handshakeTimeout) {
       bound.value.checkSetup()
+    }
+    settingsCheck = context.eventLoop.scheduleTask(in: Self.settingsTimeout) {
+      bound.value.checkSettingsAcknowledged()
     }
     if case .upstream(let endpoint) = role, endpoint.expectedIdentity != nil {
       startLivenessCheck(context: context)
@@ -193,22 +196,29 @@ final class ForwardingConnection: ChannelDuplexHandler {
     loop.flushAll()
   }
 
-  /// The handshake timeout has passed: a peer that has not sent its SETTINGS, or has not
-  /// acknowledged this side's, is gone.
+  /// How long a peer may take to acknowledge this side's SETTINGS (RFC 9113 §6.5.3).
+  static let settingsTimeout = TimeAmount.seconds(10)
+
+  /// The handshake timeout has passed: a peer that has not sent its SETTINGS is gone.
   private func checkSetup() {
-    guard !closing else { return }
-    if state.awaitingSettings {
-      failure = "no HTTP/2 preface and SETTINGS within the handshake timeout"
-      closing = true
-      acceptsCalls = false
-      context?.close(promise: nil)
-    } else if !state.settingsAcknowledged {
-      fail(HTTP2ConnectionError(.settingsTimeout, "SETTINGS not acknowledged in time"))
-    }
+    guard !closing, state.awaitingSettings else { return }
+    failure = "no HTTP/2 preface and SETTINGS within the handshake timeout"
+    closing = true
+    acceptsCalls = false
+    context?.close(promise: nil)
+  }
+
+  private func checkSettingsAcknowledged() {
+    guard !closing, !state.settingsAcknowledged else { return }
+    fail(
+      HTTP2ConnectionError(
+        .settingsTimeout,
+        "SETTINGS not acknowledged within \(Self.settingsTimeout.nanoseconds / 1_000_000_000) s"))
   }
 
   func channelInactive(context: ChannelHandlerContext) {
     setupCheck?.cancel()
+    settingsCheck?.cancel()
     if counted { loop.metrics?.connectionClosed(kind: kind) }
     acceptsCalls = false
     closing = true
@@ -793,6 +803,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
   private var idleCheck: RepeatedTask?
   /// Closes an accepted connection that has not sent its preface and SETTINGS in time.
   private var setupCheck: Scheduled<Void>?
+  /// Closes a connection whose peer has not acknowledged this side's SETTINGS in time.
+  private var settingsCheck: Scheduled<Void>?
   private var lastActive = NIODeadline.now()
   private var draining = false
 

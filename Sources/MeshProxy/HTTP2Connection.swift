@@ -450,7 +450,7 @@ struct HTTP2Connection<Attachment> {
         // The peer now holds every stream to this side's initial window, as this side does.
         settingsAcknowledged = true
         let delta = HTTP2Windows.stream - HTTP2Windows.protocolDefault
-        for id in Array(streams.keys) { streams[id]!.receiveWindow += delta }
+        for index in streams.values.indices { streams.values[index].receiveWindow += delta }
       }
       return .none
     }
@@ -497,7 +497,7 @@ struct HTTP2Connection<Attachment> {
     outbox.append(.settingsAck)
     let delta = peerInitialWindow - initialBefore
     guard delta != 0 else { return .none }
-    for id in Array(streams.keys) { streams[id]!.sendWindow += delta }
+    for index in streams.values.indices { streams.values[index].sendWindow += delta }
     return delta > 0 ? .windowsOpened : .none
   }
 

@@ -122,7 +122,12 @@ import Testing
       extensions: valid.replacingOccurrences(of: "CA:FALSE", with: "CA:TRUE")
         .replacingOccurrences(of: "digitalSignature", with: "digitalSignature,keyCertSign"))
     _ = try handshake(isCA, chain: issuer)
-    #expect(try refusals("not_an_svid") == 2)
+    // A certificate for servers only (extended key usage serverAuth) may not call.
+    let serverOnly = try craft(
+      "server-only",
+      extensions: valid.replacingOccurrences(of: "serverAuth,clientAuth", with: "serverAuth"))
+    _ = try handshake(serverOnly, chain: issuer)
+    #expect(try refusals("not_an_svid") == 3)
 
     // A certificate from another CA, and an expired one from the mesh's own issuer.
     let otherRoot = mesh.directory.appendingPathComponent("other-root").path
