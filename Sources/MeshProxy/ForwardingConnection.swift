@@ -2,6 +2,7 @@ import MeshTracing
 import NIOCore
 import NIOHPACK
 import NIOPosix
+import NIOSSL
 
 /// Where a new call goes, decided from its request headers.
 enum CallRoute {
@@ -309,7 +310,14 @@ final class ForwardingConnection: ChannelDuplexHandler {
     writeGoAway(error.code)
     markNeedsFlush()
     flushIfNeeded()
-    context.close(promise: nil)
+    // Over TLS, the socket itself is closed, past the TLS handler: its orderly shutdown would
+    // go on reading (and decrypting) what the peer sends for seconds, waiting for its
+    // close_notify. The GOAWAY has been written to the socket already.
+    let sync = context.pipeline.syncOperations
+    let tls =
+      (try? sync.context(handlerType: NIOSSLServerHandler.self))
+      ?? (try? sync.context(handlerType: NIOSSLClientHandler.self))
+    (tls ?? context).close(promise: nil)
   }
 
   // MARK: Frames in

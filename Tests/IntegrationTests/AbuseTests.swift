@@ -2,9 +2,18 @@ import Foundation
 import TestSupport
 import Testing
 
-/// HTTP/2 abuse against the outbound listener, frame by frame (`Inputs/python/h2_abuse.py`):
-/// each attack costs the attacker its connection, and the sidecar keeps serving everyone else.
+/// HTTP/2 abuse against both listeners, frame by frame (`Inputs/python/h2_abuse.py`): the
+/// outbound one (h2c, as the local app) and the inbound one (mutual TLS, as a workload of the
+/// mesh). Each attack costs the attacker its connection, and the sidecar keeps serving everyone
+/// else.
 @Suite(.serialized) final class AbuseTests {
+  enum Listener: String, CaseIterable, CustomTestStringConvertible {
+    case outbound
+    case inbound
+
+    var testDescription: String { rawValue }
+  }
+
   let mesh: MeshFixture
   let server: ServiceProcess
   let serverSidecar: RunningSidecar
@@ -18,8 +27,9 @@ import Testing
       [PythonInteropTests.python.appendingPathComponent("transparency.py").path, "serve"])
     // Short enough for the idle cases to be quick, long enough that an attacker's first bytes
     // arrive before it on a loaded machine.
+    let limits = "  idleTimeout: 2s\n  handshakeTimeout: 1s"
     (serverSidecar, clientSidecar) = try mesh.pair(
-      app: server.address, clientLimits: "  idleTimeout: 2s\n  handshakeTimeout: 1s")
+      app: server.address, serverLimits: limits, clientLimits: limits)
   }
 
   deinit {
@@ -31,14 +41,33 @@ import Testing
   /// Runs one case against the outbound listener (h2c), or against the server sidecar's
   /// inbound listener (mutual TLS, as the `client` service); returns what the sidecar did.
   func attack(_ name: String, inbound: Bool = false) throws -> [String: Any] {
+    try attack(name, on: inbound ? .inbound : .outbound)
+  }
+
+  /// The address a listener is on, the sidecar behind it, and what the script needs to speak
+  /// to it (a client certificate of the mesh, for the inbound one).
+  func endpoint(
+    _ listener: Listener
+  ) -> (
+    target: String, sidecar: RunningSidecar, environment: [String: String]
+  ) {
     let certs = mesh.certs
-    let environment =
-      inbound
-      ? [
-        "H2_ABUSE_CERT": "\(certs)/client.pem", "H2_ABUSE_KEY": "\(certs)/client-key.pem",
-        "H2_ABUSE_CA": "\(certs)/bundle.pem",
-      ] : [:]
-    let target = inbound ? serverSidecar.inbound : clientSidecar.outbound
+    switch listener {
+    case .outbound:
+      return (clientSidecar.outbound, clientSidecar, [:])
+    case .inbound:
+      return (
+        serverSidecar.inbound, serverSidecar,
+        [
+          "H2_ABUSE_CERT": "\(certs)/client.pem", "H2_ABUSE_KEY": "\(certs)/client-key.pem",
+          "H2_ABUSE_CA": "\(certs)/bundle.pem",
+        ]
+      )
+    }
+  }
+
+  func attack(_ name: String, on listener: Listener) throws -> [String: Any] {
+    let (target, _, environment) = endpoint(listener)
     let result = try run(try resolve("python3"), [abuse, target, name], environment: environment)
     guard result.status == 0, let object = try jsonObjects(result.stdout).first else {
       throw HarnessError("h2_abuse.py \(name): \(result.stdout)\(result.stderr)")
@@ -47,92 +76,101 @@ import Testing
   }
 
   /// After every attack a well-behaved caller is served.
-  func expectHealthy() throws {
-    let healthy = try attack("then-healthy")
+  func expectHealthy(on listener: Listener = .outbound) throws {
+    let healthy = try attack("then-healthy", on: listener)
     #expect(healthy["grpc_status"] as? [String: Int] == ["0": 1], "\(healthy)")
   }
 
-  @Test func rapidResetEndsTheConnectionWithEnhanceYourCalm() throws {
-    let result = try attack("rapid-reset")
+  @Test(arguments: Listener.allCases)
+  func rapidResetEndsTheConnectionWithEnhanceYourCalm(_ listener: Listener) throws {
+    let result = try attack("rapid-reset", on: listener)
     #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
     #expect(result["closed"] as? Bool == true)
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// Streams the sidecar resets for the client's errors count as the client's own resets
   /// (CVE-2025-8671): they were accepted and forwarded without end.
-  @Test func resetsTheClientProvokesEndTheConnectionWithEnhanceYourCalm() throws {
-    let result = try attack("made-you-reset")
+  @Test(arguments: Listener.allCases)
+  func resetsTheClientProvokesEndTheConnectionWithEnhanceYourCalm(_ listener: Listener) throws {
+    let result = try attack("made-you-reset", on: listener)
     #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
     #expect(result["closed"] as? Bool == true)
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// Cancels are judged against completed calls: 300 cancels, each after a call answered,
   /// are what an app cancelling by deadline does, and the connection serves on.
-  @Test func cancelsAmongCompletedCallsAreNotAResetLoop() throws {
-    let result = try attack("cancels-among-calls")
+  @Test(arguments: Listener.allCases)
+  func cancelsAmongCompletedCallsAreNotAResetLoop(_ listener: Listener) throws {
+    let result = try attack("cancels-among-calls", on: listener)
     #expect(result["goaway"] as? [String] == [], "\(result)")
     #expect(result["answered"] as? Int == 300, "\(result)")
   }
 
-  @Test func aContinuationFloodEndsTheConnection() throws {
-    let result = try attack("continuation-flood")
+  @Test(arguments: Listener.allCases)
+  func aContinuationFloodEndsTheConnection(_ listener: Listener) throws {
+    let result = try attack("continuation-flood", on: listener)
     #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
     #expect(result["closed"] as? Bool == true)
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
-  @Test func anOversizedHeaderListEndsTheConnection() throws {
-    let result = try attack("big-headers")
+  @Test(arguments: Listener.allCases)
+  func anOversizedHeaderListEndsTheConnection(_ listener: Listener) throws {
+    let result = try attack("big-headers", on: listener)
     #expect(result["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
     #expect(result["closed"] as? Bool == true)
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// RFC 9113 §5.1.2: each stream over the advertised 1,024 is refused on its own (the
   /// connection ended, before); the refusals count toward the reset budget.
-  @Test func streamsOverTheAdvertisedLimitAreRefused() throws {
-    let result = try attack("too-many-streams")
+  @Test(arguments: Listener.allCases)
+  func streamsOverTheAdvertisedLimitAreRefused(_ listener: Listener) throws {
+    let result = try attack("too-many-streams", on: listener)
     #expect(result["resets"] as? [String: Int] == ["REFUSED_STREAM": 76], "\(result)")
     #expect(result["goaway"] as? [String] == [], "\(result)")
     #expect(result["closed"] as? Bool == false, "\(result)")
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
-  @Test func idleAndSlowConnectionsAreClosedAfterTheIdleTimeout() throws {
-    let idle = try attack("idle")
+  @Test(arguments: Listener.allCases)
+  func idleAndSlowConnectionsAreClosedAfterTheIdleTimeout(_ listener: Listener) throws {
+    let idle = try attack("idle", on: listener)
     #expect(idle["goaway"] as? [String] == ["NO_ERROR"], "\(idle)")
     #expect(idle["closed"] as? Bool == true)
     #expect((idle["seconds"] as? Double ?? 99) < 4)
-    let slow = try attack("slowloris")
+    let slow = try attack("slowloris", on: listener)
     #expect(slow["closed"] as? Bool == true, "\(slow)")
     #expect((slow["seconds"] as? Double ?? 99) < 5)
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// Malformed requests (RFC 9113 §8.2–8.3) are refused one stream at a time, and a request
   /// with allowed headers of the same lengths as the refused names is served on the same
   /// connection.
-  @Test func malformedRequestsAreResetAndTheConnectionServesOn() throws {
-    let result = try attack("malformed")
+  @Test(arguments: Listener.allCases)
+  func malformedRequestsAreResetAndTheConnectionServesOn(_ listener: Listener) throws {
+    let result = try attack("malformed", on: listener)
     #expect(result["resets"] as? [String: Int] == ["PROTOCOL_ERROR": 8], "\(result)")
     #expect(result["reset_streams"] as? [Int] == [1, 3, 5, 7, 9, 11, 13, 15], "\(result)")
     #expect(result["grpc_status"] as? [String: Int] == ["0": 1], "\(result)")
     #expect(result["answered_streams"] as? [Int] == [17], "\(result)")
     #expect(result["goaway"] as? [String] == [], "\(result)")
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
-  /// Runs a held case against the client sidecar, whose RSS the script samples.
-  func hold(_ name: String) throws -> [String: Any] {
+  /// Runs a held case against a listener; the script samples its sidecar's RSS.
+  func hold(_ name: String, on listener: Listener) throws -> [String: Any] {
+    let (target, sidecar, environment) = endpoint(listener)
     let result = try run(
-      try resolve("python3"),
-      [abuse, clientSidecar.outbound, name, "\(clientSidecar.process.pid)"])
+      try resolve("python3"), [abuse, target, name, "\(sidecar.process.pid)"],
+      environment: environment)
     guard result.status == 0, let object = try jsonObjects(result.stdout).first else {
       throw HarnessError("h2_abuse.py \(name): \(result.stdout)\(result.stderr)")
     }
-    print("h2_abuse.py \(name): \(result.stdout)", terminator: "")
+    print("h2_abuse.py \(name) (\(listener)): \(result.stdout)", terminator: "")
     return object
   }
 
@@ -156,96 +194,105 @@ import Testing
   /// Eight connections that ask for 64 MiB server streams, open their windows wide and never
   /// read their sockets: the sidecar writes no more than the sockets take and holds a stream
   /// window per stream (it held everything the windows allowed: 1.6 GB).
-  @Test func callersThatNeverReadCostABoundedBuffer() throws {
-    let result = try hold("unread-streams")
+  @Test(arguments: Listener.allCases)
+  func callersThatNeverReadCostABoundedBuffer(_ listener: Listener) throws {
+    let result = try hold("unread-streams", on: listener)
     expectGrowthUnder(48, result)
     expectServedDuring(result)
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// Eight calls that keep their stream windows at 0 on 64 MiB server streams: the pooled
   /// connection to the app keeps flowing for everyone else (its window was held by the
   /// stalled streams, and other callers waited forever).
-  @Test func streamsHeldAtAZeroWindowHoldBackNoOtherCaller() throws {
-    let result = try hold("zero-window")
+  @Test(arguments: Listener.allCases)
+  func streamsHeldAtAZeroWindowHoldBackNoOtherCaller(_ listener: Listener) throws {
+    let result = try hold("zero-window", on: listener)
     expectGrowthUnder(48, result)
     expectServedDuring(result)
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// PING and SETTINGS floods whose acknowledgements are never read: past the control-frame
   /// rate the flooder is sent away (it was read, and answered into a growing buffer, for as
   /// long as it flooded).
-  @Test func controlFrameFloodsCostABoundedBuffer() throws {
+  @Test(arguments: Listener.allCases)
+  func controlFrameFloodsCostABoundedBuffer(_ listener: Listener) throws {
     for flood in ["ping-flood", "settings-flood"] {
-      let result = try hold(flood)
+      let result = try hold(flood, on: listener)
       #expect((result["closed_after_s"] as? Double ?? .infinity) < 1, "\(result)")
       expectGrowthUnder(16, result)
       expectServedDuring(result)
     }
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// Empty and padding-only DATA frames on a request are never forwarded, and a run of them
   /// costs the sender its connection.
-  @Test func aRunOfEmptyDataFramesEndsTheConnection() throws {
-    let result = try attack("empty-data")
+  @Test(arguments: Listener.allCases)
+  func aRunOfEmptyDataFramesEndsTheConnection(_ listener: Listener) throws {
+    let result = try attack("empty-data", on: listener)
     #expect(result["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(result)")
     #expect(result["closed"] as? Bool == true, "\(result)")
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// RFC 9113 §8.2.1 and §8.1.1: malformed fields in headers and trailers, and a
   /// content-length the DATA disagrees with, are each a stream reset — never forwarded — and
   /// the connection serves a good request after them.
-  @Test func malformedFieldsAndContentLengthAreResetOneStreamAtATime() throws {
-    let result = try attack("bad-fields")
+  @Test(arguments: Listener.allCases)
+  func malformedFieldsAndContentLengthAreResetOneStreamAtATime(_ listener: Listener) throws {
+    let result = try attack("bad-fields", on: listener)
     let streams = Array(stride(from: 1, through: 23, by: 2))
     #expect(result["resets"] as? [String: Int] == ["PROTOCOL_ERROR": 12], "\(result)")
     #expect(result["reset_streams"] as? [Int] == streams, "\(result)")
     #expect(result["answered_streams"] as? [Int] == [25], "\(result)")
     #expect(result["goaway"] as? [String] == [], "\(result)")
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// SETTINGS_INITIAL_WINDOW_SIZE that takes an open stream's window past 2^31-1 on the way
   /// (its frame's last entry would not) is a connection FLOW_CONTROL_ERROR (RFC 9113 §6.9.2).
-  @Test func aWindowPushedPastTheMaximumEndsTheConnection() throws {
-    let result = try attack("window-overflow")
+  @Test(arguments: Listener.allCases)
+  func aWindowPushedPastTheMaximumEndsTheConnection(_ listener: Listener) throws {
+    let result = try attack("window-overflow", on: listener)
     #expect(result["goaway"] as? [String] == ["FLOW_CONTROL_ERROR"], "\(result)")
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// 300 SETTINGS frames of 2,730 INITIAL_WINDOW_SIZE entries over 1,000 open streams cost one
   /// pass over the streams per frame: other callers are not held up (each entry walked every
   /// stream, seconds of waiting).
-  @Test func aSettingsStormHoldsUpNoOtherCaller() throws {
-    let result = try hold("settings-storm")
+  @Test(arguments: Listener.allCases)
+  func aSettingsStormHoldsUpNoOtherCaller(_ listener: Listener) throws {
+    let result = try hold("settings-storm", on: listener)
     expectServedDuring(result, slowest: 1_000)
   }
 
   /// RFC 9113 §5.3.1 and §6.3: a stream depending on itself is reset; PRIORITY on stream 0
   /// ends the connection.
-  @Test func priorityOnItselfOrStreamZeroIsAnError() throws {
-    let result = try attack("priority")
+  @Test(arguments: Listener.allCases)
+  func priorityOnItselfOrStreamZeroIsAnError(_ listener: Listener) throws {
+    let result = try attack("priority", on: listener)
     let itself = result["self_dependency"] as? [String: Any] ?? [:]
     #expect(itself["resets"] as? [String: Int] == ["PROTOCOL_ERROR": 1], "\(result)")
     #expect(itself["goaway"] as? [String] == [], "\(result)")
     let zero = result["stream_zero"] as? [String: Any] ?? [:]
     #expect(zero["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// `handshakeTimeout` (1 s here) runs from the TCP connection to the caller's first
   /// SETTINGS, on the h2c listener too: a connection that says nothing, or trickles its
   /// preface, is closed then (it was kept for the idle timeout, 5 minutes by default).
-  @Test func aConnectionThatDoesNotStartHTTP2InTimeIsClosed() throws {
+  @Test(arguments: Listener.allCases)
+  func aConnectionThatDoesNotStartHTTP2InTimeIsClosed(_ listener: Listener) throws {
     for name in ["no-preface", "slow-preface"] {
-      let result = try attack(name)
+      let result = try attack(name, on: listener)
       let seconds = result["closed_after_s"] as? Double ?? .infinity
       #expect(seconds >= 0.9 && seconds < 1.9, "\(name): \(result)")
     }
-    try expectHealthy()
+    try expectHealthy(on: listener)
   }
 
   /// gRPC's HTTP/2 protocol: a request that is not gRPC is answered HTTP 415 (an HTTP client

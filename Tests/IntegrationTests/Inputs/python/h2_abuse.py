@@ -547,15 +547,27 @@ def until_closed(sock, trickle=b"", every=0.1, limit=15):
     return round(time.monotonic() - start, 2)
 
 
-def no_preface(target):
+def opened(target):
+    """A connection that has said nothing yet: TCP, or (with a client certificate in the
+    environment) TLS with its handshake done."""
     host, port = target.rsplit(":", 1)
-    return {"closed_after_s": until_closed(socket.create_connection((host, int(port))))}
+    sock = socket.create_connection((host, int(port)))
+    if os.environ.get("H2_ABUSE_CERT"):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.load_verify_locations(os.environ["H2_ABUSE_CA"])
+        context.load_cert_chain(os.environ["H2_ABUSE_CERT"], os.environ["H2_ABUSE_KEY"])
+        context.set_alpn_protocols(["h2"])
+        sock = context.wrap_socket(sock)
+    return sock
+
+
+def no_preface(target):
+    return {"closed_after_s": until_closed(opened(target))}
 
 
 def slow_preface(target):
-    host, port = target.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)))
-    return {"closed_after_s": until_closed(sock, trickle=PREFACE + frame(SETTINGS, 0, 0))}
+    return {"closed_after_s": until_closed(opened(target), trickle=PREFACE + frame(SETTINGS, 0, 0))}
 
 
 def not_grpc(target):
