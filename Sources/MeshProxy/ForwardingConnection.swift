@@ -294,6 +294,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
   }
 
   func read(context: ChannelHandlerContext) {
+    guard !stopsReading else { return }
     guard !readPaused else {
       readWanted = true
       return
@@ -312,13 +313,26 @@ final class ForwardingConnection: ChannelDuplexHandler {
     flushIfNeeded()
     // Over TLS, the socket itself is closed, past the TLS handler: its orderly shutdown would
     // go on reading (and decrypting) what the peer sends for seconds, waiting for its
-    // close_notify. The GOAWAY has been written to the socket already.
+    // close_notify. The peer is no longer read, and has `closeGrace` to read the GOAWAY before
+    // the socket closes (closing with its unread bytes in the socket sends a TCP reset, which
+    // can overtake the GOAWAY).
     let sync = context.pipeline.syncOperations
-    let tls =
-      (try? sync.context(handlerType: NIOSSLServerHandler.self))
-      ?? (try? sync.context(handlerType: NIOSSLClientHandler.self))
-    (tls ?? context).close(promise: nil)
+    guard
+      let tls = (try? sync.context(handlerType: NIOSSLServerHandler.self))
+        ?? (try? sync.context(handlerType: NIOSSLClientHandler.self))
+    else {
+      context.close(promise: nil)
+      return
+    }
+    stopsReading = true
+    let bound = NIOLoopBound(tls, eventLoop: context.eventLoop)
+    context.eventLoop.scheduleTask(in: Self.closeGrace) { bound.value.close(promise: nil) }
   }
+
+  /// How long a peer sent away over TLS has to read the GOAWAY before its socket is closed.
+  static let closeGrace = TimeAmount.milliseconds(100)
+  /// Set once the connection has failed: the peer is not read again.
+  private var stopsReading = false
 
   // MARK: Frames in
 

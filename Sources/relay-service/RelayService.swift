@@ -5,7 +5,8 @@ import Tracing
 
 /// `relay-service`: a service for trying the mesh out. Each `Hop` works for `work_ms`, then
 /// calls the first of its `next` services (through this app's sidecar) with the rest, and
-/// answers with every hop the call went through. Three of them make a chain of three services,
+/// answers with every hop the call went through; `Stream` answers with as many replies, as
+/// large, as asked. Three of them make a chain of three services,
 /// each calling the next through its sidecar — one trace from end to end.
 @main
 struct RelayCommand: AsyncParsableCommand {
@@ -56,5 +57,23 @@ struct Relay: Trellis_Demo_V1_Relay.SimpleServiceProtocol {
       .hop(onward)
     reply.hops += answer.hops
     return reply
+  }
+
+  /// `count` replies of `size` bytes each (at most 1 MiB a reply), written as the caller's
+  /// window allows.
+  func stream(
+    request: Trellis_Demo_V1_StreamRequest,
+    response: RPCWriter<Trellis_Demo_V1_HopReply>,
+    context: ServerContext
+  ) async throws {
+    guard request.size <= 1 << 20 else {
+      throw RPCError(code: .invalidArgument, message: "size \(request.size): at most 1 MiB")
+    }
+    var reply = Trellis_Demo_V1_HopReply()
+    reply.hops = [name]
+    reply.payload = String(repeating: "x", count: Int(request.size))
+    for _ in 0..<request.count {
+      try await response.write(reply)
+    }
   }
 }

@@ -251,6 +251,47 @@ import Testing
     try expectHealthy(on: listener)
   }
 
+  /// The empty-DATA, header and content-length rows again with a grpc-swift app behind
+  /// (relay-service), which closes its whole connection — every other caller's calls on it —
+  /// after a run of empty DATA frames: none of it reaches the app, a call after each case is
+  /// answered, and eight callers stalled on its large server streams hold back nobody.
+  @Test(arguments: Listener.allCases)
+  func aGRPCSwiftAppBehindSeesNoneOfIt(_ listener: Listener) throws {
+    let relay = try ServiceProcess(
+      binary("relay-service"), ["--name", "echo", "--listen", "127.0.0.1:0"])
+    defer { relay.stop() }
+    let (server, client) = try mesh.pair(app: relay.address)
+    defer {
+      client.process.stop()
+      server.process.stop()
+    }
+    var (target, _, environment) = endpoint(listener)
+    let sidecar = listener == .inbound ? server : client
+    target = listener == .inbound ? server.inbound : client.outbound
+    environment["H2_ABUSE_APP"] = "relay"
+    func run(_ arguments: [String]) throws -> [String: Any] {
+      let result = try TestSupport.run(
+        try resolve("python3"), [abuse, target] + arguments, environment: environment)
+      guard result.status == 0, let object = try jsonObjects(result.stdout).first else {
+        throw HarnessError("h2_abuse.py \(arguments): \(result.stdout)\(result.stderr)")
+      }
+      return object
+    }
+    let empty = try run(["empty-data"])
+    #expect(empty["goaway"] as? [String] == ["ENHANCE_YOUR_CALM"], "\(empty)")
+    #expect(try run(["then-healthy"])["grpc_status"] as? [String: Int] == ["0": 1])
+    let fields = try run(["bad-fields"])
+    #expect(fields["resets"] as? [String: Int] == ["PROTOCOL_ERROR": 12], "\(fields)")
+    #expect(fields["answered_streams"] as? [Int] == [25], "\(fields)")
+    #expect(fields["grpc_status"] as? [String: Int] == ["0": 1], "\(fields)")
+    let stalled = try run(["zero-window", "\(sidecar.process.pid)"])
+    expectGrowthUnder(48, stalled)
+    expectServedDuring(stalled)
+    #expect(try run(["then-healthy"])["grpc_status"] as? [String: Int] == ["0": 1])
+    // The app's connection from its sidecar was never closed under the calls.
+    #expect(!relay.log.contains("Too many zero length"), "\(relay.log.suffix(2_000))")
+  }
+
   /// SETTINGS_INITIAL_WINDOW_SIZE that takes an open stream's window past 2^31-1 on the way
   /// (its frame's last entry would not) is a connection FLOW_CONTROL_ERROR (RFC 9113 §6.9.2).
   @Test(arguments: Listener.allCases)

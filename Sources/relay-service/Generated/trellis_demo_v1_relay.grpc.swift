@@ -36,9 +36,23 @@ public enum Trellis_Demo_V1_Relay: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "Stream" metadata.
+        public enum Stream: Sendable {
+            /// Request type for "Stream".
+            public typealias Input = Trellis_Demo_V1_StreamRequest
+            /// Response type for "Stream".
+            public typealias Output = Trellis_Demo_V1_HopReply
+            /// Descriptor for "Stream".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.demo.v1.Relay"),
+                method: "Stream",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "trellis.demo.v1.Relay" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
-            Hop.descriptor
+            Hop.descriptor,
+            Stream.descriptor
         ]
     }
 }
@@ -82,6 +96,25 @@ extension Trellis_Demo_V1_Relay {
             request: GRPCCore.StreamingServerRequest<Trellis_Demo_V1_HopRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Demo_V1_HopReply>
+
+        /// Handle the "Stream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Answers with `count` replies, each carrying `size` bytes of payload: a server stream as
+        /// > long and as large as asked.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Trellis_Demo_V1_StreamRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Demo_V1_HopReply` messages.
+        func stream(
+            request: GRPCCore.StreamingServerRequest<Trellis_Demo_V1_StreamRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Demo_V1_HopReply>
     }
 
     /// Service protocol for the "trellis.demo.v1.Relay" service.
@@ -109,6 +142,25 @@ extension Trellis_Demo_V1_Relay {
             request: GRPCCore.ServerRequest<Trellis_Demo_V1_HopRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Trellis_Demo_V1_HopReply>
+
+        /// Handle the "Stream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Answers with `count` replies, each carrying `size` bytes of payload: a server stream as
+        /// > long and as large as asked.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Demo_V1_StreamRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Demo_V1_HopReply` messages.
+        func stream(
+            request: GRPCCore.ServerRequest<Trellis_Demo_V1_StreamRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Demo_V1_HopReply>
     }
 
     /// Simple service protocol for the "trellis.demo.v1.Relay" service.
@@ -134,6 +186,26 @@ extension Trellis_Demo_V1_Relay {
             request: Trellis_Demo_V1_HopRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Trellis_Demo_V1_HopReply
+
+        /// Handle the "Stream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Answers with `count` replies, each carrying `size` bytes of payload: a server stream as
+        /// > long and as large as asked.
+        ///
+        /// - Parameters:
+        ///   - request: A `Trellis_Demo_V1_StreamRequest` message.
+        ///   - response: A response stream of `Trellis_Demo_V1_HopReply` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func stream(
+            request: Trellis_Demo_V1_StreamRequest,
+            response: GRPCCore.RPCWriter<Trellis_Demo_V1_HopReply>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -147,6 +219,17 @@ extension Trellis_Demo_V1_Relay.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Demo_V1_HopReply>(),
             handler: { request, context in
                 try await self.hop(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Trellis_Demo_V1_Relay.Method.Stream.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Demo_V1_StreamRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Demo_V1_HopReply>(),
+            handler: { request, context in
+                try await self.stream(
                     request: request,
                     context: context
                 )
@@ -168,6 +251,17 @@ extension Trellis_Demo_V1_Relay.ServiceProtocol {
         )
         return GRPCCore.StreamingServerResponse(single: response)
     }
+
+    public func stream(
+        request: GRPCCore.StreamingServerRequest<Trellis_Demo_V1_StreamRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Demo_V1_HopReply> {
+        let response = try await self.stream(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
+    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
@@ -183,6 +277,23 @@ extension Trellis_Demo_V1_Relay.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func stream(
+        request: GRPCCore.ServerRequest<Trellis_Demo_V1_StreamRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Demo_V1_HopReply> {
+        return GRPCCore.StreamingServerResponse<Trellis_Demo_V1_HopReply>(
+            metadata: [:],
+            producer: { writer in
+                try await self.stream(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -217,6 +328,30 @@ extension Trellis_Demo_V1_Relay {
             deserializer: some GRPCCore.MessageDeserializer<Trellis_Demo_V1_HopReply>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Demo_V1_HopReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Stream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Answers with `count` replies, each carrying `size` bytes of payload: a server stream as
+        /// > long and as large as asked.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Demo_V1_StreamRequest` message.
+        ///   - serializer: A serializer for `Trellis_Demo_V1_StreamRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Demo_V1_HopReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func stream<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Demo_V1_StreamRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Demo_V1_StreamRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Demo_V1_HopReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Demo_V1_HopReply>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -269,6 +404,39 @@ extension Trellis_Demo_V1_Relay {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "Stream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Answers with `count` replies, each carrying `size` bytes of payload: a server stream as
+        /// > long and as large as asked.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Demo_V1_StreamRequest` message.
+        ///   - serializer: A serializer for `Trellis_Demo_V1_StreamRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Demo_V1_HopReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func stream<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Demo_V1_StreamRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Demo_V1_StreamRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Demo_V1_HopReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Demo_V1_HopReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Trellis_Demo_V1_Relay.Method.Stream.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -298,6 +466,34 @@ extension Trellis_Demo_V1_Relay.ClientProtocol {
         try await self.hop(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Demo_V1_HopRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Demo_V1_HopReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Stream" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Answers with `count` replies, each carrying `size` bytes of payload: a server stream as
+    /// > long and as large as asked.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Trellis_Demo_V1_StreamRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func stream<Result>(
+        request: GRPCCore.ClientRequest<Trellis_Demo_V1_StreamRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Demo_V1_HopReply>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.stream(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Demo_V1_StreamRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Demo_V1_HopReply>(),
             options: options,
             onResponse: handleResponse
@@ -335,6 +531,38 @@ extension Trellis_Demo_V1_Relay.ClientProtocol {
             metadata: metadata
         )
         return try await self.hop(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Stream" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Answers with `count` replies, each carrying `size` bytes of payload: a server stream as
+    /// > long and as large as asked.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func stream<Result>(
+        _ message: Trellis_Demo_V1_StreamRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Demo_V1_HopReply>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Trellis_Demo_V1_StreamRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.stream(
             request: request,
             options: options,
             onResponse: handleResponse

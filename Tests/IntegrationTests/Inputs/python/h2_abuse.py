@@ -41,6 +41,10 @@ Usage: h2_abuse.py HOST:PORT CASE [SIDECAR-PID [CONNECTIONS]]
 With H2_ABUSE_CERT, H2_ABUSE_KEY and H2_ABUSE_CA set, every connection is mutual TLS 1.3 with
 that client certificate (a sidecar's inbound listener); otherwise h2c.
 
+The app behind is transparency.py's test service (t.T), or with H2_ABUSE_APP=relay the
+grpc-swift relay-service (trellis.demo.v1.Relay: Hop for unary calls, Stream for server
+streams).
+
 The held cases report the sidecar's RSS (from /proc, before and at most during the hold) and
 the calls a well-behaved caller made on another connection before and during the hold: how
 many were answered OK, and their p50 and p99.
@@ -60,6 +64,37 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
     0, 1, 3, 4, 6, 7, 8, 9)
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+
+
+def message(payload):
+    """One gRPC length-prefixed message."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+def varint(value):
+    out = b""
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out += bytes([byte | (0x80 if value else 0)])
+        if not value:
+            return out
+
+
+if os.environ.get("H2_ABUSE_APP") == "relay":
+    # HopRequest{payload: "ok"}; a Hop whose request is left open waits for its message.
+    UNARY = SLOW = "/trellis.demo.v1.Relay/Hop"
+    BODY, SERVER_STREAM = message(b"\x1a\x02ok"), "/trellis.demo.v1.Relay/Stream"
+    # grpc-swift resets a request that carries trailers (gRPC clients send none).
+    REQUEST_TRAILERS = False
+
+    def stream_body(count, size):  # StreamRequest{count, size}
+        return message(b"\x08" + varint(count) + b"\x10" + varint(size))
+else:
+    UNARY, BODY, SLOW, SERVER_STREAM = "/t.T/Unary", message(b"ok"), "/t.T/Slow", "/t.T/ServerStream"
+    REQUEST_TRAILERS = True
+
+    def stream_body(count, size):
+        return message(count.to_bytes(4, "big") + size.to_bytes(4, "big"))
 CODES = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLOW_CONTROL_ERROR",
          4: "SETTINGS_TIMEOUT", 5: "STREAM_CLOSED", 6: "FRAME_SIZE_ERROR", 7: "REFUSED_STREAM", 8: "CANCEL", 9: "COMPRESSION_ERROR",
          11: "ENHANCE_YOUR_CALM"}
@@ -168,7 +203,7 @@ def reset_loop(target, ending):
     burst = b""
     for i in range(1000):
         stream = 1 + 2 * i
-        burst += c.request("/t.T/Slow", stream, end_stream=False) + ending(stream)
+        burst += c.request(SLOW, stream, end_stream=False) + ending(stream)
     c.send(burst)
     return summary(*c.read_frames(3))
 
@@ -186,9 +221,9 @@ def cancels_among_calls(target):
     answered = 0
     for i in range(300):
         call, cancelled = 1 + 4 * i, 3 + 4 * i
-        c.send(c.request("/t.T/Unary", call, end_stream=False)
-               + frame(DATA, END_STREAM, call, b"\x00\x00\x00\x00\x02ok")
-               + c.request("/t.T/Slow", cancelled, end_stream=False)
+        c.send(c.request(UNARY, call, end_stream=False)
+               + frame(DATA, END_STREAM, call, BODY)
+               + c.request(SLOW, cancelled, end_stream=False)
                + frame(RST_STREAM, 0, cancelled, struct.pack(">I", 8)))
         frames, closed = c.read_frames(5, until_status=True)
         answered += sum(1 for k, _, s, p in frames if k == HEADERS and s == call
@@ -205,7 +240,7 @@ def cancels_among_calls(target):
 def continuation_flood(target):
     c = Connection(target)
     block = c.encoder.encode([(":method", "POST"), (":scheme", "http"),
-                              (":path", "/t.T/Unary"), (":authority", "echo")])
+                              (":path", UNARY), (":authority", "echo")])
     data = frame(HEADERS, 0, 1, block)
     filler = c.encoder.encode([("x-filler", "a")])
     for _ in range(10000):
@@ -218,7 +253,7 @@ def continuation_flood(target):
 
 def big_headers(target):
     c = Connection(target)
-    header = c.request("/t.T/Unary", 1, extra=[("x-big", "b" * 65536)])
+    header = c.request(UNARY, 1, extra=[("x-big", "b" * 65536)])
     # Split into CONTINUATION frames of at most 16 KiB (the default frame size).
     block = header[9:]
     chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)]
@@ -233,7 +268,7 @@ def big_headers(target):
 def too_many_streams(target):
     c = Connection(target)
     c.read_frames(0.3)  # the sidecar's SETTINGS
-    burst = b"".join(c.request("/t.T/Slow", 1 + 2 * i, end_stream=False) for i in range(1100))
+    burst = b"".join(c.request(SLOW, 1 + 2 * i, end_stream=False) for i in range(1100))
     c.send(burst)
     return summary(*c.read_frames(3))
 
@@ -250,7 +285,7 @@ def idle(target):
 def slowloris(target):
     c = Connection(target)
     start = time.monotonic()
-    request = c.request("/t.T/Unary", 1, end_stream=False)
+    request = c.request(UNARY, 1, end_stream=False)
     frames, closed = [], False
     for byte in request:
         if not c.send(bytes([byte])):
@@ -278,12 +313,12 @@ def malformed(target):
     c = Connection(target)
     burst = b""
     for i, extra in enumerate(MALFORMED):
-        burst += c.request("/t.T/Unary", 1 + 2 * i, end_stream=True, extra=extra)
+        burst += c.request(UNARY, 1 + 2 * i, end_stream=True, extra=extra)
     good = 1 + 2 * len(MALFORMED)
     look_alike = [("ab", "1"), ("upgrad", "1"), ("user-agent", "h2-abuse"), ("tee", "gzip"),
                   ("x-proxy-connect1", "1"), ("transfer-encodin2", "1")]
-    burst += c.request("/t.T/Unary", good, end_stream=False, extra=look_alike)
-    burst += frame(DATA, END_STREAM, good, b"\x00\x00\x00\x00\x02ok")
+    burst += c.request(UNARY, good, end_stream=False, extra=look_alike)
+    burst += frame(DATA, END_STREAM, good, BODY)
     return send_and_sort(c, burst)
 
 
@@ -326,8 +361,8 @@ class Prober(threading.Thread):
         c, stream = Connection(self.target), 1
         while not self.stop.is_set():
             phase, start = self.phase, time.monotonic()
-            c.send(c.request("/t.T/Unary", stream, end_stream=False)
-                   + frame(DATA, END_STREAM, stream, b"\x00\x00\x00\x00\x02ok"))
+            c.send(c.request(UNARY, stream, end_stream=False)
+                   + frame(DATA, END_STREAM, stream, BODY))
             frames, closed = c.read_frames(10, until_status=True)
             ok = any(k == HEADERS and s == stream and p.get("grpc-status") == "0"
                      for k, _, s, p in frames)
@@ -349,9 +384,8 @@ class Prober(threading.Thread):
 
 def stream_request(c, stream, count=1024, size=65536):
     """A ServerStream call for `count` messages of `size` bytes."""
-    body = count.to_bytes(4, "big") + size.to_bytes(4, "big")
-    return (c.request("/t.T/ServerStream", stream, end_stream=False)
-            + frame(DATA, END_STREAM, stream, b"\x00" + len(body).to_bytes(4, "big") + body))
+    return (c.request(SERVER_STREAM, stream, end_stream=False)
+            + frame(DATA, END_STREAM, stream, stream_body(count, size)))
 
 
 def held(target, pid, attack, seconds=2):
@@ -445,7 +479,7 @@ def control_flood(target, pid, kind):
 
 def empty_data(target):
     c = Connection(target)
-    burst = c.request("/t.T/Unary", 1, end_stream=False)
+    burst = c.request(UNARY, 1, end_stream=False)
     for i in range(1000):
         if i % 2:
             burst += frame(DATA, 0x8, 1, b"\x04" + b"\x00" * 4)  # PADDED: only padding
@@ -463,27 +497,30 @@ BAD_TRAILERS = [[(":path", "/x")], [("connection", "close")], [("X-Upper", "1")]
 def bad_fields(target):
     """Each bad request is a stream error (reset) and the connection serves on."""
     c = Connection(target)
-    body = b"\x00\x00\x00\x00\x02ok"
+    body = BODY
     burst, stream = b"", 1
     for extra in BAD_HEADERS:
-        burst += c.request("/t.T/Unary", stream, end_stream=False, extra=extra)
+        burst += c.request(UNARY, stream, end_stream=False, extra=extra)
         burst += frame(DATA, END_STREAM, stream, body)
         stream += 2
     for extra in BAD_TRAILERS:
-        burst += c.request("/t.T/Unary", stream, end_stream=False)
+        burst += c.request(UNARY, stream, end_stream=False)
         burst += frame(DATA, 0, stream, body)
         burst += frame(HEADERS, END_STREAM | END_HEADERS, stream, c.encoder.encode(extra))
         stream += 2
     for declared in ("3", "20"):  # fewer and more DATA bytes than declared
-        burst += c.request("/t.T/Unary", stream, end_stream=False,
+        burst += c.request(UNARY, stream, end_stream=False,
                            extra=[("content-length", declared)])
         burst += frame(DATA, END_STREAM, stream, body)
         stream += 2
     good = stream
-    burst += c.request("/t.T/Unary", good, end_stream=False,
+    burst += c.request(UNARY, good, end_stream=False,
                        extra=[("content-length", str(len(body)))])
-    burst += frame(DATA, 0, good, body)
-    burst += frame(HEADERS, END_STREAM | END_HEADERS, good, c.encoder.encode([("x-t", "fine")]))
+    if REQUEST_TRAILERS:
+        burst += frame(DATA, 0, good, body)
+        burst += frame(HEADERS, END_STREAM | END_HEADERS, good, c.encoder.encode([("x-t", "fine")]))
+    else:
+        burst += frame(DATA, END_STREAM, good, body)
     return send_and_sort(c, burst)
 
 
@@ -492,7 +529,7 @@ def window_overflow(target):
     raises it by one and whose second sets it back."""
     c = Connection(target)
     c.read_frames(0.3)
-    burst = c.request("/t.T/Slow", 1, end_stream=False)
+    burst = c.request(SLOW, 1, end_stream=False)
     burst += frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", WIDE - 65535))
     burst += frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 65536) + struct.pack(">HI", 4, 65535))
     c.send(burst)
@@ -503,7 +540,7 @@ def settings_storm(target, pid):
     def attack():
         c = Connection(target)
         c.read_frames(0.3)
-        opened = b"".join(c.request("/t.T/Slow", 1 + 2 * i, end_stream=False)
+        opened = b"".join(c.request(SLOW, 1 + 2 * i, end_stream=False)
                           for i in range(1000))
         c.send(opened)
         entries = b"".join(struct.pack(">HI", 4, 65535 + (i % 2)) for i in range(2730))
@@ -515,7 +552,7 @@ def settings_storm(target, pid):
 def priority(target):
     c = Connection(target)
     c.read_frames(0.3)
-    c.send(c.request("/t.T/Slow", 1, end_stream=False)
+    c.send(c.request(SLOW, 1, end_stream=False)
            + frame(2, 0, 1, struct.pack(">IB", 1, 16)))  # PRIORITY: stream 1 depends on 1
     first = summary(*c.read_frames(1))
     c.send(frame(2, 0, 0, struct.pack(">IB", 1, 16)))  # PRIORITY on stream 0
@@ -572,7 +609,7 @@ def slow_preface(target):
 
 def not_grpc(target):
     c = Connection(target)
-    c.send(c.request("/t.T/Unary", 1, end_stream=False, content_type="text/plain")
+    c.send(c.request(UNARY, 1, end_stream=False, content_type="text/plain")
            + frame(DATA, END_STREAM, 1, b"hello"))
     frames, closed = c.read_frames(5, until_status=True)
     result = summary(frames, closed)
@@ -582,8 +619,8 @@ def not_grpc(target):
 
 def no_authority(target):
     c = Connection(target)
-    c.send(c.request("/t.T/Unary", 1, end_stream=False, authority=None)
-           + frame(DATA, END_STREAM, 1, b"\x00\x00\x00\x00\x02ok"))
+    c.send(c.request(UNARY, 1, end_stream=False, authority=None)
+           + frame(DATA, END_STREAM, 1, BODY))
     frames, closed = c.read_frames(10, until_status=True)
     result = summary(frames, closed)
     result["grpc_message"] = [p.get("grpc-message") for k, _, _, p in frames
@@ -593,8 +630,8 @@ def no_authority(target):
 
 def then_healthy(target):
     c = Connection(target)
-    c.send(c.request("/t.T/Unary", 1, end_stream=False)
-           + frame(DATA, END_STREAM, 1, b"\x00\x00\x00\x00\x02ok"))
+    c.send(c.request(UNARY, 1, end_stream=False)
+           + frame(DATA, END_STREAM, 1, BODY))
     return summary(*c.read_frames(20, until_status=True))
 
 
