@@ -36,7 +36,8 @@ extension HTTP2Connection {
 
   // MARK: Sending
 
-  /// What this side may send on stream `id` now, by both windows.
+  /// What this side may send on stream `id` now, by both windows (negative when a SETTINGS
+  /// frame has shrunk a stream's window below what was already sent).
   func sendable(on id: UInt32) -> Int {
     guard let stream = streams[id] else { return 0 }
     return min(stream.sendWindow, sendWindow)
@@ -44,7 +45,9 @@ extension HTTP2Connection {
 
   /// Spends `length` bytes of both send windows on stream `id`, if they allow it.
   mutating func consumeSendWindow(_ length: Int, on id: UInt32) -> Bool {
-    guard let stream = streams[id], length <= stream.sendWindow, length <= sendWindow else {
+    guard length >= 0, let stream = streams[id], length <= stream.sendWindow,
+      length <= sendWindow
+    else {
       return false
     }
     streams[id]!.sendWindow -= length

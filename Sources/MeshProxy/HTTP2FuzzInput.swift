@@ -84,6 +84,7 @@ package enum HTTP2FuzzInput {
     case .streamWindowOpened(let id):
       _ = connection.consumeSendWindow(connection.sendable(on: id), on: id)
     }
+    // What may be sent is spent as the sidecar spends it (a negative amount is refused).
   }
 
   private static func check(_ connection: HTTP2Connection<UInt32>) {

@@ -201,6 +201,23 @@ import Testing
     #expect(connection.streams[3]?.sendWindow == 0)
   }
 
+  @Test func aWindowShrunkBelowWhatWasSentLetsNothingGoUntilItIsPositive() throws {
+    var (connection, peer) = try Self.server()
+    try Self.open(1, on: &connection, &peer)
+    let spent = connection.consumeSendWindow(1_000, on: 1)
+    #expect(spent)
+    _ = try connection.receive(
+      peer.settings([(SettingID.initialWindowSize, 500)]), now: Self.start)
+    #expect(connection.sendable(on: 1) == -500)
+    let before = connection.sendWindow
+    let negative = connection.consumeSendWindow(-500, on: 1)
+    let unknown = connection.consumeSendWindow(0, on: 3)
+    #expect(!negative && !unknown)
+    #expect(connection.sendWindow == before)
+    _ = try connection.receive(peer.windowUpdate(1, 600), now: Self.start)
+    #expect(connection.sendable(on: 1) == 100)
+  }
+
   @Test func anInitialWindowThatTakesAStreamPastTheMaximumAtAnyStepIsAnError() throws {
     var (connection, peer) = try Self.server()
     try Self.open(1, on: &connection, &peer)
