@@ -20,6 +20,7 @@ let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let nioHTTP2 = Target.Dependency.product(name: "NIOHTTP2", package: "swift-nio-http2")
 let nioHPACK = Target.Dependency.product(name: "NIOHPACK", package: "swift-nio-http2")
+let nioEmbedded = Target.Dependency.product(name: "NIOEmbedded", package: "swift-nio")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let x509 = Target.Dependency.product(name: "X509", package: "swift-certificates")
 let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
@@ -324,6 +325,13 @@ let package = Package(
 
     // The floor of the proxy benchmarks: a byte relay that does no work (`scripts/bench`).
     .executableTarget(name: "bench-relay"),
+
+    // The HTTP/2 core's cost per request beside NIOHTTP2Handler's, on the same bytes.
+    .executableTarget(
+      name: "h2-core-bench",
+      dependencies: ["MeshProxy", nioCore, nioHTTP2, nioEmbedded, nioHPACK],
+      swiftSettings: swiftSettings
+    ),
 
     // The HTTP/2 core's fuzz target: `scripts/fuzz` builds it with libFuzzer (and FUZZING);
     // built as it is here, it replays inputs (`h2-fuzz Tests/Fuzz/corpus`).
