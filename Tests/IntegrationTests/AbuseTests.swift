@@ -323,6 +323,25 @@ import Testing
     try expectHealthy(on: listener)
   }
 
+  /// RFC 9113 §5.1 on closed streams: DATA after the caller's own RST_STREAM is a stream
+  /// error STREAM_CLOSED; DATA on a stream the sidecar reset is dropped while it may have been
+  /// in flight, and ends the connection (PROTOCOL_ERROR) once the caller has acknowledged a
+  /// PING sent after the reset — no timer decides.
+  @Test(arguments: Listener.allCases)
+  func framesOnClosedStreamsAreJudgedByHowTheyClosed(_ listener: Listener) throws {
+    let result = try attack("closed-streams", on: listener)
+    let own = result["after_own_reset"] as? [String: Any] ?? [:]
+    #expect(own["resets"] as? [String: Int] == ["STREAM_CLOSED": 1], "\(result)")
+    #expect(own["goaway"] as? [String] == [], "\(result)")
+    let inFlight = result["in_flight"] as? [String: Any] ?? [:]
+    #expect(inFlight["resets"] as? [String: Int] == ["PROTOCOL_ERROR": 1], "\(result)")
+    #expect(inFlight["goaway"] as? [String] == [], "\(result)")
+    #expect((result["pings"] as? Int ?? 0) >= 1, "\(result)")
+    let afterAck = result["after_ack"] as? [String: Any] ?? [:]
+    #expect(afterAck["goaway"] as? [String] == ["PROTOCOL_ERROR"], "\(result)")
+    try expectHealthy(on: listener)
+  }
+
   /// `handshakeTimeout` (1 s here) runs from the TCP connection to the caller's first
   /// SETTINGS, on the h2c listener too: a connection that says nothing, or trickles its
   /// preface, is closed then (it was kept for the idle timeout, 5 minutes by default).

@@ -31,6 +31,8 @@ Usage: h2_abuse.py HOST:PORT CASE [SIDECAR-PID [CONNECTIONS]]
   settings-storm      300 SETTINGS frames of 2,730 INITIAL_WINDOW_SIZE entries over 1,000 open
                       streams, while a well-behaved caller calls on another connection
   priority            PRIORITY on a stream depending on itself, then PRIORITY on stream 0
+  closed-streams      DATA after the client's own RST_STREAM; DATA on a stream the sidecar
+                      reset, sent before and after the client acknowledged the sidecar's PING
   then-healthy        (after any case) a normal call on a new connection
 
   no-preface          a connection that sends nothing at all
@@ -524,6 +526,26 @@ def bad_fields(target):
     return send_and_sort(c, burst)
 
 
+def closed_streams(target):
+    """DATA after the client's own RST_STREAM is a stream error (STREAM_CLOSED). DATA on a stream
+    the sidecar reset is dropped while it may have been in flight, and is a connection error
+    once the client has acknowledged the PING the sidecar sent after the reset."""
+    c = Connection(target)
+    c.read_frames(0.3)
+    c.send(c.request(SLOW, 1, end_stream=False) + frame(RST_STREAM, 0, 1, struct.pack(">I", 8))
+           + frame(DATA, 0, 1, BODY))
+    after_own_reset = summary(*c.read_frames(1))
+    c.send(c.request(SLOW, 3, end_stream=False) + frame(WINDOW_UPDATE, 0, 3, struct.pack(">I", 0))
+           + frame(DATA, 0, 3, BODY))
+    frames, closed = c.read_frames(1)
+    pings = [p for k, f, _, p in frames if k == PING and not f & ACK]
+    for payload in pings:
+        c.send(frame(PING, ACK, 0, payload))
+    c.send(frame(DATA, 0, 3, BODY))
+    return {"after_own_reset": after_own_reset, "in_flight": summary(frames, closed),
+            "pings": len(pings), "after_ack": summary(*c.read_frames(2))}
+
+
 def window_overflow(target):
     """A stream's window at exactly 2^31-1; then SETTINGS whose first INITIAL_WINDOW_SIZE
     raises it by one and whose second sets it back."""
@@ -640,6 +662,7 @@ CASES = {"rapid-reset": rapid_reset, "made-you-reset": made_you_reset,
          "big-headers": big_headers, "too-many-streams": too_many_streams, "idle": idle,
          "slowloris": slowloris, "malformed": malformed, "empty-data": empty_data,
          "bad-fields": bad_fields, "window-overflow": window_overflow, "priority": priority,
+         "closed-streams": closed_streams,
          "not-grpc": not_grpc, "no-authority": no_authority, "no-preface": no_preface,
          "slow-preface": slow_preface,
          "then-healthy": then_healthy}
