@@ -465,7 +465,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   /// Ends one stream with RST_STREAM: the call's own reset.
   func resetStream(_ id: UInt32, _ code: H2Error) {
-    guard !closing, let stream = state.reset(id, code) else { return }
+    guard let stream = state.reset(id, code) else { return }
     writeOutbox()
     released(stream)
     stream.attachment.call.closed(on: self, reason: code, stream: id)
@@ -475,7 +475,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
   /// Drops a stream whose call has moved on to another attempt: reset if either side may
   /// still send on it, forgotten quietly if both have ended it. The call is not told.
   func abandon(_ id: UInt32) {
-    guard !closing, let stream = state.abandon(id) else { return }
+    guard let stream = state.abandon(id) else { return }
     writeOutbox()
     released(stream)
     streamRemoved()
