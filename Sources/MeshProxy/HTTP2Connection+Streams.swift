@@ -6,6 +6,7 @@ extension HTTP2Connection {
   // MARK: Opening
 
   /// Opens the peer's stream `id` (a `.request` event's) for `attachment`.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func open(
     _ id: UInt32, _ attachment: Attachment, endStream: Bool, declaredLength: Int?
   ) {
@@ -16,6 +17,7 @@ extension HTTP2Connection {
 
   /// Opens a stream of this side's for `attachment`, its HEADERS about to be sent: its ID, or
   /// nil when the connection has run out of stream IDs.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func openStream(_ attachment: Attachment, endStream: Bool) -> UInt32? {
     let id = nextStreamID
     guard id < UInt32(Int32.max) - 2 else { return nil }
@@ -38,25 +40,28 @@ extension HTTP2Connection {
 
   /// What this side may send on stream `id` now, by both windows (negative when a SETTINGS
   /// frame has shrunk a stream's window below what was already sent).
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   func sendable(on id: UInt32) -> Int {
     guard let stream = streams[id] else { return 0 }
     return min(stream.sendWindow, sendWindow)
   }
 
   /// Spends `length` bytes of both send windows on stream `id`, if they allow it.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func consumeSendWindow(_ length: Int, on id: UInt32) -> Bool {
-    guard length >= 0, let stream = streams[id], length <= stream.sendWindow,
-      length <= sendWindow
+    guard length >= 0, length <= sendWindow, let index = streams.index(forKey: id),
+      length <= streams.values[index].sendWindow
     else {
       return false
     }
-    streams[id]!.sendWindow -= length
+    streams.values[index].sendWindow -= length
     sendWindow -= length
     return true
   }
 
   /// This side sent END_STREAM on stream `id`: the stream, now closed, if the peer had ended
   /// it too.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func endedHere(_ id: UInt32) -> Stream? {
     guard streams[id] != nil else { return nil }
     streams[id]!.localEnded = true
@@ -64,6 +69,7 @@ extension HTTP2Connection {
   }
 
   /// Closes stream `id` if both sides have ended it: the stream, now gone.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func closeIfEnded(_ id: UInt32) -> Stream? {
     guard let stream = streams[id], stream.localEnded, stream.remoteEnded else { return nil }
     streams.removeValue(forKey: id)
@@ -75,6 +81,7 @@ extension HTTP2Connection {
   // MARK: Resetting
 
   /// Resets stream `id` (RST_STREAM `code` goes in the outbox): the stream, now gone.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func reset(_ id: UInt32, _ code: H2Error) -> Stream? {
     guard let stream = streams.removeValue(forKey: id) else { return nil }
     refuse(id, code)
@@ -83,6 +90,7 @@ extension HTTP2Connection {
 
   /// Drops stream `id`, whose call has moved on: reset if either side may still send on it,
   /// forgotten quietly if both have ended it (a closed stream takes no RST_STREAM).
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func abandon(_ id: UInt32) -> Stream? {
     guard let stream = streams[id] else { return nil }
     if stream.localEnded && stream.remoteEnded {
@@ -108,6 +116,7 @@ extension HTTP2Connection {
   }
 
   /// Writes RST_STREAM on stream `id`, which is not (or no longer) open, and remembers it.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func refuse(_ id: UInt32, _ code: H2Error) {
     outbox.append(.reset(id, code))
     if isServer {
@@ -121,6 +130,7 @@ extension HTTP2Connection {
 
   /// Resets one of the peer's open streams for the peer's error (a stream error it caused),
   /// counted against the reset budget.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func peerError(_ id: UInt32, _ code: H2Error, now: NIODeadline) throws -> Event {
     try countEndedEarly(now: now)
     guard let stream = reset(id, code) else { return .none }
@@ -129,6 +139,7 @@ extension HTTP2Connection {
 
   /// A malformed header block or body (RFC 9113 §8.1.1): a stream error — the peer's, counted
   /// against its reset budget, on an accepted connection.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func malformed(_ id: UInt32, now: NIODeadline) throws -> Event {
     if isServer { return try peerError(id, .protocolError, now: now) }
     guard let stream = reset(id, .protocolError) else { return .none }
@@ -144,6 +155,7 @@ extension HTTP2Connection {
   // MARK: Credit
 
   /// Gives `length` bytes back to the peer's connection window, once half a window is owed.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func returnCredit(_ length: Int) {
     connectionCredit += length
     if connectionCredit >= HTTP2Windows.connection / 2 {
@@ -159,21 +171,29 @@ extension HTTP2Connection {
   /// `HTTP2Windows.maximumStream`, while `grow` grants it (the event loop's budget for grown
   /// windows): a fast stream gets the window a long round trip needs, and what stalled streams
   /// can hold stays bounded.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func returnStreamCredit(_ length: Int, on id: UInt32, grow: (Int) -> Bool) {
-    guard var stream = streams[id], !stream.remoteEnded else { return }
-    stream.credit += length
-    if stream.credit >= stream.window / 2 {
-      var increment = stream.credit
-      let growth = min(stream.window, HTTP2Windows.maximumStream - stream.window)
-      if growth > 0, grow(growth) {
-        stream.window += growth
-        increment += growth
-      }
+    guard let index = streams.index(forKey: id), !streams.values[index].remoteEnded else { return }
+    if let increment = Self.credit(length, &streams.values[index], grow: grow) {
       outbox.append(.windowUpdate(id, increment))
-      stream.receiveWindow += increment
-      stream.credit = 0
     }
-    streams[id] = stream
+  }
+
+  /// Adds `length` to a stream's credit: the WINDOW_UPDATE increment, once half its window is
+  /// owed.
+  @inline(__always)
+  private static func credit(_ length: Int, _ stream: inout Stream, grow: (Int) -> Bool) -> Int? {
+    stream.credit += length
+    guard stream.credit >= stream.window / 2 else { return nil }
+    var increment = stream.credit
+    let growth = min(stream.window, HTTP2Windows.maximumStream - stream.window)
+    if growth > 0, grow(growth) {
+      stream.window += growth
+      increment += growth
+    }
+    stream.receiveWindow += increment
+    stream.credit = 0
+    return increment
   }
 
   // MARK: Limits

@@ -10,7 +10,10 @@ import NIOHPACK
 /// is an event too (`opened`, `consumeSendWindow`, `endedHere`, `returnCredit`). It reads no
 /// socket and keeps no timer: the time comes with the events that need it. `ForwardingConnection`
 /// carries the events and actions out; `Attachment` is what it keeps with each stream (its
-/// call, and the frames waiting for a window).
+/// call, and the frames waiting for a window). The methods on the forwarding path are
+/// specialized for the sidecar's attachment explicitly: left to itself the optimizer kept the
+/// larger ones generic, and copying streams through value witnesses cost a quarter of the
+/// sidecar's CPU per call (`scripts/bench`).
 struct HTTP2Connection<Attachment> {
   /// One open stream.
   struct Stream {
@@ -190,6 +193,7 @@ struct HTTP2Connection<Attachment> {
   // MARK: Frames in
 
   /// The peer's frame `frame`, read at `now`. Throws the connection error it is, if it is one.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func receive(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     if awaitingSettings {
       guard frame.type == FrameType.settings, !frame.has(FrameFlag.ack) else {
@@ -223,6 +227,7 @@ struct HTTP2Connection<Attachment> {
     }
   }
 
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receiveData(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     let id = frame.stream
     guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "DATA on stream 0") }
@@ -245,33 +250,48 @@ struct HTTP2Connection<Attachment> {
         throw HTTP2ConnectionError(.enhanceYourCalm, "too many empty DATA frames")
       }
     }
-    guard var stream = streams[id] else {
+    guard let index = streams.index(forKey: id) else {
       if isIdle(id) { throw HTTP2ConnectionError(.protocolError, "DATA on idle stream \(id)") }
       returnCredit(flow)  // the bytes are dropped
       return try notOpen(FrameType.data, id, now: now)
     }
-    guard !stream.remoteEnded else {
+    // In place (by index, no copy of the stream and its attachment per frame).
+    switch Self.take(flow: flow, data: payload.readableBytes, endStream, &streams.values[index]) {
+    case .accepted:
+      break
+    case .error(let code):
       returnCredit(flow)
-      return try peerError(id, .streamClosed, now: now)
+      return code == .protocolError
+        ? try malformed(id, now: now) : try peerError(id, code, now: now)
     }
-    stream.receiveWindow -= flow
-    guard stream.receiveWindow >= 0 else {
-      returnCredit(flow)
-      return try peerError(id, .flowControlError, now: now)
-    }
-    stream.receivedLength += payload.readableBytes
-    if let declared = stream.declaredLength,
-      stream.receivedLength > declared || (endStream && stream.receivedLength != declared)
-    {
-      returnCredit(flow)
-      return try malformed(id, now: now)
-    }
-    if endStream { stream.remoteEnded = true }
-    streams[id] = stream
     guard payload.readableBytes > 0 || endStream else {
       return flow > 0 ? .credit(id, flow: flow) : .none
     }
-    return .data(stream.attachment, id, payload, endStream: endStream, flow: flow)
+    return .data(streams.values[index].attachment, id, payload, endStream: endStream, flow: flow)
+  }
+
+  private enum DataVerdict {
+    case accepted
+    /// STREAM_CLOSED, FLOW_CONTROL_ERROR, or PROTOCOL_ERROR (a content-length the DATA breaks).
+    case error(H2Error)
+  }
+
+  /// Counts a DATA frame of `flow` bytes (`data` of them payload) against an open stream.
+  @inline(__always)
+  private static func take(
+    flow: Int, data: Int, _ endStream: Bool, _ stream: inout Stream
+  ) -> DataVerdict {
+    guard !stream.remoteEnded else { return .error(.streamClosed) }
+    stream.receiveWindow -= flow
+    guard stream.receiveWindow >= 0 else { return .error(.flowControlError) }
+    stream.receivedLength += data
+    if let declared = stream.declaredLength,
+      stream.receivedLength > declared || (endStream && stream.receivedLength != declared)
+    {
+      return .error(.protocolError)
+    }
+    if endStream { stream.remoteEnded = true }
+    return .accepted
   }
 
   private static func removePadding(_ payload: inout ByteBuffer) throws {
@@ -280,6 +300,7 @@ struct HTTP2Connection<Attachment> {
     payload = payload.readSlice(length: payload.readableBytes - Int(padding))!
   }
 
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receiveHeaders(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     let id = frame.stream
     guard id != 0 else { throw HTTP2ConnectionError(.protocolError, "HEADERS on stream 0") }
@@ -308,6 +329,7 @@ struct HTTP2Connection<Attachment> {
     priority.getInteger(at: priority.readerIndex, as: UInt32.self)! & 0x7FFF_FFFF
   }
 
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receiveContinuation(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     guard var block = partial else {
       throw HTTP2ConnectionError(.protocolError, "CONTINUATION without HEADERS")
@@ -328,6 +350,7 @@ struct HTTP2Connection<Attachment> {
       selfDependent: block.selfDependent, now: now)
   }
 
+  @inline(__always)
   private mutating func headersComplete(
     stream id: UInt32, endStream: Bool, block: inout ByteBuffer, selfDependent: Bool,
     now: NIODeadline
@@ -401,6 +424,7 @@ struct HTTP2Connection<Attachment> {
   }
 
   /// RFC 9113 §5.3.1: a stream that depends on itself is a stream error.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func dependsOnItself(_ id: UInt32, now: NIODeadline) throws -> Event {
     if streams[id] != nil { return try peerError(id, .protocolError, now: now) }
     try countEndedEarly(now: now)
@@ -408,6 +432,7 @@ struct HTTP2Connection<Attachment> {
     return .none
   }
 
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receivePriority(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     guard frame.payload.readableBytes == 5 else {
       throw HTTP2ConnectionError(
@@ -420,6 +445,7 @@ struct HTTP2Connection<Attachment> {
     return try dependsOnItself(frame.stream, now: now)
   }
 
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receiveReset(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     let id = frame.stream
     guard frame.payload.readableBytes == 4 else {
@@ -437,6 +463,7 @@ struct HTTP2Connection<Attachment> {
     return .peerReset(stream, id, code)
   }
 
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receiveSettings(_ frame: HTTP2Frame) throws -> Event {
     guard frame.stream == 0 else {
       throw HTTP2ConnectionError(.protocolError, "SETTINGS on a stream")
@@ -527,6 +554,7 @@ struct HTTP2Connection<Attachment> {
     return .goAway(lastStream: last & 0x7FFF_FFFF, code: H2Error(code: code))
   }
 
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receiveWindowUpdate(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     let id = frame.stream
     guard frame.payload.readableBytes == 4 else {
@@ -559,6 +587,7 @@ struct HTTP2Connection<Attachment> {
 
   /// A frame on a stream that has been opened and is closed (RFC 9113 §5.1), judged by how it
   /// closed. Its DATA has been credited to the connection already.
+  @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func notOpen(_ type: UInt8, _ id: UInt32, now: NIODeadline) throws -> Event {
     switch closed.closing(of: id) {
     case .resetHere(let ping):
