@@ -294,6 +294,14 @@ struct HTTP2Connection<Attachment> {
     return .accepted
   }
 
+  /// A frame whose payload has a fixed length (RFC 9113 §6): any other is FRAME_SIZE_ERROR.
+  private static func expectLength(_ length: Int, of frame: HTTP2Frame, _ name: String) throws {
+    guard frame.payload.readableBytes == length else {
+      throw HTTP2ConnectionError(
+        .frameSizeError, "\(name) of \(frame.payload.readableBytes) bytes")
+    }
+  }
+
   private static func removePadding(_ payload: inout ByteBuffer) throws {
     guard let padding = payload.readInteger(as: UInt8.self), Int(padding) <= payload.readableBytes
     else { throw HTTP2ConnectionError(.protocolError, "padding longer than the frame") }
@@ -434,10 +442,7 @@ struct HTTP2Connection<Attachment> {
 
   @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receivePriority(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
-    guard frame.payload.readableBytes == 5 else {
-      throw HTTP2ConnectionError(
-        .frameSizeError, "PRIORITY of \(frame.payload.readableBytes) bytes")
-    }
+    try Self.expectLength(5, of: frame, "PRIORITY")
     guard frame.stream != 0 else {
       throw HTTP2ConnectionError(.protocolError, "PRIORITY on stream 0")
     }
@@ -448,10 +453,7 @@ struct HTTP2Connection<Attachment> {
   @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receiveReset(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     let id = frame.stream
-    guard frame.payload.readableBytes == 4 else {
-      throw HTTP2ConnectionError(
-        .frameSizeError, "RST_STREAM of \(frame.payload.readableBytes) bytes")
-    }
+    try Self.expectLength(4, of: frame, "RST_STREAM")
     guard id != 0, !isIdle(id) else {
       throw HTTP2ConnectionError(.protocolError, "RST_STREAM on idle stream \(id)")
     }
@@ -530,9 +532,7 @@ struct HTTP2Connection<Attachment> {
 
   private mutating func receivePing(_ frame: HTTP2Frame) throws -> Event {
     guard frame.stream == 0 else { throw HTTP2ConnectionError(.protocolError, "PING on a stream") }
-    guard frame.payload.readableBytes == 8 else {
-      throw HTTP2ConnectionError(.frameSizeError, "PING of \(frame.payload.readableBytes) bytes")
-    }
+    try Self.expectLength(8, of: frame, "PING")
     if frame.has(FrameFlag.ack) {
       // Answers come in order; one this side did not ask for acknowledges nothing.
       if pingsAcknowledged < pingsSent { pingsAcknowledged += 1 }
@@ -557,10 +557,7 @@ struct HTTP2Connection<Attachment> {
   @_specialize(where Attachment == ForwardingConnection.StreamCall)
   private mutating func receiveWindowUpdate(_ frame: HTTP2Frame, now: NIODeadline) throws -> Event {
     let id = frame.stream
-    guard frame.payload.readableBytes == 4 else {
-      throw HTTP2ConnectionError(
-        .frameSizeError, "WINDOW_UPDATE of \(frame.payload.readableBytes) bytes")
-    }
+    try Self.expectLength(4, of: frame, "WINDOW_UPDATE")
     let increment = Int(
       frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt32.self)! & 0x7FFF_FFFF)
     if id == 0 {

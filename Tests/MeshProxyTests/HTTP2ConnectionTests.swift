@@ -110,6 +110,16 @@ import Testing
     connection.open(opened, Int(opened), endStream: ended, declaredLength: length)
   }
 
+  func expectStreamError(
+    _ event: Connection.Event, _ id: UInt32, _ code: H2Error,
+    sourceLocation: SourceLocation = #_sourceLocation
+  ) {
+    guard case .streamError(_, id, code) = event else {
+      Issue.record("expected \(code) on stream \(id), got \(event)", sourceLocation: sourceLocation)
+      return
+    }
+  }
+
   func connectionError(
     _ code: H2Error, _ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation
   ) {
@@ -283,10 +293,7 @@ import Testing
     #expect(connection.outbox.isEmpty)
     try Self.open(1, on: &connection, &peer)
     let event = try connection.receive(peer.priority(1, dependsOn: 1), now: Self.start)
-    guard case .streamError(_, 1, .protocolError) = event else {
-      Issue.record("\(event)")
-      return
-    }
+    expectStreamError(event, 1, .protocolError)
     #expect(connection.outbox == [.reset(1, .protocolError)])
     connectionError(.protocolError) {
       _ = try connection.receive(peer.priority(0, dependsOn: 1), now: Self.start)
@@ -380,10 +387,7 @@ import Testing
     }
     connection.open(1, 1, endStream: false, declaredLength: 4)
     let event = try connection.receive(peer.data(1, 3, endStream: true), now: Self.start)
-    guard case .streamError(_, 1, .protocolError) = event else {
-      Issue.record("\(event)")
-      return
-    }
+    expectStreamError(event, 1, .protocolError)
   }
 
   @Test func trailersCarryNoPseudoHeaderAndLoseTheCallersIdentity() throws {
@@ -403,10 +407,7 @@ import Testing
     try Self.open(3, on: &connection, &peer)
     let bad = try connection.receive(
       peer.headers(3, [(":path", "/x")], endStream: true), now: Self.start)
-    guard case .streamError(_, 3, .protocolError) = bad else {
-      Issue.record("\(bad)")
-      return
-    }
+    expectStreamError(bad, 3, .protocolError)
   }
 
   @Test func aHeaderBlockIsNotCutAndTakesAtMostFiveContinuations() throws {
@@ -460,10 +461,7 @@ import Testing
     try Self.open(1, on: &connection, &peer)
     _ = try connection.receive(peer.data(1, HTTP2Windows.stream), now: Self.start)
     let event = try connection.receive(peer.data(1, 1), now: Self.start)
-    guard case .streamError(_, 1, .flowControlError) = event else {
-      Issue.record("\(event)")
-      return
-    }
+    expectStreamError(event, 1, .flowControlError)
   }
 
   @Test func windowUpdatesOfZeroOrPastTheMaximumAreErrors() throws {
@@ -632,10 +630,7 @@ import Testing
 
     try Self.open(3, on: &connection, &peer, endStream: true)
     let open = try connection.receive(peer.data(3, 1), now: Self.start)
-    guard case .streamError(_, 3, .streamClosed) = open else {
-      Issue.record("\(open)")
-      return
-    }
+    expectStreamError(open, 3, .streamClosed)
 
     try Self.open(5, on: &connection, &peer, endStream: true)
     _ = connection.endedHere(5)
