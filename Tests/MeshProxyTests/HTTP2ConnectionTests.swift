@@ -98,6 +98,15 @@ import Testing
     return (connection, peer)
   }
 
+  /// A pooled connection (this side opens the streams) that has read the peer's SETTINGS.
+  static func client() throws -> (Connection, Peer) {
+    var connection = Connection(
+      isServer: false, maxConcurrentStreams: 100, peerStreamLimit: 100, now: start)
+    let peer = Peer()
+    _ = try connection.receive(peer.settings(), now: start)
+    return (connection, peer)
+  }
+
   /// Opens stream `id` as the handler does on a `.request` event.
   static func open(
     _ id: UInt32, on connection: inout Connection, _ peer: inout Peer, endStream: Bool = false
@@ -640,10 +649,7 @@ import Testing
   }
 
   @Test func whatAnAppSendsAfterAResetIsDroppedForAsLongAsItComes() throws {
-    var connection = Connection(
-      isServer: false, maxConcurrentStreams: 100, peerStreamLimit: 100, now: Self.start)
-    var peer = Peer()
-    _ = try connection.receive(peer.settings(), now: Self.start)
+    var (connection, peer) = try Self.client()
     let idOpened = connection.openStream(9, endStream: true)
     let id = try #require(idOpened)
     _ = connection.reset(id, .cancel)
@@ -671,10 +677,7 @@ import Testing
   // MARK: Pooled connections
 
   @Test func aGoAwayNamesTheLastStreamThePeerTook() throws {
-    var connection = Connection(
-      isServer: false, maxConcurrentStreams: 100, peerStreamLimit: 100, now: Self.start)
-    let peer = Peer()
-    _ = try connection.receive(peer.settings(), now: Self.start)
+    var (connection, peer) = try Self.client()
     let firstOpened = connection.openStream(1, endStream: true)
     let first = try #require(firstOpened)
     let secondOpened = connection.openStream(2, endStream: true)
