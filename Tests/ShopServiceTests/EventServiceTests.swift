@@ -35,29 +35,43 @@ import Testing
     return request
   }
 
-  /// Subscribes until `count` deliveries arrived (or `timeout`), then ends the subscription;
-  /// returns the first `count`. (Under a loaded test run a subscription may be slow to end, and
-  /// a short ack deadline pass meanwhile: what comes after the first `count` is not looked at.)
+  /// Subscribes `consumers` subscribers of one group at once until `count` deliveries arrived
+  /// among them (or `timeout`), then ends the subscriptions; returns each one's deliveries.
   func receive(
-    _ bus: EventService, group: String, count: Int, ackDeadline: UInt32 = 30,
+    _ bus: EventService, group: String, consumers: Int, count: Int, ackDeadline: UInt32 = 30,
     timeout: Duration = .seconds(300)
-  ) async throws -> [Shop_V1_Delivery] {
+  ) async throws -> [[Shop_V1_Delivery]] {
     var request = Shop_V1_SubscribeRequest()
     request.topic = "user.created"
     request.consumerGroup = group
     request.ackDeadlineSeconds = ackDeadline
-    let collector = Collector()
-    let subscription = Task {
-      try await bus.subscribe(
-        request: request, response: RPCWriter(wrapping: collector), context: context())
+    let collectors = (0..<consumers).map { _ in Collector() }
+    let subscriptions = collectors.map { [request] collector in
+      Task {
+        try await bus.subscribe(
+          request: request, response: RPCWriter(wrapping: collector), context: context())
+      }
     }
+    func received() -> Int { collectors.reduce(0) { $0 + $1.deliveries.count } }
     let deadline = ContinuousClock.now + timeout
-    while collector.deliveries.count < count, ContinuousClock.now < deadline {
+    while received() < count, ContinuousClock.now < deadline {
       try await Task.sleep(for: .milliseconds(20))
     }
-    subscription.cancel()
-    _ = try? await subscription.value
-    return Array(collector.deliveries.prefix(count))
+    for subscription in subscriptions { subscription.cancel() }
+    for subscription in subscriptions { _ = try? await subscription.value }
+    return collectors.map(\.deliveries)
+  }
+
+  /// One subscriber's first `count` deliveries. (Under a loaded test run a subscription may be
+  /// slow to end, and a short ack deadline pass meanwhile: what comes after the first `count` is
+  /// not looked at.)
+  func receive(
+    _ bus: EventService, group: String, count: Int, ackDeadline: UInt32 = 30,
+    timeout: Duration = .seconds(300)
+  ) async throws -> [Shop_V1_Delivery] {
+    let deliveries = try await receive(
+      bus, group: group, consumers: 1, count: count, ackDeadline: ackDeadline, timeout: timeout)
+    return Array(deliveries[0].prefix(count))
   }
 
   func ack(_ bus: EventService, group: String, _ ids: [String]) async throws -> UInt32 {
@@ -93,9 +107,8 @@ import Testing
     #expect(orders.map(\.event.id) == (0..<20).map { "e\($0)" })
     #expect(audit.count == 20)
     // Two consumers of one group at once: between them every event, none twice.
-    async let one = receive(bus, group: "shared", count: 20, timeout: .seconds(10))
-    async let two = receive(bus, group: "shared", count: 20, timeout: .seconds(10))
-    let ids = try await (one + two).map(\.event.id)
+    let shared = try await receive(bus, group: "shared", consumers: 2, count: 20)
+    let ids = shared.joined().map(\.event.id)
     #expect(ids.count == 20 && Set(ids).count == 20, "\(ids)")
   }
 
