@@ -85,6 +85,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
   // Writing: every frame goes into `output`, written out by `flushIfNeeded`. DATA only while
   // the channel is writable (its socket takes what is written).
   private var output = ByteBuffer()
+  /// The outbox's frames while they are written (its storage is kept for the next ones).
+  private var spentOutbox: [HTTP2Connection<StreamCall>.ControlFrame] = []
   private(set) var needsFlush = false
   private var writable = true
   /// Bytes of answers to the peer's own frames written since the channel stopped being
@@ -365,7 +367,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     case .windowsOpened:
       unblockAll()
     case .streamWindowOpened(let id):
-      if state.streams[id]?.attachment.queue.isEmpty == false { sendQueued(id) }
+      if state.framesWait(on: id) == true { sendQueued(id) }
     }
   }
 
@@ -490,8 +492,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   /// Sends HEADERS on a stream (after whatever is already waiting on it).
   func sendHeaders(_ headers: HPACKHeaders, endStream: Bool, on id: UInt32) {
-    guard !closing, let stream = state.streams[id] else { return }
-    guard stream.attachment.queue.isEmpty else {
+    guard !closing, let waits = state.framesWait(on: id) else { return }
+    guard !waits else {
       _ = state.withAttachment(of: id) {
         $0.queue.append(.headers(headers, endStream: endStream))
       }
@@ -507,12 +509,12 @@ final class ForwardingConnection: ChannelDuplexHandler {
     _ data: ByteBuffer, endStream: Bool, on id: UInt32, flow: Int,
     source: ForwardingConnection?, call: ForwardedCall
   ) {
-    guard !closing, let stream = state.streams[id] else {
+    guard !closing, let waits = state.framesWait(on: id) else {
       if let source { call.handedOn(flow, from: source) }
       return
     }
     let length = data.readableBytes
-    guard stream.attachment.queue.isEmpty, writable, state.consumeSendWindow(length, on: id)
+    guard !waits, writable, state.consumeSendWindow(length, on: id)
     else {
       // It waits here, bounded by the stream window its source was given (no stream credit
       // goes back until it is out), in a buffer of its own rather than a slice that would keep
@@ -638,10 +640,12 @@ final class ForwardingConnection: ChannelDuplexHandler {
   /// Writes the frames the connection owes the peer.
   private func writeOutbox() {
     guard !state.outbox.isEmpty else { return }
-    let frames = state.outbox
-    state.outbox.removeAll(keepingCapacity: true)
+    // The outbox is swapped with an empty one rather than copied, so that neither array's
+    // storage is allocated again.
+    swap(&spentOutbox, &state.outbox)
+    defer { spentOutbox.removeAll(keepingCapacity: true) }
     guard !closing else { return }
-    for frame in frames {
+    for frame in spentOutbox {
       switch frame {
       case .settingsAck:
         output.writeFrameHeader(
@@ -1048,5 +1052,15 @@ func describe(_ error: any Error) -> String {
     let text = "\(error)"
     if text.contains("Connection refused") { return "connection refused" }
     return text
+  }
+}
+
+extension HTTP2Connection where Attachment == ForwardingConnection.StreamCall {
+  /// Whether frames wait in stream `id`'s queue (nil: there is no such stream), without a copy
+  /// of the stream.
+  @inline(__always)
+  mutating func framesWait(on id: UInt32) -> Bool? {
+    guard let index = streams.index(forKey: id) else { return nil }
+    return inPlace(index) { !$0.attachment.queue.isEmpty }
   }
 }

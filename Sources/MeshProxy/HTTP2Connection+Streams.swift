@@ -29,12 +29,23 @@ extension HTTP2Connection {
   }
 
   /// Changes what is kept with stream `id`.
+  @inline(__always)
   mutating func withAttachment<Result>(
     of id: UInt32, _ body: (inout Attachment) -> Result
   ) -> Result? {
-    guard streams[id] != nil else { return nil }
-    return body(&streams[id]!.attachment)
+    guard let index = streams.index(forKey: id) else { return nil }
+    return inPlace(index) { body(&$0.attachment) }
   }
+
+  /// The stream at `index`, for `body` to read or change in place. (Reading a stream out of
+  /// the table copies it, its attachment too: the path of every frame reads in place.)
+  @inline(__always)
+  mutating func inPlace<Result>(
+    _ index: [UInt32: Stream].Index, _ body: (inout Stream) throws -> Result
+  ) rethrows -> Result {
+    try body(&streams.values[index])
+  }
+
 
   // MARK: Sending
 
@@ -49,30 +60,38 @@ extension HTTP2Connection {
   /// Spends `length` bytes of both send windows on stream `id`, if they allow it.
   @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func consumeSendWindow(_ length: Int, on id: UInt32) -> Bool {
-    guard length >= 0, length <= sendWindow, let index = streams.index(forKey: id),
-      length <= streams.values[index].sendWindow
-    else {
+    guard length >= 0, length <= sendWindow, let index = streams.index(forKey: id) else {
       return false
     }
-    streams.values[index].sendWindow -= length
-    sendWindow -= length
-    return true
+    let spent = inPlace(index) { stream in
+      guard length <= stream.sendWindow else { return false }
+      stream.sendWindow -= length
+      return true
+    }
+    if spent { sendWindow -= length }
+    return spent
   }
 
   /// This side sent END_STREAM on stream `id`: the stream, now closed, if the peer had ended
   /// it too.
   @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func endedHere(_ id: UInt32) -> Stream? {
-    guard streams[id] != nil else { return nil }
-    streams[id]!.localEnded = true
-    return closeIfEnded(id)
+    guard let index = streams.index(forKey: id) else { return nil }
+    inPlace(index) { $0.localEnded = true }
+    return closeIfEnded(at: index)
   }
 
   /// Closes stream `id` if both sides have ended it: the stream, now gone.
   @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func closeIfEnded(_ id: UInt32) -> Stream? {
-    guard let stream = streams[id], stream.localEnded, stream.remoteEnded else { return nil }
-    streams.removeValue(forKey: id)
+    guard let index = streams.index(forKey: id) else { return nil }
+    return closeIfEnded(at: index)
+  }
+
+  @inline(__always)
+  private mutating func closeIfEnded(at index: [UInt32: Stream].Index) -> Stream? {
+    guard inPlace(index, { $0.localEnded && $0.remoteEnded }) else { return nil }
+    let (id, stream) = streams.remove(at: index)
     completedStreams += 1
     closed.record(id, .completed)
     return stream
@@ -92,13 +111,14 @@ extension HTTP2Connection {
   /// forgotten quietly if both have ended it (a closed stream takes no RST_STREAM).
   @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func abandon(_ id: UInt32) -> Stream? {
-    guard let stream = streams[id] else { return nil }
+    guard let index = streams.index(forKey: id) else { return nil }
+    let stream = streams.remove(at: index).value
     if stream.localEnded && stream.remoteEnded {
-      streams.removeValue(forKey: id)
       closed.record(id, .completed)
-      return stream
+    } else {
+      refuse(id, .cancel)
     }
-    return reset(id, .cancel)
+    return stream
   }
 
   /// Forgets every stream above `lastStream` (the peer said it never processed them).
@@ -173,10 +193,11 @@ extension HTTP2Connection {
   /// can hold stays bounded.
   @_specialize(where Attachment == ForwardingConnection.StreamCall)
   mutating func returnStreamCredit(_ length: Int, on id: UInt32, grow: (Int) -> Bool) {
-    guard let index = streams.index(forKey: id), !streams.values[index].remoteEnded else { return }
-    if let increment = Self.credit(length, &streams.values[index], grow: grow) {
-      outbox.append(.windowUpdate(id, increment))
+    guard let index = streams.index(forKey: id) else { return }
+    let increment = inPlace(index) { stream in
+      stream.remoteEnded ? nil : Self.credit(length, &stream, grow: grow)
     }
+    if let increment { outbox.append(.windowUpdate(id, increment)) }
   }
 
   /// Adds `length` to a stream's credit: the WINDOW_UPDATE increment, once half its window is

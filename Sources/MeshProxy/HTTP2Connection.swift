@@ -267,7 +267,39 @@ struct HTTP2Connection<Attachment> {
     guard payload.readableBytes > 0 || endStream else {
       return flow > 0 ? .credit(id, flow: flow) : .none
     }
-    return .data(streams.values[index].attachment, id, payload, endStream: endStream, flow: flow)
+    return .data(inPlace(index) { $0.attachment }, id, payload, endStream: endStream, flow: flow)
+  }
+
+  private enum HeadersVerdict {
+    case accepted(Attachment)
+    /// STREAM_CLOSED, or PROTOCOL_ERROR (a request's HEADERS without END_STREAM).
+    case error(H2Error)
+    /// RFC 9113 §8.1.1.
+    case malformed
+  }
+
+  /// Checks a header block that comes on an open stream: trailers, or a response's headers.
+  @inline(__always)
+  private static func take(
+    _ headers: inout HPACKHeaders, _ endStream: Bool, isServer: Bool, _ stream: inout Stream
+  ) -> HeadersVerdict {
+    guard !stream.remoteEnded else { return .error(.streamClosed) }
+    // A request's trailers end it.
+    guard endStream || !isServer else { return .error(.protocolError) }
+    let kind: HTTP2Fields.Block = stream.headersReceived || isServer ? .trailers : .response
+    if HTTP2Fields.malformed(headers, as: kind, strict: isServer) != nil { return .malformed }
+    if kind == .response {
+      stream.declaredLength = HTTP2Fields.contentLength(headers)
+      guard stream.declaredLength != -1 else { return .malformed }
+    }
+    if endStream, let declared = stream.declaredLength, declared != stream.receivedLength {
+      return .malformed
+    }
+    // Only the sidecar may say who called, in trailers too.
+    if isServer { headers.remove(name: "x-trellis-peer-identity") }
+    stream.headersReceived = true
+    if endStream { stream.remoteEnded = true }
+    return .accepted(stream.attachment)
   }
 
   private enum DataVerdict {
@@ -379,27 +411,17 @@ struct HTTP2Connection<Attachment> {
       if isServer, id & 1 == 1, id > lastStreamSeen { lastStreamSeen = id }
       return try dependsOnItself(id, now: now)
     }
-    if var stream = streams[id] {
-      guard !stream.remoteEnded else { return try peerError(id, .streamClosed, now: now) }
+    if let index = streams.index(forKey: id) {
       // Trailers (or response headers) on an open stream; a request's trailers end it.
-      guard endStream || !isServer else { return try peerError(id, .protocolError, now: now) }
-      let kind: HTTP2Fields.Block = stream.headersReceived || isServer ? .trailers : .response
-      if HTTP2Fields.malformed(headers, as: kind, strict: isServer) != nil {
+      let isServer = isServer
+      switch inPlace(index, { Self.take(&headers, endStream, isServer: isServer, &$0) }) {
+      case .accepted(let attachment):
+        return .headers(attachment, id, headers, endStream: endStream)
+      case .error(let code):
+        return try peerError(id, code, now: now)
+      case .malformed:
         return try malformed(id, now: now)
       }
-      if kind == .response {
-        stream.declaredLength = HTTP2Fields.contentLength(headers)
-        guard stream.declaredLength != -1 else { return try malformed(id, now: now) }
-      }
-      if endStream, let declared = stream.declaredLength, declared != stream.receivedLength {
-        return try malformed(id, now: now)
-      }
-      // Only the sidecar may say who called, in trailers too.
-      if isServer { headers.remove(name: "x-trellis-peer-identity") }
-      stream.headersReceived = true
-      if endStream { stream.remoteEnded = true }
-      streams[id] = stream
-      return .headers(stream.attachment, id, headers, endStream: endStream)
     }
     guard isServer, id & 1 == 1, id > lastStreamSeen else {
       if isIdle(id) { throw HTTP2ConnectionError(.protocolError, "HEADERS on idle stream \(id)") }
