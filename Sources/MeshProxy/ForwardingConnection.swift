@@ -39,10 +39,11 @@ enum CallRoute {
 /// waits, in order, on its stream — and the sender's *connection* window is returned as soon as
 /// a frame waits there, so one stalled stream never holds back the other streams of the
 /// connection it came from. No DATA is written to a socket the peer does not read (the channel
-/// is not writable); HEADERS and control frames are, and once `maximumPendingAnswers` of
-/// answers to the peer's own frames (PING and SETTINGS acknowledgements, resets of its streams)
-/// have been written meanwhile, the peer is not read either until it reads: a peer that floods
-/// PINGs or SETTINGS without reading the acknowledgements costs a bounded buffer.
+/// is not writable; `output` is handed to the channel once it holds `outputFlushSize`, so that
+/// the channel knows in time); HEADERS and control frames are, and once `maximumPendingAnswers`
+/// of answers to the peer's own frames (PING and SETTINGS acknowledgements, resets of its
+/// streams) have been written meanwhile, the peer is not read either until it reads: a peer
+/// that floods PINGs or SETTINGS without reading the acknowledgements costs a bounded buffer.
 final class ForwardingConnection: ChannelDuplexHandler {
   typealias InboundIn = ByteBuffer
   typealias OutboundIn = ByteBuffer
@@ -111,6 +112,11 @@ final class ForwardingConnection: ChannelDuplexHandler {
   /// counted (calls bound them) nor WINDOW_UPDATE (DATA, which flow control bounds, causes
   /// them), so two sidecars busy with each other never both stop reading.
   static let maximumPendingAnswers = 64 * 1024
+  /// What `output` holds at most before it is written out at once, rather than at the end of
+  /// the read: the channel's writability (its high-water mark is 32 KiB) then stops the DATA
+  /// of a read's many streams before it piles up here. (`scripts/abuse`: 100 connections that
+  /// never read, 8 streams each, held 14 MB in output buffers without it.)
+  static let outputFlushSize = 32 << 10
   /// The payload of the PING that asks the peer to show it has read this side's resets.
   static let resetsReadPing: UInt64 = 0x7472_656C_6C69_7321
 
@@ -635,6 +641,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
       flags: endStream ? FrameFlag.endStream : 0, stream: id)
     output.writeImmutableBuffer(data)
     markNeedsFlush()
+    if output.readableBytes >= Self.outputFlushSize { flushIfNeeded() }
   }
 
   /// Writes the frames the connection owes the peer.
@@ -974,6 +981,7 @@ final class LoopState {
   /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to callers.
   let maxConcurrentStreams: Int
   private var toFlush: [ForwardingConnection] = []
+  private var flushing: [ForwardingConnection] = []
   /// What the windows of this loop's streams may grow by in all (`HTTP2Windows.growthBudget`).
   private var windowBudget = HTTP2Windows.growthBudget
 
@@ -1030,10 +1038,11 @@ final class LoopState {
   }
 
   func flushAll() {
+    // Swapped with a spare rather than copied, so that neither array is allocated again.
     while !toFlush.isEmpty {
-      let connections = toFlush
-      toFlush.removeAll(keepingCapacity: true)
-      for connection in connections { connection.flushIfNeeded() }
+      swap(&flushing, &toFlush)
+      for connection in flushing { connection.flushIfNeeded() }
+      flushing.removeAll(keepingCapacity: true)
     }
   }
 }
