@@ -10,7 +10,7 @@ enum HTTP2Windows {
   static let maximumStream = 1 << 20
   /// What the windows of one event loop's streams may grow by in all: the most that stalled
   /// streams can hold beyond their first 16 KiB each. (`scripts/abuse`: 100 connections that
-  /// never read, 8 streams each, take a release sidecar from 29 MB to 64 MB with 4 MiB here.)
+  /// never read, 8 streams each, take a release sidecar from 28 MB to 57 MB with 4 MiB here.)
   static let growthBudget = 4 << 20
   /// Per connection: the most one connection's calls hold in the proxy at once.
   static let connection = 4 << 20
