@@ -46,7 +46,6 @@ extension HTTP2Connection {
     try body(&streams.values[index])
   }
 
-
   // MARK: Sending
 
   /// What this side may send on stream `id` now, by both windows (negative when a SETTINGS
