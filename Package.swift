@@ -85,6 +85,15 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
 
+    // etcd's v3 API (our declarations, generated) and a client of it, for the control plane's
+    // store; the sidecar does not link it.
+    .target(
+      name: "EtcdAPI",
+      dependencies: [swiftProtobuf, grpcCore, grpcProtobuf, grpcHTTP2],
+      exclude: ["Generated/etcd.protoset"],
+      swiftSettings: swiftSettings
+    ),
+
     // Value types: no networking.
     .target(
       name: "MeshIdentity",
@@ -371,6 +380,11 @@ let package = Package(
     .testTarget(
       name: "MeshControlClientTests",
       dependencies: ["MeshControlClient", "MeshConfig", "MeshProtos", "MeshTracing"],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "EtcdAPITests",
+      dependencies: ["EtcdAPI", "TestSupport"],
       swiftSettings: swiftSettings
     ),
     .testTarget(

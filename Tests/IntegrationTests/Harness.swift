@@ -106,15 +106,3 @@ struct BackgroundLoad {
     return try jsonObjects(text).first ?? ["failed": -1, "output": text]
   }
 }
-
-/// A loopback port nobody listens on now, for a process whose address must be known before it
-/// starts.
-func freeLoopbackPort() throws -> String {
-  try run(
-    try resolve("python3"),
-    [
-      "-c",
-      "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])",
-    ]
-  ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-}

@@ -1,0 +1,133 @@
+import EtcdAPI
+import Foundation
+import TestSupport
+import Testing
+
+/// Our declarations of etcd's v3 API against a real etcd 3.4: every call the store makes, so a
+/// wrong name or field number shows here.
+@Suite struct EtcdClientTests {
+  /// A running member and a client of it, ready (etcd answers Status).
+  static func started() async throws -> (EtcdServer, EtcdClient) {
+    let server = try EtcdServer()
+    let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
+    Task { try await client.run() }
+    let deadline = ContinuousClock.now + .seconds(60)
+    while true {
+      do {
+        _ = try await client.status()
+        return (server, client)
+      } catch  where ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(100))
+      } catch {
+        throw HarnessError("etcd did not answer: \(error)\n\(server.log)")
+      }
+    }
+  }
+
+  @Test func storeOptionsNameTheirMistake() throws {
+    #expect(
+      try EtcdClient.endpoints(parsing: "etcd://10.0.0.1:2379,10.0.0.2:2379")
+        == [.init(host: "10.0.0.1", port: 2379), .init(host: "10.0.0.2", port: 2379)])
+    for bad in ["http://a:1", "etcd://", "etcd://a", "etcd://a:0", "etcd://a:1,", "etcd://:1"] {
+      #expect(throws: EtcdError.self, "\(bad)") { try EtcdClient.endpoints(parsing: bad) }
+    }
+    #expect(EtcdClient.rangeEnd(ofPrefix: Data("a/".utf8)) == Data("a0".utf8))
+    #expect(EtcdClient.rangeEnd(ofPrefix: Data([0x61, 0xff])) == Data([0x62]))
+    #expect(EtcdClient.rangeEnd(ofPrefix: Data([0xff])) == Data([0]))
+  }
+
+  @Test func keysRevisionsAndTransactions() async throws {
+    let (server, client) = try await Self.started()
+    defer {
+      client.close()
+      server.stop()
+    }
+    let first = try await client.put("/t/a", Data("1".utf8))
+    let second = try await client.put("/t/b", Data("2".utf8))
+    try await client.put("/u/c", Data("3".utf8))
+    #expect(second == first + 1)
+    let a = try #require(try await client.get("/t/a"))
+    #expect(a.value == Data("1".utf8) && a.createRevision == first && a.version == 1)
+    #expect(try await client.get("/t/none") == nil)
+    let listed = try await client.list(prefix: "/t/")
+    #expect(listed.kvs.map { String(decoding: $0.key, as: UTF8.self) } == ["/t/a", "/t/b"])
+    #expect(listed.header.revision == second + 1 && listed.count == 2)
+
+    // A create-if-absent, as two replicas racing for one key would do: one wins.
+    func createIfAbsent(_ value: String) -> Etcdserverpb_TxnRequest {
+      var compare = Etcdserverpb_Compare()
+      compare.key = Data("/t/token".utf8)
+      compare.target = .create
+      compare.result = .equal
+      compare.createRevision = 0
+      var put = Etcdserverpb_RequestOp()
+      put.requestPut.key = Data("/t/token".utf8)
+      put.requestPut.value = Data(value.utf8)
+      var read = Etcdserverpb_RequestOp()
+      read.requestRange.key = Data("/t/token".utf8)
+      var txn = Etcdserverpb_TxnRequest()
+      txn.compare = [compare]
+      txn.success = [put]
+      txn.failure = [read]
+      return txn
+    }
+    let won = try await client.txn(createIfAbsent("x"))
+    let lost = try await client.txn(createIfAbsent("y"))
+    #expect(won.succeeded && !lost.succeeded)
+    #expect(lost.responses.first?.responseRange.kvs.first?.value == Data("x".utf8))
+
+    #expect(try await client.delete("/t/", prefix: true) == 3)
+    #expect(try await client.list(prefix: "/t/").kvs.isEmpty)
+    let status = try await client.status()
+    #expect(status.version.hasPrefix("3.") && status.leader != 0 && status.dbSize > 0)
+    let members = try await client.members()
+    #expect(
+      members.count == 1 && members[0].clientUrls == ["http://127.0.0.1:\(server.clientPort)"])
+  }
+
+  @Test func leasesCarryTheirKeysAway() async throws {
+    let (server, client) = try await Self.started()
+    defer {
+      client.close()
+      server.stop()
+    }
+    let lease = try await client.grantLease(ttl: 5)
+    try await client.put("/lease/k", Data("v".utf8), lease: lease)
+    #expect(try await client.get("/lease/k")?.lease == lease)
+    #expect(try await client.keepAlive(lease) == 5)
+    try await client.revokeLease(lease)
+    #expect(try await client.get("/lease/k") == nil)
+    #expect(try await client.keepAlive(lease) == nil, "a revoked lease is not renewed")
+  }
+
+  @Test func watchesResumeFromARevisionUntilItIsCompacted() async throws {
+    let (server, client) = try await Self.started()
+    defer {
+      client.close()
+      server.stop()
+    }
+    let start = try await client.put("/w/a", Data("1".utf8))
+    try await client.put("/w/b", Data("2".utf8))
+    try await client.delete("/w/a")
+    // From a past revision: every change since, in order, none twice.
+    let seen = Collected()
+    try await client.watch(prefix: "/w/", from: start) { response in
+      await seen.add(
+        response.events.map { "\($0.type) \(String(decoding: $0.kv.key, as: UTF8.self))" })
+      return await seen.count < 3
+    }
+    #expect(await seen.all == ["put /w/a", "put /w/b", "delete /w/a"])
+    // Compacted past the start: the watch is refused, naming the oldest revision kept.
+    let now = try await client.put("/w/c", Data("3".utf8))
+    try await client.compact(revision: now)
+    await #expect(throws: EtcdError.compacted(oldest: now)) {
+      try await client.watch(prefix: "/w/", from: start) { _ in true }
+    }
+  }
+
+  actor Collected {
+    private(set) var all: [String] = []
+    var count: Int { all.count }
+    func add(_ items: [String]) { all += items }
+  }
+}
