@@ -139,8 +139,8 @@ let package = Package(
     .target(
       name: "MeshControlPlane",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshTracing", grpcCore, grpcHTTP2,
-        grpcProtobuf,
+        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshTracing", "EtcdAPI", grpcCore,
+        grpcHTTP2, grpcProtobuf,
         logging, lifecycle, x509, crypto, grdb, nioCore, nioSSL,
         .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -374,7 +374,7 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshControlPlaneTests",
-      dependencies: ["MeshControlPlane", "MeshIdentity", x509, crypto],
+      dependencies: ["MeshControlPlane", "MeshIdentity", "EtcdAPI", "TestSupport", x509, crypto],
       swiftSettings: swiftSettings
     ),
     .testTarget(

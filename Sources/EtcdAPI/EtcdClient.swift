@@ -91,13 +91,29 @@ public final class EtcdClient: Sendable {
     return try await kv.range(request).kvs.first
   }
 
-  /// Every key under `prefix`, in key order, and the revision they were read at.
-  public func list(prefix: String, limit: Int64 = 0) async throws -> Etcdserverpb_RangeResponse {
+  /// The keys under `prefix` in key order (or the reverse), at most `limit` of them
+  /// (0: all), and the revision they were read at.
+  public func list(
+    prefix: String, descending: Bool = false, limit: Int64 = 0
+  ) async throws -> Etcdserverpb_RangeResponse {
     var request = Etcdserverpb_RangeRequest()
     request.key = Data(prefix.utf8)
     request.rangeEnd = Self.rangeEnd(ofPrefix: Data(prefix.utf8))
     request.limit = limit
+    if descending {
+      request.sortTarget = .key
+      request.sortOrder = .descend
+    }
     return try await kv.range(request)
+  }
+
+  /// How many keys are under `prefix`.
+  public func count(prefix: String) async throws -> Int64 {
+    var request = Etcdserverpb_RangeRequest()
+    request.key = Data(prefix.utf8)
+    request.rangeEnd = Self.rangeEnd(ofPrefix: Data(prefix.utf8))
+    request.countOnly = true
+    return try await kv.range(request).count
   }
 
   /// Sets `key` (attached to `lease`, if not 0): the store's revision after it.

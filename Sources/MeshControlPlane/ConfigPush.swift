@@ -20,7 +20,7 @@ public final class ConfigHub: Sendable {
     var status = Trellis_Mesh_V1_SidecarStatus()
     /// When this control plane issued the certificate the sidecar serves with, and from which
     /// issuer; nil when it did not issue it.
-    var issued: ControlStore.IssuedCertificate?
+    var issued: IssuedCertificate?
   }
 
   /// The mesh's trust as snapshots carry it.
@@ -199,7 +199,7 @@ public final class ConfigHub: Sendable {
   /// Registers a stream; the first snapshot is sent unless the sidecar runs everything already.
   func subscribe(
     id: UUID, node: String, identity: String, hello: Trellis_Mesh_V1_SubscribeRequest,
-    issued: ControlStore.IssuedCertificate?, certificateNotAfter: Date?
+    issued: IssuedCertificate?, certificateNotAfter: Date?
   ) -> AsyncStream<Trellis_Mesh_V1_ConfigSnapshot> {
     let (stream, continuation) = AsyncStream.makeStream(
       of: Trellis_Mesh_V1_ConfigSnapshot.self, bufferingPolicy: .bufferingNewest(1))
@@ -246,7 +246,7 @@ public final class ConfigHub: Sendable {
   /// new snapshot at once.
   func answered(
     node: String, _ message: Trellis_Mesh_V1_SubscribeRequest, snapshotVersion: Int64?,
-    issued: ControlStore.IssuedCertificate?
+    issued: IssuedCertificate?
   ) {
     let again = state.withLock {
       state -> [(
@@ -277,7 +277,7 @@ public final class ConfigHub: Sendable {
   }
 
   private static func record(
-    node: String, serial: String, issued: ControlStore.IssuedCertificate?, _ state: inout State
+    node: String, serial: String, issued: IssuedCertificate?, _ state: inout State
   ) {
     guard !serial.isEmpty, var entry = state.nodes[node] else { return }
     entry.status.certificateSerial = serial
@@ -412,7 +412,7 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
   /// then pushed to every sidecar.
   private static func register(
     _ registration: Trellis_Mesh_V1_Registration, node: String, caller: SPIFFEID,
-    _ hub: ConfigHub, _ store: ControlStore
+    _ hub: ConfigHub, _ store: SQLiteControlStore
   ) throws {
     guard let service = caller.serviceName else {
       throw RPCError(
@@ -435,8 +435,8 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
 
   /// The record of a certificate this control plane issued to `caller`.
   private static func issued(
-    _ serial: String, _ caller: SPIFFEID, _ store: ControlStore
-  ) throws -> ControlStore.IssuedCertificate? {
+    _ serial: String, _ caller: SPIFFEID, _ store: SQLiteControlStore
+  ) throws -> IssuedCertificate? {
     guard !serial.isEmpty, let issued = try store.issuedCertificate(serial: serial),
       issued.spiffeID == caller.description
     else { return nil }

@@ -52,7 +52,7 @@ public struct ControlPlane: Service {
   }
 
   public func run() async throws {
-    let store = try ControlStore(directory: configuration.data)
+    let store = try SQLiteControlStore(directory: configuration.data)
     let traces = try TraceStore(
       directory: configuration.data, retention: configuration.traceRetention)
     let trust = try MeshTrust(try loadTrust(store), trustDomain: configuration.trustDomain)
@@ -137,7 +137,7 @@ public struct ControlPlane: Service {
 
   /// The trust in force: the newest stored generation, or the first one, made from the CA
   /// that `meshctl certs init` wrote.
-  private func loadTrust(_ store: ControlStore) throws -> MeshTrust.Generation {
+  private func loadTrust(_ store: SQLiteControlStore) throws -> MeshTrust.Generation {
     if let stored = try store.currentTrust() { return try MeshTrust.generation(stored) }
     let files = CAFiles(dir: configuration.certs)
     let issuer = try files.loadIssuer()

@@ -10,7 +10,7 @@ import X509
 
 /// What the control plane's services share: the store, the issuer, and the mesh's facts.
 public struct ControlContext: Sendable {
-  public var store: ControlStore
+  public var store: SQLiteControlStore
   /// The roots, the issuer and the control plane's own certificate in force.
   public var trust: MeshTrust
   public var trustDomain: String { trust.trustDomain }
@@ -36,7 +36,7 @@ public struct ControlContext: Sendable {
 
   /// Loads what the hub pushes (the running config, the trust, pending renewals) from the store.
   public init(
-    store: ControlStore, trust: MeshTrust, defaultLeafLifetime: TimeInterval = 86_400
+    store: SQLiteControlStore, trust: MeshTrust, defaultLeafLifetime: TimeInterval = 86_400
   ) throws {
     self.store = store
     self.trust = trust
@@ -391,7 +391,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
   }
 
   private func message(
-    _ stored: ControlStore.StoredConfig, withText: Bool
+    _ stored: StoredConfig, withText: Bool
   )
     -> Trellis_Mesh_V1_ConfigVersion
   {

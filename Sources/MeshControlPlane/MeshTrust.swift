@@ -70,7 +70,7 @@ public final class MeshTrust: Sendable {
   }
 
   /// A generation from stored PEM.
-  public static func generation(_ stored: ControlStore.StoredTrust) throws -> Generation {
+  public static func generation(_ stored: StoredTrust) throws -> Generation {
     Generation(
       number: stored.generation, bundle: try TrustBundle(pem: stored.bundle),
       bundlePEM: stored.bundle,

@@ -25,7 +25,7 @@ public final class TraceStore: Sendable {
   public let retention: Retention
 
   public init(directory: String, retention: Retention = Retention()) throws {
-    database = try ControlStore.open("traces.sqlite", in: directory, synchronous: "NORMAL")
+    database = try SQLiteControlStore.open("traces.sqlite", in: directory, synchronous: "NORMAL")
     self.retention = retention
     try Self.migrator.migrate(database)
   }

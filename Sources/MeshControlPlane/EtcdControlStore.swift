@@ -1,0 +1,301 @@
+import EtcdAPI
+import Foundation
+
+/// The control plane's state in etcd, under one key prefix (`/trellis/` by default), for
+/// control planes that share it:
+///
+/// | key | value |
+/// | --- | --- |
+/// | `tokens/<sha256>` | a join token's identity, expiry and spending (JSON) |
+/// | `certificates/<serial>` | an issued certificate's record (JSON) |
+/// | `config/<version, 20 digits>` | a configuration version (JSON) |
+/// | `trust/<generation, 20 digits>` | a trust generation: bundle, issuer certificate, reason (JSON) |
+/// | `registrations/<node>` | a registered endpoint (`RegisteredEndpoint`, binary) |
+/// | `renewals/<SPIFFE ID>` | when a renewal was asked for (milliseconds) |
+///
+/// No private key goes to etcd: the issuer keys and the pending one stay in `keyDirectory`, on
+/// this control plane's disk (mode 0600).
+///
+/// What must happen once happens in one transaction: a token is spent only if it is unchanged
+/// since it was read (two replicas racing for one: one wins, the other reads it used), and a
+/// new version or generation is written only if its key is still absent.
+public final class EtcdControlStore: ControlStore {
+  private let etcd: EtcdClient
+  private let prefix: String
+  private let keyDirectory: URL
+
+  public init(etcd: EtcdClient, prefix: String = "/trellis/", keyDirectory: String) throws {
+    self.etcd = etcd
+    self.prefix = prefix
+    self.keyDirectory = URL(fileURLWithPath: keyDirectory)
+    try FileManager.default.createDirectory(
+      atPath: keyDirectory, withIntermediateDirectories: true,
+      attributes: [.posixPermissions: 0o700])
+  }
+
+  // MARK: Join tokens
+
+  private struct TokenRecord: Codable {
+    var spiffeID: String
+    var createdAt: Int64
+    var expiresAt: Int64
+    var usedAt: Int64?
+  }
+
+  public func createToken(
+    for spiffeID: String, ttl: TimeInterval, now: Date = Date()
+  ) async throws -> (token: String, expiresAt: Date) {
+    let token = JoinToken.make()
+    let expiresAt = now.addingTimeInterval(ttl)
+    let record = TokenRecord(
+      spiffeID: spiffeID, createdAt: Int64(now.timeIntervalSince1970),
+      expiresAt: Int64(expiresAt.timeIntervalSince1970))
+    try await etcd.put(key("tokens/" + JoinToken.hash(token)), try Self.encode(record))
+    return (token, expiresAt)
+  }
+
+  public func redeemToken(
+    _ token: String, spend: Bool = true, now: Date = Date()
+  ) async throws -> Result<String, TokenRefusal> {
+    let key = key("tokens/" + JoinToken.hash(token))
+    guard let stored = try await etcd.get(key) else { return .failure(.unknown) }
+    var record = try Self.decode(TokenRecord.self, stored.value)
+    if record.usedAt != nil { return .failure(.used) }
+    guard Int64(now.timeIntervalSince1970) < record.expiresAt else { return .failure(.expired) }
+    guard spend else { return .success(record.spiffeID) }
+    record.usedAt = Int64(now.timeIntervalSince1970)
+    // Spent only if nobody changed it since it was read: of two racing, one wins.
+    let spent = try await etcd.txn(
+      .init(
+        if: Self.modified(key, at: stored.modRevision),
+        then: [Self.put(key, try Self.encode(record))]))
+    return spent.succeeded ? .success(record.spiffeID) : .failure(.used)
+  }
+
+  // MARK: Certificates
+
+  public func recordCertificate(
+    serial: String, spiffeID: String, notAfter: Date, issuerSerial: String, now: Date = Date()
+  ) async throws {
+    let record = IssuedCertificate(
+      spiffeID: spiffeID, issuedAt: now, notAfter: notAfter, issuerSerial: issuerSerial)
+    try await etcd.put(key("certificates/" + serial), try Self.encode(record))
+  }
+
+  public func issuedCertificate(serial: String) async throws -> IssuedCertificate? {
+    guard let stored = try await etcd.get(key("certificates/" + serial)) else { return nil }
+    return try Self.decode(IssuedCertificate.self, stored.value)
+  }
+
+  public func certificateCount() async throws -> Int {
+    Int(try await etcd.count(prefix: key("certificates/")))
+  }
+
+  // MARK: Trust
+
+  private struct TrustRecord: Codable {
+    var generation: Int64
+    var bundle: String
+    var issuer: String
+    var reason: String
+    var createdAt: Int64
+  }
+
+  public func currentTrust() async throws -> StoredTrust? {
+    guard
+      let newest = try await etcd.list(prefix: key("trust/"), descending: true, limit: 1)
+        .kvs.first
+    else { return nil }
+    return try trust(newest.value)
+  }
+
+  public func trustGenerations() async throws -> [StoredTrust] {
+    try await etcd.list(prefix: key("trust/")).kvs.map { try trust($0.value) }
+  }
+
+  private func trust(_ value: Data) throws -> StoredTrust {
+    let record = try Self.decode(TrustRecord.self, value)
+    let keyFile = keyDirectory.appendingPathComponent("issuer-\(record.generation).key.pem")
+    guard let issuerKey = try? String(contentsOf: keyFile, encoding: .utf8) else {
+      throw EtcdError(
+        "trust generation \(record.generation) is in etcd, but its issuer key is not in "
+          + "\(keyDirectory.path): another control plane made it")
+    }
+    return StoredTrust(
+      generation: record.generation, bundle: record.bundle, issuer: record.issuer,
+      issuerKey: issuerKey, reason: record.reason)
+  }
+
+  public func storeTrust(
+    bundle: String, issuer: String, issuerKey: String, reason: String
+  ) async throws -> Int64 {
+    while true {
+      let last = try await etcd.list(prefix: key("trust/"), descending: true, limit: 1).kvs.first
+      let generation = try last.map { try Self.decode(TrustRecord.self, $0.value).generation } ?? 0
+      let next = generation + 1
+      // The key is on disk before the generation that needs it is in etcd.
+      try Self.writePrivate(
+        issuerKey, to: keyDirectory.appendingPathComponent("issuer-\(next).key.pem"))
+      let record = TrustRecord(
+        generation: next, bundle: bundle, issuer: issuer, reason: reason,
+        createdAt: Int64(Date().timeIntervalSince1970))
+      let key = key("trust/" + Self.numbered(next))
+      let stored = try await etcd.txn(
+        .init(if: Self.absent(key), then: [Self.put(key, try Self.encode(record))]))
+      if stored.succeeded { return next }
+    }
+  }
+
+  public func pendingIssuerKey() async throws -> String? {
+    try? String(
+      contentsOf: keyDirectory.appendingPathComponent("pending-issuer.key.pem"), encoding: .utf8)
+  }
+
+  public func setPendingIssuerKey(_ pem: String) async throws {
+    try Self.writePrivate(pem, to: keyDirectory.appendingPathComponent("pending-issuer.key.pem"))
+  }
+
+  private static func writePrivate(_ text: String, to url: URL) throws {
+    let temporary = url.appendingPathExtension("tmp")
+    guard
+      FileManager.default.createFile(
+        atPath: temporary.path, contents: Data(text.utf8),
+        attributes: [.posixPermissions: 0o600])
+    else {
+      throw EtcdError("cannot write \(temporary.path)")
+    }
+    // rename(2) replaces the old file at once: a reader sees the old key or the new one.
+    guard rename(temporary.path, url.path) == 0 else {
+      throw EtcdError("cannot write \(url.path): \(String(cString: strerror(errno)))")
+    }
+  }
+
+  // MARK: Registrations and renewals
+
+  public func registrations() async throws -> [Data] {
+    try await etcd.list(prefix: key("registrations/")).kvs.map(\.value)
+  }
+
+  public func setRegistration(node: String, endpoint: Data?) async throws {
+    if let endpoint {
+      try await etcd.put(key("registrations/" + node), endpoint)
+    } else {
+      try await etcd.delete(key("registrations/" + node))
+    }
+  }
+
+  public func requestRenewal(of spiffeID: String, now: Date = Date()) async throws {
+    let milliseconds = Int64((now.timeIntervalSince1970 * 1000).rounded(.down))
+    try await etcd.put(key("renewals/" + spiffeID), Data(String(milliseconds).utf8))
+  }
+
+  public func renewalRequests() async throws -> [String: Date] {
+    let renewals = key("renewals/")
+    var requests: [String: Date] = [:]
+    for kv in try await etcd.list(prefix: renewals).kvs {
+      guard let milliseconds = Int64(String(decoding: kv.value, as: UTF8.self)) else { continue }
+      let spiffeID = String(String(decoding: kv.key, as: UTF8.self).dropFirst(renewals.count))
+      requests[spiffeID] = Date(timeIntervalSince1970: TimeInterval(milliseconds) / 1000)
+    }
+    return requests
+  }
+
+  // MARK: Configuration versions
+
+  public func currentConfig() async throws -> StoredConfig? {
+    guard
+      let newest = try await etcd.list(prefix: key("config/"), descending: true, limit: 1).kvs
+        .first
+    else { return nil }
+    return try Self.decode(StoredConfig.self, newest.value)
+  }
+
+  public func config(version: Int64) async throws -> StoredConfig? {
+    guard let stored = try await etcd.get(key("config/" + Self.numbered(version))) else {
+      return nil
+    }
+    return try Self.decode(StoredConfig.self, stored.value)
+  }
+
+  public func configVersions() async throws -> [StoredConfig] {
+    try await etcd.list(prefix: key("config/"), descending: true).kvs.map {
+      try Self.decode(StoredConfig.self, $0.value)
+    }
+  }
+
+  public func storeConfig(
+    yaml: String, createdBy: String, rolledBackFrom: Int64? = nil
+  ) async throws -> (version: Int64, changed: Bool) {
+    while true {
+      let current = try await currentConfig()
+      if let current, current.yaml == yaml { return (current.version, false) }
+      let version = (current?.version ?? 0) + 1
+      let record = StoredConfig(
+        version: version, yaml: yaml,
+        createdAt: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
+        createdBy: createdBy, rolledBackFrom: rolledBackFrom)
+      let key = key("config/" + Self.numbered(version))
+      // Another replica may have stored this version meanwhile: then read again.
+      let stored = try await etcd.txn(
+        .init(if: Self.absent(key), then: [Self.put(key, try Self.encode(record))]))
+      if stored.succeeded { return (version, true) }
+    }
+  }
+
+  // MARK: Keys and values
+
+  private func key(_ name: String) -> String { prefix + name }
+
+  /// Numbers as keys that sort as numbers do.
+  private static func numbered(_ number: Int64) -> String {
+    let digits = String(number)
+    return String(repeating: "0", count: max(0, 20 - digits.count)) + digits
+  }
+
+  private static func encode(_ value: some Encodable) throws -> Data {
+    let encoder = JSONEncoder()
+    encoder.dateEncodingStrategy = .millisecondsSince1970
+    encoder.outputFormatting = .sortedKeys
+    return try encoder.encode(value)
+  }
+
+  private static func decode<Value: Decodable>(_ type: Value.Type, _ data: Data) throws -> Value {
+    let decoder = JSONDecoder()
+    decoder.dateDecodingStrategy = .millisecondsSince1970
+    return try decoder.decode(type, from: data)
+  }
+
+  private static func absent(_ key: String) -> Etcdserverpb_Compare {
+    var compare = Etcdserverpb_Compare()
+    compare.key = Data(key.utf8)
+    compare.target = .create
+    compare.result = .equal
+    compare.createRevision = 0
+    return compare
+  }
+
+  private static func modified(_ key: String, at revision: Int64) -> Etcdserverpb_Compare {
+    var compare = Etcdserverpb_Compare()
+    compare.key = Data(key.utf8)
+    compare.target = .mod
+    compare.result = .equal
+    compare.modRevision = revision
+    return compare
+  }
+
+  private static func put(_ key: String, _ value: Data) -> Etcdserverpb_RequestOp {
+    var operation = Etcdserverpb_RequestOp()
+    operation.requestPut.key = Data(key.utf8)
+    operation.requestPut.value = value
+    return operation
+  }
+}
+
+extension Etcdserverpb_TxnRequest {
+  /// If every comparison in `conditions` holds, `operations`.
+  init(if conditions: Etcdserverpb_Compare..., then operations: [Etcdserverpb_RequestOp]) {
+    self.init()
+    compare = conditions
+    success = operations
+  }
+}

@@ -1,0 +1,187 @@
+import EtcdAPI
+import Foundation
+import MeshControlPlane
+import TestSupport
+import Testing
+
+/// The control plane's store, the same behaviour on both engines: SQLite files, and a real etcd
+/// member that two stores (two control planes) share.
+@Suite struct ControlStoreTests {
+  enum Engine: String, CaseIterable, CustomTestStringConvertible {
+    case sqlite, etcd
+    var testDescription: String { rawValue }
+  }
+
+  /// Two stores on one state, as two control planes would be, and what keeps them alive.
+  struct Stores: Sendable {
+    let first: any ControlStore
+    let second: any ControlStore
+    let keep: [any Sendable]
+  }
+
+  static func stores(_ engine: Engine) async throws -> Stores {
+    let directory = try makeTemporaryDirectory("control-store")
+    switch engine {
+    case .sqlite:
+      let path = directory.appendingPathComponent("data").path
+      return Stores(
+        first: try SQLiteControlStore(directory: path),
+        second: try SQLiteControlStore(directory: path), keep: [])
+    case .etcd:
+      let server = try EtcdServer()
+      let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
+      Task { try await client.run() }
+      let deadline = ContinuousClock.now + .seconds(60)
+      while (try? await client.status()) == nil {
+        guard ContinuousClock.now < deadline else {
+          throw HarnessError("etcd did not answer:\n\(server.log)")
+        }
+        try await Task.sleep(for: .milliseconds(100))
+      }
+      // Each control plane keeps its keys on its own disk.
+      return Stores(
+        first: try EtcdControlStore(
+          etcd: client, keyDirectory: directory.appendingPathComponent("a").path),
+        second: try EtcdControlStore(
+          etcd: client, keyDirectory: directory.appendingPathComponent("b").path),
+        keep: [server, client])
+    }
+  }
+
+  @Test(arguments: Engine.allCases)
+  func aJoinTokenIsSpentExactlyOnce(_ engine: Engine) async throws {
+    let stores = try await Self.stores(engine)
+    let store = stores.first
+    let now = Date()
+    let (token, expiresAt) = try await store.createToken(
+      for: "spiffe://mesh.test/svc/users", ttl: 600, now: now)
+    #expect(expiresAt.timeIntervalSince(now) == 600)
+    #expect(
+      try await store.redeemToken(token, spend: false, now: now)
+        == .success("spiffe://mesh.test/svc/users"))
+    #expect(
+      try await store.redeemToken(token, spend: true, now: now)
+        == .success("spiffe://mesh.test/svc/users"))
+    #expect(try await store.redeemToken(token, spend: true, now: now) == .failure(.used))
+    #expect(
+      try await store.redeemToken("trellis-join-00", spend: true, now: now) == .failure(.unknown))
+    let (late, _) = try await store.createToken(for: "spiffe://mesh.test/svc/x", ttl: 1, now: now)
+    #expect(
+      try await store.redeemToken(late, spend: true, now: now.addingTimeInterval(2))
+        == .failure(.expired))
+
+    // Two control planes racing for one token, many times: one wins each race.
+    for _ in 0..<10 {
+      let (raced, _) = try await store.createToken(
+        for: "spiffe://mesh.test/svc/r", ttl: 600, now: now)
+      async let one = stores.first.redeemToken(raced, spend: true, now: now)
+      async let two = stores.second.redeemToken(raced, spend: true, now: now)
+      let results = try await [one, two]
+      #expect(results.filter { (try? $0.get()) != nil }.count == 1, "\(results)")
+    }
+  }
+
+  @Test(arguments: Engine.allCases)
+  func configVersionsAreNumberedWithoutAGapOrARepeat(_ engine: Engine) async throws {
+    let stores = try await Self.stores(engine)
+    let store = stores.first
+    #expect(try await store.currentConfig() == nil)
+    #expect(
+      try await store.storeConfig(yaml: "a: 1\n", createdBy: "ops", rolledBackFrom: nil) == (
+        1, true
+      ))
+    #expect(
+      try await store.storeConfig(yaml: "a: 1\n", createdBy: "ops", rolledBackFrom: nil) == (
+        1, false
+      ))
+    #expect(
+      try await store.storeConfig(yaml: "a: 2\n", createdBy: "dev", rolledBackFrom: nil) == (
+        2, true
+      ))
+    #expect(
+      try await store.storeConfig(yaml: "a: 1\n", createdBy: "ops", rolledBackFrom: 2) == (3, true))
+    let current = try #require(try await stores.second.currentConfig())
+    #expect(current.version == 3 && current.yaml == "a: 1\n" && current.rolledBackFrom == 2)
+    #expect(current.createdBy == "ops" && abs(current.createdAt.timeIntervalSinceNow) < 60)
+    #expect(try await store.config(version: 2)?.yaml == "a: 2\n")
+    #expect(try await store.config(version: 9) == nil)
+    #expect(try await store.configVersions().map(\.version) == [3, 2, 1])
+
+    // Both control planes storing at once: every version once, in order.
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      for index in 0..<10 {
+        let store = index.isMultiple(of: 2) ? stores.first : stores.second
+        group.addTask {
+          _ = try await store.storeConfig(
+            yaml: "b: \(index)\n", createdBy: "ops", rolledBackFrom: nil)
+        }
+      }
+      try await group.waitForAll()
+    }
+    let versions = try await store.configVersions()
+    #expect(versions.map(\.version) == Array((1...13).reversed()))
+    #expect(Set(versions.prefix(10).map(\.yaml)).count == 10)
+  }
+
+  @Test(arguments: Engine.allCases)
+  func certificatesRegistrationsAndRenewals(_ engine: Engine) async throws {
+    let stores = try await Self.stores(engine)
+    let store = stores.first
+    let now = Date(timeIntervalSince1970: 1_800_000_000.125)
+    let notAfter = Date(timeIntervalSince1970: 1_800_086_400)
+    try await store.recordCertificate(
+      serial: "0a1b", spiffeID: "spiffe://mesh.test/svc/users", notAfter: notAfter,
+      issuerSerial: "ff", now: now)
+    let issued = try #require(try await stores.second.issuedCertificate(serial: "0a1b"))
+    #expect(issued.spiffeID == "spiffe://mesh.test/svc/users" && issued.issuerSerial == "ff")
+    #expect(issued.notAfter == notAfter && abs(issued.issuedAt.timeIntervalSince(now)) < 0.001)
+    #expect(try await store.issuedCertificate(serial: "none") == nil)
+    #expect(try await store.certificateCount() == 1)
+
+    try await store.setRegistration(node: "b-node", endpoint: Data([2]))
+    try await store.setRegistration(node: "a-node", endpoint: Data([1]))
+    try await store.setRegistration(node: "b-node", endpoint: Data([3]))
+    #expect(try await stores.second.registrations() == [Data([1]), Data([3])])
+    try await store.setRegistration(node: "a-node", endpoint: nil)
+    #expect(try await store.registrations() == [Data([3])])
+
+    try await store.requestRenewal(of: "spiffe://mesh.test/svc/users", now: now)
+    let renewals = try await stores.second.renewalRequests()
+    #expect(renewals.count == 1)
+    #expect(abs(renewals["spiffe://mesh.test/svc/users"]!.timeIntervalSince(now)) < 0.001)
+  }
+
+  @Test(arguments: Engine.allCases)
+  func trustGenerationsFollowEachOther(_ engine: Engine) async throws {
+    let stores = try await Self.stores(engine)
+    let store = stores.first
+    #expect(try await store.currentTrust() == nil)
+    #expect(try await store.pendingIssuerKey() == nil)
+    try await store.setPendingIssuerKey("PENDING KEY")
+    #expect(try await store.pendingIssuerKey() == "PENDING KEY")
+    #expect(
+      try await store.storeTrust(bundle: "B1", issuer: "I1", issuerKey: "K1", reason: "init") == 1)
+    #expect(
+      try await store.storeTrust(bundle: "B2", issuer: "I2", issuerKey: "K2", reason: "rotate") == 2
+    )
+    let current = try #require(try await store.currentTrust())
+    #expect(current.generation == 2 && current.bundle == "B2" && current.issuer == "I2")
+    #expect(current.issuerKey == "K2" && current.reason == "rotate")
+    #expect(try await store.trustGenerations().map(\.issuerKey) == ["K1", "K2"])
+  }
+
+  @Test func etcdHoldsNoPrivateKey() async throws {
+    let stores = try await Self.stores(.etcd)
+    try await stores.first.setPendingIssuerKey("-----BEGIN PRIVATE KEY-----\nPENDING")
+    _ = try await stores.first.storeTrust(
+      bundle: "B1", issuer: "I1", issuerKey: "-----BEGIN PRIVATE KEY-----\nK1", reason: "init")
+    let client = try #require(stores.keep.last as? EtcdClient)
+    let everything = try await client.list(prefix: "/")
+    #expect(!everything.kvs.isEmpty)
+    for kv in everything.kvs {
+      #expect(!String(decoding: kv.value, as: UTF8.self).contains("PRIVATE KEY"))
+    }
+    // Another control plane sees the generation, and says it does not hold its key.
+    await #expect(throws: EtcdError.self) { try await stores.second.currentTrust() }
+  }
+}
