@@ -298,8 +298,8 @@ let package = Package(
     .executableTarget(
       name: "control-plane",
       dependencies: [
-        "MeshControlPlane", "MeshConfig", "MeshIdentity", "MeshServiceKit", argumentParser, logging,
-        lifecycle,
+        "MeshControlPlane", "MeshConfig", "MeshIdentity", "MeshServiceKit", "EtcdAPI",
+        argumentParser, logging, lifecycle,
       ],
       swiftSettings: swiftSettings
     ),

@@ -234,6 +234,22 @@ public final class EtcdClient: Sendable {
 
   // MARK: The cluster
 
+  /// Waits until a member answers Status, for at most `timeout`.
+  public func waitUntilReachable(timeout: Duration) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+      do {
+        _ = try await status()
+        return
+      } catch  where ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(100))
+      } catch {
+        throw EtcdError(
+          "cannot reach etcd at \(endpoints.map(\.description).joined(separator: ",")): \(error)")
+      }
+    }
+  }
+
   /// The status of the member that answers.
   public func status() async throws -> Etcdserverpb_StatusResponse {
     try await Etcdserverpb_Maintenance.Client(wrapping: client).status(.init())

@@ -376,13 +376,14 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
           if hello.certificateSerial.isEmpty, let peer {
             hello.certificateSerial = peer.serialHex  // a sidecar that does not report it
           }
+          let issued = try await Self.issued(hello.certificateSerial, caller, store)
           let snapshots = hub.subscribe(
             id: id, node: node, identity: caller.description, hello: hello,
-            issued: try Self.issued(hello.certificateSerial, caller, store),
+            issued: issued,
             certificateNotAfter: peer?.notValidAfter)
           defer { hub.unsubscribe(id: id) }
           if hello.hasRegistration {
-            try Self.register(hello.registration, node: node, caller: caller, hub, store)
+            try await Self.register(hello.registration, node: node, caller: caller, hub, store)
           }
           group.addTask {
             for await snapshot in snapshots {
@@ -394,11 +395,10 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
             let version =
               message.responseNonce.isEmpty
               ? nil : sent.withLock { $0.removeValue(forKey: message.responseNonce) }
-            hub.answered(
-              node: node, message, snapshotVersion: version,
-              issued: try Self.issued(message.certificateSerial, caller, store))
+            let issued = try await Self.issued(message.certificateSerial, caller, store)
+            hub.answered(node: node, message, snapshotVersion: version, issued: issued)
             if message.hasRegistration {
-              try Self.register(message.registration, node: node, caller: caller, hub, store)
+              try await Self.register(message.registration, node: node, caller: caller, hub, store)
             }
           }
           group.cancelAll()
@@ -412,8 +412,8 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
   /// then pushed to every sidecar.
   private static func register(
     _ registration: Trellis_Mesh_V1_Registration, node: String, caller: SPIFFEID,
-    _ hub: ConfigHub, _ store: SQLiteControlStore
-  ) throws {
+    _ hub: ConfigHub, _ store: any ControlStore
+  ) async throws {
     guard let service = caller.serviceName else {
       throw RPCError(
         code: .permissionDenied, message: "\(caller) is not a workload: it registers no endpoint")
@@ -426,18 +426,18 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
     switch hub.register(node: node, service: service, registration) {
     case nil: return
     case .stored(let endpoint):
-      try store.setRegistration(node: node, endpoint: try endpoint.serializedBytes())
+      try await store.setRegistration(node: node, endpoint: try endpoint.serializedBytes())
     case .removed:
-      try store.setRegistration(node: node, endpoint: nil)
+      try await store.setRegistration(node: node, endpoint: nil)
     }
     hub.pushAll()
   }
 
   /// The record of a certificate this control plane issued to `caller`.
   private static func issued(
-    _ serial: String, _ caller: SPIFFEID, _ store: SQLiteControlStore
-  ) throws -> IssuedCertificate? {
-    guard !serial.isEmpty, let issued = try store.issuedCertificate(serial: serial),
+    _ serial: String, _ caller: SPIFFEID, _ store: any ControlStore
+  ) async throws -> IssuedCertificate? {
+    guard !serial.isEmpty, let issued = try await store.issuedCertificate(serial: serial),
       issued.spiffeID == caller.description
     else { return nil }
     return issued

@@ -1,4 +1,5 @@
 import Crypto
+import EtcdAPI
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -23,8 +24,10 @@ public struct ControlPlane: Service {
     public var join: (host: String, port: Int)
     /// Where `meshctl certs init` wrote the CA (the issuer and its key, the bundle).
     public var certs: String
-    /// Where the state lives (`control.sqlite`).
+    /// Where the state lives (`control.sqlite`), and the traces; with etcd, the issuer keys.
     public var data: String
+    /// The store: SQLite in `data` (the default), or an etcd cluster.
+    public var store: Store = .sqlite
     public var trustDomain: String
     public var leafLifetime: TimeInterval
     /// How many spans, and for how long, the trace store keeps.
@@ -43,6 +46,14 @@ public struct ControlPlane: Service {
     }
   }
 
+  /// Where the control plane keeps its state.
+  public enum Store: Sendable, Equatable {
+    case sqlite
+    /// The members' client ports (`--store etcd://HOST:PORT[,HOST:PORT…]`); the private keys
+    /// stay in `data/keys`.
+    case etcd([EtcdClient.Endpoint])
+  }
+
   private let configuration: Configuration
   private let logger: Logger
 
@@ -52,11 +63,25 @@ public struct ControlPlane: Service {
   }
 
   public func run() async throws {
-    let store = try SQLiteControlStore(directory: configuration.data)
+    let store: any ControlStore
+    var etcd: EtcdClient?
+    switch configuration.store {
+    case .sqlite:
+      store = try SQLiteControlStore(directory: configuration.data)
+    case .etcd(let endpoints):
+      let client = try EtcdClient(endpoints: endpoints)
+      Task { try await client.run() }
+      etcd = client
+      try await client.waitUntilReachable(timeout: .seconds(30))
+      store = try EtcdControlStore(etcd: client, keyDirectory: configuration.data + "/keys")
+      logger.info(
+        "store", metadata: ["etcd": "\(endpoints.map(\.description).joined(separator: ","))"])
+    }
+    defer { etcd?.close() }
     let traces = try TraceStore(
       directory: configuration.data, retention: configuration.traceRetention)
-    let trust = try MeshTrust(try loadTrust(store), trustDomain: configuration.trustDomain)
-    let control = try ControlContext(
+    let trust = try MeshTrust(try await loadTrust(store), trustDomain: configuration.trustDomain)
+    let control = try await ControlContext(
       store: store, trust: trust, defaultLeafLifetime: configuration.leafLifetime)
     let identity = trust.identity
 
@@ -99,7 +124,7 @@ public struct ControlPlane: Service {
           while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
             do {
-              try control.expireRegistrations()
+              try await control.expireRegistrations()
             } catch {
               logger.error("cannot withdraw expired registrations", metadata: ["error": "\(error)"])
             }
@@ -137,12 +162,12 @@ public struct ControlPlane: Service {
 
   /// The trust in force: the newest stored generation, or the first one, made from the CA
   /// that `meshctl certs init` wrote.
-  private func loadTrust(_ store: SQLiteControlStore) throws -> MeshTrust.Generation {
-    if let stored = try store.currentTrust() { return try MeshTrust.generation(stored) }
+  private func loadTrust(_ store: any ControlStore) async throws -> MeshTrust.Generation {
+    if let stored = try await store.currentTrust() { return try MeshTrust.generation(stored) }
     let files = CAFiles(dir: configuration.certs)
     let issuer = try files.loadIssuer()
     let bundle = try String(contentsOfFile: files.bundle, encoding: .utf8)
-    let number = try store.storeTrust(
+    let number = try await store.storeTrust(
       bundle: bundle, issuer: try issuer.certificate.serializeAsPEM().pemString,
       issuerKey: issuer.key.pemRepresentation, reason: "the CA in \(configuration.certs)/")
     return MeshTrust.Generation(

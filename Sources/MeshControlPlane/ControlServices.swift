@@ -10,7 +10,7 @@ import X509
 
 /// What the control plane's services share: the store, the issuer, and the mesh's facts.
 public struct ControlContext: Sendable {
-  public var store: SQLiteControlStore
+  public var store: any ControlStore
   /// The roots, the issuer and the control plane's own certificate in force.
   public var trust: MeshTrust
   public var trustDomain: String { trust.trustDomain }
@@ -27,29 +27,31 @@ public struct ControlContext: Sendable {
   public var registrationGrace: Duration = .seconds(30)
 
   /// Withdraws the registrations whose lease ran out, and pushes the change.
-  public func expireRegistrations() throws {
+  public func expireRegistrations() async throws {
     let expired = hub.expireLeases()
     guard !expired.isEmpty else { return }
-    for node in expired { try store.setRegistration(node: node, endpoint: nil) }
+    for node in expired { try await store.setRegistration(node: node, endpoint: nil) }
     hub.pushAll()
   }
 
   /// Loads what the hub pushes (the running config, the trust, pending renewals) from the store.
   public init(
-    store: SQLiteControlStore, trust: MeshTrust, defaultLeafLifetime: TimeInterval = 86_400
-  ) throws {
+    store: any ControlStore, trust: MeshTrust, defaultLeafLifetime: TimeInterval = 86_400
+  ) async throws {
     self.store = store
     self.trust = trust
     self.defaultLeafLifetime = defaultLeafLifetime
-    for stored in try store.trustGenerations() {
+    for stored in try await store.trustGenerations() {
       let generation = try MeshTrust.generation(stored)
       hub.remember(issuer: generation.issuer.certificate, root: generation.issuerRoot)
     }
-    hub.setRenewals(try store.renewalRequests())
+    hub.setRenewals(try await store.renewalRequests())
     hub.restore(
-      try store.registrations().map { try Trellis_Mesh_V1_RegisteredEndpoint(serializedBytes: $0) },
+      try await store.registrations().map {
+        try Trellis_Mesh_V1_RegisteredEndpoint(serializedBytes: $0)
+      },
       lease: registrationGrace)
-    if let config = try store.currentConfig() {
+    if let config = try await store.currentConfig() {
       hub.publish(version: config.version, yaml: config.yaml)
     }
     hub.publish(trust: trust.current)
@@ -58,11 +60,11 @@ public struct ControlContext: Sendable {
   /// Stores the next generation of trust, puts it in force and pushes it to every sidecar.
   func install(
     bundle: [Certificate], issuer: SigningAuthority, reason: String
-  ) throws
+  ) async throws
     -> MeshTrust.Generation
   {
     let bundlePEM = try TrustBundle(roots: bundle).pemString()
-    let number = try store.storeTrust(
+    let number = try await store.storeTrust(
       bundle: bundlePEM, issuer: try issuer.certificate.serializeAsPEM().pemString,
       issuerKey: issuer.key.pemRepresentation, reason: reason)
     let generation = MeshTrust.Generation(
@@ -108,7 +110,7 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
     // Everything about the request is checked before a token is spent on it.
     let identity: SPIFFEID
     if !request.token.isEmpty {
-      switch try control.store.redeemToken(request.token, spend: false) {
+      switch try await control.store.redeemToken(request.token, spend: false, now: Date()) {
       case .success(let id):
         identity = try SPIFFEID(parsing: id)
       case .failure(let refusal):
@@ -165,7 +167,8 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
       }
     }
     if !request.token.isEmpty,
-      case .failure(let refusal) = try control.store.redeemToken(request.token)
+      case .failure(let refusal) = try await control.store.redeemToken(
+        request.token, spend: true, now: Date())
     {
       throw RPCError(code: .permissionDenied, message: refusal.rawValue)  // spent meanwhile
     }
@@ -178,9 +181,9 @@ public struct IdentityService: Trellis_Mesh_V1_Identity.SimpleServiceProtocol {
       throw RPCError(code: .invalidArgument, message: error.description)
     }
     let serial = certificate.serialHex
-    try control.store.recordCertificate(
+    try await control.store.recordCertificate(
       serial: serial, spiffeID: identity.description, notAfter: certificate.notValidAfter,
-      issuerSerial: trust.issuerSerial)
+      issuerSerial: trust.issuerSerial, now: Date())
     var response = Trellis_Mesh_V1_CertifyResponse()
     response.spiffeID = identity.description
     response.certificateChain =
@@ -225,7 +228,8 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     guard ttl > 0, ttl <= 30 * 86_400 else {
       throw RPCError(code: .invalidArgument, message: "a token lives between 1s and 30d")
     }
-    let (token, expiresAt) = try control.store.createToken(for: identity.description, ttl: ttl)
+    let (token, expiresAt) = try await control.store.createToken(
+      for: identity.description, ttl: ttl, now: Date())
     var response = Trellis_Mesh_V1_CreateTokenResponse()
     response.token = token
     response.spiffeID = identity.description
@@ -249,7 +253,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
       )
     }
     try validate(request.yaml, file: file)
-    let current = try control.store.currentConfig()
+    let current = try await control.store.currentConfig()
     var response = Trellis_Mesh_V1_ApplyConfigResponse()
     response.diff = unifiedDiff(
       old: current?.yaml ?? "", new: request.yaml,
@@ -259,7 +263,8 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
       response.version = (current?.version ?? 0) + (response.changed ? 1 : 0)
       return response
     }
-    let stored = try control.store.storeConfig(yaml: request.yaml, createdBy: caller)
+    let stored = try await control.store.storeConfig(
+      yaml: request.yaml, createdBy: caller, rolledBackFrom: nil)
     if stored.changed { control.hub.publish(version: stored.version, yaml: request.yaml) }
     response.version = stored.version
     response.changed = stored.changed
@@ -290,7 +295,8 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     _ = try admin(context)
     let stored =
       request.version == 0
-      ? try control.store.currentConfig() : try control.store.config(version: request.version)
+      ? try await control.store.currentConfig()
+      : try await control.store.config(version: request.version)
     guard let stored else {
       throw RPCError(
         code: .notFound,
@@ -306,7 +312,9 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
   ) async throws -> Trellis_Mesh_V1_ListConfigVersionsResponse {
     _ = try admin(context)
     var response = Trellis_Mesh_V1_ListConfigVersionsResponse()
-    response.versions = try control.store.configVersions().map { message($0, withText: false) }
+    response.versions = try await control.store.configVersions().map {
+      message($0, withText: false)
+    }
     return response
   }
 
@@ -314,11 +322,11 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     request: Trellis_Mesh_V1_RollbackRequest, context: ServerContext
   ) async throws -> Trellis_Mesh_V1_ApplyConfigResponse {
     let caller = try admin(context)
-    guard let target = try control.store.config(version: request.version) else {
+    guard let target = try await control.store.config(version: request.version) else {
       throw RPCError(code: .notFound, message: "there is no config version \(request.version)")
     }
-    let current = try control.store.currentConfig()
-    let stored = try control.store.storeConfig(
+    let current = try await control.store.currentConfig()
+    let stored = try await control.store.storeConfig(
       yaml: target.yaml, createdBy: caller, rolledBackFrom: target.version)
     if stored.changed { control.hub.publish(version: stored.version, yaml: target.yaml) }
     var response = Trellis_Mesh_V1_ApplyConfigResponse()
@@ -336,7 +344,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
   ) async throws -> Trellis_Mesh_V1_StatusResponse {
     _ = try admin(context)
     var response = Trellis_Mesh_V1_StatusResponse()
-    response.currentVersion = try control.store.currentConfig()?.version ?? 0
+    response.currentVersion = try await control.store.currentConfig()?.version ?? 0
     response.sidecars = control.hub.statuses
     let trust = control.trust.current
     response.trustGeneration = trust.number
@@ -351,7 +359,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
   ) async throws -> Trellis_Mesh_V1_PrepareIssuerResponse {
     _ = try admin(context)
     let key = P256.Signing.PrivateKey()
-    try control.store.setPendingIssuerKey(key.pemRepresentation)
+    try await control.store.setPendingIssuerKey(key.pemRepresentation)
     var response = Trellis_Mesh_V1_PrepareIssuerResponse()
     response.csr = try CertificateSigningRequest.workloadPEM(key)
     return response
@@ -362,7 +370,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     response: RPCWriter<Trellis_Mesh_V1_RotateProgress>, context: ServerContext
   ) async throws {
     _ = try admin(context)
-    let step = try TrustRotation(control).start(request)
+    let step = try await TrustRotation(control).start(request)
     let timeout = request.timeoutSeconds > 0 ? Double(request.timeoutSeconds) : 300
     let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
     var last: Trellis_Mesh_V1_RotateProgress?

@@ -21,7 +21,7 @@ struct TrustRotation {
   init(_ control: ControlContext) { self.control = control }
 
   /// Makes the change a request asks for; returns what the sidecars must do for it.
-  func start(_ request: Trellis_Mesh_V1_RotateRequest) throws -> ConfigHub.Step {
+  func start(_ request: Trellis_Mesh_V1_RotateRequest) async throws -> ConfigHub.Step {
     let current = control.trust.current
     switch request.step {
     case .addRoots:
@@ -29,7 +29,7 @@ struct TrustRotation {
       for root in roots { try checkRoot(root) }
       let new = roots.filter { !current.bundle.roots.contains($0) }
       guard !new.isEmpty else { return .trust(current.number) }
-      let generation = try control.install(
+      let generation = try await control.install(
         bundle: current.bundle.roots + new, issuer: current.issuer,
         reason: "added root \(new.map { "\($0.subject)" }.joined(separator: ", "))")
       return .trust(generation.number)
@@ -40,7 +40,7 @@ struct TrustRotation {
         throw RPCError(code: .invalidArgument, message: "give exactly one issuer certificate")
       }
       if certificate == current.issuer.certificate { return .issuer(current.issuerSerial) }
-      guard let pem = try control.store.pendingIssuerKey(),
+      guard let pem = try await control.store.pendingIssuerKey(),
         let key = try? P256.Signing.PrivateKey(pemRepresentation: pem)
       else {
         throw RPCError(
@@ -53,7 +53,7 @@ struct TrustRotation {
           message: "the issuer certificate is not for the key prepared last (PrepareIssuer)")
       }
       try checkIssuer(certificate, roots: current.bundle.roots)
-      let generation = try control.install(
+      let generation = try await control.install(
         bundle: current.bundle.roots,
         issuer: SigningAuthority(certificate: certificate, key: key),
         reason: "switched the issuer to \(certificate.subject)")
@@ -80,7 +80,7 @@ struct TrustRotation {
         return .trust(current.number)
       }
       let dropped = current.bundle.roots.filter { !roots.contains($0) }
-      let generation = try control.install(
+      let generation = try await control.install(
         bundle: roots, issuer: current.issuer,
         reason: "dropped root \(dropped.map { "\($0.subject)" }.joined(separator: ", "))")
       return .trust(generation.number)
@@ -93,7 +93,7 @@ struct TrustRotation {
         throw RPCError(code: .invalidArgument, message: "service '\(request.service)': \(error)")
       }
       let now = Date()
-      try control.store.requestRenewal(of: identity.description, now: now)
+      try await control.store.requestRenewal(of: identity.description, now: now)
       control.hub.requestRenewal(of: identity.description, at: now)
       return .renewed(identity.description)
 

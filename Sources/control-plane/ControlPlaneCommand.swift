@@ -1,4 +1,5 @@
 import ArgumentParser
+import EtcdAPI
 import Foundation
 import Logging
 import MeshConfig
@@ -21,6 +22,12 @@ struct ControlPlaneCommand: AsyncParsableCommand {
   var join = "127.0.0.1:15001"
   @Option(help: "Folder holding the CA from `meshctl certs init`.") var certs = "certs"
   @Option(help: "Folder for the control plane's state.") var data = ".trellis/control-plane"
+  @Option(
+    help: """
+      Where the state lives: sqlite (in --data) or etcd://HOST:PORT[,HOST:PORT…] (etcd's client \
+      ports; the private keys stay in --data).
+      """)
+  var store = "sqlite"
   @Option(help: "The trust domain.") var trustDomain = SPIFFEID.defaultTrustDomain
   @Option(help: "Default lifetime of the certificates it issues: 90s, 15m, 24h.")
   var leafLifetime = "24h"
@@ -53,6 +60,16 @@ struct ControlPlaneCommand: AsyncParsableCommand {
     } catch {
       throw ValidationError("\(error)")
     }
+    let storeLocation: ControlPlane.Store
+    if store == "sqlite" {
+      storeLocation = .sqlite
+    } else {
+      do {
+        storeLocation = .etcd(try EtcdClient.endpoints(parsing: store))
+      } catch {
+        throw ValidationError("--store: \(error)")
+      }
+    }
     JSONLogHandler.bootstrap(level: level)
     let logger = Logger(label: "control-plane")
     var configuration = ControlPlane.Configuration(
@@ -60,6 +77,7 @@ struct ControlPlaneCommand: AsyncParsableCommand {
       join: (joinAddress.host, joinAddress.port),
       certs: certs, data: data, trustDomain: trustDomain, leafLifetime: lifetime.timeInterval)
     configuration.traceRetention = .init(maximumSpans: traceMaxSpans, maximumAge: retention)
+    configuration.store = storeLocation
     let plane = ControlPlane(configuration, logger: logger)
     do {
       let group = ServiceGroup(
