@@ -63,6 +63,9 @@ struct ControlPlaneCommand: AsyncParsableCommand {
     let storeLocation: ControlPlane.Store
     if store == "sqlite" {
       storeLocation = .sqlite
+    } else if !store.hasPrefix("etcd://") {
+      throw ValidationError(
+        "--store: expected sqlite or etcd://HOST:PORT[,HOST:PORT…], got '\(store)'")
     } else {
       do {
         storeLocation = .etcd(try EtcdClient.endpoints(parsing: store))
