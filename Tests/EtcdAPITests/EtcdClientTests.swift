@@ -11,17 +11,12 @@ import Testing
     let server = try EtcdServer()
     let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
     Task { try await client.run() }
-    let deadline = ContinuousClock.now + .seconds(60)
-    while true {
-      do {
-        _ = try await client.status()
-        return (server, client)
-      } catch  where ContinuousClock.now < deadline {
-        try await Task.sleep(for: .milliseconds(100))
-      } catch {
-        throw HarnessError("etcd did not answer: \(error)\n\(server.log)")
-      }
+    do {
+      try await client.waitUntilReachable(timeout: .seconds(60))
+    } catch {
+      throw HarnessError("\(error)\n\(server.log)")
     }
+    return (server, client)
   }
 
   @Test func storeOptionsNameTheirMistake() throws {

@@ -31,12 +31,10 @@ import Testing
       let server = try EtcdServer()
       let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
       Task { try await client.run() }
-      let deadline = ContinuousClock.now + .seconds(60)
-      while (try? await client.status()) == nil {
-        guard ContinuousClock.now < deadline else {
-          throw HarnessError("etcd did not answer:\n\(server.log)")
-        }
-        try await Task.sleep(for: .milliseconds(100))
+      do {
+        try await client.waitUntilReachable(timeout: .seconds(60))
+      } catch {
+        throw HarnessError("\(error)\n\(server.log)")
       }
       // Each control plane keeps its keys on its own disk.
       return Stores(
