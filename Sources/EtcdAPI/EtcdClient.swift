@@ -177,14 +177,18 @@ public final class EtcdClient: Sendable {
     var keepAlive = Etcdserverpb_LeaseKeepAliveRequest()
     keepAlive.id = id
     let request = keepAlive
-    return try await lease.leaseKeepAlive(
-      requestProducer: { writer in try await writer.write(request) },
-      onResponse: { response in
-        for try await message in response.messages {
-          return message.ttl > 0 ? message.ttl : nil
-        }
-        throw EtcdError("etcd closed the keep-alive stream of lease \(id) without answering")
-      })
+    do {
+      return try await lease.leaseKeepAlive(
+        requestProducer: { writer in try await writer.write(request) },
+        onResponse: { response in
+          for try await message in response.messages {
+            return message.ttl > 0 ? message.ttl : nil
+          }
+          throw EtcdError("etcd closed the keep-alive stream of lease \(id) without answering")
+        })
+    } catch let error as RPCError where error.code == .notFound {
+      return nil  // "requested lease not found": it expired, or was revoked
+    }
   }
 
   /// Ends lease `id` now: the keys attached to it are deleted.

@@ -1,7 +1,7 @@
 import Foundation
 
 /// An etcd member (Debian's `etcd-server`) for a test: a cluster of its own, its data in a
-/// temporary folder, on loopback ports nobody used a moment before.
+/// temporary folder, on loopback ports nobody used a moment before; serving once made.
 public final class EtcdServer: @unchecked Sendable {
   /// `etcd://127.0.0.1:PORT`, as the control plane's `--store` takes it.
   public let url: String
@@ -28,6 +28,15 @@ public final class EtcdServer: @unchecked Sendable {
     process.standardOutput = FileHandle.nullDevice
     process.standardError = FileHandle.nullDevice
     try process.run()
+    // Ready once it serves its client port (a loaded machine may take a while).
+    let deadline = Date().addingTimeInterval(60)
+    while !log.contains("serving client traffic") {
+      guard process.isRunning, Date() < deadline else {
+        stop()
+        throw HarnessError("etcd did not start serving clients: \(log)")
+      }
+      Thread.sleep(forTimeInterval: 0.05)
+    }
   }
 
   /// What etcd has logged.
