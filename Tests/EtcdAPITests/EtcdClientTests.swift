@@ -86,11 +86,12 @@ import Testing
       client.close()
       server.stop()
     }
-    // Long enough that a loaded machine does not let it expire on its own meanwhile.
-    let lease = try await client.grantLease(ttl: 60)
+    // An hour: a loaded test run can hold an async test back for minutes (a CI run held this
+    // one past a 60 s lease between the grant and the put); only the revocation ends it.
+    let lease = try await client.grantLease(ttl: 3600)
     try await client.put("/lease/k", Data("v".utf8), lease: lease)
     #expect(try await client.get("/lease/k")?.lease == lease)
-    #expect(try await client.keepAlive(lease) == 60)
+    #expect(try await client.keepAlive(lease) == 3600)
     try await client.revokeLease(lease)
     #expect(try await client.get("/lease/k") == nil)
     #expect(try await client.keepAlive(lease) == nil, "a revoked lease is not renewed")
