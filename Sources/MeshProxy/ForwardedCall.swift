@@ -60,6 +60,10 @@ final class ForwardedCall {
   /// When the call must be over: the caller's `grpc-timeout`, the route's timeout.
   private(set) var deadline: NIODeadline?
   private var deadlineTimer: Scheduled<Void>?
+  /// What set the deadline, and whether it is the sidecar's own (the route's timeout) rather
+  /// than the caller's.
+  private var deadlineCause = ""
+  private var deadlineIsOwn = false
   /// The route's policies and the attempts so far (outbound calls).
   var plan: OutboundPlan?
   private var pool: UpstreamPool?
@@ -77,6 +81,8 @@ final class ForwardedCall {
   /// The attempt's `grpc-timeout` is its per-try timeout (sooner than the call's deadline): a
   /// DEADLINE_EXCEEDED from upstream then means the try ran out, not the call.
   private var attemptBoundByPerTry = false
+  /// The deadline the attempt forwarded as `grpc-timeout`.
+  private var attemptDeadline: NIODeadline?
   /// The attempt waits for its connection, holding a place under `maxPendingRequests`.
   private var pending: ConcurrencyLimit?
 
@@ -148,6 +154,8 @@ final class ForwardedCall {
   private func armDeadline(_ deadline: NIODeadline?, cause: String, grace: TimeAmount) {
     guard let deadline else { return }
     self.deadline = deadline
+    deadlineCause = cause
+    deadlineIsOwn = grace == .zero
     deadlineTimer = schedule(at: deadline + grace) { call in
       call.deadlineExpired(cause)
     }
@@ -221,6 +229,7 @@ final class ForwardedCall {
       attemptTimer = schedule(at: end) { $0.perTryTimeoutExpired() }
     }
     if let attemptDeadline { setTimeout(&headers, until: attemptDeadline) }
+    self.attemptDeadline = attemptDeadline
     self.plan = plan
     // What earlier attempts sent goes first, then what arrived since.
     if let sent = replay, !sent.isEmpty {
@@ -264,11 +273,29 @@ final class ForwardedCall {
     if endStream {
       let status = headers.first(name: "grpc-status")
       if !responseStarted, let status, let code = Int(status), plan != nil {
+        let ranOut = code == ProxyStatus.deadlineExceeded.rawValue
         let end: AttemptEnd =
-          code == ProxyStatus.deadlineExceeded.rawValue && attemptBoundByPerTry
+          ranOut && attemptBoundByPerTry
           ? .perTryTimeout
           : .status(code, pushback: Pushback(header: headers.first(name: "grpc-retry-pushback-ms")))
         if retry(end) { return }
+        if ranOut, attemptBoundByPerTry || deadlineIsOwn, let attemptDeadline,
+          .now() + .milliseconds(1) >= attemptDeadline
+        {
+          // The sidecar's own timeout, forwarded as `grpc-timeout`, ran out upstream just
+          // before the sidecar's timer fired (a busy event loop): answered as the timer would.
+          upstreamClosed = true
+          stopTimers()
+          if attemptBoundByPerTry {
+            let perTry = plan?.perTryTimeout.map(milliseconds) ?? 0
+            attemptEnded(failed: true)
+            answerPerTryTimeout(perTry)
+          } else {
+            attemptEnded(failed: false)
+            answerDeadline(deadlineCause)
+          }
+          return
+        }
       }
       responseEnded = true
       code = status.map { Substring($0) }
@@ -533,10 +560,14 @@ final class ForwardedCall {
   private func deadlineExpired(_ cause: String) {
     deadlineTimer = nil
     guard !downstreamClosed, !responseEnded else { return }
+    cancelUpstream(.cancel)
+    answerDeadline(cause)
+  }
+
+  private func answerDeadline(_ cause: String) {
     metrics?.recordDeadlineExceeded(direction: direction, service: service)
     let elapsed = milliseconds(.now() - start)
     trace?.event("deadline_exceeded", [.string("cause", cause), .int("elapsed_ms", Int(elapsed))])
-    cancelUpstream(.cancel)
     answer(.deadlineExceeded, "deadline exceeded after \(elapsed) ms (\(cause))")
   }
 
@@ -549,9 +580,13 @@ final class ForwardedCall {
       [.int("attempt", attemptsMade), .int("timeout_ms", Int(perTry))]
         + (lastEndpoint.map { [.string("endpoint", $0.description)] } ?? []))
     if !responseStarted, retry(.perTryTimeout) { return }
-    metrics?.recordDeadlineExceeded(direction: direction, service: service)
     attemptEnded(failed: true)
     cancelUpstream(.cancel)
+    answerPerTryTimeout(perTry)
+  }
+
+  private func answerPerTryTimeout(_ perTry: Int64) {
+    metrics?.recordDeadlineExceeded(direction: direction, service: service)
     answer(.deadlineExceeded, "no answer within the route's per-try timeout of \(perTry) ms")
   }
 
