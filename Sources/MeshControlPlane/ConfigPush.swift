@@ -41,6 +41,7 @@ public final class ConfigHub: Sendable {
     var issuers: [String: (issuer: String, root: String)] = [:]
     /// Registered endpoints by node, each alive until its lease runs out.
     var registrations: [String: Registered] = [:]
+    var storeKeepsLeases = false
     /// Starts from the clock (ms), so a generation after a restart never repeats one a sidecar
     /// ran before it: config versions and trust generations are stored, this is not.
     var discoveryGeneration = Int64(Date().timeIntervalSince1970 * 1000)
@@ -57,15 +58,24 @@ public final class ConfigHub: Sendable {
 
   // MARK: What every sidecar should run
 
-  /// Sends a snapshot of the new config to every subscriber.
+  /// Sends a snapshot of the new config to every subscriber, unless a version as new runs
+  /// already (one control plane stored it, and every one follows the store).
   func publish(version: Int64, yaml: String) {
-    state.withLock { $0.config = (version, yaml) }
-    pushAll()
+    let newer = state.withLock { state in
+      guard (state.config?.version ?? 0) < version else { return false }
+      state.config = (version, yaml)
+      return true
+    }
+    if newer { pushAll() }
   }
+
+  /// The config version the hub pushes.
+  var configVersion: Int64 { state.withLock { $0.config?.version ?? 0 } }
 
   /// Sends the new trust (bundle, issuer) to every subscriber.
   func publish(trust generation: MeshTrust.Generation) {
     state.withLock {
+      guard $0.trust.generation < generation.number else { return }
       $0.trust = Trust(
         generation: generation.number, bundlePEM: generation.bundlePEM,
         issuerSerial: generation.issuerSerial)
@@ -86,8 +96,12 @@ public final class ConfigHub: Sendable {
 
   /// Asks every sidecar of `identity` whose certificate was issued at or before `at` to renew.
   func requestRenewal(of identity: String, at: Date) {
-    state.withLock { $0.renewals[identity] = at }
-    pushAll()
+    let newer = state.withLock { state in
+      guard state.renewals[identity].map({ $0 < at }) ?? true else { return false }
+      state.renewals[identity] = at
+      return true
+    }
+    if newer { pushAll() }
   }
 
   func setRenewals(_ renewals: [String: Date]) {
@@ -98,8 +112,48 @@ public final class ConfigHub: Sendable {
 
   /// What a registration changed, to be stored before it is pushed.
   enum RegistrationChange {
-    case stored(Trellis_Mesh_V1_RegisteredEndpoint)
+    case stored(Trellis_Mesh_V1_RegisteredEndpoint, lease: Duration)
+    /// Unchanged: only its lease runs again.
+    case renewed(Trellis_Mesh_V1_RegisteredEndpoint, lease: Duration)
     case removed
+  }
+
+  /// Whether the store withdraws a registration whose lease ran out (etcd, where every control
+  /// plane follows the store), rather than this hub's own sweep.
+  var storeKeepsLeases: Bool {
+    get { state.withLock { $0.storeKeepsLeases } }
+    set { state.withLock { $0.storeKeepsLeases = newValue } }
+  }
+
+  /// A registration another control plane stored (or withdrew, with nil), as the store tells;
+  /// true if it changed what the hub pushes.
+  @discardableResult
+  func follow(node: String, endpoint: Trellis_Mesh_V1_RegisteredEndpoint?) -> Bool {
+    state.withLock { state in
+      guard let endpoint else {
+        guard state.registrations.removeValue(forKey: node) != nil else { return false }
+        state.discoveryGeneration += 1
+        return true
+      }
+      if state.registrations[node]?.endpoint == endpoint { return false }
+      state.registrations[node] = Registered(endpoint: endpoint, expires: .now + .seconds(300))
+      state.discoveryGeneration += 1
+      return true
+    }
+  }
+
+  /// Every registration in the store, replacing what the hub had; true if that changed it.
+  @discardableResult
+  func follow(registrations endpoints: [Trellis_Mesh_V1_RegisteredEndpoint]) -> Bool {
+    state.withLock { state in
+      let byNode = Dictionary(endpoints.map { ($0.node, $0) }) { _, last in last }
+      guard state.registrations.mapValues(\.endpoint) != byNode else { return false }
+      state.registrations = byNode.mapValues {
+        Registered(endpoint: $0, expires: .now + .seconds(300))
+      }
+      state.discoveryGeneration += 1
+      return true
+    }
   }
 
   /// Registrations stored before a restart, each given a fresh lease to be renewed in.
@@ -133,9 +187,9 @@ public final class ConfigHub: Sendable {
       let lease = Duration.seconds(min(300, max(3, registration.leaseSeconds)))
       let unchanged = state.registrations[node]?.endpoint == endpoint
       state.registrations[node] = Registered(endpoint: endpoint, expires: .now + lease)
-      if unchanged { return nil }
+      if unchanged { return .renewed(endpoint, lease: lease) }
       state.discoveryGeneration += 1
-      return .stored(endpoint)
+      return .stored(endpoint, lease: lease)
     }
   }
 
@@ -152,6 +206,7 @@ public final class ConfigHub: Sendable {
   /// Removes the registrations whose lease ran out; returns their nodes.
   func expireLeases(now: ContinuousClock.Instant = .now) -> [String] {
     state.withLock { state in
+      guard !state.storeKeepsLeases else { return [] }
       let expired = state.registrations.filter { $0.value.expires <= now }.map(\.key)
       for node in expired { state.registrations[node] = nil }
       if !expired.isEmpty { state.discoveryGeneration += 1 }
@@ -425,10 +480,15 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
     }
     switch hub.register(node: node, service: service, registration) {
     case nil: return
-    case .stored(let endpoint):
-      try await store.setRegistration(node: node, endpoint: try endpoint.serializedBytes())
+    case .renewed(let endpoint, let lease):
+      try await store.renewRegistration(
+        node: node, endpoint: try endpoint.serializedBytes(), lease: lease)
+      return
+    case .stored(let endpoint, let lease):
+      try await store.setRegistration(
+        node: node, endpoint: try endpoint.serializedBytes(), lease: lease)
     case .removed:
-      try await store.setRegistration(node: node, endpoint: nil)
+      try await store.setRegistration(node: node, endpoint: nil, lease: .zero)
     }
     hub.pushAll()
   }

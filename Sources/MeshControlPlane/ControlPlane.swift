@@ -120,6 +120,10 @@ public struct ControlPlane: Service {
         group.addTask { try await main.serve() }
         group.addTask { try await joinServer.serve() }
         group.addTask {
+          // What other control planes on the same store change reaches this one's sidecars.
+          try await cancelWhenGracefulShutdown { try await control.followStore(logger: logger) }
+        }
+        group.addTask {
           // A sidecar that vanished loses its registration when its lease runs out.
           while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }

@@ -1,7 +1,9 @@
 import Crypto
+import EtcdAPI
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import Logging
 import MeshConfig
 import MeshIdentity
 import MeshProtos
@@ -30,8 +32,64 @@ public struct ControlContext: Sendable {
   public func expireRegistrations() async throws {
     let expired = hub.expireLeases()
     guard !expired.isEmpty else { return }
-    for node in expired { try await store.setRegistration(node: node, endpoint: nil) }
+    for node in expired { try await store.setRegistration(node: node, endpoint: nil, lease: .zero) }
     hub.pushAll()
+  }
+
+  /// Takes in what other control planes change in a shared store, and pushes it to this one's
+  /// sidecars; returns when the task is cancelled (at once for a store only this one writes).
+  public func followStore(logger: Logger) async throws {
+    try await store.follow { [self] change in
+      do {
+        try await self.take(change)
+      } catch let error as TrustNotHeld {
+        // Serving on with the trust it holds beats stopping to follow everything else.
+        logger.error("cannot take in a new generation of trust", metadata: ["error": "\(error)"])
+      }
+    }
+  }
+
+  func take(_ change: StoreChange) async throws {
+    switch change {
+    case .resync:
+      if let config = try await store.currentConfig() {
+        hub.publish(version: config.version, yaml: config.yaml)
+      }
+      let stored = try await store.registrations().map {
+        try Trellis_Mesh_V1_RegisteredEndpoint(serializedBytes: $0)
+      }
+      if hub.follow(registrations: stored) { hub.pushAll() }
+      for (spiffeID, at) in try await store.renewalRequests() {
+        hub.requestRenewal(of: spiffeID, at: at)
+      }
+      try await followTrust()
+    case .config(let config):
+      hub.publish(version: config.version, yaml: config.yaml)
+    case .trust:
+      try await followTrust()
+    case .registration(let node, let endpoint):
+      let registered = try endpoint.map {
+        try Trellis_Mesh_V1_RegisteredEndpoint(serializedBytes: $0)
+      }
+      if hub.follow(node: node, endpoint: registered) { hub.pushAll() }
+    case .renewal(let spiffeID, let at):
+      hub.requestRenewal(of: spiffeID, at: at)
+    }
+  }
+
+  /// Puts in force a generation of trust another control plane stored.
+  private func followTrust() async throws {
+    let stored: StoredTrust?
+    do {
+      stored = try await store.currentTrust()
+    } catch let error as EtcdError {
+      throw TrustNotHeld(description: error.description)
+    }
+    guard let stored, stored.generation > trust.current.number else { return }
+    let generation = try MeshTrust.generation(stored)
+    try trust.install(generation)
+    hub.remember(issuer: generation.issuer.certificate, root: generation.issuerRoot)
+    hub.publish(trust: generation)
   }
 
   /// Loads what the hub pushes (the running config, the trust, pending renewals) from the store.
@@ -41,6 +99,7 @@ public struct ControlContext: Sendable {
     self.store = store
     self.trust = trust
     self.defaultLeafLifetime = defaultLeafLifetime
+    hub.storeKeepsLeases = store.withdrawsExpiredRegistrations
     for stored in try await store.trustGenerations() {
       let generation = try MeshTrust.generation(stored)
       hub.remember(issuer: generation.issuer.certificate, root: generation.issuerRoot)
@@ -85,6 +144,11 @@ public struct ControlContext: Sendable {
     else { return nil }
     return try? SVIDValidator.leafIdentity(leaf)
   }
+}
+
+/// A generation of trust this control plane cannot put in force: it does not hold the key.
+struct TrustNotHeld: Error, CustomStringConvertible {
+  var description: String
 }
 
 /// `trellis.mesh.v1.Identity`: signs workloads' CSRs into X.509-SVIDs.

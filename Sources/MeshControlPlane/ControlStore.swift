@@ -42,8 +42,13 @@ public protocol ControlStore: Sendable {
 
   /// Every registered endpoint (a `RegisteredEndpoint` message each), by node.
   func registrations() async throws -> [Data]
-  /// Stores (or, with nil, deletes) `node`'s registration.
-  func setRegistration(node: String, endpoint: Data?) async throws
+  /// Stores (or, with nil, deletes) `node`'s registration, for `lease` unless it is renewed.
+  func setRegistration(node: String, endpoint: Data?, lease: Duration) async throws
+  /// Keeps `node`'s registration, unchanged, for another `lease`.
+  func renewRegistration(node: String, endpoint: Data, lease: Duration) async throws
+  /// Whether the store itself deletes a registration whose lease ran out (and tells `follow`),
+  /// or leaves that to the control plane's own sweep.
+  var withdrawsExpiredRegistrations: Bool { get }
 
   /// Asks every certificate of `spiffeID` issued before `now` to be renewed.
   func requestRenewal(of spiffeID: String, now: Date) async throws
@@ -60,6 +65,24 @@ public protocol ControlStore: Sendable {
   func storeConfig(
     yaml: String, createdBy: String, rolledBackFrom: Int64?
   ) async throws -> (version: Int64, changed: Bool)
+
+  /// Hands `body` what other control planes on this store change, in the store's order, until
+  /// the task is cancelled: first `.resync` (read everything), then each change after the
+  /// state that read saw; `.resync` again whenever changes may have been missed. A store that
+  /// only this process writes (SQLite) returns at once.
+  func follow(_ body: @escaping @Sendable (StoreChange) async throws -> Void) async throws
+}
+
+/// A change to the store, as `ControlStore.follow` hands it on.
+public enum StoreChange: Sendable, Equatable {
+  /// Anything may have changed: read the whole state again.
+  case resync
+  case config(StoredConfig)
+  /// A new generation of trust: read it with `currentTrust()`.
+  case trust(generation: Int64)
+  /// `node` registered `endpoint` (a `RegisteredEndpoint` message), or was withdrawn (nil).
+  case registration(node: String, endpoint: Data?)
+  case renewal(spiffeID: String, at: Date)
 }
 
 /// What the control plane recorded when it issued a certificate.

@@ -1,5 +1,6 @@
 import EtcdAPI
 import Foundation
+import Synchronization
 
 /// The control plane's state in etcd, under one key prefix (`/trellis/` by default), for
 /// control planes that share it:
@@ -23,6 +24,8 @@ public final class EtcdControlStore: ControlStore {
   private let etcd: EtcdClient
   private let prefix: String
   private let keyDirectory: URL
+  /// The etcd lease of each registration this control plane stored, by node.
+  private let leases = Mutex<[String: Int64]>([:])
 
   public init(etcd: EtcdClient, prefix: String = "/trellis/", keyDirectory: String) throws {
     self.etcd = etcd
@@ -176,12 +179,50 @@ public final class EtcdControlStore: ControlStore {
     try await etcd.list(prefix: key("registrations/")).kvs.map(\.value)
   }
 
-  public func setRegistration(node: String, endpoint: Data?) async throws {
-    if let endpoint {
-      try await etcd.put(key("registrations/" + node), endpoint)
-    } else {
-      try await etcd.delete(key("registrations/" + node))
+  /// A registration lives on an etcd lease of its own, which this control plane keeps alive
+  /// while the sidecar renews here: when the sidecar (or this control plane) goes, etcd deletes
+  /// the key once the lease runs out, and every control plane's watch withdraws the endpoint.
+  public var withdrawsExpiredRegistrations: Bool { true }
+
+  public func setRegistration(node: String, endpoint: Data?, lease: Duration) async throws {
+    let key = key("registrations/" + node)
+    guard let endpoint else {
+      try await etcd.delete(key)
+      if let id = leases.withLock({ $0.removeValue(forKey: node) }) {
+        try? await etcd.revokeLease(id)
+      }
+      return
     }
+    let id = try await etcd.grantLease(ttl: Self.seconds(lease))
+    try await etcd.put(key, endpoint, lease: id)
+    if let old = leases.withLock({ $0.updateValue(id, forKey: node) }) {
+      try? await etcd.revokeLease(old)
+    }
+  }
+
+  public func renewRegistration(node: String, endpoint: Data, lease: Duration) async throws {
+    // The key must still be on this control plane's lease: the sidecar may have registered at
+    // another one meanwhile, whose lease then ends when that one stops renewing it.
+    if let id = leases.withLock({ $0[node] }), try await etcd.keepAlive(id) != nil {
+      let key = key("registrations/" + node)
+      var onLease = Etcdserverpb_Compare()
+      onLease.key = Data(key.utf8)
+      onLease.target = .lease
+      onLease.result = .equal
+      onLease.lease = id
+      var put = Self.put(key, endpoint)
+      put.requestPut.lease = id
+      var request = Etcdserverpb_TxnRequest(if: onLease, then: [])
+      request.failure = [put]
+      _ = try await etcd.txn(request)
+      return
+    }
+    try await setRegistration(node: node, endpoint: endpoint, lease: lease)
+  }
+
+  /// A lease's TTL: whole seconds, at least etcd's minimum.
+  private static func seconds(_ lease: Duration) -> Int64 {
+    max(3, lease.components.seconds + (lease.components.attoseconds > 0 ? 1 : 0))
   }
 
   public func requestRenewal(of spiffeID: String, now: Date = Date()) async throws {
@@ -242,6 +283,70 @@ public final class EtcdControlStore: ControlStore {
     }
   }
 
+  // MARK: Following other control planes
+
+  public func follow(_ body: @escaping @Sendable (StoreChange) async throws -> Void) async throws {
+    // The revision the watch resumes from; 0 once changes may have been missed.
+    let next = Revision()
+    while !Task.isCancelled {
+      do {
+        if next.value == 0 {
+          // Whatever the reads of the resync see is at or after `revision`: the watch replays
+          // from just after it, in order, so replayed changes land where they already are.
+          let revision = try await etcd.status().header.revision
+          try await body(.resync)
+          next.value = revision + 1
+        }
+        try await etcd.watch(prefix: prefix, from: next.value) { [self] response in
+          for event in response.events {
+            if let change = try change(event) { try await body(change) }
+            next.value = event.kv.modRevision + 1
+          }
+          return true
+        }
+      } catch let error as EtcdError where error.compactedBefore != nil {
+        next.value = 0
+      } catch  where Task.isCancelled {
+        return
+      } catch {
+        // The member went (the client moves to another), or a change could not be taken in:
+        // resume where the watch stopped.
+        try await Task.sleep(for: .milliseconds(200))
+      }
+    }
+  }
+
+  private final class Revision: Sendable {
+    private let stored = Mutex<Int64>(0)
+    var value: Int64 {
+      get { stored.withLock { $0 } }
+      set { stored.withLock { $0 = newValue } }
+    }
+  }
+
+  /// What a watch event changed, if it is one the control planes follow.
+  private func change(_ event: Mvccpb_Event) throws -> StoreChange? {
+    let name = String(decoding: event.kv.key, as: UTF8.self).dropFirst(prefix.count)
+    let deleted = event.type == .delete
+    if let node = name.removingPrefix("registrations/") {
+      return .registration(node: node, endpoint: deleted ? nil : event.kv.value)
+    }
+    guard !deleted else { return nil }
+    if name.hasPrefix("config/") {
+      return .config(try Self.decode(StoredConfig.self, event.kv.value))
+    }
+    if name.hasPrefix("trust/") {
+      return .trust(generation: try Self.decode(TrustRecord.self, event.kv.value).generation)
+    }
+    if let spiffeID = name.removingPrefix("renewals/"),
+      let milliseconds = Int64(String(decoding: event.kv.value, as: UTF8.self))
+    {
+      return .renewal(
+        spiffeID: spiffeID, at: Date(timeIntervalSince1970: TimeInterval(milliseconds) / 1000))
+    }
+    return nil
+  }
+
   // MARK: Keys and values
 
   private func key(_ name: String) -> String { prefix + name }
@@ -297,5 +402,11 @@ extension Etcdserverpb_TxnRequest {
     self.init()
     compare = conditions
     success = operations
+  }
+}
+
+extension Substring {
+  fileprivate func removingPrefix(_ prefix: String) -> String? {
+    hasPrefix(prefix) ? String(dropFirst(prefix.count)) : nil
   }
 }

@@ -84,12 +84,13 @@ public final class MeshTrust: Sendable {
   /// The control plane's certificate in force.
   public var own: OwnCertificate { state.withLock { $0.own } }
 
-  /// Puts `generation` in force; the control plane's own certificate is issued again when
-  /// the issuer changed.
+  /// Puts `generation` in force unless a newer one is; the control plane's own certificate is
+  /// issued again when the issuer changed.
   public func install(_ generation: Generation) throws {
     let issuerChanged = current.issuer.certificate != generation.issuer.certificate
     let own = issuerChanged ? try Self.ownCertificate(identity, from: generation.issuer) : nil
     state.withLock {
+      guard $0.generation.number < generation.number else { return }
       $0.generation = generation
       $0.validator = SVIDValidator(bundle: generation.bundle, trustDomain: trustDomain)
       if let own { $0.own = own }

@@ -242,14 +242,23 @@ public final class SQLiteControlStore: ControlStore {
   // MARK: Registrations
 
   /// Every registered endpoint (a `RegisteredEndpoint` message each).
+  public var withdrawsExpiredRegistrations: Bool { false }
+
+  /// Nothing to write: the control plane's sweep withdraws what is not renewed.
+  public func renewRegistration(node: String, endpoint: Data, lease: Duration) {}
+
+  /// Only this process writes the file: there is nothing to follow.
+  public func follow(_ body: @escaping @Sendable (StoreChange) async throws -> Void) {}
+
   public func registrations() throws -> [Data] {
     try database.read { db in
       try Data.fetchAll(db, sql: "SELECT endpoint FROM registrations ORDER BY node")
     }
   }
 
-  /// Stores (or, with nil, deletes) `node`'s registration.
-  public func setRegistration(node: String, endpoint: Data?) throws {
+  /// Stores (or, with nil, deletes) `node`'s registration. Its lease is the control plane's
+  /// to keep: this process is the only one to read it.
+  public func setRegistration(node: String, endpoint: Data?, lease: Duration = .zero) throws {
     try database.write { db in
       if let endpoint {
         try db.execute(

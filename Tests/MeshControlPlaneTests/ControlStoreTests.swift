@@ -1,6 +1,7 @@
 import EtcdAPI
 import Foundation
 import MeshControlPlane
+import Synchronization
 import TestSupport
 import Testing
 
@@ -136,11 +137,11 @@ import Testing
     #expect(try await store.issuedCertificate(serial: "none") == nil)
     #expect(try await store.certificateCount() == 1)
 
-    try await store.setRegistration(node: "b-node", endpoint: Data([2]))
-    try await store.setRegistration(node: "a-node", endpoint: Data([1]))
-    try await store.setRegistration(node: "b-node", endpoint: Data([3]))
+    try await store.setRegistration(node: "b-node", endpoint: Data([2]), lease: .seconds(30))
+    try await store.setRegistration(node: "a-node", endpoint: Data([1]), lease: .seconds(30))
+    try await store.setRegistration(node: "b-node", endpoint: Data([3]), lease: .seconds(30))
     #expect(try await stores.second.registrations() == [Data([1]), Data([3])])
-    try await store.setRegistration(node: "a-node", endpoint: nil)
+    try await store.setRegistration(node: "a-node", endpoint: nil, lease: .seconds(30))
     #expect(try await store.registrations() == [Data([3])])
 
     try await store.requestRenewal(of: "spiffe://mesh.test/svc/users", now: now)
@@ -181,5 +182,91 @@ import Testing
     }
     // Another control plane sees the generation, and says it does not hold its key.
     await #expect(throws: EtcdError.self) { try await stores.second.currentTrust() }
+  }
+
+  /// What a follower of the store was handed, in order.
+  final class Followed: Sendable {
+    private let changes = Mutex<[StoreChange]>([])
+    var all: [StoreChange] { changes.withLock { $0 } }
+    func append(_ change: StoreChange) { changes.withLock { $0.append(change) } }
+
+    /// Waits (at most `seconds`) until `condition` holds for what was handed on.
+    func wait(
+      seconds: Double = 30, _ condition: ([StoreChange]) -> Bool
+    ) async throws -> [StoreChange] {
+      let deadline = Date().addingTimeInterval(seconds)
+      while !condition(all) {
+        guard Date() < deadline else { return all }
+        try await Task.sleep(for: .milliseconds(50))
+      }
+      return all
+    }
+  }
+
+  static func follow(_ store: any ControlStore) -> (Followed, Task<Void, any Error>) {
+    let followed = Followed()
+    let task = Task { try await store.follow { followed.append($0) } }
+    return (followed, task)
+  }
+
+  /// What one control plane writes, another following the store is handed once each, in the
+  /// order it was written, after a first `.resync`.
+  @Test func aFollowerIsHandedEveryChangeOnceInOrder() async throws {
+    let stores = try await Self.stores(.etcd)
+    let (followed, task) = Self.follow(stores.second)
+    defer { task.cancel() }
+    _ = try await followed.wait { $0.first == .resync }
+    for index in 1...5 {
+      _ = try await stores.first.storeConfig(
+        yaml: "version: \(index)", createdBy: "test", rolledBackFrom: nil)
+    }
+    _ = try await stores.first.storeTrust(bundle: "B", issuer: "I", issuerKey: "K", reason: "r")
+    let at = Date(timeIntervalSince1970: 1_800_000_000.5)
+    try await stores.first.requestRenewal(of: "spiffe://mesh.test/svc/a", now: at)
+    try await stores.first.setRegistration(node: "n1", endpoint: Data([1]), lease: .seconds(30))
+    try await stores.first.setRegistration(node: "n1", endpoint: nil, lease: .zero)
+    let all = try await followed.wait { $0.count >= 10 }
+    let configs = all.compactMap { change -> Int64? in
+      if case .config(let config) = change { return config.version } else { return nil }
+    }
+    #expect(configs == [1, 2, 3, 4, 5], "\(all)")
+    #expect(
+      Array(all.dropFirst(6))
+        == [
+          .trust(generation: 1), .renewal(spiffeID: "spiffe://mesh.test/svc/a", at: at),
+          .registration(node: "n1", endpoint: Data([1])), .registration(node: "n1", endpoint: nil),
+        ], "\(all)")
+    #expect(all.filter { $0 == .resync }.count == 1)
+    // A token spent or a certificate recorded is nothing a follower pushes.
+    _ = try await stores.first.createToken(for: "spiffe://mesh.test/svc/a", ttl: 60, now: Date())
+    try await Task.sleep(for: .milliseconds(500))
+    #expect(followed.all.count == all.count, "\(followed.all)")
+  }
+
+  /// A registration lives on an etcd lease: renewed, by its control plane or another it moved
+  /// to, it stays; left alone, etcd deletes it, and control planes following the store see it go.
+  @Test func etcdRegistrationsLiveOnLeases() async throws {
+    let stores = try await Self.stores(.etcd)
+    let (followed, task) = Self.follow(stores.second)
+    defer { task.cancel() }
+    let lease = Duration.seconds(3)
+    try await stores.first.setRegistration(node: "n1", endpoint: Data([7]), lease: lease)
+    let start = ContinuousClock.now
+    // Renewed every second for five: at the first control plane, then at the second (the
+    // sidecar moved), then at the first again.
+    for second in 1...5 {
+      try await Task.sleep(for: .seconds(1))
+      let store = second == 3 ? stores.second : stores.first
+      try await store.renewRegistration(node: "n1", endpoint: Data([7]), lease: lease)
+    }
+    #expect(try await stores.second.registrations() == [Data([7])])
+    #expect(!followed.all.contains(.registration(node: "n1", endpoint: nil)))
+    let all = try await followed.wait { $0.contains(.registration(node: "n1", endpoint: nil)) }
+    let gone = ContinuousClock.now - start
+    #expect(all.contains(.registration(node: "n1", endpoint: nil)), "\(all)")
+    #expect(try await stores.first.registrations().isEmpty)
+    // The last renewal was at 5 s; its lease of 3 s ran out, and etcd noticed within a second
+    // or so (loaded machines take longer).
+    #expect(gone > .seconds(7.5), "withdrawn after \(gone)")
   }
 }
