@@ -37,6 +37,8 @@ public final class ConfigHub: Sendable {
     var config: (version: Int64, yaml: String)?
     var trust = Trust(generation: 0, bundlePEM: "", issuerSerial: "")
     var renewals: [String: Date] = [:]
+    /// The serials of the issuers every control plane sharing the store signs with now.
+    var issuersInForce: Set<String> = []
     /// Subjects of every issuer known, and of the root above it, by the issuer's serial.
     var issuers: [String: (issuer: String, root: String)] = [:]
     /// Registered endpoints by node, each alive until its lease runs out.
@@ -85,6 +87,20 @@ public final class ConfigHub: Sendable {
       )
     }
     pushAll()
+  }
+
+  /// The issuers other control planes on the store sign with now (with the roots they chain
+  /// to, to name them): a certificate from one of them needs no renewal. Pushes if that changed.
+  func setIssuersInForce(_ issuers: [(issuer: Certificate, root: Certificate?)]) {
+    let changed = state.withLock { state in
+      for (issuer, root) in issuers {
+        state.issuers[issuer.serialHex] = ("\(issuer.subject)", root.map { "\($0.subject)" } ?? "")
+      }
+      let serials = Set(issuers.map(\.issuer.serialHex))
+      defer { state.issuersInForce = serials }
+      return serials != state.issuersInForce
+    }
+    if changed { pushAll() }
   }
 
   /// Remembers an issuer that was in force earlier, to name it in statuses.
@@ -244,7 +260,12 @@ public final class ConfigHub: Sendable {
   /// one in force, or the operator asked for a renewal since it was issued.
   private static func needsRenewal(_ node: Node, _ state: State) -> Bool {
     guard let issued = node.issued else { return false }
-    if issued.issuerSerial != state.trust.issuerSerial { return true }
+    if let serial = issued.issuerSerial, serial != state.trust.issuerSerial,
+      !state.issuersInForce.contains(serial)
+    {
+      return true
+    }
+    if issued.issuerSerial == nil { return true }
     if let asked = state.renewals[issued.spiffeID], issued.issuedAt <= asked { return true }
     return false
   }

@@ -28,6 +28,9 @@ public struct ControlPlane: Service {
     public var data: String
     /// The store: SQLite in `data` (the default), or an etcd cluster.
     public var store: Store = .sqlite
+    /// This control plane's name among those sharing an etcd store; nil: the one kept in
+    /// `data/replica`, made at first start.
+    public var replica: String?
     public var trustDomain: String
     public var leafLifetime: TimeInterval
     /// How many spans, and for how long, the trace store keeps.
@@ -73,9 +76,14 @@ public struct ControlPlane: Service {
       Task { try await client.run() }
       etcd = client
       try await client.waitUntilReachable(timeout: .seconds(30))
-      store = try EtcdControlStore(etcd: client, keyDirectory: configuration.data + "/keys")
+      let replica = try configuration.replica ?? Self.replicaName(in: configuration.data)
+      store = try EtcdControlStore(
+        etcd: client, replica: replica, keyDirectory: configuration.data + "/keys")
       logger.info(
-        "store", metadata: ["etcd": "\(endpoints.map(\.description).joined(separator: ","))"])
+        "store",
+        metadata: [
+          "etcd": "\(endpoints.map(\.description).joined(separator: ","))", "replica": "\(replica)",
+        ])
     }
     defer { etcd?.close() }
     let traces = try TraceStore(
@@ -167,15 +175,117 @@ public struct ControlPlane: Service {
   /// The trust in force: the newest stored generation, or the first one, made from the CA
   /// that `meshctl certs init` wrote.
   private func loadTrust(_ store: any ControlStore) async throws -> MeshTrust.Generation {
-    if let stored = try await store.currentTrust() { return try MeshTrust.generation(stored) }
+    do {
+      if let stored = try await store.currentTrust() { return try MeshTrust.generation(stored) }
+    } catch let missing as NoIssuerOfItsOwn where missing.keyDirectory == nil {
+      guard let store = store as? EtcdControlStore else { throw missing }
+      return try await waitForIssuer(store)
+    }
     let files = CAFiles(dir: configuration.certs)
     let issuer = try files.loadIssuer()
     let bundle = try String(contentsOfFile: files.bundle, encoding: .utf8)
+    let issuerPEM = try issuer.certificate.serializeAsPEM().pemString
+    let reason = "the CA in \(configuration.certs)/"
+    if let store = store as? EtcdControlStore {
+      // Of control planes starting together on an empty store, one installs the CA's issuer;
+      // every other one gets an issuer of its own.
+      guard
+        try await store.storeFirstTrust(
+          bundle: bundle, issuer: issuerPEM, issuerKey: issuer.key.pemRepresentation,
+          reason: reason)
+      else { return try await waitForIssuer(store) }
+      return try MeshTrust.generation(try await store.currentTrust()!)
+    }
     let number = try await store.storeTrust(
-      bundle: bundle, issuer: try issuer.certificate.serializeAsPEM().pemString,
-      issuerKey: issuer.key.pemRepresentation, reason: "the CA in \(configuration.certs)/")
+      bundle: bundle, issuer: issuerPEM, issuerKey: issuer.key.pemRepresentation, reason: reason)
     return MeshTrust.Generation(
       number: number, bundle: try TrustBundle(pem: bundle), bundlePEM: bundle, issuer: issuer)
+  }
+
+  /// A control plane joining others on etcd signs with an issuer of its own, whose key never
+  /// leaves this machine: it makes the key, writes a CSR to `data/issuer.csr`, and waits for
+  /// the operator to sign it with the root (`meshctl certs sign-issuer`) into
+  /// `data/issuer.pem`.
+  private func waitForIssuer(_ store: EtcdControlStore) async throws -> MeshTrust.Generation {
+    let key: P256.Signing.PrivateKey
+    if let pem = try await store.pendingIssuerKey(),
+      let pending = try? P256.Signing.PrivateKey(pemRepresentation: pem)
+    {
+      key = pending
+    } else {
+      key = P256.Signing.PrivateKey()
+      try await store.setPendingIssuerKey(key.pemRepresentation)
+    }
+    let csrPath = configuration.data + "/issuer.csr"
+    let certificatePath = configuration.data + "/issuer.pem"
+    try CertificateSigningRequest.workloadPEM(key).write(
+      toFile: csrPath, atomically: true, encoding: .utf8)
+    logger.notice(
+      "this control plane has no issuer of its own yet: sign its CSR with the root",
+      metadata: [
+        "replica": "\(store.replica)", "csr": "\(csrPath)",
+        "command": "meshctl certs sign-issuer \(csrPath) --out \(certificatePath)",
+      ])
+    var refused = ""
+    while true {
+      if let pem = try? String(contentsOfFile: certificatePath, encoding: .utf8) {
+        do {
+          try await checkOwnIssuer(pem, key: key, store)
+          try await store.recordIssuer(certificate: pem, key: key.pemRepresentation)
+          try? FileManager.default.removeItem(atPath: csrPath)
+          logger.notice("issuer installed", metadata: ["replica": "\(store.replica)"])
+          return try MeshTrust.generation(try await store.currentTrust()!)
+        } catch {
+          if "\(error)" != refused {
+            refused = "\(error)"
+            logger.error("\(certificatePath) cannot be this control plane's issuer: \(error)")
+          }
+        }
+      }
+      try await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(200)) }
+    }
+  }
+
+  /// An issuer for `key`, a CA signed by a root of the generation in force.
+  private func checkOwnIssuer(
+    _ pem: String, key: P256.Signing.PrivateKey, _ store: EtcdControlStore
+  )
+    async throws
+  {
+    let certificate = try Certificate(pemEncoded: pem)
+    guard certificate.publicKey == Certificate.PublicKey(key.publicKey) else {
+      throw IdentityError(
+        "it is not for the key this control plane made (\(configuration.data)/issuer.csr)")
+    }
+    guard case .isCertificateAuthority = try certificate.extensions.basicConstraints else {
+      throw IdentityError("it is not a CA")
+    }
+    let roots = try TrustBundle(pem: try await store.currentBundle() ?? "").roots
+    guard
+      roots.contains(where: {
+        $0.subject == certificate.issuer
+          && $0.publicKey.isValidSignature(certificate.signature, for: certificate)
+      })
+    else {
+      throw IdentityError("it is not signed by a root of the mesh's bundle")
+    }
+  }
+
+  /// The name this control plane goes by among those sharing a store: kept in `data/replica`.
+  static func replicaName(in data: String) throws -> String {
+    let file = data + "/replica"
+    if let name = try? String(contentsOfFile: file, encoding: .utf8)
+      .trimmingCharacters(in: .whitespacesAndNewlines), !name.isEmpty
+    {
+      return name
+    }
+    try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+    let name =
+      "cp-"
+      + (0..<4).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }
+      .joined()
+    try (name + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+    return name
   }
 
   private static func describe(_ address: GRPCNIOTransportCore.SocketAddress) -> String {

@@ -63,10 +63,13 @@ public struct ControlContext: Sendable {
         hub.requestRenewal(of: spiffeID, at: at)
       }
       try await followTrust()
+      try await followIssuers()
     case .config(let config):
       hub.publish(version: config.version, yaml: config.yaml)
     case .trust:
       try await followTrust()
+    case .issuers:
+      try await followIssuers()
     case .registration(let node, let endpoint):
       let registered = try endpoint.map {
         try Trellis_Mesh_V1_RegisteredEndpoint(serializedBytes: $0)
@@ -82,7 +85,7 @@ public struct ControlContext: Sendable {
     let stored: StoredTrust?
     do {
       stored = try await store.currentTrust()
-    } catch let error as EtcdError {
+    } catch let error as NoIssuerOfItsOwn {
       throw TrustNotHeld(description: error.description)
     }
     guard let stored, stored.generation > trust.current.number else { return }
@@ -100,10 +103,12 @@ public struct ControlContext: Sendable {
     self.trust = trust
     self.defaultLeafLifetime = defaultLeafLifetime
     hub.storeKeepsLeases = store.withdrawsExpiredRegistrations
-    for stored in try await store.trustGenerations() {
-      let generation = try MeshTrust.generation(stored)
-      hub.remember(issuer: generation.issuer.certificate, root: generation.issuerRoot)
+    for stored in try await store.trustGenerations() where !stored.issuer.isEmpty {
+      let issuer = try Certificate(pemEncoded: stored.issuer)
+      let roots = try TrustBundle(pem: stored.bundle).roots
+      hub.remember(issuer: issuer, root: roots.first { $0.subject == issuer.issuer })
     }
+    try await followIssuers()
     hub.setRenewals(try await store.renewalRequests())
     hub.restore(
       try await store.registrations().map {
@@ -131,7 +136,18 @@ public struct ControlContext: Sendable {
     try trust.install(generation)
     hub.remember(issuer: issuer.certificate, root: generation.issuerRoot)
     hub.publish(trust: generation)
+    try await followIssuers()
     return generation
+  }
+
+  /// Takes in the issuers every control plane on the store signs with now.
+  func followIssuers() async throws {
+    let roots = trust.current.bundle.roots
+    hub.setIssuersInForce(
+      try await store.issuersInForce().map { pem in
+        let issuer = try Certificate(pemEncoded: pem)
+        return (issuer, roots.first { $0.subject == issuer.issuer })
+      })
   }
 
   /// The admin identity `meshctl certs init` creates.

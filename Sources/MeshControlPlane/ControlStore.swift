@@ -36,6 +36,8 @@ public protocol ControlStore: Sendable {
   func storeTrust(
     bundle: String, issuer: String, issuerKey: String, reason: String
   ) async throws -> Int64
+  /// The certificates of the issuers that sign now: one per control plane sharing the store.
+  func issuersInForce() async throws -> [String]
   /// The key made for the next issuer, kept until an issuer certificate for it is installed.
   func pendingIssuerKey() async throws -> String?
   func setPendingIssuerKey(_ pem: String) async throws
@@ -80,6 +82,8 @@ public enum StoreChange: Sendable, Equatable {
   case config(StoredConfig)
   /// A new generation of trust: read it with `currentTrust()`.
   case trust(generation: Int64)
+  /// A control plane signs with another issuer: read them with `issuersInForce()`.
+  case issuers
   /// `node` registered `endpoint` (a `RegisteredEndpoint` message), or was withdrawn (nil).
   case registration(node: String, endpoint: Data?)
   case renewal(spiffeID: String, at: Date)
@@ -127,5 +131,21 @@ enum JoinToken {
 
   static func hash(_ token: String) -> String {
     SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+  }
+}
+
+/// A control plane on a shared store that has no issuer of its own yet: the operator signs the
+/// one it prepared (`meshctl certs sign-issuer`).
+public struct NoIssuerOfItsOwn: Error, CustomStringConvertible {
+  public var replica: String
+  /// Set when the store names an issuer whose key is not in this folder.
+  public var keyDirectory: String?
+
+  public var description: String {
+    if let keyDirectory {
+      return
+        "the issuer of control plane '\(replica)' is in the store, but its key is not in \(keyDirectory)"
+    }
+    return "control plane '\(replica)' has no issuer of its own yet"
   }
 }

@@ -1,3 +1,4 @@
+import Crypto
 import EtcdAPI
 import Foundation
 import Synchronization
@@ -10,12 +11,14 @@ import Synchronization
 /// | `tokens/<sha256>` | a join token's identity, expiry and spending (JSON) |
 /// | `certificates/<serial>` | an issued certificate's record (JSON) |
 /// | `config/<version, 20 digits>` | a configuration version (JSON) |
-/// | `trust/<generation, 20 digits>` | a trust generation: bundle, issuer certificate, reason (JSON) |
+/// | `trust/<generation, 20 digits>` | a trust generation: bundle, reason (JSON) |
+/// | `issuers/<replica>` | the issuer certificate a control plane signs with (JSON) |
 /// | `registrations/<node>` | a registered endpoint (`RegisteredEndpoint`, binary) |
 /// | `renewals/<SPIFFE ID>` | when a renewal was asked for (milliseconds) |
 ///
-/// No private key goes to etcd: the issuer keys and the pending one stay in `keyDirectory`, on
-/// this control plane's disk (mode 0600).
+/// No private key goes to etcd: each control plane signs with an issuer of its own, whose key
+/// (and the pending one) stays in `keyDirectory`, on its own disk (mode 0600); etcd holds the
+/// issuer's certificate.
 ///
 /// What must happen once happens in one transaction: a token is spent only if it is unchanged
 /// since it was read (two replicas racing for one: one wins, the other reads it used), and a
@@ -27,9 +30,15 @@ public final class EtcdControlStore: ControlStore {
   /// The etcd lease of each registration this control plane stored, by node.
   private let leases = Mutex<[String: Int64]>([:])
 
-  public init(etcd: EtcdClient, prefix: String = "/trellis/", keyDirectory: String) throws {
+  /// This control plane's name among those sharing the store.
+  public let replica: String
+
+  public init(
+    etcd: EtcdClient, prefix: String = "/trellis/", replica: String, keyDirectory: String
+  ) throws {
     self.etcd = etcd
     self.prefix = prefix
+    self.replica = replica
     self.keyDirectory = URL(fileURLWithPath: keyDirectory)
     try FileManager.default.createDirectory(
       atPath: keyDirectory, withIntermediateDirectories: true,
@@ -96,11 +105,21 @@ public final class EtcdControlStore: ControlStore {
 
   // MARK: Trust
 
+  /// A generation: the roots every bundle holds. Each control plane signs with an issuer of
+  /// its own (`issuers/<replica>`), under the roots of the generation in force.
   private struct TrustRecord: Codable {
     var generation: Int64
     var bundle: String
+    /// The issuer of the control plane that stored the generation.
     var issuer: String
     var reason: String
+    var createdAt: Int64
+  }
+
+  /// The issuer a control plane signs with now.
+  private struct IssuerRecord: Codable {
+    var replica: String
+    var certificate: String
     var createdAt: Int64
   }
 
@@ -109,44 +128,113 @@ public final class EtcdControlStore: ControlStore {
       let newest = try await etcd.list(prefix: key("trust/"), descending: true, limit: 1)
         .kvs.first
     else { return nil }
-    return try trust(newest.value)
-  }
-
-  public func trustGenerations() async throws -> [StoredTrust] {
-    try await etcd.list(prefix: key("trust/")).kvs.map { try trust($0.value) }
-  }
-
-  private func trust(_ value: Data) throws -> StoredTrust {
-    let record = try Self.decode(TrustRecord.self, value)
-    let keyFile = keyDirectory.appendingPathComponent("issuer-\(record.generation).key.pem")
-    guard let issuerKey = try? String(contentsOf: keyFile, encoding: .utf8) else {
-      throw EtcdError(
-        "trust generation \(record.generation) is in etcd, but its issuer key is not in "
-          + "\(keyDirectory.path): another control plane made it")
+    let record = try Self.decode(TrustRecord.self, newest.value)
+    guard let own = try await etcd.get(key("issuers/" + replica)) else {
+      throw NoIssuerOfItsOwn(replica: replica)
+    }
+    let issuer = try Self.decode(IssuerRecord.self, own.value).certificate
+    guard let issuerKey = issuerKey(for: issuer) else {
+      throw NoIssuerOfItsOwn(replica: replica, keyDirectory: keyDirectory.path)
     }
     return StoredTrust(
-      generation: record.generation, bundle: record.bundle, issuer: record.issuer,
+      generation: record.generation, bundle: record.bundle, issuer: issuer,
       issuerKey: issuerKey, reason: record.reason)
   }
 
+  /// Every generation, each with the issuer of the control plane that stored it (its key
+  /// only if that was this one).
+  public func trustGenerations() async throws -> [StoredTrust] {
+    try await etcd.list(prefix: key("trust/")).kvs.map {
+      let record = try Self.decode(TrustRecord.self, $0.value)
+      return StoredTrust(
+        generation: record.generation, bundle: record.bundle, issuer: record.issuer,
+        issuerKey: issuerKey(for: record.issuer) ?? "", reason: record.reason)
+    }
+  }
+
+  public func issuersInForce() async throws -> [String] {
+    try await etcd.list(prefix: key("issuers/")).kvs.map {
+      try Self.decode(IssuerRecord.self, $0.value).certificate
+    }
+  }
+
+  /// Stores the next generation and, in the same transaction, this control plane's issuer.
   public func storeTrust(
     bundle: String, issuer: String, issuerKey: String, reason: String
   ) async throws -> Int64 {
+    // The key is on disk before the issuer that needs it is in etcd.
+    try writeIssuerKey(issuerKey, for: issuer)
+    let own = try ownIssuer(issuer)
     while true {
       let last = try await etcd.list(prefix: key("trust/"), descending: true, limit: 1).kvs.first
       let generation = try last.map { try Self.decode(TrustRecord.self, $0.value).generation } ?? 0
       let next = generation + 1
-      // The key is on disk before the generation that needs it is in etcd.
-      try Self.writePrivate(
-        issuerKey, to: keyDirectory.appendingPathComponent("issuer-\(next).key.pem"))
       let record = TrustRecord(
         generation: next, bundle: bundle, issuer: issuer, reason: reason,
         createdAt: Int64(Date().timeIntervalSince1970))
       let key = key("trust/" + Self.numbered(next))
       let stored = try await etcd.txn(
-        .init(if: Self.absent(key), then: [Self.put(key, try Self.encode(record))]))
+        .init(if: Self.absent(key), then: [Self.put(key, try Self.encode(record)), own]))
       if stored.succeeded { return next }
     }
+  }
+
+  /// Stores the first generation, with this control plane's issuer, unless one exists:
+  /// false when another control plane made it first.
+  public func storeFirstTrust(
+    bundle: String, issuer: String, issuerKey: String, reason: String
+  ) async throws -> Bool {
+    try writeIssuerKey(issuerKey, for: issuer)
+    let record = TrustRecord(
+      generation: 1, bundle: bundle, issuer: issuer, reason: reason,
+      createdAt: Int64(Date().timeIntervalSince1970))
+    var none = Etcdserverpb_Compare()
+    none.key = Data(key("trust/").utf8)
+    none.rangeEnd = EtcdClient.rangeEnd(ofPrefix: none.key)
+    none.target = .create
+    none.result = .equal
+    none.createRevision = 0
+    let key = key("trust/" + Self.numbered(1))
+    return try await etcd.txn(
+      .init(if: none, then: [Self.put(key, try Self.encode(record)), try ownIssuer(issuer)])
+    ).succeeded
+  }
+
+  /// The roots of the generation in force, whatever issuer this control plane has.
+  public func currentBundle() async throws -> String? {
+    guard
+      let newest = try await etcd.list(prefix: key("trust/"), descending: true, limit: 1)
+        .kvs.first
+    else { return nil }
+    return try Self.decode(TrustRecord.self, newest.value).bundle
+  }
+
+  /// Records the issuer this control plane signs with from now on, under the generation in
+  /// force (a new control plane's first issuer, signed by the operator).
+  public func recordIssuer(certificate: String, key: String) async throws {
+    try writeIssuerKey(key, for: certificate)
+    _ = try await etcd.txn(.init(then: [try ownIssuer(certificate)]))
+  }
+
+  private func ownIssuer(_ certificate: String) throws -> Etcdserverpb_RequestOp {
+    let record = IssuerRecord(
+      replica: replica, certificate: certificate, createdAt: Int64(Date().timeIntervalSince1970))
+    return Self.put(key("issuers/" + replica), try Self.encode(record))
+  }
+
+  /// Issuer keys are named by a digest of their certificate.
+  private func issuerKeyFile(for certificate: String) -> URL {
+    let digest = SHA256.hash(data: Data(certificate.utf8)).prefix(12)
+      .map { String(format: "%02x", $0) }.joined()
+    return keyDirectory.appendingPathComponent("issuer-\(digest).key.pem")
+  }
+
+  private func issuerKey(for certificate: String) -> String? {
+    try? String(contentsOf: issuerKeyFile(for: certificate), encoding: .utf8)
+  }
+
+  private func writeIssuerKey(_ key: String, for certificate: String) throws {
+    try Self.writePrivate(key, to: issuerKeyFile(for: certificate))
   }
 
   public func pendingIssuerKey() async throws -> String? {
@@ -338,6 +426,7 @@ public final class EtcdControlStore: ControlStore {
     if name.hasPrefix("trust/") {
       return .trust(generation: try Self.decode(TrustRecord.self, event.kv.value).generation)
     }
+    if name.hasPrefix("issuers/") { return .issuers }
     if let spiffeID = name.removingPrefix("renewals/"),
       let milliseconds = Int64(String(decoding: event.kv.value, as: UTF8.self))
     {

@@ -206,6 +206,11 @@ public final class SQLiteControlStore: ControlStore {
       issuerKey: row["issuer_key"], reason: row["reason"])
   }
 
+  /// The issuer of the newest generation: one control plane signs.
+  public func issuersInForce() throws -> [String] {
+    try currentTrust().map { [$0.issuer] } ?? []
+  }
+
   /// Stores the next generation of trust; returns its number.
   public func storeTrust(
     bundle: String, issuer: String, issuerKey: String, reason: String

@@ -66,13 +66,17 @@ struct TrustRotation {
           code: .failedPrecondition,
           message: "\(root.subject) is not in the bundle: add it first (step ADD_ROOTS)")
       }
-      guard roots.contains(where: { signs($0, current.issuer.certificate) }) else {
+      // Every control plane's issuer, not only this one's.
+      let issuers =
+        [current.issuer.certificate]
+        + (try await control.store.issuersInForce().map { try Certificate(pemEncoded: $0) })
+      for issuer in issuers where !roots.contains(where: { signs($0, issuer) }) {
         throw RPCError(
           code: .failedPrecondition,
           message:
             """
-            the issuer in force (\(current.issuer.certificate.subject)) chains to none of these \
-            roots: switch the issuer first, or every certificate would stop being trusted
+            the issuer in force (\(issuer.subject)) chains to none of these roots: switch the \
+            issuer first, or every certificate would stop being trusted
             """
         )
       }

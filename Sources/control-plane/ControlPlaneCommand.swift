@@ -28,6 +28,12 @@ struct ControlPlaneCommand: AsyncParsableCommand {
       ports; the private keys stay in --data).
       """)
   var store = "sqlite"
+  @Option(
+    help: """
+      This control plane's name among those sharing an etcd store (default: the one kept in \
+      --data/replica, made at first start).
+      """)
+  var replica: String?
   @Option(help: "The trust domain.") var trustDomain = SPIFFEID.defaultTrustDomain
   @Option(help: "Default lifetime of the certificates it issues: 90s, 15m, 24h.")
   var leafLifetime = "24h"
@@ -81,6 +87,13 @@ struct ControlPlaneCommand: AsyncParsableCommand {
       certs: certs, data: data, trustDomain: trustDomain, leafLifetime: lifetime.timeInterval)
     configuration.traceRetention = .init(maximumSpans: traceMaxSpans, maximumAge: retention)
     configuration.store = storeLocation
+    if let replica {
+      guard !replica.isEmpty, replica.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" })
+      else {
+        throw ValidationError("--replica '\(replica)': use letters, digits and '-'")
+      }
+      configuration.replica = replica
+    }
     let plane = ControlPlane(configuration, logger: logger)
     do {
       let group = ServiceGroup(

@@ -7,5 +7,6 @@ struct Certs: AsyncParsableCommand {
       "Create the mesh CA, issue and inspect certificates, rotate the issuer and the root.",
     subcommands: [
       Init.self, Issue.self, Request.self, Inspect.self, Status.self, Rotate.self, RotateCA.self,
+      SignIssuer.self,
     ])
 }

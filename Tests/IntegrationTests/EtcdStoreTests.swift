@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 
@@ -55,10 +56,132 @@ import Testing
 
     // The state is in etcd, not beside the traces; the keys are on the control plane's disk.
     #expect(!FileManager.default.fileExists(atPath: "\(data)/control.sqlite"))
-    #expect(FileManager.default.fileExists(atPath: "\(data)/keys/issuer-1.key.pem"))
+    let keys = try FileManager.default.contentsOfDirectory(atPath: "\(data)/keys")
+    #expect(keys.contains { $0.hasPrefix("issuer-") && $0.hasSuffix(".key.pem") }, "\(keys)")
 
     // A store option that names no etcd is refused before anything starts.
     let bad = try run(binary("control-plane"), ["--store", "etcd://nowhere", "--data", data])
     #expect(bad.status != 0 && bad.stderr.contains("--store"), "\(bad.stderr)")
+  }
+
+  /// Two control planes on one etcd serve one mesh. The second signs with an issuer of its own
+  /// (its CSR signed by `meshctl certs sign-issuer`); a sidecar registered at one is called
+  /// from a sidecar of the other; a config applied at one reaches the other's sidecars; a
+  /// sidecar that goes is withdrawn at both once its lease runs out in etcd.
+  @Test func twoControlPlanesOnOneEtcdServeOneMesh() throws {
+    let etcd = try EtcdServer()
+    defer { etcd.stop() }
+    let mesh = try MeshFixture("replicas", services: [])
+    func start(_ name: String) throws -> ServiceProcess {
+      try ServiceProcess(
+        binary("control-plane"),
+        [
+          "--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", mesh.certs,
+          "--data", mesh.directory.appendingPathComponent(name).path, "--store", etcd.url,
+          "--replica", name,
+        ], timeout: 90)
+    }
+    let a = try start("a")
+    defer { a.stop() }
+    // The operator signs the second one's issuer as soon as it asks.
+    let b = try withOperatorSigning(
+      csr: mesh.directory.appendingPathComponent("b/issuer.csr").path,
+      out: mesh.directory.appendingPathComponent("b/issuer.pem").path, certs: mesh.certs
+    ) { try start("b") }
+    defer { b.stop() }
+    #expect(b.log.contains("no issuer of its own yet"), "\(b.log)")
+    #expect(b.log.contains("issuer installed"), "\(b.log)")
+    let keys = try FileManager.default.contentsOfDirectory(
+      atPath: mesh.directory.appendingPathComponent("b/keys").path)
+    #expect(keys.contains { $0.hasPrefix("issuer-") }, "\(keys)")
+
+    let users = try startService(
+      "user-service", database: mesh.directory.appendingPathComponent("users.sqlite"))
+    defer { users.stop() }
+    let registered = try mesh.joiningSidecar(
+      "users", app: users.address, plane: b, extra: "register: {lease: 4s}\n")
+    let client = try mesh.joiningSidecar("orders", app: "127.0.0.1:1", plane: a)
+    defer {
+      registered.process.stop()
+      client.process.stop()
+    }
+    func issuer(_ sidecar: RunningSidecar) throws -> String {
+      let page = try sidecar.adminPage("/certs").body
+      let object = try JSONSerialization.jsonObject(with: Data(page.utf8)) as? [String: Any]
+      return object?["issuer"] as? String ?? ""
+    }
+    // Each control plane signed with its own issuer.
+    #expect(try issuer(registered) != issuer(client), "\((try? issuer(registered)) ?? "")")
+
+    // The client, at the first control plane, calls users known only by the registration made
+    // at the second.
+    func callUsers() throws -> ProcessResult {
+      try rpc([
+        "call", "--plaintext", "--authority", "users", client.outbound,
+        "shop.v1.UserService/ListUsers", "-d", "{}",
+      ])
+    }
+    var called = try callUsers()
+    let deadline = Date().addingTimeInterval(30)
+    while called.status != 0, Date() < deadline {
+      Thread.sleep(forTimeInterval: 0.25)
+      called = try callUsers()
+    }
+    #expect(called.status == 0, "\(called.stdout)\(called.stderr)")
+
+    // A config applied at the second reaches the client at the first.
+    let file = try mesh.write("mesh.yaml", "services:\n  users: {loadBalancing: round-robin}\n")
+    #expect(try mesh.meshctl(["apply", "-f", file], plane: b).contains("as version 1"))
+    func clientVersion() throws -> Int? {
+      let text = try mesh.meshctl(["status", "-o", "json"], plane: a)
+      let document = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+      let rows = document?["sidecars"] as? [[String: Any]] ?? []
+      return rows.first { ($0["node"] as? String ?? "").hasPrefix("orders") }?["version"] as? Int
+    }
+    #expect(
+      try waitFor(seconds: 30) { try clientVersion() == 1 },
+      "\(((try? clientVersion()) ?? nil) ?? -1)")
+
+    // Gone without a word: etcd withdraws the registration when its lease runs out, and so
+    // does every control plane.
+    registered.process.kill()
+    #expect(
+      try waitFor(seconds: 30) {
+        !(try mesh.meshctl(["get", "endpoints", "-o", "json"], plane: a)).contains("registered")
+      }, "\((try? mesh.meshctl(["get", "endpoints", "-o", "json"], plane: a)) ?? "")")
+  }
+
+  /// Runs `body` while signing, as the operator would, the issuer CSR a control plane writes.
+  func withOperatorSigning<Result>(
+    csr: String, out: String, certs: String, _ body: () throws -> Result
+  ) throws -> Result {
+    let signed = DispatchSemaphore(value: 0)
+    let outcome = Mutex<String>("")
+    DispatchQueue.global().async {
+      defer { signed.signal() }
+      let deadline = Date().addingTimeInterval(90)
+      while !FileManager.default.fileExists(atPath: csr), Date() < deadline {
+        Thread.sleep(forTimeInterval: 0.1)
+      }
+      let result = try? run(
+        binary("meshctl"), ["certs", "sign-issuer", csr, "--out", out, "--dir", certs])
+      outcome.withLock {
+        $0 = "\(result?.status ?? -1) \(result?.stdout ?? "") \(result?.stderr ?? "")"
+      }
+    }
+    let result = try body()
+    signed.wait()
+    let text = outcome.withLock { $0 }
+    #expect(text.hasPrefix("0 signed issuer"), "\(text)")
+    return result
+  }
+
+  func waitFor(seconds: Double, _ condition: () throws -> Bool) throws -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+      if try condition() { return true }
+      Thread.sleep(forTimeInterval: 0.25)
+    }
+    return false
   }
 }

@@ -40,9 +40,9 @@ import Testing
       // Each control plane keeps its keys on its own disk.
       return Stores(
         first: try EtcdControlStore(
-          etcd: client, keyDirectory: directory.appendingPathComponent("a").path),
+          etcd: client, replica: "a", keyDirectory: directory.appendingPathComponent("a").path),
         second: try EtcdControlStore(
-          etcd: client, keyDirectory: directory.appendingPathComponent("b").path),
+          etcd: client, replica: "b", keyDirectory: directory.appendingPathComponent("b").path),
         keep: [server, client])
     }
   }
@@ -180,8 +180,41 @@ import Testing
     for kv in everything.kvs {
       #expect(!String(decoding: kv.value, as: UTF8.self).contains("PRIVATE KEY"))
     }
-    // Another control plane sees the generation, and says it does not hold its key.
-    await #expect(throws: EtcdError.self) { try await stores.second.currentTrust() }
+    // Another control plane sees the generation, and says it has no issuer of its own.
+    await #expect(throws: NoIssuerOfItsOwn.self) { try await stores.second.currentTrust() }
+  }
+
+  /// Each control plane on etcd signs with an issuer of its own, under the generation in
+  /// force: one installs the first generation, the others record their issuers.
+  @Test func eachControlPlaneOnEtcdHasAnIssuerOfItsOwn() async throws {
+    let stores = try await Self.stores(.etcd)
+    let first = try #require(stores.first as? EtcdControlStore)
+    let second = try #require(stores.second as? EtcdControlStore)
+    async let one = first.storeFirstTrust(bundle: "B1", issuer: "IA", issuerKey: "KA", reason: "r")
+    async let two = second.storeFirstTrust(
+      bundle: "B1", issuer: "IB", issuerKey: "KB", reason: "r")
+    let won = try await [one, two]
+    #expect(won.filter { $0 }.count == 1, "\(won)")
+    let (winner, other) = won[0] ? (first, second) : (second, first)
+    await #expect(throws: NoIssuerOfItsOwn.self) { try await other.currentTrust() }
+    try await other.recordIssuer(certificate: "IO", key: "KO")
+    #expect(try await other.currentTrust()?.issuer == "IO")
+    #expect(try await other.currentTrust()?.issuerKey == "KO")
+    #expect(Set(try await winner.issuersInForce()) == [won[0] ? "IA" : "IB", "IO"])
+
+    // A new generation from one (new roots, same issuer) is in force at both, each with its
+    // own issuer.
+    #expect(
+      try await winner.storeTrust(
+        bundle: "B2", issuer: won[0] ? "IA" : "IB", issuerKey: won[0] ? "KA" : "KB", reason: "roots"
+      )
+        == 2)
+    let seen = try #require(try await other.currentTrust())
+    #expect(seen.generation == 2 && seen.bundle == "B2" && seen.issuer == "IO")
+    #expect(try await other.currentBundle() == "B2")
+    #expect(
+      try await first.storeFirstTrust(bundle: "B3", issuer: "I", issuerKey: "K", reason: "")
+        == false)
   }
 
   /// What a follower of the store was handed, in order.
@@ -225,7 +258,7 @@ import Testing
     try await stores.first.requestRenewal(of: "spiffe://mesh.test/svc/a", now: at)
     try await stores.first.setRegistration(node: "n1", endpoint: Data([1]), lease: .seconds(30))
     try await stores.first.setRegistration(node: "n1", endpoint: nil, lease: .zero)
-    let all = try await followed.wait { $0.count >= 10 }
+    let all = try await followed.wait { $0.count >= 11 }
     let configs = all.compactMap { change -> Int64? in
       if case .config(let config) = change { return config.version } else { return nil }
     }
@@ -233,7 +266,7 @@ import Testing
     #expect(
       Array(all.dropFirst(6))
         == [
-          .trust(generation: 1), .renewal(spiffeID: "spiffe://mesh.test/svc/a", at: at),
+          .trust(generation: 1), .issuers, .renewal(spiffeID: "spiffe://mesh.test/svc/a", at: at),
           .registration(node: "n1", endpoint: Data([1])), .registration(node: "n1", endpoint: nil),
         ], "\(all)")
     #expect(all.filter { $0 == .resync }.count == 1)
