@@ -31,6 +31,8 @@ public struct ControlPlane: Service {
     /// This control plane's name among those sharing an etcd store; nil: the one kept in
     /// `data/replica`, made at first start.
     public var replica: String?
+    /// How often the leader sweeps expired records (and, on etcd, compacts history).
+    public var sweepInterval: Duration = .seconds(60)
     public var trustDomain: String
     public var leafLifetime: TimeInterval
     /// How many spans, and for how long, the trace store keeps.
@@ -130,6 +132,26 @@ public struct ControlPlane: Service {
         group.addTask {
           // What other control planes on the same store change reaches this one's sidecars.
           try await cancelWhenGracefulShutdown { try await control.followStore(logger: logger) }
+        }
+        group.addTask { [sweepInterval = configuration.sweepInterval] in
+          // What must happen once, whatever the number of control planes, their leader does.
+          try? await cancelWhenGracefulShutdown {
+            try await store.whileLeading {
+              logger.info("leading: sweeping the store", metadata: ["store": "\(store.kind)"])
+              defer { logger.info("no longer leading") }
+              while !Task.isCancelled {
+                do {
+                  let swept = try await store.sweep(now: Date())
+                  if swept > 0 {
+                    logger.info("swept expired records", metadata: ["count": "\(swept)"])
+                  }
+                } catch {
+                  logger.error("cannot sweep the store", metadata: ["error": "\(error)"])
+                }
+                try await Task.sleep(for: sweepInterval)
+              }
+            }
+          }
         }
         group.addTask {
           // A sidecar that vanished loses its registration when its lease runs out.

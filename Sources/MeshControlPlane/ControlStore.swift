@@ -10,6 +10,9 @@ import Foundation
 /// however many callers race for it, and numbers configuration versions and trust generations
 /// without a gap or a repeat.
 public protocol ControlStore: Sendable {
+  /// The engine, as logs name it: `sqlite` or `etcd`.
+  var kind: String { get }
+
   /// A new join token for `spiffeID`, valid for `ttl`; only its SHA-256 is stored.
   func createToken(
     for spiffeID: String, ttl: TimeInterval, now: Date
@@ -73,7 +76,20 @@ public protocol ControlStore: Sendable {
   /// state that read saw; `.resync` again whenever changes may have been missed. A store that
   /// only this process writes (SQLite) returns at once.
   func follow(_ body: @escaping @Sendable (StoreChange) async throws -> Void) async throws
+
+  /// Runs `body` while this control plane leads those sharing the store — at once, and for as
+  /// long as it runs, for a store only it uses — and cancels it when the lead is lost. Returns
+  /// when the task is cancelled.
+  func whileLeading(_ body: @escaping @Sendable () async throws -> Void) async throws
+
+  /// Deletes what is past use: join tokens and records of certificates a day after they
+  /// expired; in etcd, also the history older than the previous sweep (etcd keeps every
+  /// revision until it is compacted). Returns how many records went.
+  func sweep(now: Date) async throws -> Int
 }
+
+/// How long a join token or a certificate record outlives its expiry in the store.
+let expiredRecordsKept: TimeInterval = 86_400
 
 /// A change to the store, as `ControlStore.follow` hands it on.
 public enum StoreChange: Sendable, Equatable {

@@ -1,6 +1,7 @@
 import Crypto
 import EtcdAPI
 import Foundation
+import GRPCCore
 import Synchronization
 
 /// The control plane's state in etcd, under one key prefix (`/trellis/` by default), for
@@ -29,16 +30,26 @@ public final class EtcdControlStore: ControlStore {
   private let keyDirectory: URL
   /// The etcd lease of each registration this control plane stored, by node.
   private let leases = Mutex<[String: Int64]>([:])
+  /// How long the leader's lease lasts: how soon another takes over from a leader that died.
+  private let leaderLease: Duration
+  /// How much history the leader leaves when it compacts.
+  private let historyKept: Duration
+  private let leading = Mutex(false)
+  /// Revisions seen at each sweep, oldest first: what to compact to once old enough.
+  private let revisions = Mutex<[(revision: Int64, at: ContinuousClock.Instant)]>([])
 
   /// This control plane's name among those sharing the store.
   public let replica: String
 
   public init(
-    etcd: EtcdClient, prefix: String = "/trellis/", replica: String, keyDirectory: String
+    etcd: EtcdClient, prefix: String = "/trellis/", replica: String, keyDirectory: String,
+    leaderLease: Duration = .seconds(10), historyKept: Duration = .seconds(300)
   ) throws {
     self.etcd = etcd
     self.prefix = prefix
     self.replica = replica
+    self.leaderLease = leaderLease
+    self.historyKept = historyKept
     self.keyDirectory = URL(fileURLWithPath: keyDirectory)
     try FileManager.default.createDirectory(
       atPath: keyDirectory, withIntermediateDirectories: true,
@@ -267,6 +278,8 @@ public final class EtcdControlStore: ControlStore {
     try await etcd.list(prefix: key("registrations/")).kvs.map(\.value)
   }
 
+  public var kind: String { "etcd" }
+
   /// A registration lives on an etcd lease of its own, which this control plane keeps alive
   /// while the sidecar renews here: when the sidecar (or this control plane) goes, etcd deletes
   /// the key once the lease runs out, and every control plane's watch withdraws the endpoint.
@@ -436,6 +449,121 @@ public final class EtcdControlStore: ControlStore {
     return nil
   }
 
+  // MARK: The leader, and what it sweeps
+
+  /// Leads while the `leader` key is this control plane's, on a lease it keeps alive. Another
+  /// takes over once the lease runs out: within `leaderLease` of a leader that died.
+  public func whileLeading(_ body: @escaping @Sendable () async throws -> Void) async throws {
+    let key = key("leader")
+    while !Task.isCancelled {
+      do {
+        if try await etcd.get(key) == nil {
+          let lease = try await etcd.grantLease(ttl: Self.seconds(leaderLease))
+          let taken = try await etcd.txn(
+            .init(if: Self.absent(key), then: [Self.put(key, Data(replica.utf8), lease: lease)]))
+          if taken.succeeded {
+            try await lead(on: lease, body)
+            continue
+          }
+          try? await etcd.revokeLease(lease)
+        }
+      } catch  where Task.isCancelled {
+        return
+      } catch {
+        // etcd away: try again.
+      }
+      try? await Task.sleep(for: .milliseconds(250))
+    }
+  }
+
+  /// Runs `body` while `lease` lives; ends it when the lease cannot be kept.
+  private func lead(
+    on lease: Int64, _ body: @escaping @Sendable () async throws -> Void
+  )
+    async throws
+  {
+    leading.withLock { $0 = true }
+    defer { leading.withLock { $0 = false } }
+    await withTaskGroup(of: Void.self) { group in
+      group.addTask { try? await body() }
+      group.addTask { [etcd, leaderLease] in
+        var kept = ContinuousClock.now
+        while !Task.isCancelled {
+          try? await Task.sleep(for: leaderLease / 4)
+          do {
+            guard try await etcd.keepAlive(lease) != nil else { return }
+            kept = .now
+          } catch {
+            // Lost for good once the lease has run out since the last renewal.
+            if ContinuousClock.now - kept >= leaderLease { return }
+          }
+        }
+      }
+      await group.next()
+      group.cancelAll()
+    }
+    // Stepping down (or shutting down): another takes over at once. A task of its own, so
+    // that the cancellation that ended the lead does not cancel the revocation too.
+    await Task { [etcd] in try? await etcd.revokeLease(lease) }.value
+  }
+
+  /// Whether this control plane leads now.
+  public var isLeading: Bool { leading.withLock { $0 } }
+
+  /// Who leads now, if anyone.
+  public func leader() async throws -> String? {
+    try await etcd.get(key("leader")).map { String(decoding: $0.value, as: UTF8.self) }
+  }
+
+  public func sweep(now: Date) async throws -> Int {
+    let before = now.addingTimeInterval(-expiredRecordsKept)
+    var expired: [String] = []
+    for kv in try await etcd.list(prefix: key("tokens/")).kvs {
+      let record = try Self.decode(TokenRecord.self, kv.value)
+      if Double(record.expiresAt) < before.timeIntervalSince1970 {
+        expired.append(String(decoding: kv.key, as: UTF8.self))
+      }
+    }
+    for kv in try await etcd.list(prefix: key("certificates/")).kvs {
+      let record = try Self.decode(IssuedCertificate.self, kv.value)
+      if record.notAfter < before { expired.append(String(decoding: kv.key, as: UTF8.self)) }
+    }
+    // etcd takes at most 128 operations in one transaction.
+    var start = expired.startIndex
+    while start < expired.endIndex {
+      let end = min(start + 100, expired.endIndex)
+      _ = try await etcd.txn(
+        .init(
+          then: expired[start..<end].map { name in
+            var operation = Etcdserverpb_RequestOp()
+            operation.requestDeleteRange.key = Data(name.utf8)
+            return operation
+          }))
+      start = end
+    }
+    try await compactHistory()
+    return expired.count
+  }
+
+  /// Compacts to the newest revision seen `historyKept` ago: etcd then keeps that much history
+  /// (for watches resuming after a break) and no more.
+  private func compactHistory() async throws {
+    let revision = try await etcd.status().header.revision
+    let now = ContinuousClock.now
+    let due = revisions.withLock { samples -> Int64? in
+      samples.append((revision, now))
+      let old = samples.filter { now - $0.at >= historyKept }
+      samples.removeAll { now - $0.at >= historyKept }
+      return old.last?.revision
+    }
+    guard let due else { return }
+    do {
+      try await etcd.compact(revision: due)
+    } catch let error as RPCError where error.message.contains("compacted") {
+      // Another leader compacted past it already.
+    }
+  }
+
   // MARK: Keys and values
 
   private func key(_ name: String) -> String { prefix + name }
@@ -477,10 +605,15 @@ public final class EtcdControlStore: ControlStore {
     return compare
   }
 
-  private static func put(_ key: String, _ value: Data) -> Etcdserverpb_RequestOp {
+  private static func put(
+    _ key: String, _ value: Data, lease: Int64 = 0
+  )
+    -> Etcdserverpb_RequestOp
+  {
     var operation = Etcdserverpb_RequestOp()
     operation.requestPut.key = Data(key.utf8)
     operation.requestPut.value = value
+    operation.requestPut.lease = lease
     return operation
   }
 }

@@ -246,6 +246,8 @@ public final class SQLiteControlStore: ControlStore {
 
   // MARK: Registrations
 
+  public var kind: String { "sqlite" }
+
   /// Every registered endpoint (a `RegisteredEndpoint` message each).
   public var withdrawsExpiredRegistrations: Bool { false }
 
@@ -254,6 +256,22 @@ public final class SQLiteControlStore: ControlStore {
 
   /// Only this process writes the file: there is nothing to follow.
   public func follow(_ body: @escaping @Sendable (StoreChange) async throws -> Void) {}
+
+  /// Only this process uses the file: it leads.
+  public func whileLeading(_ body: @escaping @Sendable () async throws -> Void) async throws {
+    try await body()
+  }
+
+  public func sweep(now: Date) throws -> Int {
+    let before = Int64(now.timeIntervalSince1970 - expiredRecordsKept)
+    return try database.write { db in
+      try db.execute(sql: "DELETE FROM tokens WHERE expires_at < ?", arguments: [before])
+      var deleted = db.changesCount
+      try db.execute(sql: "DELETE FROM certificates WHERE not_after < ?", arguments: [before])
+      deleted += db.changesCount
+      return deleted
+    }
+  }
 
   public func registrations() throws -> [Data] {
     try database.read { db in

@@ -149,6 +149,17 @@ import Testing
       try waitFor(seconds: 30) {
         !(try mesh.meshctl(["get", "endpoints", "-o", "json"], plane: a)).contains("registered")
       }, "\((try? mesh.meshctl(["get", "endpoints", "-o", "json"], plane: a)) ?? "")")
+
+    // One of them leads (it sweeps the store); killed, the other leads within one lease
+    // (10 s).
+    let (leader, other) = a.log.contains("leading: sweeping") ? (a, b) : (b, a)
+    #expect(leader.log.contains("leading: sweeping"), "\(leader.log)")
+    #expect(!other.log.contains("leading: sweeping"), "\(other.log)")
+    leader.kill()
+    let killed = Date()
+    #expect(try waitFor(seconds: 30) { other.log.contains("leading: sweeping") })
+    print(
+      "leader killed: the other control plane leads after \(Date().timeIntervalSince(killed)) s")
   }
 
   /// Runs `body` while signing, as the operator would, the issuer CSR a control plane writes.

@@ -20,7 +20,9 @@ import Testing
     let keep: [any Sendable]
   }
 
-  static func stores(_ engine: Engine) async throws -> Stores {
+  static func stores(
+    _ engine: Engine, leaderLease: Duration = .seconds(10), historyKept: Duration = .seconds(300)
+  ) async throws -> Stores {
     let directory = try makeTemporaryDirectory("control-store")
     switch engine {
     case .sqlite:
@@ -40,9 +42,11 @@ import Testing
       // Each control plane keeps its keys on its own disk.
       return Stores(
         first: try EtcdControlStore(
-          etcd: client, replica: "a", keyDirectory: directory.appendingPathComponent("a").path),
+          etcd: client, replica: "a", keyDirectory: directory.appendingPathComponent("a").path,
+          leaderLease: leaderLease, historyKept: historyKept),
         second: try EtcdControlStore(
-          etcd: client, replica: "b", keyDirectory: directory.appendingPathComponent("b").path),
+          etcd: client, replica: "b", keyDirectory: directory.appendingPathComponent("b").path,
+          leaderLease: leaderLease, historyKept: historyKept),
         keep: [server, client])
     }
   }
@@ -301,5 +305,82 @@ import Testing
     // The last renewal was at 5 s; its lease of 3 s ran out, and etcd noticed within a second
     // or so (loaded machines take longer).
     #expect(gone > .seconds(7.5), "withdrawn after \(gone)")
+  }
+
+  /// The leader sweeps join tokens and certificate records a day past their expiry, and
+  /// nothing younger; on etcd it also compacts the history it has seen grow old.
+  @Test(arguments: Engine.allCases)
+  func theSweepDeletesWhatIsPastUse(_ engine: Engine) async throws {
+    let stores = try await Self.stores(engine, historyKept: .zero)
+    let store = stores.first
+    let now = Date()
+    let (old, _) = try await store.createToken(
+      for: "spiffe://mesh.test/svc/a", ttl: 600, now: now.addingTimeInterval(-3 * 86_400))
+    let (fresh, _) = try await store.createToken(
+      for: "spiffe://mesh.test/svc/a", ttl: 600, now: now.addingTimeInterval(-3_600))
+    try await store.recordCertificate(
+      serial: "01", spiffeID: "spiffe://mesh.test/svc/a",
+      notAfter: now.addingTimeInterval(-2 * 86_400), issuerSerial: "ff", now: now)
+    try await store.recordCertificate(
+      serial: "02", spiffeID: "spiffe://mesh.test/svc/a",
+      notAfter: now.addingTimeInterval(-3_600), issuerSerial: "ff", now: now)
+    #expect(try await store.sweep(now: now) == 2)
+    #expect(try await store.redeemToken(old, spend: false, now: now) == .failure(.unknown))
+    #expect(try await store.redeemToken(fresh, spend: false, now: now) == .failure(.expired))
+    #expect(try await store.issuedCertificate(serial: "01") == nil)
+    #expect(try await store.issuedCertificate(serial: "02") != nil)
+    #expect(try await store.sweep(now: now) == 0)
+
+    guard engine == .etcd, let client = stores.keep.last as? EtcdClient else { return }
+    // The second sweep compacted to the revision the first saw: a watch from the start of
+    // history is refused.
+    await #expect(throws: EtcdError.self) {
+      try await client.watch(prefix: "/trellis/", from: 1) { _ in false }
+    }
+  }
+
+  /// Of control planes on one etcd, one leads at a time; when it steps down, another leads
+  /// at once.
+  @Test func oneControlPlaneLeadsAtATime() async throws {
+    let stores = try await Self.stores(.etcd, leaderLease: .seconds(3))
+    final class Leading: Sendable {
+      let names = Mutex<[String]>([])
+      func withLock<T>(_ body: (inout [String]) -> T) -> T { names.withLock { body(&$0) } }
+    }
+    let leading = Leading()
+    func run(_ store: any ControlStore, _ name: String) -> Task<Void, any Error> {
+      Task { [leading] in
+        try await store.whileLeading {
+          leading.withLock { $0.append(name) }
+          defer { leading.withLock { $0.removeAll { $0 == name } } }
+          try await Task.sleep(for: .seconds(3600))
+        }
+      }
+    }
+    let one = run(stores.first, "a")
+    let two = run(stores.second, "b")
+    defer {
+      one.cancel()
+      two.cancel()
+    }
+    var leaders: [String] = []
+    for _ in 0..<40 {
+      try await Task.sleep(for: .milliseconds(50))
+      leaders = leading.withLock { $0 }
+      #expect(leaders.count <= 1, "\(leaders)")
+    }
+    let first = try #require(leaders.first)
+    let etcd = try #require(stores.first as? EtcdControlStore)
+    #expect(try await etcd.leader() == first)
+    (first == "a" ? one : two).cancel()
+    let handedOver = ContinuousClock.now
+    while leading.withLock({ $0 }) != [first == "a" ? "b" : "a"],
+      ContinuousClock.now - handedOver < .seconds(10)
+    {
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    #expect(leading.withLock { $0 } == [first == "a" ? "b" : "a"])
+    // Stepping down revokes the lease: the other leads well within one lease.
+    #expect(ContinuousClock.now - handedOver < .seconds(3))
   }
 }
