@@ -70,6 +70,8 @@ public struct ControlPlane: Service {
   public func run() async throws {
     let store: any ControlStore
     var etcd: EtcdClient?
+    let replica = try configuration.replica ?? Self.replicaName(in: configuration.data)
+    let startedAt = Date()
     switch configuration.store {
     case .sqlite:
       store = try SQLiteControlStore(directory: configuration.data)
@@ -78,7 +80,6 @@ public struct ControlPlane: Service {
       Task { try await client.run() }
       etcd = client
       try await client.waitUntilReachable(timeout: .seconds(30))
-      let replica = try configuration.replica ?? Self.replicaName(in: configuration.data)
       store = try EtcdControlStore(
         etcd: client, replica: replica, keyDirectory: configuration.data + "/keys")
       logger.info(
@@ -186,6 +187,17 @@ public struct ControlPlane: Service {
             "address": "\(Self.describe(listening))", "join_address": "\(Self.describe(joining))",
             "identity": "\(identity)",
           ])
+        group.addTask {
+          // The others, and the operator's tools, find this one in the store.
+          try? await cancelWhenGracefulShutdown {
+            try await store.announce {
+              ReplicaAnnouncement(
+                name: replica, address: Self.describe(listening),
+                joinAddress: Self.describe(joining), startedAt: startedAt,
+                issuer: "\(trust.current.issuer.certificate.subject)")
+            }
+          }
+        }
       }
     } onGracefulShutdown: {
       logger.info("shutting down")

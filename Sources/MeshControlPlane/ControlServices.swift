@@ -419,6 +419,26 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     return response
   }
 
+  public func replicas(
+    request: Trellis_Mesh_V1_ReplicasRequest, context: ServerContext
+  ) async throws -> Trellis_Mesh_V1_ReplicasResponse {
+    _ = try admin(context)
+    let leader = try await control.store.leader()
+    var response = Trellis_Mesh_V1_ReplicasResponse()
+    response.store = control.store.kind
+    response.replicas = try await control.store.replicas().sorted { $0.name < $1.name }.map {
+      var replica = Trellis_Mesh_V1_Replica()
+      replica.name = $0.name
+      replica.address = $0.address
+      replica.joinAddress = $0.joinAddress
+      replica.leader = $0.name == leader
+      replica.startedUnix = Int64($0.startedAt.timeIntervalSince1970)
+      replica.issuer = $0.issuer
+      return replica
+    }
+    return response
+  }
+
   public func status(
     request: Trellis_Mesh_V1_StatusRequest, context: ServerContext
   ) async throws -> Trellis_Mesh_V1_StatusResponse {

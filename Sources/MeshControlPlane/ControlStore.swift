@@ -82,6 +82,15 @@ public protocol ControlStore: Sendable {
   /// when the task is cancelled.
   func whileLeading(_ body: @escaping @Sendable () async throws -> Void) async throws
 
+  /// Announces this control plane to those sharing the store, as `current` describes it,
+  /// until the task is cancelled; on etcd on a lease, so one that dies leaves the list within
+  /// it.
+  func announce(_ current: @escaping @Sendable () -> ReplicaAnnouncement) async throws
+  /// Every control plane announced.
+  func replicas() async throws -> [ReplicaAnnouncement]
+  /// The name of the control plane that leads now, if any.
+  func leader() async throws -> String?
+
   /// Deletes what is past use: join tokens and records of certificates a day after they
   /// expired; in etcd, also the history older than the previous sweep (etcd keeps every
   /// revision until it is compacted). Returns how many records went.
@@ -90,6 +99,24 @@ public protocol ControlStore: Sendable {
 
 /// How long a join token or a certificate record outlives its expiry in the store.
 let expiredRecordsKept: TimeInterval = 86_400
+
+/// A control plane as it announces itself to the others.
+public struct ReplicaAnnouncement: Sendable, Equatable, Codable {
+  public var name: String
+  public var address: String
+  public var joinAddress: String
+  public var startedAt: Date
+  /// The subject of the issuer it signs with.
+  public var issuer: String
+
+  public init(name: String, address: String, joinAddress: String, startedAt: Date, issuer: String) {
+    self.name = name
+    self.address = address
+    self.joinAddress = joinAddress
+    self.startedAt = startedAt
+    self.issuer = issuer
+  }
+}
 
 /// A change to the store, as `ControlStore.follow` hands it on.
 public enum StoreChange: Sendable, Equatable {

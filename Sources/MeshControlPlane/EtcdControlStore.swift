@@ -515,6 +515,42 @@ public final class EtcdControlStore: ControlStore {
     try await etcd.get(key("leader")).map { String(decoding: $0.value, as: UTF8.self) }
   }
 
+  /// `replicas/<name>` on a lease of `leaderLease`, kept alive, and written again when what it
+  /// says changes.
+  public func announce(_ current: @escaping @Sendable () -> ReplicaAnnouncement) async throws {
+    let key = key("replicas/" + replica)
+    var lease: Int64?
+    var written: ReplicaAnnouncement?
+    defer {
+      if let lease { Task { [etcd] in try? await etcd.revokeLease(lease) } }
+    }
+    while !Task.isCancelled {
+      do {
+        let now = current()
+        if let held = lease, try await etcd.keepAlive(held) == nil { lease = nil }
+        if lease == nil {
+          lease = try await etcd.grantLease(ttl: Self.seconds(leaderLease))
+          written = nil
+        }
+        if now != written {
+          try await etcd.put(key, try Self.encode(now), lease: lease!)
+          written = now
+        }
+      } catch  where Task.isCancelled {
+        return
+      } catch {
+        // etcd away: try again.
+      }
+      try? await Task.sleep(for: leaderLease / 4)
+    }
+  }
+
+  public func replicas() async throws -> [ReplicaAnnouncement] {
+    try await etcd.list(prefix: key("replicas/")).kvs.map {
+      try Self.decode(ReplicaAnnouncement.self, $0.value)
+    }
+  }
+
   public func sweep(now: Date) async throws -> Int {
     let before = now.addingTimeInterval(-expiredRecordsKept)
     var expired: [String] = []

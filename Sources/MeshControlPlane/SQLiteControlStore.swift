@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import GRDB
+import Synchronization
 
 /// The control plane's state in SQLite (WAL, `synchronous = FULL`), the embedded default: join
 /// tokens (as hashes), the certificates it issued, and the numbered versions of the mesh's
@@ -8,6 +9,7 @@ import GRDB
 /// loses nothing that was acknowledged.
 public final class SQLiteControlStore: ControlStore {
   private let database: DatabasePool
+  private let announced = Mutex<ReplicaAnnouncement?>(nil)
 
   /// Opens (creating if needed) `control.sqlite` in `directory`.
   public init(directory: String) throws {
@@ -261,6 +263,20 @@ public final class SQLiteControlStore: ControlStore {
   public func whileLeading(_ body: @escaping @Sendable () async throws -> Void) async throws {
     try await body()
   }
+
+  /// Only this process uses the file: it is the one control plane there is, and leads.
+  public func announce(_ current: @escaping @Sendable () -> ReplicaAnnouncement) async throws {
+    while !Task.isCancelled {
+      announced.withLock { $0 = current() }
+      try await Task.sleep(for: .seconds(1))
+    }
+  }
+
+  public func replicas() -> [ReplicaAnnouncement] {
+    announced.withLock { $0.map { [$0] } ?? [] }
+  }
+
+  public func leader() -> String? { announced.withLock { $0?.name } }
 
   public func sweep(now: Date) throws -> Int {
     let before = Int64(now.timeIntervalSince1970 - expiredRecordsKept)

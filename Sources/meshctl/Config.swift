@@ -48,7 +48,47 @@ struct Apply: AsyncParsableCommand {
 struct Get: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Show what the control plane holds.",
-    subcommands: [ConfigCommand.self, RoutesCommand.self, EndpointsCommand.self])
+    subcommands: [
+      ConfigCommand.self, RoutesCommand.self, EndpointsCommand.self, ReplicasCommand.self,
+    ])
+
+  /// `meshctl get replicas [-o table|json|yaml]`
+  struct ReplicasCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+      commandName: "replicas",
+      abstract: "Every control plane serving the mesh, and which one leads.",
+      usage: "meshctl get replicas [<options>]")
+
+    @Option(name: .short, help: "Output: table, json or yaml.") var output: OutputFormat = .table
+    @OptionGroup var controlPlane: ControlPlaneOptions
+
+    func run() async throws {
+      let response = try await controlPlane.withAdmin {
+        try await $0.replicas(Trellis_Mesh_V1_ReplicasRequest())
+      }
+      switch output {
+      case .json, .yaml:
+        try printStructured(
+          response.replicas.map { replica -> [String: Any] in
+            [
+              "name": replica.name, "address": replica.address,
+              "join_address": replica.joinAddress, "leader": replica.leader,
+              "started_at": isoDate(replica.startedUnix), "issuer": replica.issuer,
+              "store": response.store,
+            ]
+          }, output)
+      case .table:
+        var table = [["NAME", "ADDRESS", "JOIN", "LEADER", "STARTED", "ISSUER"]]
+        for replica in response.replicas {
+          table.append([
+            replica.name, replica.address, replica.joinAddress, replica.leader ? "yes" : "-",
+            isoDate(replica.startedUnix), replica.issuer,
+          ])
+        }
+        printTable(table)
+      }
+    }
+  }
 
   struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -111,6 +111,20 @@ import Testing
     #expect(verified.stdout == key.stdout, "the certificate is for the CSR's key")
   }
 
+  /// On SQLite there is one control plane: it lists itself, leading.
+  @Test func theOneControlPlaneOnSQLiteListsItself() throws {
+    var listed = try meshctl(["get", "replicas"])
+    let deadline = Date().addingTimeInterval(10)
+    while !listed.stdout.contains(api), Date() < deadline {
+      Thread.sleep(forTimeInterval: 0.2)
+      listed = try meshctl(["get", "replicas"])
+    }
+    let lines = listed.stdout.split(separator: "\n")
+    #expect(lines.count == 2, "\(listed.stdout)\(listed.stderr)")
+    #expect(lines.last?.contains(api) == true && lines.last?.contains(join) == true)
+    #expect(lines.last?.contains(" yes ") == true, "\(listed.stdout)")
+  }
+
   @Test func aJoinTokenBuysOneCertificateThatOpenSSLVerifies() throws {
     let tokenFile = mesh.directory.appendingPathComponent("orders.token").path
     let created = try meshctl(["tokens", "create", "--service", "orders", "--out", tokenFile])

@@ -150,8 +150,17 @@ import Testing
         !(try mesh.meshctl(["get", "endpoints", "-o", "json"], plane: a)).contains("registered")
       }, "\((try? mesh.meshctl(["get", "endpoints", "-o", "json"], plane: a)) ?? "")")
 
-    // One of them leads (it sweeps the store); killed, the other leads within one lease
-    // (10 s).
+    // Both are listed at either, one of them leading (it sweeps the store); killed, the other
+    // leads within one lease (10 s).
+    func replicas(at plane: ServiceProcess) throws -> [[String: Any]] {
+      let text = try mesh.meshctl(["get", "replicas", "-o", "json"], plane: plane)
+      return try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]] ?? []
+    }
+    let listed = try replicas(at: b)
+    #expect(listed.map { $0["name"] as? String } == ["a", "b"], "\(listed)")
+    #expect(listed.map { $0["address"] as? String } == [a.address, b.address], "\(listed)")
+    #expect(listed.filter { $0["leader"] as? Bool == true }.count == 1, "\(listed)")
+    #expect(Set(listed.compactMap { $0["issuer"] as? String }).count == 2, "\(listed)")
     let (leader, other) = a.log.contains("leading: sweeping") ? (a, b) : (b, a)
     #expect(leader.log.contains("leading: sweeping"), "\(leader.log)")
     #expect(!other.log.contains("leading: sweeping"), "\(other.log)")
@@ -160,6 +169,9 @@ import Testing
     #expect(try waitFor(seconds: 30) { other.log.contains("leading: sweeping") })
     print(
       "leader killed: the other control plane leads after \(Date().timeIntervalSince(killed)) s")
+    // The dead one leaves the list when its lease runs out.
+    #expect(try waitFor(seconds: 30) { try replicas(at: other).count == 1 })
+    #expect(try replicas(at: other).first?["leader"] as? Bool == true)
   }
 
   /// Runs `body` while signing, as the operator would, the issuer CSR a control plane writes.

@@ -488,6 +488,19 @@ public enum Trellis_Mesh_V1_Admin: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "Replicas" metadata.
+        public enum Replicas: Sendable {
+            /// Request type for "Replicas".
+            public typealias Input = Trellis_Mesh_V1_ReplicasRequest
+            /// Response type for "Replicas".
+            public typealias Output = Trellis_Mesh_V1_ReplicasResponse
+            /// Descriptor for "Replicas".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.mesh.v1.Admin"),
+                method: "Replicas",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "trellis.mesh.v1.Admin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             CreateToken.descriptor,
@@ -497,7 +510,8 @@ public enum Trellis_Mesh_V1_Admin: Sendable {
             Rollback.descriptor,
             Status.descriptor,
             PrepareIssuer.descriptor,
-            Rotate.descriptor
+            Rotate.descriptor,
+            Replicas.descriptor
         ]
     }
 }
@@ -675,6 +689,25 @@ extension Trellis_Mesh_V1_Admin {
             request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_RotateRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_RotateProgress>
+
+        /// Handle the "Replicas" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every control plane serving the mesh: this one alone on SQLite; on etcd, each that runs
+        /// > (announced on a lease), so that an operator's tools can ask every one.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Trellis_Mesh_V1_ReplicasRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Mesh_V1_ReplicasResponse` messages.
+        func replicas(
+            request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_ReplicasRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_ReplicasResponse>
     }
 
     /// Service protocol for the "trellis.mesh.v1.Admin" service.
@@ -836,6 +869,25 @@ extension Trellis_Mesh_V1_Admin {
             request: GRPCCore.ServerRequest<Trellis_Mesh_V1_RotateRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_RotateProgress>
+
+        /// Handle the "Replicas" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every control plane serving the mesh: this one alone on SQLite; on etcd, each that runs
+        /// > (announced on a lease), so that an operator's tools can ask every one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_ReplicasRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Trellis_Mesh_V1_ReplicasResponse` message.
+        func replicas(
+            request: GRPCCore.ServerRequest<Trellis_Mesh_V1_ReplicasRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_ReplicasResponse>
     }
 
     /// Simple service protocol for the "trellis.mesh.v1.Admin" service.
@@ -996,6 +1048,25 @@ extension Trellis_Mesh_V1_Admin {
             response: GRPCCore.RPCWriter<Trellis_Mesh_V1_RotateProgress>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "Replicas" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every control plane serving the mesh: this one alone on SQLite; on etcd, each that runs
+        /// > (announced on a lease), so that an operator's tools can ask every one.
+        ///
+        /// - Parameters:
+        ///   - request: A `Trellis_Mesh_V1_ReplicasRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Trellis_Mesh_V1_ReplicasResponse` to respond with.
+        func replicas(
+            request: Trellis_Mesh_V1_ReplicasRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Trellis_Mesh_V1_ReplicasResponse
     }
 }
 
@@ -1086,6 +1157,17 @@ extension Trellis_Mesh_V1_Admin.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_RotateProgress>(),
             handler: { request, context in
                 try await self.rotate(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Trellis_Mesh_V1_Admin.Method.Replicas.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_ReplicasRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_ReplicasResponse>(),
+            handler: { request, context in
+                try await self.replicas(
                     request: request,
                     context: context
                 )
@@ -1183,6 +1265,17 @@ extension Trellis_Mesh_V1_Admin.ServiceProtocol {
             context: context
         )
         return response
+    }
+
+    public func replicas(
+        request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_ReplicasRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_ReplicasResponse> {
+        let response = try await self.replicas(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
     }
 }
 
@@ -1294,6 +1387,19 @@ extension Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
                 )
                 return [:]
             }
+        )
+    }
+
+    public func replicas(
+        request: GRPCCore.ServerRequest<Trellis_Mesh_V1_ReplicasRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_ReplicasResponse> {
+        return GRPCCore.ServerResponse<Trellis_Mesh_V1_ReplicasResponse>(
+            message: try await self.replicas(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
         )
     }
 }
@@ -1497,6 +1603,30 @@ extension Trellis_Mesh_V1_Admin {
             deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_RotateProgress>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_RotateProgress>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Replicas" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every control plane serving the mesh: this one alone on SQLite; on etcd, each that runs
+        /// > (announced on a lease), so that an operator's tools can ask every one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_ReplicasRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_ReplicasRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_ReplicasResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func replicas<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_ReplicasRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_ReplicasRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_ReplicasResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_ReplicasResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1793,6 +1923,41 @@ extension Trellis_Mesh_V1_Admin {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "Replicas" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Every control plane serving the mesh: this one alone on SQLite; on etcd, each that runs
+        /// > (announced on a lease), so that an operator's tools can ask every one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_ReplicasRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_ReplicasRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_ReplicasResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func replicas<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_ReplicasRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_ReplicasRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_ReplicasResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_ReplicasResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Trellis_Mesh_V1_Admin.Method.Replicas.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2028,6 +2193,36 @@ extension Trellis_Mesh_V1_Admin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_RotateRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_RotateProgress>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Replicas" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Every control plane serving the mesh: this one alone on SQLite; on etcd, each that runs
+    /// > (announced on a lease), so that an operator's tools can ask every one.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Trellis_Mesh_V1_ReplicasRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func replicas<Result>(
+        request: GRPCCore.ClientRequest<Trellis_Mesh_V1_ReplicasRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_ReplicasResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.replicas(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_ReplicasRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_ReplicasResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2297,6 +2492,40 @@ extension Trellis_Mesh_V1_Admin.ClientProtocol {
             metadata: metadata
         )
         return try await self.rotate(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Replicas" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Every control plane serving the mesh: this one alone on SQLite; on etcd, each that runs
+    /// > (announced on a lease), so that an operator's tools can ask every one.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func replicas<Result>(
+        _ message: Trellis_Mesh_V1_ReplicasRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_ReplicasResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Trellis_Mesh_V1_ReplicasRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.replicas(
             request: request,
             options: options,
             onResponse: handleResponse
