@@ -20,8 +20,9 @@ import MeshIdentity
 /// trustDomain: trellis.local       # optional
 /// threads: 1                       # optional
 /// controlPlane:                    # instead of tls: the identity comes from the control plane
-///   address: 127.0.0.1:15000       #   its mutual-TLS API (renewals)
-///   join: 127.0.0.1:15001          #   its join listener (the first certificate)
+///   address: 127.0.0.1:15000       #   its mutual-TLS API (renewals); replicas: a list, or
+///                                  #   HOST:PORT,HOST:PORT — one at a time, the next if it fails
+///   join: 127.0.0.1:15001          #   its join listener (the first certificate); a list too
 ///   tokenFile: users.token         #   from `meshctl tokens create --out`, used once
 ///   bundle: certs/bundle.pem       #   verifies the control plane at first contact
 /// state: .trellis/users            # key, certificate and bundle kept across restarts
@@ -72,18 +73,18 @@ public struct SidecarBootstrap: Equatable, Sendable {
 
   /// The control plane's listeners and what pays for the first certificate.
   public struct ControlPlaneLink: Equatable, Sendable {
-    /// The mutual-TLS API (renewals).
-    public var address: Address
-    /// The join listener (the first certificate, with the token).
-    public var join: Address
+    /// The mutual-TLS APIs (config, renewals) of the control plane's replicas: one or more.
+    public var addresses: [Address]
+    /// Their join listeners (the first certificate, with the token).
+    public var joins: [Address]
     /// A file holding the join token (mode 0600), used once.
     public var tokenFile: String
     /// The trust bundle that verifies the control plane at first contact.
     public var bundle: String
 
-    public init(address: Address, join: Address, tokenFile: String, bundle: String) {
-      self.address = address
-      self.join = join
+    public init(addresses: [Address], joins: [Address], tokenFile: String, bundle: String) {
+      self.addresses = addresses
+      self.joins = joins
       self.tokenFile = tokenFile
       self.bundle = bundle
     }
@@ -146,6 +147,24 @@ public struct SidecarBootstrap: Equatable, Sendable {
         throw node.error(error.description)
       }
     }
+    /// One address or more: a list, or HOST:PORT[,HOST:PORT…].
+    func addresses(_ node: ConfigNode) throws -> [Address] {
+      let texts = try node.strings().flatMap { $0.split(separator: ",").map(String.init) }
+      guard !texts.isEmpty else { throw node.error("required") }
+      var seen: [Address] = []
+      for text in texts {
+        let parsed: Address
+        switch Result(catching: { () throws(AddressError) -> Address in
+          try Address(parsing: String(text.filter { $0 != " " }))
+        }) {
+        case .success(let address): parsed = address
+        case .failure(let error): throw node.error(error.description)
+        }
+        guard !seen.contains(parsed) else { throw node.error("\(parsed) is listed twice") }
+        seen.append(parsed)
+      }
+      return seen
+    }
     func path(_ node: ConfigNode) throws -> String {
       let text = try node.string()
       return text.hasPrefix("/") ? text : "\(directory)/\(text)"
@@ -157,7 +176,7 @@ public struct SidecarBootstrap: Equatable, Sendable {
     if fields["controlPlane"].isPresent {
       let node = try fields["controlPlane"].fields(["address", "join", "tokenFile", "bundle"])
       link = ControlPlaneLink(
-        address: try address(node["address"]), join: try address(node["join"]),
+        addresses: try addresses(node["address"]), joins: try addresses(node["join"]),
         tokenFile: try path(node["tokenFile"]), bundle: try path(node["bundle"]))
       state =
         fields["state"].isPresent ? try path(fields["state"]) : "\(directory)/.trellis/\(service)"

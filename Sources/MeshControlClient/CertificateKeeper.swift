@@ -37,15 +37,17 @@ public struct CertificateKeeper: Service {
   }
 
   private let link: SidecarBootstrap.ControlPlaneLink
+  private let replicas: ControlPlaneReplicas
   private let files: Files
   private let events: CertificateEvents
   private let logger: Logger
 
   public init(
-    link: SidecarBootstrap.ControlPlaneLink, files: Files, events: CertificateEvents,
-    logger: Logger
+    link: SidecarBootstrap.ControlPlaneLink, replicas: ControlPlaneReplicas, files: Files,
+    events: CertificateEvents, logger: Logger
   ) {
     self.link = link
+    self.replicas = replicas
     self.files = files
     self.events = events
     self.logger = logger
@@ -134,13 +136,36 @@ public struct CertificateKeeper: Service {
     try CertificateFiles.readCertificates(files.certificate)[0]
   }
 
-  /// One Certify call: with the token on the join listener, or over the current identity.
+  /// One Certify call: with the token on the join listener, or over the current identity; at
+  /// the replica in use, then at each other one while they cannot be reached.
   private func certify(token: String?) async throws -> Trellis_Mesh_V1_CertifyResponse {
     let key = P256.Signing.PrivateKey()
     var request = Trellis_Mesh_V1_CertifyRequest()
     request.csr = try CertificateSigningRequest.workloadPEM(key)
     request.token = token ?? ""
-    let target = token == nil ? link.address : link.join
+    let targets = token == nil ? replicas.ordered : replicas.orderedJoins
+    var response: Trellis_Mesh_V1_CertifyResponse?
+    for (index, target) in targets.enumerated() {
+      do {
+        response = try await certify(request, at: target, token: token)
+        break
+      } catch let error as RPCError
+        where index < targets.count - 1
+        && [.unavailable, .deadlineExceeded].contains(error.code)
+      {
+        logger.warning(
+          "the control plane at \(target) cannot be reached; trying another replica",
+          metadata: ["error": "\(error)"])
+      }
+    }
+    guard let response else { throw RPCError(code: .unavailable, message: "no replica answered") }
+    try write(key: key, response)
+    return response
+  }
+
+  private func certify(
+    _ request: Trellis_Mesh_V1_CertifyRequest, at target: Address, token: String?
+  ) async throws -> Trellis_Mesh_V1_CertifyResponse {
     let security: HTTP2ClientTransport.Posix.TransportSecurity
     if token == nil {
       security = .meshIdentity(
@@ -152,11 +177,9 @@ public struct CertificateKeeper: Service {
       target: .ipv4(address: target.host, port: target.port), transportSecurity: security)
     var options = CallOptions.defaults
     options.timeout = .seconds(10)
-    let response = try await withGRPCClient(transport: transport) { [request, options] client in
+    return try await withGRPCClient(transport: transport) { [request, options] client in
       try await Trellis_Mesh_V1_Identity.Client(wrapping: client).certify(request, options: options)
     }
-    try write(key: key, response)
-    return response
   }
 
   /// Writes key, then certificate, then bundle, each by rename, so a reader sees whole files.

@@ -61,7 +61,7 @@ public struct ConfigSubscriber: Service {
     }
   }
 
-  private let link: SidecarBootstrap.ControlPlaneLink
+  private let replicas: ControlPlaneReplicas
   private let files: CertificateKeeper.Files
   private let identity: Identity
   private let advertised: @Sendable () async -> String?
@@ -76,12 +76,12 @@ public struct ConfigSubscriber: Service {
   /// `advertised` gives the inbound address others dial once it is bound; `base` is the config
   /// the sidecar started with (its bootstrap's mesh file), run until the control plane sends one.
   public init(
-    link: SidecarBootstrap.ControlPlaneLink, files: CertificateKeeper.Files, identity: Identity,
+    replicas: ControlPlaneReplicas, files: CertificateKeeper.Files, identity: Identity,
     advertised: @escaping @Sendable () async -> String?, registering: Registering?,
     base: MeshConfig, state: String, events: CertificateEvents, logger: Logger,
     apply: @escaping @Sendable (MeshConfig, Int64) -> Void
   ) {
-    self.link = link
+    self.replicas = replicas
     self.files = files
     self.identity = identity
     self.advertised = advertised
@@ -347,12 +347,48 @@ public struct ConfigSubscriber: Service {
     }
   }
 
-  /// One subscription, until the stream ends (or, once shutdown began, two seconds after).
+  /// One subscription to the replica in use, until the stream ends (or, once shutdown began,
+  /// two seconds after). A replica that fails it — gone, hung, or not answering in time — is
+  /// left for the next; one that ends it by itself (aging its streams out) for one chosen at
+  /// random, so sidecars spread again over the replicas.
   private func stream(_ progress: Progress) async throws {
+    let address = replicas.current
+    do {
+      try await stream(progress, to: address)
+    } catch where !Task.isShuttingDownGracefully && !Task.isCancelled {
+      let next = replicas.failed(address)
+      if next != address {
+        logger.warning(
+          "moving to another control plane replica",
+          metadata: ["from": "\(address)", "to": "\(next)", "error": "\(error)"])
+      }
+      throw error
+    }
+    if !Task.isShuttingDownGracefully {
+      let next = replicas.spread()
+      if next != address {
+        logger.info(
+          "the control plane replica ended the config stream; moving to another",
+          metadata: ["from": "\(address)", "to": "\(next)"])
+      }
+    }
+  }
+
+  /// A replica that has not answered the subscription within this long is given up.
+  static let answerTimeout = Duration.seconds(10)
+
+  /// One subscription to `address`.
+  private func stream(_ progress: Progress, to address: Address) async throws {
     let transport = try HTTP2ClientTransport.Posix(
-      target: .ipv4(address: link.address.host, port: link.address.port),
+      target: .ipv4(address: address.host, port: address.port),
       transportSecurity: .meshIdentity(
-        certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
+        certificate: files.certificate, key: files.privateKey, bundle: files.bundle),
+      config: .defaults {
+        // A replica that stops answering (hung, or its host gone) is found out by pings.
+        $0.connection.keepalive = .init(
+          time: .seconds(10), timeout: .seconds(5), allowWithoutCalls: true)
+      })
+    let answered = Answered()
     let (requests, outbox) = AsyncStream.makeStream(of: Trellis_Mesh_V1_SubscribeRequest.self)
     guard progress.open(outbox) else { return }
     outbox.yield(progress.report(serial: certificateSerial()))
@@ -366,6 +402,7 @@ public struct ConfigSubscriber: Service {
               for await request in requests { try await writer.write(request) }
             },
             onResponse: { response in
+              answered.set()
               progress.established()
               for try await snapshot in response.messages {
                 progress.send(self.handle(snapshot, progress))
@@ -373,6 +410,15 @@ public struct ConfigSubscriber: Service {
               outbox.finish()
             })
         }
+      }
+      group.addTask {
+        try await Task.sleep(for: Self.answerTimeout)
+        if !answered.value {
+          throw RPCError(
+            code: .deadlineExceeded,
+            message: "the control plane at \(address) did not answer within \(Self.answerTimeout)")
+        }
+        try await Task.sleep(for: .seconds(1_000_000_000))
       }
       group.addTask {
         // A control plane that does not close the stream at shutdown gets two seconds.
@@ -525,4 +571,11 @@ public struct ConfigSubscriber: Service {
   private func write(_ files: [(path: String, data: Data)]) throws {
     for (path, data) in files { try CertificateFiles.replace(path, with: Array(data)) }
   }
+}
+
+/// Whether a replica answered a subscription.
+private final class Answered: Sendable {
+  private let answered = Mutex(false)
+  var value: Bool { answered.withLock { $0 } }
+  func set() { answered.withLock { $0 = true } }
 }

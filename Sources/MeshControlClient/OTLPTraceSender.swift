@@ -16,7 +16,8 @@ import MeshServiceKit
 /// configuration is read when it is made.
 public actor OTLPTraceSender {
   public enum Destination: Sendable {
-    case controlPlane(Address, CertificateKeeper.Files)
+    /// The collector of the control plane replica the sidecar uses now.
+    case controlPlane(ControlPlaneReplicas, CertificateKeeper.Files)
     case plaintext(Address)
   }
 
@@ -32,7 +33,7 @@ public actor OTLPTraceSender {
   /// Where the spans go, in words.
   public nonisolated var description: String {
     switch destination {
-    case .controlPlane(let address, _): "the control plane at \(address)"
+    case .controlPlane(let replicas, _): "the control plane at \(replicas)"
     case .plaintext(let address): "\(address)"
     }
   }
@@ -63,9 +64,9 @@ public actor OTLPTraceSender {
     client?.beginGracefulShutdown()
     let transport: HTTP2ClientTransport.Posix
     switch destination {
-    case .controlPlane(let address, let files):
+    case .controlPlane(let replicas, let files):
       transport = try HTTP2ClientTransport.Posix(
-        target: Self.target(address),
+        target: Self.target(replicas.current),
         transportSecurity: .meshIdentity(
           certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
     case .plaintext(let address):
@@ -89,9 +90,10 @@ public actor OTLPTraceSender {
     return .dns(host: address.host, port: address.port)
   }
 
+  /// What the connection depends on: the certificate files, and the replica in use.
   private func signature() -> [String]? {
-    guard case .controlPlane(_, let files) = destination else { return nil }
-    return [files.certificate, files.privateKey, files.bundle].map { path in
+    guard case .controlPlane(let replicas, let files) = destination else { return nil }
+    return ["\(replicas.current)"] + [files.certificate, files.privateKey, files.bundle].map { path in
       guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
         return "missing"
       }

@@ -12,17 +12,17 @@ import ServiceLifecycle
 /// the taps open. A lost stream is opened again with backoff (0.5 s to 30 s); meanwhile no call
 /// is tapped.
 public struct TelemetryReporter: Service {
-  private let link: SidecarBootstrap.ControlPlaneLink
+  private let replicas: ControlPlaneReplicas
   private let files: CertificateKeeper.Files
   private let telemetry: LiveTelemetry
   private let instance: @Sendable () async -> String?
   private let logger: Logger
 
   public init(
-    link: SidecarBootstrap.ControlPlaneLink, files: CertificateKeeper.Files,
+    replicas: ControlPlaneReplicas, files: CertificateKeeper.Files,
     telemetry: LiveTelemetry, instance: @escaping @Sendable () async -> String?, logger: Logger
   ) {
-    self.link = link
+    self.replicas = replicas
     self.files = files
     self.telemetry = telemetry
     self.instance = instance
@@ -48,8 +48,10 @@ public struct TelemetryReporter: Service {
   }
 
   private func stream(_ instance: String) async throws {
+    // The replica the config stream uses: the sidecar moves as one.
+    let address = replicas.current
     let transport = try HTTP2ClientTransport.Posix(
-      target: .ipv4(address: link.address.host, port: link.address.port),
+      target: .ipv4(address: address.host, port: address.port),
       transportSecurity: .meshIdentity(
         certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
     let telemetry = self.telemetry

@@ -71,13 +71,16 @@ struct SidecarCommand: AsyncParsableCommand {
     var keeper: CertificateKeeper?
     // The config stream asks the keeper to renew; the keeper reports new certificates.
     let events = CertificateEvents()
+    // The control plane's replicas, one in use at a time by every part of the sidecar.
+    var replicas: ControlPlaneReplicas?
     do {
       configuration = try loadConfiguration()
       let bootstrap = configuration.bootstrap
+      replicas = bootstrap.controlPlane.map(ControlPlaneReplicas.init)
       if let link = bootstrap.controlPlane {
         // The identity comes from the control plane; the sidecar is not started without it.
         keeper = CertificateKeeper(
-          link: link,
+          link: link, replicas: replicas!,
           files: .init(
             certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
             bundle: bootstrap.bundle),
@@ -92,7 +95,7 @@ struct SidecarCommand: AsyncParsableCommand {
       throw ExitCode.failure
     }
     let bootstrap = configuration.bootstrap
-    let exporter = Self.spanExporter(bootstrap, logger: logger)
+    let exporter = Self.spanExporter(bootstrap, replicas: replicas, logger: logger)
     if let exporter {
       configuration.spans = exporter.queue
       configuration.appSpans = { bytes in try exporter.relay(bytes) }
@@ -112,7 +115,7 @@ struct SidecarCommand: AsyncParsableCommand {
       // sidecar ran (or the bootstrap's mesh file) serves.
       let advertised = sidecar.advertised
       let subscriber = ConfigSubscriber(
-        link: link,
+        replicas: replicas!,
         files: .init(
           certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
           bundle: bootstrap.bundle),
@@ -132,7 +135,7 @@ struct SidecarCommand: AsyncParsableCommand {
         // Live figures for `meshctl top` and `meshctl tap`.
         services.append(
           TelemetryReporter(
-            link: link,
+            replicas: replicas!,
             files: .init(
               certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
               bundle: bootstrap.bundle),
@@ -151,13 +154,15 @@ struct SidecarCommand: AsyncParsableCommand {
 
   /// Where the sidecar's spans (and its app's) go: the bootstrap's collector, or the control
   /// plane's; nil (nothing recorded) without either.
-  private static func spanExporter(_ bootstrap: SidecarBootstrap, logger: Logger) -> SpanExporter? {
+  private static func spanExporter(
+    _ bootstrap: SidecarBootstrap, replicas: ControlPlaneReplicas?, logger: Logger
+  ) -> SpanExporter? {
     let destination: OTLPTraceSender.Destination
     if let collector = bootstrap.collector {
       destination = .plaintext(collector)
-    } else if let link = bootstrap.controlPlane {
+    } else if let replicas {
       destination = .controlPlane(
-        link.address,
+        replicas,
         .init(
           certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
           bundle: bootstrap.bundle))
