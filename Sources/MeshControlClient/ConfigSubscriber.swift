@@ -355,7 +355,7 @@ public struct ConfigSubscriber: Service {
     let address = replicas.current
     do {
       try await stream(progress, to: address)
-    } catch where !Task.isShuttingDownGracefully && !Task.isCancelled {
+    } catch  where !Task.isShuttingDownGracefully && !Task.isCancelled {
       let next = replicas.failed(address)
       if next != address {
         logger.warning(

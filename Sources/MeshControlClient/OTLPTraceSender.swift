@@ -93,12 +93,13 @@ public actor OTLPTraceSender {
   /// What the connection depends on: the certificate files, and the replica in use.
   private func signature() -> [String]? {
     guard case .controlPlane(let replicas, let files) = destination else { return nil }
-    return ["\(replicas.current)"] + [files.certificate, files.privateKey, files.bundle].map { path in
-      guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
-        return "missing"
+    return ["\(replicas.current)"]
+      + [files.certificate, files.privateKey, files.bundle].map { path in
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
+          return "missing"
+        }
+        let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+        return "\(modified)/\(attributes[.size] ?? 0)"
       }
-      let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-      return "\(modified)/\(attributes[.size] ?? 0)"
-    }
   }
 }

@@ -53,7 +53,12 @@ public struct TelemetryReporter: Service {
     let transport = try HTTP2ClientTransport.Posix(
       target: .ipv4(address: address.host, port: address.port),
       transportSecurity: .meshIdentity(
-        certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
+        certificate: files.certificate, key: files.privateKey, bundle: files.bundle),
+      config: .defaults {
+        // A replica that hangs ends the stream; the next one goes where the config stream went.
+        $0.connection.keepalive = .init(
+          time: .seconds(10), timeout: .seconds(5), allowWithoutCalls: true)
+      })
     let telemetry = self.telemetry
     try await withGRPCClient(transport: transport) { client in
       try await Trellis_Mesh_V1_Telemetry.Client(wrapping: client).report(

@@ -315,8 +315,12 @@ public final class EtcdControlStore: ControlStore {
       put.requestPut.lease = id
       var request = Etcdserverpb_TxnRequest(if: onLease, then: [])
       request.failure = [put]
-      _ = try await etcd.txn(request)
-      return
+      do {
+        _ = try await etcd.txn(request)
+        return
+      } catch let error as RPCError where error.code == .notFound {
+        // The lease ran out between the renewal and the write: a new one below.
+      }
     }
     try await setRegistration(node: node, endpoint: endpoint, lease: lease)
   }

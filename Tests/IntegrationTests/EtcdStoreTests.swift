@@ -173,38 +173,4 @@ import Testing
     #expect(try waitFor(seconds: 30) { try replicas(at: other).count == 1 })
     #expect(try replicas(at: other).first?["leader"] as? Bool == true)
   }
-
-  /// Runs `body` while signing, as the operator would, the issuer CSR a control plane writes.
-  func withOperatorSigning<Result>(
-    csr: String, out: String, certs: String, _ body: () throws -> Result
-  ) throws -> Result {
-    let signed = DispatchSemaphore(value: 0)
-    let outcome = Mutex<String>("")
-    DispatchQueue.global().async {
-      defer { signed.signal() }
-      let deadline = Date().addingTimeInterval(90)
-      while !FileManager.default.fileExists(atPath: csr), Date() < deadline {
-        Thread.sleep(forTimeInterval: 0.1)
-      }
-      let result = try? run(
-        binary("meshctl"), ["certs", "sign-issuer", csr, "--out", out, "--dir", certs])
-      outcome.withLock {
-        $0 = "\(result?.status ?? -1) \(result?.stdout ?? "") \(result?.stderr ?? "")"
-      }
-    }
-    let result = try body()
-    signed.wait()
-    let text = outcome.withLock { $0 }
-    #expect(text.hasPrefix("0 signed issuer"), "\(text)")
-    return result
-  }
-
-  func waitFor(seconds: Double, _ condition: () throws -> Bool) throws -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-      if try condition() { return true }
-      Thread.sleep(forTimeInterval: 0.25)
-    }
-    return false
-  }
 }

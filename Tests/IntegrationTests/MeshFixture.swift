@@ -110,9 +110,12 @@ extension MeshFixture {
 
   /// A sidecar for `service` that joins through `plane` with a join token (made once per
   /// instance), as the README's control-plane section sets one up.
+  /// `replicas` lists the control plane replicas the sidecar may use (default: `plane`'s
+  /// addresses alone).
   func joiningSidecar(
     _ service: String, app: String, plane: ServiceProcess, mesh meshFile: String? = nil,
-    inbound: String = "127.0.0.1:0", instance: String? = nil, extra: String = ""
+    inbound: String = "127.0.0.1:0", instance: String? = nil, extra: String = "",
+    replicas: (addresses: [String], joins: [String])? = nil
   ) throws -> RunningSidecar {
     let name = instance ?? service
     let token = directory.appendingPathComponent("\(name).token").path
@@ -124,8 +127,8 @@ extension MeshFixture {
       app: \(app)
       listen: {inbound: \(inbound), outbound: 127.0.0.1:0, admin: 127.0.0.1:0}
       controlPlane:
-        address: \(plane.address)
-        join: \(try logField(plane.log, "join_address"))
+        address: [\(replicas?.addresses.joined(separator: ", ") ?? plane.address)]
+        join: [\(try replicas?.joins.joined(separator: ", ") ?? logField(plane.log, "join_address"))]
         tokenFile: \(name).token
         bundle: certs/bundle.pem
       state: state/\(name)

@@ -1,52 +1,107 @@
 import Foundation
 
-/// An etcd member (Debian's `etcd-server`) for a test: a cluster of its own, its data in a
-/// temporary folder, on loopback ports nobody used a moment before; serving once made.
+/// An etcd cluster (Debian's `etcd-server`) for a test: one member or several, a cluster of
+/// its own, its data in a temporary folder, on loopback ports nobody used a moment before;
+/// serving once made.
 public final class EtcdServer: @unchecked Sendable {
-  /// `etcd://127.0.0.1:PORT`, as the control plane's `--store` takes it.
+  /// `etcd://127.0.0.1:PORT[,127.0.0.1:PORT…]`, as the control plane's `--store` takes it.
   public let url: String
-  public let clientPort: Int
+  /// The first member's client port.
+  public var clientPort: Int { members[0].clientPort }
   public let directory: URL
-  private let process: Process
+  public private(set) var members: [Member]
 
-  public init(name: String = "etcd-test") throws {
+  /// One member: its process and its ports.
+  public struct Member {
+    public let name: String
+    public let clientPort: Int
+    public let peerPort: Int
+    let process: Process
+    let log: URL
+    let arguments: [String]
+  }
+
+  public init(name: String = "etcd-test", members count: Int = 1) throws {
     directory = try makeTemporaryDirectory(name)
-    clientPort = try Int(freeLoopbackPort())!
-    let peerPort = try Int(freeLoopbackPort())!
-    url = "etcd://127.0.0.1:\(clientPort)"
-    let client = "http://127.0.0.1:\(clientPort)"
-    let peer = "http://127.0.0.1:\(peerPort)"
-    process = Process()
+    let ports = try (0..<count).map { _ in
+      (client: try Int(freeLoopbackPort())!, peer: try Int(freeLoopbackPort())!)
+    }
+    url = "etcd://" + ports.map { "127.0.0.1:\($0.client)" }.joined(separator: ",")
+    let cluster = ports.enumerated().map { "m\($0.offset + 1)=http://127.0.0.1:\($0.element.peer)" }
+      .joined(separator: ",")
+    members = []
+    for (index, port) in ports.enumerated() {
+      let name = "m\(index + 1)"
+      let client = "http://127.0.0.1:\(port.client)"
+      let peer = "http://127.0.0.1:\(port.peer)"
+      let log = directory.appendingPathComponent("\(name).log")
+      let arguments = [
+        "--name", name, "--data-dir", directory.appendingPathComponent(name).path,
+        "--listen-client-urls", client, "--advertise-client-urls", client,
+        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", cluster, "--initial-cluster-state", "new",
+        "--initial-cluster-token", directory.lastPathComponent,
+        "--logger", "zap", "--log-outputs", log.path,
+      ]
+      members.append(
+        Member(
+          name: name, clientPort: port.client, peerPort: port.peer,
+          process: try Self.launch(arguments), log: log, arguments: arguments))
+    }
+    // Ready once every member serves its client port (a loaded machine may take a while).
+    for index in members.indices { try waitUntilServing(index) }
+  }
+
+  private static func launch(_ arguments: [String]) throws -> Process {
+    let process = Process()
     process.executableURL = URL(fileURLWithPath: try resolve("etcd"))
-    process.arguments = [
-      "--name", "m1", "--data-dir", directory.appendingPathComponent("data").path,
-      "--listen-client-urls", client, "--advertise-client-urls", client,
-      "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-      "--initial-cluster", "m1=\(peer)", "--initial-cluster-state", "new",
-      "--logger", "zap", "--log-outputs", directory.appendingPathComponent("etcd.log").path,
-    ]
+    process.arguments = arguments
     process.standardOutput = FileHandle.nullDevice
     process.standardError = FileHandle.nullDevice
     try process.run()
-    // Ready once it serves its client port (a loaded machine may take a while).
+    return process
+  }
+
+  private func waitUntilServing(_ index: Int, after offset: Int = 0) throws {
     let deadline = Date().addingTimeInterval(60)
-    while !log.contains("serving client traffic") {
-      guard process.isRunning, Date() < deadline else {
+    while !log(of: index).dropFirst(offset).contains("serving client traffic") {
+      guard members[index].process.isRunning, Date() < deadline else {
         stop()
-        throw HarnessError("etcd did not start serving clients: \(log)")
+        throw HarnessError("etcd member \(members[index].name) did not start serving: \(log)")
       }
       Thread.sleep(forTimeInterval: 0.05)
     }
   }
 
-  /// What etcd has logged.
-  public var log: String {
-    (try? String(contentsOf: directory.appendingPathComponent("etcd.log"), encoding: .utf8)) ?? ""
+  /// What the members have logged.
+  public var log: String { members.indices.map { log(of: $0) }.joined(separator: "\n") }
+
+  public func log(of index: Int) -> String {
+    (try? String(contentsOf: members[index].log, encoding: .utf8)) ?? ""
+  }
+
+  /// Kills member `index` outright, as a crash would.
+  public func kill(_ index: Int) {
+    let process = members[index].process
+    if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+    process.waitUntilExit()
+  }
+
+  /// Starts member `index` again on its data, after `kill`.
+  public func restart(_ index: Int) throws {
+    let offset = log(of: index).count
+    let member = members[index]
+    members[index] = Member(
+      name: member.name, clientPort: member.clientPort, peerPort: member.peerPort,
+      process: try Self.launch(member.arguments), log: member.log, arguments: member.arguments)
+    try waitUntilServing(index, after: offset)
   }
 
   public func stop() {
-    if process.isRunning { process.terminate() }
-    process.waitUntilExit()
+    for member in members {
+      if member.process.isRunning { member.process.terminate() }
+      member.process.waitUntilExit()
+    }
   }
 
   deinit {
