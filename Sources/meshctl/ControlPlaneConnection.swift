@@ -6,6 +6,7 @@ import MeshControlClient
 import MeshIdentity
 import MeshProtos
 import MeshServiceKit
+import Synchronization
 
 /// How `meshctl` reaches the control plane: mutual TLS with the operator identity that
 /// `meshctl certs init` wrote, and the control plane checked against the mesh's bundle.
@@ -14,8 +15,8 @@ struct ControlPlaneOptions: ParsableArguments {
     name: .customLong("control-plane"),
     help:
       """
-      The control plane's API, HOST:PORT. (default: the one `meshctl up` started here, else \
-      127.0.0.1:15000)
+      The control plane's API, HOST:PORT, or its replicas' as HOST:PORT,HOST:PORT (the first \
+      that answers is used). (default: the one `meshctl up` started here, else 127.0.0.1:15000)
       """
   )
   var explicitAddress: String?
@@ -26,6 +27,17 @@ struct ControlPlaneOptions: ParsableArguments {
   }
   @Option(help: "Folder holding the operator identity and the trust bundle.") var certs = "certs"
 
+  /// The addresses `--control-plane` names.
+  func addresses() throws -> [HostPort] {
+    do {
+      return try address.split(separator: ",").map {
+        try HostPort(parsing: String($0).filter { $0 != " " })
+      }
+    } catch {
+      throw ValidationError("--control-plane: \(error)")
+    }
+  }
+
   /// Runs `body` with an admin client; RPC failures become one line naming the status.
   func withAdmin<Result: Sendable>(
     _ body:
@@ -35,21 +47,37 @@ struct ControlPlaneOptions: ParsableArguments {
     try await withClient { try await body(Trellis_Mesh_V1_Admin.Client(wrapping: $0)) }
   }
 
-  /// Runs `body` with a client connected as the operator; RPC failures become one line naming
-  /// the status. Every call reads the identity and the bundle afresh.
+  /// Runs `body` with a client connected as the operator, at the first replica that can be
+  /// reached; RPC failures become one line naming the status. Every call reads the identity
+  /// and the bundle afresh.
   func withClient<Result: Sendable>(
+    _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
+  ) async throws -> Result {
+    let targets = try addresses()
+    for (index, target) in targets.enumerated() {
+      do {
+        return try await withClient(at: target, body)
+      } catch let error as Unreachable where index < targets.count - 1 {
+        _ = error  // the next replica
+      }
+    }
+    throw MeshctlFailure("no control plane answered at \(address)")
+  }
+
+  /// A control plane that could not be reached.
+  struct Unreachable: Error, CustomStringConvertible {
+    var description: String
+  }
+
+  /// Runs `body` at the control plane at `target`.
+  func withClient<Result: Sendable>(
+    at target: HostPort,
     _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
   ) async throws -> Result {
     let files = CAFiles(dir: certs)
     for path in [files.operatorCertificate, files.operatorKey, files.bundle]
     where !FileManager.default.fileExists(atPath: path) {
       throw MeshctlFailure("cannot read \(path): run meshctl certs init, or pass --certs")
-    }
-    let target: HostPort
-    do {
-      target = try HostPort(parsing: address)
-    } catch {
-      throw ValidationError("--control-plane: \(error)")
     }
     let transport: HTTP2ClientTransport.Posix
     do {
@@ -58,15 +86,68 @@ struct ControlPlaneOptions: ParsableArguments {
         transportSecurity: .meshIdentity(
           certificate: files.operatorCertificate, key: files.operatorKey, bundle: files.bundle))
     } catch {
-      throw MeshctlFailure("cannot set up a connection to \(address): \(error)")
+      throw MeshctlFailure("cannot set up a connection to \(target): \(error)")
     }
     do {
       return try await withGRPCClient(transport: transport) { try await body($0) }
     } catch let error as RPCError {
       if error.code == .unavailable {
-        throw MeshctlFailure("cannot reach the control plane at \(address): \(error.message)")
+        throw Unreachable(
+          description: "cannot reach the control plane at \(target): \(error.message)")
       }
       throw MeshctlFailure("\(error.code.canonicalName): \(error.message)")
     }
   }
+
+  /// Runs `body` at every replica serving the mesh (as the first that answers lists them),
+  /// all at once; each result is named by its replica, a replica that did not answer by its
+  /// error.
+  func withEveryReplica<Result: Sendable>(
+    _ body:
+      @escaping @Sendable (Trellis_Mesh_V1_Admin.Client<HTTP2ClientTransport.Posix>) async throws
+      -> Result
+  ) async throws -> [(replica: Trellis_Mesh_V1_Replica, result: Swift.Result<Result, any Error>)] {
+    let listed = try await withAdmin { try await $0.replicas(Trellis_Mesh_V1_ReplicasRequest()) }
+    let replicas = listed.replicas
+    guard replicas.count > 1 else {
+      // One control plane: the one that answered.
+      let result = try await withAdmin(body)
+      var replica = replicas.first ?? Trellis_Mesh_V1_Replica()
+      if replica.address.isEmpty { replica.address = address }
+      return [(replica, .success(result))]
+    }
+    // Each replica in a task of its own, none waited for past 5 s: a hung one (its TLS
+    // handshake never ends) is named as such, and left behind when meshctl exits.
+    let answers = Answers<Result>()
+    for (index, replica) in replicas.enumerated() {
+      Task.detached {
+        do {
+          let target = try HostPort(parsing: replica.address)
+          let answer = try await withClient(at: target) {
+            try await body(Trellis_Mesh_V1_Admin.Client(wrapping: $0))
+          }
+          answers.set(index, .success(answer))
+        } catch {
+          answers.set(index, .failure(error))
+        }
+      }
+    }
+    let deadline = ContinuousClock.now + .seconds(5)
+    while answers.count < replicas.count, ContinuousClock.now < deadline {
+      try? await Task.sleep(for: .milliseconds(20))
+    }
+    return replicas.indices.map { index in
+      (replicas[index], answers.get(index) ?? .failure(MeshctlFailure("no answer within 5 s")))
+    }
+  }
+}
+
+/// What each replica answered, by its place in the list.
+private final class Answers<Value: Sendable>: Sendable {
+  private let results = Mutex<[Int: Result<Value, any Error>]>([:])
+  var count: Int { results.withLock { $0.count } }
+  func set(_ index: Int, _ result: Result<Value, any Error>) {
+    results.withLock { $0[index] = result }
+  }
+  func get(_ index: Int) -> Result<Value, any Error>? { results.withLock { $0[index] } }
 }

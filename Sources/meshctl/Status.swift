@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MeshProtos
+import MeshServiceKit
 
 /// `meshctl status`: every sidecar the control plane knows, as `istioctl proxy-status` shows.
 struct Status: AsyncParsableCommand {
@@ -23,13 +24,37 @@ struct Status: AsyncParsableCommand {
   @OptionGroup var controlPlane: ControlPlaneOptions
 
   func run() async throws {
-    let response = try await controlPlane.withAdmin {
+    // Every replica knows the sidecars connected to it: ask each, and keep for each sidecar
+    // what the replica it is connected to says.
+    let answers = try await controlPlane.withEveryReplica {
       try await $0.status(Trellis_Mesh_V1_StatusRequest())
     }
+    var response = Trellis_Mesh_V1_StatusResponse()
+    var replicaOf: [String: String] = [:]
+    var byNode: [String: Trellis_Mesh_V1_SidecarStatus] = [:]
+    for (replica, result) in answers {
+      switch result {
+      case .success(let answer):
+        response.currentVersion = max(response.currentVersion, answer.currentVersion)
+        for sidecar in answer.sidecars
+        where byNode[sidecar.node] == nil || (sidecar.connected && !byNode[sidecar.node]!.connected)
+        {
+          byNode[sidecar.node] = sidecar
+          replicaOf[sidecar.node] = replica.name
+        }
+      case .failure(let error):
+        StandardError.write(
+          "meshctl: control plane replica \(replica.name) at \(replica.address) did not answer: \(error)\n"
+        )
+      }
+    }
+    response.sidecars = byNode.values.sorted { $0.node < $1.node }
+    let replicated = answers.count > 1
     switch output {
     case .json:
       let rows: [[String: Any]] = response.sidecars.map {
         [
+          "replica": replicaOf[$0.node] ?? "",
           "node": $0.node, "spiffe_id": $0.spiffeID, "version": $0.version,
           "connected": $0.connected,
           "last_nack_version": $0.lastNackVersion, "last_nack_error": $0.lastNackError,
@@ -58,9 +83,10 @@ struct Status: AsyncParsableCommand {
         response.currentVersion == 0
           ? "no config applied yet (meshctl apply -f mesh.yaml)"
           : "config version \(response.currentVersion) is running")
-      let header = [
-        "NODE", "VERSION", "STATE", "LAST NACK", "REGISTERED", "CERT EXPIRES", "LAST SEEN",
-      ]
+      let header =
+        [
+          "NODE", "VERSION", "STATE", "LAST NACK", "REGISTERED", "CERT EXPIRES", "LAST SEEN",
+        ] + (replicated ? ["REPLICA"] : [])
       var rows = [header]
       for sidecar in response.sidecars {
         let state =
@@ -69,12 +95,13 @@ struct Status: AsyncParsableCommand {
         let nack =
           sidecar.lastNackVersion == 0
           ? "-" : "v\(sidecar.lastNackVersion): \(sidecar.lastNackError)"
-        rows.append([
-          sidecar.node, "\(sidecar.version)", state, nack,
-          sidecar.registered ? sidecar.registeredAddress : "-",
-          isoDate(sidecar.certificateNotAfterUnix),
-          isoDate(sidecar.lastSeenUnix),
-        ])
+        rows.append(
+          [
+            sidecar.node, "\(sidecar.version)", state, nack,
+            sidecar.registered ? sidecar.registeredAddress : "-",
+            isoDate(sidecar.certificateNotAfterUnix),
+            isoDate(sidecar.lastSeenUnix),
+          ] + (replicated ? [replicaOf[sidecar.node] ?? "-"] : []))
       }
       printTable(rows)
       if let run = ShopRun.load() { Self.printProcesses(run) }

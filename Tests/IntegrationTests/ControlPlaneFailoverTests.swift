@@ -59,21 +59,24 @@ import Testing
     planes["b"] = try start("b")
     planes["c"] = try start("c")
 
-    /// The sidecars connected at `plane`, and the version each runs.
-    func connected(at plane: ServiceProcess) -> [String: Int] {
+    /// The sidecars connected to one of the replicas (as `meshctl status` at `plane` gathers
+    /// them from every replica): the version each runs and the replica it uses.
+    func connected(at plane: ServiceProcess) -> [String: String] {
       guard let text = try? mesh.meshctl(["status", "-o", "json"], plane: plane),
         let document = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
       else { return [:] }
-      var nodes: [String: Int] = [:]
+      var nodes: [String: String] = [:]
       for row in document["sidecars"] as? [[String: Any]] ?? []
       where row["connected"] as? Bool == true {
         let name = (row["node"] as? String ?? "").components(separatedBy: "@")[0]
-        nodes[name] = row["version"] as? Int ?? 0
+        nodes[name] = "v\(row["version"] as? Int ?? 0)@\(row["replica"] as? String ?? "")"
       }
       return nodes
     }
     #expect(
-      try waitFor(seconds: 30) { connected(at: planes["a"]!) == ["echo": 1, "client": 1] },
+      try waitFor(seconds: 30) {
+        connected(at: planes["a"]!) == ["echo": "v1@a", "client": "v1@a"]
+      },
       "\(connected(at: planes["a"]!))")
 
     let load = try BackgroundLoad(through: client.outbound, seconds: 12)
@@ -83,8 +86,8 @@ import Testing
     // Both move to b or c, within 20 s.
     var moved = false
     while Date().timeIntervalSince(killed) < 20 {
-      let elsewhere = connected(at: planes["b"]!).merging(connected(at: planes["c"]!)) { $1 }
-      if elsewhere.keys.contains("echo"), elsewhere.keys.contains("client") {
+      let elsewhere = connected(at: planes["b"]!)
+      if ["echo", "client"].allSatisfy({ ["v1@b", "v1@c"].contains(elsewhere[$0]) }) {
         moved = true
         break
       }
@@ -105,8 +108,9 @@ import Testing
     #expect(try mesh.meshctl(["apply", "-f", v2], plane: planes["b"]!).contains("as version 2"))
     #expect(
       try waitFor(seconds: 20) {
-        connected(at: planes["b"]!).merging(connected(at: planes["c"]!)) { $1 }
-          == ["echo": 2, "client": 2]
+        ["echo", "client"].allSatisfy {
+          ["v2@b", "v2@c"].contains(connected(at: planes["c"]!)[$0])
+        }
       })
 
     // a back; b and c hung (SIGSTOP): their connections stay open but answer nothing, and the
@@ -120,7 +124,9 @@ import Testing
     }
     let stopped = Date()
     #expect(
-      try waitFor(seconds: 40) { connected(at: planes["a"]!) == ["echo": 2, "client": 2] },
+      try waitFor(seconds: 40) {
+        connected(at: planes["a"]!) == ["echo": "v2@a", "client": "v2@a"]
+      },
       "\(connected(at: planes["a"]!))")
     print("replicas hung: both sidecars moved after \(Date().timeIntervalSince(stopped)) s")
     #expect(try call(client.outbound) == "OK")
