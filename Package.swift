@@ -288,6 +288,7 @@ let package = Package(
       name: "meshctl",
       dependencies: [
         "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", "MeshControlClient",
+        "EtcdAPI",
         argumentParser, x509, crypto,
         "MeshTracing", grpcCore, grpcHTTP2, grpcProtobuf, swiftProtobuf,
         .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "Yams", package: "Yams"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EtcdAPI
 import Foundation
 import MeshIdentity
 import MeshProtos
@@ -42,7 +43,9 @@ struct Check: AsyncParsableCommand {
       let chosen = ports.chosen
       let plan = ShopRun(bin: "", ports: chosen, detached: false, apiKeyFile: "", processes: [])
       let wanted =
-        [chosen.gateway, chosen.controlPlane, chosen.join]
+        [chosen.gateway]
+        + chosen.replicaPorts.flatMap { [$0.api, $0.join] }
+        + chosen.etcdPorts.flatMap { [$0.client, $0.peer] }
         + (0..<ShopLayout.services.count).flatMap { slot -> [Int] in
           let p = plan.slotPorts(slot)
           return [p.inbound, p.outbound, p.admin, p.app]
@@ -111,6 +114,47 @@ struct Check: AsyncParsableCommand {
     }
   }
 
+  /// Each etcd member (several replicas only) answers, and they agree on a leader.
+  func checkEtcd(_ run: ShopRun, _ report: inout Report) async {
+    var leaders = Set<UInt64>()
+    for (index, ports) in run.ports.etcdPorts.enumerated() {
+      let name = "etcd-\(index + 1)"
+      do {
+        let client = try EtcdClient(endpoints: [.init(host: "127.0.0.1", port: ports.client)])
+        let connections = Task { try await client.run() }
+        defer {
+          client.close()
+          connections.cancel()
+        }
+        let status = try await withThrowingTaskGroup(of: Etcdserverpb_StatusResponse?.self) {
+          group in
+          group.addTask { try await client.status() }
+          group.addTask {
+            try await Task.sleep(for: .seconds(3))
+            return nil
+          }
+          defer { group.cancelAll() }
+          guard let first = try await group.next(), let status = first else {
+            throw MeshctlFailure("no answer within 3 s")
+          }
+          return status
+        }
+        leaders.insert(status.leader)
+        report.pass(
+          "\(name) serves at 127.0.0.1:\(ports.client) (version \(status.version), database \(status.dbSize / 1024) KiB\(status.leader == status.header.memberID ? ", leader" : ""))"
+        )
+      } catch {
+        report.fail(
+          "\(name) does not answer at 127.0.0.1:\(ports.client): \(error)",
+          fix: "meshctl logs \(name)")
+      }
+    }
+    if leaders.count > 1 || leaders.contains(0) {
+      report.fail(
+        "the etcd members do not agree on a leader", fix: "meshctl logs etcd-1 (and the others)")
+    }
+  }
+
   func checkRunning(_ run: ShopRun, _ report: inout Report) async {
     for entry in run.processes {
       if LocalProcesses.isRunning(entry.pid) {
@@ -123,14 +167,33 @@ struct Check: AsyncParsableCommand {
       }
     }
     let launcher = Launcher(run: run)
-    guard let status = try? await launcher.controlPlane.withAdmin({ try await $0.status(.init()) })
+    await checkEtcd(run, &report)
+    var unanswered: [Trellis_Mesh_V1_Replica] = []
+    guard
+      let (status, _, replicas) = try? await launcher.controlPlane.mergedStatus(unanswered: {
+        replica, _ in unanswered.append(replica)
+      })
     else {
       report.fail(
-        "the control plane does not answer at 127.0.0.1:\(run.ports.controlPlane)",
+        "the control plane does not answer at \(run.ports.controlPlaneList)",
         fix: "meshctl logs control-plane")
       return
     }
-    report.pass("the control plane answers; config version \(status.currentVersion) is running")
+    for replica in unanswered {
+      report.fail(
+        "control plane replica \(replica.name) does not answer at \(replica.address)",
+        fix: "meshctl logs \(replica.name)")
+    }
+    if replicas < run.ports.replicas {
+      report.fail(
+        "\(replicas) of \(run.ports.replicas) control plane replicas are announced in etcd",
+        fix: "meshctl logs control-plane-N for the missing ones; meshctl restart control-plane")
+    }
+    report.pass(
+      """
+      \(run.ports.replicas == 1 ? "the control plane answers" : "\(replicas - unanswered.count) control plane replicas answer"); \
+      config version \(status.currentVersion) is running
+      """)
     for entry in run.processes where entry.role == .sidecar {
       let ports = run.slotPorts(entry.slot ?? 0)
       let ready = LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 2)

@@ -22,8 +22,7 @@ struct ControlPlaneOptions: ParsableArguments {
   var explicitAddress: String?
 
   var address: String {
-    explicitAddress ?? ShopRun.load().map { "127.0.0.1:\($0.ports.controlPlane)" }
-      ?? "127.0.0.1:15000"
+    explicitAddress ?? ShopRun.load()?.ports.controlPlaneList ?? "127.0.0.1:15000"
   }
   @Option(help: "Folder holding the operator identity and the trust bundle.") var certs = "certs"
 
@@ -97,6 +96,39 @@ struct ControlPlaneOptions: ParsableArguments {
       }
       throw MeshctlFailure("\(error.code.canonicalName): \(error.message)")
     }
+  }
+
+  /// Every sidecar the replicas know, each as the replica it is connected to says (every
+  /// replica knows only its own); the replica each uses; how many replicas there are.
+  /// `unanswered` hears of a replica that did not answer.
+  func mergedStatus(
+    unanswered: (Trellis_Mesh_V1_Replica, any Error) -> Void = { _, _ in }
+  ) async throws -> (
+    status: Trellis_Mesh_V1_StatusResponse, replicaOf: [String: String], replicas: Int
+  ) {
+    let answers = try await withEveryReplica {
+      try await $0.status(Trellis_Mesh_V1_StatusRequest())
+    }
+    var merged = Trellis_Mesh_V1_StatusResponse()
+    var replicaOf: [String: String] = [:]
+    var byNode: [String: Trellis_Mesh_V1_SidecarStatus] = [:]
+    for (replica, result) in answers {
+      switch result {
+      case .success(let answer):
+        merged.currentVersion = max(merged.currentVersion, answer.currentVersion)
+        if !merged.hasDiscovery { merged.discovery = answer.discovery }
+        for sidecar in answer.sidecars
+        where byNode[sidecar.node] == nil || (sidecar.connected && !byNode[sidecar.node]!.connected)
+        {
+          byNode[sidecar.node] = sidecar
+          replicaOf[sidecar.node] = replica.name
+        }
+      case .failure(let error):
+        unanswered(replica, error)
+      }
+    }
+    merged.sidecars = byNode.values.sorted { $0.node < $1.node }
+    return (merged, replicaOf, answers.count)
   }
 
   /// Runs `body` at every replica serving the mesh (as the first that answers lists them),

@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import MeshIdentity
 import MeshProtos
+import MeshServiceKit
 
 #if canImport(Glibc)
   import Glibc
@@ -17,7 +18,7 @@ struct Launcher {
 
   var controlPlane: ControlPlaneOptions {
     // (Parsed, as options made any other way hold no values.)
-    try! ControlPlaneOptions.parse(["--control-plane", "127.0.0.1:\(run.ports.controlPlane)"])
+    try! ControlPlaneOptions.parse(["--control-plane", run.ports.controlPlaneList])
   }
 
   // MARK: - Before anything runs
@@ -66,30 +67,106 @@ struct Launcher {
 
   // MARK: - Starting
 
-  func startControlPlane() async throws -> ShopRun.Entry {
-    let log = ShopRun.folder + "/logs/control-plane.log"
+  /// The etcd cluster the replicas share (several replicas only): one member per replica, its
+  /// data in .trellis/etcd/, on loopback.
+  func startEtcd() throws -> [ShopRun.Entry] {
+    let members = run.ports.etcdPorts
+    guard !members.isEmpty else { return [] }
+    let cluster = members.enumerated().map {
+      "etcd-\($0.offset + 1)=http://127.0.0.1:\($0.element.peer)"
+    }
+    .joined(separator: ",")
+    let etcd = try Self.locate("etcd", hint: "apt-get install etcd-server")
+    return try members.enumerated().map { index, ports in
+      let name = "etcd-\(index + 1)"
+      let data = absolute(ShopRun.folder + "/etcd/\(name)")
+      // A member that has data joins its cluster again; a new one starts it.
+      let state = FileManager.default.fileExists(atPath: data + "/member") ? "existing" : "new"
+      let log = ShopRun.folder + "/logs/\(name).log"
+      let pid = try LocalProcesses.spawn(
+        etcd,
+        [
+          "--name", name, "--data-dir", data,
+          "--listen-client-urls", "http://127.0.0.1:\(ports.client)",
+          "--advertise-client-urls", "http://127.0.0.1:\(ports.client)",
+          "--listen-peer-urls", "http://127.0.0.1:\(ports.peer)",
+          "--initial-advertise-peer-urls", "http://127.0.0.1:\(ports.peer)",
+          "--initial-cluster", cluster, "--initial-cluster-state", state,
+          "--initial-cluster-token", "trellis-local",
+        ], environment: [:], log: log)
+      return ShopRun.Entry(
+        name: name, service: "etcd", instance: name, role: .etcd, pid: pid,
+        startTime: LocalProcesses.startTime(pid), log: log, slot: nil,
+        address: "127.0.0.1:\(ports.client)")
+    }
+  }
+
+  /// An executable on PATH (or in /usr/bin, /usr/sbin).
+  static func locate(_ name: String, hint: String) throws -> String {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin"
+    for folder in path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/sbin"] {
+      let candidate = folder + "/" + name
+      if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+    }
+    throw MeshctlFailure("\(name) is not installed: \(hint)")
+  }
+
+  /// The control plane, or replica `index` of several (on the etcd cluster). A replica after
+  /// the first signs with an issuer of its own: it writes its CSR, which is signed here with the
+  /// root's key from certs/ (as `meshctl certs sign-issuer` does).
+  func startControlPlane(replica index: Int = 0) async throws -> ShopRun.Entry {
+    let several = run.ports.replicas > 1
+    let name = several ? "control-plane-\(index + 1)" : "control-plane"
+    let ports = run.ports.replicaPorts[index]
+    let data = absolute(ShopRun.folder + "/" + name)
+    let log = ShopRun.folder + "/logs/\(name).log"
+    var arguments = [
+      "--certs", absolute("certs"), "--data", data,
+      "--listen", "127.0.0.1:\(ports.api)", "--join", "127.0.0.1:\(ports.join)",
+    ]
+    if several {
+      arguments += [
+        "--store",
+        "etcd://"
+          + run.ports.etcdPorts.map { "127.0.0.1:\($0.client)" }
+          .joined(separator: ","), "--replica", name,
+      ]
+    }
     let pid = try LocalProcesses.spawn(
-      run.bin + "/control-plane",
-      [
-        "--certs", absolute("certs"), "--data", absolute(ShopRun.folder + "/control-plane"),
-        "--listen", "127.0.0.1:\(run.ports.controlPlane)", "--join", "127.0.0.1:\(run.ports.join)",
-      ], environment: [:], log: log)
+      run.bin + "/control-plane", arguments, environment: [:], log: log)
     let entry = ShopRun.Entry(
-      name: "control-plane", service: "control-plane", instance: "control-plane",
-      role: .controlPlane, pid: pid, startTime: LocalProcesses.startTime(pid), log: log, slot: nil,
-      address: "127.0.0.1:\(run.ports.controlPlane)")
-    let deadline = ContinuousClock.now + .seconds(30)
+      name: name, service: "control-plane", instance: name, role: .controlPlane, pid: pid,
+      startTime: LocalProcesses.startTime(pid), log: log, slot: nil,
+      address: "127.0.0.1:\(ports.api)")
+    let target = try HostPort(parsing: entry.address)
+    let deadline = ContinuousClock.now + .seconds(60)
     while true {
       guard LocalProcesses.isRunning(pid) else {
-        throw MeshctlFailure("the control plane exited at start")
+        throw MeshctlFailure("\(name) exited at start (see \(log))")
       }
-      if (try? await controlPlane.withAdmin { try await $0.status(.init()) }) != nil {
+      try signIssuerIfAsked(data: data)
+      if (try? await controlPlane.withClient(at: target) {
+        try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).status(.init())
+      }) != nil {
         return entry
       }
       if ContinuousClock.now > deadline {
-        throw MeshctlFailure("the control plane did not answer within 30 s (see \(log))")
+        throw MeshctlFailure("\(name) did not answer within 60 s (see \(log))")
       }
       try await Task.sleep(for: .milliseconds(100))
+    }
+  }
+
+  /// Signs, with the root in certs/, the issuer a replica asks for in `data/issuer.csr`.
+  private func signIssuerIfAsked(data: String) throws {
+    let csr = data + "/issuer.csr"
+    let out = data + "/issuer.pem"
+    guard FileManager.default.fileExists(atPath: csr), !FileManager.default.fileExists(atPath: out)
+    else { return }
+    let signed = try Self.runTool(
+      Self.ownExecutable, ["certs", "sign-issuer", csr, "--out", out, "--dir", "certs"])
+    guard signed.status == 0 else {
+      throw MeshctlFailure("cannot sign \(csr): \(signed.output)")
     }
   }
 
@@ -138,8 +215,8 @@ struct Launcher {
       app: 127.0.0.1:\(ports.app)
       listen: {inbound: 127.0.0.1:\(ports.inbound), outbound: 127.0.0.1:\(ports.outbound), admin: 127.0.0.1:\(ports.admin)}
       controlPlane:
-        address: 127.0.0.1:\(run.ports.controlPlane)
-        join: 127.0.0.1:\(run.ports.join)
+        address: [\(run.ports.replicaPorts.map { "127.0.0.1:\($0.api)" }.joined(separator: ", "))]
+        join: [\(run.ports.replicaPorts.map { "127.0.0.1:\($0.join)" }.joined(separator: ", "))]
         tokenFile: \(absolute(tokenFile))
         bundle: \(absolute("certs/bundle.pem"))
       state: \(absolute(folder + "/state"))
@@ -206,10 +283,13 @@ struct Launcher {
       if let dead = entries.first(where: { !LocalProcesses.isRunning($0.pid) }) {
         throw MeshctlFailure("\(dead.name) exited (its log: \(dead.log))")
       }
-      let status = try? await controlPlane.withAdmin { try await $0.status(.init()) }
+      let status = try? await controlPlane.mergedStatus().status
       waitingFor = []
       for entry in entries {
         switch entry.role {
+        case .etcd:
+          let port = Int(entry.address.split(separator: ":").last ?? "") ?? 0
+          if !LocalProcesses.isListening(port) { waitingFor.append("\(entry.name) (not serving)") }
         case .controlPlane:
           if status == nil { waitingFor.append("control-plane") }
         case .sidecar:
@@ -269,7 +349,7 @@ struct Launcher {
         case .sidecar:
           let ready =
             LocalProcesses.httpRequest(port: ports.admin, path: "/ready", timeout: 1)?.status == 200
-          let status = try? await controlPlane.withAdmin { try await $0.status(.init()) }
+          let status = try? await controlPlane.mergedStatus().status
           let synced =
             status?.sidecars.contains {
               $0.node == "\(entry.service)@127.0.0.1:\(ports.inbound)" && $0.connected
@@ -285,7 +365,7 @@ struct Launcher {
           {
             waitingFor = "\(entry.name) (starting)"
           }
-        case .controlPlane:
+        case .controlPlane, .etcd:
           break
         }
         if !waitingFor.isEmpty { break }
@@ -450,6 +530,7 @@ struct Launcher {
       apps.filter { $0.service == "gateway" }, apps.filter { $0.service != "gateway" },
       run.processes.filter { $0.role == .sidecar },
       run.processes.filter { $0.role == .controlPlane },
+      run.processes.filter { $0.role == .etcd },
     ] {
       stopped.add(await LocalProcesses.stop(group, timeout: timeout))
     }

@@ -18,9 +18,29 @@ struct ShopRun: Codable {
     /// The first of the sidecars' and apps' ports: slot N uses base+10N+1 … base+10N+4.
     var base: Int
     var gateway: Int
-    /// The control plane's API; its join listener is the next port.
+    /// The control plane's API; its join listener is the next port. With several replicas,
+    /// replica N (from 0) takes controlPlane+2N and the next; etcd's member N its client port
+    /// controlPlane+20+2N and its peer port the next.
     var controlPlane: Int
+    /// How many control plane replicas run (nil: one, on SQLite); more than one share a local
+    /// etcd cluster of as many members.
+    var controlPlanes: Int?
     var join: Int { controlPlane + 1 }
+
+    var replicas: Int { controlPlanes ?? 1 }
+    /// Each replica's API and join ports.
+    var replicaPorts: [(api: Int, join: Int)] {
+      (0..<replicas).map { (controlPlane + 2 * $0, controlPlane + 2 * $0 + 1) }
+    }
+    /// Each etcd member's client and peer ports (none with one replica).
+    var etcdPorts: [(client: Int, peer: Int)] {
+      replicas == 1
+        ? [] : (0..<replicas).map { (controlPlane + 20 + 2 * $0, controlPlane + 21 + 2 * $0) }
+    }
+    /// `--control-plane` for every replica.
+    var controlPlaneList: String {
+      replicaPorts.map { "127.0.0.1:\($0.api)" }.joined(separator: ",")
+    }
   }
 
   struct Entry: Codable {
@@ -47,6 +67,7 @@ struct ShopRun: Codable {
   }
 
   enum Role: String, Codable {
+    case etcd
     case controlPlane = "control-plane"
     case app
     case sidecar

@@ -24,32 +24,12 @@ struct Status: AsyncParsableCommand {
   @OptionGroup var controlPlane: ControlPlaneOptions
 
   func run() async throws {
-    // Every replica knows the sidecars connected to it: ask each, and keep for each sidecar
-    // what the replica it is connected to says.
-    let answers = try await controlPlane.withEveryReplica {
-      try await $0.status(Trellis_Mesh_V1_StatusRequest())
+    let (response, replicaOf, replicas) = try await controlPlane.mergedStatus { replica, error in
+      StandardError.write(
+        "meshctl: control plane replica \(replica.name) at \(replica.address) did not answer: \(error)\n"
+      )
     }
-    var response = Trellis_Mesh_V1_StatusResponse()
-    var replicaOf: [String: String] = [:]
-    var byNode: [String: Trellis_Mesh_V1_SidecarStatus] = [:]
-    for (replica, result) in answers {
-      switch result {
-      case .success(let answer):
-        response.currentVersion = max(response.currentVersion, answer.currentVersion)
-        for sidecar in answer.sidecars
-        where byNode[sidecar.node] == nil || (sidecar.connected && !byNode[sidecar.node]!.connected)
-        {
-          byNode[sidecar.node] = sidecar
-          replicaOf[sidecar.node] = replica.name
-        }
-      case .failure(let error):
-        StandardError.write(
-          "meshctl: control plane replica \(replica.name) at \(replica.address) did not answer: \(error)\n"
-        )
-      }
-    }
-    response.sidecars = byNode.values.sorted { $0.node < $1.node }
-    let replicated = answers.count > 1
+    let replicated = replicas > 1
     switch output {
     case .json:
       let rows: [[String: Any]] = response.sidecars.map {

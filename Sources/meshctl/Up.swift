@@ -59,8 +59,11 @@ struct Up: AsyncParsableCommand {
     try FileManager.default.createDirectory(
       atPath: ShopRun.folder + "/logs", withIntermediateDirectories: true)
     // In the foreground, every process's lines are shown from its start.
-    let logNames =
-      ["control-plane"] + instances.flatMap { [$0.1, $0.1 + "-sidecar"] }
+    let planes =
+      chosen.replicas == 1
+      ? ["control-plane"]
+      : (1...chosen.replicas).flatMap { ["etcd-\($0)", "control-plane-\($0)"] }
+    let logNames = planes + instances.flatMap { [$0.1, $0.1 + "-sidecar"] }
     let logs = Launcher.LogStream(
       startOffsets: Dictionary(
         uniqueKeysWithValues: logNames.map {
@@ -81,8 +84,12 @@ struct Up: AsyncParsableCommand {
     try launcher.ensureAPIKey()
     var failure: (any Error)?
     do {
-      plan.processes.append(try await launcher.startControlPlane())
+      plan.processes += try launcher.startEtcd()
       try plan.save()
+      for replica in 0..<chosen.replicas {
+        plan.processes.append(try await launcher.startControlPlane(replica: replica))
+        try plan.save()
+      }
       try await launcher.applyMeshConfig()
       for (slot, (service, instance)) in instances.enumerated() {
         plan.processes += try await launcher.startInstance(service, instance: instance, slot: slot)
@@ -149,12 +156,16 @@ struct Up: AsyncParsableCommand {
         )
       }
     }
+    if plan.ports.replicas > 1 {
+      _ = try Launcher.locate("etcd", hint: "apt-get install etcd-server")
+    }
     var taken: [String] = []
     let wanted =
-      [
-        ("the gateway", plan.ports.gateway), ("the control plane", plan.ports.controlPlane),
-        ("the control plane's join listener", plan.ports.join),
-      ]
+      [("the gateway", plan.ports.gateway)]
+      + plan.ports.replicaPorts.flatMap {
+        [("the control plane", $0.api), ("the control plane's join listener", $0.join)]
+      }
+      + plan.ports.etcdPorts.flatMap { [("etcd", $0.client), ("etcd's peers", $0.peer)] }
       + (0..<instances).flatMap { slot in
         let p = plan.slotPorts(slot)
         return [p.inbound, p.outbound, p.admin, p.app].map { ("slot \(slot)", $0) }
@@ -177,9 +188,26 @@ struct PortOptions: ParsableArguments {
   @Option(help: "The gateway's HTTP port.") var gatewayPort = 8080
   @Option(help: "The control plane's API port (its join listener takes the next).")
   var controlPlanePort = 15000
+  @Option(
+    help: """
+      Control plane replicas. One keeps its state in SQLite; several (3 or 5) share a local etcd \
+      cluster of as many members (data in .trellis/etcd/; replica N takes the control plane \
+      ports + 2N, etcd member N the ports from the control plane port + 20 + 2N).
+      """)
+  var controlPlanes = 1
 
   var chosen: ShopRun.Ports {
-    .init(base: basePort, gateway: gatewayPort, controlPlane: controlPlanePort)
+    .init(
+      base: basePort, gateway: gatewayPort, controlPlane: controlPlanePort,
+      controlPlanes: controlPlanes == 1 ? nil : controlPlanes)
+  }
+
+  func validate() throws {
+    guard [1, 3, 5].contains(controlPlanes) else {
+      throw ValidationError(
+        "--control-planes \(controlPlanes): 1 (SQLite), or 3 or 5 (an etcd cluster keeps a majority)"
+      )
+    }
   }
 }
 
@@ -375,15 +403,22 @@ extension Restart {
   /// The control plane on SIGTERM ends its streams and exits; meanwhile the sidecars serve on
   /// with the config they run. The new one starts on the same ports and data, and every
   /// sidecar subscribes again (within its backoff), registers, and runs the current version.
+  /// With several replicas, one at a time: the sidecars of the one restarting move to the
+  /// others meanwhile.
   private func restartControlPlane(_ run: inout ShopRun) async throws {
-    let old = run.processes.filter { $0.role == .controlPlane }
-    await LocalProcesses.stop(old)
-    run.processes.removeAll { $0.role == .controlPlane }
-    let fresh = try await Launcher(run: run).startControlPlane()
-    run.processes.insert(fresh, at: 0)
-    try run.save()
-    try await Launcher(run: run).waitUntilReady(run)
-    print("restarted control-plane: now pid \(fresh.pid)")
+    let replicas = run.processes.filter { $0.role == .controlPlane }
+    for (index, old) in replicas.enumerated() {
+      await LocalProcesses.stop([old])
+      let position = run.processes.firstIndex { $0.pid == old.pid } ?? 0
+      run.processes.removeAll { $0.pid == old.pid }
+      let fresh = try await Launcher(run: run).startControlPlane(replica: index)
+      run.processes.insert(fresh, at: position)
+      try run.save()
+      // The replicas not restarted yet may be down (why one restarts them): not waited for.
+      try await Launcher(run: run).waitUntilReady(
+        run, only: run.processes.filter { $0.role != .controlPlane || $0.pid == fresh.pid })
+      print("restarted \(fresh.name): now pid \(fresh.pid)")
+    }
   }
 }
 

@@ -18,12 +18,15 @@ final class LocalShop: @unchecked Sendable {
   let directory: URL
   let basePort: Int
   var gatewayPort: Int { basePort + 199 }
-  var controlPlanePort: Int { basePort + 195 }
+  /// One replica: base+195 and +196; three: base+150 to +155, their etcd base+170 to +175.
+  var controlPlanePort: Int { basePort + (replicated ? 150 : 195) }
+  let replicated: Bool
   var gateway: String { "http://127.0.0.1:\(gatewayPort)" }
   let upOutput: String
 
   init(_ extra: [String] = [], name: String = "shop") throws {
     directory = try makeTemporaryDirectory(name)
+    replicated = extra.contains("--control-planes")
     var attempt = 0
     while true {
       // A 200-port block below Linux's ephemeral range; another one if it is taken.
@@ -32,7 +35,7 @@ final class LocalShop: @unchecked Sendable {
         binary("meshctl"),
         [
           "up", "--detach", "--no-build", "--base-port", "\(base)", "--gateway-port",
-          "\(base + 199)", "--control-plane-port", "\(base + 195)",
+          "\(base + 199)", "--control-plane-port", "\(base + (replicated ? 150 : 195))",
         ] + extra, directory: directory)
       if result.status == 0 {
         basePort = base
@@ -282,6 +285,53 @@ struct GatewayLoad {
     #expect(
       try shop.get("/v1/orders/\(order)").json["status"] as? String == "ORDER_STATUS_CONFIRMED")
     #expect(try shop.get("/v1/customers/\(user)").status == 200)
+  }
+
+  /// `meshctl up --control-planes 3`: three replicas on a local three-member etcd cluster. The
+  /// shop works as on one; `meshctl status` names each sidecar's replica; with the replica
+  /// that orders uses killed, orders are still confirmed and its sidecar moves to another;
+  /// `meshctl restart control-plane` brings it back and `meshctl check` passes.
+  @Test func theShopOnThreeControlPlanes() throws {
+    let shop = try LocalShop(["--control-planes", "3"], name: "three-planes")
+    defer { _ = try? shop.meshctl(["down"]) }
+    #expect(shop.processes.count == 16, "\(shop.processes)")
+    let created = try shop.post("/v1/users", #"{"email":"ada@example.com","name":"Ada"}"#)
+    let user = try #require(created.json["id"] as? String, "\(created)")
+    var customer = try shop.get("/v1/customers/\(user)")
+    let end = Date().addingTimeInterval(30)
+    while customer.status != 200, Date() < end {
+      Thread.sleep(forTimeInterval: 0.2)
+      customer = try shop.get("/v1/customers/\(user)")
+    }
+    #expect(customer.status == 200, "\(customer)")
+    let first = try shop.post("/v1/orders", Self.order(user, minor: 450))
+    #expect(first.json["status"] as? String == "ORDER_STATUS_CONFIRMED", "\(first)")
+
+    func replicaOf(_ service: String) throws -> String? {
+      let text = try shop.meshctl(["status", "-o", "json"]).stdout
+      let document = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+      return (document?["sidecars"] as? [[String: Any]])?.first {
+        ($0["node"] as? String ?? "").hasPrefix(service + "@") && $0["connected"] as? Bool == true
+      }?["replica"] as? String
+    }
+    let used = try #require(try replicaOf("orders"))
+    #expect(used.hasPrefix("control-plane-"))
+    kill(try #require(shop.pid(of: used)), SIGKILL)
+    for index in 0..<5 {
+      let order = try shop.post("/v1/orders", Self.order(user, minor: 100 + index))
+      #expect(order.json["status"] as? String == "ORDER_STATUS_CONFIRMED", "\(order)")
+    }
+    #expect(
+      try waitFor(seconds: 30) { try replicaOf("orders").map { $0 != used } ?? false },
+      "\((try? shop.meshctl(["status"]).stdout) ?? "")")
+    #expect(try shop.meshctl(["check"]).stdout.contains("× \(used)"))
+
+    let restarted = try shop.meshctl(["restart", "control-plane"])
+    #expect(restarted.status == 0, "\(restarted.stdout)\(restarted.stderr)")
+    let check = try shop.meshctl(["check"])
+    #expect(check.status == 0, "\(check.stdout)")
+    #expect(check.stdout.contains("3 control plane replicas answer"), "\(check.stdout)")
+    #expect(check.stdout.contains("leader"), "\(check.stdout)")
   }
 
   /// `meshctl restart` rolls each instance without a failed call, under load through the
