@@ -115,7 +115,7 @@ extension MeshFixture {
   func joiningSidecar(
     _ service: String, app: String, plane: ServiceProcess, mesh meshFile: String? = nil,
     inbound: String = "127.0.0.1:0", instance: String? = nil, extra: String = "",
-    replicas: (addresses: [String], joins: [String])? = nil
+    replicas: (addresses: [String], joins: [String])? = nil, namespace: String? = nil
   ) throws -> RunningSidecar {
     let name = instance ?? service
     let token = directory.appendingPathComponent("\(name).token").path
@@ -137,7 +137,11 @@ extension MeshFixture {
     if let meshFile { text += "mesh: \(meshFile)\n" }
     text += extra
     let file = try write("\(name)-sidecar.yaml", text)
-    return try RunningSidecar(ServiceProcess(binary("sidecar"), ["--config", file]))
+    guard let namespace else {
+      return try RunningSidecar(ServiceProcess(binary("sidecar"), ["--config", file]))
+    }
+    return try RunningSidecar(
+      ServiceProcess("ip", ["netns", "exec", namespace, binary("sidecar"), "--config", file]))
   }
 }
 

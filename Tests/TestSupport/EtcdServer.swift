@@ -21,7 +21,13 @@ public final class EtcdServer: @unchecked Sendable {
     let arguments: [String]
   }
 
-  public init(name: String = "etcd-test", members count: Int = 1) throws {
+  /// With `everywhere`, the members serve on every address of this host (other hosts of a
+  /// test's topology reach them), not only on loopback; `url` names loopback either way.
+  public init(
+    name: String = "etcd-test", members count: Int = 1, everywhere: Bool = false
+  )
+    throws
+  {
     directory = try makeTemporaryDirectory(name)
     let ports = try (0..<count).map { _ in
       (client: try Int(freeLoopbackPort())!, peer: try Int(freeLoopbackPort())!)
@@ -33,11 +39,12 @@ public final class EtcdServer: @unchecked Sendable {
     for (index, port) in ports.enumerated() {
       let name = "m\(index + 1)"
       let client = "http://127.0.0.1:\(port.client)"
+      let listen = everywhere ? "http://0.0.0.0:\(port.client)" : client
       let peer = "http://127.0.0.1:\(port.peer)"
       let log = directory.appendingPathComponent("\(name).log")
       let arguments = [
         "--name", name, "--data-dir", directory.appendingPathComponent(name).path,
-        "--listen-client-urls", client, "--advertise-client-urls", client,
+        "--listen-client-urls", listen, "--advertise-client-urls", client,
         "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
         "--initial-cluster", cluster, "--initial-cluster-state", "new",
         "--initial-cluster-token", directory.lastPathComponent,
