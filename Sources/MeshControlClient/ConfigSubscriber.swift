@@ -465,16 +465,28 @@ public struct ConfigSubscriber: Service {
           metadata: ["version": "\(snapshot.version)", "error": "\(error)"])
       }
     }
-    if snapshot.hasDiscovery,
-      snapshot.discovery.generation != progress.withLock({ $0.discovery?.generation ?? -1 })
-    {
-      do {
-        try write([(discoveryFile, try snapshot.discovery.serializedBytes())])
-      } catch {
-        logger.warning("cannot persist the registered endpoints", metadata: ["error": "\(error)"])
+    var resyncDiscovery = false
+    let running = progress.withLock { $0.discovery }
+    if snapshot.hasDiscovery, snapshot.discovery.generation != running?.generation ?? -1 {
+      if let discovery = Self.discovery(snapshot.discovery, on: running) {
+        do {
+          try write([(discoveryFile, try discovery.serializedBytes())])
+        } catch {
+          logger.warning(
+            "cannot persist the registered endpoints", metadata: ["error": "\(error)"])
+        }
+        progress.withLock { $0.discovery = discovery }
+        changed = true
+      } else {
+        // A delta from another generation than the one this sidecar runs.
+        resyncDiscovery = true
+        logger.info(
+          "discovery delta does not apply; asking for every endpoint",
+          metadata: [
+            "base": "\(snapshot.discovery.baseGeneration)",
+            "running": "\(running?.generation ?? 0)",
+          ])
       }
-      progress.withLock { $0.discovery = snapshot.discovery }
-      changed = true
     }
     if changed {
       let (config, discovery, version) = progress.withLock {
@@ -486,7 +498,24 @@ public struct ConfigSubscriber: Service {
     var answer = progress.report(serial: certificateSerial())
     answer.responseNonce = snapshot.nonce
     answer.errorDetail = errors.joined(separator: "; ")
+    answer.resyncDiscovery = resyncDiscovery
     return answer
+  }
+
+  /// The registered endpoints a snapshot's discovery makes: the whole list, or a delta applied
+  /// on the generation it was made from; nil when `running` is not that one.
+  static func discovery(
+    _ received: Trellis_Mesh_V1_Discovery, on running: Trellis_Mesh_V1_Discovery?
+  ) -> Trellis_Mesh_V1_Discovery? {
+    guard received.delta else { return received }
+    guard let running, running.generation == received.baseGeneration else { return nil }
+    var byNode = Dictionary(running.endpoints.map { ($0.node, $0) }) { _, last in last }
+    for node in received.removed { byNode[node] = nil }
+    for endpoint in received.endpoints { byNode[endpoint.node] = endpoint }
+    var whole = Trellis_Mesh_V1_Discovery()
+    whole.generation = received.generation
+    whole.endpoints = byNode.values.sorted { $0.node < $1.node }
+    return whole
   }
 
   /// The config with the registered endpoints added to each service's own (a service only

@@ -10,9 +10,13 @@ import X509
 /// The sidecars subscribed to config, and what each said last. Whenever the config, the trust
 /// or a renewal request changes, every open stream gets a snapshot made for its sidecar.
 public final class ConfigHub: Sendable {
+  /// One open stream: woken when there is something new, it asks for its snapshot when it
+  /// writes (`snapshot(for:)`), so a snapshot is made against what the stream sent last.
   private struct Subscriber {
     var node: String
-    var continuation: AsyncStream<Trellis_Mesh_V1_ConfigSnapshot>.Continuation
+    var wake: AsyncStream<Void>.Continuation
+    /// The discovery generation this stream sent last; nil: none yet, a whole one next.
+    var sentDiscovery: Int64?
   }
 
   /// What the hub knows of one sidecar beyond its public status.
@@ -47,6 +51,32 @@ public final class ConfigHub: Sendable {
     /// Starts from the clock (ms), so a generation after a restart never repeats one a sidecar
     /// ran before it: config versions and trust generations are stored, this is not.
     var discoveryGeneration = Int64(Date().timeIntervalSince1970 * 1000)
+    /// The nodes whose registration changed, with the generation that changed them, oldest
+    /// first: what a delta is made of.
+    var discoveryChanges: [(generation: Int64, node: String)] = []
+    /// Deltas can be made from this generation on (the record of changes reaches back to it).
+    var discoveryFloor: Int64 = 0
+  }
+
+  /// How many changes the hub remembers for deltas; a stream further behind gets every
+  /// endpoint.
+  static let discoveryChangesKept = 10_000
+
+  /// A new discovery generation, changing `nodes` (nil: anything, so no delta reaches back
+  /// past it).
+  private static func discoveryChanged(_ nodes: [String]?, _ state: inout State) {
+    state.discoveryGeneration += 1
+    guard let nodes else {
+      state.discoveryChanges = []
+      state.discoveryFloor = state.discoveryGeneration
+      return
+    }
+    for node in nodes { state.discoveryChanges.append((state.discoveryGeneration, node)) }
+    let excess = state.discoveryChanges.count - discoveryChangesKept
+    if excess > 0 {
+      state.discoveryFloor = state.discoveryChanges[excess - 1].generation
+      state.discoveryChanges.removeFirst(excess)
+    }
   }
 
   struct Registered {
@@ -148,12 +178,12 @@ public final class ConfigHub: Sendable {
     state.withLock { state in
       guard let endpoint else {
         guard state.registrations.removeValue(forKey: node) != nil else { return false }
-        state.discoveryGeneration += 1
+        Self.discoveryChanged([node], &state)
         return true
       }
       if state.registrations[node]?.endpoint == endpoint { return false }
       state.registrations[node] = Registered(endpoint: endpoint, expires: .now + .seconds(300))
-      state.discoveryGeneration += 1
+      Self.discoveryChanged([node], &state)
       return true
     }
   }
@@ -163,11 +193,13 @@ public final class ConfigHub: Sendable {
   func follow(registrations endpoints: [Trellis_Mesh_V1_RegisteredEndpoint]) -> Bool {
     state.withLock { state in
       let byNode = Dictionary(endpoints.map { ($0.node, $0) }) { _, last in last }
-      guard state.registrations.mapValues(\.endpoint) != byNode else { return false }
+      let before = state.registrations.mapValues(\.endpoint)
+      guard before != byNode else { return false }
       state.registrations = byNode.mapValues {
         Registered(endpoint: $0, expires: .now + .seconds(300))
       }
-      state.discoveryGeneration += 1
+      let changed = Set(before.keys).union(byNode.keys).filter { before[$0] != byNode[$0] }
+      Self.discoveryChanged(changed.sorted(), &state)
       return true
     }
   }
@@ -179,7 +211,7 @@ public final class ConfigHub: Sendable {
         state.registrations[endpoint.node] = Registered(
           endpoint: endpoint, expires: .now + lease)
       }
-      if !endpoints.isEmpty { state.discoveryGeneration += 1 }
+      if !endpoints.isEmpty { Self.discoveryChanged(nil, &state) }
     }
   }
 
@@ -191,7 +223,7 @@ public final class ConfigHub: Sendable {
     state.withLock { state in
       guard registration.serving else {
         guard state.registrations.removeValue(forKey: node) != nil else { return nil }
-        state.discoveryGeneration += 1
+        Self.discoveryChanged([node], &state)
         return .removed
       }
       var endpoint = Trellis_Mesh_V1_RegisteredEndpoint()
@@ -204,7 +236,7 @@ public final class ConfigHub: Sendable {
       let unchanged = state.registrations[node]?.endpoint == endpoint
       state.registrations[node] = Registered(endpoint: endpoint, expires: .now + lease)
       if unchanged { return .renewed(endpoint, lease: lease) }
-      state.discoveryGeneration += 1
+      Self.discoveryChanged([node], &state)
       return .stored(endpoint, lease: lease)
     }
   }
@@ -223,33 +255,68 @@ public final class ConfigHub: Sendable {
   func expireLeases(now: ContinuousClock.Instant = .now) -> [String] {
     state.withLock { state in
       guard !state.storeKeepsLeases else { return [] }
-      let expired = state.registrations.filter { $0.value.expires <= now }.map(\.key)
+      let expired = state.registrations.filter { $0.value.expires <= now }.map(\.key).sorted()
       for node in expired { state.registrations[node] = nil }
-      if !expired.isEmpty { state.discoveryGeneration += 1 }
-      return expired.sorted()
+      if !expired.isEmpty { Self.discoveryChanged(expired, &state) }
+      return expired
     }
   }
 
+  /// Wakes every stream: each then sends what its sidecar should run now.
   func pushAll() {
-    let snapshots = state.withLock { state in
-      state.subscribers.values.map { ($0.continuation, Self.snapshot(for: $0.node, &state)) }
-    }
-    for (continuation, snapshot) in snapshots { continuation.yield(snapshot) }
+    let wakes = state.withLock { $0.subscribers.values.map(\.wake) }
+    for wake in wakes { wake.yield() }
   }
 
-  /// What `node` should run now, with a fresh nonce.
+  /// What the sidecar on stream `id` should run now, with a fresh nonce: the config's text
+  /// and the bundle only if it does not run them yet, and the registered endpoints changed
+  /// since the stream sent them last (all of them on a new stream). Nil once the stream is
+  /// gone.
+  func snapshot(for id: UUID) -> Trellis_Mesh_V1_ConfigSnapshot? {
+    state.withLock { state in
+      guard let subscriber = state.subscribers[id] else { return nil }
+      let snapshot = Self.snapshot(
+        for: subscriber.node, sentDiscovery: subscriber.sentDiscovery, &state)
+      state.subscribers[id]?.sentDiscovery = state.discoveryGeneration
+      return snapshot
+    }
+  }
+
   private static func snapshot(
-    for node: String, _ state: inout State
+    for node: String, sentDiscovery: Int64?, _ state: inout State
   ) -> Trellis_Mesh_V1_ConfigSnapshot {
     state.nonce += 1
+    let status = state.nodes[node]?.status
     var snapshot = Trellis_Mesh_V1_ConfigSnapshot()
     snapshot.version = state.config?.version ?? 0
-    snapshot.yaml = state.config?.yaml ?? ""
+    if status?.version != snapshot.version { snapshot.yaml = state.config?.yaml ?? "" }
     snapshot.nonce = "\(snapshot.version)-\(state.trust.generation)-\(state.nonce)"
-    snapshot.trustBundle = state.trust.bundlePEM
     snapshot.trustGeneration = state.trust.generation
+    if status?.trustGeneration != state.trust.generation {
+      snapshot.trustBundle = state.trust.bundlePEM
+    }
     snapshot.renewCertificate = state.nodes[node].map { needsRenewal($0, state) } ?? false
-    snapshot.discovery.generation = state.discoveryGeneration
+    let generation = state.discoveryGeneration
+    guard sentDiscovery != generation else { return snapshot }
+    snapshot.discovery.generation = generation
+    if let base = sentDiscovery, base >= state.discoveryFloor, base < generation {
+      // What changed since: newest first, each node once.
+      var nodes = Set<String>()
+      for change in state.discoveryChanges.reversed() {
+        guard change.generation > base else { break }
+        nodes.insert(change.node)
+      }
+      snapshot.discovery.delta = true
+      snapshot.discovery.baseGeneration = base
+      for node in nodes.sorted() {
+        if let registered = state.registrations[node] {
+          snapshot.discovery.endpoints.append(registered.endpoint)
+        } else {
+          snapshot.discovery.removed.append(node)
+        }
+      }
+      return snapshot
+    }
     snapshot.discovery.endpoints = state.registrations.values.map(\.endpoint).sorted {
       $0.node < $1.node
     }
@@ -276,11 +343,14 @@ public final class ConfigHub: Sendable {
   func subscribe(
     id: UUID, node: String, identity: String, hello: Trellis_Mesh_V1_SubscribeRequest,
     issued: IssuedCertificate?, certificateNotAfter: Date?
-  ) -> AsyncStream<Trellis_Mesh_V1_ConfigSnapshot> {
-    let (stream, continuation) = AsyncStream.makeStream(
-      of: Trellis_Mesh_V1_ConfigSnapshot.self, bufferingPolicy: .bufferingNewest(1))
+  ) -> AsyncStream<Void> {
+    let (stream, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     state.withLock { state in
-      state.subscribers[id] = Subscriber(node: node, continuation: continuation)
+      // A sidecar that runs the generation this hub is at needs no endpoint sent; any other
+      // gets them all (generations of another control plane mean nothing here).
+      let sentDiscovery =
+        hello.discoveryGeneration == state.discoveryGeneration ? state.discoveryGeneration : nil
+      state.subscribers[id] = Subscriber(node: node, wake: wake, sentDiscovery: sentDiscovery)
       var entry = state.nodes[node] ?? Node()
       entry.status.node = node
       entry.status.spiffeID = identity
@@ -301,7 +371,7 @@ public final class ConfigHub: Sendable {
         && hello.trustGeneration == state.trust.generation
         && hello.discoveryGeneration == state.discoveryGeneration
         && !Self.needsRenewal(current, state)
-      if !upToDate { continuation.yield(Self.snapshot(for: node, &state)) }
+      if !upToDate { wake.yield() }
     }
     return stream
   }
@@ -309,7 +379,7 @@ public final class ConfigHub: Sendable {
   func unsubscribe(id: UUID) {
     state.withLock {
       guard let subscriber = $0.subscribers.removeValue(forKey: id) else { return }
-      subscriber.continuation.finish()
+      subscriber.wake.finish()
       // Another stream of the same node may have replaced this one.
       if !$0.subscribers.values.contains(where: { $0.node == subscriber.node }) {
         $0.nodes[subscriber.node]?.status.connected = false
@@ -324,10 +394,7 @@ public final class ConfigHub: Sendable {
     node: String, _ message: Trellis_Mesh_V1_SubscribeRequest, snapshotVersion: Int64?,
     issued: IssuedCertificate?
   ) {
-    let again = state.withLock {
-      state -> [(
-        AsyncStream<Trellis_Mesh_V1_ConfigSnapshot>.Continuation, Trellis_Mesh_V1_ConfigSnapshot
-      )] in
+    let again = state.withLock { state -> [AsyncStream<Void>.Continuation] in
       guard var entry = state.nodes[node] else { return [] }
       let newCertificate =
         !message.certificateSerial.isEmpty
@@ -343,13 +410,17 @@ public final class ConfigHub: Sendable {
       }
       state.nodes[node] = entry
       Self.record(node: node, serial: message.certificateSerial, issued: issued, &state)
+      let streams = state.subscribers.filter { $0.value.node == node }
+      if message.resyncDiscovery {
+        // A delta did not apply: every endpoint goes next.
+        for id in streams.keys { state.subscribers[id]?.sentDiscovery = nil }
+        return streams.values.map(\.wake)
+      }
       guard newCertificate, let current = state.nodes[node], Self.needsRenewal(current, state)
       else { return [] }
-      return state.subscribers.values.filter { $0.node == node }.map {
-        ($0.continuation, Self.snapshot(for: node, &state))
-      }
+      return streams.values.map(\.wake)
     }
-    for (continuation, snapshot) in again { continuation.yield(snapshot) }
+    for wake in again { wake.yield() }
   }
 
   private static func record(
@@ -453,7 +524,7 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
             hello.certificateSerial = peer.serialHex  // a sidecar that does not report it
           }
           let issued = try await Self.issued(hello.certificateSerial, caller, store)
-          let snapshots = hub.subscribe(
+          let wakes = hub.subscribe(
             id: id, node: node, identity: caller.description, hello: hello,
             issued: issued,
             certificateNotAfter: peer?.notValidAfter)
@@ -462,7 +533,8 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
             try await Self.register(hello.registration, node: node, caller: caller, hub, store)
           }
           group.addTask {
-            for await snapshot in snapshots {
+            for await _ in wakes {
+              guard let snapshot = hub.snapshot(for: id) else { break }
               sent.withLock { $0[snapshot.nonce] = snapshot.version }
               try await writer.write(snapshot)
             }

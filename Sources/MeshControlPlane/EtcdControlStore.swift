@@ -294,8 +294,14 @@ public final class EtcdControlStore: ControlStore {
       }
       return
     }
-    let id = try await etcd.grantLease(ttl: Self.seconds(lease))
-    try await etcd.put(key, endpoint, lease: id)
+    var id = try await etcd.grantLease(ttl: Self.seconds(lease))
+    do {
+      try await etcd.put(key, endpoint, lease: id)
+    } catch let error as RPCError where error.code == .notFound {
+      // This process was paused past the new lease (a stopped or starved process): once more.
+      id = try await etcd.grantLease(ttl: Self.seconds(lease))
+      try await etcd.put(key, endpoint, lease: id)
+    }
     if let old = leases.withLock({ $0.updateValue(id, forKey: node) }) {
       try? await etcd.revokeLease(old)
     }

@@ -64,3 +64,39 @@ import Testing
     #expect(users.idempotency["shop.v1.UserService/GetUser"] == true)
   }
 }
+
+/// A delta applies on the generation it was made from, and on no other.
+@Suite struct DiscoveryDeltaTests {
+  func endpoint(_ node: String, _ address: String) -> Trellis_Mesh_V1_RegisteredEndpoint {
+    .with {
+      $0.node = node
+      $0.service = "users"
+      $0.address = address
+    }
+  }
+
+  @Test func aDeltaAppliesOnItsBase() throws {
+    let running = Trellis_Mesh_V1_Discovery.with {
+      $0.generation = 7
+      $0.endpoints = [endpoint("a", "10.0.0.1:1"), endpoint("b", "10.0.0.2:1")]
+    }
+    let delta = Trellis_Mesh_V1_Discovery.with {
+      $0.generation = 9
+      $0.delta = true
+      $0.baseGeneration = 7
+      $0.endpoints = [endpoint("a", "10.0.0.9:1"), endpoint("c", "10.0.0.3:1")]
+      $0.removed = ["b"]
+    }
+    let applied = try #require(ConfigSubscriber.discovery(delta, on: running))
+    #expect(applied.generation == 9 && !applied.delta)
+    #expect(applied.endpoints.map(\.address) == ["10.0.0.9:1", "10.0.0.3:1"])
+    var elsewhere = running
+    elsewhere.generation = 8
+    #expect(ConfigSubscriber.discovery(delta, on: elsewhere) == nil)
+    #expect(ConfigSubscriber.discovery(delta, on: nil) == nil)
+    // A whole one replaces whatever runs.
+    var whole = delta
+    whole.delta = false
+    #expect(ConfigSubscriber.discovery(whole, on: nil) == whole)
+  }
+}

@@ -155,6 +155,9 @@ public nonisolated struct Trellis_Mesh_V1_SubscribeRequest: Sendable {
   /// The discovery generation the sidecar runs.
   public var discoveryGeneration: Int64 = 0
 
+  /// Set when a discovery delta did not apply on what the sidecar runs: send every endpoint.
+  public var resyncDiscovery: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -206,7 +209,11 @@ public nonisolated struct Trellis_Mesh_V1_MethodInfo: Sendable {
   public init() {}
 }
 
-/// Every registered endpoint and the methods each service declared.
+/// Every registered endpoint and the methods each service declared; or, as a delta, what
+/// changed since `base_generation`: the endpoints added or changed, and the nodes withdrawn.
+/// A stream's first discovery is whole; later ones are deltas from what the stream sent last
+/// (so bytes per change do not grow with the mesh), unless the control plane's record of
+/// changes no longer reaches back that far.
 public nonisolated struct Trellis_Mesh_V1_Discovery: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -215,6 +222,12 @@ public nonisolated struct Trellis_Mesh_V1_Discovery: Sendable {
   public var generation: Int64 = 0
 
   public var endpoints: [Trellis_Mesh_V1_RegisteredEndpoint] = []
+
+  public var delta: Bool = false
+
+  public var baseGeneration: Int64 = 0
+
+  public var removed: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -838,7 +851,7 @@ nonisolated extension Trellis_Mesh_V1_Replica: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubscribeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}version\0\u{3}response_nonce\0\u{3}error_detail\0\u{3}trust_generation\0\u{3}certificate_serial\0\u{1}registration\0\u{3}discovery_generation\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{1}version\0\u{3}response_nonce\0\u{3}error_detail\0\u{3}trust_generation\0\u{3}certificate_serial\0\u{1}registration\0\u{3}discovery_generation\0\u{3}resync_discovery\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -854,6 +867,7 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
       case 6: try { try decoder.decodeSingularStringField(value: &self.certificateSerial) }()
       case 7: try { try decoder.decodeSingularMessageField(value: &self._registration) }()
       case 8: try { try decoder.decodeSingularInt64Field(value: &self.discoveryGeneration) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.resyncDiscovery) }()
       default: break
       }
     }
@@ -888,6 +902,9 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
     if self.discoveryGeneration != 0 {
       try visitor.visitSingularInt64Field(value: self.discoveryGeneration, fieldNumber: 8)
     }
+    if self.resyncDiscovery != false {
+      try visitor.visitSingularBoolField(value: self.resyncDiscovery, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -900,6 +917,7 @@ nonisolated extension Trellis_Mesh_V1_SubscribeRequest: SwiftProtobuf.Message, S
     if lhs.certificateSerial != rhs.certificateSerial {return false}
     if lhs._registration != rhs._registration {return false}
     if lhs.discoveryGeneration != rhs.discoveryGeneration {return false}
+    if lhs.resyncDiscovery != rhs.resyncDiscovery {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -997,7 +1015,7 @@ nonisolated extension Trellis_Mesh_V1_MethodInfo: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Trellis_Mesh_V1_Discovery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Discovery"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}generation\0\u{1}endpoints\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}generation\0\u{1}endpoints\0\u{1}delta\0\u{3}base_generation\0\u{1}removed\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1007,6 +1025,9 @@ nonisolated extension Trellis_Mesh_V1_Discovery: SwiftProtobuf.Message, SwiftPro
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularInt64Field(value: &self.generation) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.endpoints) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.delta) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.baseGeneration) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.removed) }()
       default: break
       }
     }
@@ -1019,12 +1040,24 @@ nonisolated extension Trellis_Mesh_V1_Discovery: SwiftProtobuf.Message, SwiftPro
     if !self.endpoints.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.endpoints, fieldNumber: 2)
     }
+    if self.delta != false {
+      try visitor.visitSingularBoolField(value: self.delta, fieldNumber: 3)
+    }
+    if self.baseGeneration != 0 {
+      try visitor.visitSingularInt64Field(value: self.baseGeneration, fieldNumber: 4)
+    }
+    if !self.removed.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.removed, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Trellis_Mesh_V1_Discovery, rhs: Trellis_Mesh_V1_Discovery) -> Bool {
     if lhs.generation != rhs.generation {return false}
     if lhs.endpoints != rhs.endpoints {return false}
+    if lhs.delta != rhs.delta {return false}
+    if lhs.baseGeneration != rhs.baseGeneration {return false}
+    if lhs.removed != rhs.removed {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
