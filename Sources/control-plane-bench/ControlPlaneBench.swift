@@ -12,11 +12,14 @@ import X509
 
 /// `control-plane-bench`: the control plane under a mesh's load, measured from outside.
 ///
-/// It makes a CA, starts the `control-plane` binary beside it, opens `--sidecars` config
-/// subscriptions over mutual TLS (one connection each, as real sidecars do), then applies
-/// `--changes` new versions and times, for each, how long until every subscriber has ACKed
-/// it. Then it signs CSRs as fast as `--concurrency` renewals at once allow. It prints the
-/// propagation p50/p99, certificates per second, and the control plane's memory.
+/// It makes a CA, starts the `control-plane` binary beside it (with `--store etcd`, an etcd
+/// cluster and `--replicas` control planes on it, the sidecars spread over them), opens
+/// `--sidecars` config subscriptions over mutual TLS (one connection each, as real sidecars
+/// do), `--endpoints` of which register an endpoint, then applies `--changes` new versions and
+/// times, for each, how long until every subscriber has ACKed it. It counts the bytes every
+/// subscriber receives for one more endpoint registered. Then it signs CSRs as fast as
+/// `--concurrency` renewals at once allow. It prints the propagation p50/p99, bytes per
+/// change, certificates per second, and each control plane's memory.
 @main
 struct ControlPlaneBench: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -28,6 +31,23 @@ struct ControlPlaneBench: AsyncParsableCommand {
   @Option(help: "Config versions to apply and time.") var changes = 5
   @Option(help: "Certificates to sign.") var certificates = 2000
   @Option(help: "Renewals in flight at once.") var concurrency = 32
+  @Option(help: "Where the control planes keep their state: sqlite or etcd.") var store = "sqlite"
+  @Option(help: "Control plane replicas (etcd only), on an etcd cluster of as many members.")
+  var replicas = 1
+  @Option(help: "Simulated sidecars that register an endpoint (at most --sidecars).")
+  var endpoints = 0
+
+  func validate() throws {
+    guard ["sqlite", "etcd"].contains(store) else {
+      throw ValidationError("--store \(store): sqlite or etcd")
+    }
+    guard replicas >= 1, store == "etcd" || replicas == 1 else {
+      throw ValidationError("--replicas \(replicas): several need --store etcd")
+    }
+    guard (0...sidecars).contains(endpoints) else {
+      throw ValidationError("--endpoints \(endpoints): from 0 to --sidecars")
+    }
+  }
 
   func run() async throws {
     let work = FileManager.default.temporaryDirectory
@@ -54,42 +74,63 @@ struct ControlPlaneBench: AsyncParsableCommand {
         [certificate, issuer.certificate], to: "\(certs)/\(name).pem")
     }
 
-    // The control plane, as its own process.
+    // The etcd cluster, and the control planes, each as its own process.
+    let etcd = store == "etcd" ? try EtcdCluster(members: replicas, work: work) : nil
+    defer { etcd?.stop() }
     let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
       .appendingPathComponent("control-plane").path
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = [
-      "--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", certs, "--data",
-      "\(work)/data",
-    ]
-    let log = Pipe()
-    process.standardError = log
-    process.standardOutput = log
-    try process.run()
+    var planes: [Process] = []
     defer {
-      process.terminate()
-      process.waitUntilExit()
+      for process in planes {
+        process.terminate()
+        process.waitUntilExit()
+      }
     }
-    let address = try Self.listeningAddress(log.fileHandleForReading)
-    print("control plane at \(address) (pid \(process.processIdentifier))")
-
+    var addresses: [String] = []
+    for index in 0..<replicas {
+      let data = "\(work)/data-\(index)"
+      let process = Process()
+      process.executableURL = URL(fileURLWithPath: binary)
+      process.arguments =
+        ["--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", certs, "--data", data]
+        + (etcd.map { ["--store", $0.url, "--replica", "cp-\(index + 1)"] } ?? [])
+      let log = Pipe()
+      process.standardError = log
+      process.standardOutput = log
+      try process.run()
+      planes.append(process)
+      if index > 0 {
+        // Its own issuer, its CSR signed with the root as an operator would.
+        try Self.signIssuer(data: data, root: root)
+      }
+      addresses.append(try Self.listeningAddress(log.fileHandleForReading))
+      print("control plane \(index + 1) at \(addresses[index]) (pid \(process.processIdentifier))")
+    }
+    let address = addresses[0]
     let admin = Client(
       address: address, certificate: files.operatorCertificate, key: files.operatorKey,
       bundle: files.bundle)
-    let sim = Client(
-      address: address, certificate: "\(certs)/sim.pem", key: "\(certs)/sim-key.pem",
-      bundle: files.bundle)
+    // Each simulated sidecar at one replica, in turn.
+    let sims = addresses.map {
+      Client(
+        address: $0, certificate: "\(certs)/sim.pem", key: "\(certs)/sim-key.pem",
+        bundle: files.bundle)
+    }
+    let sim = sims[0]
 
     // Version 1 first, so every subscriber starts from it.
     _ = try await admin.apply(yaml: Self.config(1))
     let board = Board()
     let ready = Counter()
+    let received = Counter()
+    let endpointCount = endpoints
     try await withThrowingTaskGroup(of: Void.self) { group in
       for index in 0..<sidecars {
         group.addTask {
-          try await sim.subscribe(node: "sim-\(index)@10.0.\(index / 250).\(index % 250):15101") {
-            version in
+          let node = "sim-\(index)@10.0.\(index / 250).\(index % 250):15101"
+          try await sims[index % sims.count].subscribe(
+            node: node, registering: index < endpointCount, bytes: received
+          ) { version in
             if version == 1 {
               ready.add()
             } else {
@@ -107,6 +148,29 @@ struct ControlPlaneBench: AsyncParsableCommand {
         try await Task.sleep(for: .milliseconds(50))
       }
       print("\(sidecars) subscriptions open")
+      if endpointCount > 0 {
+        // Every registration pushed (the discovery settles), then one more endpoint: what each
+        // subscriber receives for it.
+        try await Self.settle(received)
+        let whole = try await admin.status().discovery
+        let wholeBytes: [UInt8] = try whole.serializedBytes()
+        let before = received.value
+        let extra = Task {
+          try await sim.subscribe(
+            node: "sim-extra@10.1.0.1:15101", registering: true, bytes: Counter()
+          ) { _ in }
+        }
+        try await Self.settle(received)
+        let perSidecar = Double(received.value - before) / Double(sidecars)
+        print(
+          """
+          one endpoint registered, at \(whole.endpoints.count) endpoints: \
+          \(String(format: "%.0f", perSidecar)) bytes to each sidecar \
+          (\(received.value - before) in all); a whole discovery is \(wholeBytes.count) bytes
+          """
+        )
+        extra.cancel()
+      }
 
       var rounds: [Duration] = []
       var all: [Duration] = []
@@ -148,9 +212,11 @@ struct ControlPlaneBench: AsyncParsableCommand {
         \(status.sidecars.count) sidecars at version \(changes + 1)
         """
       )
-      print(
-        "  control plane memory with \(sidecars) streams: \(Self.memory(process.processIdentifier))"
-      )
+      for (index, process) in planes.enumerated() {
+        print(
+          "  control plane \(index + 1) memory with \(sidecars / planes.count) streams: \(Self.memory(process.processIdentifier))"
+        )
+      }
       group.cancelAll()
     }
 
@@ -178,9 +244,31 @@ struct ControlPlaneBench: AsyncParsableCommand {
     print(
       "CSR signing: \(certificates) certificates in \(String(format: "%.2f", seconds)) s = \(String(format: "%.0f", Double(certificates) / seconds)) per second (\(concurrency) in flight)"
     )
-    print("control plane memory at the end: \(Self.memory(process.processIdentifier))")
+    print("control plane 1 memory at the end: \(Self.memory(planes[0].processIdentifier))")
     print(
       "goals: propagation p99 under 1 s for 1,000 sidecars; at least 500 certificates per second")
+  }
+
+  /// Waits until no snapshot bytes arrived for half a second.
+  static func settle(_ received: Counter) async throws {
+    var last = -1
+    while received.value != last {
+      last = received.value
+      try await Task.sleep(for: .milliseconds(500))
+    }
+  }
+
+  /// Waits for a joining replica's CSR (data/issuer.csr) and signs it into data/issuer.pem.
+  static func signIssuer(data: String, root: SigningAuthority) throws {
+    let deadline = Date().addingTimeInterval(60)
+    while !FileManager.default.fileExists(atPath: "\(data)/issuer.csr") {
+      guard Date() < deadline else { throw ValidationError("no issuer CSR in \(data)") }
+      Thread.sleep(forTimeInterval: 0.05)
+    }
+    let request = try CertificateSigningRequest(
+      pemEncoded: try String(contentsOfFile: "\(data)/issuer.csr", encoding: .utf8))
+    let issuer = try root.signIssuer(request: request, trustDomain: SPIFFEID.defaultTrustDomain)
+    try CertificateFiles.writeCertificates([issuer], to: "\(data)/issuer.pem")
   }
 
   static func config(_ version: Int) -> String {
@@ -267,11 +355,21 @@ struct Client: Sendable {
     }
   }
 
-  /// One subscription on its own connection: ACKs every snapshot, reporting its version.
-  func subscribe(node: String, received: @escaping @Sendable (Int64) -> Void) async throws {
+  /// One subscription on its own connection: ACKs every snapshot, reporting its version and
+  /// counting its bytes; with `registering`, it registers an endpoint (at its node's address).
+  func subscribe(
+    node: String, registering: Bool = false, bytes: Counter? = nil,
+    received: @escaping @Sendable (Int64) -> Void
+  ) async throws {
     let (requests, outbox) = AsyncStream.makeStream(of: Trellis_Mesh_V1_SubscribeRequest.self)
     var hello = Trellis_Mesh_V1_SubscribeRequest()
     hello.node = node
+    if registering {
+      hello.registration.address = String(node.split(separator: "@").last ?? "")
+      hello.registration.serving = true
+      hello.registration.leaseSeconds = 300
+      hello.registration.labels = ["version": "v1"]
+    }
     outbox.yield(hello)
     try await withGRPCClient(transport: try transport()) { client in
       try await Trellis_Mesh_V1_Config.Client(wrapping: client).subscribe(
@@ -280,10 +378,16 @@ struct Client: Sendable {
         },
         onResponse: { response in
           for try await snapshot in response.messages {
+            if let bytes {
+              let encoded: [UInt8] = try snapshot.serializedBytes()
+              bytes.add(encoded.count)
+            }
             var ack = Trellis_Mesh_V1_SubscribeRequest()
             ack.node = node
             ack.version = snapshot.version
             ack.responseNonce = snapshot.nonce
+            // As a sidecar reports what it runs: the trust it took in.
+            ack.trustGeneration = snapshot.trustGeneration
             outbox.yield(ack)
             received(snapshot.version)
           }
@@ -316,7 +420,7 @@ struct Client: Sendable {
 final class Counter: Sendable {
   private let count = Mutex(0)
   var value: Int { count.withLock { $0 } }
-  func add() { count.withLock { $0 += 1 } }
+  func add(_ amount: Int = 1) { count.withLock { $0 += amount } }
   /// Counts one more if the count is under `limit`; false once it is not.
   func take(below limit: Int) -> Bool {
     count.withLock {
@@ -324,5 +428,75 @@ final class Counter: Sendable {
       $0 += 1
       return true
     }
+  }
+}
+
+/// An etcd cluster for the benchmark: Debian's `etcd-server`, on loopback ports the system
+/// gave a moment before, its data in the work folder.
+struct EtcdCluster {
+  let url: String
+  let processes: [Process]
+
+  init(members: Int, work: String) throws {
+    func port() throws -> Int {
+      let socket = try ServerSocket()
+      return socket.port
+    }
+    let ports = try (0..<members).map { _ in (client: try port(), peer: try port()) }
+    url = "etcd://" + ports.map { "127.0.0.1:\($0.client)" }.joined(separator: ",")
+    let cluster = ports.enumerated().map { "m\($0.offset)=http://127.0.0.1:\($0.element.peer)" }
+      .joined(separator: ",")
+    var started: [Process] = []
+    for (index, port) in ports.enumerated() {
+      let process = Process()
+      process.executableURL = URL(fileURLWithPath: "/usr/bin/etcd")
+      process.arguments = [
+        "--name", "m\(index)", "--data-dir", "\(work)/etcd-\(index)",
+        "--listen-client-urls", "http://127.0.0.1:\(port.client)",
+        "--advertise-client-urls", "http://127.0.0.1:\(port.client)",
+        "--listen-peer-urls", "http://127.0.0.1:\(port.peer)",
+        "--initial-advertise-peer-urls", "http://127.0.0.1:\(port.peer)",
+        "--initial-cluster", cluster, "--initial-cluster-state", "new",
+        "--log-outputs", "\(work)/etcd-\(index).log", "--logger", "zap",
+        // A quota for many writes: the bench's registrations.
+        "--quota-backend-bytes", "\(4 * 1024 * 1024 * 1024)",
+      ]
+      process.standardOutput = FileHandle.nullDevice
+      process.standardError = FileHandle.nullDevice
+      try process.run()
+      started.append(process)
+    }
+    processes = started
+    print("etcd: \(members) member\(members == 1 ? "" : "s") at \(url)")
+  }
+
+  func stop() {
+    for process in processes {
+      process.terminate()
+      process.waitUntilExit()
+    }
+  }
+}
+
+/// A TCP port the system hands out now (bound, then released).
+struct ServerSocket {
+  let port: Int
+
+  init() throws {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { throw ValidationError("socket: \(errno)") }
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+      pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        bind(descriptor, $0, length) == 0 && getsockname(descriptor, $0, &length) == 0
+      }
+    }
+    guard bound else { throw ValidationError("bind: \(errno)") }
+    port = Int(UInt16(bigEndian: address.sin_port))
   }
 }
