@@ -262,6 +262,9 @@ public final class ConfigHub: Sendable {
     }
   }
 
+  /// How many config streams are open.
+  var streams: Int { state.withLock { $0.subscribers.count } }
+
   /// Wakes every stream: each then sends what its sidecar should run now.
   func pushAll() {
     let wakes = state.withLock { $0.subscribers.values.map(\.wake) }
@@ -511,11 +514,33 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
       .peerCertificate
     let hub = control.hub
     let store = control.store
+    guard hub.streams < control.maximumConfigStreams else {
+      throw RPCError(
+        code: .resourceExhausted,
+        message: """
+          this control plane serves its limit of \(control.maximumConfigStreams) config streams: \
+          subscribe at another replica
+          """)
+    }
+    // Each stream ends after its age (with jitter, so that streams do not end together); its
+    // sidecar subscribes again at a replica of its choosing, so load spreads again over
+    // replicas that came back.
+    let age = control.configStreamAge * Double.random(in: 0.8...1.2)
     return StreamingServerResponse { writer in
       let id = UUID()
       // Nonces sent and the version each carried, to read NACKs by.
       let sent = SentNonces()
       try await endingAtShutdown {
+        try await withThrowingTaskGroup(of: Void.self) { aging in
+          aging.addTask { try await Task.sleep(for: age) }
+          aging.addTask { try await serve() }
+          // The stream aged out, or ended by itself: either way it is over.
+          try await aging.next()
+          aging.cancelAll()
+        }
+      }
+
+      @Sendable func serve() async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
           var messages = request.messages.makeAsyncIterator()
           guard var hello = try await messages.next() else { return }

@@ -33,6 +33,10 @@ public struct ControlPlane: Service {
     public var replica: String?
     /// How often the leader sweeps expired records (and, on etcd, compacts history).
     public var sweepInterval: Duration = .seconds(60)
+    /// How long a sidecar's config stream lasts (±20 %) before it is ended, so that sidecars
+    /// spread again over the replicas; and how many streams it serves at once.
+    public var configStreamAge: Duration = .seconds(1800)
+    public var maximumConfigStreams = 20_000
     public var trustDomain: String
     public var leafLifetime: TimeInterval
     /// How many spans, and for how long, the trace store keeps.
@@ -92,8 +96,11 @@ public struct ControlPlane: Service {
     let traces = try TraceStore(
       directory: configuration.data, retention: configuration.traceRetention)
     let trust = try MeshTrust(try await loadTrust(store), trustDomain: configuration.trustDomain)
-    let control = try await ControlContext(
+    var context = try await ControlContext(
       store: store, trust: trust, defaultLeafLifetime: configuration.leafLifetime)
+    context.configStreamAge = configuration.configStreamAge
+    context.maximumConfigStreams = configuration.maximumConfigStreams
+    let control = context
     let identity = trust.identity
 
     // Both listeners read the certificate in force, and the mutual-TLS one the roots in force,

@@ -25,6 +25,11 @@ public struct ControlContext: Sendable {
   public var maximumConfigBytes = MeshConfig.maximumBytes
   /// The sidecars subscribed to config.
   public let hub = ConfigHub()
+  /// Config streams served at once; a sidecar beyond them is sent to another replica.
+  public var maximumConfigStreams = 20_000
+  /// How long a config stream lasts (±20 %) before it is ended, so that sidecars spread again
+  /// over the replicas.
+  public var configStreamAge: Duration = .seconds(1800)
   /// How long a registration stored before a restart lasts unless its sidecar renews it.
   public var registrationGrace: Duration = .seconds(30)
 

@@ -34,6 +34,14 @@ struct ControlPlaneCommand: AsyncParsableCommand {
       --data/replica, made at first start).
       """)
   var replica: String?
+  @Option(
+    help: """
+      How long a sidecar's config stream lasts (±20 %) before it is ended and the sidecar \
+      subscribes again at a replica of its choosing: 30m, 1h.
+      """)
+  var configStreamAge = "30m"
+  @Option(help: "Config streams served at once; more are sent to another replica.")
+  var maxConfigStreams = 20_000
   @Option(help: "The trust domain.") var trustDomain = SPIFFEID.defaultTrustDomain
   @Option(help: "Default lifetime of the certificates it issues: 90s, 15m, 24h.")
   var leafLifetime = "24h"
@@ -87,6 +95,15 @@ struct ControlPlaneCommand: AsyncParsableCommand {
       certs: certs, data: data, trustDomain: trustDomain, leafLifetime: lifetime.timeInterval)
     configuration.traceRetention = .init(maximumSpans: traceMaxSpans, maximumAge: retention)
     configuration.store = storeLocation
+    guard let age = parseDuration(configStreamAge), age >= .seconds(1) else {
+      throw ValidationError(
+        "--config-stream-age \(configStreamAge): expected a duration such as 30m")
+    }
+    guard maxConfigStreams >= 1 else {
+      throw ValidationError("--max-config-streams \(maxConfigStreams): at least 1")
+    }
+    configuration.configStreamAge = age
+    configuration.maximumConfigStreams = maxConfigStreams
     if let replica {
       guard !replica.isEmpty, replica.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" })
       else {

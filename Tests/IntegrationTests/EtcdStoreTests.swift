@@ -173,4 +173,54 @@ import Testing
     #expect(try waitFor(seconds: 30) { try replicas(at: other).count == 1 })
     #expect(try replicas(at: other).first?["leader"] as? Bool == true)
   }
+
+  /// A replica ends each config stream after its age, and one beyond its limit of streams
+  /// sends the sidecar away: the sidecar subscribes again at another replica.
+  @Test func streamsAgeOutAndALimitSendsSidecarsElsewhere() throws {
+    let etcd = try EtcdServer()
+    defer { etcd.stop() }
+    let mesh = try MeshFixture("stream-age", services: [])
+    func start(_ name: String, _ extra: [String]) throws -> ServiceProcess {
+      let data = mesh.directory.appendingPathComponent(name).path
+      let launch = {
+        try ServiceProcess(
+          binary("control-plane"),
+          [
+            "--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", mesh.certs,
+            "--data", data, "--store", etcd.url, "--replica", name,
+          ] + extra, timeout: 90)
+      }
+      guard name != "a" else { return try launch() }
+      return try withOperatorSigning(
+        csr: "\(data)/issuer.csr", out: "\(data)/issuer.pem", certs: mesh.certs, launch)
+    }
+    // a ends its streams every 2 s or so; b takes no more than one.
+    let a = try start("a", ["--config-stream-age", "2s"])
+    defer { a.stop() }
+    let b = try start("b", ["--max-config-streams", "1"])
+    defer { b.stop() }
+    let replicas = (
+      addresses: [a.address, b.address],
+      joins: try [a, b].map { try logField($0.log, "join_address") }
+    )
+    let one = try mesh.joiningSidecar(
+      "users", app: "127.0.0.1:1", plane: a, instance: "one", replicas: replicas)
+    let two = try mesh.joiningSidecar(
+      "users", app: "127.0.0.1:1", plane: a, instance: "two", replicas: replicas)
+    defer {
+      one.process.stop()
+      two.process.stop()
+    }
+    // Sent away by a's age, a sidecar tries b; b takes one, and sends the other back to a.
+    #expect(
+      try waitFor(seconds: 30) {
+        [one, two].contains {
+          $0.process.log.contains("the control plane replica ended the config stream")
+        }
+      }, "\(one.process.log)")
+    #expect(
+      try waitFor(seconds: 30) {
+        [one, two].contains { $0.process.log.contains("subscribe at another replica") }
+      }, "\(one.process.log)\n\(two.process.log)")
+  }
 }
