@@ -37,9 +37,7 @@ extension Certs {
       let wait = Int64(try durationOption(timeout, "--timeout"))
       let current: SigningAuthority
       do {
-        current = SigningAuthority(
-          certificate: try CertificateFiles.readCertificates(files.root)[0],
-          key: try CertificateFiles.readPrivateKey(files.rootKey))
+        current = try files.loadRoot()
       } catch {
         throw MeshctlFailure(
           """

@@ -26,9 +26,7 @@ extension Certs {
       let files = CAFiles(dir: dir)
       let root: SigningAuthority
       do {
-        root = SigningAuthority(
-          certificate: try CertificateFiles.readCertificates(files.root)[0],
-          key: try CertificateFiles.readPrivateKey(files.rootKey))
+        root = try files.loadRoot()
       } catch {
         throw MeshctlFailure("the root and its key are needed to sign an issuer: \(error)")
       }
@@ -47,5 +45,14 @@ extension Certs {
       )
       print("  certificate  \(out)")
     }
+  }
+}
+
+extension CAFiles {
+  /// The root and its key (which `meshctl certs rotate-ca` and `sign-issuer` need).
+  func loadRoot() throws -> SigningAuthority {
+    SigningAuthority(
+      certificate: try CertificateFiles.readCertificates(root)[0],
+      key: try CertificateFiles.readPrivateKey(rootKey))
   }
 }

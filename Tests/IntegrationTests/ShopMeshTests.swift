@@ -88,6 +88,20 @@ final class LocalShop: @unchecked Sendable {
     try http("GET", gateway + path, headers: auth)
   }
 
+  /// Creates Ada over HTTP, then waits (30 s at most) for her customer record in orders
+  /// (user.created, through the outbox and the bus).
+  func createUser() throws -> (created: HTTPExchange, id: String, customer: HTTPExchange) {
+    let created = try post("/v1/users", #"{"email":"ada@example.com","name":"Ada"}"#)
+    let user = try #require(created.json["id"] as? String, "\(created)")
+    var customer = try get("/v1/customers/\(user)")
+    let end = Date().addingTimeInterval(30)
+    while customer.status != 200, Date() < end {
+      Thread.sleep(forTimeInterval: 0.2)
+      customer = try get("/v1/customers/\(user)")
+    }
+    return (created, user, customer)
+  }
+
   /// The drills' invariants, read from the SQLite files.
   func invariants() throws -> [String: Any] {
     let result = try run(
@@ -168,17 +182,10 @@ struct GatewayLoad {
     #expect(shop.upOutput.contains("http://127.0.0.1:\(shop.gatewayPort)"))
     #expect(shop.processes.count == 11, "\(shop.processes)")
 
-    // A user, over HTTP.
-    let created = try shop.post("/v1/users", #"{"email":"ada@example.com","name":"Ada"}"#)
+    // A user, over HTTP; its customer record appears in orders (user.created, through the
+    // outbox and the bus).
+    let (created, user, customer) = try shop.createUser()
     #expect(created.status == 200, "\(created)")
-    let user = try #require(created.json["id"] as? String)
-    // Its customer record appears in orders (user.created, through the outbox and the bus).
-    var customer = try shop.get("/v1/customers/\(user)")
-    let end = Date().addingTimeInterval(30)
-    while customer.status != 200, Date() < end {
-      Thread.sleep(forTimeInterval: 0.2)
-      customer = try shop.get("/v1/customers/\(user)")
-    }
     #expect(customer.status == 200, "\(customer)")
     #expect(customer.json["email"] as? String == "ada@example.com")
 
@@ -295,14 +302,7 @@ struct GatewayLoad {
     let shop = try LocalShop(["--control-planes", "3"], name: "three-planes")
     defer { _ = try? shop.meshctl(["down"]) }
     #expect(shop.processes.count == 16, "\(shop.processes)")
-    let created = try shop.post("/v1/users", #"{"email":"ada@example.com","name":"Ada"}"#)
-    let user = try #require(created.json["id"] as? String, "\(created)")
-    var customer = try shop.get("/v1/customers/\(user)")
-    let end = Date().addingTimeInterval(30)
-    while customer.status != 200, Date() < end {
-      Thread.sleep(forTimeInterval: 0.2)
-      customer = try shop.get("/v1/customers/\(user)")
-    }
+    let (_, user, customer) = try shop.createUser()
     #expect(customer.status == 200, "\(customer)")
     let first = try shop.post("/v1/orders", Self.order(user, minor: 450))
     #expect(first.json["status"] as? String == "ORDER_STATUS_CONFIRMED", "\(first)")
