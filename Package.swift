@@ -375,7 +375,9 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshControlPlaneTests",
-      dependencies: ["MeshControlPlane", "MeshIdentity", "EtcdAPI", "TestSupport", x509, crypto],
+      dependencies: [
+        "MeshControlPlane", "MeshIdentity", "MeshProtos", "EtcdAPI", "TestSupport", x509, crypto,
+      ],
       swiftSettings: swiftSettings
     ),
     .testTarget(

@@ -124,7 +124,7 @@ import Testing
     }
     let stopped = Date()
     #expect(
-      try waitFor(seconds: 40) {
+      try waitFor(seconds: 90) {
         connected(at: planes["a"]!) == ["echo": "v2@a", "client": "v2@a"]
       },
       "\(connected(at: planes["a"]!))")

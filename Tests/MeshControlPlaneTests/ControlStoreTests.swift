@@ -287,7 +287,7 @@ import Testing
     let (followed, task) = Self.follow(stores.second)
     defer { task.cancel() }
     // Long enough that a test run starving this task for a while does not let it lapse.
-    let lease = Duration.seconds(8)
+    let lease = Duration.seconds(30)
     try await stores.first.setRegistration(node: "n1", endpoint: Data([7]), lease: lease)
     // Renewed every second for five: at the first control plane, then at the second (the
     // sidecar moved), then at the first again.
@@ -300,14 +300,14 @@ import Testing
     }
     #expect(try await stores.second.registrations() == [Data([7])])
     #expect(!followed.all.contains(.registration(node: "n1", endpoint: nil)))
-    let all = try await followed.wait(seconds: 60) {
+    let all = try await followed.wait(seconds: 120) {
       $0.contains(.registration(node: "n1", endpoint: nil))
     }
     let gone = ContinuousClock.now - renewed
     #expect(all.contains(.registration(node: "n1", endpoint: nil)), "\(all)")
     #expect(try await stores.first.registrations().isEmpty)
     // Its lease ran out after the last renewal, not before.
-    #expect(gone > .seconds(7), "withdrawn \(gone) after the last renewal")
+    #expect(gone > .seconds(29), "withdrawn \(gone) after the last renewal")
   }
 
   /// The leader sweeps join tokens and certificate records a day past their expiry, and
@@ -346,7 +346,7 @@ import Testing
   /// key); when it steps down, another leads at once.
   @Test func oneControlPlaneLeadsAtATime() async throws {
     // A lease long enough that a test run starving these tasks does not let it lapse.
-    let stores = try await Self.stores(.etcd, leaderLease: .seconds(10))
+    let stores = try await Self.stores(.etcd, leaderLease: .seconds(30))
     final class Leading: Sendable {
       let names = Mutex<[String]>([])
       /// Every replica that ever started leading, in order.
@@ -383,12 +383,12 @@ import Testing
     (first == "a" ? one : two).cancel()
     let handedOver = ContinuousClock.now
     while leading.withLock({ $0 }) != [first == "a" ? "b" : "a"],
-      ContinuousClock.now - handedOver < .seconds(10)
+      ContinuousClock.now - handedOver < .seconds(60)
     {
       try await Task.sleep(for: .milliseconds(50))
     }
     #expect(leading.withLock { $0 } == [first == "a" ? "b" : "a"])
-    // Stepping down revokes the lease: the other leads well within one lease.
-    #expect(ContinuousClock.now - handedOver < .seconds(8))
+    // Stepping down revokes the lease: the other leads well within one lease (30 s).
+    #expect(ContinuousClock.now - handedOver < .seconds(20))
   }
 }
