@@ -279,18 +279,20 @@ final class ForwardedCall {
           ? .perTryTimeout
           : .status(code, pushback: Pushback(header: headers.first(name: "grpc-retry-pushback-ms")))
         if retry(end) { return }
-        if ranOut, attemptBoundByPerTry || deadlineIsOwn, let attemptDeadline,
-          .now() + .milliseconds(1) >= attemptDeadline
+        if let own = OwnTimeout(
+          upstreamCode: code, boundByPerTry: attemptBoundByPerTry, deadlineIsOwn: deadlineIsOwn,
+          forwarded: attemptDeadline, now: .now())
         {
           // The sidecar's own timeout, forwarded as `grpc-timeout`, ran out upstream just
           // before the sidecar's timer fired (a busy event loop): answered as the timer would.
           upstreamClosed = true
           stopTimers()
-          if attemptBoundByPerTry {
+          switch own {
+          case .perTry:
             let perTry = plan?.perTryTimeout.map(milliseconds) ?? 0
             attemptEnded(failed: true)
             answerPerTryTimeout(perTry)
-          } else {
+          case .route:
             attemptEnded(failed: false)
             answerDeadline(deadlineCause)
           }
@@ -705,4 +707,30 @@ func trailers(_ status: ProxyStatus, _ message: String) -> HPACKHeaders {
   [
     "grpc-status": "\(status.rawValue)", "grpc-message": percentEncodeGRPCMessage(message),
   ]
+}
+
+/// Which of the sidecar's own timeouts an upstream's DEADLINE_EXCEEDED is, if any: the app
+/// was given what was left of it as `grpc-timeout`, so an answer that comes once it has passed
+/// (a millisecond's leeway for the app's clock) is the sidecar's timeout, however its timer
+/// was late. A DEADLINE_EXCEEDED before then, or under the caller's own deadline, is the app's
+/// and passes unchanged.
+enum OwnTimeout: Equatable {
+  case perTry
+  case route
+
+  init?(
+    upstreamCode: Int, boundByPerTry: Bool, deadlineIsOwn: Bool, forwarded: NIODeadline?,
+    now: NIODeadline
+  ) {
+    guard upstreamCode == ProxyStatus.deadlineExceeded.rawValue, let forwarded,
+      now + .milliseconds(1) >= forwarded
+    else { return nil }
+    if boundByPerTry {
+      self = .perTry
+    } else if deadlineIsOwn {
+      self = .route
+    } else {
+      return nil
+    }
+  }
 }

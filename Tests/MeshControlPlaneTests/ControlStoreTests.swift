@@ -286,28 +286,37 @@ import Testing
     let stores = try await Self.stores(.etcd)
     let (followed, task) = Self.follow(stores.second)
     defer { task.cancel() }
-    // Long enough that a test run starving this task for a while does not let it lapse.
-    let lease = Duration.seconds(30)
+    // Long, because a loaded test run can starve this task for tens of seconds (the sync
+    // integration tests hold the cooperative pool's threads).
+    let lease = Duration.seconds(90)
     try await stores.first.setRegistration(node: "n1", endpoint: Data([7]), lease: lease)
     // Renewed every second for five: at the first control plane, then at the second (the
     // sidecar moved), then at the first again.
     var renewed = ContinuousClock.now
+    var longestGap = Duration.zero
     for second in 1...5 {
       try await Task.sleep(for: .seconds(1))
       let store = second == 3 ? stores.second : stores.first
       try await store.renewRegistration(node: "n1", endpoint: Data([7]), lease: lease)
+      longestGap = max(longestGap, ContinuousClock.now - renewed)
       renewed = .now
     }
     #expect(try await stores.second.registrations() == [Data([7])])
-    #expect(!followed.all.contains(.registration(node: "n1", endpoint: nil)))
-    let all = try await followed.wait(seconds: 120) {
-      $0.contains(.registration(node: "n1", endpoint: nil))
+    // Renewed in time, it never lapsed (a run that starved the renewals past the lease is
+    // told apart, not failed: etcd was right to let it lapse).
+    if longestGap < lease - .seconds(2) {
+      #expect(!followed.all.contains(.registration(node: "n1", endpoint: nil)))
+    } else {
+      print("renewals starved for \(longestGap): the lapse in between is not checked")
+    }
+    let all = try await followed.wait(seconds: 300) {
+      $0.last == .registration(node: "n1", endpoint: nil)
     }
     let gone = ContinuousClock.now - renewed
-    #expect(all.contains(.registration(node: "n1", endpoint: nil)), "\(all)")
+    #expect(all.last == .registration(node: "n1", endpoint: nil), "\(all)")
     #expect(try await stores.first.registrations().isEmpty)
     // Its lease ran out after the last renewal, not before.
-    #expect(gone > .seconds(29), "withdrawn \(gone) after the last renewal")
+    #expect(gone > lease - .seconds(1), "withdrawn \(gone) after the last renewal")
   }
 
   /// The leader sweeps join tokens and certificate records a day past their expiry, and
@@ -345,8 +354,10 @@ import Testing
   /// Of control planes on one etcd, one leads at a time (etcd's transaction on the leader
   /// key); when it steps down, another leads at once.
   @Test func oneControlPlaneLeadsAtATime() async throws {
-    // A lease long enough that a test run starving these tasks does not let it lapse.
-    let stores = try await Self.stores(.etcd, leaderLease: .seconds(30))
+    // A lease long enough that a test run starving these tasks (for tens of seconds, under
+    // the sync integration tests) does not let it lapse; a handover well within it comes from
+    // the revocation, not the lapse.
+    let stores = try await Self.stores(.etcd, leaderLease: .seconds(120))
     final class Leading: Sendable {
       let names = Mutex<[String]>([])
       /// Every replica that ever started leading, in order.
@@ -383,12 +394,12 @@ import Testing
     (first == "a" ? one : two).cancel()
     let handedOver = ContinuousClock.now
     while leading.withLock({ $0 }) != [first == "a" ? "b" : "a"],
-      ContinuousClock.now - handedOver < .seconds(60)
+      ContinuousClock.now - handedOver < .seconds(90)
     {
       try await Task.sleep(for: .milliseconds(50))
     }
     #expect(leading.withLock { $0 } == [first == "a" ? "b" : "a"])
-    // Stepping down revokes the lease: the other leads well within one lease (30 s).
-    #expect(ContinuousClock.now - handedOver < .seconds(20))
+    // Stepping down revokes the lease: the other leads well within one lease (120 s).
+    #expect(ContinuousClock.now - handedOver < .seconds(90))
   }
 }

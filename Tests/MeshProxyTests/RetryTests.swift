@@ -164,4 +164,30 @@ import Testing
     #expect(GRPCTimeout.format(.hours(3000)) == "10800000S")
     #expect(GRPCTimeout.format(.hours(30000)) == "1800000M")
   }
+
+  /// An upstream DEADLINE_EXCEEDED is the sidecar's own timeout once the deadline it forwarded
+  /// has passed: the per-try timeout's, or the route's; never the caller's, never earlier,
+  /// never another status.
+  @Test func anUpstreamDeadlineExceededIsTheSidecarsOwnOnlyOnceItsDeadlinePassed() {
+    let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+    let forwarded = start + .milliseconds(800)
+    func own(
+      code: Int = 4, perTry: Bool = false, route: Bool = true, at now: NIODeadline
+    ) -> OwnTimeout? {
+      OwnTimeout(
+        upstreamCode: code, boundByPerTry: perTry, deadlineIsOwn: route, forwarded: forwarded,
+        now: now)
+    }
+    #expect(own(at: forwarded) == .route)
+    #expect(own(at: forwarded + .milliseconds(30)) == .route)
+    #expect(own(at: forwarded - .microseconds(500)) == .route)  // the app's clock's leeway
+    #expect(own(perTry: true, at: forwarded) == .perTry)
+    #expect(own(at: forwarded - .milliseconds(5)) == nil)  // the app's own, before the deadline
+    #expect(own(route: false, at: forwarded) == nil)  // the caller's deadline: passed unchanged
+    #expect(own(code: 14, at: forwarded) == nil)
+    #expect(
+      OwnTimeout(
+        upstreamCode: 4, boundByPerTry: false, deadlineIsOwn: true, forwarded: nil, now: forwarded)
+        == nil)
+  }
 }
