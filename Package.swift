@@ -382,7 +382,7 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshControlClientTests",
-      dependencies: ["MeshControlClient", "MeshConfig", "MeshProtos", "MeshTracing"],
+      dependencies: ["MeshControlClient", "MeshConfig", "MeshProtos", "MeshServiceKit", "MeshTracing"],
       swiftSettings: swiftSettings
     ),
     .testTarget(

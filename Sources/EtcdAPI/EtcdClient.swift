@@ -57,9 +57,12 @@ public final class EtcdClient: Sendable {
     } else {
       throw EtcdError("several etcd members are given by IPv4 address, not by name")
     }
+    // Round robin over every member that is up: pick-first would only ever use the first
+    // address of the list, and lose etcd with that one member.
     let transport = try HTTP2ClientTransport.Posix(
       target: target, transportSecurity: .plaintext,
-      config: .defaults { $0.backoff.max = .seconds(2) })
+      config: .defaults { $0.backoff.max = .seconds(2) },
+      serviceConfig: ServiceConfig(loadBalancingConfig: [.roundRobin]))
     client = GRPCClient(transport: transport)
   }
 

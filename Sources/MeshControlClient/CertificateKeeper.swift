@@ -174,7 +174,7 @@ public struct CertificateKeeper: Service {
       security = .meshJoin(bundle: link.bundle)
     }
     let transport = try HTTP2ClientTransport.Posix(
-      target: .ipv4(address: target.host, port: target.port), transportSecurity: security)
+      target: target.target, transportSecurity: security)
     var options = CallOptions.defaults
     options.timeout = .seconds(10)
     return try await withGRPCClient(transport: transport) { [request, options] client in

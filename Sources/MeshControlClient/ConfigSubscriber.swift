@@ -380,7 +380,7 @@ public struct ConfigSubscriber: Service {
   /// One subscription to `address`.
   private func stream(_ progress: Progress, to address: Address) async throws {
     let transport = try HTTP2ClientTransport.Posix(
-      target: .ipv4(address: address.host, port: address.port),
+      target: address.target,
       transportSecurity: .meshIdentity(
         certificate: files.certificate, key: files.privateKey, bundle: files.bundle),
       config: .defaults {

@@ -66,28 +66,18 @@ public actor OTLPTraceSender {
     switch destination {
     case .controlPlane(let replicas, let files):
       transport = try HTTP2ClientTransport.Posix(
-        target: Self.target(replicas.current),
+        target: replicas.current.target,
         transportSecurity: .meshIdentity(
           certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
     case .plaintext(let address):
       transport = try HTTP2ClientTransport.Posix(
-        target: Self.target(address), transportSecurity: .plaintext)
+        target: address.target, transportSecurity: .plaintext)
     }
     let client = GRPCClient(transport: transport)
     runner = Task { try? await client.runConnections() }
     self.client = client
     certificateSignature = signature
     return client
-  }
-
-  /// An IP address is dialled as one (no TLS server name is sent for it); a name is resolved.
-  private static func target(_ address: Address) -> any ResolvableTarget {
-    if address.host.contains(":") { return .ipv6(address: address.host, port: address.port) }
-    let parts = address.host.split(separator: ".")
-    if parts.count == 4, parts.allSatisfy({ UInt8($0) != nil }) {
-      return .ipv4(address: address.host, port: address.port)
-    }
-    return .dns(host: address.host, port: address.port)
   }
 
   /// What the connection depends on: the certificate files, and the replica in use.

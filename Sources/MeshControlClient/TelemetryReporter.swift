@@ -51,7 +51,7 @@ public struct TelemetryReporter: Service {
     // The replica the config stream uses: the sidecar moves as one.
     let address = replicas.current
     let transport = try HTTP2ClientTransport.Posix(
-      target: .ipv4(address: address.host, port: address.port),
+      target: address.target,
       transportSecurity: .meshIdentity(
         certificate: files.certificate, key: files.privateKey, bundle: files.bundle),
       config: .defaults {

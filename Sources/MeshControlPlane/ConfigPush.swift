@@ -470,7 +470,8 @@ public final class ConfigHub: Sendable {
   enum Step {
     /// Runs the bundle of this trust generation (or a later one).
     case trust(Int64)
-    /// Serves with a certificate from this issuer (serial).
+    /// Serves with a certificate from this issuer (serial), or from the issuer another
+    /// replica signs with now.
     case issuer(String)
     /// Has renewed as asked (every sidecar of this identity).
     case renewed(String)
@@ -488,7 +489,10 @@ public final class ConfigHub: Sendable {
         let done: Bool
         switch step {
         case .trust(let generation): done = node.status.trustGeneration >= generation
-        case .issuer(let serial): done = node.issued?.issuerSerial == serial
+        case .issuer(let serial):
+          // With replicas, a certificate from another replica's issuer in force is as good.
+          let issuer = node.issued?.issuerSerial
+          done = issuer == serial || issuer.map { state.issuersInForce.contains($0) } ?? false
         case .renewed: done = node.issued != nil && !Self.needsRenewal(node, state)
         }
         if done { progress.done.append(name) } else { progress.waiting.append(name) }

@@ -75,7 +75,7 @@ extension Certs {
         request.lifetimeSeconds = Int64(try durationOption(lifetime, "--lifetime"))
       }
       let transport = try HTTP2ClientTransport.Posix(
-        target: .ipv4(address: target.host, port: target.port),
+        target: target.target,
         transportSecurity: .meshJoin(bundle: bundle))
       let response: Trellis_Mesh_V1_CertifyResponse
       do {

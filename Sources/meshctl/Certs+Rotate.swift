@@ -47,6 +47,13 @@ extension Certs {
         )
       }
       let trustDomain = try Self.trustDomain(of: current.certificate)
+      // With replicas, each step is taken at every one: each signs with an issuer of its own.
+      let replicas = try await controlPlane.replicaList()
+      if replicas.count > 1 {
+        print(
+          "\(replicas.count) control plane replicas: \(replicas.map(\.name).joined(separator: ", "))"
+        )
+      }
       var signer = current
       let steps = root ? 3 : 1
       var number = 1
@@ -59,26 +66,41 @@ extension Certs {
           bundle
           """
         )
-        let bundle = try await step(.addRoots, [signer.certificate], wait)
+        let bundle = try await everywhere(.addRoots, [signer.certificate], wait, replicas)
         try write(bundle, to: files.bundle)
         number += 1
       }
 
-      // The control plane makes the key; the root signs its certificate here.
-      let csrPEM = try await controlPlane.withAdmin {
-        try await $0.prepareIssuer(Trellis_Mesh_V1_PrepareIssuerRequest()).csr
-      }
-      let issuer = try signer.signIssuer(
-        request: try CertificateSigningRequest(pemEncoded: csrPEM), trustDomain: trustDomain)
       print(
-        """
-        step \(number)/\(steps): switching to the new issuer (\(issuer.subject)); every sidecar \
-        renews from it
-        """
+        "step \(number)/\(steps): switching to a new issuer; every sidecar renews from it"
       )
-      _ = try await step(.switchIssuer, [issuer], wait)
+      var issuers: [Certificate] = []
+      for replica in replicas.isEmpty ? [nil] : replicas.map(Optional.some) {
+        // The control plane makes the key; the root signs its certificate here.
+        let csrPEM = try await controlPlane.withAdmin(at: replica) {
+          try await $0.prepareIssuer(Trellis_Mesh_V1_PrepareIssuerRequest()).csr
+        }
+        let issuer = try signer.signIssuer(
+          request: try CertificateSigningRequest(pemEncoded: csrPEM), trustDomain: trustDomain)
+        print("  \(replica.map { "replica \($0.name): " } ?? "")issuer \(issuer.subject)")
+        _ = try await Certs.rotate(
+          step: .switchIssuer, certificates: [issuer], service: "", timeout: wait,
+          controlPlane: controlPlane, at: replica)
+        issuers.append(issuer)
+      }
+      if replicas.count > 1 {
+        // A sidecar that moved between replicas meanwhile may still serve a certificate from
+        // an issuer switched since: every replica waits once more until none of its sidecars
+        // does.
+        print("  every replica: waiting until each sidecar serves a certificate from a new issuer")
+        for (replica, issuer) in zip(replicas, issuers) {
+          _ = try await Certs.rotate(
+            step: .switchIssuer, certificates: [issuer], service: "", timeout: wait,
+            controlPlane: controlPlane, at: replica)
+        }
+      }
       try retire(files.issuer, files.issuerKey, in: files)
-      try CertificateFiles.writeCertificates([issuer], to: files.issuer)
+      try CertificateFiles.writeCertificates([issuers[0]], to: files.issuer)
       try await renewOperator(files)
       number += 1
 
@@ -89,7 +111,7 @@ extension Certs {
           every bundle
           """
         )
-        let bundle = try await step(.keepRoots, [signer.certificate], wait)
+        let bundle = try await everywhere(.keepRoots, [signer.certificate], wait, replicas)
         try retire(files.root, files.rootKey, in: files)
         try CertificateFiles.writePrivateKey(signer.key, to: files.rootKey)
         try CertificateFiles.writeCertificates([signer.certificate], to: files.root)
@@ -97,20 +119,47 @@ extension Certs {
         try? FileManager.default.removeItem(atPath: nextRootFiles(files).key)
         try write(bundle, to: files.bundle)
       }
+      try await tellDisconnected(replicas)
       print(
-        "rotated: issuer \(issuer.subject)\(root ? ", root \(signer.certificate.subject)" : "")")
+        """
+        rotated: issuer\(issuers.count > 1 ? "s" : "") \
+        \(issuers.map { "\($0.subject)" }.joined(separator: ", "))\
+        \(root ? ", root \(signer.certificate.subject)" : "")
+        """
+      )
       print(
         "the old \(root ? "root and issuer are" : "issuer is") kept in \(controlPlane.certs)/retired/"
       )
     }
 
-    /// One step, its progress printed as the sidecars follow; returns the bundle in force.
-    private func step(
-      _ step: Trellis_Mesh_V1_RotateRequest.Step, _ certificates: [Certificate], _ wait: Int64
+    /// A change of the bundle, made at the first replica; every other one waits until it has
+    /// taken the generation in from the store, then until its own sidecars run it. Returns
+    /// the bundle in force.
+    private func everywhere(
+      _ step: Trellis_Mesh_V1_RotateRequest.Step, _ certificates: [Certificate], _ wait: Int64,
+      _ replicas: [Trellis_Mesh_V1_Replica]
     ) async throws -> String {
-      try await Certs.rotate(
+      let first = try await Certs.rotate(
         step: step, certificates: certificates, service: "", timeout: wait,
-        controlPlane: controlPlane)
+        controlPlane: controlPlane, at: replicas.first)
+      for replica in replicas.dropFirst() {
+        try await controlPlane.waitForTrust(
+          generation: first.generation, at: replica, timeout: wait)
+        _ = try await Certs.rotate(
+          step: step, certificates: certificates, service: "", timeout: wait,
+          controlPlane: controlPlane, at: replica)
+      }
+      return first.bundle
+    }
+
+    /// Names the sidecars connected to no replica: they take the rotation in when they return.
+    private func tellDisconnected(_ replicas: [Trellis_Mesh_V1_Replica]) async throws {
+      guard replicas.count > 1 else { return }
+      let away = try await controlPlane.mergedStatus().status.sidecars.filter { !$0.connected }
+      guard !away.isEmpty else { return }
+      print(
+        "not connected to any replica, will follow when they return: \(away.map(\.node).joined(separator: ", "))"
+      )
     }
 
     private func nextRootFiles(_ files: CAFiles) -> (certificate: String, key: String) {
@@ -197,23 +246,29 @@ extension Certs {
     }
   }
 
-  /// Runs one rotation step, printing progress; returns the bundle in force at the end.
+  /// Runs one rotation step at `replica` (or the first control plane that answers), printing
+  /// progress; returns the bundle and the trust generation in force at the end.
+  @discardableResult
   static func rotate(
     step: Trellis_Mesh_V1_RotateRequest.Step, certificates: [Certificate], service: String,
-    timeout: Int64, controlPlane: ControlPlaneOptions
-  ) async throws -> String {
+    timeout: Int64, controlPlane: ControlPlaneOptions, at replica: Trellis_Mesh_V1_Replica? = nil
+  ) async throws -> (bundle: String, generation: Int64) {
     var request = Trellis_Mesh_V1_RotateRequest()
     request.step = step
     request.certificates = try certificates.map { try $0.serializeAsPEM().pemString }
       .joined(separator: "\n")
     request.service = service
     request.timeoutSeconds = timeout
-    return try await controlPlane.withAdmin { [request] admin in
+    // With replicas, a sidecar not connected to this one is likely connected to another.
+    let prefix = replica.map { "  replica \($0.name):" } ?? ""
+    return try await controlPlane.withAdmin(at: replica) { [request] admin in
       try await admin.rotate(request) { response in
         var bundle = ""
-        var toldDisconnected = false
+        var generation: Int64 = 0
+        var toldDisconnected = replica != nil
         for try await progress in response.messages {
           bundle = progress.trustBundle
+          generation = progress.trustGeneration
           if !progress.disconnected.isEmpty, !toldDisconnected {
             toldDisconnected = true
             print(
@@ -223,17 +278,17 @@ extension Certs {
           if progress.done {
             print(
               """
-              done: \(progress.doneCount)/\(progress.total) sidecar(s), trust generation \
-              \(progress.trustGeneration)
+              \(prefix.isEmpty ? "" : prefix + " ")done: \(progress.doneCount)/\(progress.total) \
+              sidecar(s), trust generation \(progress.trustGeneration)
               """
             )
           } else {
             print(
-              "  \(progress.doneCount)/\(progress.total) sidecar(s); waiting for \(progress.waitingFor.joined(separator: ", "))"
+              "\(prefix)  \(progress.doneCount)/\(progress.total) sidecar(s); waiting for \(progress.waitingFor.joined(separator: ", "))"
             )
           }
         }
-        return bundle
+        return (bundle, generation)
       }
     }
   }

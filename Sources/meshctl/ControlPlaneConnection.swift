@@ -15,8 +15,8 @@ struct ControlPlaneOptions: ParsableArguments {
     name: .customLong("control-plane"),
     help:
       """
-      The control plane's API, HOST:PORT, or its replicas' as HOST:PORT,HOST:PORT (the first \
-      that answers is used). (default: the one `meshctl up` started here, else 127.0.0.1:15000)
+      The control plane's API, HOST:PORT, or its replicas' as HOST:PORT,HOST:PORT or as a name \
+      with an address per replica (the first that answers is used). (default: the one `meshctl up` started here, else 127.0.0.1:15000)
       """
   )
   var explicitAddress: String?
@@ -26,11 +26,11 @@ struct ControlPlaneOptions: ParsableArguments {
   }
   @Option(help: "Folder holding the operator identity and the trust bundle.") var certs = "certs"
 
-  /// The addresses `--control-plane` names.
+  /// The addresses `--control-plane` names, each name as every address it resolves to.
   func addresses() throws -> [HostPort] {
     do {
-      return try address.split(separator: ",").map {
-        try HostPort(parsing: String($0).filter { $0 != " " })
+      return try address.split(separator: ",").flatMap {
+        try HostPort(parsing: String($0).filter { $0 != " " }).resolved
       }
     } catch {
       throw ValidationError("--control-plane: \(error)")
@@ -44,6 +44,60 @@ struct ControlPlaneOptions: ParsableArguments {
       Result
   ) async throws -> Result {
     try await withClient { try await body(Trellis_Mesh_V1_Admin.Client(wrapping: $0)) }
+  }
+
+  /// Runs `body` with an admin client at `replica`, or at the first that answers when nil.
+  func withAdmin<Result: Sendable>(
+    at replica: Trellis_Mesh_V1_Replica?,
+    _ body:
+      @Sendable (Trellis_Mesh_V1_Admin.Client<HTTP2ClientTransport.Posix>) async throws ->
+      Result
+  ) async throws -> Result {
+    guard let replica else { return try await withAdmin(body) }
+    let target: HostPort
+    do {
+      target = try HostPort(parsing: replica.address)
+    } catch {
+      throw MeshctlFailure(
+        "replica \(replica.name) lists an address that is not HOST:PORT: \(replica.address)")
+    }
+    do {
+      return try await withClient(at: target) {
+        try await body(Trellis_Mesh_V1_Admin.Client(wrapping: $0))
+      }
+    } catch let error as Unreachable {
+      throw MeshctlFailure("replica \(replica.name): \(error.description)")
+    }
+  }
+
+  /// The replicas serving the mesh, as the first that answers lists them; empty when there is
+  /// only one control plane.
+  func replicaList() async throws -> [Trellis_Mesh_V1_Replica] {
+    let listed = try await withAdmin { try await $0.replicas(Trellis_Mesh_V1_ReplicasRequest()) }
+    return listed.replicas.count > 1 ? listed.replicas : []
+  }
+
+  /// Waits until `replica` has taken in trust generation `generation` (or a later one) from
+  /// the store.
+  func waitForTrust(
+    generation: Int64, at replica: Trellis_Mesh_V1_Replica, timeout seconds: Int64
+  ) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while true {
+      let status = try await withAdmin(at: replica) {
+        try await $0.status(Trellis_Mesh_V1_StatusRequest())
+      }
+      if status.trustGeneration >= generation { return }
+      guard ContinuousClock.now < deadline else {
+        throw MeshctlFailure(
+          """
+          replica \(replica.name) is at trust generation \(status.trustGeneration), not \
+          \(generation), after \(seconds)s: is it following the store? (its log says)
+          """
+        )
+      }
+      try await Task.sleep(for: .milliseconds(200))
+    }
   }
 
   /// Runs `body` with a client connected as the operator, at the first replica that can be
@@ -81,7 +135,7 @@ struct ControlPlaneOptions: ParsableArguments {
     let transport: HTTP2ClientTransport.Posix
     do {
       transport = try HTTP2ClientTransport.Posix(
-        target: .ipv4(address: target.host, port: target.port),
+        target: target.target,
         transportSecurity: .meshIdentity(
           certificate: files.operatorCertificate, key: files.operatorKey, bundle: files.bundle))
     } catch {
@@ -99,7 +153,8 @@ struct ControlPlaneOptions: ParsableArguments {
   }
 
   /// Every sidecar the replicas know, each as the replica it is connected to says (every
-  /// replica knows only its own); the replica each uses; how many replicas there are.
+  /// replica knows only its own); the replica each uses; how many replicas there are. The
+  /// trust is the newest generation a replica runs; the issuer, every replica's (`; `).
   /// `unanswered` hears of a replica that did not answer.
   func mergedStatus(
     unanswered: (Trellis_Mesh_V1_Replica, any Error) -> Void = { _, _ in }
@@ -112,10 +167,19 @@ struct ControlPlaneOptions: ParsableArguments {
     var merged = Trellis_Mesh_V1_StatusResponse()
     var replicaOf: [String: String] = [:]
     var byNode: [String: Trellis_Mesh_V1_SidecarStatus] = [:]
+    var issuers: [String] = []
     for (replica, result) in answers {
       switch result {
       case .success(let answer):
         merged.currentVersion = max(merged.currentVersion, answer.currentVersion)
+        if answer.trustGeneration > merged.trustGeneration {
+          merged.trustGeneration = answer.trustGeneration
+          merged.roots = answer.roots
+        }
+        // Each replica signs with an issuer of its own.
+        if !answer.issuer.isEmpty, !issuers.contains(answer.issuer) {
+          issuers.append(answer.issuer)
+        }
         if !merged.hasDiscovery { merged.discovery = answer.discovery }
         for sidecar in answer.sidecars
         where byNode[sidecar.node] == nil || (sidecar.connected && !byNode[sidecar.node]!.connected)
@@ -128,6 +192,7 @@ struct ControlPlaneOptions: ParsableArguments {
       }
     }
     merged.sidecars = byNode.values.sorted { $0.node < $1.node }
+    merged.issuer = issuers.joined(separator: "; ")
     return (merged, replicaOf, answers.count)
   }
 

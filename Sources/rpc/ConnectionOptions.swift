@@ -36,7 +36,14 @@ struct ConnectionOptions: ParsableArguments {
   )
   var mesh = false
 
-  @Option(name: .customLong("control-plane"), help: "With --mesh: the control plane's API.")
+  @Option(
+    name: .customLong("control-plane"),
+    help:
+      """
+      With --mesh: the control plane's API, or its replicas' as HOST:PORT,HOST:PORT or a name \
+      with an address per replica (the first that answers is used).
+      """
+  )
   var controlPlane = "127.0.0.1:15000"
 
   @Option(help: "With --mesh: the folder holding the operator identity and the trust bundle.")

@@ -26,34 +26,33 @@ struct MeshTarget {
     where !FileManager.default.fileExists(atPath: path) {
       throw CLIFailure.other("cannot read \(path): run meshctl certs init, or pass --certs")
     }
-    let plane: HostPort
+    let planes: [HostPort]
     do {
-      plane = try HostPort(parsing: controlPlane)
+      planes = try controlPlane.split(separator: ",").flatMap {
+        try HostPort(parsing: String($0).filter { $0 != " " }).resolved
+      }
     } catch {
       throw CLIFailure.usage("--control-plane: \(error)")
     }
-    // The running config's endpoints and the registered ones.
-    let (stored, registered): (Trellis_Mesh_V1_ConfigVersion?, [Trellis_Mesh_V1_RegisteredEndpoint])
-    do {
-      (stored, registered) = try await withGRPCClient(
-        transport: try HTTP2ClientTransport.Posix(
-          target: .ipv4(address: plane.host, port: plane.port), transportSecurity: operatorTLS())
-      ) { client in
-        let admin = Trellis_Mesh_V1_Admin.Client(wrapping: client)
-        var stored: Trellis_Mesh_V1_ConfigVersion?
-        do {
-          stored = try await admin.getConfig(Trellis_Mesh_V1_GetConfigRequest())
-        } catch let error as RPCError where error.code == .notFound {
-          stored = nil  // no config applied yet: registrations only
-        }
-        let status = try await admin.status(Trellis_Mesh_V1_StatusRequest())
-        return (stored, status.discovery.endpoints)
+    guard !planes.isEmpty else { throw CLIFailure.usage("--control-plane: no address given") }
+    // The running config's endpoints and the registered ones, from the first replica that
+    // answers.
+    var answer: (Trellis_Mesh_V1_ConfigVersion?, [Trellis_Mesh_V1_RegisteredEndpoint])?
+    var failures: [String] = []
+    for plane in planes where answer == nil {
+      do {
+        answer = try await read(plane)
+      } catch let error as RPCError {
+        failures.append("\(plane): \(error.code.canonicalName): \(error.message)")
+        // Another replica may answer; any other failure is the answer.
+        guard error.code == .unavailable else { break }
       }
-    } catch let error as RPCError {
+    }
+    guard let (stored, registered) = answer else {
       throw CLIFailure.other(
         """
         cannot read the mesh config from the control plane at \(controlPlane): \
-        \(error.code.canonicalName): \(error.message)
+        \(failures.joined(separator: "; "))
         """
       )
     }
@@ -78,6 +77,27 @@ struct MeshTarget {
     }
     let address = try HostPort(parsing: endpoint)
     return (address, "spiffe://\(config.trustDomain)/svc/\(service)")
+  }
+
+  /// The running config (nil when none was applied) and the registered endpoints, as the
+  /// control plane at `plane` has them.
+  private func read(
+    _ plane: HostPort
+  ) async throws -> (Trellis_Mesh_V1_ConfigVersion?, [Trellis_Mesh_V1_RegisteredEndpoint]) {
+    try await withGRPCClient(
+      transport: try HTTP2ClientTransport.Posix(
+        target: plane.target, transportSecurity: operatorTLS())
+    ) { client in
+      let admin = Trellis_Mesh_V1_Admin.Client(wrapping: client)
+      var stored: Trellis_Mesh_V1_ConfigVersion?
+      do {
+        stored = try await admin.getConfig(Trellis_Mesh_V1_GetConfigRequest())
+      } catch let error as RPCError where error.code == .notFound {
+        stored = nil  // no config applied yet: registrations only
+      }
+      let status = try await admin.status(Trellis_Mesh_V1_StatusRequest())
+      return (stored, status.discovery.endpoints)
+    }
   }
 
   /// Mutual TLS as the operator, the peer checked against the bundle.

@@ -31,6 +31,34 @@ import Testing
     #expect(EtcdClient.rangeEnd(ofPrefix: Data([0xff])) == Data([0]))
   }
 
+  /// A client of three members goes on with the two left when the first one in its list dies.
+  @Test func aMemberDownLeavesTheOthersServing() async throws {
+    let server = try EtcdServer(name: "etcd-member-down", members: 3)
+    let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
+    Task { try await client.run() }
+    defer {
+      client.close()
+      server.stop()
+    }
+    try await client.waitUntilReachable(timeout: .seconds(60))
+    _ = try await client.put("/t/before", Data("1".utf8))
+    server.kill(0)
+    // An election may be under way (the first member may have led): a few seconds at most.
+    let deadline = ContinuousClock.now + .seconds(30)
+    var written: Int64?
+    var lastError = ""
+    while written == nil, ContinuousClock.now < deadline {
+      do {
+        written = try await client.put("/t/after", Data("2".utf8))
+      } catch {
+        lastError = "\(error)"
+        try await Task.sleep(for: .milliseconds(250))
+      }
+    }
+    #expect(written != nil, "\(lastError)")
+    #expect(try await client.get("/t/before")?.value == Data("1".utf8))
+  }
+
   @Test func keysRevisionsAndTransactions() async throws {
     let (server, client) = try await Self.started()
     defer {

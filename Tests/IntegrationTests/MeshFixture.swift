@@ -100,12 +100,16 @@ extension MeshFixture {
   /// `meshctl ARGUMENTS` against `plane`, as the operator; returns standard output.
   @discardableResult
   func meshctl(_ arguments: [String], plane: ServiceProcess) throws -> String {
-    let result = try run(
-      binary("meshctl"), arguments + ["--control-plane", plane.address, "--certs", certs])
+    let result = try meshctlResult(arguments, plane: plane)
     guard result.status == 0 else {
       throw HarnessError("meshctl \(arguments.joined(separator: " ")): \(result.stderr)")
     }
     return result.stdout
+  }
+
+  /// `meshctl` at `plane`, as the operator; whatever it answered.
+  func meshctlResult(_ arguments: [String], plane: ServiceProcess) throws -> ProcessResult {
+    try run(binary("meshctl"), arguments + ["--control-plane", plane.address, "--certs", certs])
   }
 
   /// A sidecar for `service` that joins through `plane` with a join token (made once per

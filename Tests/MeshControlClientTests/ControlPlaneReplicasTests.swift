@@ -1,4 +1,6 @@
 import MeshConfig
+import MeshServiceKit
+import Synchronization
 import Testing
 
 @testable import MeshControlClient
@@ -42,7 +44,8 @@ import Testing
   @Test func theNextReplicaIsUsedWhenOneFails() throws {
     let addresses = try ["a:1", "b:1", "c:1"].map { try Address(parsing: $0) }
     let joins = try ["a:2", "b:2", "c:2"].map { try Address(parsing: $0) }
-    let replicas = ControlPlaneReplicas(addresses: addresses, joins: joins, start: 1)
+    let replicas = ControlPlaneReplicas(
+      addresses: addresses, joins: joins, start: 1, resolve: { _ in [] })
     #expect(replicas.current.description == "b:1")
     #expect(replicas.ordered.map(\.description) == ["b:1", "c:1", "a:1"])
     #expect(replicas.orderedJoins.map(\.description) == ["b:2", "c:2", "a:2"])
@@ -55,14 +58,53 @@ import Testing
       let before = replicas.current
       #expect(replicas.spread() != before)
     }
-    let one = ControlPlaneReplicas(addresses: [addresses[0]], joins: [joins[0]])
+    let one = ControlPlaneReplicas(
+      addresses: [addresses[0]], joins: [joins[0]], resolve: { _ in [] })
     #expect(one.failed(addresses[0]) == addresses[0] && one.spread() == addresses[0])
   }
 
   @Test func sidecarsStartAtReplicasOfTheirOwnChoosing() throws {
     let addresses = try ["a:1", "b:1", "c:1"].map { try Address(parsing: $0) }
     let chosen = Set(
-      (0..<60).map { _ in ControlPlaneReplicas(addresses: addresses, joins: addresses).current })
+      (0..<60).map { _ in
+        ControlPlaneReplicas(addresses: addresses, joins: addresses, resolve: { _ in [] }).current
+      })
     #expect(chosen.count == 3)
+  }
+
+  /// A name stands for every address it resolves to; once each has failed in turn, the name
+  /// is resolved again and replicas that came since are used.
+  @Test func aNameStandsForEveryReplicaItResolvesTo() throws {
+    let records = Mutex(["replicas.mesh": ["10.0.0.1", "10.0.0.2"]])
+    let replicas = ControlPlaneReplicas(
+      addresses: [try Address(parsing: "replicas.mesh:15000")],
+      joins: [try Address(parsing: "replicas.mesh:15001")], start: 0,
+      resolve: { name in records.withLock { $0[name] ?? [] } })
+    #expect(replicas.addresses.map(\.description) == ["10.0.0.1:15000", "10.0.0.2:15000"])
+    #expect(replicas.orderedJoins.map(\.description) == ["10.0.0.1:15001", "10.0.0.2:15001"])
+    #expect(replicas.description == "replicas.mesh:15000")
+    records.withLock { $0["replicas.mesh"] = ["10.0.0.2", "10.0.0.3", "10.0.0.4"] }
+    #expect(replicas.failed(replicas.current).description == "10.0.0.2:15000")
+    // Both failed: the name is resolved again.
+    #expect(replicas.failed(replicas.current).description == "10.0.0.2:15000")
+    #expect(
+      replicas.addresses.map(\.description)
+        == ["10.0.0.2:15000", "10.0.0.3:15000", "10.0.0.4:15000"])
+    #expect(replicas.orderedJoins.map(\.description).last == "10.0.0.4:15001")
+
+    // Addresses are kept as they are; a name that resolves to nothing stays a name.
+    let mixed = ControlPlaneReplicas(
+      addresses: try ["10.0.0.9:1", "gone.mesh:1"].map { try Address(parsing: $0) },
+      joins: [try Address(parsing: "10.0.0.9:2")], resolve: { _ in [] })
+    #expect(mixed.addresses.map(\.description) == ["10.0.0.9:1", "gone.mesh:1"])
+  }
+
+  /// The system's resolver, as the sidecar, `meshctl` and `rpc --mesh` use it.
+  @Test func theSystemResolverGivesEveryAddress() {
+    #expect(HostNames.resolve("10.1.2.3") == ["10.1.2.3"])
+    #expect(HostNames.resolve("::1") == ["::1"])
+    #expect(HostNames.resolve("localhost").contains("127.0.0.1"))
+    #expect(HostNames.isLiteral("127.0.0.1") && HostNames.isLiteral("fe80::1"))
+    #expect(!HostNames.isLiteral("replicas.mesh") && !HostNames.isLiteral("10.1.2"))
   }
 }

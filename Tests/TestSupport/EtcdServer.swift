@@ -87,6 +87,22 @@ public final class EtcdServer: @unchecked Sendable {
     (try? String(contentsOf: members[index].log, encoding: .utf8)) ?? ""
   }
 
+  /// The member leading now, as the members' logs tell: the running one that became leader at
+  /// the highest term (raft logs "<id> became leader at term N").
+  public func leader() -> Int? {
+    var best: (index: Int, term: Int)?
+    for index in members.indices where members[index].process.isRunning {
+      for line in log(of: index).split(separator: "\n") where line.contains("became leader at term")
+      {
+        guard let range = line.range(of: "became leader at term "),
+          let term = Int(line[range.upperBound...].prefix { $0.isNumber })
+        else { continue }
+        if term > best?.term ?? 0 { best = (index, term) }
+      }
+    }
+    return best?.index
+  }
+
   /// Kills member `index` outright, as a crash would.
   public func kill(_ index: Int) {
     let process = members[index].process
