@@ -382,7 +382,9 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshControlClientTests",
-      dependencies: ["MeshControlClient", "MeshConfig", "MeshProtos", "MeshServiceKit", "MeshTracing"],
+      dependencies: [
+        "MeshControlClient", "MeshConfig", "MeshProtos", "MeshServiceKit", "MeshTracing",
+      ],
       swiftSettings: swiftSettings
     ),
     .testTarget(
