@@ -264,9 +264,16 @@ struct NetworkNamespace {
     getuid() == 0 && (try? run("ip", ["netns", "list"]))?.status == 0
   }
 
-  init() throws {
+  /// With `hosts`, the namespace's `/etc/hosts` (`ip netns exec` mounts
+  /// `/etc/netns/NAME/hosts` over it for what it runs).
+  init(hosts: String? = nil) throws {
     let tag = String(UInt32.random(in: 0...UInt32.max), radix: 16)
     name = "trellis-\(tag)"
+    if let hosts {
+      try FileManager.default.createDirectory(
+        atPath: "/etc/netns/\(name)", withIntermediateDirectories: true)
+      try hosts.write(toFile: "/etc/netns/\(name)/hosts", atomically: true, encoding: .utf8)
+    }
     hostInterface = "tv\(tag.prefix(6))h"
     let octet = Int.random(in: 1...250)
     outside = "10.213.\(octet).1"
@@ -307,5 +314,6 @@ struct NetworkNamespace {
   func remove() {
     _ = try? run("ip", ["link", "del", hostInterface])
     _ = try? run("ip", ["netns", "del", name])
+    try? FileManager.default.removeItem(atPath: "/etc/netns/\(name)")
   }
 }
