@@ -5,8 +5,8 @@ import GRPCNIOTransportHTTP2
 /// A client of etcd's v3 API (gRPC) over one or more members' client ports: the calls the
 /// control plane's store makes, with etcd's own messages (`Etcdserverpb_…`, `Mvccpb_…`).
 ///
-/// With several members, calls go to the first that answers, and move on when it goes
-/// (`pick_first`); etcd forwards what needs the leader.
+/// With several members, calls go round robin to those that are up; etcd forwards what needs
+/// the leader.
 ///
 /// Run `run()` in a task for as long as the client is used; `close()` ends it.
 public final class EtcdClient: Sendable {
@@ -44,8 +44,43 @@ public final class EtcdClient: Sendable {
     }
   }
 
-  /// A client of the members at `endpoints` (IPv4 addresses, or one host name).
-  public init(endpoints: [Endpoint]) throws {
+  /// TLS to etcd's client port (etcd's `--cert-file`, with `--client-cert-auth` for a client
+  /// certificate): the members' certificates are checked against `caFile` and must name the
+  /// address (or host name) dialled, as etcdctl's `--cacert`, `--cert` and `--key` do.
+  public struct TLS: Sendable, Equatable {
+    public var caFile: String
+    public var certificateFile: String?
+    public var keyFile: String?
+
+    /// Checks that the files can be read and that a certificate comes with its key.
+    public init(caFile: String, certificateFile: String? = nil, keyFile: String? = nil) throws {
+      guard (certificateFile == nil) == (keyFile == nil) else {
+        throw EtcdError("a client certificate for etcd needs its key, and a key its certificate")
+      }
+      for file in [caFile, certificateFile, keyFile].compactMap({ $0 })
+      where !FileManager.default.isReadableFile(atPath: file) {
+        throw EtcdError("cannot read \(file)")
+      }
+      self.caFile = caFile
+      self.certificateFile = certificateFile
+      self.keyFile = keyFile
+    }
+
+    var transportSecurity: HTTP2ClientTransport.Posix.TransportSecurity {
+      let roots = TLSConfig.TrustRootsSource.certificates([.file(path: caFile, format: .pem)])
+      guard let certificateFile, let keyFile else {
+        return .tls { $0.trustRoots = roots }
+      }
+      return .mTLS(
+        certificateChain: [.file(path: certificateFile, format: .pem)],
+        privateKey: .file(path: keyFile, format: .pem)
+      ) { $0.trustRoots = roots }
+    }
+  }
+
+  /// A client of the members at `endpoints` (IPv4 addresses, or one host name), over TLS when
+  /// `tls` is given, else in plain text.
+  public init(endpoints: [Endpoint], tls: TLS? = nil) throws {
     guard let first = endpoints.first else { throw EtcdError("no etcd member given") }
     self.endpoints = endpoints
     let target: any ResolvableTarget
@@ -60,7 +95,7 @@ public final class EtcdClient: Sendable {
     // Round robin over every member that is up: pick-first would only ever use the first
     // address of the list, and lose etcd with that one member.
     let transport = try HTTP2ClientTransport.Posix(
-      target: target, transportSecurity: .plaintext,
+      target: target, transportSecurity: tls?.transportSecurity ?? .plaintext,
       config: .defaults { $0.backoff.max = .seconds(2) },
       serviceConfig: ServiceConfig(loadBalancingConfig: [.roundRobin]))
     client = GRPCClient(transport: transport)

@@ -60,7 +60,7 @@ public struct ControlPlane: Service {
     case sqlite
     /// The members' client ports (`--store etcd://HOST:PORT[,HOST:PORT…]`); the private keys
     /// stay in `data/keys`.
-    case etcd([EtcdClient.Endpoint])
+    case etcd([EtcdClient.Endpoint], tls: EtcdClient.TLS? = nil)
   }
 
   private let configuration: Configuration
@@ -79,8 +79,8 @@ public struct ControlPlane: Service {
     switch configuration.store {
     case .sqlite:
       store = try SQLiteControlStore(directory: configuration.data)
-    case .etcd(let endpoints):
-      let client = try EtcdClient(endpoints: endpoints)
+    case .etcd(let endpoints, let tls):
+      let client = try EtcdClient(endpoints: endpoints, tls: tls)
       Task { try await client.run() }
       etcd = client
       try await client.waitUntilReachable(timeout: .seconds(30))
@@ -90,6 +90,7 @@ public struct ControlPlane: Service {
         "store",
         metadata: [
           "etcd": "\(endpoints.map(\.description).joined(separator: ","))", "replica": "\(replica)",
+          "tls": "\(tls == nil ? "off" : tls?.certificateFile == nil ? "on" : "mutual")",
         ])
     }
     defer { etcd?.close() }

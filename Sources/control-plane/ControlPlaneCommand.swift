@@ -30,6 +30,15 @@ struct ControlPlaneCommand: AsyncParsableCommand {
   var store = "sqlite"
   @Option(
     help: """
+      With an etcd store: TLS to etcd's client ports, the members' certificates checked \
+      against this CA (PEM). They must name the addresses in --store.
+      """)
+  var etcdCacert: String?
+  @Option(help: "With --etcd-cacert: a client certificate for etcd (PEM; --client-cert-auth).")
+  var etcdCert: String?
+  @Option(help: "With --etcd-cert: its private key (PEM).") var etcdKey: String?
+  @Option(
+    help: """
       This control plane's name among those sharing an etcd store (default: the one kept in \
       --data/replica, made at first start).
       """)
@@ -51,6 +60,21 @@ struct ControlPlaneCommand: AsyncParsableCommand {
   var traceMaxSpans = 200_000
   @Option(help: "How long the trace store keeps a trace: 30m, 24h, 7d.")
   var traceRetention = "24h"
+
+  /// TLS to etcd, as the --etcd-… options ask.
+  private func etcdTLS() throws -> EtcdClient.TLS? {
+    guard let etcdCacert else {
+      guard etcdCert == nil, etcdKey == nil else {
+        throw ValidationError("--etcd-cert and --etcd-key need --etcd-cacert")
+      }
+      return nil
+    }
+    do {
+      return try EtcdClient.TLS(caFile: etcdCacert, certificateFile: etcdCert, keyFile: etcdKey)
+    } catch {
+      throw ValidationError("TLS to etcd: \(error) (--etcd-cacert, --etcd-cert, --etcd-key)")
+    }
+  }
 
   func run() async throws {
     guard let level = Logger.Level(rawValue: logLevel) else {
@@ -76,13 +100,18 @@ struct ControlPlaneCommand: AsyncParsableCommand {
     }
     let storeLocation: ControlPlane.Store
     if store == "sqlite" {
+      guard etcdCacert == nil, etcdCert == nil, etcdKey == nil else {
+        throw ValidationError("--etcd-cacert, --etcd-cert and --etcd-key go with --store etcd://…")
+      }
       storeLocation = .sqlite
     } else if !store.hasPrefix("etcd://") {
       throw ValidationError(
         "--store: expected sqlite or etcd://HOST:PORT[,HOST:PORT…], got '\(store)'")
     } else {
       do {
-        storeLocation = .etcd(try EtcdClient.endpoints(parsing: store))
+        storeLocation = .etcd(try EtcdClient.endpoints(parsing: store), tls: try etcdTLS())
+      } catch let error as ValidationError {
+        throw error
       } catch {
         throw ValidationError("--store: \(error)")
       }

@@ -59,6 +59,46 @@ import Testing
     #expect(try await client.get("/t/before")?.value == Data("1".utf8))
   }
 
+  /// A member that speaks TLS and wants a client certificate serves a client with one from
+  /// its CA, and no other.
+  @Test func tlsToTheClientPort() async throws {
+    let server = try EtcdServer(name: "etcd-tls", tls: true)
+    defer { server.stop() }
+    let files = try #require(server.tls)
+    let endpoints = try EtcdClient.endpoints(parsing: server.url)
+    func client(_ tls: EtcdClient.TLS?) throws -> EtcdClient {
+      let client = try EtcdClient(endpoints: endpoints, tls: tls)
+      Task { try await client.run() }
+      return client
+    }
+    let trusted = try client(
+      .init(caFile: files.ca, certificateFile: files.clientCertificate, keyFile: files.clientKey))
+    defer { trusted.close() }
+    try await trusted.waitUntilReachable(timeout: .seconds(60))
+    _ = try await trusted.put("/t/tls", Data("1".utf8))
+    #expect(try await trusted.get("/t/tls")?.value == Data("1".utf8))
+
+    for refused in [
+      nil,  // plain text
+      try EtcdClient.TLS(caFile: files.ca),  // no client certificate
+      try EtcdClient.TLS(
+        caFile: files.ca, certificateFile: files.strangerCertificate, keyFile: files.strangerKey),
+      // A member whose certificate is not from the CA given.
+      try EtcdClient.TLS(
+        caFile: files.strangerCertificate, certificateFile: files.clientCertificate,
+        keyFile: files.clientKey),
+    ] {
+      let other = try client(refused)
+      defer { other.close() }
+      await #expect(throws: (any Error).self, "\(String(describing: refused))") {
+        _ = try await other.get("/t/tls")
+      }
+    }
+    #expect(throws: EtcdError.self) {
+      try EtcdClient.TLS(caFile: files.ca, certificateFile: files.clientCertificate)
+    }
+  }
+
   @Test func keysRevisionsAndTransactions() async throws {
     let (server, client) = try await Self.started()
     defer {

@@ -6,17 +6,32 @@ import Testing
 /// `control-plane --store etcd://…`: the control plane's state in a real etcd member, through
 /// what an operator does (join tokens, certificates, config versions) and a `kill -9`.
 @Suite struct EtcdStoreTests {
+  /// Over TLS to etcd's client port, with a client certificate (etcd's `--client-cert-auth`).
   @Test func aControlPlaneKeepsItsStateInEtcd() throws {
-    let etcd = try EtcdServer()
+    let etcd = try EtcdServer(tls: true)
     defer { etcd.stop() }
+    let tls = try #require(etcd.tls)
     let mesh = try MeshFixture("etcd-store", services: ["users"])
     let data = mesh.directory.appendingPathComponent("data").path
+    let options = [
+      "--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", mesh.certs, "--data", data,
+      "--store", etcd.url,
+    ]
+    // Options that cannot work are named before anything starts.
+    for (extra, complaint) in [
+      (["--etcd-cert", tls.clientCertificate], "need --etcd-cacert"),
+      (["--etcd-cacert", tls.ca, "--etcd-cert", tls.clientCertificate], "needs its key"),
+      (["--etcd-cacert", "/nonexistent/ca.pem"], "cannot read /nonexistent/ca.pem"),
+    ] {
+      let refused = try run(binary("control-plane"), options + extra)
+      #expect(refused.status != 0 && refused.stderr.contains(complaint), "\(refused.stderr)")
+    }
     func start() throws -> ServiceProcess {
       try ServiceProcess(
         binary("control-plane"),
-        [
-          "--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", mesh.certs,
-          "--data", data, "--store", etcd.url,
+        options + [
+          "--etcd-cacert", tls.ca, "--etcd-cert", tls.clientCertificate, "--etcd-key",
+          tls.clientKey,
         ], timeout: 60)
     }
     var plane = try start()

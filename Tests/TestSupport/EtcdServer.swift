@@ -21,14 +21,37 @@ public final class EtcdServer: @unchecked Sendable {
     let arguments: [String]
   }
 
+  /// With `tls`, the client ports speak TLS only and want a client certificate: the CA, a
+  /// client's certificate and key, and a certificate from another CA for the tests to refuse.
+  public let tls: TLSFiles?
+
+  /// The PEM files of a TLS cluster, made with openssl.
+  public struct TLSFiles: Sendable {
+    public let ca: String
+    public let clientCertificate: String
+    public let clientKey: String
+    /// A client certificate and key from a CA etcd does not trust.
+    public let strangerCertificate: String
+    public let strangerKey: String
+  }
+
   /// With `everywhere`, the members serve on every address of this host (other hosts of a
   /// test's topology reach them), not only on loopback; `url` names loopback either way.
   public init(
-    name: String = "etcd-test", members count: Int = 1, everywhere: Bool = false
+    name: String = "etcd-test", members count: Int = 1, everywhere: Bool = false, tls: Bool = false
   )
     throws
   {
     directory = try makeTemporaryDirectory(name)
+    self.tls = tls ? try Self.makeTLSFiles(in: directory.appendingPathComponent("tls")) : nil
+    let scheme = tls ? "https" : "http"
+    let serverFiles =
+      tls
+      ? [
+        "--cert-file", directory.appendingPathComponent("tls/server.pem").path, "--key-file",
+        directory.appendingPathComponent("tls/server-key.pem").path, "--trusted-ca-file",
+        directory.appendingPathComponent("tls/ca.pem").path, "--client-cert-auth",
+      ] : []
     let ports = try (0..<count).map { _ in
       (client: try Int(freeLoopbackPort())!, peer: try Int(freeLoopbackPort())!)
     }
@@ -38,18 +61,19 @@ public final class EtcdServer: @unchecked Sendable {
     members = []
     for (index, port) in ports.enumerated() {
       let name = "m\(index + 1)"
-      let client = "http://127.0.0.1:\(port.client)"
-      let listen = everywhere ? "http://0.0.0.0:\(port.client)" : client
+      let client = "\(scheme)://127.0.0.1:\(port.client)"
+      let listen = everywhere ? "\(scheme)://0.0.0.0:\(port.client)" : client
       let peer = "http://127.0.0.1:\(port.peer)"
       let log = directory.appendingPathComponent("\(name).log")
-      let arguments = [
-        "--name", name, "--data-dir", directory.appendingPathComponent(name).path,
-        "--listen-client-urls", listen, "--advertise-client-urls", client,
-        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-        "--initial-cluster", cluster, "--initial-cluster-state", "new",
-        "--initial-cluster-token", directory.lastPathComponent,
-        "--logger", "zap", "--log-outputs", log.path,
-      ]
+      let arguments =
+        [
+          "--name", name, "--data-dir", directory.appendingPathComponent(name).path,
+          "--listen-client-urls", listen, "--advertise-client-urls", client,
+          "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+          "--initial-cluster", cluster, "--initial-cluster-state", "new",
+          "--initial-cluster-token", directory.lastPathComponent,
+          "--logger", "zap", "--log-outputs", log.path,
+        ] + serverFiles
       members.append(
         Member(
           name: name, clientPort: port.client, peerPort: port.peer,
@@ -57,6 +81,46 @@ public final class EtcdServer: @unchecked Sendable {
     }
     // Ready once every member serves its client port (a loaded machine may take a while).
     for index in members.indices { try waitUntilServing(index) }
+  }
+
+  /// A CA, a server certificate for 127.0.0.1, a client certificate, and a stranger's.
+  private static func makeTLSFiles(in folder: URL) throws -> TLSFiles {
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    let path = { (name: String) in folder.appendingPathComponent(name).path }
+    func openssl(_ arguments: [String]) throws {
+      let result = try run("openssl", arguments)
+      guard result.status == 0 else {
+        throw HarnessError("openssl \(arguments.joined(separator: " ")): \(result.stderr)")
+      }
+    }
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for ca in ["ca", "stranger-ca"] {
+      try openssl(
+        ["req", "-x509"] + key + [
+          "-keyout", path("\(ca)-key.pem"), "-out", path("\(ca).pem"), "-days", "2",
+          "-subj", "/CN=etcd test \(ca)",
+        ])
+    }
+    for (name, ca, extensions) in [
+      ("server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+      ("client", "ca", "extendedKeyUsage=clientAuth"),
+      ("stranger", "stranger-ca", "extendedKeyUsage=clientAuth"),
+    ] {
+      try openssl(
+        ["req", "-new"] + key + [
+          "-keyout", path("\(name)-key.pem"), "-out", path("\(name).csr"), "-subj",
+          "/CN=etcd test \(name)",
+        ])
+      try extensions.write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
+      try openssl([
+        "x509", "-req", "-in", path("\(name).csr"), "-CA", path("\(ca).pem"), "-CAkey",
+        path("\(ca)-key.pem"), "-CAcreateserial", "-days", "2", "-out", path("\(name).pem"),
+        "-extfile", path("\(name).ext"),
+      ])
+    }
+    return TLSFiles(
+      ca: path("ca.pem"), clientCertificate: path("client.pem"), clientKey: path("client-key.pem"),
+      strangerCertificate: path("stranger.pem"), strangerKey: path("stranger-key.pem"))
   }
 
   private static func launch(_ arguments: [String]) throws -> Process {
