@@ -404,6 +404,8 @@ public struct ConfigSubscriber: Service {
             onResponse: { response in
               answered.set()
               progress.established()
+              self.logger.info(
+                "subscribed to the control plane", metadata: ["replica": "\(address)"])
               for try await snapshot in response.messages {
                 progress.send(self.handle(snapshot, progress))
               }
