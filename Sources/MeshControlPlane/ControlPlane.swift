@@ -41,6 +41,9 @@ public struct ControlPlane: Service {
     public var leafLifetime: TimeInterval
     /// How many spans, and for how long, the trace store keeps.
     public var traceRetention = TraceStore.Retention()
+    /// The host other replicas' tools and sidecars reach this one at, when it is not the one
+    /// it listens on (`0.0.0.0`, or an address behind a NAT); nil: the listening address.
+    public var advertise: String?
 
     public init(
       listen: (host: String, port: Int), join: (host: String, port: Int), certs: String,
@@ -189,6 +192,14 @@ public struct ControlPlane: Service {
         guard let listening = try? await mtls.listeningAddress,
           let joining = try? await join.listeningAddress
         else { return }
+        let advertise = configuration.advertise
+        if advertise == nil, ["0.0.0.0", "::"].contains(configuration.listen.host),
+          configuration.store != .sqlite
+        {
+          logger.warning(
+            "listening on every address: give --advertise, or the other replicas' tools list this one at \(configuration.listen.host)"
+          )
+        }
         logger.info(
           "listening",
           metadata: [
@@ -200,8 +211,8 @@ public struct ControlPlane: Service {
           try? await cancelWhenGracefulShutdown {
             try await store.announce {
               ReplicaAnnouncement(
-                name: replica, address: Self.describe(listening),
-                joinAddress: Self.describe(joining), startedAt: startedAt,
+                name: replica, address: Self.describe(listening, as: advertise),
+                joinAddress: Self.describe(joining, as: advertise), startedAt: startedAt,
                 issuer: "\(trust.current.issuer.certificate.subject)")
             }
           }
@@ -330,9 +341,14 @@ public struct ControlPlane: Service {
     return name
   }
 
-  private static func describe(_ address: GRPCNIOTransportCore.SocketAddress) -> String {
-    address.ipv4.map { "\($0.host):\($0.port)" } ?? address.ipv6.map { "[\($0.host)]:\($0.port)" }
-      ?? "\(address)"
+  private static func describe(
+    _ address: GRPCNIOTransportCore.SocketAddress, as host: String? = nil
+  ) -> String {
+    if let host, let port = address.ipv4?.port ?? address.ipv6?.port {
+      return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+    return address.ipv4.map { "\($0.host):\($0.port)" }
+      ?? address.ipv6.map { "[\($0.host)]:\($0.port)" } ?? "\(address)"
   }
 }
 

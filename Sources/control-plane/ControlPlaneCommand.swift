@@ -20,6 +20,12 @@ struct ControlPlaneCommand: AsyncParsableCommand {
   var listen = "127.0.0.1:15000"
   @Option(help: "The join listener (first certificates, paid for with a join token), HOST:PORT.")
   var join = "127.0.0.1:15001"
+  @Option(
+    help: """
+      The host this control plane is reached at, as other replicas list it (`meshctl get \
+      replicas`), when it listens on 0.0.0.0 or behind an address of another host.
+      """)
+  var advertise: String?
   @Option(help: "Folder holding the CA from `meshctl certs init`.") var certs = "certs"
   @Option(help: "Folder for the control plane's state.") var data = ".trellis/control-plane"
   @Option(
@@ -124,6 +130,13 @@ struct ControlPlaneCommand: AsyncParsableCommand {
       certs: certs, data: data, trustDomain: trustDomain, leafLifetime: lifetime.timeInterval)
     configuration.traceRetention = .init(maximumSpans: traceMaxSpans, maximumAge: retention)
     configuration.store = storeLocation
+    if let advertise {
+      let bracketed = advertise.contains(":") ? "[\(advertise)]" : advertise
+      guard !advertise.isEmpty, (try? HostPort(parsing: "\(bracketed):1")) != nil else {
+        throw ValidationError("--advertise '\(advertise)': expected a host name or an address")
+      }
+      configuration.advertise = advertise
+    }
     guard let age = parseDuration(configStreamAge), age >= .seconds(1) else {
       throw ValidationError(
         "--config-stream-age \(configStreamAge): expected a duration such as 30m")

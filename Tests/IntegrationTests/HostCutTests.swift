@@ -21,10 +21,13 @@ import Testing
       let store =
         namespace == nil
         ? etcd.url : etcd.url.replacingOccurrences(of: "127.0.0.1", with: far.outside)
-      let arguments = [
-        binary("control-plane"), "--listen", "\(host):0", "--join", "\(host):0", "--certs",
-        mesh.certs, "--data", data, "--store", store, "--replica", name,
-      ]
+      // Listening on every address, the near one is listed at the address the other host
+      // reaches it at.
+      let arguments =
+        [
+          binary("control-plane"), "--listen", "\(host):0", "--join", "\(host):0", "--certs",
+          mesh.certs, "--data", data, "--store", store, "--replica", name,
+        ] + (host == "0.0.0.0" ? ["--advertise", far.outside] : [])
       let launch = {
         guard let namespace else {
           return try ServiceProcess(arguments[0], Array(arguments.dropFirst()), timeout: 90)
@@ -101,6 +104,9 @@ import Testing
       ]).status
     }
     #expect(try (0..<4).map { _ in try call() } == [0, 0, 0, 0])
+    let replicas = try mesh.meshctl(["get", "replicas", "-o", "json"], plane: near)
+    #expect(replicas.contains("\"\(far.outside):"), "\(replicas)")
+    #expect(replicas.contains("\"\(far.inside):"), "\(replicas)")
 
     try far.cut()
     let cut = Date()
