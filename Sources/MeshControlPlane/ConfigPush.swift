@@ -413,15 +413,17 @@ public final class ConfigHub: Sendable {
       }
       state.nodes[node] = entry
       Self.record(node: node, serial: message.certificateSerial, issued: issued, &state)
-      let streams = state.subscribers.filter { $0.value.node == node }
+      // An ACK needs nothing more; only these look for the node's streams (a walk over every
+      // stream, too slow to make for each of thousands of ACKs).
       if message.resyncDiscovery {
         // A delta did not apply: every endpoint goes next.
+        let streams = state.subscribers.filter { $0.value.node == node }
         for id in streams.keys { state.subscribers[id]?.sentDiscovery = nil }
         return streams.values.map(\.wake)
       }
       guard newCertificate, let current = state.nodes[node], Self.needsRenewal(current, state)
       else { return [] }
-      return streams.values.map(\.wake)
+      return state.subscribers.values.filter { $0.node == node }.map(\.wake)
     }
     for wake in again { wake.yield() }
   }
