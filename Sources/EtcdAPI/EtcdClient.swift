@@ -93,13 +93,50 @@ public final class EtcdClient: Sendable {
       throw EtcdError("several etcd members are given by IPv4 address, not by name")
     }
     // Round robin over every member that is up: pick-first would only ever use the first
-    // address of the list, and lose etcd with that one member.
+    // address of the list, and lose etcd with that one member. A member cut off (its host
+    // gone: no reset, no answer) is found out by pings within 9 s; meanwhile a read sent to it
+    // is sent again to another member after 2 s, and no call waits more than 10 s.
     let transport = try HTTP2ClientTransport.Posix(
       target: target, transportSecurity: tls?.transportSecurity ?? .plaintext,
-      config: .defaults { $0.backoff.max = .seconds(2) },
-      serviceConfig: ServiceConfig(loadBalancingConfig: [.roundRobin]))
+      config: .defaults {
+        $0.backoff.max = .seconds(2)
+        // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time). Pings go
+        // on between calls too: a connection's pings stop for good once it had no call open,
+        // and a member cut off would then hold every call sent to it until its deadline.
+        $0.connection.keepalive = .init(
+          time: .seconds(6), timeout: .seconds(3), allowWithoutCalls: true)
+      },
+      serviceConfig: Self.serviceConfig)
     client = GRPCClient(transport: transport)
   }
+
+  /// Round robin; deadlines for the calls that answer at once, hedged reads.
+  static let serviceConfig = ServiceConfig(
+    methodConfig: [
+      MethodConfig(
+        names: [
+          .init(service: "etcdserverpb.KV", method: "Range"),
+          .init(service: "etcdserverpb.Maintenance", method: "Status"),
+          .init(service: "etcdserverpb.Cluster", method: "MemberList"),
+        ],
+        timeout: .seconds(10),
+        executionPolicy: .hedge(
+          HedgingPolicy(
+            maxAttempts: 3, hedgingDelay: .seconds(2), nonFatalStatusCodes: [.unavailable]))),
+      // Writes are not sent twice: a Txn made twice could fail its own compare.
+      MethodConfig(
+        names: [
+          .init(service: "etcdserverpb.KV", method: "Put"),
+          .init(service: "etcdserverpb.KV", method: "DeleteRange"),
+          .init(service: "etcdserverpb.KV", method: "Txn"),
+          .init(service: "etcdserverpb.KV", method: "Compact"),
+          .init(service: "etcdserverpb.Lease", method: "LeaseGrant"),
+          .init(service: "etcdserverpb.Lease", method: "LeaseRevoke"),
+          .init(service: "etcdserverpb.Lease", method: "LeaseKeepAlive"),
+        ],
+        timeout: .seconds(10)),
+    ],
+    loadBalancingConfig: [.roundRobin])
 
   /// Keeps the connections; returns once `close()` is called.
   public func run() async throws {

@@ -98,9 +98,19 @@ struct Get: AsyncParsableCommand {
     @Option(help: "A stored version (default: the running one).") var version: Int64 = 0
     @Option(name: .short, help: "Output: yaml (the text as applied) or json (with its version).")
     var output: OutputFormat = .yaml
+    @Flag(
+      help: """
+        Print the shop's mesh config as `meshctl up` writes it the first time (asks no control \
+        plane), to start one of your own from.
+        """)
+    var shopDefault = false
     @OptionGroup var controlPlane: ControlPlaneOptions
 
     func run() async throws {
+      if shopDefault {
+        print(ShopLayout.defaultMeshConfig, terminator: "")
+        return
+      }
       var request = Trellis_Mesh_V1_GetConfigRequest()
       request.version = version
       let stored = try await controlPlane.withAdmin { [request] in try await $0.getConfig(request) }

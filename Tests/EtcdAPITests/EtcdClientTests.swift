@@ -99,6 +99,34 @@ import Testing
     }
   }
 
+  /// A member that answers nothing (stopped, as a host cut off: its connections stay open)
+  /// costs a read about 2 s (it is sent to another member then), never a hang.
+  @Test func aHungMemberDelaysAReadButDoesNotHoldIt() async throws {
+    let server = try EtcdServer(name: "etcd-member-hung", members: 3)
+    let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
+    Task { try await client.run() }
+    defer {
+      client.close()
+      server.stop()
+    }
+    try await client.waitUntilReachable(timeout: .seconds(60))
+    _ = try await client.put("/t/key", Data("1".utf8))
+    // Every member's connection up: reads go round robin over the three.
+    for _ in 0..<6 { _ = try await client.get("/t/key") }
+    // A follower: the other two keep their quorum.
+    let follower = (server.leader().map { ($0 + 1) % 3 }) ?? 0
+    server.pause(follower)
+    defer { server.resume(follower) }
+    var slowest = Duration.zero
+    for _ in 0..<6 {
+      let start = ContinuousClock.now
+      #expect(try await client.get("/t/key")?.value == Data("1".utf8))
+      slowest = max(slowest, ContinuousClock.now - start)
+    }
+    print("reads with a member hung: the slowest took \(slowest)")
+    #expect(slowest < .seconds(6), "a read waited for the hung member")
+  }
+
   @Test func keysRevisionsAndTransactions() async throws {
     let (server, client) = try await Self.started()
     defer {

@@ -15,24 +15,9 @@ import Testing
     try cluster.start("a")
     let replicas = cluster.every
 
-    let app = try ServiceProcess(
-      try resolve("python3"),
-      [PythonInteropTests.python.appendingPathComponent("transparency.py").path, "serve"])
-    defer { app.stop() }
-    let port = try freeLoopbackPort()
-    let server = try mesh.joiningSidecar(
-      "echo", app: app.address, plane: cluster.planes["a"]!, inbound: "127.0.0.1:\(port)",
-      replicas: replicas)
-    let client = try mesh.joiningSidecar(
-      "client", app: "127.0.0.1:1", plane: cluster.planes["a"]!, replicas: replicas)
-    defer {
-      client.process.stop()
-      server.process.stop()
-    }
-    let v1 = try mesh.write(
-      "v1.yaml", "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
-    #expect(
-      try mesh.meshctl(["apply", "-f", v1], plane: cluster.planes["a"]!).contains("as version 1"))
+    let pair = try cluster.echoPair(server: replicas, client: replicas)
+    defer { pair.stop() }
+    let (server, client, port) = (pair.server, pair.client, pair.port)
     try cluster.start("b")
     try cluster.start("c")
     let connected = { (plane: ServiceProcess) in cluster.connected(at: plane) }
@@ -114,23 +99,9 @@ extension ControlPlaneFailoverTests {
     for name in cluster.names { try cluster.start(name) }
     let a = cluster.planes["a"]!
 
-    let app = try ServiceProcess(
-      try resolve("python3"),
-      [PythonInteropTests.python.appendingPathComponent("transparency.py").path, "serve"])
-    defer { app.stop() }
-    let port = try freeLoopbackPort()
-    let server = try mesh.joiningSidecar(
-      "echo", app: app.address, plane: a, inbound: "127.0.0.1:\(port)",
-      replicas: cluster.only("b"))
-    let client = try mesh.joiningSidecar(
-      "client", app: "127.0.0.1:1", plane: a, replicas: cluster.only("c"))
-    defer {
-      client.process.stop()
-      server.process.stop()
-    }
-    let v1 = try mesh.write(
-      "v1.yaml", "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
-    #expect(try mesh.meshctl(["apply", "-f", v1], plane: a).contains("as version 1"))
+    let pair = try cluster.echoPair(server: cluster.only("b"), client: cluster.only("c"))
+    defer { pair.stop() }
+    let (client, port) = (pair.client, pair.port)
     #expect(
       try waitFor(seconds: 30) { cluster.connected(at: a) == ["echo": "v1@b", "client": "v1@c"] },
       "\(cluster.connected(at: a))")
@@ -243,6 +214,43 @@ final class ReplicaCluster {
       ? try launch()
       : try withOperatorSigning(
         csr: "\(data)/issuer.csr", out: "\(data)/issuer.pem", certs: mesh.certs, launch)
+  }
+
+  /// The echo app, its sidecar (listing `server`) on a port of its own, and a client's sidecar
+  /// (listing `client`); joined through replica a, which applies version 1: echo's endpoint.
+  func echoPair(
+    server: (addresses: [String], joins: [String]), client: (addresses: [String], joins: [String])
+  ) throws -> EchoPair {
+    let a = planes["a"]!
+    let app = try ServiceProcess(
+      try resolve("python3"),
+      [PythonInteropTests.python.appendingPathComponent("transparency.py").path, "serve"])
+    let port = try freeLoopbackPort()
+    let echo = try mesh.joiningSidecar(
+      "echo", app: app.address, plane: a, inbound: "127.0.0.1:\(port)", replicas: server)
+    let caller = try mesh.joiningSidecar(
+      "client", app: "127.0.0.1:1", plane: a, replicas: client)
+    let pair = EchoPair(app: app, server: echo, client: caller, port: port)
+    let v1 = try mesh.write(
+      "v1.yaml", "services:\n  echo:\n    endpoints:\n      - address: 127.0.0.1:\(port)\n")
+    guard try mesh.meshctl(["apply", "-f", v1], plane: a).contains("as version 1") else {
+      pair.stop()
+      throw HarnessError("version 1 was not applied")
+    }
+    return pair
+  }
+
+  struct EchoPair {
+    let app: ServiceProcess
+    let server: RunningSidecar
+    let client: RunningSidecar
+    let port: String
+
+    func stop() {
+      client.process.stop()
+      server.process.stop()
+      app.stop()
+    }
   }
 
   /// Every replica's API and join listener, as a sidecar lists them.

@@ -167,6 +167,16 @@ public final class EtcdServer: @unchecked Sendable {
     return best?.index
   }
 
+  /// Stops member `index` (SIGSTOP): its connections stay open and nothing is answered, as
+  /// with a host cut off. `resume` lets it go on.
+  public func pause(_ index: Int) {
+    Foundation.kill(members[index].process.processIdentifier, SIGSTOP)
+  }
+
+  public func resume(_ index: Int) {
+    Foundation.kill(members[index].process.processIdentifier, SIGCONT)
+  }
+
   /// Kills member `index` outright, as a crash would.
   public func kill(_ index: Int) {
     let process = members[index].process
@@ -186,6 +196,7 @@ public final class EtcdServer: @unchecked Sendable {
 
   public func stop() {
     for member in members {
+      if member.process.isRunning { Foundation.kill(member.process.processIdentifier, SIGCONT) }
       if member.process.isRunning { member.process.terminate() }
       member.process.waitUntilExit()
     }
