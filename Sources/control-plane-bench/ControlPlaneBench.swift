@@ -36,6 +36,8 @@ struct ControlPlaneBench: AsyncParsableCommand {
   var replicas = 1
   @Option(help: "Simulated sidecars that register an endpoint (at most --sidecars).")
   var endpoints = 0
+  @Option(help: "Seconds to keep the subscriptions open after the figures (to inspect them).")
+  var hold = 0
 
   func validate() throws {
     guard ["sqlite", "etcd"].contains(store) else {
@@ -245,6 +247,10 @@ struct ControlPlaneBench: AsyncParsableCommand {
           streams, \(grown / max(streams, 1) / 1024) KB per stream
           """
         )
+      }
+      if hold > 0 {
+        print("holding the subscriptions open for \(hold) s")
+        try await Task.sleep(for: .seconds(hold))
       }
       group.cancelAll()
     }
