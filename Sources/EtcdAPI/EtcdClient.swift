@@ -163,7 +163,7 @@ public final class EtcdClient: Sendable {
   public func get(_ key: String) async throws -> Mvccpb_KeyValue? {
     var request = Etcdserverpb_RangeRequest()
     request.key = Data(key.utf8)
-    return try await kv.range(request).kvs.first
+    return try await named { try await kv.range(request).kvs.first }
   }
 
   /// The keys under `prefix` in key order (or the reverse), at most `limit` of them
@@ -179,7 +179,7 @@ public final class EtcdClient: Sendable {
       request.sortTarget = .key
       request.sortOrder = .descend
     }
-    return try await kv.range(request)
+    return try await named { try await kv.range(request) }
   }
 
   /// How many keys are under `prefix`.
@@ -188,7 +188,7 @@ public final class EtcdClient: Sendable {
     request.key = Data(prefix.utf8)
     request.rangeEnd = Self.rangeEnd(ofPrefix: Data(prefix.utf8))
     request.countOnly = true
-    return try await kv.range(request).count
+    return try await named { try await kv.range(request).count }
   }
 
   /// Sets `key` (attached to `lease`, if not 0): the store's revision after it.
@@ -198,7 +198,7 @@ public final class EtcdClient: Sendable {
     request.key = Data(key.utf8)
     request.value = value
     request.lease = lease
-    return try await kv.put(request).header.revision
+    return try await named { try await kv.put(request).header.revision }
   }
 
   /// Deletes `key`, or every key under it with `prefix`: how many were deleted.
@@ -207,19 +207,19 @@ public final class EtcdClient: Sendable {
     var request = Etcdserverpb_DeleteRangeRequest()
     request.key = Data(key.utf8)
     if prefix { request.rangeEnd = Self.rangeEnd(ofPrefix: Data(key.utf8)) }
-    return try await kv.deleteRange(request).deleted
+    return try await named { try await kv.deleteRange(request).deleted }
   }
 
   /// Applies `request` atomically (at most 128 operations, etcd's default limit).
   public func txn(_ request: Etcdserverpb_TxnRequest) async throws -> Etcdserverpb_TxnResponse {
-    try await kv.txn(request)
+    try await named { try await kv.txn(request) }
   }
 
   /// Forgets the history before `revision`.
   public func compact(revision: Int64) async throws {
     var request = Etcdserverpb_CompactionRequest()
     request.revision = revision
-    _ = try await kv.compact(request)
+    _ = try await named { try await kv.compact(request) }
   }
 
   /// The end of the range of keys that start with `prefix`: the prefix with its last byte
@@ -242,7 +242,7 @@ public final class EtcdClient: Sendable {
   public func grantLease(ttl: Int64) async throws -> Int64 {
     var request = Etcdserverpb_LeaseGrantRequest()
     request.ttl = ttl
-    let response = try await lease.leaseGrant(request)
+    let response = try await named { try await lease.leaseGrant(request) }
     guard response.error.isEmpty else { throw EtcdError("lease not granted: \(response.error)") }
     return response.id
   }
@@ -270,7 +270,7 @@ public final class EtcdClient: Sendable {
   public func revokeLease(_ id: Int64) async throws {
     var request = Etcdserverpb_LeaseRevokeRequest()
     request.id = id
-    _ = try await lease.leaseRevoke(request)
+    _ = try await named { try await lease.leaseRevoke(request) }
   }
 
   // MARK: Watching
@@ -311,6 +311,17 @@ public final class EtcdClient: Sendable {
       })
   }
 
+  /// Runs a call to etcd; its failure names etcd, so that a control plane passing it on is
+  /// not taken for a control plane that cannot be reached.
+  private func named<Result>(_ call: () async throws -> Result) async throws -> Result {
+    do {
+      return try await call()
+    } catch let error as RPCError {
+      throw RPCError(
+        code: error.code, message: "etcd: \(error.message)", metadata: error.metadata, cause: error)
+    }
+  }
+
   // MARK: The cluster
 
   /// Waits until a member answers Status, for at most `timeout`.
@@ -331,12 +342,14 @@ public final class EtcdClient: Sendable {
 
   /// The status of the member that answers.
   public func status() async throws -> Etcdserverpb_StatusResponse {
-    try await Etcdserverpb_Maintenance.Client(wrapping: client).status(.init())
+    try await named { try await Etcdserverpb_Maintenance.Client(wrapping: client).status(.init()) }
   }
 
   /// The cluster's members.
   public func members() async throws -> [Etcdserverpb_Member] {
-    try await Etcdserverpb_Cluster.Client(wrapping: client).memberList(.init()).members
+    try await named {
+      try await Etcdserverpb_Cluster.Client(wrapping: client).memberList(.init()).members
+    }
   }
 }
 

@@ -144,6 +144,12 @@ struct ControlPlaneOptions: ParsableArguments {
     do {
       return try await withGRPCClient(transport: transport) { try await body($0) }
     } catch let error as RPCError {
+      if error.code == .unavailable, error.message.hasPrefix("etcd: ") {
+        // It answered: its store did not (another replica's may).
+        throw Unreachable(
+          description:
+            "the control plane at \(target) cannot reach its store: \(error.message)")
+      }
       if error.code == .unavailable {
         throw Unreachable(
           description: "cannot reach the control plane at \(target): \(error.message)")

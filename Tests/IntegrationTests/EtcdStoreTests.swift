@@ -74,6 +74,14 @@ import Testing
     let keys = try FileManager.default.contentsOfDirectory(atPath: "\(data)/keys")
     #expect(keys.contains { $0.hasPrefix("issuer-") && $0.hasSuffix(".key.pem") }, "\(keys)")
 
+    // etcd gone: the control plane answers that its store does not, and meshctl says so
+    // (not that the control plane cannot be reached).
+    etcd.kill(0)
+    let storeless = try meshctl(["history"])
+    #expect(storeless.status != 0)
+    #expect(
+      storeless.stderr.contains("cannot reach its store: etcd: "), "\(storeless.stderr)")
+
     // A store option that names no etcd is refused before anything starts.
     let bad = try run(binary("control-plane"), ["--store", "etcd://nowhere", "--data", data])
     #expect(bad.status != 0 && bad.stderr.contains("--store"), "\(bad.stderr)")
