@@ -106,7 +106,18 @@ struct ControlPlaneBench: AsyncParsableCommand {
         try Self.signIssuer(data: data, root: root)
       }
       addresses.append(try Self.listeningAddress(log.fileHandleForReading))
-      print("control plane \(index + 1) at \(addresses[index]) (pid \(process.processIdentifier))")
+      // The rest of its log goes to a file: a pipe nobody reads would stop it once full.
+      let logFile = "\(work)/control-plane-\(index + 1).log"
+      FileManager.default.createFile(atPath: logFile, contents: nil)
+      let sink = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
+      Thread.detachNewThread {
+        while case let data = log.fileHandleForReading.availableData, !data.isEmpty {
+          sink.write(data)
+        }
+      }
+      print(
+        "control plane \(index + 1) at \(addresses[index]) (pid \(process.processIdentifier), log \(logFile))"
+      )
     }
     let address = addresses[0]
     let admin = Client(
@@ -258,6 +269,33 @@ struct ControlPlaneBench: AsyncParsableCommand {
     // CSR signing: renewals over the shared workload identity.
     let signed = Counter()
     let start = ContinuousClock.now
+    do {
+      try await signCertificates(sim, signed)
+    } catch {
+      for index in planes.indices {
+        let log =
+          (try? String(contentsOfFile: "\(work)/control-plane-\(index + 1).log", encoding: .utf8))
+          ?? ""
+        print(
+          "control plane \(index + 1)'s last log lines:\n\(log.split(separator: "\n").suffix(5).joined(separator: "\n"))"
+        )
+      }
+      throw error
+    }
+    let elapsed = ContinuousClock.now - start
+    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    print(
+      "CSR signing: \(certificates) certificates in \(String(format: "%.2f", seconds)) s = \(String(format: "%.0f", Double(certificates) / seconds)) per second (\(concurrency) in flight)"
+    )
+    print("control plane 1 memory at the end: \(Self.memory(planes[0].processIdentifier))")
+    print(
+      "goals: propagation p99 under 1 s for 1,000 sidecars; at least 500 certificates per second")
+  }
+
+  /// Signs `--certificates` CSRs, `--concurrency` at a time over four connections.
+  private func signCertificates(_ sim: Client, _ signed: Counter) async throws {
+    let certificates = self.certificates
+    let concurrency = self.concurrency
     try await sim.withClients(connections: 4) { clients in
       try await withThrowingTaskGroup(of: Void.self) { group in
         for worker in 0..<concurrency {
@@ -274,14 +312,6 @@ struct ControlPlaneBench: AsyncParsableCommand {
         try await group.waitForAll()
       }
     }
-    let elapsed = ContinuousClock.now - start
-    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-    print(
-      "CSR signing: \(certificates) certificates in \(String(format: "%.2f", seconds)) s = \(String(format: "%.0f", Double(certificates) / seconds)) per second (\(concurrency) in flight)"
-    )
-    print("control plane 1 memory at the end: \(Self.memory(planes[0].processIdentifier))")
-    print(
-      "goals: propagation p99 under 1 s for 1,000 sidecars; at least 500 certificates per second")
   }
 
   /// Waits until no snapshot bytes arrived for half a second.
