@@ -94,8 +94,8 @@ public final class EtcdClient: Sendable {
     }
     // Round robin over every member that is up: pick-first would only ever use the first
     // address of the list, and lose etcd with that one member. A member cut off (its host
-    // gone: no reset, no answer) is found out by pings within 9 s; meanwhile a read sent to it
-    // is sent again to another member after 2 s, and no call waits more than 10 s.
+    // gone: no reset, no answer) is found out by pings within 9 s, and the calls sent to it
+    // fail then; meanwhile a read sent to it is sent again to another member after 2 s.
     let transport = try HTTP2ClientTransport.Posix(
       target: target, transportSecurity: tls?.transportSecurity ?? .plaintext,
       config: .defaults {
@@ -110,7 +110,9 @@ public final class EtcdClient: Sendable {
     client = GRPCClient(transport: transport)
   }
 
-  /// Round robin; deadlines for the calls that answer at once, hedged reads.
+  /// Round robin; reads hedged. No deadline: a call waits for its member while the member
+  /// answers pings, and fails once it does not (a process's starved tasks would otherwise
+  /// see calls time out that etcd answered in time).
   static let serviceConfig = ServiceConfig(
     methodConfig: [
       MethodConfig(
@@ -119,22 +121,9 @@ public final class EtcdClient: Sendable {
           .init(service: "etcdserverpb.Maintenance", method: "Status"),
           .init(service: "etcdserverpb.Cluster", method: "MemberList"),
         ],
-        timeout: .seconds(10),
         executionPolicy: .hedge(
           HedgingPolicy(
-            maxAttempts: 3, hedgingDelay: .seconds(2), nonFatalStatusCodes: [.unavailable]))),
-      // Writes are not sent twice: a Txn made twice could fail its own compare.
-      MethodConfig(
-        names: [
-          .init(service: "etcdserverpb.KV", method: "Put"),
-          .init(service: "etcdserverpb.KV", method: "DeleteRange"),
-          .init(service: "etcdserverpb.KV", method: "Txn"),
-          .init(service: "etcdserverpb.KV", method: "Compact"),
-          .init(service: "etcdserverpb.Lease", method: "LeaseGrant"),
-          .init(service: "etcdserverpb.Lease", method: "LeaseRevoke"),
-          .init(service: "etcdserverpb.Lease", method: "LeaseKeepAlive"),
-        ],
-        timeout: .seconds(10)),
+            maxAttempts: 3, hedgingDelay: .seconds(2), nonFatalStatusCodes: [.unavailable])))
     ],
     loadBalancingConfig: [.roundRobin])
 

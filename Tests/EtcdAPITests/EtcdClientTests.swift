@@ -6,9 +6,11 @@ import Testing
 /// Our declarations of etcd's v3 API against a real etcd 3.4: every call the store makes, so a
 /// wrong name or field number shows here.
 @Suite struct EtcdClientTests {
-  /// A running member and a client of it, ready (etcd answers Status).
-  static func started() async throws -> (EtcdServer, EtcdClient) {
-    let server = try EtcdServer()
+  /// A running cluster and a client of every member, ready (etcd answers Status).
+  static func started(
+    _ name: String = "etcd-test", members: Int = 1
+  ) async throws -> (EtcdServer, EtcdClient) {
+    let server = try EtcdServer(name: name, members: members)
     let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
     Task { try await client.run() }
     do {
@@ -33,14 +35,11 @@ import Testing
 
   /// A client of three members goes on with the two left when the first one in its list dies.
   @Test func aMemberDownLeavesTheOthersServing() async throws {
-    let server = try EtcdServer(name: "etcd-member-down", members: 3)
-    let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
-    Task { try await client.run() }
+    let (server, client) = try await Self.started("etcd-member-down", members: 3)
     defer {
       client.close()
       server.stop()
     }
-    try await client.waitUntilReachable(timeout: .seconds(60))
     _ = try await client.put("/t/before", Data("1".utf8))
     server.kill(0)
     // An election may be under way (the first member may have led): a few seconds at most.
@@ -102,14 +101,11 @@ import Testing
   /// A member that answers nothing (stopped, as a host cut off: its connections stay open)
   /// costs a read about 2 s (it is sent to another member then), never a hang.
   @Test func aHungMemberDelaysAReadButDoesNotHoldIt() async throws {
-    let server = try EtcdServer(name: "etcd-member-hung", members: 3)
-    let client = try EtcdClient(endpoints: EtcdClient.endpoints(parsing: server.url))
-    Task { try await client.run() }
+    let (server, client) = try await Self.started("etcd-member-hung", members: 3)
     defer {
       client.close()
       server.stop()
     }
-    try await client.waitUntilReachable(timeout: .seconds(60))
     _ = try await client.put("/t/key", Data("1".utf8))
     // Every member's connection up: reads go round robin over the three.
     for _ in 0..<6 { _ = try await client.get("/t/key") }
