@@ -89,7 +89,7 @@ let package = Package(
     // store; the sidecar does not link it.
     .target(
       name: "EtcdAPI",
-      dependencies: [swiftProtobuf, grpcCore, grpcProtobuf, grpcHTTP2],
+      dependencies: [swiftProtobuf, grpcCore, grpcProtobuf, grpcHTTP2, nioCore, nioHTTP2],
       exclude: ["Generated/etcd.protoset"],
       swiftSettings: swiftSettings
     ),
@@ -389,7 +389,7 @@ let package = Package(
     ),
     .testTarget(
       name: "EtcdAPITests",
-      dependencies: ["EtcdAPI", "TestSupport"],
+      dependencies: ["EtcdAPI", "TestSupport", nioCore, nioEmbedded],
       swiftSettings: swiftSettings
     ),
     .testTarget(

@@ -1,6 +1,8 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import NIOCore
+import NIOHTTP2
 import Synchronization
 
 /// A client of etcd's v3 API (gRPC) over one or more members' client ports: the calls the
@@ -128,6 +130,14 @@ public final class EtcdClient: Sendable {
           // any on a connection without a stream open.
           $0.connection.keepalive = .init(
             time: Self.pingInterval, timeout: Self.pingTimeout, allowWithoutCalls: false)
+          // The member's own pings are answered below the HTTP/2 handler (`PeerPingAnswerer`).
+          $0.channelDebuggingCallbacks.onCreateTCPConnection = { channel in
+            channel.eventLoop.makeCompletedFuture {
+              let http2 = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)
+              try channel.pipeline.syncOperations.addHandler(
+                PeerPingAnswerer(), position: .before(http2))
+            }
+          }
         })
       return Member(endpoint: endpoint, client: GRPCClient(transport: transport))
     }

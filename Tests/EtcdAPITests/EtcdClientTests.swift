@@ -147,6 +147,38 @@ import Testing
     }
   }
 
+  /// Reads and writes at once from many tasks, spread over three members: none fails. (etcd
+  /// pings a connection once per round trip while calls flow; answered by the HTTP/2 handler,
+  /// its flood limit closed the connection within seconds — see `PeerPingAnswerer`.)
+  @Test func concurrentReadsAndWritesOverThreeMembers() async throws {
+    let (server, client) = try await Self.started("etcd-concurrent", members: 3)
+    defer {
+      client.close()
+      server.stop()
+    }
+    let failures = try await withThrowingTaskGroup(of: [String].self) { group in
+      for task in 0..<32 {
+        group.addTask {
+          var failures: [String] = []
+          for round in 0..<100 {
+            do {
+              if round % 2 == 0 {
+                _ = try await client.put("/t/\(task)", Data("\(round)".utf8))
+              } else {
+                _ = try await client.list(prefix: "/t/")
+              }
+            } catch {
+              failures.append("\(error)")
+            }
+          }
+          return failures
+        }
+      }
+      return try await group.reduce(into: []) { $0 += $1 }
+    }
+    #expect(failures.isEmpty, "\(failures.count) calls failed: \(Set(failures))")
+  }
+
   @Test func keysRevisionsAndTransactions() async throws {
     let (server, client) = try await Self.started()
     defer {
