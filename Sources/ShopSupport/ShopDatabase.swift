@@ -12,7 +12,17 @@ public func openShopDatabase(path: String, migrator: DatabaseMigrator) throws ->
   // Foreign keys are enforced; SQLite leaves them off unless asked.
   configuration.foreignKeysEnabled = true
   let pool = try DatabasePool(path: path, configuration: configuration)
-  try migrator.migrate(pool)
+  // Instances that share the file may start at once, and the one that loses the race to a
+  // migration fails on the tables the other made. A migration commits with its record, so a
+  // second try finds it applied.
+  for attempt in 1... {
+    do {
+      try migrator.migrate(pool)
+      break
+    } catch  where attempt < 5 {
+      Thread.sleep(forTimeInterval: 0.2)
+    }
+  }
   return pool
 }
 
