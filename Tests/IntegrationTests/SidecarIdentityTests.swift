@@ -88,6 +88,34 @@ import Testing
     #expect(try refusals("unverified_resumption") == 0)
   }
 
+  /// A session from before the trust bundle changed is not resumed: the sidecar's new bundle
+  /// (a root that did not sign the caller) comes with new ticket keys, so the caller's ticket is
+  /// refused, its chain is verified in full against the bundle in force, and it is turned away.
+  @Test func aSessionFromBeforeTheBundleChangedIsVerifiedAgainstTheNewOne() throws {
+    let other = mesh.directory.appendingPathComponent("other-root").path
+    _ = try openssl([
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+      "-keyout", "\(other)-key.pem", "-subj", "/O=trellis.local", "-days", "1",
+      "-out", "\(other).pem",
+    ])
+    // The sidecar polls its files each second.
+    let swap = "cp '\(other).pem' '\(certs)/bundle.pem' && sleep 2.5"
+    let result = try run(
+      try resolve("python3"),
+      [
+        PythonInteropTests.python.appendingPathComponent("tls_resume.py").path,
+        serverSidecar.inbound, "\(certs)/bundle.pem", "\(certs)/client.pem",
+        "\(certs)/client-key.pem", "echo", "/t.T/Unary", "--between", swap,
+      ])
+    let outcome = try #require(try jsonObjects(result.stdout).first, "\(result.stderr)")
+    #expect(outcome["first"] as? String == "0", "\(outcome)")
+    #expect(outcome["reused"] as? Bool == false, "\(outcome)")
+    #expect(outcome["second"] as? String == "closed", "\(outcome)")
+    #expect(try refusals("untrusted_chain") == 1)
+    #expect(try refusals("unverified_resumption") == 0)
+    #expect(serverSidecar.process.log.contains("certificate reloaded"))
+  }
+
   @Test func certificatesFromMeshctlVerifyWithOpenSSL() throws {
     let verify = try openssl([
       "verify", "-CAfile", "\(certs)/bundle.pem", "-untrusted", "\(certs)/issuer.pem",

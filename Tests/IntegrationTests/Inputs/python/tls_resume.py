@@ -1,6 +1,9 @@
 """Two gRPC calls over TLS 1.3 with a client certificate, the second on a resumed session.
 
-Usage: tls_resume.py HOST:PORT CA CERT KEY AUTHORITY PATH
+Usage: tls_resume.py HOST:PORT CA CERT KEY AUTHORITY PATH [--between COMMAND]
+
+With --between, COMMAND runs (a shell command) after the first call and before the second: a
+test changes the server's trust bundle there, say.
 
 Each call is made with raw HTTP/2 frames (`hpack` for the headers). Prints one JSON line:
 {"first": STATUS, "reused": BOOL, "second": STATUS} — a status is the call's grpc-status, or
@@ -10,6 +13,7 @@ import json
 import socket
 import ssl
 import struct
+import subprocess
 import sys
 
 import hpack
@@ -27,7 +31,11 @@ def frame(kind, flags, stream, payload=b""):
 def call(context, target, authority, path, session=None):
     host, port = target.rsplit(":", 1)
     raw = socket.create_connection((host, int(port)), timeout=10)
-    sock = context.wrap_socket(raw, server_hostname=None, session=session)
+    try:
+        sock = context.wrap_socket(raw, server_hostname=None, session=session)
+    except (OSError, ssl.SSLError):
+        raw.close()
+        return "closed", None, False
     encoder, decoder = hpack.Encoder(), hpack.Decoder()
     headers = [(":method", "POST"), (":scheme", "https"), (":path", path),
                (":authority", authority), ("content-type", "application/grpc"),
@@ -63,9 +71,12 @@ def call(context, target, authority, path, session=None):
 
 
 def main():
-    if len(sys.argv) != 7:
+    between = None
+    if len(sys.argv) == 9 and sys.argv[7] == "--between":
+        between = sys.argv[8]
+    elif len(sys.argv) != 7:
         sys.exit(__doc__)
-    target, ca, cert, key, authority, path = sys.argv[1:]
+    target, ca, cert, key, authority, path = sys.argv[1:7]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = False
@@ -73,6 +84,8 @@ def main():
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["h2"])
     first, session, _ = call(context, target, authority, path)
+    if between:
+        subprocess.run(between, shell=True, check=True)
     second, _, reused = call(context, target, authority, path, session=session)
     print(json.dumps({"first": first, "reused": reused, "second": second}), flush=True)
 
