@@ -287,16 +287,19 @@ struct HTTP2Connection<Attachment> {
     // A request's trailers end it.
     guard endStream || !isServer else { return .error(.protocolError) }
     let kind: HTTP2Fields.Block = stream.headersReceived || isServer ? .trailers : .response
-    if HTTP2Fields.malformed(headers, as: kind, strict: isServer) != nil { return .malformed }
+    let inspection = HTTP2Fields.inspect(headers, as: kind, strict: isServer)
+    if inspection.problem != nil { return .malformed }
     if kind == .response {
-      stream.declaredLength = HTTP2Fields.contentLength(headers)
+      stream.declaredLength = inspection.contentLength
       guard stream.declaredLength != -1 else { return .malformed }
     }
     if endStream, let declared = stream.declaredLength, declared != stream.receivedLength {
       return .malformed
     }
     // Only the sidecar may say who called, in trailers too.
-    if isServer { headers.remove(name: "x-trellis-peer-identity") }
+    if isServer && inspection.carriesPeerIdentity {
+      headers.remove(name: "x-trellis-peer-identity")
+    }
     stream.headersReceived = true
     if endStream { stream.remoteEnded = true }
     return .accepted(stream.attachment)
@@ -441,8 +444,9 @@ struct HTTP2Connection<Attachment> {
       refuse(id, .refusedStream)
       return .none
     }
-    let declaredLength = HTTP2Fields.contentLength(headers)
-    guard HTTP2Fields.malformed(headers, as: .request, strict: true) == nil, declaredLength != -1,
+    let inspection = HTTP2Fields.inspect(headers, as: .request, strict: true)
+    let declaredLength = inspection.contentLength
+    guard inspection.problem == nil, declaredLength != -1,
       !endStream || (declaredLength ?? 0) == 0
     else {
       // RFC 9113 §8.1.1: a malformed request is a stream error.

@@ -15,36 +15,83 @@ enum HTTP2Fields {
     case trailers
   }
 
+  /// What one pass over a header block finds.
+  struct Inspection {
+    /// Why the block is malformed, or nil.
+    var problem: String?
+    /// The `content-length` it declares: nil without one, or -1 for one that is not a single
+    /// non-negative number (malformed).
+    var contentLength: Int?
+    /// Whether it carries `x-trellis-peer-identity`, which only the sidecar may set.
+    var carriesPeerIdentity = false
+  }
+
   /// Why `headers` are malformed as a `block`, or nil. `strict` (what callers send): values
   /// with white space at either end are malformed too; what an app answers may carry it (gRPC
   /// leaves spaces in `grpc-message` unencoded), and is passed on.
   static func malformed(_ headers: HPACKHeaders, as block: Block, strict: Bool) -> String? {
+    inspect(headers, as: block, strict: strict).problem
+  }
+
+  /// The `content-length` a block declares: nil without one, or -1 for one that is not a
+  /// single non-negative number (malformed).
+  static func contentLength(_ headers: HPACKHeaders) -> Int? {
+    inspect(headers, as: .trailers, strict: false).contentLength
+  }
+
+  /// Checks `headers` as a `block` (see `malformed`) and reads what the forwarding path needs
+  /// of them, in one pass: it runs on every header block of every call.
+  static func inspect(_ headers: HPACKHeaders, as block: Block, strict: Bool) -> Inspection {
+    var inspection = Inspection()
     var pseudo = true
     var counts = (method: 0, scheme: 0, path: 0, authority: 0, status: 0)
     for header in headers {
       if let problem = fieldProblem(name: header.name, value: header.value, strict: strict) {
-        return problem
+        inspection.problem = problem
+        return inspection
       }
       if header.name.utf8.first == UInt8(ascii: ":") {
-        guard pseudo else { return "pseudo-header \(header.name) after regular headers" }
+        guard pseudo else {
+          inspection.problem = "pseudo-header \(header.name) after regular headers"
+          return inspection
+        }
         switch (block, header.name) {
         case (.request, ":method"): counts.method += 1
         case (.request, ":scheme"): counts.scheme += 1
         case (.request, ":path"):
           counts.path += 1
-          if header.value.isEmpty { return "empty :path" }
+          if header.value.isEmpty {
+            inspection.problem = "empty :path"
+            return inspection
+          }
         case (.request, ":authority"): counts.authority += 1
         case (.response, ":status"): counts.status += 1
-        default: return "pseudo-header \(header.name) in \(block)"
+        default:
+          inspection.problem = "pseudo-header \(header.name) in \(block)"
+          return inspection
         }
         continue
       }
       pseudo = false
-      switch header.name {
-      case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-        return "connection-specific header \(header.name)"
-      case "te" where header.value != "trailers":
-        return "te other than trailers"
+      // Names are lower case by now; only the lengths of the names below are compared.
+      switch header.name.utf8.count {
+      case 2, 7, 10, 14, 16, 17, 23:
+        switch header.name {
+        case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+          inspection.problem = "connection-specific header \(header.name)"
+          return inspection
+        case "te" where header.value != "trailers":
+          inspection.problem = "te other than trailers"
+          return inspection
+        case "content-length":
+          let length = declaredLength(header.value)
+          let agrees = inspection.contentLength == nil || inspection.contentLength == length
+          inspection.contentLength = agrees ? length : -1
+        case "x-trellis-peer-identity":
+          inspection.carriesPeerIdentity = true
+        default:
+          break
+        }
       default:
         break
       }
@@ -52,24 +99,48 @@ enum HTTP2Fields {
     switch block {
     case .request:
       guard counts.method == 1, counts.scheme == 1, counts.path == 1, counts.authority <= 1
-      else { return "missing or repeated pseudo-headers" }
+      else { inspection.problem = "missing or repeated pseudo-headers"; return inspection }
     case .response:
-      guard counts.status == 1 else { return "missing or repeated :status" }
+      guard counts.status == 1 else {
+        inspection.problem = "missing or repeated :status"
+        return inspection
+      }
     case .trailers:
       break
     }
-    return nil
+    return inspection
+  }
+
+  /// A `content-length` value: one non-negative number, or a list of that number repeated
+  /// (RFC 9110 §8.6); -1 for anything else.
+  private static func declaredLength(_ value: String) -> Int {
+    func number<Text: StringProtocol>(_ text: Text) -> Int? {
+      guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+      return Int(text)
+    }
+    if let length = number(value) { return length }
+    var length: Int?
+    for part in value.split(separator: ",", omittingEmptySubsequences: false) {
+      let isBlank: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+      let trimmed = part.drop(while: isBlank)
+      guard let last = trimmed.lastIndex(where: { !isBlank($0) }),
+        let each = number(trimmed[...last]), length == nil || length == each
+      else { return -1 }
+      length = each
+    }
+    return length ?? -1
   }
 
   /// Why a field breaks RFC 9113 §8.2.1, or nil. A name is lower-case token characters (a
   /// pseudo-header's leading colon aside): no upper case, space, colon, control or non-ASCII
   /// byte. A value holds no NUL, CR or LF, and (`strict`) neither starts nor ends with a space
-  /// or tab. On every header of every call: one pass over each, with a table per name byte.
+  /// or tab. On every header of every call: a name is checked byte by byte against a bit mask,
+  /// a value eight bytes at a time.
   static func fieldProblem(name: String, value: String, strict: Bool = true) -> String? {
     var name = name
     let nameProblem: String? = name.withUTF8 { bytes in
       guard !bytes.isEmpty else { return "empty header name" }
-      for index in bytes.indices where !nameBytes[Int(bytes[index])] {
+      for index in bytes.indices where !isNameByte(bytes[index]) {
         let byte = bytes[index]
         if index == 0 && byte == UInt8(ascii: ":") { continue }
         return byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")
@@ -80,11 +151,7 @@ enum HTTP2Fields {
     if let nameProblem { return nameProblem }
     var value = value
     return value.withUTF8 { bytes in
-      // NUL (0), LF (10) and CR (13), tested at once below 14.
-      let forbidden: UInt16 = 1 << 0 | 1 << 10 | 1 << 13
-      for byte in bytes where byte < 14 && forbidden & (1 << UInt16(byte)) != 0 {
-        return "header \(name) with NUL, CR or LF in its value"
-      }
+      if holdsNULCROrLF(bytes) { return "header \(name) with NUL, CR or LF in its value" }
       guard strict, let first = bytes.first, let last = bytes.last else { return nil }
       if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 {
         return "header \(name) with white space around its value"
@@ -93,25 +160,41 @@ enum HTTP2Fields {
     }
   }
 
-  /// RFC 9110's token characters, lower case only, by byte.
-  private static let nameBytes: [Bool] = (0..<256).map { value in
-    let byte = UInt8(value)
-    switch byte {
-    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"): return true
-    default: return Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
-    }
+  /// RFC 9110's token characters, lower case only, as bits by byte: 0–63 and 64–127.
+  /// (`!#$%&'*+-.` and digits; `^_` and `` ` ``, `a`–`z`, `|` and `~`.)
+  private static let tokenBytesBelow64: UInt64 = 0x03FF_6CFA_0000_0000
+  private static let tokenBytesFrom64: UInt64 = 0x57FF_FFFF_C000_0000
+
+  @inline(__always)
+  private static func isNameByte(_ byte: UInt8) -> Bool {
+    byte < 64
+      ? tokenBytesBelow64 >> UInt64(byte) & 1 != 0
+      : byte < 128 && tokenBytesFrom64 >> UInt64(byte &- 64) & 1 != 0
   }
 
-  /// The `content-length` a block declares: nil without one, or -1 for one that is not a
-  /// single non-negative number (malformed).
-  static func contentLength(_ headers: HPACKHeaders) -> Int? {
-    var found: Int?
-    for value in headers[canonicalForm: "content-length"] {
-      guard let length = Int(value), length >= 0, found == nil || found == length else {
-        return -1
-      }
-      found = length
+  /// Whether `bytes` hold NUL (0), LF (10) or CR (13). Eight bytes at a time, a word with no
+  /// byte below 14 is passed at once (`(w - 0x0E…0E) & ~w & 0x80…80` is zero exactly when no
+  /// byte of `w` is below 14); a word with one is looked at byte by byte.
+  @inline(__always)
+  private static func holdsNULCROrLF(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+    func forbidden(_ byte: UInt8) -> Bool {
+      let belowFourteen: UInt16 = 1 << 0 | 1 << 10 | 1 << 13
+      return byte < 14 && belowFourteen >> UInt16(byte) & 1 != 0
     }
-    return found
+    let ones: UInt64 = 0x0101_0101_0101_0101
+    var index = 0
+    if let base = bytes.baseAddress {
+      let raw = UnsafeRawPointer(base)
+      while index + 8 <= bytes.count {
+        let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+        if (word &- ones &* 14) & ~word & (ones &* 0x80) != 0 {
+          for offset in index..<index + 8 where forbidden(bytes[offset]) { return true }
+        }
+        index += 8
+      }
+    }
+    for offset in index..<bytes.count where forbidden(bytes[offset]) { return true }
+    return false
   }
+
 }

@@ -38,18 +38,22 @@ struct HTTP2FrameReader {
       awaitingPreface = false
     }
     guard buffer.readableBytes >= HTTP2Wire.frameHeaderLength else { return nil }
-    let start = buffer.readerIndex
-    let word = buffer.getInteger(at: start, as: UInt32.self)!
+    // The header's three words at once: length and type, flags, stream.
+    let (word, flags, stream) = buffer.withUnsafeReadableBytes { bytes in
+      (
+        UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self)), bytes[4],
+        UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 5, as: UInt32.self)) & 0x7FFF_FFFF
+      )
+    }
     let length = Int(word >> 8)
     guard length <= HTTP2Wire.defaultMaxFrameSize else {
       throw HTTP2ConnectionError(.frameSizeError, "frame of \(length) bytes")
     }
     guard buffer.readableBytes >= HTTP2Wire.frameHeaderLength + length else { return nil }
-    let flags = buffer.getInteger(at: start + 4, as: UInt8.self)!
-    let stream = buffer.getInteger(at: start + 5, as: UInt32.self)! & 0x7FFF_FFFF
-    buffer.moveReaderIndex(forwardBy: HTTP2Wire.frameHeaderLength)
+    let payload = buffer.getSlice(
+      at: buffer.readerIndex + HTTP2Wire.frameHeaderLength, length: length)!
+    buffer.moveReaderIndex(forwardBy: HTTP2Wire.frameHeaderLength + length)
     return HTTP2Frame(
-      type: UInt8(truncatingIfNeeded: word), flags: flags, stream: stream,
-      payload: buffer.readSlice(length: length)!)
+      type: UInt8(truncatingIfNeeded: word), flags: flags, stream: stream, payload: payload)
   }
 }

@@ -79,5 +79,47 @@ import Testing
     #expect(HTTP2Fields.contentLength(HPACKHeaders([("content-length", "12, 13")])) == -1)
     #expect(HTTP2Fields.contentLength(HPACKHeaders([("content-length", "-1")])) == -1)
     #expect(HTTP2Fields.contentLength(HPACKHeaders([("content-length", "x")])) == -1)
+    #expect(HTTP2Fields.contentLength(HPACKHeaders([("content-length", "+1")])) == -1)
+    #expect(HTTP2Fields.contentLength(HPACKHeaders([("content-length", "1,")])) == -1)
+    let twice = HPACKHeaders([("content-length", "7"), ("content-length", "7")])
+    #expect(HTTP2Fields.contentLength(twice) == 7)
+    let disagreeing = HPACKHeaders([("content-length", "7"), ("content-length", "8")])
+    #expect(HTTP2Fields.contentLength(disagreeing) == -1)
+  }
+
+  /// Every byte a name may hold, against RFC 9110's token characters (lower case only).
+  @Test func everyNameByteIsJudgedByTheTokenRule() {
+    let token = Set("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~".utf8)
+    for byte in UInt8(0)...UInt8(127) {
+      let name = "x" + String(UnicodeScalar(byte))
+      let problem = HTTP2Fields.fieldProblem(name: name, value: "1")
+      #expect((problem == nil) == token.contains(byte), "byte \(byte): \(problem ?? "fine")")
+    }
+  }
+
+  /// Values are checked eight bytes at a time: NUL, CR or LF is found at any place of a long
+  /// value, and every other byte, controls and bytes past ASCII included, is let through.
+  @Test func aForbiddenByteIsFoundAnywhereInALongValue() {
+    for forbidden in ["\u{0}", "\r", "\n"] {
+      for place in 1..<40 {
+        let value =
+          String(repeating: "v", count: place) + forbidden + String(repeating: "w", count: 3)
+        #expect(
+          HTTP2Fields.fieldProblem(name: "x", value: value) != nil,
+          "at \(place): \(value.debugDescription)")
+      }
+    }
+    let allowed = (1...255).filter { $0 != 10 && $0 != 13 }.map { UInt8($0) }
+    let value = String(decoding: [UInt8(ascii: "a")] + allowed + [UInt8(ascii: "z")], as: UTF8.self)
+    #expect(HTTP2Fields.fieldProblem(name: "x", value: value) == nil)
+  }
+
+  @Test func onePassReadsContentLengthAndTheSidecarsOwnHeader() {
+    let plain = HTTP2Fields.inspect(HPACKHeaders(Self.request), as: .request, strict: true)
+    #expect(plain.problem == nil && plain.contentLength == nil && !plain.carriesPeerIdentity)
+    let trailers = HPACKHeaders([("grpc-status", "0"), ("x-trellis-peer-identity", "spiffe://x")])
+    #expect(HTTP2Fields.inspect(trailers, as: .trailers, strict: true).carriesPeerIdentity)
+    let sized = HPACKHeaders(Self.request + [("content-length", "5")])
+    #expect(HTTP2Fields.inspect(sized, as: .request, strict: true).contentLength == 5)
   }
 }
