@@ -55,43 +55,47 @@ enum HTTP2Fields {
           inspection.problem = "pseudo-header \(header.name) after regular headers"
           return inspection
         }
-        switch (block, header.name) {
-        case (.request, ":method"): counts.method += 1
-        case (.request, ":scheme"): counts.scheme += 1
-        case (.request, ":path"):
+        // Told apart by length first: a string comparison that fails costs far more than one
+        // that succeeds.
+        let name = header.name
+        switch (block, name.utf8.count) {
+        case (.request, 7) where name == ":method": counts.method += 1
+        case (.request, 7) where name == ":scheme": counts.scheme += 1
+        case (.request, 5) where name == ":path":
           counts.path += 1
           if header.value.isEmpty {
             inspection.problem = "empty :path"
             return inspection
           }
-        case (.request, ":authority"): counts.authority += 1
-        case (.response, ":status"): counts.status += 1
+        case (.request, 10) where name == ":authority": counts.authority += 1
+        case (.response, 7) where name == ":status": counts.status += 1
         default:
-          inspection.problem = "pseudo-header \(header.name) in \(block)"
+          inspection.problem = "pseudo-header \(name) in \(block)"
           return inspection
         }
         continue
       }
       pseudo = false
-      // Names are lower case by now; only the lengths of the names below are compared.
-      switch header.name.utf8.count {
-      case 2, 7, 10, 14, 16, 17, 23:
-        switch header.name {
-        case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-          inspection.problem = "connection-specific header \(header.name)"
-          return inspection
-        case "te" where header.value != "trailers":
-          inspection.problem = "te other than trailers"
-          return inspection
-        case "content-length":
-          let length = declaredLength(header.value)
-          let agrees = inspection.contentLength == nil || inspection.contentLength == length
-          inspection.contentLength = agrees ? length : -1
-        case "x-trellis-peer-identity":
-          inspection.carriesPeerIdentity = true
-        default:
-          break
-        }
+      // The names the rules pick out, told apart by length and first byte before a string
+      // is compared.
+      let name = header.name
+      switch (name.utf8.count, name.utf8.first) {
+      case (10, UInt8(ascii: "c")) where name == "connection",
+        (10, UInt8(ascii: "k")) where name == "keep-alive",
+        (16, UInt8(ascii: "p")) where name == "proxy-connection",
+        (17, UInt8(ascii: "t")) where name == "transfer-encoding",
+        (7, UInt8(ascii: "u")) where name == "upgrade":
+        inspection.problem = "connection-specific header \(name)"
+        return inspection
+      case (2, UInt8(ascii: "t")) where name == "te" && header.value != "trailers":
+        inspection.problem = "te other than trailers"
+        return inspection
+      case (14, UInt8(ascii: "c")) where name == "content-length":
+        let length = declaredLength(header.value)
+        let agrees = inspection.contentLength == nil || inspection.contentLength == length
+        inspection.contentLength = agrees ? length : -1
+      case (23, UInt8(ascii: "x")) where name == "x-trellis-peer-identity":
+        inspection.carriesPeerIdentity = true
       default:
         break
       }
@@ -137,27 +141,24 @@ enum HTTP2Fields {
   /// or tab. On every header of every call: a name is checked byte by byte against a bit mask,
   /// a value eight bytes at a time.
   static func fieldProblem(name: String, value: String, strict: Bool = true) -> String? {
-    var name = name
-    let nameProblem: String? = name.withUTF8 { bytes in
-      guard !bytes.isEmpty else { return "empty header name" }
-      for index in bytes.indices where !isNameByte(bytes[index]) {
-        let byte = bytes[index]
-        if index == 0 && byte == UInt8(ascii: ":") { continue }
-        return byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")
-          ? "upper-case header name" : "header name with byte \(byte)"
-      }
-      return nil
+    var index = 0
+    for byte in name.utf8 {
+      defer { index += 1 }
+      guard !isNameByte(byte), index > 0 || byte != UInt8(ascii: ":") else { continue }
+      return byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")
+        ? "upper-case header name" : "header name with byte \(byte)"
     }
-    if let nameProblem { return nameProblem }
-    var value = value
-    return value.withUTF8 { bytes in
-      if holdsNULCROrLF(bytes) { return "header \(name) with NUL, CR or LF in its value" }
-      guard strict, let first = bytes.first, let last = bytes.last else { return nil }
-      if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 {
-        return "header \(name) with white space around its value"
-      }
-      return nil
+    guard index > 0 else { return "empty header name" }
+    let utf8 = value.utf8
+    let forbidden =
+      utf8.withContiguousStorageIfAvailable(holdsNULCROrLF)
+      ?? utf8.contains(where: isNULCROrLF)
+    if forbidden { return "header \(name) with NUL, CR or LF in its value" }
+    guard strict, let first = utf8.first, let last = utf8.last else { return nil }
+    if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 {
+      return "header \(name) with white space around its value"
     }
+    return nil
   }
 
   /// RFC 9110's token characters, lower case only, as bits by byte: 0–63 and 64–127.
@@ -172,15 +173,17 @@ enum HTTP2Fields {
       : byte < 128 && tokenBytesFrom64 >> UInt64(byte &- 64) & 1 != 0
   }
 
+  @inline(__always)
+  private static func isNULCROrLF(_ byte: UInt8) -> Bool {
+    let belowFourteen: UInt16 = 1 << 0 | 1 << 10 | 1 << 13
+    return byte < 14 && belowFourteen >> UInt16(byte) & 1 != 0
+  }
+
   /// Whether `bytes` hold NUL (0), LF (10) or CR (13). Eight bytes at a time, a word with no
   /// byte below 14 is passed at once (`(w - 0x0E…0E) & ~w & 0x80…80` is zero exactly when no
   /// byte of `w` is below 14); a word with one is looked at byte by byte.
   @inline(__always)
   private static func holdsNULCROrLF(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-    func forbidden(_ byte: UInt8) -> Bool {
-      let belowFourteen: UInt16 = 1 << 0 | 1 << 10 | 1 << 13
-      return byte < 14 && belowFourteen >> UInt16(byte) & 1 != 0
-    }
     let ones: UInt64 = 0x0101_0101_0101_0101
     var index = 0
     if let base = bytes.baseAddress {
@@ -188,12 +191,12 @@ enum HTTP2Fields {
       while index + 8 <= bytes.count {
         let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
         if (word &- ones &* 14) & ~word & (ones &* 0x80) != 0 {
-          for offset in index..<index + 8 where forbidden(bytes[offset]) { return true }
+          for offset in index..<index + 8 where isNULCROrLF(bytes[offset]) { return true }
         }
         index += 8
       }
     }
-    for offset in index..<bytes.count where forbidden(bytes[offset]) { return true }
+    for offset in index..<bytes.count where isNULCROrLF(bytes[offset]) { return true }
     return false
   }
 
