@@ -52,7 +52,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
   enum Role {
     /// Accepted: calls start here, each asking `route` where it goes. `service` names the
     /// service for metrics (nil: the target named by `:authority`).
-    case downstream(direction: String, service: String?, route: (HPACKHeaders) -> CallRoute)
+    case downstream(direction: String, service: String?, route: (HTTP2Request) -> CallRoute)
     /// Opened by a pool: calls are forwarded to it.
     case upstream(Endpoint)
   }
@@ -355,8 +355,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
     case .headers(let stream, let id, let headers, let endStream):
       stream.call.forwardHeaders(headers, endStream: endStream, from: self, stream: id)
       if endStream, let closed = state.closeIfEnded(id) { completed(id, closed) }
-    case .request(let id, let headers, let endStream, let declaredLength):
-      startCall(id, headers, endStream: endStream, declaredLength: declaredLength)
+    case .request(let id, let request, let endStream, let declaredLength):
+      startCall(id, request, endStream: endStream, declaredLength: declaredLength)
     case .credit(let id, let flow):
       returnCredit(flow, stream: id)
     case .peerReset(let stream, let id, let code):
@@ -379,7 +379,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   /// A new request on an accepted connection: its call is made and routed.
   private func startCall(
-    _ id: UInt32, _ headers: HPACKHeaders, endStream: Bool, declaredLength: Int?
+    _ id: UInt32, _ request: HTTP2Request, endStream: Bool, declaredLength: Int?
   ) {
     guard case .downstream(let direction, let service, let route) = role else { return }
     lastActive = .now()
@@ -388,24 +388,23 @@ final class ForwardingConnection: ChannelDuplexHandler {
     call.tracing = loop.tracing
     call.telemetry = loop.telemetry
     // The trace headers are this hop's to rewrite; the route is chosen by what the caller sent.
-    var forwarded = headers
+    var forwarded = request.headers
     call.trace = loop.beginTrace(&forwarded, inbound: direction == "inbound")
     call.direction = direction
-    call.method = headers.first(name: ":path") ?? ""
-    call.service =
-      service ?? String(headers.first(name: ":authority")?.split(separator: ":").first ?? "")
+    call.method = request.path
+    call.service = service ?? String(request.authority?.split(separator: ":").first ?? "")
     call.requestEnded = endStream
     state.open(id, StreamCall(call: call), endStream: endStream, declaredLength: declaredLength)
     // gRPC over HTTP/2: a request that is not gRPC is answered 415, so that an HTTP client is
     // not told 200.
-    let contentType = headers.first(name: "content-type")
+    let contentType = request.contentType
     guard isGRPCContentType(contentType) else {
       call.answer(
         .internalError,
         "expected content-type application/grpc, got '\(contentType ?? "")'", httpStatus: 415)
       return
     }
-    switch route(headers) {
+    switch route(request) {
     case .reject(let status, let message, let fault):
       if let fault {
         call.trace?.event(

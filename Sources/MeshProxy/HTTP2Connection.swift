@@ -42,7 +42,7 @@ struct HTTP2Connection<Attachment> {
     /// Nothing for the calls: handled here, or dropped.
     case none
     /// A new request (accepted connections): `open` it with its call, or refuse it.
-    case request(UInt32, HPACKHeaders, endStream: Bool, declaredLength: Int?)
+    case request(UInt32, HTTP2Request, endStream: Bool, declaredLength: Int?)
     /// A response's headers or trailers on an open stream, checked and cleaned.
     case headers(Attachment, UInt32, HPACKHeaders, endStream: Bool)
     /// DATA with a payload (or END_STREAM) on an open stream; `flow` bytes of window went into
@@ -454,7 +454,10 @@ struct HTTP2Connection<Attachment> {
       refuse(id, .protocolError)
       return .none
     }
-    return .request(id, headers, endStream: endStream, declaredLength: declaredLength)
+    let request = HTTP2Request(
+      headers: headers, path: inspection.path ?? "", authority: inspection.authority,
+      contentType: inspection.contentType, carriesPeerIdentity: inspection.carriesPeerIdentity)
+    return .request(id, request, endStream: endStream, declaredLength: declaredLength)
   }
 
   /// RFC 9113 §5.3.1: a stream that depends on itself is a stream error.

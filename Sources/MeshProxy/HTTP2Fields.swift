@@ -24,6 +24,10 @@ enum HTTP2Fields {
     var contentLength: Int?
     /// Whether it carries `x-trellis-peer-identity`, which only the sidecar may set.
     var carriesPeerIdentity = false
+    /// A request's `:path` and `:authority`, and any block's `content-type`: what routing reads.
+    var path: String?
+    var authority: String?
+    var contentType: String?
   }
 
   /// Why `headers` are malformed as a `block`, or nil. `strict` (what callers send): values
@@ -67,7 +71,10 @@ enum HTTP2Fields {
             inspection.problem = "empty :path"
             return inspection
           }
-        case (.request, 10) where name == ":authority": counts.authority += 1
+          inspection.path = header.value
+        case (.request, 10) where name == ":authority":
+          counts.authority += 1
+          inspection.authority = header.value
         case (.response, 7) where name == ":status": counts.status += 1
         default:
           inspection.problem = "pseudo-header \(name) in \(block)"
@@ -96,6 +103,8 @@ enum HTTP2Fields {
         inspection.contentLength = agrees ? length : -1
       case (23, UInt8(ascii: "x")) where name == "x-trellis-peer-identity":
         inspection.carriesPeerIdentity = true
+      case (12, UInt8(ascii: "c")) where name == "content-type" && inspection.contentType == nil:
+        inspection.contentType = header.value
       default:
         break
       }
@@ -141,24 +150,27 @@ enum HTTP2Fields {
   /// or tab. On every header of every call: a name is checked byte by byte against a bit mask,
   /// a value eight bytes at a time.
   static func fieldProblem(name: String, value: String, strict: Bool = true) -> String? {
-    var index = 0
-    for byte in name.utf8 {
-      defer { index += 1 }
-      guard !isNameByte(byte), index > 0 || byte != UInt8(ascii: ":") else { continue }
-      return byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")
-        ? "upper-case header name" : "header name with byte \(byte)"
+    var name = name
+    let nameProblem: String? = name.withUTF8 { bytes in
+      guard !bytes.isEmpty else { return "empty header name" }
+      for index in bytes.indices where !isNameByte(bytes[index]) {
+        let byte = bytes[index]
+        if index == 0 && byte == UInt8(ascii: ":") { continue }
+        return byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")
+          ? "upper-case header name" : "header name with byte \(byte)"
+      }
+      return nil
     }
-    guard index > 0 else { return "empty header name" }
-    let utf8 = value.utf8
-    let forbidden =
-      utf8.withContiguousStorageIfAvailable(holdsNULCROrLF)
-      ?? utf8.contains(where: isNULCROrLF)
-    if forbidden { return "header \(name) with NUL, CR or LF in its value" }
-    guard strict, let first = utf8.first, let last = utf8.last else { return nil }
-    if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 {
-      return "header \(name) with white space around its value"
+    if let nameProblem { return nameProblem }
+    var value = value
+    return value.withUTF8 { bytes in
+      if holdsNULCROrLF(bytes) { return "header \(name) with NUL, CR or LF in its value" }
+      guard strict, let first = bytes.first, let last = bytes.last else { return nil }
+      if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 {
+        return "header \(name) with white space around its value"
+      }
+      return nil
     }
-    return nil
   }
 
   /// RFC 9110's token characters, lower case only, as bits by byte: 0–63 and 64–127.
@@ -200,4 +212,16 @@ enum HTTP2Fields {
     return false
   }
 
+}
+
+/// A request's header block, checked, with what routing reads of it found in the same pass (a
+/// lookup by name walks the block and compares names case-insensitively).
+struct HTTP2Request {
+  var headers: HPACKHeaders
+  /// There is exactly one, not empty.
+  var path: String
+  var authority: String?
+  var contentType: String?
+  /// Whether the caller sent `x-trellis-peer-identity`, which only the sidecar may set.
+  var carriesPeerIdentity: Bool
 }

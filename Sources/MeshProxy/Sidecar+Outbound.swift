@@ -8,15 +8,15 @@ extension Sidecar {
   /// call refused earlier holds nothing. What happens afterwards — the deadline, the attempts,
   /// the balancer's pick for each — is `ForwardedCall`'s, under the plan made here.
   static func routeOutbound(
-    _ headers: HPACKHeaders, table: MeshRouting.Outbound, pool: PoolSet.Pools,
+    _ request: HTTP2Request, table: MeshRouting.Outbound, pool: PoolSet.Pools,
     metrics: SidecarMetrics, chance: (Double) -> Bool = { Double.random(in: 0..<100) < $0 }
   ) -> CallRoute {
     // Only `/package.Service/Method`: no spelling of a path slips past a rule.
-    if let rejection = checkPath(headers) { return rejection }
-    let path = headers.first(name: ":path")!
+    let path = request.path
+    if let rejection = checkPath(path) { return rejection }
 
     // The service, named by `:authority`.
-    guard let authority = headers.first(name: ":authority") else {
+    guard let authority = request.authority else {
       return .reject(
         .invalidArgument, "the request has no :authority, which names the service to call")
     }
@@ -26,7 +26,7 @@ extension Sidecar {
     }
 
     // The first of the service's routes that matches the call's method and headers.
-    let route = target.route(path: path, headers: headers)
+    let route = target.route(path: path, headers: request.headers)
     let routeName = route.name ?? "default"
 
     // Fault injection, as a chaos drill asks: an abort is answered before anything is taken.

@@ -234,16 +234,16 @@ public struct Sidecar: Service {
       let pool = pools.pool(for: channel.eventLoop)
       return channel.eventLoop.makeCompletedFuture {
         try Self.serveCalls(on: channel, loop: pool.loop, direction: "outbound", service: nil) {
-          headers in
-          Self.routeOutbound(headers, table: routing.outbound, pool: pool, metrics: metrics)
+          request in
+          Self.routeOutbound(request, table: routing.outbound, pool: pool, metrics: metrics)
         }
       }
     }
   }
 
   /// Both directions refuse a `:path` that is not exactly `/package.Service/Method`.
-  static func checkPath(_ headers: HPACKHeaders) -> CallRoute? {
-    guard let path = headers.first(name: ":path"), isGRPCPath(path) else {
+  static func checkPath(_ path: String) -> CallRoute? {
+    guard isGRPCPath(path) else {
       return .reject(.unimplemented, "malformed :path; expected /package.Service/Method")
     }
     return nil
@@ -271,9 +271,9 @@ public struct Sidecar: Service {
           HandshakeGuard(
             metrics: metrics, peer: peer, trustDomain: trustDomain, timeout: handshakeTimeout))
         try Self.serveCalls(on: channel, loop: pool.loop, direction: "inbound", service: service) {
-          headers in
+          request in
           Self.routeInbound(
-            headers, caller: peer.value, service: service, policy: routing.policy, app: app,
+            request, caller: peer.value, service: service, policy: routing.policy, app: app,
             pool: pool)
         }
       }
@@ -281,22 +281,22 @@ public struct Sidecar: Service {
   }
 
   static func routeInbound(
-    _ headers: HPACKHeaders, caller: String, service: String, policy: Authorization, app: Endpoint,
-    pool: PoolSet.Pools
+    _ request: HTTP2Request, caller: String, service: String, policy: Authorization,
+    app: Endpoint, pool: PoolSet.Pools
   ) -> CallRoute {
-    if let rejection = checkPath(headers) { return rejection }
-    let path = headers.first(name: ":path") ?? ""
+    let path = request.path
+    if let rejection = checkPath(path) { return rejection }
     guard policy.allows(caller: caller, path: path) else {
       return .reject(.permissionDenied, "\(caller) is not allowed to call \(path) on \(service)")
     }
     // Connection-specific headers never get this far: the request was refused as malformed.
     return .forward(app, pool.app) { headers in
       // Only the sidecar may say who called: a client's copy is dropped.
-      headers.remove(name: "x-trellis-peer-identity")
+      if request.carriesPeerIdentity { headers.remove(name: "x-trellis-peer-identity") }
       headers.add(name: "x-trellis-peer-identity", value: caller)
       // `:authority` is optional in HTTP/2, and some servers refuse a request without it: the
       // app is named by the service it serves.
-      if headers.first(name: ":authority") == nil {
+      if request.authority == nil {
         headers = withAuthority(headers, service)
       }
     }
@@ -321,7 +321,7 @@ public struct Sidecar: Service {
   /// says.
   private static func serveCalls(
     on channel: any Channel, loop: LoopState, direction: String, service: String?,
-    route: @escaping (HPACKHeaders) -> CallRoute
+    route: @escaping (HTTP2Request) -> CallRoute
   ) throws {
     let pipeline = channel.pipeline.syncOperations
     try pipeline.addHandler(
