@@ -150,8 +150,10 @@ enum HTTP2Fields {
   /// or tab. On every header of every call: a name is checked byte by byte against a bit mask,
   /// a value eight bytes at a time.
   static func fieldProblem(name: String, value: String, strict: Bool = true) -> String? {
-    var name = name
-    let nameProblem: String? = name.withUTF8 { bytes in
+    // `withUTF8` needs a variable; the closure below must not capture it (a captured variable
+    // is boxed on the heap, once per field).
+    var contiguousName = name
+    let nameProblem: String? = contiguousName.withUTF8 { bytes in
       guard !bytes.isEmpty else { return "empty header name" }
       for index in bytes.indices where !isNameByte(bytes[index]) {
         let byte = bytes[index]
@@ -162,8 +164,8 @@ enum HTTP2Fields {
       return nil
     }
     if let nameProblem { return nameProblem }
-    var value = value
-    return value.withUTF8 { bytes in
+    var contiguousValue = value
+    return contiguousValue.withUTF8 { bytes in
       if holdsNULCROrLF(bytes) { return "header \(name) with NUL, CR or LF in its value" }
       guard strict, let first = bytes.first, let last = bytes.last else { return nil }
       if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 {
