@@ -6,8 +6,9 @@ import NIOSSL
 
 /// Where a new call goes, decided from its request headers.
 enum CallRoute {
-  /// Forward to `endpoint` through `pool`, rewriting the request headers on the way.
-  case forward(Endpoint, UpstreamPool, rewrite: ((inout HPACKHeaders) -> Void)?)
+  /// Forward to `endpoint` through `pool`, rewriting the request headers on the way; `peer`
+  /// is the verified caller the rewrite names to the app.
+  case forward(Endpoint, UpstreamPool, peer: String?, rewrite: ((inout HPACKHeaders) -> Void)?)
   /// An outbound call under its route's policies, through `pool`; `limit` (a place the call
   /// holds in its service's circuit breaker) is released when it ends.
   case outbound(OutboundPlan, UpstreamPool, limit: ConcurrencyLimit)
@@ -352,8 +353,9 @@ final class ForwardingConnection: ChannelDuplexHandler {
     case .data(let stream, let id, let payload, let endStream, let flow):
       stream.call.forwardData(payload, endStream: endStream, flow: flow, from: self, stream: id)
       if endStream, let closed = state.closeIfEnded(id) { completed(id, closed) }
-    case .headers(let stream, let id, let headers, let endStream):
-      stream.call.forwardHeaders(headers, endStream: endStream, from: self, stream: id)
+    case .headers(let stream, let id, let headers, let endStream, let answer):
+      stream.call.forwardHeaders(
+        headers, endStream: endStream, answer: answer, from: self, stream: id)
       if endStream, let closed = state.closeIfEnded(id) { completed(id, closed) }
     case .request(let id, let request, let endStream, let declaredLength):
       startCall(id, request, endStream: endStream, declaredLength: declaredLength)
@@ -411,9 +413,9 @@ final class ForwardingConnection: ChannelDuplexHandler {
           "fault_injected", [.string("kind", fault), .int("grpc_status", status.rawValue)])
       }
       call.answer(status, message)
-    case .forward(let endpoint, let pool, let rewrite):
+    case .forward(let endpoint, let pool, let peer, let rewrite):
       rewrite?(&forwarded)
-      call.peer = forwarded.first(name: "x-trellis-peer-identity")
+      call.peer = peer
       call.forward(to: endpoint, pool: pool, headers: forwarded, endStream: endStream)
     case .outbound(let plan, let pool, let limit):
       call.limit = limit

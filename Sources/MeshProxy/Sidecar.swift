@@ -290,7 +290,7 @@ public struct Sidecar: Service {
       return .reject(.permissionDenied, "\(caller) is not allowed to call \(path) on \(service)")
     }
     // Connection-specific headers never get this far: the request was refused as malformed.
-    return .forward(app, pool.app) { headers in
+    return .forward(app, pool.app, peer: caller) { headers in
       // Only the sidecar may say who called: a client's copy is dropped.
       if request.carriesPeerIdentity { headers.remove(name: "x-trellis-peer-identity") }
       headers.add(name: "x-trellis-peer-identity", value: caller)
