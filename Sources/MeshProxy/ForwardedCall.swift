@@ -255,8 +255,7 @@ final class ForwardedCall {
 
   /// HEADERS from one side go to the other: response headers, trailers, or request trailers.
   func forwardHeaders(
-    _ headers: HPACKHeaders, endStream: Bool, answer: GRPCAnswerFields,
-    from side: ForwardingConnection, stream: UInt32
+    _ headers: HPACKHeaders, endStream: Bool, from side: ForwardingConnection, stream: UInt32
   ) {
     if side === downstream {
       if endStream { requestEnded = true }
@@ -272,13 +271,13 @@ final class ForwardedCall {
     guard isCurrent(side, stream), !downstreamClosed else { return }
     answered()
     if endStream {
-      let status = answer.status
+      let status = headers.first(name: "grpc-status")
       if !responseStarted, let status, let code = Int(status), plan != nil {
         let ranOut = code == ProxyStatus.deadlineExceeded.rawValue
         let end: AttemptEnd =
           ranOut && attemptBoundByPerTry
           ? .perTryTimeout
-          : .status(code, pushback: Pushback(header: answer.retryPushback))
+          : .status(code, pushback: Pushback(header: headers.first(name: "grpc-retry-pushback-ms")))
         if retry(end) { return }
         if let own = OwnTimeout(
           upstreamCode: code, boundByPerTry: attemptBoundByPerTry, deadlineIsOwn: deadlineIsOwn,
@@ -302,7 +301,7 @@ final class ForwardedCall {
       }
       responseEnded = true
       code = status.map { Substring($0) }
-      statusMessage = answer.message
+      statusMessage = headers.first(name: "grpc-message")
       attemptEnded(failed: code.flatMap { Int($0) }.map(isEndpointFailure) ?? false)
     }
     commit()

@@ -353,9 +353,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
     case .data(let stream, let id, let payload, let endStream, let flow):
       stream.call.forwardData(payload, endStream: endStream, flow: flow, from: self, stream: id)
       if endStream, let closed = state.closeIfEnded(id) { completed(id, closed) }
-    case .headers(let stream, let id, let headers, let endStream, let answer):
-      stream.call.forwardHeaders(
-        headers, endStream: endStream, answer: answer, from: self, stream: id)
+    case .headers(let stream, let id, let headers, let endStream):
+      stream.call.forwardHeaders(headers, endStream: endStream, from: self, stream: id)
       if endStream, let closed = state.closeIfEnded(id) { completed(id, closed) }
     case .request(let id, let request, let endStream, let declaredLength):
       startCall(id, request, endStream: endStream, declaredLength: declaredLength)

@@ -43,9 +43,8 @@ struct HTTP2Connection<Attachment> {
     case none
     /// A new request (accepted connections): `open` it with its call, or refuse it.
     case request(UInt32, HTTP2Request, endStream: Bool, declaredLength: Int?)
-    /// A response's headers or trailers on an open stream, checked and cleaned, with what a
-    /// call's end reads of them.
-    case headers(Attachment, UInt32, HPACKHeaders, endStream: Bool, answer: GRPCAnswerFields)
+    /// A response's headers or trailers on an open stream, checked and cleaned.
+    case headers(Attachment, UInt32, HPACKHeaders, endStream: Bool)
     /// DATA with a payload (or END_STREAM) on an open stream; `flow` bytes of window went into
     /// it, to be given back once the data has left.
     case data(Attachment, UInt32, ByteBuffer, endStream: Bool, flow: Int)
@@ -272,7 +271,7 @@ struct HTTP2Connection<Attachment> {
   }
 
   private enum HeadersVerdict {
-    case accepted(Attachment, GRPCAnswerFields)
+    case accepted(Attachment)
     /// STREAM_CLOSED, or PROTOCOL_ERROR (a request's HEADERS without END_STREAM).
     case error(H2Error)
     /// RFC 9113 §8.1.1.
@@ -303,7 +302,7 @@ struct HTTP2Connection<Attachment> {
     }
     stream.headersReceived = true
     if endStream { stream.remoteEnded = true }
-    return .accepted(stream.attachment, inspection.answer)
+    return .accepted(stream.attachment)
   }
 
   private enum DataVerdict {
@@ -419,8 +418,8 @@ struct HTTP2Connection<Attachment> {
       // Trailers (or response headers) on an open stream; a request's trailers end it.
       let isServer = isServer
       switch inPlace(index, { Self.take(&headers, endStream, isServer: isServer, &$0) }) {
-      case .accepted(let attachment, let answer):
-        return .headers(attachment, id, headers, endStream: endStream, answer: answer)
+      case .accepted(let attachment):
+        return .headers(attachment, id, headers, endStream: endStream)
       case .error(let code):
         return try peerError(id, code, now: now)
       case .malformed:

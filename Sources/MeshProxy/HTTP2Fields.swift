@@ -28,8 +28,6 @@ enum HTTP2Fields {
     var path: String?
     var authority: String?
     var contentType: String?
-    /// What a call's end reads of an answer.
-    var answer = GRPCAnswerFields()
   }
 
   /// Why `headers` are malformed as a `block`, or nil. `strict` (what callers send): values
@@ -107,13 +105,6 @@ enum HTTP2Fields {
         inspection.carriesPeerIdentity = true
       case (12, UInt8(ascii: "c")) where name == "content-type" && inspection.contentType == nil:
         inspection.contentType = header.value
-      case (11, UInt8(ascii: "g")) where name == "grpc-status" && inspection.answer.status == nil:
-        inspection.answer.status = header.value
-      case (12, UInt8(ascii: "g")) where name == "grpc-message" && inspection.answer.message == nil:
-        inspection.answer.message = header.value
-      case (22, UInt8(ascii: "g"))
-      where name == "grpc-retry-pushback-ms" && inspection.answer.retryPushback == nil:
-        inspection.answer.retryPushback = header.value
       default:
         break
       }
@@ -235,12 +226,4 @@ struct HTTP2Request {
   var contentType: String?
   /// Whether the caller sent `x-trellis-peer-identity`, which only the sidecar may set.
   var carriesPeerIdentity: Bool
-}
-
-/// What a call's end reads of an answer's header block (the first of each), found in the pass
-/// that checked the block.
-struct GRPCAnswerFields {
-  var status: String?
-  var message: String?
-  var retryPushback: String?
 }

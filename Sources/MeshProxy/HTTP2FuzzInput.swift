@@ -70,7 +70,7 @@ package enum HTTP2FuzzInput {
         return true
       }
       if endStream { _ = connection.endedHere(id) }
-    case .headers(_, let id, _, let endStream, _):
+    case .headers(_, let id, _, let endStream):
       if endStream { _ = connection.endedHere(id) }
     case .credit(let id, let flow):
       connection.returnCredit(flow)

@@ -406,7 +406,7 @@ import Testing
       peer.headers(
         1, [("x-trellis-peer-identity", "spiffe://forged"), ("a", "b")], endStream: true),
       now: Self.start)
-    guard case .headers(_, 1, let trailers, endStream: true, _) = event else {
+    guard case .headers(_, 1, let trailers, endStream: true) = event else {
       Issue.record("\(event)")
       return
     }

@@ -125,18 +125,4 @@ import Testing
     #expect(request.path == "/a.B/C" && request.authority == "b")
     #expect(request.contentType == "application/grpc")
   }
-
-  @Test func onePassReadsWhatACallsEndNeedsOfAnAnswer() {
-    let trailers = HPACKHeaders([
-      ("grpc-status", "14"), ("grpc-message", "gone away"), ("grpc-retry-pushback-ms", "250"),
-      ("grpc-status", "0"), ("grpc-statusx", "1"),
-    ])
-    let answer = HTTP2Fields.inspect(trailers, as: .trailers, strict: false).answer
-    #expect(answer.status == "14", "the first one, as HPACKHeaders.first(name:) gave")
-    #expect(answer.message == "gone away")
-    #expect(answer.retryPushback == "250")
-    let none = HTTP2Fields.inspect(
-      HPACKHeaders([("grpc-statu", "1")]), as: .trailers, strict: false)
-    #expect(none.answer.status == nil && none.answer.message == nil)
-  }
 }
