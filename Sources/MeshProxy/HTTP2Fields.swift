@@ -155,6 +155,8 @@ enum HTTP2Fields {
     var contiguousName = name
     let nameProblem: String? = contiguousName.withUTF8 { bytes in
       guard !bytes.isEmpty else { return "empty header name" }
+      // A pseudo-header's leading colon aside.
+      if allNameBytes(bytes, from: bytes[0] == UInt8(ascii: ":") ? 1 : 0) { return nil }
       for index in bytes.indices where !isNameByte(bytes[index]) {
         let byte = bytes[index]
         if index == 0 && byte == UInt8(ascii: ":") { continue }
@@ -185,6 +187,41 @@ enum HTTP2Fields {
     byte < 64
       ? tokenBytesBelow64 >> UInt64(byte) & 1 != 0
       : byte < 128 && tokenBytesFrom64 >> UInt64(byte &- 64) & 1 != 0
+  }
+
+  /// Whether `bytes` from `start` are all token characters: eight at a time while they are the
+  /// bytes of nearly every name (lower-case letters, digits and `-`), one by one otherwise.
+  @inline(__always)
+  private static func allNameBytes(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Bool {
+    var index = start
+    if let base = bytes.baseAddress {
+      let raw = UnsafeRawPointer(base)
+      while index + 8 <= bytes.count {
+        if !commonNameBytes(raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
+          for offset in index..<index + 8 where !isNameByte(bytes[offset]) { return false }
+        }
+        index += 8
+      }
+    }
+    for offset in index..<bytes.count where !isNameByte(bytes[offset]) { return false }
+    return true
+  }
+
+  /// Whether all eight bytes of `word` are lower-case letters, digits or `-`. For bytes below
+  /// 0x80, adding `0x80 - low` to a byte sets its high bit exactly when it is at least `low`,
+  /// and adding `0x7F - top` exactly when it is above `top`, with no carry into the next byte.
+  @inline(__always)
+  private static func commonNameBytes(_ word: UInt64) -> Bool {
+    let ones: UInt64 = 0x0101_0101_0101_0101
+    let high = ones &* 0x80
+    guard word & high == 0 else { return false }
+    func within(_ low: UInt64, _ top: UInt64) -> UInt64 {
+      (word &+ ones &* (0x80 - low)) & ~(word &+ ones &* (0x7F - top)) & high
+    }
+    let letters = within(UInt64(UInt8(ascii: "a")), UInt64(UInt8(ascii: "z")))
+    let digits = within(UInt64(UInt8(ascii: "0")), UInt64(UInt8(ascii: "9")))
+    let dash = within(UInt64(UInt8(ascii: "-")), UInt64(UInt8(ascii: "-")))
+    return letters | digits | dash == high
   }
 
   @inline(__always)

@@ -94,7 +94,17 @@ import Testing
       let name = "x" + String(UnicodeScalar(byte))
       let problem = HTTP2Fields.fieldProblem(name: name, value: "1")
       #expect((problem == nil) == token.contains(byte), "byte \(byte): \(problem ?? "fine")")
+      // Long names are read eight bytes at a time: every place of a word, and the tail.
+      for place in [0, 3, 7, 8, 13, 17] {
+        let long = String(
+          decoding: Array(repeating: UInt8(ascii: "a"), count: place) + [byte]
+            + Array(repeating: UInt8(ascii: "z"), count: 17 - place), as: UTF8.self)
+        let verdict = HTTP2Fields.fieldProblem(name: long, value: "1")
+        let allowed = token.contains(byte) || (place == 0 && byte == UInt8(ascii: ":"))
+        #expect((verdict == nil) == allowed, "byte \(byte) at \(place): \(verdict ?? "fine")")
+      }
     }
+    #expect(HTTP2Fields.fieldProblem(name: "x-trellis-peer-identity-9", value: "1") == nil)
   }
 
   /// Values are checked eight bytes at a time: NUL, CR or LF is found at any place of a long
