@@ -38,9 +38,11 @@ enum HTTP2Fields {
   }
 
   /// The `content-length` a block declares: nil without one, or -1 for one that is not a
-  /// single non-negative number (malformed).
+  /// single non-negative number (malformed). `inspect` reads the same in its pass.
   static func contentLength(_ headers: HPACKHeaders) -> Int? {
-    inspect(headers, as: .trailers, strict: false).contentLength
+    headers.reduce(nil) { found, header in
+      header.name == "content-length" ? declaring(header.value, after: found) : found
+    }
   }
 
   /// Checks `headers` as a `block` (see `malformed`) and reads what the forwarding path needs
@@ -98,9 +100,7 @@ enum HTTP2Fields {
         inspection.problem = "te other than trailers"
         return inspection
       case (14, UInt8(ascii: "c")) where name == "content-length":
-        let length = declaredLength(header.value)
-        let agrees = inspection.contentLength == nil || inspection.contentLength == length
-        inspection.contentLength = agrees ? length : -1
+        inspection.contentLength = declaring(header.value, after: inspection.contentLength)
       case (23, UInt8(ascii: "x")) where name == "x-trellis-peer-identity":
         inspection.carriesPeerIdentity = true
       case (12, UInt8(ascii: "c")) where name == "content-type" && inspection.contentType == nil:
@@ -122,6 +122,13 @@ enum HTTP2Fields {
       break
     }
     return inspection
+  }
+
+  /// The length a block declares once a `content-length` field of `value` follows what the
+  /// block's earlier ones declared (`found`): they must all agree, or it is -1 (malformed).
+  private static func declaring(_ value: String, after found: Int?) -> Int {
+    let length = declaredLength(value)
+    return found == nil || found == length ? length : -1
   }
 
   /// A `content-length` value: one non-negative number, or a list of that number repeated

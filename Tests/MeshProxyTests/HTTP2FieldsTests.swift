@@ -74,6 +74,7 @@ import Testing
 
   @Test func contentLengthIsOneNonNegativeNumber() {
     #expect(HTTP2Fields.contentLength(HPACKHeaders(Self.request)) == nil)
+    #expect(HTTP2Fields.contentLength(HPACKHeaders(Self.request + [("content-length", "3")])) == 3)
     #expect(HTTP2Fields.contentLength(HPACKHeaders([("content-length", "12")])) == 12)
     #expect(HTTP2Fields.contentLength(HPACKHeaders([("content-length", "12, 12")])) == 12)
     #expect(HTTP2Fields.contentLength(HPACKHeaders([("content-length", "12, 13")])) == -1)
