@@ -154,8 +154,7 @@ enum HTTP2Fields {
   /// Why a field breaks RFC 9113 §8.2.1, or nil. A name is lower-case token characters (a
   /// pseudo-header's leading colon aside): no upper case, space, colon, control or non-ASCII
   /// byte. A value holds no NUL, CR or LF, and (`strict`) neither starts nor ends with a space
-  /// or tab. On every header of every call: a name is checked byte by byte against a bit mask,
-  /// a value eight bytes at a time.
+  /// or tab. On every header of every call: names and values are read eight bytes at a time.
   static func fieldProblem(name: String, value: String, strict: Bool = true) -> String? {
     // `withUTF8` needs a variable; the closure below must not capture it (a captured variable
     // is boxed on the heap, once per field).
@@ -200,18 +199,7 @@ enum HTTP2Fields {
   /// bytes of nearly every name (lower-case letters, digits and `-`), one by one otherwise.
   @inline(__always)
   private static func allNameBytes(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Bool {
-    var index = start
-    if let base = bytes.baseAddress {
-      let raw = UnsafeRawPointer(base)
-      while index + 8 <= bytes.count {
-        if !commonNameBytes(raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
-          for offset in index..<index + 8 where !isNameByte(bytes[offset]) { return false }
-        }
-        index += 8
-      }
-    }
-    for offset in index..<bytes.count where !isNameByte(bytes[offset]) { return false }
-    return true
+    every(of: bytes, from: start, wordPasses: commonNameBytes, bytePasses: isNameByte)
   }
 
   /// Whether all eight bytes of `word` are lower-case letters, digits or `-`. For bytes below
@@ -237,27 +225,38 @@ enum HTTP2Fields {
     return byte < 14 && belowFourteen >> UInt16(byte) & 1 != 0
   }
 
-  /// Whether `bytes` hold NUL (0), LF (10) or CR (13). Eight bytes at a time, a word with no
-  /// byte below 14 is passed at once (`(w - 0x0E…0E) & ~w & 0x80…80` is zero exactly when no
-  /// byte of `w` is below 14); a word with one is looked at byte by byte.
+  /// Whether `bytes` hold NUL (0), LF (10) or CR (13). A word with no byte below 14 passes at
+  /// once: `(w - 0x0E…0E) & ~w & 0x80…80` is zero exactly when no byte of `w` is below 14.
   @inline(__always)
   private static func holdsNULCROrLF(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
     let ones: UInt64 = 0x0101_0101_0101_0101
-    var index = 0
+    return !every(
+      of: bytes, from: 0, wordPasses: { ($0 &- ones &* 14) & ~$0 & (ones &* 0x80) == 0 },
+      bytePasses: { !isNULCROrLF($0) })
+  }
+
+  /// Whether every byte of `bytes` from `start` passes `bytePasses`, read eight at a time: a
+  /// word that `wordPasses` (a test that may refuse a word whose bytes would all pass, never
+  /// the other way) is passed at once, and any other word and the tail are tested byte by
+  /// byte.
+  @inline(__always)
+  private static func every(
+    of bytes: UnsafeBufferPointer<UInt8>, from start: Int, wordPasses: (UInt64) -> Bool,
+    bytePasses: (UInt8) -> Bool
+  ) -> Bool {
+    var index = start
     if let base = bytes.baseAddress {
       let raw = UnsafeRawPointer(base)
       while index + 8 <= bytes.count {
-        let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-        if (word &- ones &* 14) & ~word & (ones &* 0x80) != 0 {
-          for offset in index..<index + 8 where isNULCROrLF(bytes[offset]) { return true }
+        if !wordPasses(raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
+          for offset in index..<index + 8 where !bytePasses(bytes[offset]) { return false }
         }
         index += 8
       }
     }
-    for offset in index..<bytes.count where isNULCROrLF(bytes[offset]) { return true }
-    return false
+    for offset in index..<bytes.count where !bytePasses(bytes[offset]) { return false }
+    return true
   }
-
 }
 
 /// A request's header block, checked, with what routing reads of it found in the same pass (a
