@@ -254,9 +254,9 @@ public final class EtcdClient: Sendable {
             do { return .answered(try await call(client)) } catch { return .failed(error) }
           }
           if started < members.count {
-            group.addTask { [hedgingDelay] in
+            group.addTask { [hedgingDelay, started] in
               try await Task.sleep(for: hedgingDelay)
-              return .hedge
+              return .hedge(after: started)
             }
           }
         }
@@ -276,8 +276,10 @@ public final class EtcdClient: Sendable {
               group.cancelAll()
               throw error
             }
-          case .hedge:
-            if started < members.count, running > 0 { startNext() }
+          case .hedge(let after):
+            // Only the timer of the member asked last counts: when a failure moved on to the
+            // next member early, the timer of the one before is stale.
+            if after == started, started < members.count, running > 0 { startNext() }
           }
         }
         throw lastError ?? CancellationError()
@@ -501,7 +503,8 @@ public final class EtcdClient: Sendable {
 private enum ReadAttempt<Result: Sendable>: Sendable {
   case answered(Result)
   case failed(any Error)
-  case hedge
+  /// The hedging delay passed since the `after`-th member was asked.
+  case hedge(after: Int)
 }
 
 /// What etcd refused, or could not be asked.

@@ -81,12 +81,18 @@ extension LoopState {
         for name in IncomingTrace.headerNames where name != "traceparent" {
           headers.remove(name: name)
         }
-      } else if parent?.traceState == nil {
+      } else if parent?.traceState == nil, found.tracestate != nil {
         headers.remove(name: "tracestate")
       }
       // A value of its own on every call: kept out of HPACK's dynamic table, where it would
-      // only push out the headers that do repeat.
-      headers.replaceOrAdd(name: "traceparent", value: own.traceparent, indexing: .nonIndexable)
+      // only push out the headers that do repeat. (Each `remove` walks the block: skipped
+      // when the pass above saw no such header.)
+      if found.traceparent == nil {
+        headers.add(name: "traceparent", value: own.traceparent, indexing: .nonIndexable)
+      } else {
+        headers.replaceOrAdd(
+          name: "traceparent", value: own.traceparent, indexing: .nonIndexable)
+      }
       if let traceState = own.traceState {
         headers.replaceOrAdd(name: "tracestate", value: traceState)
       }
@@ -114,17 +120,28 @@ private struct TraceHeaders {
   var previousAttempts: String?
   var hasB3 = false
 
+  /// Runs on every field of every request: names are told apart by length and first byte
+  /// before a string is compared (a comparison that fails costs far more than one that
+  /// succeeds), and nearly every name is none of these.
   mutating func note(_ name: String, _ value: String) {
-    switch name {
-    case "traceparent": if traceparent == nil { traceparent = value }
-    case "tracestate": tracestate = tracestate.map { $0 + "," + value } ?? value
-    case "grpc-previous-rpc-attempts": previousAttempts = value
-    case "b3": b3 = value; hasB3 = true
-    case "x-b3-traceid": b3TraceID = value; hasB3 = true
-    case "x-b3-spanid": b3SpanID = value; hasB3 = true
-    case "x-b3-sampled": b3Sampled = value; hasB3 = true
-    case "x-b3-flags": b3Flags = value; hasB3 = true
-    case "x-b3-parentspanid": hasB3 = true
+    let utf8 = name.utf8
+    switch (utf8.count, utf8.first) {
+    case (11, UInt8(ascii: "t")) where name == "traceparent":
+      if traceparent == nil { traceparent = value }
+    case (10, UInt8(ascii: "t")) where name == "tracestate":
+      tracestate = tracestate.map { $0 + "," + value } ?? value
+    case (26, UInt8(ascii: "g")) where name == "grpc-previous-rpc-attempts":
+      previousAttempts = value
+    case (2, UInt8(ascii: "b")) where name == "b3": b3 = value; hasB3 = true
+    case (10...17, UInt8(ascii: "x")):
+      switch name {
+      case "x-b3-traceid": b3TraceID = value; hasB3 = true
+      case "x-b3-spanid": b3SpanID = value; hasB3 = true
+      case "x-b3-sampled": b3Sampled = value; hasB3 = true
+      case "x-b3-flags": b3Flags = value; hasB3 = true
+      case "x-b3-parentspanid": hasB3 = true
+      default: break
+      }
     default: break
     }
   }

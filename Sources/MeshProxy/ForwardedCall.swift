@@ -97,7 +97,7 @@ final class ForwardedCall {
   /// without policies), under the caller's `grpc-timeout`.
   func forward(to endpoint: Endpoint, pool: UpstreamPool, headers: HPACKHeaders, endStream: Bool) {
     var headers = headers
-    if let timeout = headers.first(name: "grpc-timeout") {
+    if let timeout = headers.checkedValue("grpc-timeout") {
       armDeadline(
         GRPCTimeout.parse(timeout).map { start + $0 }, cause: "grpc-timeout \(timeout)",
         grace: Self.callerDeadlineGrace)
@@ -118,12 +118,12 @@ final class ForwardedCall {
     requestHeaders = headers
     requestHeadersEndStream = endStream
     if plan.retry.policy.attempts > 1 { replay = [] }
-    let callerTimeout = headers.first(name: "grpc-timeout")
+    let callerTimeout = headers.checkedValue("grpc-timeout")
     var deadline = callerTimeout.flatMap(GRPCTimeout.parse).map { start + $0 }
     var cause = callerTimeout.map { "grpc-timeout \($0)" } ?? ""
     var grace = Self.callerDeadlineGrace
     if let timeout = plan.route.timeout.map(TimeAmount.init),
-      !plan.target.isStreaming(path: headers.first(name: ":path") ?? "")
+      !plan.target.isStreaming(path: headers.checkedValue(":path") ?? "")
     {
       if deadline == nil || start + timeout < deadline! {
         deadline = start + timeout
@@ -271,13 +271,12 @@ final class ForwardedCall {
     guard isCurrent(side, stream), !downstreamClosed else { return }
     answered()
     if endStream {
-      let status = headers.first(name: "grpc-status")
+      let status = headers.checkedValue("grpc-status")
       if !responseStarted, let status, let code = Int(status), plan != nil {
         let ranOut = code == ProxyStatus.deadlineExceeded.rawValue
+        let pushback = Pushback(header: headers.checkedValue("grpc-retry-pushback-ms"))
         let end: AttemptEnd =
-          ranOut && attemptBoundByPerTry
-          ? .perTryTimeout
-          : .status(code, pushback: Pushback(header: headers.first(name: "grpc-retry-pushback-ms")))
+          ranOut && attemptBoundByPerTry ? .perTryTimeout : .status(code, pushback: pushback)
         if retry(end) { return }
         if let own = OwnTimeout(
           upstreamCode: code, boundByPerTry: attemptBoundByPerTry, deadlineIsOwn: deadlineIsOwn,
@@ -301,7 +300,7 @@ final class ForwardedCall {
       }
       responseEnded = true
       code = status.map { Substring($0) }
-      statusMessage = headers.first(name: "grpc-message")
+      statusMessage = headers.checkedValue("grpc-message")
       attemptEnded(failed: code.flatMap { Int($0) }.map(isEndpointFailure) ?? false)
     }
     commit()

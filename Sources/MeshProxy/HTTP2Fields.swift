@@ -52,19 +52,20 @@ enum HTTP2Fields {
     var pseudo = true
     var counts = (method: 0, scheme: 0, path: 0, authority: 0, status: 0)
     for header in headers {
-      if let problem = fieldProblem(name: header.name, value: header.value, strict: strict) {
-        inspection.problem = problem
+      if let fault = fieldFault(name: header.name, value: header.value, strict: strict) {
+        inspection.problem = fault.problem(name: header.name)
         return inspection
       }
-      if header.name.utf8.first == UInt8(ascii: ":") {
+      let name = header.name
+      let (length, first) = (name.utf8.count, name.utf8.first)
+      if first == UInt8(ascii: ":") {
         guard pseudo else {
           inspection.problem = "pseudo-header \(header.name) after regular headers"
           return inspection
         }
         // Told apart by length first: a string comparison that fails costs far more than one
         // that succeeds.
-        let name = header.name
-        switch (block, name.utf8.count) {
+        switch (block, length) {
         case (.request, 7) where name == ":method": counts.method += 1
         case (.request, 7) where name == ":scheme": counts.scheme += 1
         case (.request, 5) where name == ":path":
@@ -87,8 +88,7 @@ enum HTTP2Fields {
       pseudo = false
       // The names the rules pick out, told apart by length and first byte before a string
       // is compared.
-      let name = header.name
-      switch (name.utf8.count, name.utf8.first) {
+      switch (length, first) {
       case (10, UInt8(ascii: "c")) where name == "connection",
         (10, UInt8(ascii: "k")) where name == "keep-alive",
         (16, UInt8(ascii: "p")) where name == "proxy-connection",
@@ -154,33 +154,62 @@ enum HTTP2Fields {
   /// Why a field breaks RFC 9113 §8.2.1, or nil. A name is lower-case token characters (a
   /// pseudo-header's leading colon aside): no upper case, space, colon, control or non-ASCII
   /// byte. A value holds no NUL, CR or LF, and (`strict`) neither starts nor ends with a space
-  /// or tab. On every header of every call: names and values are read eight bytes at a time.
+  /// or tab.
   static func fieldProblem(name: String, value: String, strict: Bool = true) -> String? {
-    // `withUTF8` needs a variable; the closure below must not capture it (a captured variable
-    // is boxed on the heap, once per field).
-    var contiguousName = name
-    let nameProblem: String? = contiguousName.withUTF8 { bytes in
-      guard !bytes.isEmpty else { return "empty header name" }
-      // A pseudo-header's leading colon aside.
-      if allNameBytes(bytes, from: bytes[0] == UInt8(ascii: ":") ? 1 : 0) { return nil }
-      for index in bytes.indices where !isNameByte(bytes[index]) {
-        let byte = bytes[index]
-        if index == 0 && byte == UInt8(ascii: ":") { continue }
-        return byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")
-          ? "upper-case header name" : "header name with byte \(byte)"
+    fieldFault(name: name, value: value, strict: strict).map { $0.problem(name: name) }
+  }
+
+  /// What is wrong with a field; the words for it are made only when something is.
+  private enum FieldFault {
+    case emptyName, upperCaseName, nameByte(UInt8), controlInValue, spaceAroundValue
+
+    func problem(name: String) -> String {
+      switch self {
+      case .emptyName: "empty header name"
+      case .upperCaseName: "upper-case header name"
+      case .nameByte(let byte): "header name with byte \(byte)"
+      case .controlInValue: "header \(name) with NUL, CR or LF in its value"
+      case .spaceAroundValue: "header \(name) with white space around its value"
       }
-      return nil
     }
-    if let nameProblem { return nameProblem }
-    var contiguousValue = value
-    return contiguousValue.withUTF8 { bytes in
-      if holdsNULCROrLF(bytes) { return "header \(name) with NUL, CR or LF in its value" }
+  }
+
+  /// On every header of every call: names and values are read in place (every string here is
+  /// native, so contiguous), eight bytes at a time.
+  @inline(__always)
+  private static func fieldFault(name: String, value: String, strict: Bool) -> FieldFault? {
+    let nameFault =
+      name.utf8.withContiguousStorageIfAvailable(nameFault)
+      ?? Array(name.utf8).withUnsafeBufferPointer(nameFault)
+    if let nameFault { return nameFault }
+    let valueFault = { (bytes: UnsafeBufferPointer<UInt8>) -> FieldFault? in
+      if holdsNULCROrLF(bytes) { return .controlInValue }
       guard strict, let first = bytes.first, let last = bytes.last else { return nil }
-      if first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09 {
-        return "header \(name) with white space around its value"
-      }
-      return nil
+      return first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09
+        ? .spaceAroundValue : nil
     }
+    return value.utf8.withContiguousStorageIfAvailable(valueFault)
+      ?? Array(value.utf8).withUnsafeBufferPointer(valueFault)
+  }
+
+  @inline(__always)
+  private static func nameFault(_ bytes: UnsafeBufferPointer<UInt8>) -> FieldFault? {
+    guard let first = bytes.first else { return .emptyName }
+    // A pseudo-header's leading colon aside.
+    if allNameBytes(bytes, from: first == UInt8(ascii: ":") ? 1 : 0) { return nil }
+    return firstNameFault(bytes)
+  }
+
+  /// Which byte of a name that is not all token characters is wrong.
+  @inline(never)
+  private static func firstNameFault(_ bytes: UnsafeBufferPointer<UInt8>) -> FieldFault? {
+    for index in bytes.indices where !isNameByte(bytes[index]) {
+      let byte = bytes[index]
+      if index == 0 && byte == UInt8(ascii: ":") { continue }
+      return byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")
+        ? .upperCaseName : .nameByte(byte)
+    }
+    return nil
   }
 
   /// RFC 9110's token characters, lower case only, as bits by byte: 0–63 and 64–127.
@@ -269,4 +298,17 @@ struct HTTP2Request {
   var contentType: String?
   /// Whether the caller sent `x-trellis-peer-identity`, which only the sidecar may set.
   var carriesPeerIdentity: Bool
+}
+
+extension HPACKHeaders {
+  /// The value of the first field named `name` (lower case), in a block that `HTTP2Fields`
+  /// checked: its names are lower case too, so they compare exactly, told apart by length
+  /// first. (`first(name:)` compares every name case-insensitively, byte by byte.)
+  func checkedValue(_ name: String) -> String? {
+    let count = name.utf8.count
+    for (field, value, _) in self where field.utf8.count == count && field == name {
+      return value
+    }
+    return nil
+  }
 }
