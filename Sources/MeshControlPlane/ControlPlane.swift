@@ -37,6 +37,15 @@ public struct ControlPlane: Service {
     /// spread again over the replicas; and how many streams it serves at once.
     public var configStreamAge: Duration = .seconds(1800)
     public var maximumConfigStreams = 20_000
+    /// Keepalive on the mutual-TLS listener. A connection silent for `time` is pinged, and
+    /// closed when nothing has come from it `timeout` twice over after that (`SilentPeerHandler`),
+    /// so that a sidecar whose host vanished (no FIN, no RST) or whose process hangs gives back
+    /// its stream. Sidecars ping each 10 s to find a hung replica, on config streams idle for
+    /// minutes: allowed, where gRPC's default (one ping each 5 minutes) sends them away for
+    /// `too_many_pings` after the third.
+    public var keepalive = HTTP2ServerTransport.Config.Keepalive(
+      time: .seconds(30), timeout: .seconds(10),
+      clientBehavior: .init(minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: true))
     public var trustDomain: String
     public var leafLifetime: TimeInterval
     /// How many spans, and for how long, the trace store keeps.
@@ -122,6 +131,15 @@ public struct ControlPlane: Service {
         tls.clientCertificateVerification = .noHostnameVerification
         tls.customVerificationCallback = trust.verify
         tls.certificateReloader = trust
+      },
+      config: .defaults {
+        $0.connection.keepalive = configuration.keepalive
+        // A ping not answered starts a graceful close (GOAWAY, and a wait for an
+        // acknowledgement), which a vanished peer never finishes: silent past the ping's
+        // timeout and as long again, its connection is closed.
+        let keepalive = configuration.keepalive
+        $0.channelDebuggingCallbacks.onAcceptTCPConnection = SilentPeerHandler.installer(
+          limit: keepalive.time + keepalive.timeout * 2)
       })
     let join = HTTP2ServerTransport.Posix(
       address: .ipv4(host: configuration.join.host, port: configuration.join.port),

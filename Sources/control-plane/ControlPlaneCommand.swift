@@ -57,6 +57,12 @@ struct ControlPlaneCommand: AsyncParsableCommand {
   var configStreamAge = "30m"
   @Option(help: "Config streams served at once; more are sent to another replica.")
   var maxConfigStreams = 20_000
+  @Option(
+    help: """
+      How long a sidecar's connection may be silent before it is pinged; one that does not \
+      answer within a third of that (at most 10 s) is closed, and its stream freed: 30s, 2m.
+      """)
+  var keepalive = "30s"
   @Option(help: "The trust domain.") var trustDomain = SPIFFEID.defaultTrustDomain
   @Option(help: "Default lifetime of the certificates it issues: 90s, 15m, 24h.")
   var leafLifetime = "24h"
@@ -144,6 +150,11 @@ struct ControlPlaneCommand: AsyncParsableCommand {
     guard maxConfigStreams >= 1 else {
       throw ValidationError("--max-config-streams \(maxConfigStreams): at least 1")
     }
+    guard let keepaliveTime = parseDuration(keepalive), keepaliveTime >= .seconds(1) else {
+      throw ValidationError("--keepalive \(keepalive): expected a duration of 1s or more")
+    }
+    configuration.keepalive.time = keepaliveTime
+    configuration.keepalive.timeout = min(keepaliveTime / 3, .seconds(10))
     configuration.configStreamAge = age
     configuration.maximumConfigStreams = maxConfigStreams
     if let replica {

@@ -398,6 +398,55 @@ import Testing
     try restartConvergesAtVersion1(listen: listen, join: join, client: client)
   }
 
+  /// A sidecar that stops answering (its process stopped: the connection stays open and
+  /// nothing is read, as when its host vanishes) loses its config stream to the control
+  /// plane's keepalive, and the one stream this control plane may serve goes to another,
+  /// which keeps it while quiet, pinging.
+  @Test func aSilentSidecarsStreamIsFreedByKeepalive() throws {
+    let fixture = try MeshFixture("keepalive", services: [])
+    let plane = try ServiceProcess(
+      binary("control-plane"),
+      [
+        "--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", fixture.certs, "--data",
+        fixture.directory.appendingPathComponent("data").path, "--max-config-streams", "1",
+        "--keepalive", "2s",
+      ])
+    defer { plane.stop() }
+    func connected() throws -> [String: Bool] {
+      let status = try fixture.meshctl(["status", "-o", "json"], plane: plane)
+      let document = try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any]
+      var byService: [String: Bool] = [:]
+      for row in document?["sidecars"] as? [[String: Any]] ?? [] {
+        let service = (row["node"] as? String ?? "").components(separatedBy: "@")[0]
+        byService[service] = row["connected"] as? Bool ?? false
+      }
+      return byService
+    }
+    let silent = try fixture.joiningSidecar("echo", app: "127.0.0.1:1", plane: plane)
+    defer { silent.process.stop() }
+    #expect(try waitFor(seconds: 15) { try connected()["echo"] == true })
+    #expect(kill(silent.process.pid, SIGSTOP) == 0)
+    defer { kill(silent.process.pid, SIGCONT) }
+    let started = Date()
+    let other = try fixture.joiningSidecar("client", app: "127.0.0.1:1", plane: plane)
+    defer { other.process.stop() }
+    #expect(
+      try waitFor(seconds: 20) {
+        let now = try connected()
+        return now["echo"] == false && now["client"] == true
+      }, "\((try? connected()) ?? [:])\n\(other.process.log)")
+    print(
+      "the silent sidecar's stream went to another after \(Date().timeIntervalSince(started)) s")
+    // The stream now held is quiet (no config is applied) while the sidecar pings each 10 s:
+    // gRPC's default would send it away for too many pings at the fourth, 40 s in.
+    let before = other.process.log.components(separatedBy: "config stream lost").count
+    Thread.sleep(forTimeInterval: 45)
+    #expect(
+      other.process.log.components(separatedBy: "config stream lost").count == before,
+      "\(other.process.log)")
+    #expect(try connected()["client"] == true)
+  }
+
   /// A control plane started again on `listen` and `join` with the same data: the echo and
   /// client sidecars subscribe to it again and run version 1, and calls go through.
   func restartConvergesAtVersion1(listen: String, join: String, client: RunningSidecar) throws {
