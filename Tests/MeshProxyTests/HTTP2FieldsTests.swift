@@ -37,6 +37,29 @@ import Testing
     #expect(malformed(Self.request + [("x-v", value)]) != nil)
   }
 
+  /// A fault's words name the field and what is wrong with it.
+  @Test func aFaultIsNamed() {
+    #expect(malformed(Self.request + [("X-Up", "1")]) == "upper-case header name")
+    #expect(malformed(Self.request + [("x y", "1")]) == "header name with byte 32")
+    #expect(
+      malformed(Self.request + [("x-v", "a\rb")]) == "header x-v with NUL, CR or LF in its value")
+    #expect(
+      malformed(Self.request + [("x-v", " a")]) == "header x-v with white space around its value")
+  }
+
+  /// `checkedValue` finds a field of a checked (lower-case) block by its exact name: the
+  /// first of several, none for a name that is only a prefix or longer.
+  @Test func checkedValueFindsAFieldByItsExactName() {
+    let headers = HPACKHeaders([
+      ("grpc-status", "0"), ("grpc-status-details-bin", "x"), ("grpc-message", "a"),
+      ("grpc-message", "b"),
+    ])
+    #expect(headers.checkedValue("grpc-status") == "0")
+    #expect(headers.checkedValue("grpc-message") == "a")
+    #expect(headers.checkedValue("grpc-stat") == nil)
+    #expect(headers.checkedValue("grpc-timeout") == nil)
+  }
+
   @Test func whiteSpaceInsideAValueIsFine() {
     #expect(malformed(Self.request + [("x-v", "a b\tc")]) == nil)
   }
