@@ -393,25 +393,17 @@ final class ForwardingConnection: ChannelDuplexHandler {
     call.trace = loop.beginTrace(&forwarded, inbound: direction == "inbound")
     call.direction = direction
     call.method = request.path
-    call.service = service ?? String(request.authority?.split(separator: ":").first ?? "")
+    call.service = service ?? Self.host(request.authority)
     call.requestEnded = endStream
     state.open(id, StreamCall(call: call), endStream: endStream, declaredLength: declaredLength)
     // gRPC over HTTP/2: a request that is not gRPC is answered 415, so that an HTTP client is
     // not told 200.
-    let contentType = request.contentType
-    guard isGRPCContentType(contentType) else {
-      call.answer(
-        .internalError,
-        "expected content-type application/grpc, got '\(contentType ?? "")'", httpStatus: 415)
-      return
+    guard isGRPCContentType(request.contentType) else {
+      return Self.answerNotGRPC(call, contentType: request.contentType)
     }
     switch route(request) {
     case .reject(let status, let message, let fault):
-      if let fault {
-        call.trace?.event(
-          "fault_injected", [.string("kind", fault), .int("grpc_status", status.rawValue)])
-      }
-      call.answer(status, message)
+      Self.reject(call, status, message, fault: fault)
     case .forward(let endpoint, let pool, let peer, let rewrite):
       rewrite?(&forwarded)
       call.peer = peer
@@ -420,6 +412,31 @@ final class ForwardingConnection: ChannelDuplexHandler {
       call.limit = limit
       call.forward(plan, pool: pool, headers: forwarded, endStream: endStream)
     }
+  }
+
+  /// The host of an `:authority`, without its port.
+  private static func host(_ authority: String?) -> String {
+    String(authority?.split(separator: ":").first ?? "")
+  }
+
+  // The rare answers of `startCall`, kept out of its code.
+
+  @inline(never)
+  private static func answerNotGRPC(_ call: ForwardedCall, contentType: String?) {
+    call.answer(
+      .internalError, "expected content-type application/grpc, got '\(contentType ?? "")'",
+      httpStatus: 415)
+  }
+
+  @inline(never)
+  private static func reject(
+    _ call: ForwardedCall, _ status: ProxyStatus, _ message: String, fault: String?
+  ) {
+    if let fault {
+      call.trace?.event(
+        "fault_injected", [.string("kind", fault), .int("grpc_status", status.rawValue)])
+    }
+    call.answer(status, message)
   }
 
   /// The peer said GOAWAY.
@@ -603,14 +620,7 @@ final class ForwardingConnection: ChannelDuplexHandler {
     let endFlag = endStream ? FrameFlag.endStream : 0
     output.writeFrameHeader(
       length: 0, type: FrameType.headers, flags: endFlag | FrameFlag.endHeaders, stream: id)
-    do {
-      try state.encoder.encode(headers: headers, to: &output)
-    } catch {
-      // The encoder fails only on misuse; end the stream rather than send a broken block.
-      output.moveWriterIndex(to: start)
-      writeReset(id, .internalError)
-      return
-    }
+    state.encoder.encode(headers: headers, to: &output)
     let length = output.writerIndex - start - HTTP2Wire.frameHeaderLength
     let maxFrameSize = state.peerMaxFrameSize
     if length <= maxFrameSize {

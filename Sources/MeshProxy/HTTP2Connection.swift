@@ -117,7 +117,7 @@ struct HTTP2Connection<Attachment> {
   private var partial: PartialHeaders?
   private var decoder: HPACKDecoder
   /// Encodes this side's header blocks, within the table size the peer allows.
-  var encoder: HPACKEncoder
+  var encoder = HPACKWriter()
 
   // The peer's settings, and the windows.
   private(set) var peerInitialWindow = HTTP2Windows.protocolDefault
@@ -164,7 +164,6 @@ struct HTTP2Connection<Attachment> {
     decoder = HPACKDecoder(
       allocator: allocator, maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize,
       maxHeaderListSize: Self.maximumHeaderListSize)
-    encoder = HPACKEncoder(allocator: allocator, useHuffmanEncoding: false)
   }
 
   /// The settings this side sends first.
@@ -524,7 +523,7 @@ struct HTTP2Connection<Attachment> {
       index += 6
       switch id {
       case SettingID.headerTableSize:
-        try? encoder.setDynamicTableSize(min(Int(value), HPACKEncoder.defaultDynamicTableSize))
+        encoder.setTableSize(Int(value))
       case SettingID.enablePush:
         guard value <= 1 else { throw HTTP2ConnectionError(.protocolError, "ENABLE_PUSH \(value)") }
       case SettingID.maxConcurrentStreams:

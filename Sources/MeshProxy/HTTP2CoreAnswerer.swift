@@ -58,7 +58,7 @@ package struct HTTP2CoreAnswerer {
     output.writeFrameHeader(
       length: 0, type: FrameType.headers,
       flags: FrameFlag.endHeaders | (endStream ? FrameFlag.endStream : 0), stream: id)
-    try? connection.encoder.encode(headers: headers, to: &output)
+    connection.encoder.encode(headers: headers, to: &output)
     output.setFrameLength(output.writerIndex - start - HTTP2Wire.frameHeaderLength, at: start)
   }
 }

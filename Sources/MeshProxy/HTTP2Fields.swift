@@ -18,7 +18,7 @@ enum HTTP2Fields {
   /// What one pass over a header block finds.
   struct Inspection {
     /// Why the block is malformed, or nil.
-    var problem: String?
+    var fault: BlockFault?
     /// The `content-length` it declares: nil without one, or -1 for one that is not a single
     /// non-negative number (malformed).
     var contentLength: Int?
@@ -28,6 +28,34 @@ enum HTTP2Fields {
     var path: String?
     var authority: String?
     var contentType: String?
+
+    /// Why the block is malformed, in words, or nil.
+    var problem: String? { fault?.problem }
+  }
+
+  /// What makes a block malformed; the words for it are made only when asked for.
+  enum BlockFault: Equatable {
+    case field(name: String, FieldFault)
+    case pseudoAfterRegular(String)
+    case pseudoOutOfPlace(String, Block)
+    case emptyPath
+    case connectionSpecific(String)
+    case teOtherThanTrailers
+    case missingOrRepeatedPseudo
+    case missingOrRepeatedStatus
+
+    var problem: String {
+      switch self {
+      case .field(let name, let fault): fault.problem(name: name)
+      case .pseudoAfterRegular(let name): "pseudo-header \(name) after regular headers"
+      case .pseudoOutOfPlace(let name, let block): "pseudo-header \(name) in \(block)"
+      case .emptyPath: "empty :path"
+      case .connectionSpecific(let name): "connection-specific header \(name)"
+      case .teOtherThanTrailers: "te other than trailers"
+      case .missingOrRepeatedPseudo: "missing or repeated pseudo-headers"
+      case .missingOrRepeatedStatus: "missing or repeated :status"
+      }
+    }
   }
 
   /// Why `headers` are malformed as a `block`, or nil. `strict` (what callers send): values
@@ -46,43 +74,50 @@ enum HTTP2Fields {
   }
 
   /// Checks `headers` as a `block` (see `malformed`) and reads what the forwarding path needs
-  /// of them, in one pass: it runs on every header block of every call.
+  /// of them, in one pass: it runs on every header block of every call, so it is kept small
+  /// (one exit, faults worded only when asked for) as well as quick.
   static func inspect(_ headers: HPACKHeaders, as block: Block, strict: Bool) -> Inspection {
     var inspection = Inspection()
+    inspection.fault = scan(headers, as: block, strict: strict, into: &inspection)
+    return inspection
+  }
+
+  /// The pass of `inspect`: what it reads goes to `inspection`; it returns the first fault.
+  private static func scan(
+    _ headers: HPACKHeaders, as block: Block, strict: Bool, into inspection: inout Inspection
+  ) -> BlockFault? {
     var pseudo = true
-    var counts = (method: 0, scheme: 0, path: 0, authority: 0, status: 0)
-    for header in headers {
-      if let fault = fieldFault(name: header.name, value: header.value, strict: strict) {
-        inspection.problem = fault.problem(name: header.name)
-        return inspection
+    // The pseudo-headers seen, a bit each, and whether one came twice.
+    let (method, scheme, path, authority, status): (UInt8, UInt8, UInt8, UInt8, UInt8) =
+      (1, 2, 4, 8, 16)
+    var seen: UInt8 = 0
+    var repeated = false
+    for (name, value, _) in headers {
+      if let fault = fieldFault(name: name, value: value, strict: strict) {
+        return .field(name: name, fault)
       }
-      let name = header.name
       let (length, first) = (name.utf8.count, name.utf8.first)
       if first == UInt8(ascii: ":") {
-        guard pseudo else {
-          inspection.problem = "pseudo-header \(header.name) after regular headers"
-          return inspection
-        }
+        guard pseudo else { return .pseudoAfterRegular(name) }
         // Told apart by length first: a string comparison that fails costs far more than one
         // that succeeds.
+        let kind: UInt8
         switch (block, length) {
-        case (.request, 7) where name == ":method": counts.method += 1
-        case (.request, 7) where name == ":scheme": counts.scheme += 1
+        case (.request, 7) where name == ":method": kind = method
+        case (.request, 7) where name == ":scheme": kind = scheme
         case (.request, 5) where name == ":path":
-          counts.path += 1
-          if header.value.isEmpty {
-            inspection.problem = "empty :path"
-            return inspection
-          }
-          inspection.path = header.value
+          guard !value.isEmpty else { return .emptyPath }
+          kind = path
+          inspection.path = value
         case (.request, 10) where name == ":authority":
-          counts.authority += 1
-          inspection.authority = header.value
-        case (.response, 7) where name == ":status": counts.status += 1
+          kind = authority
+          inspection.authority = value
+        case (.response, 7) where name == ":status": kind = status
         default:
-          inspection.problem = "pseudo-header \(name) in \(block)"
-          return inspection
+          return .pseudoOutOfPlace(name, block)
         }
+        repeated = repeated || seen & kind != 0
+        seen |= kind
         continue
       }
       pseudo = false
@@ -94,34 +129,29 @@ enum HTTP2Fields {
         (16, UInt8(ascii: "p")) where name == "proxy-connection",
         (17, UInt8(ascii: "t")) where name == "transfer-encoding",
         (7, UInt8(ascii: "u")) where name == "upgrade":
-        inspection.problem = "connection-specific header \(name)"
-        return inspection
-      case (2, UInt8(ascii: "t")) where name == "te" && header.value != "trailers":
-        inspection.problem = "te other than trailers"
-        return inspection
+        return .connectionSpecific(name)
+      case (2, UInt8(ascii: "t")) where name == "te":
+        guard value == "trailers" else { return .teOtherThanTrailers }
       case (14, UInt8(ascii: "c")) where name == "content-length":
-        inspection.contentLength = declaring(header.value, after: inspection.contentLength)
+        inspection.contentLength = declaring(value, after: inspection.contentLength)
       case (23, UInt8(ascii: "x")) where name == "x-trellis-peer-identity":
         inspection.carriesPeerIdentity = true
       case (12, UInt8(ascii: "c")) where name == "content-type" && inspection.contentType == nil:
-        inspection.contentType = header.value
+        inspection.contentType = value
       default:
         break
       }
     }
     switch block {
     case .request:
-      guard counts.method == 1, counts.scheme == 1, counts.path == 1, counts.authority <= 1
-      else { inspection.problem = "missing or repeated pseudo-headers"; return inspection }
+      // :method, :scheme and :path once each, :authority at most once.
+      let required = method | scheme | path
+      return !repeated && seen & required == required ? nil : .missingOrRepeatedPseudo
     case .response:
-      guard counts.status == 1 else {
-        inspection.problem = "missing or repeated :status"
-        return inspection
-      }
+      return !repeated && seen == status ? nil : .missingOrRepeatedStatus
     case .trailers:
-      break
+      return nil
     }
-    return inspection
   }
 
   /// The length a block declares once a `content-length` field of `value` follows what the
@@ -160,7 +190,7 @@ enum HTTP2Fields {
   }
 
   /// What is wrong with a field; the words for it are made only when something is.
-  private enum FieldFault {
+  enum FieldFault: Equatable {
     case emptyName, upperCaseName, nameByte(UInt8), controlInValue, spaceAroundValue
 
     func problem(name: String) -> String {
@@ -178,18 +208,31 @@ enum HTTP2Fields {
   /// native, so contiguous), eight bytes at a time.
   @inline(__always)
   private static func fieldFault(name: String, value: String, strict: Bool) -> FieldFault? {
-    let nameFault =
-      name.utf8.withContiguousStorageIfAvailable(nameFault)
-      ?? Array(name.utf8).withUnsafeBufferPointer(nameFault)
-    if let nameFault { return nameFault }
-    let valueFault = { (bytes: UnsafeBufferPointer<UInt8>) -> FieldFault? in
-      if holdsNULCROrLF(bytes) { return .controlInValue }
-      guard strict, let first = bytes.first, let last = bytes.last else { return nil }
-      return first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09
-        ? .spaceAroundValue : nil
+    guard let nameFault = name.utf8.withContiguousStorageIfAvailable(nameFault) else {
+      return copiedFieldFault(name: name, value: value, strict: strict)
     }
-    return value.utf8.withContiguousStorageIfAvailable(valueFault)
-      ?? Array(value.utf8).withUnsafeBufferPointer(valueFault)
+    if let nameFault { return nameFault }
+    let valueFault = value.utf8.withContiguousStorageIfAvailable {
+      Self.valueFault($0, strict: strict)
+    }
+    guard let valueFault else { return copiedFieldFault(name: name, value: value, strict: strict) }
+    return valueFault
+  }
+
+  /// `fieldFault` for strings that are not stored contiguously (bridged ones; never on the
+  /// forwarding path, whose strings are all native).
+  @inline(never)
+  private static func copiedFieldFault(name: String, value: String, strict: Bool) -> FieldFault? {
+    if let fault = Array(name.utf8).withUnsafeBufferPointer(nameFault) { return fault }
+    return Array(value.utf8).withUnsafeBufferPointer { valueFault($0, strict: strict) }
+  }
+
+  @inline(__always)
+  private static func valueFault(_ bytes: UnsafeBufferPointer<UInt8>, strict: Bool) -> FieldFault? {
+    if holdsNULCROrLF(bytes) { return .controlInValue }
+    guard strict, let first = bytes.first, let last = bytes.last else { return nil }
+    return first == 0x20 || first == 0x09 || last == 0x20 || last == 0x09
+      ? .spaceAroundValue : nil
   }
 
   @inline(__always)

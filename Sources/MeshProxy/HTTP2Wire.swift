@@ -76,9 +76,12 @@ struct HTTP2ConnectionError: Error, CustomStringConvertible {
   let code: H2Error
   let reason: String
 
-  init(_ code: H2Error, _ reason: String) {
+  /// The reason is an autoclosure, and this is never inlined, so that the words (often an
+  /// interpolation) are code beside the rare path that throws, not in the hot one around it.
+  @inline(never)
+  init(_ code: H2Error, _ reason: @autoclosure () -> String) {
     self.code = code
-    self.reason = reason
+    self.reason = reason()
   }
 
   var description: String { "\(code): \(reason)" }
@@ -87,16 +90,27 @@ struct HTTP2ConnectionError: Error, CustomStringConvertible {
 extension ByteBuffer {
   /// Writes the 9-byte frame header.
   @inline(__always)
+  /// One write: each write to a buffer is a check of its storage, which counts on a path that
+  /// writes a frame header per frame.
   mutating func writeFrameHeader(length: Int, type: UInt8, flags: UInt8, stream: UInt32) {
-    writeInteger(UInt32(truncatingIfNeeded: length) << 8 | UInt32(type))
-    writeInteger(flags)
-    writeInteger(stream)
+    let head =
+      UInt64(truncatingIfNeeded: length & 0xFF_FFFF) << 40 | UInt64(type) << 32
+      | UInt64(flags) << 24 | UInt64(stream >> 8)
+    writeWithUnsafeMutableBytes(minimumWritableBytes: HTTP2Wire.frameHeaderLength) { room in
+      room.storeBytes(of: head.bigEndian, toByteOffset: 0, as: UInt64.self)
+      room.storeBytes(of: UInt8(truncatingIfNeeded: stream), toByteOffset: 8, as: UInt8.self)
+      return HTTP2Wire.frameHeaderLength
+    }
   }
 
-  /// Overwrites the 3-byte length of the frame header at `index`.
+  /// Overwrites the 3-byte length of the frame header at `index` (within the readable bytes).
   @inline(__always)
   mutating func setFrameLength(_ length: Int, at index: Int) {
-    setInteger(UInt8(truncatingIfNeeded: length >> 16), at: index)
-    setInteger(UInt16(truncatingIfNeeded: length), at: index + 1)
+    let offset = index - readerIndex
+    withUnsafeMutableReadableBytes { bytes in
+      bytes[offset] = UInt8(truncatingIfNeeded: length >> 16)
+      bytes[offset + 1] = UInt8(truncatingIfNeeded: length >> 8)
+      bytes[offset + 2] = UInt8(truncatingIfNeeded: length)
+    }
   }
 }
