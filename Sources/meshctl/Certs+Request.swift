@@ -79,7 +79,7 @@ extension Certs {
         transportSecurity: .meshJoin(bundle: bundle))
       let response: Trellis_Mesh_V1_CertifyResponse
       do {
-        response = try await withGRPCClient(transport: transport) { [request] client in
+        response = try await withCommandClient(transport: transport) { [request] client in
           try await Trellis_Mesh_V1_Identity.Client(wrapping: client).certify(request)
         }
       } catch let error as RPCError {

@@ -142,7 +142,7 @@ struct ControlPlaneOptions: ParsableArguments {
       throw MeshctlFailure("cannot set up a connection to \(target): \(error)")
     }
     do {
-      return try await withGRPCClient(transport: transport) { try await body($0) }
+      return try await withCommandClient(transport: transport) { try await body($0) }
     } catch let error as RPCError {
       if error.code == .unavailable, error.message.hasPrefix("etcd: ") {
         // It answered: its store did not (another replica's may).

@@ -2,10 +2,10 @@ import ArgumentParser
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import MeshControlClient
 import MeshServiceKit
 import NIOCore
 import NIOPosix
-import Synchronization
 
 /// How to reach the server: the flags every subcommand shares, named as grpcurl names them.
 struct ConnectionOptions: ParsableArguments {
@@ -174,19 +174,7 @@ struct ConnectionOptions: ParsableArguments {
     } catch {
       throw CLIFailure.other("cannot set up a connection to \(address): \(error)")
     }
-    // A body that makes no call (a --protoset schema) can finish before the client has
-    // started; grpc-swift then reports the stopped client, though the body's work is done.
-    let finished = Mutex<Result?>(nil)
-    do {
-      return try await withGRPCClient(transport: transport) { client in
-        let result = try await body(client)
-        finished.withLock { $0 = result }
-        return result
-      }
-    } catch let error as RuntimeError where error.code == .clientIsStopped {
-      guard let result = finished.withLock({ $0 }) else { throw error }
-      return result
-    }
+    return try await withCommandClient(transport: transport) { try await body($0) }
   }
 
   /// Call options: fail at once rather than wait for a connection that is not there.

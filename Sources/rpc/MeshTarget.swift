@@ -84,7 +84,7 @@ struct MeshTarget {
   private func read(
     _ plane: HostPort
   ) async throws -> (Trellis_Mesh_V1_ConfigVersion?, [Trellis_Mesh_V1_RegisteredEndpoint]) {
-    try await withGRPCClient(
+    try await withCommandClient(
       transport: try HTTP2ClientTransport.Posix(
         target: plane.target, transportSecurity: operatorTLS())
     ) { client in
