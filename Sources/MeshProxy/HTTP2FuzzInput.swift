@@ -1,12 +1,15 @@
 import NIOCore
+import NIOHPACK
 
 /// Runs the HTTP/2 core on bytes a peer might send — the target `scripts/fuzz` hands libFuzzer.
 /// The first byte chooses the side (odd: an accepted connection, whose client preface is put
 /// first; even: a pooled one, with three streams of its own open); the rest is the connection's
 /// bytes, read in pieces whose sizes the input also chooses. Each event is carried out as the
 /// sidecar would (streams opened, data credited, answers sent, now and then a stream reset),
-/// and after each the connection's invariants are checked: a broken one traps. A connection
-/// error ends the run, as it ends a connection.
+/// and after each the connection's invariants are checked: a broken one traps. Every header
+/// block that comes through is encoded again by the connection's `HPACKWriter` (whose table
+/// size the peer's SETTINGS set) and must read back the same through another decoder. A
+/// connection error ends the run, as it ends a connection.
 package enum HTTP2FuzzInput {
   package static func run(_ input: [UInt8]) {
     guard let first = input.first else { return }
@@ -26,6 +29,10 @@ package enum HTTP2FuzzInput {
     var buffer = ByteBuffer()
     var offset = 0
     var frames = 0
+    // Reads what the connection's encoder writes, as the peer would.
+    var peerDecoder = HPACKDecoder(
+      allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize,
+      maxHeaderListSize: 1 << 20)
     do {
       while offset < bytes.count {
         let end = min(bytes.count, offset + max(piece, 1))
@@ -36,6 +43,14 @@ package enum HTTP2FuzzInput {
           let now = NIODeadline.uptimeNanoseconds(UInt64(frames) * 1_000_000)
           let event = try connection.receive(frame, now: now)
           carryOut(event, on: &connection, budget: &budget)
+          switch event {
+          case .request(_, let request, _, _):
+            roundTrip(request.headers, on: &connection, through: &peerDecoder)
+          case .headers(_, _, let headers, _):
+            roundTrip(headers, on: &connection, through: &peerDecoder)
+          default:
+            break
+          }
           if frames % 16 == 0, let id = connection.streams.keys.min() {
             _ = connection.reset(id, .cancel)
           }
@@ -85,6 +100,22 @@ package enum HTTP2FuzzInput {
       _ = connection.consumeSendWindow(connection.sendable(on: id), on: id)
     }
     // What may be sent is spent as the sidecar spends it (a negative amount is refused).
+  }
+
+  /// Encodes `headers` as the connection would send them, and reads them back.
+  private static func roundTrip(
+    _ headers: HPACKHeaders, on connection: inout HTTP2Connection<UInt32>,
+    through decoder: inout HPACKDecoder
+  ) {
+    var block = ByteBuffer()
+    connection.encoder.encode(headers: headers, to: &block)
+    guard let decoded = try? decoder.decodeHeaders(from: &block) else {
+      preconditionFailure("the encoder wrote a block that does not decode")
+    }
+    precondition(
+      block.readableBytes == 0
+        && decoded.elementsEqual(headers, by: { $0.name == $1.name && $0.value == $1.value }),
+      "a header block read back different")
   }
 
   private static func check(_ connection: HTTP2Connection<UInt32>) {
