@@ -25,6 +25,10 @@ public final class ConfigHub: Sendable {
     /// When this control plane issued the certificate the sidecar serves with, and from which
     /// issuer; nil when it did not issue it.
     var issued: IssuedCertificate?
+    /// Its open streams (a new one may open before the old one closes), so that finding a
+    /// node's streams never walks every stream: with thousands open, a walk for each of them
+    /// closing or reporting is quadratic.
+    var streams: Set<UUID> = []
   }
 
   /// The mesh's trust as snapshots carry it.
@@ -355,6 +359,7 @@ public final class ConfigHub: Sendable {
         hello.discoveryGeneration == state.discoveryGeneration ? state.discoveryGeneration : nil
       state.subscribers[id] = Subscriber(node: node, wake: wake, sentDiscovery: sentDiscovery)
       var entry = state.nodes[node] ?? Node()
+      entry.streams.insert(id)
       entry.status.node = node
       entry.status.spiffeID = identity
       entry.status.version = hello.version
@@ -383,8 +388,9 @@ public final class ConfigHub: Sendable {
     state.withLock {
       guard let subscriber = $0.subscribers.removeValue(forKey: id) else { return }
       subscriber.wake.finish()
+      $0.nodes[subscriber.node]?.streams.remove(id)
       // Another stream of the same node may have replaced this one.
-      if !$0.subscribers.values.contains(where: { $0.node == subscriber.node }) {
+      if $0.nodes[subscriber.node]?.streams.isEmpty ?? false {
         $0.nodes[subscriber.node]?.status.connected = false
       }
     }
@@ -413,17 +419,14 @@ public final class ConfigHub: Sendable {
       }
       state.nodes[node] = entry
       Self.record(node: node, serial: message.certificateSerial, issued: issued, &state)
-      // An ACK needs nothing more; only these look for the node's streams (a walk over every
-      // stream, too slow to make for each of thousands of ACKs).
       if message.resyncDiscovery {
         // A delta did not apply: every endpoint goes next.
-        let streams = state.subscribers.filter { $0.value.node == node }
-        for id in streams.keys { state.subscribers[id]?.sentDiscovery = nil }
-        return streams.values.map(\.wake)
+        for id in entry.streams { state.subscribers[id]?.sentDiscovery = nil }
+        return entry.streams.compactMap { state.subscribers[$0]?.wake }
       }
       guard newCertificate, let current = state.nodes[node], Self.needsRenewal(current, state)
       else { return [] }
-      return state.subscribers.values.filter { $0.node == node }.map(\.wake)
+      return entry.streams.compactMap { state.subscribers[$0]?.wake }
     }
     for wake in again { wake.yield() }
   }

@@ -15,11 +15,11 @@ import X509
 /// It makes a CA, starts the `control-plane` binary beside it (with `--store etcd`, an etcd
 /// cluster and `--replicas` control planes on it, the sidecars spread over them), opens
 /// `--sidecars` config subscriptions over mutual TLS (one connection each, as real sidecars
-/// do), `--endpoints` of which register an endpoint, then applies `--changes` new versions and
-/// times, for each, how long until every subscriber has ACKed it. It counts the bytes every
-/// subscriber receives for one more endpoint registered. Then it signs CSRs as fast as
-/// `--concurrency` renewals at once allow. It prints the propagation p50/p99, bytes per
-/// change, certificates per second, and each control plane's memory.
+/// do), `--endpoints` of which register an endpoint, then applies `--warmup` versions untimed
+/// and `--changes` more, timing for each how long until every subscriber has ACKed it. It
+/// counts the bytes every subscriber receives for one more endpoint registered. Then it signs
+/// CSRs as fast as `--concurrency` renewals at once allow. It prints the propagation p50/p99,
+/// bytes per change, certificates per second, and each control plane's memory.
 @main
 struct ControlPlaneBench: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -29,6 +29,12 @@ struct ControlPlaneBench: AsyncParsableCommand {
 
   @Option(help: "Simulated sidecar subscriptions.") var sidecars = 1000
   @Option(help: "Config versions to apply and time.") var changes = 5
+  @Option(
+    help: """
+      Config versions to apply first, untimed: the first push after thousands of subscriptions \
+      opened also pays for memory the simulated sidecars touch for the first time.
+      """)
+  var warmup = 1
   @Option(help: "Certificates to sign.") var certificates = 2000
   @Option(help: "Renewals in flight at once.") var concurrency = 32
   @Option(help: "Where the control planes keep their state: sqlite or etcd.") var store = "sqlite"
@@ -45,6 +51,9 @@ struct ControlPlaneBench: AsyncParsableCommand {
     }
     guard replicas >= 1, store == "etcd" || replicas == 1 else {
       throw ValidationError("--replicas \(replicas): several need --store etcd")
+    }
+    guard changes >= 1, warmup >= 0 else {
+      throw ValidationError("--changes \(changes), --warmup \(warmup): at least 1 and 0")
     }
     guard (0...sidecars).contains(endpoints) else {
       throw ValidationError("--endpoints \(endpoints): from 0 to --sidecars")
@@ -158,7 +167,8 @@ struct ControlPlaneBench: AsyncParsableCommand {
           while !Task.isCancelled {
             do {
               try await sims[index % sims.count].subscribe(
-                node: node, registering: index < endpointCount, bytes: received
+                node: node, registering: index < endpointCount,
+                bytes: endpointCount > 0 ? received : nil
               ) { version in
                 if version == 1 {
                   if holding.take(below: 1) { ready.add() }
@@ -210,7 +220,8 @@ struct ControlPlaneBench: AsyncParsableCommand {
 
       var rounds: [Duration] = []
       var all: [Duration] = []
-      for change in 0..<changes {
+      var warming: [Duration] = []
+      for change in 0..<(warmup + changes) {
         let version = Int64(change + 2)
         board.start(version)
         _ = try await admin.apply(yaml: Self.config(Int(version)))
@@ -223,6 +234,10 @@ struct ControlPlaneBench: AsyncParsableCommand {
           try await Task.sleep(for: .milliseconds(2))
         }
         let times = board.times(version)
+        guard change >= warmup else {
+          warming.append(times.max()!)
+          continue
+        }
         rounds.append(times.max()!)
         all += times
       }
@@ -241,11 +256,15 @@ struct ControlPlaneBench: AsyncParsableCommand {
         """
       )
       print("  until all     " + rounds.map(ms).joined(separator: ", "))
+      if !warming.isEmpty {
+        print("  (untimed warm-up, until all: " + warming.map(ms).joined(separator: ", ") + ")")
+      }
+      let last = Int64(warmup + changes + 1)
       let status = try await admin.status()
       print(
         """
-        meshctl status: \(status.sidecars.filter { $0.version == Int64(changes + 1) }.count) of \
-        \(status.sidecars.count) sidecars at version \(changes + 1)
+        meshctl status: \(status.sidecars.filter { $0.version == last }.count) of \
+        \(status.sidecars.count) sidecars at version \(last)
         """
       )
       for (index, process) in planes.enumerated() {

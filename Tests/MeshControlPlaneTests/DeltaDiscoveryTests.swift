@@ -78,6 +78,35 @@ import Testing
     #expect(small == large, "\(small) bytes at 10 endpoints, \(large) at 2,000")
   }
 
+  /// A node's streams are found without walking every stream: a resync reaches only the
+  /// asking node's streams, and the node shows disconnected only once its last stream closes.
+  @Test func aNodesStreamsAreItsOwn() throws {
+    let hub = ConfigHub()
+    register(hub, "users@n1")
+    let (first, second) = (subscribe(hub), subscribe(hub))
+    let other = subscribe(hub, node: "other")
+    for id in [first, second, other] { _ = hub.snapshot(for: id) }
+
+    var resync = Trellis_Mesh_V1_SubscribeRequest()
+    resync.node = "client"
+    resync.resyncDiscovery = true
+    hub.answered(node: "client", resync, snapshotVersion: nil, issued: nil)
+    for id in [first, second] {
+      #expect(try #require(hub.snapshot(for: id)).discovery.endpoints.count == 1)
+    }
+    #expect(try #require(hub.snapshot(for: other)).hasDiscovery == false)
+
+    func connected(_ node: String) -> Bool? {
+      hub.statuses.first { $0.node == node }?.connected
+    }
+    hub.unsubscribe(id: first)
+    #expect(connected("client") == true)
+    hub.unsubscribe(id: second)
+    #expect(connected("client") == false)
+    #expect(connected("other") == true)
+    #expect(hub.snapshot(for: second) == nil)
+  }
+
   /// A stream that fell further behind than the hub's record of changes gets them all.
   @Test func aStreamTooFarBehindGetsThemAll() throws {
     let hub = ConfigHub()
