@@ -26,6 +26,7 @@ let x509 = Target.Dependency.product(name: "X509", package: "swift-certificates"
 let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
 let asn1 = Target.Dependency.product(name: "SwiftASN1", package: "swift-asn1")
 let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
+let postgres = Target.Dependency.product(name: "PostgresNIO", package: "postgres-nio")
 
 let package = Package(
   name: "trellis",
@@ -59,6 +60,7 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+    .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
     .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
@@ -174,12 +176,21 @@ let package = Package(
     // The shop.
     .target(
       name: "ShopSupport",
-      dependencies: ["ShopProtos", grpcCore, grdb, swiftProtobuf, logging, lifecycle],
+      dependencies: [
+        "ShopProtos", grpcCore, grdb, postgres, swiftProtobuf, logging, lifecycle,
+        .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
+      ],
+      swiftSettings: swiftSettings
+    ),
+    // A PostgreSQL cluster of the mesh's own on this machine (`meshctl up --postgres`, tests).
+    .target(
+      name: "LocalPostgres",
+      dependencies: [postgres, logging],
       swiftSettings: swiftSettings
     ),
     .target(
       name: "UserService",
-      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, postgres, swiftProtobuf],
       swiftSettings: swiftSettings
     ),
     .target(
@@ -411,7 +422,7 @@ let package = Package(
       name: "ShopServiceTests",
       dependencies: [
         "UserService", "OrderService", "PaymentService", "EventService", "ShopProtos",
-        "ShopSupport", "TestSupport", grpcCore, swiftProtobuf,
+        "ShopSupport", "LocalPostgres", "TestSupport", grpcCore, swiftProtobuf, postgres, logging,
       ],
       swiftSettings: swiftSettings
     ),

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Logging
+import PostgresNIO
 import ServiceLifecycle
 import ShopProtos
 import SwiftProtobuf
@@ -29,6 +30,22 @@ public enum Outbox {
     }
   }
 
+  /// The outbox table on PostgreSQL, as a migration of the service's database.
+  public static let postgresMigration = PostgresShopDatabase.Migration(
+    "outbox",
+    [
+      """
+      CREATE TABLE outbox (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        event BYTEA NOT NULL,
+        create_time_ns BIGINT NOT NULL,
+        publish_time_ns BIGINT
+      )
+      """,
+      "CREATE INDEX outbox_unpublished ON outbox (seq) WHERE publish_time_ns IS NULL",
+    ])
+
   /// Writes `event` to the outbox, inside the caller's transaction.
   public static func append(_ event: Shop_V1_Event, in db: Database) throws {
     try db.execute(
@@ -36,13 +53,37 @@ public enum Outbox {
       arguments: [event.id, try event.serializedData(), nowNanos()])
   }
 
+  /// Writes `event` to the outbox, inside the caller's transaction on `connection`.
+  public static func append(
+    _ event: Shop_V1_Event, on connection: PostgresConnection, logger: Logger
+  ) async throws {
+    // A ByteBuffer goes as bytea (an array of bytes would go as "char"[]).
+    let bytes = ByteBuffer(bytes: try event.serializedBytes() as [UInt8])
+    try await connection.query(
+      """
+      INSERT INTO outbox (id, event, create_time_ns) VALUES (\(event.id), \(bytes), \(nowNanos()))
+      """, logger: logger)
+  }
+}
+
+/// Where a service's outbox is read and marked by its relay.
+public protocol OutboxStore: Sendable {
   /// Events not yet published, oldest first.
-  public static func unpublished(
-    _ database: DatabasePool, limit: Int = 100
-  ) throws
-    -> [Shop_V1_Event]
-  {
-    try database.read { db in
+  func unpublished(limit: Int) async throws -> [Shop_V1_Event]
+  /// Marks events published.
+  func markPublished(_ ids: [String]) async throws
+  /// Every event written, published or not, oldest first.
+  func all() async throws -> [Shop_V1_Event]
+}
+
+/// The outbox in a SQLite database.
+public struct SQLiteOutbox: OutboxStore {
+  let database: DatabasePool
+
+  public init(_ database: DatabasePool) { self.database = database }
+
+  public func unpublished(limit: Int) async throws -> [Shop_V1_Event] {
+    try await database.read { db in
       try Data.fetchAll(
         db,
         sql: "SELECT event FROM outbox WHERE publish_time_ns IS NULL ORDER BY seq LIMIT ?",
@@ -51,12 +92,57 @@ public enum Outbox {
     }
   }
 
-  public static func markPublished(_ ids: [String], in database: DatabasePool) throws {
-    try database.write { db in
+  public func markPublished(_ ids: [String]) async throws {
+    try await database.write { db in
       for id in ids {
         try db.execute(
           sql: "UPDATE outbox SET publish_time_ns = ? WHERE id = ?", arguments: [nowNanos(), id])
       }
+    }
+  }
+
+  public func all() async throws -> [Shop_V1_Event] {
+    try await database.read { db in
+      try Data.fetchAll(db, sql: "SELECT event FROM outbox ORDER BY seq")
+        .map { try Shop_V1_Event(serializedBytes: $0) }
+    }
+  }
+}
+
+/// The outbox in a PostgreSQL database.
+public struct PostgresOutbox: OutboxStore {
+  let database: PostgresShopDatabase
+
+  public init(_ database: PostgresShopDatabase) { self.database = database }
+
+  public func unpublished(limit: Int) async throws -> [Shop_V1_Event] {
+    try await events(
+      "SELECT event FROM outbox WHERE publish_time_ns IS NULL ORDER BY seq LIMIT \(limit)")
+  }
+
+  public func markPublished(_ ids: [String]) async throws {
+    let logger = database.logger
+    try await database.connection { connection in
+      try await connection.query(
+        "UPDATE outbox SET publish_time_ns = \(nowNanos()) WHERE id = ANY(\(ids))", logger: logger)
+      return ()
+    }
+  }
+
+  public func all() async throws -> [Shop_V1_Event] {
+    try await events("SELECT event FROM outbox ORDER BY seq")
+  }
+
+  private func events(_ query: PostgresQuery) async throws -> [Shop_V1_Event] {
+    let logger = database.logger
+    return try await database.connection { connection in
+      var events: [Shop_V1_Event] = []
+      for try await bytes in try await connection.query(query, logger: logger).decode(
+        ByteBuffer.self)
+      {
+        events.append(try Shop_V1_Event(serializedBytes: Array(buffer: bytes)))
+      }
+      return events
     }
   }
 }
@@ -66,12 +152,12 @@ public enum Outbox {
 public struct OutboxRelay: Service {
   public typealias Publish = @Sendable (Shop_V1_Event) async throws -> Void
 
-  private let database: DatabasePool
+  private let outbox: any OutboxStore
   private let publish: Publish
   private let logger: Logger
 
-  public init(database: DatabasePool, logger: Logger, publish: @escaping Publish) {
-    self.database = database
+  public init(outbox: any OutboxStore, logger: Logger, publish: @escaping Publish) {
+    self.outbox = outbox
     self.publish = publish
     self.logger = logger
   }
@@ -97,11 +183,11 @@ public struct OutboxRelay: Service {
   public func relayOnce() async throws -> Int {
     var sent = 0
     while true {
-      let events = try Outbox.unpublished(database)
+      let events = try await outbox.unpublished(limit: 100)
       if events.isEmpty { return sent }
       for event in events {
         try await publish(event)
-        try Outbox.markPublished([event.id], in: database)
+        try await outbox.markPublished([event.id])
         sent += 1
       }
     }

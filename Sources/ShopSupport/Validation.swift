@@ -36,6 +36,9 @@ extension Google_Protobuf_Timestamp {
       seconds: nanos / 1_000_000_000 - (nanos % 1_000_000_000 < 0 ? 1 : 0),
       nanos: Int32((nanos % 1_000_000_000 + 1_000_000_000) % 1_000_000_000))
   }
+
+  /// Nanoseconds since the Unix epoch, as the services store them.
+  public var nanosSinceEpoch: Int64 { seconds * 1_000_000_000 + Int64(nanos) }
 }
 
 extension String {

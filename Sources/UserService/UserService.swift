@@ -1,28 +1,51 @@
-import GRDB
 import GRPCCore
+import Logging
 import ShopProtos
 import ShopSupport
 import SwiftProtobuf
 
-/// `shop.v1.UserService` over its own SQLite database. Creating a user also writes its
-/// `user.created` event to the database's outbox, in the same transaction.
+/// `shop.v1.UserService` over its own database (SQLite or PostgreSQL). Creating a user also
+/// writes its `user.created` event to the database's outbox, in the same transaction.
 public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
-  private let database: DatabasePool
+  private let repository: any UserRepository
 
   /// The trace context to put on the events a call publishes (`traceparent`, `tracestate`).
   private let eventHeaders: @Sendable () -> [String: String]
 
-  /// Opens (creating and migrating if needed) the database at `path`. `eventHeaders` gives the
-  /// headers an event published by the current call carries: its trace context.
+  /// Serves the users in `repository`. `eventHeaders` gives the headers an event published by
+  /// the current call carries: its trace context.
   public init(
-    databasePath path: String, eventHeaders: @escaping @Sendable () -> [String: String] = { [:] }
-  ) throws {
-    self.database = try openShopDatabase(path: path, migrator: Self.migrator)
+    repository: any UserRepository,
+    eventHeaders: @escaping @Sendable () -> [String: String] = { [:] }
+  ) {
+    self.repository = repository
     self.eventHeaders = eventHeaders
   }
 
-  /// The database, for the outbox relay that publishes its `user.created` events.
-  public var outboxDatabase: DatabasePool { database }
+  /// Over the SQLite file at `path` (created and migrated if needed).
+  public init(
+    databasePath path: String, eventHeaders: @escaping @Sendable () -> [String: String] = { [:] }
+  ) throws {
+    self.init(repository: try SQLiteUserRepository(path: path), eventHeaders: eventHeaders)
+  }
+
+  /// Over the database `location` names.
+  public static func open(
+    _ location: ShopDatabaseLocation, logger: Logger,
+    eventHeaders: @escaping @Sendable () -> [String: String] = { [:] }
+  ) async throws -> UserService {
+    switch location {
+    case .sqlite(let path):
+      return try UserService(databasePath: path, eventHeaders: eventHeaders)
+    case .postgres(let postgres):
+      return UserService(
+        repository: try await PostgresUserRepository(postgres, logger: logger),
+        eventHeaders: eventHeaders)
+    }
+  }
+
+  /// The outbox its relay publishes (`user.created`).
+  public var outbox: any OutboxStore { repository.outbox }
 
   public func createUser(
     request: Shop_V1_CreateUserRequest, context: ServerContext
@@ -35,12 +58,11 @@ public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
     let name = request.name.trimmingWhitespace()
     try Validate.required(name, "name")
 
-    let now = nowNanos()
     let user = Shop_V1_User.with {
       $0.id = ResourceID.make(prefix: "usr")
       $0.email = email
       $0.name = name
-      $0.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
+      $0.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: nowNanos())
     }
     // `user.created` is written with the user, in one transaction (the outbox).
     var created = Shop_V1_UserCreated()
@@ -55,19 +77,9 @@ public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
     event.payload = try created.serializedData()
     event.headers = eventHeaders()
     do {
-      try await database.write { [event] db in
-        try db.execute(
-          sql: """
-            INSERT INTO users (id, email, email_key, name, create_time_ns)
-            VALUES (?, ?, ?, ?, ?)
-            """,
-          arguments: [user.id, user.email, email.lowercased(), user.name, now])
-        try Outbox.append(event, in: db)
-      }
-    } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
-      // The unique index decides, so two instances racing on one email cannot both win.
-      throw RPCError(
-        code: .alreadyExists, message: "a user with email \(email) already exists")
+      try await repository.insert(user, emailKey: email.lowercased(), event: event)
+    } catch is EmailTaken {
+      throw RPCError(code: .alreadyExists, message: "a user with email \(email) already exists")
     }
     return user
   }
@@ -76,10 +88,7 @@ public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
     request: Shop_V1_GetUserRequest, context: ServerContext
   ) async throws -> Shop_V1_User {
     try Validate.required(request.id, "id")
-    let user = try await database.read { db in
-      try Row.fetchOne(db, sql: "SELECT * FROM users WHERE id = ?", arguments: [request.id])
-        .map(Self.user(from:))
-    }
+    let user = try await repository.user(id: request.id)
     guard let user else {
       throw RPCError(code: .notFound, message: "user \(request.id) not found")
     }
@@ -94,45 +103,13 @@ public struct UserService: Shop_V1_UserService.SimpleServiceProtocol {
       request.pageToken.isEmpty
       ? 0 : try PageToken(decoding: request.pageToken, query: "users").afterSequence
     // One row more than the page tells whether another page follows.
-    return try await database.read { db in
-      let rows = try Row.fetchAll(
-        db, sql: "SELECT * FROM users WHERE seq > ? ORDER BY seq LIMIT ?",
-        arguments: [after, pageSize + 1])
-      return .with {
-        $0.users = rows.prefix(pageSize).map(Self.user(from:))
-        if rows.count > pageSize, let last = rows.prefix(pageSize).last {
-          $0.nextPageToken = PageToken(afterSequence: last["seq"], query: "users").encoded
-        }
+    let rows = try await repository.users(after: after, limit: pageSize + 1)
+    return .with {
+      $0.users = rows.prefix(pageSize).map(\.user)
+      if rows.count > pageSize, let last = rows.prefix(pageSize).last {
+        $0.nextPageToken = PageToken(afterSequence: last.sequence, query: "users").encoded
       }
     }
-  }
-
-  private static func user(from row: Row) -> Shop_V1_User {
-    .with {
-      $0.id = row["id"]
-      $0.email = row["email"]
-      $0.name = row["name"]
-      $0.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: row["create_time_ns"])
-    }
-  }
-
-  static var migrator: DatabaseMigrator {
-    var migrator = DatabaseMigrator()
-    migrator.registerMigration("v1: users") { db in
-      try db.execute(
-        sql: """
-          CREATE TABLE users (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            email TEXT NOT NULL,
-            email_key TEXT NOT NULL UNIQUE,
-            name TEXT NOT NULL,
-            create_time_ns INTEGER NOT NULL
-          )
-          """)
-    }
-    Outbox.register(in: &migrator)
-    return migrator
   }
 }
 

@@ -7,7 +7,8 @@ import ShopSupport
 import Tracing
 import UserService
 
-/// `user-service`: hosts `shop.v1.UserService` over a SQLite database, and with `--sidecar`
+/// `user-service`: hosts `shop.v1.UserService` over its database (a SQLite file, or PostgreSQL
+/// with `--db postgres://…`), and with `--sidecar`
 /// publishes its outbox (`user.created`) to the `events` service through the sidecar.
 @main
 struct UserServiceCommand: AsyncParsableCommand {
@@ -17,7 +18,11 @@ struct UserServiceCommand: AsyncParsableCommand {
 
   @OptionGroup var options: ServiceOptions
 
-  @Option(help: "SQLite database file; created if missing.")
+  @Option(
+    help: """
+      The database: a SQLite file (created if missing), or \
+      postgres://USER@HOST[:PORT]/DATABASE?password_file=PATH.
+      """)
   var db = ".trellis/users/users.sqlite"
 
   @Option(
@@ -31,14 +36,15 @@ struct UserServiceCommand: AsyncParsableCommand {
 
   func run() async throws {
     // An event carries the trace of the call that caused it.
-    let users = try UserService(
-      databasePath: db, eventHeaders: { ServiceContext.current?.traceHeaders ?? [:] })
+    let users = try await UserService.open(
+      try ShopDatabaseLocation(db), logger: Logger(label: "user-service"),
+      eventHeaders: { ServiceContext.current?.traceHeaders ?? [:] })
     var others: [any Service] = []
     if let sidecar {
       let clients = try SidecarClients(option: sidecar)
       others.append(clients)
       others.append(
-        OutboxRelay(database: users.outboxDatabase, logger: Logger(label: "user-service")) {
+        OutboxRelay(outbox: users.outbox, logger: Logger(label: "user-service")) {
           event in
           var request = Shop_V1_PublishRequest()
           request.event = event

@@ -13,36 +13,33 @@ import UserService
 /// transaction, published by the relay to a real event bus, and not lost when the process
 /// stops between the two.
 @Suite struct OutboxTests {
-  @Test func aUserCreatedIsPublishedOnceEvenAcrossARestart() async throws {
-    let usersPath = try databasePath("outbox-users")
+  @Test(arguments: Backend.allCases)
+  func aUserCreatedIsPublishedOnceEvenAcrossARestart(_ backend: Backend) async throws {
+    let usersDatabase = try await database("outbox_users", on: backend)
     let bus = try EventService(databasePath: try databasePath("outbox-events"))
     let publish: OutboxRelay.Publish = { event in
       var request = Shop_V1_PublishRequest()
       request.event = event
       _ = try await bus.publish(request: request, context: context())
     }
-    var users = try UserService(
-      databasePath: usersPath,
+    var users = try await UserService.open(
+      usersDatabase, logger: Logger(label: "test"),
       eventHeaders: { ["traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] })
     var request = Shop_V1_CreateUserRequest()
     request.email = "ada@example.com"
     request.name = "Ada"
     let ada = try await users.createUser(request: request, context: context())
     // The process stops before its relay ran: the event waits in the outbox.
-    #expect(try Outbox.unpublished(users.outboxDatabase).map(\.id) == ["user.created/\(ada.id)"])
+    #expect(try await users.outbox.unpublished(limit: 10).map(\.id) == ["user.created/\(ada.id)"])
 
-    users = try UserService(databasePath: usersPath)
-    let relay = OutboxRelay(
-      database: users.outboxDatabase, logger: Logger(label: "test"), publish: publish)
+    users = try await UserService.open(usersDatabase, logger: Logger(label: "test"))
+    let relay = OutboxRelay(outbox: users.outbox, logger: Logger(label: "test"), publish: publish)
     #expect(try await relay.relayOnce() == 1)
     #expect(try await relay.relayOnce() == 0)
-    #expect(try Outbox.unpublished(users.outboxDatabase).isEmpty)
+    #expect(try await users.outbox.unpublished(limit: 10).isEmpty)
 
     // Published again (a crash after publishing, before marking): the bus keeps one.
-    let event = try #require(
-      try await users.outboxDatabase.read { db in
-        try Data.fetchOne(db, sql: "SELECT event FROM outbox")
-      }.map { try Shop_V1_Event(serializedBytes: $0) })
+    let event = try #require(try await users.outbox.all().first)
     try await publish(event)
 
     var subscription = Shop_V1_SubscribeRequest()
@@ -76,10 +73,7 @@ import UserService
     await expectStatus(.alreadyExists) {
       _ = try await users.createUser(request: request, context: context())
     }
-    #expect(
-      try await users.outboxDatabase.read { db in
-        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox")
-      } == 1)
+    #expect(try await users.outbox.all().count == 1)
   }
 }
 
@@ -118,10 +112,8 @@ import UserService
     await expectStatus(.notFound) {
       _ = try await orders.getCustomer(request: lookup, context: context())
     }
-    try await OutboxRelay(
-      database: users.outboxDatabase, logger: Logger(label: "test"), publish: publish
-    )
-    .relayOnce()
+    try await OutboxRelay(outbox: users.outbox, logger: Logger(label: "test"), publish: publish)
+      .relayOnce()
 
     let consumer = EventConsumer(
       topic: "user.created", group: "orders", logger: Logger(label: "test"),
@@ -149,11 +141,7 @@ import UserService
     let ada = try #require(customers.first)
     #expect(ada.email == "ada@example.com" && ada.createTime.seconds > 0)
     // Delivered again (a redelivery after a crash before the ack): nothing changes.
-    let event = try #require(
-      try await users.outboxDatabase.read { db in
-        try Data.fetchOne(db, sql: "SELECT event FROM outbox")
-      }
-      .map { try Shop_V1_Event(serializedBytes: $0) })
+    let event = try #require(try await users.outbox.all().first)
     #expect(try await orders.handleUserCreated(event) == false)
   }
 }

@@ -1,4 +1,9 @@
+import Foundation
 import GRPCCore
+import LocalPostgres
+import Logging
+import ShopSupport
+import Synchronization
 import TestSupport
 import Testing
 
@@ -31,4 +36,60 @@ func expectStatus(
     Issue.record("expected an RPCError, got \(error)", sourceLocation: sourceLocation)
   }
   return ""
+}
+
+/// Where a test keeps a service's data: every repository test runs on both.
+enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+  case sqlite, postgres
+
+  var testDescription: String { rawValue }
+}
+
+/// A fresh database for `name` on `backend`: a new SQLite file, or a new database (with its own
+/// role) in this suite's PostgreSQL cluster.
+func database(
+  _ name: String, on backend: Backend, suite: String = #fileID
+) async throws -> ShopDatabaseLocation {
+  switch backend {
+  case .sqlite:
+    return .sqlite(path: try databasePath(name))
+  case .postgres:
+    let cluster = try TestPostgres.cluster(for: suite)
+    let unique = "\(name)_\(UUID().uuidString.prefix(8))".lowercased()
+      .map { $0.isLetter || $0.isNumber ? $0 : "_" }
+    return try ShopDatabaseLocation(
+      try await cluster.createServiceDatabase(String(unique), logger: TestPostgres.logger))
+  }
+}
+
+/// One PostgreSQL cluster per test suite (a suite that restarts its server disturbs no other),
+/// started on first use (about a second) and stopped when the test process exits.
+enum TestPostgres {
+  static let logger = Logger(label: "test-postgres")
+  private static let clusters = Mutex<
+    [String: (cluster: LocalPostgres, server: LocalPostgres.Server)]
+  >(
+    [:])
+
+  static func cluster(for suite: String) throws -> LocalPostgres {
+    try clusters.withLock { clusters in
+      if let running = clusters[suite] { return running.cluster }
+      // Directly under /tmp: the `postgres` user (the server's, when tests run as root) must
+      // reach it.
+      let directory = "/tmp/trellis-pg-\(UUID().uuidString.prefix(8))"
+      let cluster = LocalPostgres(directory: directory, port: Int(try freeLoopbackPort())!)
+      if clusters.isEmpty { atexit { TestPostgres.stopAll() } }
+      try cluster.initialize()
+      clusters[suite] = (cluster, try cluster.start())
+      return cluster
+    }
+  }
+
+  static func stopAll() {
+    let all = clusters.withLock { $0.values }
+    for running in all {
+      running.server.stop(.immediate)
+      try? FileManager.default.removeItem(atPath: running.cluster.directory)
+    }
+  }
 }

@@ -1,12 +1,18 @@
 import GRPCCore
 import ShopProtos
+import ShopSupport
 import Testing
 import UserService
 
-/// `UserService` against a real SQLite file.
+/// `UserService` against a real SQLite file and a real PostgreSQL server.
 @Suite struct UserServiceTests {
-  @Test func createsAndGetsAUser() async throws {
-    let service = try UserService(databasePath: try databasePath("users"))
+  func users(on backend: Backend) async throws -> UserService {
+    try await UserService.open(
+      try await database("users", on: backend), logger: TestPostgres.logger)
+  }
+
+  @Test(arguments: Backend.allCases) func createsAndGetsAUser(_ backend: Backend) async throws {
+    let service = try await users(on: backend)
     let created = try await service.createUser(
       request: .with {
         $0.email = " ada@example.com "
@@ -20,8 +26,8 @@ import UserService
     #expect(fetched == created)
   }
 
-  @Test func validatesEmailAndName() async throws {
-    let service = try UserService(databasePath: try databasePath("users"))
+  @Test(arguments: Backend.allCases) func validatesEmailAndName(_ backend: Backend) async throws {
+    let service = try await users(on: backend)
     for email in [
       "", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.com",
     ] {
@@ -44,8 +50,10 @@ import UserService
     #expect(message == "name: is required")
   }
 
-  @Test func duplicateEmailIsAlreadyExistsWhateverTheCase() async throws {
-    let service = try UserService(databasePath: try databasePath("users"))
+  @Test(arguments: Backend.allCases) func duplicateEmailIsAlreadyExistsWhateverTheCase(
+    _ backend: Backend
+  ) async throws {
+    let service = try await users(on: backend)
     _ = try await service.createUser(
       request: .with {
         $0.email = "ada@example.com"
@@ -60,8 +68,8 @@ import UserService
     }
   }
 
-  @Test func unknownIDIsNotFound() async throws {
-    let service = try UserService(databasePath: try databasePath("users"))
+  @Test(arguments: Backend.allCases) func unknownIDIsNotFound(_ backend: Backend) async throws {
+    let service = try await users(on: backend)
     let message = await expectStatus(.notFound) {
       _ = try await service.getUser(request: .with { $0.id = "usr_missing" }, context: context())
     }
@@ -71,8 +79,9 @@ import UserService
     }
   }
 
-  @Test func pagesThroughEveryUserOnce() async throws {
-    let service = try UserService(databasePath: try databasePath("users"))
+  @Test(arguments: Backend.allCases) func pagesThroughEveryUserOnce(_ backend: Backend) async throws
+  {
+    let service = try await users(on: backend)
     var created: [String] = []
     for i in 0..<7 {
       created.append(
@@ -109,10 +118,14 @@ import UserService
     }
   }
 
-  @Test func twoInstancesShareOneDatabase() async throws {
-    let path = try databasePath("users")
-    let first = try UserService(databasePath: path)
-    let second = try UserService(databasePath: path)
+  @Test(arguments: Backend.allCases) func twoInstancesShareOneDatabase(
+    _ backend: Backend
+  ) async throws {
+    let location = try await database("users", on: backend)
+    // Both at once: the migrations run once whichever instance wins.
+    async let opening = UserService.open(location, logger: TestPostgres.logger)
+    let second = try await UserService.open(location, logger: TestPostgres.logger)
+    let first = try await opening
     let user = try await first.createUser(
       request: .with {
         $0.email = "shared@example.com"

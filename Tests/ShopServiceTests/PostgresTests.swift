@@ -1,0 +1,122 @@
+import Foundation
+import GRPCCore
+import LocalPostgres
+import Logging
+import PostgresNIO
+import ShopProtos
+import ShopSupport
+import TestSupport
+import Testing
+import UserService
+
+/// The PostgreSQL backend's own rules: where a database is named and how its password is kept,
+/// which role may reach which database, and what a call meets while the server is away.
+@Suite struct PostgresTests {
+  @Test func locationsKeepPasswordsOffTheCommandLine() throws {
+    #expect(
+      try ShopDatabaseLocation(".trellis/users/users.sqlite")
+        == .sqlite(path: ".trellis/users/users.sqlite"))
+    let folder = try makeTemporaryDirectory("postgres-location")
+    let secret = folder.appendingPathComponent("users.password").path
+    FileManager.default.createFile(
+      atPath: secret, contents: Data("s3cret\n".utf8), attributes: [.posixPermissions: 0o600])
+    let location = try ShopDatabaseLocation(
+      "postgres://users@127.0.0.1:6543/users?password_file=\(secret)")
+    guard case .postgres(let postgres) = location else {
+      Issue.record("\(location) is not PostgreSQL")
+      return
+    }
+    #expect(postgres.host == "127.0.0.1" && postgres.port == 6543)
+    #expect(postgres.user == "users" && postgres.database == "users")
+    #expect(try postgres.password() == "s3cret")
+    #expect(postgres.description == "postgres://users@127.0.0.1:6543/users")
+
+    func refusal(_ text: String) -> String {
+      do {
+        _ = try ShopDatabaseLocation(text)
+        return "accepted"
+      } catch {
+        return "\(error)"
+      }
+    }
+    #expect(refusal("postgres://users:s3cret@127.0.0.1/users").contains("password_file"))
+    #expect(refusal("postgres://127.0.0.1/users").contains("no user"))
+    #expect(refusal("postgres://users@127.0.0.1/").contains("no database"))
+    #expect(refusal("postgres://users@127.0.0.1/users?sslmode=off").contains("unknown parameter"))
+
+    try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: secret)
+    #expect(throws: ShopDatabaseError.self) { try postgres.password() }
+  }
+
+  @Test func aServicesRoleReachesOnlyItsOwnDatabase() async throws {
+    let cluster = try TestPostgres.cluster(for: #fileID)
+    let logger = Logger(label: "test")
+    let users = try PostgresLocation(
+      try await cluster.createServiceDatabase("users_own", logger: logger))
+    let orders = try PostgresLocation(
+      try await cluster.createServiceDatabase("orders_own", logger: logger))
+    // Made once: asking again changes nothing, and the URL names the same password file.
+    #expect(
+      try PostgresLocation(try await cluster.createServiceDatabase("users_own", logger: logger))
+        == users)
+    let mode =
+      try FileManager.default.attributesOfItem(atPath: users.passwordFile!)[
+        .posixPermissions] as? Int
+    #expect(mode == 0o600)
+
+    func connect(_ role: PostgresLocation, to database: String) async throws {
+      let connection = try await PostgresConnection.connect(
+        configuration: .init(
+          host: role.host, port: role.port, username: role.user,
+          password: try role.password(), database: database, tls: .disable),
+        id: 1, logger: logger)
+      try await connection.close()
+    }
+    try await connect(users, to: users.database)
+    do {
+      try await connect(users, to: orders.database)
+      Issue.record("the users role connected to the orders database")
+    } catch let error as PSQLError {
+      #expect(error.serverInfo?[.sqlState] == "42501", "\(String(reflecting: error))")
+    }
+  }
+
+  @Test func whileTheServerIsAwayCallsFailFastThenRecover() async throws {
+    // A cluster of this test's own: it stops and starts its server.
+    let cluster = LocalPostgres(
+      directory: "/tmp/trellis-pg-\(UUID().uuidString.prefix(8))",
+      port: Int(try freeLoopbackPort())!)
+    defer { try? FileManager.default.removeItem(atPath: cluster.directory) }
+    try cluster.initialize()
+    var server = try cluster.start()
+    defer { server.stop(.immediate) }
+    let location = try ShopDatabaseLocation(
+      try await cluster.createServiceDatabase("users", logger: Logger(label: "test")))
+    let service = try await UserService.open(location, logger: Logger(label: "test"))
+    func create(_ name: String) async throws -> Shop_V1_User {
+      try await service.createUser(
+        request: .with {
+          $0.email = "\(name)@example.com"
+          $0.name = name
+        }, context: context())
+    }
+    let ada = try await create("ada")
+
+    server.stop(.fast)
+    let started = ContinuousClock.now
+    let message = await expectStatus(.unavailable) { _ = try await create("grace") }
+    #expect(message.contains("users database"), "\(message)")
+    // The pool's bound (5 s), not a hang.
+    #expect(ContinuousClock.now - started < .seconds(20))
+
+    server = try cluster.start()
+    let deadline = ContinuousClock.now + .seconds(60)
+    var recovered: Shop_V1_User?
+    while recovered == nil, ContinuousClock.now < deadline {
+      recovered = try? await create("edsger")
+      if recovered == nil { try await Task.sleep(for: .milliseconds(200)) }
+    }
+    #expect(recovered != nil)
+    #expect(try await service.getUser(request: .with { $0.id = ada.id }, context: context()) == ada)
+  }
+}
