@@ -1,9 +1,12 @@
 import ArgumentParser
+import Logging
 import MeshServiceKit
 import PaymentService
 import ShopProtos
+import ShopSupport
 
-/// `payment-service`: hosts `shop.v1.PaymentService` over a SQLite database.
+/// `payment-service`: hosts `shop.v1.PaymentService` over its database (a SQLite file, or
+/// PostgreSQL with `--db postgres://…`).
 @main
 struct PaymentServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -12,7 +15,11 @@ struct PaymentServiceCommand: AsyncParsableCommand {
 
   @OptionGroup var options: ServiceOptions
 
-  @Option(help: "SQLite database file; created if missing.")
+  @Option(
+    help: """
+      The database: a SQLite file (created if missing), or \
+      postgres://USER@HOST[:PORT]/DATABASE?password_file=PATH.
+      """)
   var db = ".trellis/payments/payments.sqlite"
 
   @Option(help: "Decline charges above this many minor units (1000000 is 10,000.00 USD).")
@@ -20,12 +27,20 @@ struct PaymentServiceCommand: AsyncParsableCommand {
 
   func validate() throws {
     guard chargeLimit > 0 else { throw ValidationError("--charge-limit must be positive") }
+    do {
+      _ = try ShopDatabaseLocation(db)
+    } catch {
+      throw ValidationError("\(error)")
+    }
   }
 
   func run() async throws {
+    let payments = try await PaymentService.open(
+      try ShopDatabaseLocation(db), chargeLimitMinorUnits: chargeLimit,
+      logger: Logger(label: "payment-service"))
     try await options.serve(
       name: "payment-service", defaultListen: "127.0.0.1:50053",
       descriptorSets: [ShopProtosDescriptors.fileDescriptorSet]
-    ) { [try PaymentService(databasePath: db, chargeLimitMinorUnits: chargeLimit)] }
+    ) { [payments] }
   }
 }

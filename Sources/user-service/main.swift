@@ -34,6 +34,14 @@ struct UserServiceCommand: AsyncParsableCommand {
   )
   var sidecar: String?
 
+  func validate() throws {
+    do {
+      _ = try ShopDatabaseLocation(db)
+    } catch {
+      throw ValidationError("\(error)")
+    }
+  }
+
   func run() async throws {
     // An event carries the trace of the call that caused it.
     let users = try await UserService.open(

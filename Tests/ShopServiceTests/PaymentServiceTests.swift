@@ -3,7 +3,7 @@ import PaymentService
 import ShopProtos
 import Testing
 
-/// `PaymentService` against a real SQLite file.
+/// `PaymentService` against a real SQLite file and a real PostgreSQL server.
 @Suite struct PaymentServiceTests {
   func charge(
     _ key: String, order: String = "ord_1", minor: Int64 = 2500
@@ -20,13 +20,15 @@ import Testing
     }
   }
 
-  @Test func aRepeatedChargeReturnsTheFirstAndChargesOnce() async throws {
-    let path = try databasePath("payments")
-    let service = try PaymentService(databasePath: path)
+  @Test(arguments: Backend.allCases) func aRepeatedChargeReturnsTheFirstAndChargesOnce(
+    _ backend: Backend
+  ) async throws {
+    let location = try await database("payments", on: backend)
+    let service = try await PaymentService.open(location, logger: TestPostgres.logger)
     let first = try await service.charge(request: charge("key-1"), context: context())
     #expect(first.status == .charged)
     // Repeats, including concurrent ones from another instance on the same file.
-    let other = try PaymentService(databasePath: path)
+    let other = try await PaymentService.open(location, logger: TestPostgres.logger)
     let repeats = try await withThrowingTaskGroup(of: Shop_V1_Payment.self) { group in
       for i in 0..<10 {
         group.addTask {
@@ -57,9 +59,12 @@ import Testing
     #expect(message.contains("already used"))
   }
 
-  @Test func aChargeOverTheLimitIsDeclinedWithTheReason() async throws {
-    let service = try PaymentService(
-      databasePath: try databasePath("payments"), chargeLimitMinorUnits: 10_000)
+  @Test(arguments: Backend.allCases) func aChargeOverTheLimitIsDeclinedWithTheReason(
+    _ backend: Backend
+  ) async throws {
+    let service = try await PaymentService.open(
+      try await database("payments", on: backend), chargeLimitMinorUnits: 10_000,
+      logger: TestPostgres.logger)
     let message = await expectStatus(.failedPrecondition) {
       _ = try await service.charge(request: charge("big", minor: 10_001), context: context())
     }
@@ -68,8 +73,9 @@ import Testing
     #expect(atLimit.status == .charged)
   }
 
-  @Test func validatesTheCharge() async throws {
-    let service = try PaymentService(databasePath: try databasePath("payments"))
+  @Test(arguments: Backend.allCases) func validatesTheCharge(_ backend: Backend) async throws {
+    let service = try await PaymentService.open(
+      try await database("payments", on: backend), logger: TestPostgres.logger)
     #expect(
       await expectStatus(.invalidArgument) {
         _ = try await service.charge(request: charge(""), context: context())
@@ -86,8 +92,9 @@ import Testing
       } == "amount: is required")
   }
 
-  @Test func refundIsIdempotent() async throws {
-    let service = try PaymentService(databasePath: try databasePath("payments"))
+  @Test(arguments: Backend.allCases) func refundIsIdempotent(_ backend: Backend) async throws {
+    let service = try await PaymentService.open(
+      try await database("payments", on: backend), logger: TestPostgres.logger)
     let payment = try await service.charge(request: charge("r"), context: context())
     let refunded = try await service.refund(
       request: .with {
@@ -120,8 +127,12 @@ import Testing
     }
   }
 
-  @Test func aCancelledChargeIsRefundedAndACancelledKeyChargesNothingLater() async throws {
-    let service = try PaymentService(databasePath: try databasePath("payments"))
+  @Test(arguments: Backend.allCases)
+  func aCancelledChargeIsRefundedAndACancelledKeyChargesNothingLater(
+    _ backend: Backend
+  ) async throws {
+    let service = try await PaymentService.open(
+      try await database("payments", on: backend), logger: TestPostgres.logger)
     let paid = try await service.charge(request: charge("k1"), context: context())
     let cancelled = try await service.cancelCharge(
       request: .with {
