@@ -1,67 +1,61 @@
 import Foundation
-import GRDB
 import GRPCCore
+import Logging
 import ServiceLifecycle
 import ShopProtos
 import ShopSupport
 import SwiftProtobuf
 import Synchronization
 
-/// `shop.v1.EventService`: the shop's event bus over its own SQLite database.
+/// `shop.v1.EventService`: the shop's event bus over its own database (SQLite, or PostgreSQL
+/// shared by instances on several hosts).
 ///
 /// Each topic is a log (`events`, by sequence). A consumer group has a cursor (`cursors`: the
 /// next sequence it has not been handed) and the events it was handed and has not yet
-/// acknowledged (`pending`, with a deadline). A delivery is claimed in one write transaction —
+/// acknowledged (`pending`, with a deadline). A delivery is claimed in one transaction —
 /// redeliveries whose deadline passed first, then new events past the cursor — so consumers of
-/// a group, on one instance of the bus or several sharing the file, never both hold an event;
-/// one that crashes lets its events' deadlines pass and they go to another. At least once: a
-/// consumer must acknowledge, and must handle an event idempotently (by its id).
+/// a group, on one instance of the bus or several sharing the database, never both hold an
+/// event; one that crashes lets its events' deadlines pass and they go to another. At least
+/// once: a consumer must acknowledge, and must handle an event idempotently (by its id).
 public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sendable {
-  private let database: DatabasePool
-  /// Wakes the subscriptions of this instance when an event is published here; events
-  /// published by another instance are found by polling.
+  private let log: any EventLog
+  /// Wakes the subscriptions of this instance when an event is published, here or (on
+  /// PostgreSQL, which notifies) at another instance; the poll finds the rest.
   private let published = Notifier()
   let pollInterval: Duration
+  private let watching: Task<Void, Never>
 
-  public init(databasePath path: String, pollInterval: Duration = .milliseconds(250)) throws {
-    self.database = try openShopDatabase(path: path, migrator: Self.migrator)
+  public init(log: any EventLog, pollInterval: Duration = .milliseconds(250)) {
+    self.log = log
     self.pollInterval = pollInterval
+    let published = published
+    watching = Task { await log.watchPublications { published.notify() } }
   }
 
-  static var migrator: DatabaseMigrator {
-    var migrator = DatabaseMigrator()
-    migrator.registerMigration("v1: log, cursors, pending") { db in
-      try db.execute(
-        sql: """
-          CREATE TABLE events (
-            sequence INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL,
-            topic TEXT NOT NULL,
-            type TEXT NOT NULL,
-            payload BLOB NOT NULL,
-            headers BLOB NOT NULL,
-            publish_time INTEGER NOT NULL,
-            UNIQUE (topic, id)
-          );
-          CREATE INDEX events_by_topic ON events (topic, sequence);
-          CREATE TABLE cursors (
-            topic TEXT NOT NULL,
-            consumer_group TEXT NOT NULL,
-            next_sequence INTEGER NOT NULL,
-            PRIMARY KEY (topic, consumer_group)
-          );
-          CREATE TABLE pending (
-            topic TEXT NOT NULL,
-            consumer_group TEXT NOT NULL,
-            sequence INTEGER NOT NULL REFERENCES events (sequence),
-            attempts INTEGER NOT NULL,
-            deadline INTEGER NOT NULL,
-            PRIMARY KEY (topic, consumer_group, sequence)
-          );
-          CREATE INDEX pending_by_deadline ON pending (topic, consumer_group, deadline);
-          """)
+  deinit { watching.cancel() }
+
+  /// Over the SQLite file at `path` (created and migrated if needed).
+  public convenience init(
+    databasePath path: String, pollInterval: Duration = .milliseconds(250)
+  )
+    throws
+  {
+    self.init(log: try SQLiteEventLog(path: path), pollInterval: pollInterval)
+  }
+
+  /// Over the database `location` names. On PostgreSQL, where every instance hears of every
+  /// publication, the poll is only a safety net: `pollInterval` is at least a second there.
+  public static func open(
+    _ location: ShopDatabaseLocation, pollInterval: Duration = .milliseconds(250), logger: Logger
+  ) async throws -> EventService {
+    switch location {
+    case .sqlite(let path):
+      return try EventService(databasePath: path, pollInterval: pollInterval)
+    case .postgres(let postgres):
+      return EventService(
+        log: try await PostgresEventLog(postgres, logger: logger),
+        pollInterval: max(pollInterval, .seconds(1)))
     }
-    return migrator
   }
 
   // MARK: Publish
@@ -83,26 +77,11 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
       headers.fields[key] = Google_Protobuf_Value(stringValue: value)
     }
     let headerBytes = try headers.serializedData()
-    let response = try await database.write { db -> Shop_V1_PublishResponse in
-      var response = Shop_V1_PublishResponse()
-      if let sequence = try Int64.fetchOne(
-        db, sql: "SELECT sequence FROM events WHERE topic = ? AND id = ?",
-        arguments: [event.topic, event.id])
-      {
-        response.sequence = sequence
-        response.duplicate = true
-        return response
-      }
-      try db.execute(
-        sql: """
-          INSERT INTO events (id, topic, type, payload, headers, publish_time)
-          VALUES (?, ?, ?, ?, ?, ?)
-          """,
-        arguments: [event.id, event.topic, event.type, event.payload, headerBytes, nowNanos()])
-      response.sequence = db.lastInsertedRowID
-      return response
-    }
-    if !response.duplicate { published.notify() }
+    let (sequence, duplicate) = try await log.publish(event, headers: headerBytes)
+    var response = Shop_V1_PublishResponse()
+    response.sequence = sequence
+    response.duplicate = duplicate
+    if !duplicate { published.notify() }
     return response
   }
 
@@ -141,77 +120,7 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
   ) async throws
     -> [Shop_V1_Delivery]
   {
-    try await database.write { db in
-      let now = nowNanos()
-      let outstanding =
-        try Int.fetchOne(
-          db,
-          sql:
-            "SELECT COUNT(*) FROM pending WHERE topic = ? AND consumer_group = ? AND deadline > ?",
-          arguments: [topic, group, now]) ?? 0
-      var free = room - outstanding
-      guard free > 0 else { return [] }
-      var claimed: [(sequence: Int64, attempt: Int)] = []
-      let due = try Row.fetchAll(
-        db,
-        sql: """
-          SELECT sequence, attempts FROM pending
-          WHERE topic = ? AND consumer_group = ? AND deadline <= ?
-          ORDER BY sequence LIMIT ?
-          """,
-        arguments: [topic, group, now, free])
-      for row in due {
-        let sequence: Int64 = row["sequence"]
-        let attempts: Int = row["attempts"]
-        try db.execute(
-          sql: """
-            UPDATE pending SET attempts = ?, deadline = ?
-            WHERE topic = ? AND consumer_group = ? AND sequence = ?
-            """,
-          arguments: [attempts + 1, now + ackDeadline, topic, group, sequence])
-        claimed.append((sequence, attempts + 1))
-      }
-      free -= due.count
-      if free > 0 {
-        let next =
-          try Int64.fetchOne(
-            db, sql: "SELECT next_sequence FROM cursors WHERE topic = ? AND consumer_group = ?",
-            arguments: [topic, group]) ?? 0
-        let fresh = try Int64.fetchAll(
-          db,
-          sql:
-            """
-            SELECT sequence FROM events WHERE topic = ? AND sequence >= ? ORDER BY sequence LIMIT \
-            ?
-            """,
-          arguments: [topic, next, free])
-        for sequence in fresh {
-          try db.execute(
-            sql: """
-              INSERT INTO pending (topic, consumer_group, sequence, attempts, deadline)
-              VALUES (?, ?, ?, 1, ?)
-              """,
-            arguments: [topic, group, sequence, now + ackDeadline])
-          claimed.append((sequence, 1))
-        }
-        if let last = fresh.last {
-          try db.execute(
-            sql: """
-              INSERT INTO cursors (topic, consumer_group, next_sequence) VALUES (?, ?, ?)
-              ON CONFLICT (topic, consumer_group) DO UPDATE SET next_sequence = excluded.next_sequence
-              """,
-            arguments: [topic, group, last + 1])
-        }
-      }
-      return try claimed.sorted { $0.sequence < $1.sequence }.map { claim in
-        let row = try Row.fetchOne(
-          db, sql: "SELECT * FROM events WHERE sequence = ?", arguments: [claim.sequence])!
-        var delivery = Shop_V1_Delivery()
-        delivery.event = try Self.event(from: row)
-        delivery.attempt = UInt32(claim.attempt)
-        return delivery
-      }
-    }
+    try await log.claim(topic: topic, group: group, room: room, ackDeadline: ackDeadline)
   }
 
   // MARK: Ack
@@ -226,39 +135,11 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
     guard request.eventIds.count <= 10_000 else {
       throw Validate.invalid("event_ids", "has over 10000 ids")
     }
-    let acknowledged = try await database.write { db -> Int in
-      var count = 0
-      for id in request.eventIds {
-        try db.execute(
-          sql: """
-            DELETE FROM pending WHERE topic = ? AND consumer_group = ? AND sequence =
-              (SELECT sequence FROM events WHERE topic = ? AND id = ?)
-            """,
-          arguments: [request.topic, request.consumerGroup, request.topic, id])
-        count += db.changesCount
-      }
-      return count
-    }
+    let acknowledged = try await log.acknowledge(
+      topic: request.topic, group: request.consumerGroup, ids: request.eventIds)
     var response = Shop_V1_AckResponse()
     response.acknowledged = UInt32(acknowledged)
     return response
-  }
-
-  // MARK: Rows
-
-  static func event(from row: Row) throws -> Shop_V1_Event {
-    var event = Shop_V1_Event()
-    event.sequence = row["sequence"]
-    event.id = row["id"]
-    event.topic = row["topic"]
-    event.type = row["type"]
-    event.payload = row["payload"]
-    let headers = try Google_Protobuf_Struct(serializedBytes: row["headers"] as Data)
-    for (key, value) in headers.fields { event.headers[key] = value.stringValue }
-    let nanos: Int64 = row["publish_time"]
-    event.publishTime = Google_Protobuf_Timestamp(
-      seconds: nanos / 1_000_000_000, nanos: Int32(nanos % 1_000_000_000))
-    return event
   }
 
   /// Lowercase words of letters and digits joined by dots: `user.created`.

@@ -1,9 +1,12 @@
 import ArgumentParser
 import EventService
+import Logging
 import MeshServiceKit
 import ShopProtos
+import ShopSupport
 
-/// `event-service`: hosts `shop.v1.EventService`, the shop's event bus, over a SQLite database.
+/// `event-service`: hosts `shop.v1.EventService`, the shop's event bus, over its database (a
+/// SQLite file, or PostgreSQL with `--db postgres://…`, which instances on several hosts share).
 @main
 struct EventServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -13,13 +16,27 @@ struct EventServiceCommand: AsyncParsableCommand {
 
   @OptionGroup var options: ServiceOptions
 
-  @Option(help: "SQLite database file; created if missing.")
+  @Option(
+    help: """
+      The database: a SQLite file (created if missing), or \
+      postgres://USER@HOST[:PORT]/DATABASE?password_file=PATH.
+      """)
   var db = ".trellis/events/events.sqlite"
 
+  func validate() throws {
+    do {
+      _ = try ShopDatabaseLocation(db)
+    } catch {
+      throw ValidationError("\(error)")
+    }
+  }
+
   func run() async throws {
+    let bus = try await EventService.open(
+      try ShopDatabaseLocation(db), logger: Logger(label: "event-service"))
     try await options.serve(
       name: "event-service", defaultListen: "127.0.0.1:50054",
       descriptorSets: [ShopProtosDescriptors.fileDescriptorSet]
-    ) { [try EventService(databasePath: db)] }
+    ) { [bus] }
   }
 }

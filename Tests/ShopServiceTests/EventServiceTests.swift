@@ -5,7 +5,7 @@ import ShopProtos
 import Synchronization
 import Testing
 
-/// The event bus against a real SQLite file: idempotent publishing, groups that each get every
+/// The event bus against a real SQLite file and a real PostgreSQL server: idempotent publishing, groups that each get every
 /// event and share them among their consumers, redelivery of what was not acknowledged, and a
 /// log that outlives the process.
 @Suite struct EventServiceTests {
@@ -82,8 +82,11 @@ import Testing
     return try await bus.ack(request: request, context: context()).acknowledged
   }
 
-  @Test func publishingIsIdempotentByID() async throws {
-    let bus = try EventService(databasePath: try databasePath("events-idempotent"))
+  @Test(arguments: Backend.allCases) func publishingIsIdempotentByID(
+    _ backend: Backend
+  ) async throws {
+    let bus = try await EventService.open(
+      try await database("events_idempotent", on: backend), logger: TestPostgres.logger)
     let first = try await bus.publish(request: event("usr_1"), context: context())
     let second = try await bus.publish(request: event("usr_2"), context: context())
     let again = try await bus.publish(request: event("usr_1", payload: "other"), context: context())
@@ -97,8 +100,11 @@ import Testing
     #expect(delivered.allSatisfy { $0.attempt == 1 && $0.event.publishTime.seconds > 0 })
   }
 
-  @Test func everyGroupGetsEveryEventAndAGroupSharesThem() async throws {
-    let bus = try EventService(databasePath: try databasePath("events-groups"))
+  @Test(arguments: Backend.allCases) func everyGroupGetsEveryEventAndAGroupSharesThem(
+    _ backend: Backend
+  ) async throws {
+    let bus = try await EventService.open(
+      try await database("events_groups", on: backend), logger: TestPostgres.logger)
     for index in 0..<20 {
       _ = try await bus.publish(request: event("e\(index)"), context: context())
     }
@@ -112,9 +118,12 @@ import Testing
     #expect(ids.count == 20 && Set(ids).count == 20, "\(ids)")
   }
 
-  @Test func whatIsNotAcknowledgedComesAgain() async throws {
-    let path = try databasePath("events-redelivery")
-    let bus = try EventService(databasePath: path, pollInterval: .milliseconds(50))
+  @Test(arguments: Backend.allCases) func whatIsNotAcknowledgedComesAgain(
+    _ backend: Backend
+  ) async throws {
+    let location = try await database("events_redelivery", on: backend)
+    let bus = try await EventService.open(
+      location, pollInterval: .milliseconds(50), logger: TestPostgres.logger)
     for id in ["a", "b", "c"] { _ = try await bus.publish(request: event(id), context: context()) }
     let first = try await receive(bus, group: "orders", count: 3, ackDeadline: 2)
     #expect(first.map(\.event.id) == ["a", "b", "c"])
@@ -126,15 +135,17 @@ import Testing
     #expect((again.first?.attempt ?? 0) >= 2)
     // A new process on the same file: the group's place and its unacknowledged event are kept.
     _ = try await bus.publish(request: event("d"), context: context())
-    let restarted = try EventService(databasePath: path, pollInterval: .milliseconds(50))
+    let restarted = try await EventService.open(
+      location, pollInterval: .milliseconds(50), logger: TestPostgres.logger)
     try await Task.sleep(for: .milliseconds(2100))
     let after = try await receive(restarted, group: "orders", count: 2, ackDeadline: 2)
     #expect(after.map(\.event.id).sorted() == ["b", "d"], "\(after.map(\.event.id))")
     #expect((after.first { $0.event.id == "b" }?.attempt ?? 0) >= 3)
   }
 
-  @Test func badInputIsRefused() async throws {
-    let bus = try EventService(databasePath: try databasePath("events-bad"))
+  @Test(arguments: Backend.allCases) func badInputIsRefused(_ backend: Backend) async throws {
+    let bus = try await EventService.open(
+      try await database("events_bad", on: backend), logger: TestPostgres.logger)
     for topic in ["", "User.Created", "user..created", "user created", ".user"] {
       let message = await expectStatus(.invalidArgument) {
         _ = try await bus.publish(request: event("x", topic: topic), context: context())

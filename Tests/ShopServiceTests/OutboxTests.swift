@@ -16,7 +16,8 @@ import UserService
   @Test(arguments: Backend.allCases)
   func aUserCreatedIsPublishedOnceEvenAcrossARestart(_ backend: Backend) async throws {
     let usersDatabase = try await database("outbox_users", on: backend)
-    let bus = try EventService(databasePath: try databasePath("outbox-events"))
+    let bus = try await EventService.open(
+      try await database("outbox_events", on: backend), logger: Logger(label: "test"))
     let publish: OutboxRelay.Publish = { event in
       var request = Shop_V1_PublishRequest()
       request.event = event

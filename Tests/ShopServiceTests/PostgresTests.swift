@@ -1,3 +1,4 @@
+import EventService
 import Foundation
 import GRPCCore
 import LocalPostgres
@@ -118,5 +119,57 @@ import UserService
     }
     #expect(recovered != nil)
     #expect(try await service.getUser(request: .with { $0.id = ada.id }, context: context()) == ada)
+  }
+
+  /// Instances of the bus on one PostgreSQL database share its log: a group's consumers on
+  /// either instance get every event once between them, and a publication at one instance
+  /// wakes a subscriber idling at the other at once (NOTIFY), far within its poll.
+  @Test func busInstancesShareOneLogAndWakeEachOther() async throws {
+    let location = try await database("events_shared", on: .postgres)
+    let poll = Duration.seconds(60)
+    let first = try await EventService.open(
+      location, pollInterval: poll, logger: TestPostgres.logger)
+    let second = try await EventService.open(
+      location, pollInterval: poll, logger: TestPostgres.logger)
+    let tests = EventServiceTests()
+    var request = Shop_V1_SubscribeRequest()
+    request.topic = "user.created"
+    request.consumerGroup = "orders"
+    let collectors = (0..<4).map { _ in EventServiceTests.Collector() }
+    func subscribe(_ index: Int) -> Task<Void, any Error> {
+      Task { [request] in
+        try await (index % 2 == 0 ? first : second).subscribe(
+          request: request, response: RPCWriter(wrapping: collectors[index]), context: context())
+      }
+    }
+    // First only the second instance's subscribers: what wakes them is the first's NOTIFY.
+    var subscriptions = [subscribe(1), subscribe(3)]
+    defer { for subscription in subscriptions { subscription.cancel() } }
+    func delivered() -> [String] { collectors.flatMap { $0.deliveries.map(\.event.id) } }
+    // Each has made its first (empty) claim and idles on its minute-long poll.
+    try await Task.sleep(for: .seconds(1))
+
+    let published = ContinuousClock.now
+    _ = try await first.publish(request: tests.event("e0"), context: context())
+    while delivered().isEmpty, ContinuousClock.now - published < .seconds(30) {
+      try await Task.sleep(for: .milliseconds(10))
+    }
+    #expect(delivered() == ["e0"])
+    #expect(
+      ContinuousClock.now - published < .seconds(30), "no wake-up: only the poll would find it")
+
+    subscriptions += [subscribe(0), subscribe(2)]
+    for index in 1..<40 {
+      _ = try await (index % 2 == 0 ? first : second).publish(
+        request: tests.event("e\(index)"), context: context())
+    }
+    let deadline = ContinuousClock.now + .seconds(60)
+    while delivered().count < 40, ContinuousClock.now < deadline {
+      try await Task.sleep(for: .milliseconds(20))
+    }
+    try await Task.sleep(for: .milliseconds(300))  // a duplicate would be here by now
+    let ids = delivered()
+    #expect(ids.count == 40 && Set(ids).count == 40, "\(ids.sorted())")
+    #expect(collectors.filter { !$0.deliveries.isEmpty }.count >= 2, "one consumer took all")
   }
 }
