@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import GRPCCore
 import Logging
 import ServiceLifecycle
@@ -61,7 +60,7 @@ public struct SagaTracing: Sendable {
 /// (compensation: a charge that landed is refunded, one still on its way is declined).
 ///
 /// The saga's state is a row in `sagas`, written in the same transaction as each change of the
-/// order, so a process killed at any point resumes where it was. A step is worked under a
+/// order (`OrderRepository`), so a process killed at any point resumes where it was. A step is worked under a
 /// lease (`lease_owner`, `lease_until_ns`): instances sharing the database each claim due sagas
 /// and work only those. A lease that runs out — its holder died or hung — lets another claim
 /// the saga; a step done twice is harmless, because the charge is idempotent by key and every
@@ -79,13 +78,7 @@ public final class OrderSaga: Sendable {
     public init() {}
   }
 
-  enum Step: String {
-    case charge
-    case cancelCharge = "cancel_charge"
-    case done
-  }
-
-  let database: DatabasePool
+  let repository: any OrderRepository
   let payments: PaymentsClient
   let settings: Settings
   let tracing: SagaTracing?
@@ -94,49 +87,27 @@ public final class OrderSaga: Sendable {
   let logger: Logger
 
   init(
-    database: DatabasePool, payments: PaymentsClient, settings: Settings, tracing: SagaTracing?,
-    logger: Logger
+    repository: any OrderRepository, payments: PaymentsClient, settings: Settings,
+    tracing: SagaTracing?, logger: Logger
   ) {
-    self.database = database
+    self.repository = repository
     self.payments = payments
     self.settings = settings
     self.tracing = tracing
     self.logger = logger
   }
 
-  /// The trace context to store with a saga begun now (read outside the database's queue,
-  /// where the task's context is not).
-  func currentTraceHeaders() -> [String: String] { tracing?.capture() ?? [:] }
-
-  /// Writes the saga of a new order, claimed by this instance, in the order's transaction.
-  func begin(
-    _ db: Database, orderID: String, now: Int64, traceHeaders headers: [String: String]
-  )
-    throws
-  {
-    try db.execute(
-      sql: """
-        INSERT INTO sagas (order_id, step, attempts, deadline_ns, next_attempt_ns, lease_owner,
-                           lease_until_ns, last_error, trace_headers, update_time_ns)
-        VALUES (?, 'charge', 0, ?, ?, ?, ?, '', ?, ?)
-        """,
-      arguments: [
-        orderID, now + settings.timeout.nanoseconds, now, owner, now + settings.lease.nanoseconds,
-        Self.encode(headers), now,
-      ])
+  /// The saga of a new order, claimed by this instance, carrying the current trace.
+  func begin(orderID: String, now: Int64) -> NewSaga {
+    NewSaga(
+      deadline: now + settings.timeout.nanoseconds, owner: owner,
+      leaseUntil: now + settings.lease.nanoseconds, traceHeaders: tracing?.capture() ?? [:])
   }
 
-  /// Moves a pending order's saga to compensation (the caller cancelled the order in `db`'s
-  /// transaction). The lease is cleared, so whoever holds it stops and the compensation is due
-  /// at once.
-  func compensate(_ db: Database, orderID: String, reason: String, now: Int64) throws {
-    try db.execute(
-      sql: """
-        UPDATE sagas SET step = 'cancel_charge', next_attempt_ns = ?, lease_owner = ?,
-                         lease_until_ns = ?, last_error = ?, update_time_ns = ?
-        WHERE order_id = ? AND step != 'done'
-        """,
-      arguments: [now, owner, now + settings.lease.nanoseconds, reason, now, orderID])
+  /// A lease for this instance from `now`: a cancelled order's compensation is worked here
+  /// next, at once.
+  func lease(now: Int64) -> SagaLease {
+    SagaLease(owner: owner, until: now + settings.lease.nanoseconds)
   }
 
   /// Works the saga of `orderID`, which this instance has claimed, until it is done or must
@@ -159,62 +130,23 @@ public final class OrderSaga: Sendable {
     }
   }
 
-  /// The saga's step, if this instance still holds its lease. A charge past its deadline is
-  /// turned into compensation here.
-  private func nextStep(orderID: String) async throws -> Step? {
-    let owner = self.owner
-    let lease = settings.lease.nanoseconds
+  /// The saga's step, if this instance still holds its lease. Past the deadline, a charge
+  /// that has been tried — and failed — at least once gives up. (The first attempt is always
+  /// made, however late it comes: the charge is idempotent, and a saga never times out without
+  /// having asked payments.)
+  private func nextStep(orderID: String) async throws -> SagaStep? {
     let timeout = settings.timeout
-    return try await database.write { db -> Step? in
-      guard
-        let row = try Row.fetchOne(
-          db, sql: "SELECT * FROM sagas WHERE order_id = ? AND lease_owner = ?",
-          arguments: [orderID, owner])
-      else { return nil }
-      let now = nowNanos()
-      guard var step = Step(rawValue: row["step"]), step != .done else { return nil }
-      // Past the deadline, a charge that has been tried — and failed — at least once gives up.
-      // (The first attempt is always made, however late it comes: the charge is idempotent,
-      // and a saga never times out without having asked payments.)
-      if step == .charge, now >= row["deadline_ns"] as Int64, row["attempts"] as Int > 0 {
-        let lastError: String = row["last_error"]
-        let reason =
-          "payment did not complete within \(timeout)"
-          + (lastError.isEmpty ? "" : " (last error: \(lastError))")
-        try Self.cancelOrder(db, id: orderID, reason: reason, now: now)
-        try db.execute(
-          sql: """
-            UPDATE sagas SET step = 'cancel_charge', attempts = 0, last_error = ?,
-                             update_time_ns = ? WHERE order_id = ?
-            """,
-          arguments: [reason, now, orderID])
-        step = .cancelCharge
-      }
-      // A step is worked under a fresh lease.
-      try db.execute(
-        sql: "UPDATE sagas SET lease_until_ns = ? WHERE order_id = ?",
-        arguments: [now + lease, orderID])
-      return step
+    return try await repository.nextStep(
+      orderID: orderID, owner: owner, lease: settings.lease.nanoseconds, now: nowNanos()
+    ) { lastError in
+      "payment did not complete within \(timeout)"
+        + (lastError.isEmpty ? "" : " (last error: \(lastError))")
     }
   }
 
   /// One charge attempt. True when the saga moved on (confirmed or cancelled).
   private func charge(orderID: String) async throws -> Bool {
-    let (request, headers) = try await database.read { db in
-      let order = try Row.fetchOne(
-        db, sql: "SELECT user_id, currency_code, total_minor FROM orders WHERE id = ?",
-        arguments: [orderID])
-      let saga = try String.fetchOne(
-        db, sql: "SELECT trace_headers FROM sagas WHERE order_id = ?", arguments: [orderID])
-      var request = Shop_V1_ChargeRequest()
-      request.idempotencyKey = orderID
-      request.orderID = orderID
-      if let order {
-        request.amount.currencyCode = order["currency_code"]
-        request.amount.minorUnits = order["total_minor"]
-      }
-      return (request, Self.decode(saga ?? ""))
-    }
+    let (request, headers) = try await repository.chargeRequest(orderID: orderID)
     let outcome: Result<Shop_V1_Payment, any Error>
     do {
       outcome = .success(
@@ -222,90 +154,45 @@ public final class OrderSaga: Sendable {
     } catch {
       outcome = .failure(error)
     }
-    let owner = self.owner
-    let settings = self.settings
-    return try await database.write { db in
-      let now = nowNanos()
-      switch outcome {
-      case .success(let payment):
-        // Confirmed only if still pending: an order cancelled meanwhile keeps its saga in
-        // compensation, which refunds this payment.
-        try db.execute(
-          sql: """
-            UPDATE orders SET status = ?, payment_id = ?, update_time_ns = ?
-            WHERE id = ? AND status = ?
-            """,
-          arguments: [
-            Shop_V1_OrderStatus.confirmed.rawValue, payment.id, now, orderID,
-            Shop_V1_OrderStatus.pending.rawValue,
-          ])
-        try db.execute(
-          sql: """
-            UPDATE sagas SET step = 'done', lease_owner = '', lease_until_ns = 0,
-                             last_error = '', update_time_ns = ?
-            WHERE order_id = ? AND step = 'charge'
-            """,
-          arguments: [now, orderID])
-        return true
-      case .failure(let error as RPCError) where Self.isDecline(error.code):
-        try Self.cancelOrder(
-          db, id: orderID, reason: "payment declined: \(error.message)", now: now)
-        try db.execute(
-          sql: """
-            UPDATE sagas SET step = 'done', lease_owner = '', lease_until_ns = 0,
-                             last_error = ?, update_time_ns = ?
-            WHERE order_id = ? AND step = 'charge'
-            """,
-          arguments: [error.message, now, orderID])
-        return true
-      case .failure(let error):
-        try Self.retryLater(
-          db, orderID: orderID, step: .charge, error: error, owner: owner, settings: settings,
-          now: now)
-        return false
-      }
+    switch outcome {
+    case .success(let payment):
+      // Confirmed only if still pending: an order cancelled meanwhile keeps its saga in
+      // compensation, which refunds this payment.
+      try await repository.charged(orderID: orderID, payment: payment, now: nowNanos())
+      return true
+    case .failure(let error as RPCError) where Self.isDecline(error.code):
+      try await repository.declined(orderID: orderID, message: error.message, now: nowNanos())
+      return true
+    case .failure(let error):
+      try await retryLater(orderID: orderID, step: .charge, error: error)
+      return false
     }
   }
 
   /// One compensation attempt. True when payments answered.
   private func cancelCharge(orderID: String) async throws -> Bool {
-    let (reason, headers) = try await database.read { db in
-      let row = try Row.fetchOne(
-        db, sql: "SELECT last_error, trace_headers FROM sagas WHERE order_id = ?",
-        arguments: [orderID])
-      return ((row?["last_error"] as String?) ?? "", Self.decode(row?["trace_headers"] ?? ""))
-    }
+    let (reason, headers) = try await repository.compensation(orderID: orderID)
     let request = Shop_V1_CancelChargeRequest.with {
       $0.idempotencyKey = orderID
       $0.reason = String(("order cancelled: " + reason).prefix(500))
     }
-    let outcome: (any Error)?
     do {
       _ = try await traced("saga cancel charge", headers) {
         try await self.payments.cancelCharge(request)
       }
-      outcome = nil
     } catch {
-      outcome = error
+      try await retryLater(orderID: orderID, step: .cancelCharge, error: error)
+      return false
     }
-    let owner = self.owner
-    let settings = self.settings
-    return try await database.write { db in
-      let now = nowNanos()
-      if let error = outcome {
-        try Self.retryLater(
-          db, orderID: orderID, step: .cancelCharge, error: error, owner: owner,
-          settings: settings, now: now)
-        return false
-      }
-      try db.execute(
-        sql: """
-          UPDATE sagas SET step = 'done', lease_owner = '', lease_until_ns = 0, update_time_ns = ?
-          WHERE order_id = ? AND step = 'cancel_charge'
-          """,
-        arguments: [now, orderID])
-      return true
-    }
+    try await repository.compensated(orderID: orderID, now: nowNanos())
+    return true
+  }
+
+  private func retryLater(orderID: String, step: SagaStep, error: any Error) async throws {
+    let message = (error as? RPCError).map { "\($0.code): \($0.message)" } ?? "\(error)"
+    try await repository.retryLater(
+      orderID: orderID, step: step, error: String(message.prefix(400)), owner: owner,
+      now: nowNanos())
   }
 
   private func traced<T: Sendable>(
@@ -320,28 +207,10 @@ public final class OrderSaga: Sendable {
     return result.withLock { $0! }
   }
 
-  /// A step that could not reach payments is due again after a backoff (0.2 s doubling to
-  /// 5 s), and no later than the charge's deadline. The lease is given up.
-  private static func retryLater(
-    _ db: Database, orderID: String, step: Step, error: any Error, owner: String,
-    settings: Settings, now: Int64
-  ) throws {
-    let attempts =
-      try Int.fetchOne(
-        db, sql: "SELECT attempts FROM sagas WHERE order_id = ?", arguments: [orderID]) ?? 0
-    let backoff = min(200_000_000 << min(attempts, 5), 5_000_000_000)
-    let message = (error as? RPCError).map { "\($0.code): \($0.message)" } ?? "\(error)"
-    try db.execute(
-      sql: """
-        UPDATE sagas SET attempts = attempts + 1, last_error = ?, lease_owner = '',
-               lease_until_ns = 0, update_time_ns = ?,
-               next_attempt_ns = CASE WHEN step = 'charge' THEN min(?, deadline_ns) ELSE ? END
-        WHERE order_id = ? AND step = ? AND lease_owner = ?
-        """,
-      arguments: [
-        String(message.prefix(400)), now, now + Int64(backoff), now + Int64(backoff), orderID,
-        step.rawValue, owner,
-      ])
+  /// How long a step that could not reach payments waits after `attempts` failed ones: 0.2 s
+  /// doubling to 5 s.
+  static func backoff(attempts: Int) -> Int64 {
+    Int64(min(200_000_000 << min(attempts, 5), 5_000_000_000))
   }
 
   /// Payments' answers that retrying will not change: the charge is declined.
@@ -349,40 +218,10 @@ public final class OrderSaga: Sendable {
     code == .failedPrecondition || code == .invalidArgument || code == .outOfRange
   }
 
-  /// Cancels a pending order with a reason; any other order is left as it is.
-  static func cancelOrder(_ db: Database, id: String, reason: String, now: Int64) throws {
-    try db.execute(
-      sql: """
-        UPDATE orders SET status = ?, cancel_reason = ?, update_time_ns = ?
-        WHERE id = ? AND status = ?
-        """,
-      arguments: [
-        Shop_V1_OrderStatus.cancelled.rawValue, String(reason.prefix(500)), now, id,
-        Shop_V1_OrderStatus.pending.rawValue,
-      ])
-  }
-
   /// Claims up to `limit` due sagas whose lease is free or has run out.
   func claimDue(limit: Int) async throws -> [String] {
-    let owner = self.owner
-    let lease = settings.lease.nanoseconds
-    return try await database.write { db in
-      let now = nowNanos()
-      let due = try String.fetchAll(
-        db,
-        sql: """
-          SELECT order_id FROM sagas
-          WHERE step != 'done' AND next_attempt_ns <= ? AND lease_until_ns <= ?
-          ORDER BY next_attempt_ns LIMIT ?
-          """,
-        arguments: [now, now, limit])
-      for id in due {
-        try db.execute(
-          sql: "UPDATE sagas SET lease_owner = ?, lease_until_ns = ? WHERE order_id = ?",
-          arguments: [owner, now + lease, id])
-      }
-      return due
-    }
+    try await repository.claimDue(
+      limit: limit, owner: owner, lease: settings.lease.nanoseconds, now: nowNanos())
   }
 
   static func encode(_ headers: [String: String]) -> String {
@@ -400,27 +239,6 @@ public final class OrderSaga: Sendable {
     return headers
   }
 
-  static func registerSagas(in migrator: inout DatabaseMigrator) {
-    migrator.registerMigration("v3: order sagas") { db in
-      try db.execute(
-        sql: """
-          ALTER TABLE orders ADD COLUMN cancel_reason TEXT NOT NULL DEFAULT '';
-          CREATE TABLE sagas (
-            order_id TEXT PRIMARY KEY REFERENCES orders (id),
-            step TEXT NOT NULL,
-            attempts INTEGER NOT NULL,
-            deadline_ns INTEGER NOT NULL,
-            next_attempt_ns INTEGER NOT NULL,
-            lease_owner TEXT NOT NULL,
-            lease_until_ns INTEGER NOT NULL,
-            last_error TEXT NOT NULL,
-            trace_headers TEXT NOT NULL,
-            update_time_ns INTEGER NOT NULL
-          );
-          CREATE INDEX sagas_due ON sagas (next_attempt_ns) WHERE step != 'done';
-          """)
-    }
-  }
 }
 
 /// Works the sagas of every instance that shares the database, as long as the service runs:

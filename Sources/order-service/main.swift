@@ -8,10 +8,11 @@ import ShopProtos
 import ShopSupport
 import Tracing
 
-/// `order-service`: hosts `shop.v1.OrderService` over a SQLite database. With `--sidecar` it
-/// charges each order through payments (the order saga) and keeps a customer record per user
-/// from the `user.created` events it consumes (group `orders`) from the `events` service, all
-/// through the sidecar.
+/// `order-service`: hosts `shop.v1.OrderService` over its database (a SQLite file, or
+/// PostgreSQL with `--db postgres://…`, which instances on several hosts share). With
+/// `--sidecar` it charges each order through payments (the order saga) and keeps a customer
+/// record per user from the `user.created` events it consumes (group `orders`) from the
+/// `events` service, all through the sidecar.
 @main
 struct OrderServiceCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
@@ -20,7 +21,11 @@ struct OrderServiceCommand: AsyncParsableCommand {
 
   @OptionGroup var options: ServiceOptions
 
-  @Option(help: "SQLite database file; created if missing.")
+  @Option(
+    help: """
+      The database: a SQLite file (created if missing), or \
+      postgres://USER@HOST[:PORT]/DATABASE?password_file=PATH.
+      """)
   var db = ".trellis/orders/orders.sqlite"
 
   @Option(
@@ -46,6 +51,11 @@ struct OrderServiceCommand: AsyncParsableCommand {
 
   func validate() throws {
     guard sagaTimeout > 0 else { throw ValidationError("--saga-timeout: must be positive") }
+    do {
+      _ = try ShopDatabaseLocation(db)
+    } catch {
+      throw ValidationError("\(error)")
+    }
     if sidecar != nil, payments != nil {
       throw ValidationError(
         "--payments: payments is reached through the sidecar; give one of the two")
@@ -75,8 +85,8 @@ struct OrderServiceCommand: AsyncParsableCommand {
     }
     var settings = OrderSaga.Settings()
     settings.timeout = .milliseconds(Int64(sagaTimeout * 1000))
-    let orders = try OrderService(
-      databasePath: db, payments: paymentsClient, saga: settings,
+    let orders = try await OrderService.open(
+      try ShopDatabaseLocation(db), payments: paymentsClient, saga: settings,
       tracing: SagaTracing(
         capture: { ServiceContext.current?.traceHeaders ?? [:] },
         resume: { name, headers, step in

@@ -7,7 +7,7 @@ import ShopProtos
 import Synchronization
 import Testing
 
-/// A real `PaymentService` on its own SQLite file, reached through a desk that can be closed
+/// A real `PaymentService` on its own database, reached through a desk that can be closed
 /// (calls fail UNAVAILABLE before reaching it) or made to lose its replies (the charge lands,
 /// the caller hears UNAVAILABLE), and that counts what reached it.
 final class PaymentsDesk: Sendable {
@@ -20,9 +20,10 @@ final class PaymentsDesk: Sendable {
     var cancelled: [String] = []
   }
 
-  init(limit: Int64 = 1_000_000) throws {
-    service = try PaymentService(
-      databasePath: try databasePath("payments"), chargeLimitMinorUnits: limit)
+  init(on backend: Backend, limit: Int64 = 1_000_000) async throws {
+    service = try await PaymentService.open(
+      try await database("payments", on: backend), chargeLimitMinorUnits: limit,
+      logger: TestPostgres.logger)
   }
 
   var reachable: Bool {
@@ -67,7 +68,8 @@ final class PaymentsDesk: Sendable {
   }
 }
 
-/// The order saga against real SQLite files for orders and payments.
+/// The order saga against real SQLite files, and a real PostgreSQL server, for orders and
+/// payments.
 @Suite struct OrderSagaTests {
   func order(_ minor: Int64 = 500) -> Shop_V1_CreateOrderRequest {
     .with {
@@ -121,10 +123,12 @@ final class PaymentsDesk: Sendable {
     }
   }
 
-  @Test func aChargedOrderIsConfirmedInTheCreateCall() async throws {
-    let payments = try PaymentsDesk()
-    let orders = try OrderService(
-      databasePath: try databasePath("orders"), payments: payments.client)
+  @Test(arguments: Backend.allCases) func aChargedOrderIsConfirmedInTheCreateCall(
+    _ backend: Backend
+  ) async throws {
+    let payments = try await PaymentsDesk(on: backend)
+    let orders = try await OrderService.open(
+      try await database("orders", on: backend), payments: payments.client)
     let created = try await orders.createOrder(request: order(1234), context: context())
     #expect(created.status == .confirmed)
     #expect(created.paymentID.hasPrefix("pay_"))
@@ -137,10 +141,12 @@ final class PaymentsDesk: Sendable {
     #expect(payments.charges == [created.id: 1])
   }
 
-  @Test func aDeclinedChargeCancelsTheOrderWithTheReason() async throws {
-    let payments = try PaymentsDesk(limit: 1000)
-    let orders = try OrderService(
-      databasePath: try databasePath("orders"), payments: payments.client)
+  @Test(arguments: Backend.allCases) func aDeclinedChargeCancelsTheOrderWithTheReason(
+    _ backend: Backend
+  ) async throws {
+    let payments = try await PaymentsDesk(on: backend, limit: 1000)
+    let orders = try await OrderService.open(
+      try await database("orders", on: backend), payments: payments.client)
     let created = try await orders.createOrder(request: order(5000), context: context())
     #expect(created.status == .cancelled)
     #expect(
@@ -149,10 +155,12 @@ final class PaymentsDesk: Sendable {
     #expect(created.paymentID.isEmpty)
   }
 
-  @Test func anUnreachablePaymentsIsRetriedUntilTheOrderIsConfirmed() async throws {
-    let payments = try PaymentsDesk()
-    let orders = try OrderService(
-      databasePath: try databasePath("orders"), payments: payments.client, saga: settings())
+  @Test(arguments: Backend.allCases) func anUnreachablePaymentsIsRetriedUntilTheOrderIsConfirmed(
+    _ backend: Backend
+  ) async throws {
+    let payments = try await PaymentsDesk(on: backend)
+    let orders = try await OrderService.open(
+      try await database("orders", on: backend), payments: payments.client, saga: settings())
     payments.reachable = false
     let created = try await orders.createOrder(request: order(), context: context())
     #expect(created.status == .pending)
@@ -170,10 +178,12 @@ final class PaymentsDesk: Sendable {
 
   /// The charge lands but its reply is lost until the saga's timeout: the order is cancelled
   /// and the compensation refunds the charge, so no charge stands without a confirmed order.
-  @Test func aTimedOutSagaCancelsTheOrderAndRefundsAChargeThatLanded() async throws {
-    let payments = try PaymentsDesk()
-    let orders = try OrderService(
-      databasePath: try databasePath("orders"), payments: payments.client,
+  @Test(arguments: Backend.allCases) func aTimedOutSagaCancelsTheOrderAndRefundsAChargeThatLanded(
+    _ backend: Backend
+  ) async throws {
+    let payments = try await PaymentsDesk(on: backend)
+    let orders = try await OrderService.open(
+      try await database("orders", on: backend), payments: payments.client,
       saga: settings(timeout: .seconds(3)))
     payments.loseReplies = true
     let created = try await orders.createOrder(request: order(), context: context())
@@ -195,10 +205,11 @@ final class PaymentsDesk: Sendable {
 
   /// The timeout with payments away the whole time: the order is cancelled at its deadline,
   /// and once payments is back the key is cancelled, so a charge still on its way is declined.
-  @Test func aSagaTimesOutWhilePaymentsIsAwayAndCompensatesWhenItIsBack() async throws {
-    let payments = try PaymentsDesk()
-    let orders = try OrderService(
-      databasePath: try databasePath("orders"), payments: payments.client,
+  @Test(arguments: Backend.allCases)
+  func aSagaTimesOutWhilePaymentsIsAwayAndCompensatesWhenItIsBack(_ backend: Backend) async throws {
+    let payments = try await PaymentsDesk(on: backend)
+    let orders = try await OrderService.open(
+      try await database("orders", on: backend), payments: payments.client,
       saga: settings(timeout: .seconds(2)))
     payments.reachable = false
     let created = try await orders.createOrder(request: order(), context: context())
@@ -225,11 +236,15 @@ final class PaymentsDesk: Sendable {
 
   /// Two instances on one database: each saga is worked by one of them at a time, so every
   /// order is charged once although both workers see every saga.
-  @Test func instancesSharingADatabaseClaimEachSagaOnce() async throws {
-    let payments = try PaymentsDesk()
-    let path = try databasePath("orders")
-    let first = try OrderService(databasePath: path, payments: payments.client, saga: settings())
-    let second = try OrderService(databasePath: path, payments: payments.client, saga: settings())
+  @Test(arguments: Backend.allCases) func instancesSharingADatabaseClaimEachSagaOnce(
+    _ backend: Backend
+  ) async throws {
+    let payments = try await PaymentsDesk(on: backend)
+    let location = try await database("orders", on: backend)
+    let first = try await OrderService.open(
+      location, payments: payments.client, saga: settings())
+    let second = try await OrderService.open(
+      location, payments: payments.client, saga: settings())
     payments.reachable = false
     var ids: [String] = []
     for i in 0..<40 {

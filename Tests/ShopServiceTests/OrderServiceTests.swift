@@ -20,8 +20,11 @@ import Testing
     }
   }
 
-  @Test func createsAnOrderWithItsTotal() async throws {
-    let service = try OrderService(databasePath: try databasePath("orders"))
+  @Test(arguments: Backend.allCases) func createsAnOrderWithItsTotal(
+    _ backend: Backend
+  ) async throws {
+    let service = try await OrderService.open(
+      try await database("orders", on: backend))
     let order = try await service.createOrder(
       request: .with {
         $0.userID = "usr_1"
@@ -35,8 +38,9 @@ import Testing
     #expect(fetched == order)
   }
 
-  @Test func validatesLineItems() async throws {
-    let service = try OrderService(databasePath: try databasePath("orders"))
+  @Test(arguments: Backend.allCases) func validatesLineItems(_ backend: Backend) async throws {
+    let service = try await OrderService.open(
+      try await database("orders", on: backend))
     func create(_ items: [Shop_V1_LineItem], user: String = "usr_1") async -> String {
       await expectStatus(.invalidArgument) {
         _ = try await service.createOrder(
@@ -59,10 +63,12 @@ import Testing
     #expect(await create([item("A", 10000, .max)]) == "line_items: the order total is too large")
   }
 
-  @Test func cancelIsIdempotentAndRefusedOnceConfirmed() async throws {
-    let payments = try PaymentsDesk()
-    let service = try OrderService(
-      databasePath: try databasePath("orders"), payments: payments.client)
+  @Test(arguments: Backend.allCases) func cancelIsIdempotentAndRefusedOnceConfirmed(
+    _ backend: Backend
+  ) async throws {
+    let payments = try await PaymentsDesk(on: backend)
+    let service = try await OrderService.open(
+      try await database("orders", on: backend), payments: payments.client)
     payments.reachable = false
     let order = try await service.createOrder(
       request: .with {
@@ -98,8 +104,11 @@ import Testing
     }
   }
 
-  @Test func listsOneUsersOrdersInPages() async throws {
-    let service = try OrderService(databasePath: try databasePath("orders"))
+  @Test(arguments: Backend.allCases) func listsOneUsersOrdersInPages(
+    _ backend: Backend
+  ) async throws {
+    let service = try await OrderService.open(
+      try await database("orders", on: backend))
     var mine: [String] = []
     for i in 0..<5 {
       for user in ["usr_a", "usr_b"] {

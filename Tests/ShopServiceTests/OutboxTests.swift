@@ -79,7 +79,7 @@ import UserService
 }
 
 /// orders consumes `user.created` from a real event bus and keeps one customer record per
-/// user, whatever is delivered twice.
+/// user, whatever is delivered twice (on either backend).
 @Suite struct CustomerRecordTests {
   /// Forwards what a subscription writes to the consumer's handler.
   final class Forwarder: RPCWriterProtocol, Sendable {
@@ -91,11 +91,16 @@ import UserService
     }
   }
 
-  @Test func eachUserBecomesOneCustomer() async throws {
-    let bus = try EventService(
-      databasePath: try databasePath("customers-events"), pollInterval: .milliseconds(50))
-    let users = try UserService(databasePath: try databasePath("customers-users"))
-    let orders = try OrderService(databasePath: try databasePath("customers-orders"))
+  @Test(arguments: Backend.allCases)
+  func eachUserBecomesOneCustomer(_ backend: Backend) async throws {
+    let logger = Logger(label: "test")
+    let bus = try await EventService.open(
+      try await database("customers_events", on: backend), pollInterval: .milliseconds(50),
+      logger: logger)
+    let users = try await UserService.open(
+      try await database("customers_users", on: backend), logger: logger)
+    let orders = try await OrderService.open(
+      try await database("customers_orders", on: backend), logger: logger)
     let publish: OutboxRelay.Publish = { event in
       var request = Shop_V1_PublishRequest()
       request.event = event
