@@ -298,6 +298,7 @@ let package = Package(
     .executableTarget(
       name: "meshctl",
       dependencies: [
+        "LocalPostgres", "ShopSupport", postgres,
         "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", "MeshControlClient",
         "EtcdAPI",
         argumentParser, x509, crypto,

@@ -78,13 +78,36 @@ public struct LocalPostgres: Sendable {
     try configuration.close()
   }
 
+  /// The server's command line, for a supervisor that starts it itself (`meshctl up`): the
+  /// program and its arguments, through `setpriv` as `postgres` when this process is root.
+  public func serverCommand() throws -> (executable: String, arguments: [String]) {
+    let postgres = try program("postgres")
+    return Self.isRoot
+      ? ("/usr/bin/setpriv", Self.asPostgres + [postgres, "-D", data])
+      : (postgres, ["-D", data])
+  }
+
+  /// Waits until the server accepts connections; false if `stillRunning` says it ended, or
+  /// after `timeout`.
+  public func waitUntilReady(
+    timeout: Duration = .seconds(60), stillRunning: () -> Bool = { true }
+  ) throws -> Bool {
+    let ready = try program("pg_isready")
+    let deadline = ContinuousClock.now + timeout
+    while (try? Self.run(ready, ["-q", "-h", host, "-p", "\(port)"])) == nil {
+      guard stillRunning(), ContinuousClock.now < deadline else { return false }
+      Thread.sleep(forTimeInterval: 0.05)
+    }
+    return true
+  }
+
   /// Starts the server (`postgres` on the data folder, its output appended to `log`) and
   /// waits until it accepts connections.
   public func start(timeout: Duration = .seconds(60)) throws -> Server {
-    let postgres = try program("postgres")
+    let command = try serverCommand()
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: Self.isRoot ? "/usr/bin/setpriv" : postgres)
-    process.arguments = (Self.isRoot ? Self.asPostgres + [postgres] : []) + ["-D", data]
+    process.executableURL = URL(fileURLWithPath: command.executable)
+    process.arguments = command.arguments
     process.currentDirectoryURL = URL(fileURLWithPath: "/")
     if !FileManager.default.fileExists(atPath: log) {
       FileManager.default.createFile(atPath: log, contents: nil)
@@ -100,16 +123,11 @@ public struct LocalPostgres: Sendable {
     try process.run()
     try? output.close()
     let server = Server(process: process)
-    let ready = try program("pg_isready")
-    let deadline = ContinuousClock.now + timeout
-    while (try? Self.run(ready, ["-q", "-h", host, "-p", "\(port)"])) == nil {
-      guard process.isRunning, ContinuousClock.now < deadline else {
-        server.stop(.immediate)
-        let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
-          .split(separator: "\n").suffix(5).joined(separator: "\n")
-        throw LocalPostgresError("PostgreSQL did not start (see \(log)):\n\(tail)")
-      }
-      Thread.sleep(forTimeInterval: 0.05)
+    guard try waitUntilReady(timeout: timeout, stillRunning: { process.isRunning }) else {
+      server.stop(.immediate)
+      let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        .split(separator: "\n").suffix(5).joined(separator: "\n")
+      throw LocalPostgresError("PostgreSQL did not start (see \(log)):\n\(tail)")
     }
     return server
   }
@@ -144,67 +162,16 @@ public struct LocalPostgres: Sendable {
     }
   }
 
-  /// A service's own database: a role of the same name that logs in with a password (kept in
-  /// a 0600 file, made once), a database it owns, which no other role may connect to. Returns
-  /// the URL a service's `--db` takes.
-  public func createServiceDatabase(_ name: String, logger: Logger) async throws -> String {
-    guard name.first.map({ $0.isLowercase }) == true,
-      name.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "_" }), name.count <= 63
-    else {
-      throw LocalPostgresError("\(name): a database name is lowercase letters, digits and _")
-    }
-    let passwordFile = "\(directory)/credentials/\(name).password"
-    let existing = try? String(contentsOfFile: passwordFile, encoding: .utf8)
-    let password = existing ?? Self.randomPassword()
-    try await withAdminConnection(logger: logger) { connection in
-      let roles = try await connection.query(
-        "SELECT 1 FROM pg_roles WHERE rolname = \(name)", logger: logger
-      ).collect()
-      // Names and passwords here are checked to letters, digits and _: safe to quote.
-      if roles.isEmpty {
-        try await connection.query(
-          PostgresQuery(unsafeSQL: "CREATE ROLE \"\(name)\" LOGIN PASSWORD '\(password)'"),
-          logger: logger)
-      } else if existing == nil {
-        try await connection.query(
-          PostgresQuery(unsafeSQL: "ALTER ROLE \"\(name)\" LOGIN PASSWORD '\(password)'"),
-          logger: logger)
-      }
-      let databases = try await connection.query(
-        "SELECT 1 FROM pg_database WHERE datname = \(name)", logger: logger
-      ).collect()
-      if databases.isEmpty {
-        try await connection.query(
-          PostgresQuery(unsafeSQL: "CREATE DATABASE \"\(name)\" OWNER \"\(name)\""),
-          logger: logger)
-      }
-      try await connection.query(
-        PostgresQuery(
-          unsafeSQL: "REVOKE CONNECT, TEMPORARY ON DATABASE \"\(name)\" FROM PUBLIC"),
-        logger: logger)
-    }
-    if existing == nil { try Self.writeSecret(password, to: passwordFile) }
-    return "postgres://\(name)@\(host):\(port)/\(name)?password_file=\(passwordFile)"
+  /// The admin's login to this cluster.
+  public var admin: PostgresAdmin {
+    PostgresAdmin(
+      host: host, port: port, user: Self.admin, passwordFile: adminPasswordFile,
+      credentials: "\(directory)/credentials")
   }
 
-  /// Runs `body` on a connection as the admin, to the `postgres` database.
-  public func withAdminConnection<T: Sendable>(
-    logger: Logger, _ body: (PostgresConnection) async throws -> T
-  ) async throws -> T {
-    let password = try String(contentsOfFile: adminPasswordFile, encoding: .utf8)
-    let configuration = PostgresConnection.Configuration(
-      host: host, port: port, username: Self.admin, password: password, database: "postgres",
-      tls: .disable)
-    let connection = try await PostgresConnection.connect(
-      configuration: configuration, id: 1, logger: logger)
-    do {
-      let result = try await body(connection)
-      try await connection.close()
-      return result
-    } catch {
-      try? await connection.close()
-      throw error
-    }
+  /// A service's own database in this cluster (see `PostgresAdmin.createServiceDatabase`).
+  public func createServiceDatabase(_ name: String, logger: Logger) async throws -> String {
+    try await admin.createServiceDatabase(name, logger: logger)
   }
 
   // MARK: Programs
@@ -301,4 +268,91 @@ public struct LocalPostgres: Sendable {
 public struct LocalPostgresError: Error, CustomStringConvertible {
   public let description: String
   public init(_ description: String) { self.description = description }
+}
+
+/// A login that may create roles and databases on a PostgreSQL server (this machine's own
+/// cluster's admin, or an existing server's), and the folder where the services' password
+/// files are kept.
+public struct PostgresAdmin: Sendable {
+  public var host: String
+  public var port: Int
+  public var user: String
+  public var passwordFile: String
+  /// The folder of the services' password files (mode 0700, each file 0600).
+  public var credentials: String
+
+  public init(host: String, port: Int, user: String, passwordFile: String, credentials: String) {
+    self.host = host
+    self.port = port
+    self.user = user
+    self.passwordFile = passwordFile
+    self.credentials = credentials
+  }
+
+  /// A service's own database: a role of the same name that logs in with a password (kept in
+  /// a 0600 file, made once), a database it owns, which no other role may connect to. Returns
+  /// the URL a service's `--db` takes.
+  public func createServiceDatabase(_ name: String, logger: Logger) async throws -> String {
+    guard name.first.map({ $0.isLowercase }) == true,
+      name.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "_" }), name.count <= 63
+    else {
+      throw LocalPostgresError("\(name): a database name is lowercase letters, digits and _")
+    }
+    try FileManager.default.createDirectory(
+      atPath: credentials, withIntermediateDirectories: true,
+      attributes: [.posixPermissions: 0o700])
+    let passwordFile = "\(credentials)/\(name).password"
+    let existing = try? String(contentsOfFile: passwordFile, encoding: .utf8)
+    let password = existing ?? LocalPostgres.randomPassword()
+    try await withConnection(logger: logger) { connection in
+      let roles = try await connection.query(
+        "SELECT 1 FROM pg_roles WHERE rolname = \(name)", logger: logger
+      ).collect()
+      // Names and passwords here are checked to letters, digits and _: safe to quote.
+      if roles.isEmpty {
+        try await connection.query(
+          PostgresQuery(unsafeSQL: "CREATE ROLE \"\(name)\" LOGIN PASSWORD '\(password)'"),
+          logger: logger)
+      } else if existing == nil {
+        try await connection.query(
+          PostgresQuery(unsafeSQL: "ALTER ROLE \"\(name)\" LOGIN PASSWORD '\(password)'"),
+          logger: logger)
+      }
+      let databases = try await connection.query(
+        "SELECT 1 FROM pg_database WHERE datname = \(name)", logger: logger
+      ).collect()
+      if databases.isEmpty {
+        try await connection.query(
+          PostgresQuery(unsafeSQL: "CREATE DATABASE \"\(name)\" OWNER \"\(name)\""),
+          logger: logger)
+      }
+      try await connection.query(
+        PostgresQuery(
+          unsafeSQL: "REVOKE CONNECT, TEMPORARY ON DATABASE \"\(name)\" FROM PUBLIC"),
+        logger: logger)
+    }
+    if existing == nil { try LocalPostgres.writeSecret(password, to: passwordFile) }
+    return "postgres://\(name)@\(host):\(port)/\(name)?password_file=\(passwordFile)"
+  }
+
+  /// Runs `body` on a connection as this login, to the `postgres` database.
+  public func withConnection<T: Sendable>(
+    logger: Logger, _ body: (PostgresConnection) async throws -> T
+  ) async throws -> T {
+    let password = try String(contentsOfFile: passwordFile, encoding: .utf8)
+      .trimmingCharacters(in: .newlines)
+    let configuration = PostgresConnection.Configuration(
+      host: host, port: port, username: user, password: password, database: "postgres",
+      tls: .disable)
+    let connection = try await PostgresConnection.connect(
+      configuration: configuration, id: 1, logger: logger)
+    do {
+      let result = try await body(connection)
+      try await connection.close()
+      return result
+    } catch {
+      try? await connection.close()
+      throw error
+    }
+  }
 }

@@ -1,8 +1,11 @@
 import ArgumentParser
 import EtcdAPI
 import Foundation
+import Logging
 import MeshIdentity
 import MeshProtos
+import PostgresNIO
+import ShopSupport
 import X509
 
 /// `meshctl check`: a preflight of the local mesh, each check with what to do when it fails.
@@ -155,6 +158,34 @@ struct Check: AsyncParsableCommand {
     }
   }
 
+  /// On PostgreSQL: each service's database answers a query made as that service's role.
+  func checkDatabases(_ run: ShopRun, _ report: inout Report) async {
+    guard let postgres = run.postgres else { return }
+    for (service, url) in postgres.urls.sorted(by: { $0.key < $1.key }) {
+      do {
+        let location = try PostgresLocation(url)
+        let connection = try await PostgresConnection.connect(
+          configuration: .init(
+            host: location.host, port: location.port, username: location.user,
+            password: try location.password(), database: location.database, tls: .disable),
+          id: 1, logger: Logger(label: "meshctl"))
+        do {
+          _ = try await connection.query("SELECT 1", logger: Logger(label: "meshctl")).collect()
+          try? await connection.close()
+        } catch {
+          try? await connection.close()
+          throw error
+        }
+        report.pass("the \(service) database answers (\(location))")
+      } catch {
+        report.fail(
+          "the \(service) database does not answer at \(postgres.host):\(postgres.port): "
+            + "\(String(reflecting: error).prefix(300))",
+          fix: postgres.folder == nil ? "check the PostgreSQL server" : "meshctl logs postgres")
+      }
+    }
+  }
+
   func checkRunning(_ run: ShopRun, _ report: inout Report) async {
     for entry in run.processes {
       if LocalProcesses.isRunning(entry.pid) {
@@ -167,6 +198,7 @@ struct Check: AsyncParsableCommand {
       }
     }
     let launcher = Launcher(run: run)
+    await checkDatabases(run, &report)
     await checkEtcd(run, &report)
     var unanswered: [Trellis_Mesh_V1_Replica] = []
     guard

@@ -1,9 +1,13 @@
 import ArgumentParser
+import Crypto
 import Foundation
 import GRPCCore
+import LocalPostgres
+import Logging
 import MeshIdentity
 import MeshProtos
 import MeshServiceKit
+import ShopSupport
 
 #if canImport(Glibc)
   import Glibc
@@ -66,6 +70,79 @@ struct Launcher {
   }
 
   // MARK: - Starting
+
+  /// The shop's services whose data is kept in a database of their own.
+  static let databaseServices = ["events", "payments", "users", "orders"]
+
+  /// `up --postgres`: the local PostgreSQL cluster (made the first time), started and
+  /// supervised like the mesh's other processes, with a database and role per service. As
+  /// root, the cluster belongs to the `postgres` user (PostgreSQL refuses root) and lives under
+  /// /var/lib/trellis/, in a folder named by this checkout's path (recorded in
+  /// .trellis/postgres-folder); otherwise in .trellis/postgres/.
+  func startLocalPostgres(port: Int) async throws -> (ShopRun.PostgresRun, ShopRun.Entry) {
+    let folder: String
+    if getuid() == 0 {
+      let digest = SHA256.hash(data: Data(root.utf8)).prefix(6)
+        .map { String(format: "%02x", $0) }.joined()
+      folder = "/var/lib/trellis/postgres-\(digest)"
+      try FileManager.default.createDirectory(
+        atPath: "/var/lib/trellis", withIntermediateDirectories: true)
+      try (folder + "\n").write(
+        toFile: ShopRun.folder + "/postgres-folder", atomically: true, encoding: .utf8)
+    } else {
+      folder = absolute(ShopRun.folder + "/postgres")
+    }
+    let cluster = LocalPostgres(directory: folder, port: port)
+    if !cluster.isInitialized {
+      print("creating the shop's PostgreSQL cluster in \(folder) (initdb)…")
+      try cluster.initialize()
+    }
+    let command = try cluster.serverCommand()
+    let log = ShopRun.folder + "/logs/postgres.log"
+    let pid = try LocalProcesses.spawn(
+      command.executable, command.arguments, environment: [:], log: log)
+    let entry = ShopRun.Entry(
+      name: "postgres", service: "postgres", instance: "postgres", role: .postgres, pid: pid,
+      startTime: LocalProcesses.startTime(pid), log: log, slot: nil,
+      address: "127.0.0.1:\(port)")
+    guard
+      try cluster.waitUntilReady(stillRunning: {
+        _ = LocalProcesses.reapChildren()
+        return LocalProcesses.isRunning(pid)
+      })
+    else {
+      throw MeshctlFailure("PostgreSQL did not start (its log: \(log))")
+    }
+    var urls: [String: String] = [:]
+    for service in Self.databaseServices {
+      urls[service] = try await cluster.createServiceDatabase(
+        "shop_\(service)", logger: Logger(label: "meshctl"))
+    }
+    return (ShopRun.PostgresRun(folder: folder, host: "127.0.0.1", port: port, urls: urls), entry)
+  }
+
+  /// `up --postgres-url`: a database and role per service on an existing server, made by the
+  /// admin `location` names (their password files in .trellis/postgres-credentials/).
+  func useExistingPostgres(_ location: PostgresLocation) async throws -> ShopRun.PostgresRun {
+    guard let passwordFile = location.passwordFile else {
+      throw MeshctlFailure("--postgres-url: the admin's password_file=PATH is required")
+    }
+    _ = try location.password()  // refuses a file others may read
+    let admin = PostgresAdmin(
+      host: location.host, port: location.port, user: location.user,
+      passwordFile: passwordFile,
+      credentials: absolute(ShopRun.folder + "/postgres-credentials"))
+    var urls: [String: String] = [:]
+    do {
+      for service in Self.databaseServices {
+        urls[service] = try await admin.createServiceDatabase(
+          "shop_\(service)", logger: Logger(label: "meshctl"))
+      }
+    } catch {
+      throw MeshctlFailure("cannot make the shop's databases on \(location): \(error)")
+    }
+    return ShopRun.PostgresRun(folder: nil, host: location.host, port: location.port, urls: urls)
+  }
 
   /// The etcd cluster the replicas share (several replicas only): one member per replica, its
   /// data in .trellis/etcd/, on loopback.
@@ -238,7 +315,8 @@ struct Launcher {
       if takingOverPort { arguments += ["--bind-wait", "120"] }
     } else {
       arguments = [
-        "--listen", "127.0.0.1:\(ports.app)", "--db", absolute(data + "/\(service.name).sqlite"),
+        "--listen", "127.0.0.1:\(ports.app)", "--db",
+        run.postgres?.urls[service.name] ?? absolute(data + "/\(service.name).sqlite"),
         "--shutdown-delay", "2",
       ]
       if service.callsOut { arguments += ["--sidecar", "127.0.0.1:\(ports.outbound)"] }
@@ -287,7 +365,7 @@ struct Launcher {
       waitingFor = []
       for entry in entries {
         switch entry.role {
-        case .etcd:
+        case .etcd, .postgres:
           let port = Int(entry.address.split(separator: ":").last ?? "") ?? 0
           if !LocalProcesses.isListening(port) { waitingFor.append("\(entry.name) (not serving)") }
         case .controlPlane:
@@ -365,7 +443,7 @@ struct Launcher {
           {
             waitingFor = "\(entry.name) (starting)"
           }
-        case .controlPlane, .etcd:
+        case .controlPlane, .etcd, .postgres:
           break
         }
         if !waitingFor.isEmpty { break }
@@ -531,6 +609,7 @@ struct Launcher {
       run.processes.filter { $0.role == .sidecar },
       run.processes.filter { $0.role == .controlPlane },
       run.processes.filter { $0.role == .etcd },
+      run.processes.filter { $0.role == .postgres },
     ] {
       stopped.add(await LocalProcesses.stop(group, timeout: timeout))
     }
@@ -553,6 +632,15 @@ struct Launcher {
     }
     print("")
     printTable(rows)
+    if let postgres = run.postgres {
+      print(
+        """
+
+        The shop's data is in PostgreSQL at \(postgres.host):\(postgres.port): databases \
+        \(databaseServices.map { "shop_\($0)" }.joined(separator: ", ")), each with a role of \
+        its name\(postgres.folder.map { " (the cluster: \($0))" } ?? "").
+        """)
+    }
     let gateway = "http://127.0.0.1:\(run.ports.gateway)"
     print(
       """

@@ -10,6 +10,9 @@ struct ShopRun: Codable {
   /// The mesh's API key for the gateway.
   var apiKeyFile: String
   var processes: [Entry]
+  /// The shop's databases on PostgreSQL (`up --postgres`, or `--postgres-url`); nil: each
+  /// service's SQLite file.
+  var postgres: PostgresRun?
   /// Set by `meshctl down` while it stops the processes (a foreground `up` then takes their
   /// ends for what they are).
   var stopping: Bool?
@@ -43,6 +46,16 @@ struct ShopRun: Codable {
     }
   }
 
+  /// Where the shop's PostgreSQL databases are.
+  struct PostgresRun: Codable {
+    /// The local cluster's folder (`up --postgres`); nil for an existing server.
+    var folder: String?
+    var host: String
+    var port: Int
+    /// Each service's `--db` URL (with its password file, never the password).
+    var urls: [String: String]
+  }
+
   struct Entry: Codable {
     /// `control-plane`, `users`, `users-sidecar`, `orders-2`, `orders-2-sidecar`.
     var name: String
@@ -67,6 +80,7 @@ struct ShopRun: Codable {
   }
 
   enum Role: String, Codable {
+    case postgres
     case etcd
     case controlPlane = "control-plane"
     case app

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MeshIdentity
 import MeshProtos
+import ShopSupport
 
 #if canImport(Glibc)
   import Glibc
@@ -35,6 +36,34 @@ struct Up: AsyncParsableCommand {
     transform: Replicas.parse)
   var replicas: [Replicas] = []
   @OptionGroup var ports: PortOptions
+  @Flag(
+    help: """
+      Keep the shop's data in PostgreSQL: a local cluster (initdb, the server, a database and a \
+      role per service) in .trellis/postgres/ (as root: run as the postgres user, under \
+      /var/lib/trellis/). Without it, each service has a SQLite file.
+      """)
+  var postgres = false
+  @Option(
+    help: """
+      Keep the shop's data on an existing PostgreSQL server, reached as an admin that may \
+      create roles and databases: postgres://ADMIN@HOST[:PORT]/postgres?password_file=PATH.
+      """)
+  var postgresURL: String?
+  @Option(help: "The local PostgreSQL cluster's port (default: the control plane port + 30).")
+  var postgresPort: Int?
+
+  func validate() throws {
+    if postgres, postgresURL != nil {
+      throw ValidationError("--postgres starts a local cluster; --postgres-url uses a server: one")
+    }
+    if let postgresURL {
+      do {
+        _ = try PostgresLocation(postgresURL)
+      } catch {
+        throw ValidationError("--postgres-url: \(error)")
+      }
+    }
+  }
 
   func run() async throws {
     if let previous = ShopRun.load(), !previous.running.isEmpty {
@@ -55,7 +84,7 @@ struct Up: AsyncParsableCommand {
     }
     try preflight(plan, instances: instances.count)
 
-    let launcher = Launcher(run: plan)
+    var launcher = Launcher(run: plan)
     try FileManager.default.createDirectory(
       atPath: ShopRun.folder + "/logs", withIntermediateDirectories: true)
     // In the foreground, every process's lines are shown from its start.
@@ -63,7 +92,8 @@ struct Up: AsyncParsableCommand {
       chosen.replicas == 1
       ? ["control-plane"]
       : (1...chosen.replicas).flatMap { ["etcd-\($0)", "control-plane-\($0)"] }
-    let logNames = planes + instances.flatMap { [$0.1, $0.1 + "-sidecar"] }
+    let logNames =
+      (postgres ? ["postgres"] : []) + planes + instances.flatMap { [$0.1, $0.1 + "-sidecar"] }
     let logs = Launcher.LogStream(
       startOffsets: Dictionary(
         uniqueKeysWithValues: logNames.map {
@@ -84,6 +114,18 @@ struct Up: AsyncParsableCommand {
     try launcher.ensureAPIKey()
     var failure: (any Error)?
     do {
+      if postgres {
+        let (run, entry) = try await launcher.startLocalPostgres(
+          port: postgresPort ?? chosen.controlPlane + 30)
+        plan.postgres = run
+        plan.processes.append(entry)
+        try plan.save()
+      } else if let postgresURL {
+        plan.postgres = try await launcher.useExistingPostgres(try PostgresLocation(postgresURL))
+        try plan.save()
+      }
+      // The services' databases are known now.
+      launcher = Launcher(run: plan)
       plan.processes += try launcher.startEtcd()
       try plan.save()
       for replica in 0..<chosen.replicas {
@@ -279,7 +321,12 @@ struct Down: AsyncParsableCommand {
           + "; \(ShopRun.file) is kept, so meshctl down can be run again")
     }
     try? FileManager.default.removeItem(atPath: ShopRun.file)
-    print("stopped \(running.count) processes; the data stays in \(ShopRun.folder)/")
+    let data =
+      run.postgres.map { postgres in
+        postgres.folder.map { "\(ShopRun.folder)/ and \($0)/" }
+          ?? "\(ShopRun.folder)/ and on \(postgres.host):\(postgres.port)"
+      } ?? "\(ShopRun.folder)/"
+    print("stopped \(running.count) processes; the data stays in \(data)")
   }
 }
 
