@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LocalPostgres
 import MeshIdentity
 import MeshProtos
 import ShopSupport
@@ -201,6 +202,13 @@ struct Up: AsyncParsableCommand {
     if plan.ports.replicas > 1 {
       _ = try Launcher.locate("etcd", hint: "apt-get install etcd-server")
     }
+    if postgres {
+      do {
+        _ = try LocalPostgres.binaries()
+      } catch {
+        throw MeshctlFailure("\(error)")
+      }
+    }
     var taken: [String] = []
     let wanted =
       [("the gateway", plan.ports.gateway)]
@@ -208,6 +216,7 @@ struct Up: AsyncParsableCommand {
         [("the control plane", $0.api), ("the control plane's join listener", $0.join)]
       }
       + plan.ports.etcdPorts.flatMap { [("etcd", $0.client), ("etcd's peers", $0.peer)] }
+      + (postgres ? [("PostgreSQL", postgresPort ?? plan.ports.controlPlane + 30)] : [])
       + (0..<instances).flatMap { slot in
         let p = plan.slotPorts(slot)
         return [p.inbound, p.outbound, p.admin, p.app].map { ("slot \(slot)", $0) }

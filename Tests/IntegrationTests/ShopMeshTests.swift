@@ -21,12 +21,15 @@ final class LocalShop: @unchecked Sendable {
   /// One replica: base+195 and +196; three: base+150 to +155, their etcd base+170 to +175.
   var controlPlanePort: Int { basePort + (replicated ? 150 : 195) }
   let replicated: Bool
+  /// `up --postgres`: the shop's data in a local PostgreSQL cluster on base+190.
+  let onPostgres: Bool
   var gateway: String { "http://127.0.0.1:\(gatewayPort)" }
   let upOutput: String
 
   init(_ extra: [String] = [], name: String = "shop") throws {
     directory = try makeTemporaryDirectory(name)
     replicated = extra.contains("--control-planes")
+    onPostgres = extra.contains("--postgres")
     var attempt = 0
     while true {
       // A 200-port block below Linux's ephemeral range; another one if it is taken.
@@ -36,7 +39,8 @@ final class LocalShop: @unchecked Sendable {
         [
           "up", "--detach", "--no-build", "--base-port", "\(base)", "--gateway-port",
           "\(base + 199)", "--control-plane-port", "\(base + (replicated ? 150 : 195))",
-        ] + extra, directory: directory)
+        ] + extra + (onPostgres ? ["--postgres-port", "\(base + 190)"] : []),
+        directory: directory)
       if result.status == 0 {
         basePort = base
         upOutput = result.stdout
@@ -102,14 +106,14 @@ final class LocalShop: @unchecked Sendable {
     return (created, user, customer)
   }
 
-  /// The drills' invariants, read from the SQLite files.
+  /// The drills' invariants, read from the SQLite files (or the PostgreSQL databases).
   func invariants() throws -> [String: Any] {
     let result = try run(
       "python3",
-      [
-        integrationInputs.appendingPathComponent("python/shop_invariants.py").path,
-        directory.appendingPathComponent(".trellis/data").path,
-      ])
+      [integrationInputs.appendingPathComponent("python/shop_invariants.py").path]
+        + (onPostgres
+          ? ["--postgres", directory.appendingPathComponent(".trellis/run.json").path]
+          : [directory.appendingPathComponent(".trellis/data").path]))
     guard result.status == 0 else { throw HarnessError("shop_invariants.py: \(result.stderr)") }
     return (try JSONSerialization.jsonObject(with: result.stdoutData)) as? [String: Any] ?? [:]
   }
@@ -136,6 +140,13 @@ final class LocalShop: @unchecked Sendable {
 
   func down() {
     _ = try? meshctl(["down"])
+    // As root, `up --postgres` keeps its cluster outside the shop's folder.
+    if let folder = try? String(
+      contentsOf: directory.appendingPathComponent(".trellis/postgres-folder"), encoding: .utf8)
+    {
+      try? FileManager.default.removeItem(
+        atPath: folder.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
   }
 
   deinit { down() }
@@ -411,8 +422,50 @@ struct GatewayLoad {
 
   /// kill -9 of an orders instance under load, mid-saga: the other instance (by lease) and
   /// the restarted one finish every saga; nothing is charged twice or without its order.
-  @Test func ordersKilledMidSagaLosesNothing() throws {
-    let shop = try LocalShop(["--replicas", "orders=2"], name: "kill-orders")
+  /// `meshctl up --postgres`: the walkthrough's steps with the shop's data in a local
+  /// PostgreSQL cluster that up makes, supervises and down stops; a second up finds the data.
+  @Test func theWalkthroughOnPostgreSQL() throws {
+    let shop = try LocalShop(["--postgres"], name: "walkthrough-pg")
+    #expect(shop.upOutput.contains("The shop's data is in PostgreSQL"), "\(shop.upOutput)")
+    #expect(shop.processes.count == 12, "\(shop.processes)")
+    let (created, user, customer) = try shop.createUser()
+    #expect(created.status == 200, "\(created)")
+    #expect(customer.status == 200, "\(customer)")
+    let confirmed = try shop.post("/v1/orders", Self.order(user, minor: 450))
+    #expect(confirmed.json["status"] as? String == "ORDER_STATUS_CONFIRMED", "\(confirmed)")
+    let order = try #require(confirmed.json["id"] as? String)
+    let declined = try shop.post("/v1/orders", Self.order(user, minor: 600_000))
+    #expect(declined.json["status"] as? String == "ORDER_STATUS_CANCELLED", "\(declined)")
+    let check = try shop.meshctl(["check"])
+    #expect(check.status == 0, "\(check.stdout)")
+    for service in ["events", "orders", "payments", "users"] {
+      #expect(check.stdout.contains("√ the \(service) database answers"), "\(check.stdout)")
+    }
+    let invariants = try shop.settledInvariants()
+    #expect((invariants["violations"] as? [String])?.isEmpty == true, "\(invariants)")
+    #expect(invariants["orders"] as? Int == 2 && invariants["customers"] as? Int == 1)
+
+    let postgres = try #require(shop.pid(of: "postgres"))
+    let down = try shop.meshctl(["down"])
+    #expect(down.stdout.contains("stopped 12 processes"), "\(down.stdout)")
+    #expect(!isAlive(Int(postgres)))
+    let second = try shop.meshctl([
+      "up", "--detach", "--no-build", "--postgres", "--base-port", "\(shop.basePort)",
+      "--gateway-port", "\(shop.gatewayPort)", "--control-plane-port",
+      "\(shop.controlPlanePort)", "--postgres-port", "\(shop.basePort + 190)",
+    ])
+    #expect(second.status == 0, "\(second.stdout)\(second.stderr)")
+    #expect(!second.stdout.contains("creating the shop's PostgreSQL cluster"))
+    #expect(
+      try shop.get("/v1/orders/\(order)").json["status"] as? String == "ORDER_STATUS_CONFIRMED")
+    #expect(try shop.get("/v1/customers/\(user)").status == 200)
+  }
+
+  @Test(arguments: [false, true])
+  func ordersKilledMidSagaLosesNothing(onPostgres: Bool) throws {
+    let shop = try LocalShop(
+      ["--replicas", "orders=2"] + (onPostgres ? ["--postgres"] : []),
+      name: onPostgres ? "kill-orders-pg" : "kill-orders")
     let load = try shop.load(workers: 3)
     Thread.sleep(forTimeInterval: 3)
     let victim = try #require(shop.pid(of: "orders-1"))

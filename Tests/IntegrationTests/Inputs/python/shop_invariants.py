@@ -1,5 +1,5 @@
 """Counts the shop's rows after a drill and checks what must hold, reading the services'
-SQLite files directly (read-only):
+databases directly (read-only): their SQLite files, or their PostgreSQL databases.
 
 - every order is CONFIRMED (2) or CANCELLED (3), none PENDING (1);
 - every charged payment belongs to exactly one CONFIRMED order, which names it;
@@ -7,18 +7,58 @@ SQLite files directly (read-only):
 - every user has its customer record in orders.
 
     shop_invariants.py DATA_DIR   (DATA_DIR/users/users.sqlite, orders/…, payments/…)
+    shop_invariants.py --postgres RUN_JSON   (the databases `meshctl up --postgres` made, as
+                                              .trellis/run.json names them; queried with psql)
 
 Prints one JSON object: counts, and the violations found (empty when all hold).
 """
 import json
+import os
 import sqlite3
+import subprocess
 import sys
+from urllib.parse import parse_qs, urlparse
 
-data = sys.argv[1]
+
+class Postgres:
+    """One service's database, queried with psql as its own role (the password through the
+    environment, never on a command line)."""
+
+    def __init__(self, url):
+        parsed = urlparse(url)
+        self.target = (f"host={parsed.hostname} port={parsed.port} user={parsed.username} "
+                       f"dbname={parsed.path.lstrip('/')}")
+        with open(parse_qs(parsed.query)["password_file"][0]) as file:
+            self.password = file.read().strip()
+
+    def execute(self, sql):
+        result = subprocess.run(
+            ["psql", self.target, "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PGPASSWORD": self.password})
+        rows = []
+        for line in result.stdout.splitlines():
+            rows.append(tuple(int(field) if field.isdigit() else field
+                              for field in line.split("\t")))
+        return Rows(rows)
 
 
-def connect(name):
-    return sqlite3.connect(f"file:{data}/{name}/{name}.sqlite?mode=ro", uri=True, timeout=30)
+class Rows(list):
+    def fetchone(self):
+        return self[0]
+
+
+if sys.argv[1] == "--postgres":
+    with open(sys.argv[2]) as file:
+        urls = json.load(file)["postgres"]["urls"]
+
+    def connect(name):
+        return Postgres(urls[name])
+else:
+    data = sys.argv[1]
+
+    def connect(name):
+        return sqlite3.connect(f"file:{data}/{name}/{name}.sqlite?mode=ro", uri=True, timeout=30)
 
 
 users = connect("users")
