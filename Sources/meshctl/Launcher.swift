@@ -611,7 +611,9 @@ struct Launcher {
       run.processes.filter { $0.role == .etcd },
       run.processes.filter { $0.role == .postgres },
     ] {
-      stopped.add(await LocalProcesses.stop(group, timeout: timeout))
+      // PostgreSQL's SIGTERM waits for every session to end; SIGINT ends them (its "fast").
+      let signal = group.first?.role == .postgres ? SIGINT : SIGTERM
+      stopped.add(await LocalProcesses.stop(group, signal: signal, timeout: timeout))
     }
     return stopped
   }

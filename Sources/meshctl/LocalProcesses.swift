@@ -120,9 +120,11 @@ enum LocalProcesses {
   /// get SIGKILL, and are waited for again (up to 5 s). Returns only once each has ended, or
   /// says which have not.
   @discardableResult
-  static func stop(_ entries: [ShopRun.Entry], timeout: Duration = .seconds(20)) async -> Stopped {
+  static func stop(
+    _ entries: [ShopRun.Entry], signal: Int32 = SIGTERM, timeout: Duration = .seconds(20)
+  ) async -> Stopped {
     var stopped = Stopped()
-    for entry in entries where entry.isRunning { kill(entry.pid, SIGTERM) }
+    for entry in entries where entry.isRunning { kill(entry.pid, signal) }
     guard await waitForExit(entries, within: timeout) else {
       stopped.killed = entries.filter(\.isRunning)
       for entry in stopped.killed { kill(entry.pid, SIGKILL) }

@@ -393,12 +393,15 @@ struct Restart: AsyncParsableCommand {
       registered, then the old app reports NOT_SERVING, its sidecar withdraws it, and only then \
       do the old app and sidecar stop, finishing their calls. The control plane is stopped \
       and started again on its ports and data (sidecars serve on meanwhile, then subscribe \
-      again). The gateway holds one port: the \
+      again). The local PostgreSQL (`up --postgres`) is stopped, ending its sessions, and \
+      started again: calls that need it fail with UNAVAILABLE meanwhile, and the services' \
+      pools connect again by themselves. The gateway holds one port: the \
       new gateway starts beside its new sidecar and waits for the port, the old one closes its \
       listener and finishes its requests, and the new one takes the port at once.
       """)
 
-  @Argument(help: "The service: users, orders, payments, events, gateway or control-plane.")
+  @Argument(
+    help: "The service: users, orders, payments, events, gateway, control-plane or postgres.")
   var service: String
 
   func run() async throws {
@@ -407,6 +410,10 @@ struct Restart: AsyncParsableCommand {
     }
     if service == "control-plane" {
       try await restartControlPlane(&run)
+      return
+    }
+    if service == "postgres" {
+      try await restartPostgres(&run)
       return
     }
     guard let layout = ShopLayout.services.first(where: { $0.name == service }) else {
@@ -456,6 +463,26 @@ struct Restart: AsyncParsableCommand {
 }
 
 extension Restart {
+  /// The local PostgreSQL: stopped "fast" (sessions ended) and started again on its port and
+  /// data.
+  private func restartPostgres(_ run: inout ShopRun) async throws {
+    guard let postgres = run.postgres, postgres.folder != nil,
+      let old = run.processes.first(where: { $0.role == .postgres })
+    else {
+      throw MeshctlFailure("the shop's PostgreSQL is not one meshctl up --postgres started")
+    }
+    let stopped = await LocalProcesses.stop([old], signal: SIGINT, timeout: .seconds(30))
+    guard stopped.remaining.isEmpty else {
+      throw MeshctlFailure("postgres (pid \(old.pid)) did not stop")
+    }
+    let position = run.processes.firstIndex { $0.pid == old.pid } ?? 0
+    run.processes.removeAll { $0.pid == old.pid }
+    let (_, fresh) = try await Launcher(run: run).startLocalPostgres(port: postgres.port)
+    run.processes.insert(fresh, at: position)
+    try run.save()
+    print("restarted postgres: now pid \(fresh.pid)")
+  }
+
   /// The control plane on SIGTERM ends its streams and exits; meanwhile the sidecars serve on
   /// with the config they run. The new one starts on the same ports and data, and every
   /// sidecar subscribes again (within its backoff), registers, and runs the current version.
