@@ -196,23 +196,27 @@ let package = Package(
     .target(
       name: "OrderService",
       dependencies: [
-        "ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf, logging, lifecycle,
+        "ShopSupport", "ShopProtos", grpcCore, grdb, postgres, swiftProtobuf, logging, lifecycle,
       ],
       swiftSettings: swiftSettings
     ),
     .target(
       name: "PaymentService",
-      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf],
+      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, postgres, swiftProtobuf, logging],
       swiftSettings: swiftSettings
     ),
     .target(
       name: "EventService",
-      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, swiftProtobuf, lifecycle],
+      dependencies: [
+        "ShopSupport", "ShopProtos", grpcCore, grdb, postgres, swiftProtobuf, logging, lifecycle,
+      ],
       swiftSettings: swiftSettings
     ),
     .executableTarget(
       name: "event-service",
-      dependencies: ["EventService", "ShopProtos", "MeshServiceKit", argumentParser],
+      dependencies: [
+        "EventService", "ShopProtos", "ShopSupport", "MeshServiceKit", argumentParser, logging,
+      ],
       swiftSettings: swiftSettings
     ),
     .executableTarget(
@@ -233,7 +237,9 @@ let package = Package(
     ),
     .executableTarget(
       name: "payment-service",
-      dependencies: ["PaymentService", "ShopProtos", "MeshServiceKit", argumentParser],
+      dependencies: [
+        "PaymentService", "ShopProtos", "ShopSupport", "MeshServiceKit", argumentParser, logging,
+      ],
       swiftSettings: swiftSettings
     ),
 
