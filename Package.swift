@@ -202,7 +202,9 @@ let package = Package(
     ),
     .target(
       name: "PaymentService",
-      dependencies: ["ShopSupport", "ShopProtos", grpcCore, grdb, postgres, swiftProtobuf, logging],
+      dependencies: [
+        "ShopSupport", "ShopProtos", grpcCore, grdb, postgres, swiftProtobuf, logging,
+      ],
       swiftSettings: swiftSettings
     ),
     .target(
