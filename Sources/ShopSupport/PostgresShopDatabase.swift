@@ -228,7 +228,7 @@ public final class PostgresShopDatabase: Sendable {
         guard let result = try await group.next()!.flatMap({ $0 }) else {
           throw RPCError(
             code: .unavailable,
-            message: "the \(name) database did not answer within \(timeout); try again")
+            message: "the \(name) database is unavailable (no answer within \(timeout)); try again")
         }
         return result
       }
