@@ -19,7 +19,7 @@ struct EventServiceCommand: AsyncParsableCommand {
   @Option(
     help: """
       The database: a SQLite file (created if missing), or \
-      postgres://USER@HOST[:PORT]/DATABASE?password_file=PATH.
+      postgres://USER@HOST:PORT/DB?password_file=FILE.
       """)
   var db = ".trellis/events/events.sqlite"
 

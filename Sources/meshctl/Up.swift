@@ -47,7 +47,7 @@ struct Up: AsyncParsableCommand {
   @Option(
     help: """
       Keep the shop's data on an existing PostgreSQL server, reached as an admin that may \
-      create roles and databases: postgres://ADMIN@HOST[:PORT]/postgres?password_file=PATH.
+      create roles and databases: postgres://ADMIN@HOST:PORT/DB?password_file=FILE.
       """)
   var postgresURL: String?
   @Option(help: "The local PostgreSQL cluster's port (default: the control plane port + 30).")

@@ -18,7 +18,7 @@ struct PaymentServiceCommand: AsyncParsableCommand {
   @Option(
     help: """
       The database: a SQLite file (created if missing), or \
-      postgres://USER@HOST[:PORT]/DATABASE?password_file=PATH.
+      postgres://USER@HOST:PORT/DB?password_file=FILE.
       """)
   var db = ".trellis/payments/payments.sqlite"
 

@@ -21,7 +21,7 @@ struct UserServiceCommand: AsyncParsableCommand {
   @Option(
     help: """
       The database: a SQLite file (created if missing), or \
-      postgres://USER@HOST[:PORT]/DATABASE?password_file=PATH.
+      postgres://USER@HOST:PORT/DB?password_file=FILE.
       """)
   var db = ".trellis/users/users.sqlite"
 

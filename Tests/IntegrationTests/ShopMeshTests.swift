@@ -486,8 +486,8 @@ struct GatewayLoad {
   }
 
   /// PostgreSQL restarted under HTTP load through the gateway: calls that need it meanwhile
-  /// fail with 503 (UNAVAILABLE) instead of hanging, the services' pools connect again by
-  /// themselves, and nothing is lost or charged twice.
+  /// fail (503 or 504) instead of hanging, the services' pools connect again by themselves,
+  /// and nothing is lost or charged twice.
   @Test func restartingPostgreSQLUnderLoadLosesNothing() throws {
     let shop = try LocalShop(["--postgres"], name: "restart-pg")
     let load = try shop.load(workers: 3)
@@ -498,7 +498,9 @@ struct GatewayLoad {
     Thread.sleep(forTimeInterval: 5)
     let result = try load.finish()
     let statuses = result["statuses"] as? [String: Int] ?? [:]
-    #expect(Set(statuses.keys).isSubset(of: ["200", "503"]), "\(result)")
+    // 503: UNAVAILABLE from a service whose database is away; 504: a call whose deadline passed
+    // meanwhile (on a loaded machine, waiting for a connection and then for payments).
+    #expect(Set(statuses.keys).isSubset(of: ["200", "503", "504"]), "\(result)")
     let settled = try shop.settledInvariants()
     #expect((settled["violations"] as? [String])?.isEmpty == true, "\(settled)")
     #expect(settled["unfinished_sagas"] as? Int == 0, "\(settled)")

@@ -54,7 +54,7 @@ func database(
   case .sqlite:
     return .sqlite(path: try databasePath(name))
   case .postgres:
-    let cluster = try TestPostgres.cluster(for: suite)
+    let cluster = try await offThePool { try TestPostgres.cluster(for: suite) }
     let unique = "\(name)_\(UUID().uuidString.prefix(8))".lowercased()
       .map { $0.isLetter || $0.isNumber ? $0 : "_" }
     return try ShopDatabaseLocation(
@@ -91,5 +91,14 @@ enum TestPostgres {
       running.server.stop(.immediate)
       try? FileManager.default.removeItem(atPath: running.cluster.directory)
     }
+  }
+}
+
+/// Runs blocking work (starting or stopping a server, waiting for a process) on a thread of its
+/// own: the cooperative threads the async tests share are few (two on a 2-core machine), and a
+/// database pool's calls and their time bounds wait for them.
+func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+  try await withCheckedThrowingContinuation { continuation in
+    Thread.detachNewThread { continuation.resume(with: Result { try work() }) }
   }
 }
