@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import Logging
 import PostgresNIO
+import Synchronization
 // The pool's own errors (its circuit breaker open while the server is away) are its module's.
 import _ConnectionPoolModule
 
@@ -218,19 +219,11 @@ public final class PostgresShopDatabase: Sendable {
     -> T
   {
     do {
-      return try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await operation() }
-        group.addTask {
-          try await Task.sleep(for: self.timeout)
-          return nil
-        }
-        defer { group.cancelAll() }
-        guard let result = try await group.next()!.flatMap({ $0 }) else {
-          throw RPCError(
-            code: .unavailable,
-            message: "the \(name) database is unavailable (no answer within \(timeout)); try again")
-        }
-        return result
+      return try await Self.race(operation, against: timeout) {
+        RPCError(
+          code: .unavailable,
+          message: "the \(self.name) database is unavailable (no answer within \(self.timeout)); "
+            + "try again")
       }
     } catch let error as PSQLError where Self.isUnavailable(error) {
       throw RPCError(
@@ -245,6 +238,74 @@ public final class PostgresShopDatabase: Sendable {
     } catch let error as ConnectionPoolError {
       throw RPCError(
         code: .unavailable, message: "the \(name) database is unavailable (\(error)); try again")
+    }
+  }
+
+  /// `operation`'s result, or `late()` thrown once `limit` has passed, whichever comes first.
+  /// The answer does not wait for the operation to end: one stuck on a connection that never
+  /// answers (and deaf to cancellation) is cancelled and left behind, never waited for.
+  static func race<T: Sendable>(
+    _ operation: @escaping @Sendable () async throws -> T, against limit: Duration,
+    late: @escaping @Sendable () -> any Error
+  ) async throws -> T {
+    let race = Race<T>()
+    defer { race.cancelTasks() }
+    return try await withTaskCancellationHandler {
+      try await withCheckedThrowingContinuation { continuation in
+        race.start(
+          continuation,
+          work: Task {
+            do {
+              race.finish(.success(try await operation()))
+            } catch {
+              race.finish(.failure(error))
+            }
+          },
+          timer: Task {
+            try? await Task.sleep(for: limit)
+            race.finish(.failure(late()))
+          })
+      }
+    } onCancel: {
+      race.finish(.failure(CancellationError()))
+    }
+  }
+
+  /// The first of an operation and its timer to finish answers; the other is cancelled.
+  final class Race<T: Sendable>: Sendable {
+    private let state = Mutex<
+      (
+        answer: CheckedContinuation<T, any Error>?, early: Result<T, any Error>?,
+        tasks: [Task<Void, Never>]
+      )
+    >((nil, nil, []))
+
+    func start(
+      _ answer: CheckedContinuation<T, any Error>, work: Task<Void, Never>, timer: Task<Void, Never>
+    ) {
+      let early = state.withLock { state -> Result<T, any Error>? in
+        state.tasks = [work, timer]
+        guard let early = state.early else {
+          state.answer = answer
+          return nil
+        }
+        return early
+      }
+      if let early { answer.resume(with: early) }
+    }
+
+    /// The first call answers; later ones do nothing.
+    func finish(_ result: Result<T, any Error>) {
+      let answer = state.withLock { state -> CheckedContinuation<T, any Error>? in
+        defer { state.answer = nil }
+        if state.answer == nil, state.early == nil { state.early = result }
+        return state.answer
+      }
+      answer?.resume(with: result)
+    }
+
+    func cancelTasks() {
+      for task in state.withLock({ $0.tasks }) { task.cancel() }
     }
   }
 

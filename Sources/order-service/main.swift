@@ -106,8 +106,10 @@ struct OrderServiceCommand: AsyncParsableCommand {
               }
           },
           acknowledge: { request in
+            var options = CallOptions.defaults
+            options.timeout = .seconds(10)
             _ = try await Shop_V1_EventService.Client(wrapping: try clients.client(for: "events"))
-              .ack(request)
+              .ack(request, options: options)
           },
           handle: { event in
             // Under the trace of the call that published the event.

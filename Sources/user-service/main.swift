@@ -1,4 +1,5 @@
 import ArgumentParser
+import GRPCCore
 import Logging
 import MeshServiceKit
 import ServiceLifecycle
@@ -56,10 +57,13 @@ struct UserServiceCommand: AsyncParsableCommand {
           event in
           var request = Shop_V1_PublishRequest()
           request.event = event
+          // Bounded: a publication that never answers must not hold up the outbox for good.
+          var options = CallOptions.defaults
+          options.timeout = .seconds(10)
           // The publication joins the trace of the call that made the event.
-          try await ServiceContext.withValue(.carried(by: event.headers)) {
+          try await ServiceContext.withValue(.carried(by: event.headers)) { [options] in
             _ = try await Shop_V1_EventService.Client(wrapping: try clients.client(for: "events"))
-              .publish(request)
+              .publish(request, options: options)
           }
         })
     }
