@@ -217,7 +217,8 @@ let package = Package(
     .executableTarget(
       name: "event-service",
       dependencies: [
-        "EventService", "ShopProtos", "ShopSupport", "MeshServiceKit", argumentParser, logging,
+        "EventService", "ShopProtos", "ShopSupport", "MeshServiceKit", "MeshConfig", argumentParser,
+        logging,
       ],
       swiftSettings: swiftSettings
     ),

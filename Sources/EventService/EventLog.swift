@@ -23,6 +23,9 @@ public protocol EventLog: Sendable {
     -> [Shop_V1_Delivery]
   /// Forgets the group's pending deliveries of `ids`; returns how many there were.
   func acknowledge(topic: String, group: String, ids: [String]) async throws -> Int
+  /// Deletes at most `limit` of the events published before `cutoff` (nanoseconds since the
+  /// epoch), oldest first, that no group holds unacknowledged; returns how many it deleted.
+  func trim(publishedBefore cutoff: Int64, limit: Int) async throws -> Int
   /// Calls `wake` whenever any instance publishes, until the task is cancelled; returns at once
   /// when the store cannot tell (its instances then find others' events by polling).
   func watchPublications(_ wake: @escaping @Sendable () -> Void) async
@@ -90,7 +93,24 @@ public struct SQLiteEventLog: EventLog {
           CREATE INDEX pending_by_deadline ON pending (topic, consumer_group, deadline);
           """)
     }
+    migrator.registerMigration("v2: pending by sequence, for retention") { db in
+      try db.execute(sql: "CREATE INDEX pending_by_sequence ON pending (sequence)")
+    }
     return migrator
+  }
+
+  public func trim(publishedBefore cutoff: Int64, limit: Int) async throws -> Int {
+    try await database.write { db in
+      try db.execute(
+        sql: """
+          DELETE FROM events WHERE sequence IN (
+            SELECT sequence FROM events
+            WHERE publish_time < ?
+              AND NOT EXISTS (SELECT 1 FROM pending WHERE pending.sequence = events.sequence)
+            ORDER BY sequence LIMIT ?)
+          """, arguments: [cutoff, limit])
+      return db.changesCount
+    }
   }
 
   public func publish(
@@ -263,8 +283,32 @@ public struct PostgresEventLog: EventLog {
         )
         """,
         "CREATE INDEX pending_by_deadline ON pending (topic, consumer_group, deadline)",
-      ])
+      ]),
+    PostgresShopDatabase.Migration(
+      "v2: pending by sequence, for retention",
+      ["CREATE INDEX pending_by_sequence ON pending (sequence)"]),
   ]
+
+  public func trim(publishedBefore cutoff: Int64, limit: Int) async throws -> Int {
+    let logger = database.logger
+    return try await database.connection { connection in
+      // Rows another instance is trimming now are skipped, not waited for.
+      var count = 0
+      for try await _ in try await connection.query(
+        """
+        DELETE FROM events WHERE sequence IN (
+          SELECT sequence FROM events
+          WHERE publish_time < \(cutoff)
+            AND NOT EXISTS (SELECT 1 FROM pending WHERE pending.sequence = events.sequence)
+          ORDER BY sequence LIMIT \(limit) FOR UPDATE SKIP LOCKED)
+        RETURNING sequence
+        """, logger: logger
+      ).decode(Int64.self) {
+        count += 1
+      }
+      return count
+    }
+  }
 
   public func publish(
     _ event: Shop_V1_Event, headers: Data

@@ -23,39 +23,111 @@ public final class EventService: Shop_V1_EventService.SimpleServiceProtocol, Sen
   /// PostgreSQL, which notifies) at another instance; the poll finds the rest.
   private let published = Notifier()
   let pollInterval: Duration
+  /// How long an event is kept after it is published (nil: for ever).
+  public let retention: Duration?
+  private let logger: Logger
   private let watching: Task<Void, Never>
+  private let trimming: Task<Void, Never>?
 
-  public init(log: any EventLog, pollInterval: Duration = .milliseconds(250)) {
+  /// How long events are kept unless told otherwise: a week, as Kafka's `retention.ms`.
+  public static let defaultRetention = Duration.seconds(7 * 86_400)
+
+  public init(
+    log: any EventLog, pollInterval: Duration = .milliseconds(250),
+    retention: Duration? = EventService.defaultRetention,
+    logger: Logger = Logger(label: "event-service")
+  ) {
     self.log = log
     self.pollInterval = pollInterval
+    self.retention = retention
+    self.logger = logger
     let published = published
     watching = Task { await log.watchPublications { published.notify() } }
+    if let retention {
+      // Each instance trims now and then (every instance may: they skip each other's rows).
+      let every = min(.seconds(60), max(.seconds(1), retention / 2))
+      trimming = Task {
+        while !Task.isCancelled {
+          let cutoff = nowNanos() - Self.nanoseconds(retention)
+          await Self.trim(log, publishedBefore: cutoff, logger: logger)
+          try? await Task.sleep(for: every)
+        }
+      }
+    } else {
+      trimming = nil
+    }
   }
 
-  deinit { watching.cancel() }
+  deinit {
+    watching.cancel()
+    trimming?.cancel()
+  }
 
   /// Over the SQLite file at `path` (created and migrated if needed).
   public convenience init(
-    databasePath path: String, pollInterval: Duration = .milliseconds(250)
+    databasePath path: String, pollInterval: Duration = .milliseconds(250),
+    retention: Duration? = EventService.defaultRetention
   )
     throws
   {
-    self.init(log: try SQLiteEventLog(path: path), pollInterval: pollInterval)
+    self.init(
+      log: try SQLiteEventLog(path: path), pollInterval: pollInterval, retention: retention)
   }
 
   /// Over the database `location` names. On PostgreSQL, where every instance hears of every
   /// publication, the poll is only a safety net: `pollInterval` is at least a second there.
   public static func open(
-    _ location: ShopDatabaseLocation, pollInterval: Duration = .milliseconds(250), logger: Logger
+    _ location: ShopDatabaseLocation, pollInterval: Duration = .milliseconds(250),
+    retention: Duration? = EventService.defaultRetention, logger: Logger
   ) async throws -> EventService {
     switch location {
     case .sqlite(let path):
-      return try EventService(databasePath: path, pollInterval: pollInterval)
+      return EventService(
+        log: try SQLiteEventLog(path: path), pollInterval: pollInterval, retention: retention,
+        logger: logger)
     case .postgres(let postgres):
       return EventService(
         log: try await PostgresEventLog(postgres, logger: logger),
-        pollInterval: max(pollInterval, .seconds(1)))
+        pollInterval: max(pollInterval, .seconds(1)), retention: retention, logger: logger)
     }
+  }
+
+  // MARK: Retention
+
+  /// Deletes the events published before `cutoff` (nanoseconds since the epoch), a batch at a
+  /// time, but those a group holds unacknowledged: they go once acknowledged and past the
+  /// cutoff. As with Kafka's retention, a group whose cursor is behind loses what is deleted
+  /// before it reads it. Returns how many went.
+  @discardableResult
+  public func trim(publishedBefore cutoff: Int64) async -> Int {
+    await Self.trim(log, publishedBefore: cutoff, logger: logger)
+  }
+
+  static func nanoseconds(_ duration: Duration) -> Int64 {
+    duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+  }
+
+  @discardableResult
+  private static func trim(
+    _ log: any EventLog, publishedBefore cutoff: Int64, logger: Logger
+  ) async -> Int {
+    let batch = 10_000
+    var total = 0
+    do {
+      while !Task.isCancelled {
+        let deleted = try await log.trim(publishedBefore: cutoff, limit: batch)
+        total += deleted
+        if deleted < batch { break }
+      }
+    } catch {
+      logger.warning(
+        "cannot delete events past their retention; trying again later",
+        metadata: ["error": "\(error)"])
+    }
+    if total > 0 {
+      logger.info("deleted events past their retention", metadata: ["events": "\(total)"])
+    }
+    return total
   }
 
   // MARK: Publish

@@ -182,8 +182,13 @@ final class ForwardingConnection: ChannelDuplexHandler {
     settingsCheck = context.eventLoop.scheduleTask(in: Self.settingsTimeout) {
       bound.value.checkSettingsAcknowledged()
     }
-    if case .upstream(let endpoint) = role, endpoint.expectedIdentity != nil {
-      startLivenessCheck(context: context)
+    switch role {
+    case .upstream(let endpoint) where endpoint.expectedIdentity != nil:
+      startLivenessCheck(context: context, silences: Self.pingAfterSilence)
+    case .downstream(direction: "inbound", _, _):
+      startLivenessCheck(context: context, silences: Self.callerPingAfterSilence)
+    default:
+      break
     }
     if !isServer { output.writeBytes(HTTP2Wire.preface) }
     // This side's SETTINGS, and the connection window opened to its target (stream windows
@@ -760,8 +765,14 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   /// A peer sidecar behind a cut link sends nothing, and TCP says nothing for minutes: a
   /// pooled mesh connection that has heard nothing for a while sends a PING, and one whose
-  /// PING goes unanswered is closed, its calls failing over (or retried) at once.
+  /// PING goes unanswered is closed, its calls failing over (or retried) at once. An accepted
+  /// one (a caller's sidecar on another host) does the same while it carries calls: a caller
+  /// lost with its host would otherwise hold its calls here — a subscription's stream, and
+  /// what the app sends into it — for as long as the app keeps them open.
   struct Liveness {
+    /// How long the connection may be silent before it is PINGed, with calls and without
+    /// (nil: never, when it carries none).
+    let silences: (busy: TimeAmount, idle: TimeAmount?)
     var lastHeard = NIODeadline.now()
     var pingSent: NIODeadline?
     /// The PING's time ran out once; the verdict waits for one more pass over the socket.
@@ -772,7 +783,15 @@ final class ForwardingConnection: ChannelDuplexHandler {
 
   /// How long a connection carrying calls may be silent before it is PINGed, and how long an
   /// idle one may.
-  static let pingAfterSilence = (busy: TimeAmount.milliseconds(500), idle: TimeAmount.seconds(10))
+  static let pingAfterSilence: (busy: TimeAmount, idle: TimeAmount?) = (
+    busy: .milliseconds(500), idle: .seconds(10)
+  )
+  /// The same for an accepted mesh connection: a caller's silence is looked into less
+  /// eagerly (its calls' own deadlines and the caller's PINGs watch the rest), and an idle
+  /// one is left to the idle timeout.
+  static let callerPingAfterSilence: (busy: TimeAmount, idle: TimeAmount?) = (
+    busy: .seconds(5), idle: nil
+  )
   /// How long a PING may go unanswered.
   static let pingTimeout = TimeAmount.seconds(1)
   /// After that, one more pass of the event loop over its sockets before the connection is
@@ -785,15 +804,17 @@ final class ForwardingConnection: ChannelDuplexHandler {
     liveness!.overdue = false
   }
 
-  private func startLivenessCheck(context: ChannelHandlerContext) {
-    liveness = Liveness()
+  private func startLivenessCheck(
+    context: ChannelHandlerContext, silences: (busy: TimeAmount, idle: TimeAmount?)
+  ) {
+    liveness = Liveness(silences: silences)
     scheduleLivenessCheck(context: context)
   }
 
   private func scheduleLivenessCheck(context: ChannelHandlerContext) {
-    let wait =
-      state.streams.isEmpty
-      ? Self.pingAfterSilence.idle : .nanoseconds(Self.pingAfterSilence.busy.nanoseconds / 2)
+    guard let silences = liveness?.silences else { return }
+    let halfBusy = TimeAmount.nanoseconds(silences.busy.nanoseconds / 2)
+    let wait = state.streams.isEmpty ? silences.idle ?? halfBusy : halfBusy
     liveness?.check = context.eventLoop.assumeIsolated().scheduleTask(in: wait) { [self] in
       checkLiveness(context: context)
     }
@@ -821,9 +842,8 @@ final class ForwardingConnection: ChannelDuplexHandler {
         return
       }
     } else {
-      let silence =
-        self.state.streams.isEmpty ? Self.pingAfterSilence.idle : Self.pingAfterSilence.busy
-      if now - state.lastHeard >= silence {
+      let silence = self.state.streams.isEmpty ? state.silences.idle : state.silences.busy
+      if let silence, now - state.lastHeard >= silence {
         state.pingSent = now
         writePing(UInt64(now.uptimeNanoseconds))
         markNeedsFlush()

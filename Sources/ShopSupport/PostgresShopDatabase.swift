@@ -244,7 +244,7 @@ public final class PostgresShopDatabase: Sendable {
   /// `operation`'s result, or `late()` thrown once `limit` has passed, whichever comes first.
   /// The answer does not wait for the operation to end: one stuck on a connection that never
   /// answers (and deaf to cancellation) is cancelled and left behind, never waited for.
-  static func race<T: Sendable>(
+  public static func race<T: Sendable>(
     _ operation: @escaping @Sendable () async throws -> T, against limit: Duration,
     late: @escaping @Sendable () -> any Error
   ) async throws -> T {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EventService
 import Logging
+import MeshConfig
 import MeshServiceKit
 import ShopProtos
 import ShopSupport
@@ -23,17 +24,38 @@ struct EventServiceCommand: AsyncParsableCommand {
       """)
   var db = ".trellis/events/events.sqlite"
 
+  @Option(
+    help: """
+      How long an event is kept after it is published (7d; 12h, 30m…), or \
+      "forever". One a group has not acknowledged stays until it is.
+      """)
+  var retention = "7d"
+
+  /// `--retention` as a duration (nil: for ever).
+  var retentionDuration: Duration? {
+    get throws {
+      if retention == "forever" { return nil }
+      guard let duration = parseDuration(retention) else {
+        throw ValidationError(
+          "--retention \(retention): give a duration such as 7d, 12h or 30m, or forever")
+      }
+      return duration
+    }
+  }
+
   func validate() throws {
     do {
       _ = try ShopDatabaseLocation(db)
     } catch {
       throw ValidationError("\(error)")
     }
+    _ = try retentionDuration
   }
 
   func run() async throws {
     let bus = try await EventService.open(
-      try ShopDatabaseLocation(db), logger: Logger(label: "event-service"))
+      try ShopDatabaseLocation(db), retention: try retentionDuration,
+      logger: Logger(label: "event-service"))
     try await options.serve(
       name: "event-service", defaultListen: "127.0.0.1:50054",
       descriptorSets: [ShopProtosDescriptors.fileDescriptorSet]

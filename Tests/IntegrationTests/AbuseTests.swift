@@ -150,6 +150,22 @@ import Testing
     try expectHealthy(on: listener)
   }
 
+  /// A caller of the mesh that goes silent with a call open (its host lost: nothing answers)
+  /// is PINGed after 5 s of silence and dropped when the PING goes unanswered, so its calls
+  /// end at the app too. A local app (outbound) is not PINGed: its own calls' deadlines
+  /// bound it.
+  @Test func aSilentCallerOfTheMeshIsPingedAndDropped() throws {
+    let inbound = try attack("silent-caller", on: .inbound)
+    #expect(inbound["pings"] as? Int == 1, "\(inbound)")
+    #expect(inbound["closed"] as? Bool == true, "\(inbound)")
+    let seconds = inbound["seconds"] as? Double ?? 99
+    #expect(seconds >= 5 && seconds < 9, "\(inbound)")
+    let outbound = try attack("silent-caller", on: .outbound)
+    #expect(outbound["pings"] as? Int == 0, "\(outbound)")
+    #expect(outbound["closed"] as? Bool == false, "\(outbound)")
+    try expectHealthy(on: .inbound)
+  }
+
   /// Malformed requests (RFC 9113 §8.2–8.3) are refused one stream at a time, and a request
   /// with allowed headers of the same lengths as the refused names is served on the same
   /// connection.

@@ -56,6 +56,22 @@ import Testing
       LocalShop(["--replicas", "orders=2", "--postgres"], name: "kill-orders-pg"))
   }
 
+  /// The host-loss drill (`scripts/multihost --postgres`): the shop over four hosts (network
+  /// namespaces), two orders instances on hosts 1 and 2, payments on 1 and 3, users on all
+  /// three, events on 2 and 3; PostgreSQL, the control plane and the gateway on host 4. Host 1
+  /// is lost whole under load: reads stay at least 99.9 % OK, and afterwards no order the
+  /// gateway answered is missing, unfinished or charged twice, and every user has its
+  /// customer record.
+  @Test(.enabled(if: NetworkNamespace.available, "needs root and iproute2's ip netns"))
+  func losingAHostLosesNoOrder() throws {
+    let result = try run(
+      repositoryRoot.appendingPathComponent("scripts/multihost").path,
+      ["--postgres", "--bin", productsDirectory.path, "--seconds", "12"])
+    print(result.stdout)
+    #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+    #expect(result.stdout.contains("done: the host-loss drill passed"), "\(result.stdout)")
+  }
+
   /// PostgreSQL restarted under HTTP load through the gateway: calls that need it meanwhile
   /// fail (503 or 504) instead of hanging, the services' pools connect again by themselves,
   /// and nothing is lost or charged twice.

@@ -143,6 +143,41 @@ import Testing
     #expect((after.first { $0.event.id == "b" }?.attempt ?? 0) >= 3)
   }
 
+  /// Retention: events published before the cutoff go, except those a group holds
+  /// unacknowledged, which go once acknowledged; a group whose cursor is behind goes on from
+  /// what is left (Kafka's `retention.ms`). An instance trims by itself, now and then.
+  @Test(arguments: Backend.allCases) func eventsPastTheirRetentionGo(
+    _ backend: Backend
+  ) async throws {
+    let bus = try await EventService.open(
+      try await database("events_retention", on: backend), retention: nil,
+      logger: TestPostgres.logger)
+    for id in ["a", "b", "c"] { _ = try await bus.publish(request: event(id), context: context()) }
+    let handed = try await receive(bus, group: "orders", count: 3)
+    #expect(handed.map(\.event.id) == ["a", "b", "c"])
+    #expect(try await ack(bus, group: "orders", ["b", "c"]) == 2)
+    func soon() -> Int64 { Int64(Date().timeIntervalSince1970 * 1e9) + 1_000_000_000 }
+    #expect(await bus.trim(publishedBefore: soon()) == 2, "a is held by orders")
+    _ = try await bus.publish(request: event("d"), context: context())
+    let audit = try await receive(bus, group: "audit", count: 2)
+    #expect(audit.map(\.event.id) == ["a", "d"], "\(audit.map(\.event.id))")
+    #expect(try await ack(bus, group: "audit", ["a", "d"]) == 2)
+    // d: acknowledged by audit, not yet handed to orders — gone all the same.
+    #expect(await bus.trim(publishedBefore: soon()) == 1)
+    #expect(try await ack(bus, group: "orders", ["a"]) == 1)
+    #expect(await bus.trim(publishedBefore: soon()) == 1)
+    #expect(await bus.trim(publishedBefore: soon()) == 0)
+
+    let trimming = try await EventService.open(
+      try await database("events_retention_timer", on: backend), retention: .seconds(2),
+      logger: TestPostgres.logger)
+    _ = try await trimming.publish(request: event("old"), context: context())
+    try await Task.sleep(for: .seconds(5))
+    _ = try await trimming.publish(request: event("new"), context: context())
+    let late = try await receive(trimming, group: "late", count: 2, timeout: .seconds(2))
+    #expect(late.map(\.event.id) == ["new"], "\(late.map(\.event.id))")
+  }
+
   @Test(arguments: Backend.allCases) func badInputIsRefused(_ backend: Backend) async throws {
     let bus = try await EventService.open(
       try await database("events_bad", on: backend), logger: TestPostgres.logger)

@@ -19,7 +19,7 @@ import UserService
         == .sqlite(path: ".trellis/users/users.sqlite"))
     let folder = try makeTemporaryDirectory("postgres-location")
     let secret = folder.appendingPathComponent("users.password").path
-    FileManager.default.createFile(
+    _ = FileManager.default.createFile(
       atPath: secret, contents: Data("s3cret\n".utf8), attributes: [.posixPermissions: 0o600])
     let location = try ShopDatabaseLocation(
       "postgres://users@127.0.0.1:6543/users?password_file=\(secret)")

@@ -11,6 +11,8 @@ Usage: h2_abuse.py HOST:PORT CASE [SIDECAR-PID [CONNECTIONS]]
   big-headers         a 64 KiB header value (the advertised list limit is 16 KiB)
   too-many-streams    1,100 open streams on one connection (1,024 advertised)
   idle                a connection that opens and then sends nothing
+  silent-caller       a call left open (its request never ended), then silence: the
+                      connection's PINGs go unanswered, as from a caller whose host is gone
   slowloris           a request's HEADERS frame sent one byte every 200 ms
   malformed           requests that RFC 9113 calls malformed (connection-specific headers, te
                       other than trailers, upper-case names, misplaced or unknown
@@ -281,6 +283,17 @@ def idle(target):
     frames, closed = c.read_frames(10)
     result = summary(frames, closed)
     result["seconds"] = round(time.monotonic() - start, 1)
+    return result
+
+
+def silent_caller(target):
+    c = Connection(target)
+    start = time.monotonic()
+    c.send(c.request(UNARY, 1, end_stream=False))
+    frames, closed = c.read_frames(10)
+    result = summary(frames, closed)
+    result["seconds"] = round(time.monotonic() - start, 1)
+    result["pings"] = sum(1 for k, flags, _, _ in frames if k == PING and not flags & ACK)
     return result
 
 
@@ -660,6 +673,7 @@ def then_healthy(target):
 CASES = {"rapid-reset": rapid_reset, "made-you-reset": made_you_reset,
          "cancels-among-calls": cancels_among_calls, "continuation-flood": continuation_flood,
          "big-headers": big_headers, "too-many-streams": too_many_streams, "idle": idle,
+         "silent-caller": silent_caller,
          "slowloris": slowloris, "malformed": malformed, "empty-data": empty_data,
          "bad-fields": bad_fields, "window-overflow": window_overflow, "priority": priority,
          "closed-streams": closed_streams,

@@ -4,11 +4,13 @@ databases directly (read-only): their SQLite files, or their PostgreSQL database
 - every order is CONFIRMED (2) or CANCELLED (3), none PENDING (1);
 - every charged payment belongs to exactly one CONFIRMED order, which names it;
 - every CONFIRMED order has a charged payment with its id as the idempotency key;
-- every user has its customer record in orders.
+- every user has its customer record in orders;
+- with --orders FILE (a JSON list of the order ids the gateway answered): each is there.
 
     shop_invariants.py DATA_DIR   (DATA_DIR/users/users.sqlite, orders/…, payments/…)
     shop_invariants.py --postgres RUN_JSON   (the databases `meshctl up --postgres` made, as
                                               .trellis/run.json names them; queried with psql)
+    either, then --orders FILE
 
 Prints one JSON object: counts, and the violations found (empty when all hold).
 """
@@ -47,6 +49,13 @@ class Rows(list):
     def fetchone(self):
         return self[0]
 
+
+answered = []
+if "--orders" in sys.argv:
+    at = sys.argv.index("--orders")
+    with open(sys.argv[at + 1]) as file:
+        answered = json.load(file)
+    del sys.argv[at:at + 2]
 
 if sys.argv[1] == "--postgres":
     with open(sys.argv[2]) as file:
@@ -96,10 +105,14 @@ for order_id, (status, payment_id) in order_rows.items():
 missing = sorted(user_ids - customers)
 if missing:
     violations.append(f"{len(missing)} users have no customer record: {missing[:5]}")
+lost = [order_id for order_id in answered if order_id not in order_rows]
+if lost:
+    violations.append(f"{len(lost)} orders answered are missing: {lost[:5]}")
 pending_sagas = orders.execute("SELECT COUNT(*) FROM sagas WHERE step != 'done'").fetchone()[0]
 print(json.dumps({
     "users": len(user_ids), "customers": len(customers), "orders": len(order_rows),
     "orders_by_status": {str(k): v for k, v in by_status.items()},
     "charged_payments": len(charged), "payments": len(all_payments),
-    "unfinished_sagas": pending_sagas, "violations": violations[:30],
+    "unfinished_sagas": pending_sagas, "answered_orders_missing": len(lost),
+    "violations": violations[:30],
 }))
