@@ -266,6 +266,16 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
 
+    // The operators' web dashboard (`meshctl dashboard`): its server, views and assets.
+    .target(
+      name: "MeshDashboard",
+      dependencies: [
+        "MeshProtos", "MeshTracing", swiftProtobuf, logging, nioCore,
+        .product(name: "Hummingbird", package: "hummingbird"),
+      ],
+      swiftSettings: swiftSettings
+    ),
+
     // The `rpc` CLI.
     .executableTarget(
       name: "rpc",
@@ -309,7 +319,7 @@ let package = Package(
       dependencies: [
         "LocalPostgres", "ShopSupport", postgres,
         "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", "MeshControlClient",
-        "EtcdAPI",
+        "EtcdAPI", "MeshDashboard", .product(name: "Hummingbird", package: "hummingbird"),
         argumentParser, x509, crypto,
         "MeshTracing", grpcCore, grpcHTTP2, grpcProtobuf, swiftProtobuf,
         .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "Yams", package: "Yams"),
@@ -411,6 +421,11 @@ let package = Package(
     .testTarget(
       name: "EtcdAPITests",
       dependencies: ["EtcdAPI", "TestSupport", nioCore, nioEmbedded],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "MeshDashboardTests",
+      dependencies: ["MeshDashboard", "MeshProtos"],
       swiftSettings: swiftSettings
     ),
     .testTarget(

@@ -33,7 +33,10 @@ final class TelemetryHub: Sendable {
   private struct State {
     /// Inbound calls by service, oldest first.
     var samples: [String: [Sample]] = [:]
-    /// When each service was first reported (the window is shorter until a minute has passed).
+    /// Outbound calls by caller and service called (`edgeKey`), oldest first.
+    var edges: [String: [Sample]] = [:]
+    /// When each service (and each edge) was first reported (the window is shorter until a
+    /// minute has passed).
     var firstSeen: [String: TimeInterval] = [:]
     var reporters: [UUID: Reporter] = [:]
     var taps: [String: Tap] = [:]
@@ -67,15 +70,28 @@ final class TelemetryHub: Sendable {
       [(AsyncStream<Trellis_Mesh_V1_TapEvent>.Continuation, Trellis_Mesh_V1_TapEvent)] =
         state.withLock { state in
           guard let reporter = state.reporters[id] else { return [] }
-          for stats in report.calls where stats.direction == "inbound" {
-            // What a sidecar says of its own service only: its identity names it.
-            guard stats.service == reporter.service else { continue }
-            state.samples[stats.service, default: []].append(
-              Sample(time: time, instance: report.instance, stats: stats))
-            if state.firstSeen[stats.service] == nil { state.firstSeen[stats.service] = time }
+          var called: Set<String> = []
+          for stats in report.calls {
+            let sample = Sample(time: time, instance: report.instance, stats: stats)
+            switch stats.direction {
+            case "inbound":
+              // What a sidecar says of its own service only: its identity names it.
+              guard stats.service == reporter.service else { continue }
+              state.samples[stats.service, default: []].append(sample)
+              if state.firstSeen[stats.service] == nil { state.firstSeen[stats.service] = time }
+            case "outbound":
+              // The caller is the reporter's own service, whatever the report says.
+              let key = Self.edgeKey(caller: reporter.service, service: stats.service)
+              called.insert(key)
+              state.edges[key, default: []].append(sample)
+              if state.firstSeen[key] == nil { state.firstSeen[key] = time }
+            default:
+              continue
+            }
           }
           // Only this service's samples are looked through; `top` skips any other's old ones.
           state.samples[reporter.service]?.removeAll { time - $0.time > Self.window }
+          for key in called { state.edges[key]?.removeAll { time - $0.time > Self.window } }
           return report.taps.compactMap { event in
             guard let tap = state.taps[event.tapID], tap.service == reporter.service else {
               return nil
@@ -88,11 +104,24 @@ final class TelemetryHub: Sendable {
 
   // MARK: Operators
 
-  func top(service: String, byMethod: Bool, now: Date = Date()) -> Trellis_Mesh_V1_TopResponse {
+  /// An edge's key: the caller, then the service called.
+  private static func edgeKey(caller: String, service: String) -> String {
+    "\(caller)\u{1}\(service)"
+  }
+
+  /// Each service's figures (or each method's) over the window, from its sidecars' inbound
+  /// calls; with `byEdge`, each caller's calls to it, from the callers' sidecars.
+  func top(
+    service: String, byMethod: Bool, byEdge: Bool = false, now: Date = Date()
+  ) -> Trellis_Mesh_V1_TopResponse {
     let time = now.timeIntervalSince1970
-    let (samples, firstSeen) = state.withLock { ($0.samples, $0.firstSeen) }
+    let (samples, firstSeen) = state.withLock {
+      byEdge ? ($0.edges, $0.firstSeen) : ($0.samples, $0.firstSeen)
+    }
     var groups: [String: [Sample]] = [:]
-    for (name, list) in samples where service.isEmpty || name == service {
+    for (name, list) in samples {
+      let called = byEdge ? String(name.split(separator: "\u{1}").last ?? "") : name
+      guard service.isEmpty || called == service else { continue }
       for sample in list where time - sample.time <= Self.window {
         let key = byMethod ? "\(name)\u{0}\(sample.stats.method)" : name
         groups[key, default: []].append(sample)
@@ -103,7 +132,14 @@ final class TelemetryHub: Sendable {
     for (key, list) in groups.sorted(by: { $0.key < $1.key }) {
       let parts = key.split(separator: "\u{0}", maxSplits: 1).map(String.init)
       var row = Trellis_Mesh_V1_TopRow()
-      row.service = parts[0]
+      let name = parts[0]
+      if byEdge {
+        let ends = name.split(separator: "\u{1}", maxSplits: 1).map(String.init)
+        row.caller = ends[0]
+        row.service = ends.count > 1 ? ends[1] : ""
+      } else {
+        row.service = name
+      }
       if parts.count > 1 { row.method = parts[1] }
       var buckets = [UInt64](repeating: 0, count: LatencyBuckets.count)
       var requests: UInt64 = 0
@@ -115,7 +151,7 @@ final class TelemetryHub: Sendable {
           buckets[index] += UInt64(count)
         }
       }
-      let seconds = min(Self.window, max(1, time - (firstSeen[row.service] ?? time)))
+      let seconds = min(Self.window, max(1, time - (firstSeen[name] ?? time)))
       row.requests = requests
       row.requestsPerSecond = Double(requests) / seconds
       row.successRate = requests == 0 ? 1 : Double(requests - failures) / Double(requests)
@@ -225,7 +261,9 @@ public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
   ) async throws -> ServerResponse<Trellis_Mesh_V1_TopResponse> {
     try requireOperator(context)
     return ServerResponse(
-      message: hub.top(service: request.message.service, byMethod: request.message.byMethod))
+      message: hub.top(
+        service: request.message.service, byMethod: request.message.byMethod,
+        byEdge: request.message.byEdge))
   }
 
   public func tap(

@@ -12,7 +12,8 @@ struct Meshctl: AsyncParsableCommand {
     abstract: "Run and operate the Trellis mesh.",
     subcommands: [
       Certs.self, Tokens.self, Apply.self, Get.self, History.self, Rollback.self, Status.self,
-      Trace.self, Top.self, Tap.self, Up.self, Down.self, Logs.self, Restart.self, Check.self,
+      Trace.self, Top.self, Tap.self, Dashboard.self, Up.self, Down.self, Logs.self, Restart.self,
+      Check.self,
     ])
 
   static func main() async {

@@ -1,4 +1,5 @@
 import Foundation
+import MeshDashboard
 import MeshProtos
 import SwiftProtobuf
 

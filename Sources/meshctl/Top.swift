@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import GRPCCore
+import MeshDashboard
 import MeshProtos
 
 /// `meshctl top`: each service's success rate, request rate and latency over the last minute,

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import GRPCCore
 import MeshConfig
+import MeshDashboard
 import MeshProtos
 
 /// `meshctl trace`: the traces the control plane's collector keeps.

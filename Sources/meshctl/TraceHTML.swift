@@ -1,4 +1,5 @@
 import Foundation
+import MeshDashboard
 
 /// A self-contained HTML page of traces: no network needed to open it. Each trace is a
 /// waterfall — one row per span, indented by parent, a bar on the trace's time axis, markers

@@ -1,4 +1,5 @@
 import Foundation
+import MeshDashboard
 
 /// The terminal waterfall: one row per span, indented by parent, with its service, duration,
 /// status and attempts, and a bar on the trace's time axis; then what happened on the way

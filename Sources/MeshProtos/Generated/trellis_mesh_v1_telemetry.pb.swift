@@ -148,6 +148,10 @@ public nonisolated struct Trellis_Mesh_V1_TopRequest: Sendable {
   /// A row per method rather than per service.
   public var byMethod: Bool = false
 
+  /// A row per caller and service called (an edge of the service graph), from the calls the
+  /// callers' sidecars made (outbound) rather than those the service's sidecars took.
+  public var byEdge: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -178,6 +182,9 @@ public nonisolated struct Trellis_Mesh_V1_TopRow: Sendable {
 
   /// The sidecars that reported calls.
   public var instances: UInt32 = 0
+
+  /// In a row per edge: the calling service (`service` is the one called).
+  public var caller: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -473,7 +480,7 @@ nonisolated extension Trellis_Mesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TopRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{3}by_method\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{3}by_method\0\u{3}by_edge\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -483,6 +490,7 @@ nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftPr
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.service) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.byMethod) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.byEdge) }()
       default: break
       }
     }
@@ -495,12 +503,16 @@ nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftPr
     if self.byMethod != false {
       try visitor.visitSingularBoolField(value: self.byMethod, fieldNumber: 2)
     }
+    if self.byEdge != false {
+      try visitor.visitSingularBoolField(value: self.byEdge, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Trellis_Mesh_V1_TopRequest, rhs: Trellis_Mesh_V1_TopRequest) -> Bool {
     if lhs.service != rhs.service {return false}
     if lhs.byMethod != rhs.byMethod {return false}
+    if lhs.byEdge != rhs.byEdge {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -508,7 +520,7 @@ nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TopRow"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}method\0\u{3}success_rate\0\u{3}requests_per_second\0\u{3}p50_ms\0\u{3}p95_ms\0\u{3}p99_ms\0\u{1}requests\0\u{1}instances\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}method\0\u{3}success_rate\0\u{3}requests_per_second\0\u{3}p50_ms\0\u{3}p95_ms\0\u{3}p99_ms\0\u{1}requests\0\u{1}instances\0\u{1}caller\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -525,6 +537,7 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.p99Ms) }()
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.requests) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.instances) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.caller) }()
       default: break
       }
     }
@@ -558,6 +571,9 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
     if self.instances != 0 {
       try visitor.visitSingularUInt32Field(value: self.instances, fieldNumber: 9)
     }
+    if !self.caller.isEmpty {
+      try visitor.visitSingularStringField(value: self.caller, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -571,6 +587,7 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
     if lhs.p99Ms != rhs.p99Ms {return false}
     if lhs.requests != rhs.requests {return false}
     if lhs.instances != rhs.instances {return false}
+    if lhs.caller != rhs.caller {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -2,24 +2,24 @@ import Foundation
 import MeshProtos
 import MeshTracing
 
-/// One trace as `meshctl trace` draws it: its spans in tree order (a parent before its
+/// One trace as `meshctl trace` and the dashboard draw it: its spans in tree order (a parent before its
 /// children, siblings by start time), each with its depth, on a common time axis.
-struct TraceTree {
-  struct Row {
-    var span: SpanView
-    var depth: Int
+public struct TraceTree: Sendable {
+  public struct Row: Sendable {
+    public var span: SpanView
+    public var depth: Int
   }
 
-  let traceID: String
-  let rows: [Row]
-  let start: UInt64
-  let end: UInt64
+  public let traceID: String
+  public let rows: [Row]
+  public let start: UInt64
+  public let end: UInt64
 
-  var duration: UInt64 { end - start }
-  var root: SpanView? { rows.first?.span }
+  public var duration: UInt64 { end - start }
+  public var root: SpanView? { rows.first?.span }
 
   /// Spans of one trace (a span whose parent is missing is drawn as a root).
-  init(traceID: String, spans: [SpanView]) {
+  public init(traceID: String, spans: [SpanView]) {
     self.traceID = traceID
     let ids = Set(spans.map(\.spanID))
     var children: [String: [SpanView]] = [:]
@@ -47,7 +47,7 @@ struct TraceTree {
   }
 
   /// Every trace in some export requests, newest first.
-  static func trees(_ requests: [OTLPExportRequest]) -> [TraceTree] {
+  public static func trees(_ requests: [OTLPExportRequest]) -> [TraceTree] {
     var byTrace: [String: [SpanView]] = [:]
     var order: [String] = []
     for request in requests {
@@ -66,23 +66,23 @@ struct TraceTree {
 }
 
 /// A span's facts, read from OTLP.
-struct SpanView {
-  var traceID: String
-  var spanID: String
-  var parentID: String?
-  var service: String
+public struct SpanView: Sendable {
+  public var traceID: String
+  public var spanID: String
+  public var parentID: String?
+  public var service: String
   /// `sidecar` or `app` (the `trellis.component` resource attribute), empty when unknown.
-  var component: String
-  var name: String
-  var kind: String
-  var start: UInt64
-  var end: UInt64
-  var isError: Bool
-  var statusMessage: String
-  var attributes: [(String, String)]
-  var events: [(time: UInt64, name: String, attributes: [(String, String)])]
+  public var component: String
+  public var name: String
+  public var kind: String
+  public var start: UInt64
+  public var end: UInt64
+  public var isError: Bool
+  public var statusMessage: String
+  public var attributes: [(String, String)]
+  public var events: [(time: UInt64, name: String, attributes: [(String, String)])]
 
-  init(_ span: OTLPSpan, resource: Opentelemetry_Proto_Resource_V1_Resource) {
+  public init(_ span: OTLPSpan, resource: Opentelemetry_Proto_Resource_V1_Resource) {
     traceID = hex(span.traceID)
     spanID = hex(span.spanID)
     parentID = span.parentSpanID.isEmpty ? nil : hex(span.parentSpanID)
@@ -106,19 +106,19 @@ struct SpanView {
     }
   }
 
-  static func byStart(_ a: SpanView, _ b: SpanView) -> Bool {
+  public static func byStart(_ a: SpanView, _ b: SpanView) -> Bool {
     (a.start, a.spanID) < (b.start, b.spanID)
   }
 
-  func attribute(_ key: String) -> String? { attributes.first { $0.0 == key }?.1 }
+  public func attribute(_ key: String) -> String? { attributes.first { $0.0 == key }?.1 }
 
-  var duration: UInt64 { end - start }
+  public var duration: UInt64 { end - start }
 
   /// `users (sidecar)`, or the service alone for an app's span.
-  var origin: String { component == "sidecar" ? "\(service) sidecar" : service }
+  public var origin: String { component == "sidecar" ? "\(service) sidecar" : service }
 
   /// The gRPC status name, when the span has one; else OK or ERROR from the span status.
-  var status: String {
+  public var status: String {
     if let code = attribute("rpc.grpc.status_code").flatMap(Int.init) {
       return GRPCStatusName.of(code)
     }
@@ -127,7 +127,7 @@ struct SpanView {
 
   /// Attempts: `2 attempts` on a client span that retried, `attempt 2` on the server span of
   /// a retry.
-  var attempts: String {
+  public var attempts: String {
     if let attempts = attribute("trellis.attempts").flatMap(Int.init), attempts > 1 {
       return "\(attempts) attempts"
     }
@@ -138,7 +138,7 @@ struct SpanView {
   }
 }
 
-func describe(_ value: Opentelemetry_Proto_Common_V1_AnyValue) -> String {
+public func describe(_ value: Opentelemetry_Proto_Common_V1_AnyValue) -> String {
   switch value.value {
   case .stringValue(let text): text
   case .boolValue(let flag): flag ? "true" : "false"
@@ -152,12 +152,12 @@ func describe(_ value: Opentelemetry_Proto_Common_V1_AnyValue) -> String {
   }
 }
 
-func hex(_ bytes: Data) -> String {
+public func hex(_ bytes: Data) -> String {
   bytes.map { String(format: "%02x", $0) }.joined()
 }
 
 /// A duration in nanoseconds, as people read it: `850 µs`, `12.4 ms`, `2.31 s`.
-func formatNanos(_ nanos: UInt64) -> String {
+public func formatNanos(_ nanos: UInt64) -> String {
   let value = Double(nanos)
   if value < 1_000_000 { return String(format: "%.0f µs", value / 1000) }
   if value < 1_000_000_000 { return String(format: "%.2f ms", value / 1_000_000) }

@@ -1,0 +1,318 @@
+extension DashboardAssets {
+  /// The page's views: the live service graph, a service's page, trace search and a trace's
+  /// waterfall. Every view keeps itself up to date (the graph by server-sent events, the others
+  /// by asking again every two seconds) until another is opened.
+  static let script = #"""
+    const main = document.getElementById("main");
+    const SVG = "http://www.w3.org/2000/svg";
+    let stopView = () => {};
+
+    function h(tag, attributes = {}, ...children) {
+      const element = document.createElement(tag);
+      for (const [key, value] of Object.entries(attributes)) {
+        if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
+        else if (value !== undefined && value !== null) element.setAttribute(key, value);
+      }
+      for (const child of children.flat()) {
+        if (child !== undefined && child !== null) element.append(child);
+      }
+      return element;
+    }
+
+    function svg(tag, attributes = {}, ...children) {
+      const element = document.createElementNS(SVG, tag);
+      for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+      for (const child of children) if (child !== undefined && child !== null) element.append(child);
+      return element;
+    }
+
+    const enc = encodeURIComponent;
+    const percent = (x) => (x * 100).toFixed(2) + " %";
+    const millis = (x) => (x < 10 ? x.toFixed(2) : x.toFixed(0)) + " ms";
+    const perSecond = (x) => x.toFixed(1);
+    const clock = (nanos) => new Date(nanos / 1e6).toLocaleTimeString();
+
+    async function getJSON(url) {
+      const response = await fetch(url);
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || response.statusText);
+      return body;
+    }
+
+    function updated() {
+      document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    }
+
+    /// Calls `draw` now and every two seconds until the view changes; a failure is shown, and
+    /// the next round tries again.
+    function every(draw) {
+      let live = true;
+      const round = async () => {
+        if (!live) return;
+        try {
+          await draw();
+          updated();
+        } catch (error) {
+          showError(error);
+        }
+        if (live) timer = setTimeout(round, 2000);
+      };
+      let timer = null;
+      round();
+      stopView = () => { live = false; clearTimeout(timer); };
+    }
+
+    function showError(error) {
+      let line = document.getElementById("failure");
+      if (!line) {
+        line = h("p", { id: "failure", class: "error" });
+        main.prepend(line);
+      }
+      line.textContent = String(error.message || error);
+    }
+
+    function clearError() {
+      document.getElementById("failure")?.remove();
+    }
+
+    function badge(figures) {
+      return h("span", { class: "badge " + figures.health }, figures.health);
+    }
+
+    function figureCells(figures) {
+      return [
+        h("td", {}, perSecond(figures.rps)), h("td", {}, percent(figures.successRate)),
+        h("td", {}, millis(figures.p50Ms)), h("td", {}, millis(figures.p99Ms)),
+        h("td", {}, String(figures.requests)),
+      ];
+    }
+
+    function figureHeader(...first) {
+      return h("tr", {}, first.map((name) => h("th", { class: "text" }, name)),
+        ["calls/s", "success", "p50", "p99", "calls"].map((name) => h("th", {}, name)));
+    }
+
+    // MARK: The service graph
+
+    function graphView() {
+      main.replaceChildren(
+        h("h1", {}, "Service graph"),
+        h("p", { class: "hint", id: "graph-status" }, "Connecting…"),
+        h("div", { id: "graph" }),
+        h("h2", {}, "Calls between services"),
+        h("table", { class: "figures", id: "edges" }));
+      const source = new EventSource("/api/live");
+      source.addEventListener("graph", (event) => {
+        clearError();
+        drawGraph(JSON.parse(event.data));
+        updated();
+      });
+      source.addEventListener("failure", (event) => showError(new Error(JSON.parse(event.data))));
+      source.onerror = () => showError(new Error("the dashboard's server does not answer"));
+      stopView = () => source.close();
+    }
+
+    function drawGraph(graph) {
+      const at = Object.fromEntries(graph.nodes.map((node) => [node.name, node]));
+      const canvas = svg("svg", {
+        id: "graph-svg", viewBox: `0 0 ${graph.width} ${graph.height}`,
+        width: graph.width, height: graph.height,
+      });
+      canvas.append(svg("defs", {}, svg("marker", {
+        id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7,
+        orient: "auto-start-reverse",
+      }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#98a2b3" }))));
+      for (const edge of graph.edges) {
+        const from = at[edge.from], to = at[edge.to];
+        if (!from || !to) continue;
+        const forward = from.x < to.x;
+        const x1 = forward ? from.x + from.width : from.x, y1 = from.y + from.height / 2;
+        const x2 = forward ? to.x : to.x + to.width, y2 = to.y + to.height / 2;
+        const bend = Math.max(40, Math.abs(x2 - x1) / 2) * (forward ? 1 : -1);
+        const d = `M ${x1} ${y1} C ${x1 + bend} ${y1}, ${x2 - bend} ${y2}, ${x2} ${y2}`;
+        const f = edge.figures;
+        const title = `${edge.from} → ${edge.to}: ${perSecond(f.rps)} calls/s, ` +
+          `${percent(f.successRate)} OK, p99 ${millis(f.p99Ms)}`;
+        const open = () => { location.hash = edgeLink(edge); };
+        const width = 1.5 + Math.min(6, Math.log10(1 + f.rps) * 3);
+        canvas.append(
+          svg("path", { d, class: "edge " + f.health, "stroke-width": width, "marker-end": "url(#arrow)" }),
+          svg("path", { d, class: "edge-hit", id: `edge-${edge.from}-${edge.to}` }, svg("title", {}, title)));
+        canvas.lastChild.addEventListener("click", open);
+      }
+      for (const node of graph.nodes) {
+        const f = node.figures;
+        const group = svg("g", { class: "node " + f.health, id: `node-${node.name}` },
+          svg("title", {}, `${node.name}: ${perSecond(f.rps)} calls/s, ${percent(f.successRate)} OK, p99 ${millis(f.p99Ms)}`),
+          svg("rect", { x: node.x, y: node.y, width: node.width, height: node.height }),
+          svg("text", { x: node.x + node.width / 2, y: node.y + node.height / 2 + 4, "text-anchor": "middle" }, node.label));
+        group.addEventListener("click", () => { location.hash = "#/service/" + enc(node.name); });
+        canvas.append(group);
+      }
+      document.getElementById("graph").replaceChildren(canvas);
+      document.getElementById("graph-status").textContent =
+        `${graph.nodes.length} services, ${graph.edges.length} edges; the last ${graph.windowSeconds} s`;
+      const rows = graph.edges.map((edge) => h("tr", {
+        class: "link", onclick: () => { location.hash = edgeLink(edge); },
+      }, h("td", { class: "text" }, edge.from), h("td", { class: "text" }, edge.to),
+        figureCells(edge.figures), h("td", { class: "text" }, badge(edge.figures))));
+      document.getElementById("edges").replaceChildren(figureHeader("caller", "service"), ...rows);
+    }
+
+    function edgeLink(edge) {
+      return `#/traces?service=${enc(edge.to)}&caller=${enc(edge.from)}`;
+    }
+
+    // MARK: A service
+
+    function serviceView(name) {
+      const samples = [];
+      main.replaceChildren(h("h1", {}, "Service ", h("span", { id: "service-name" }, name)),
+        h("div", { id: "service" }));
+      every(async () => {
+        const service = await getJSON("/api/services/" + enc(name));
+        clearError();
+        samples.push({ p50: service.figures.p50Ms, p99: service.figures.p99Ms });
+        if (samples.length > 300) samples.shift();
+        const f = service.figures;
+        document.getElementById("service").replaceChildren(
+          h("p", {}, badge(f), ` ${perSecond(f.rps)} calls/s, ${percent(f.successRate)} OK, `,
+            `p50 ${millis(f.p50Ms)}, p99 ${millis(f.p99Ms)} over the last ${service.windowSeconds} s `,
+            h("a", { href: `#/traces?service=${enc(name)}` }, "traces"), " · ",
+            h("a", { href: `#/traces?service=${enc(name)}&errors=1` }, "failed traces")),
+          latencyChart(samples),
+          h("h2", {}, "Methods"),
+          h("table", { class: "figures", id: "methods" }, figureHeader("method"),
+            service.methods.map((row) => h("tr", {
+              class: "link",
+              onclick: () => { location.hash = `#/traces?service=${enc(name)}&method=${enc(row.method.replace(/^\//, ""))}&slowest=1`; },
+            }, h("td", { class: "text" }, row.method), figureCells(row.figures)))),
+          h("h2", {}, "Called by"), edgeTable(service.callers, "caller", (edge) => edge.from),
+          h("h2", {}, "Calls"), edgeTable(service.callees, "service", (edge) => edge.to));
+      });
+    }
+
+    function edgeTable(edges, label, other) {
+      if (edges.length === 0) return h("p", { class: "hint" }, "none in the last minute");
+      return h("table", { class: "figures" }, figureHeader(label),
+        edges.map((edge) => h("tr", { class: "link", onclick: () => { location.hash = edgeLink(edge); } },
+          h("td", { class: "text" }, h("a", { href: "#/service/" + enc(other(edge)) }, other(edge))),
+          figureCells(edge.figures))));
+    }
+
+    /// p50 and p99 since the page opened (a sample every two seconds), drawn to scale.
+    function latencyChart(samples) {
+      const width = 640, height = 120;
+      const top = Math.max(1, ...samples.map((s) => s.p99));
+      const points = (key) => samples.map((s, i) =>
+        `${(i / Math.max(1, samples.length - 1)) * width},${height - (s[key] / top) * (height - 10)}`).join(" ");
+      return svg("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}` },
+        svg("title", {}, `p50 (blue) and p99 (red) latency since this page opened; top ${millis(top)}`),
+        svg("polyline", { class: "p99", points: points("p99") }),
+        svg("polyline", { class: "p50", points: points("p50") }));
+    }
+
+    // MARK: Traces
+
+    function tracesView(params) {
+      const field = (name, label, attributes = {}) => h("label", {}, label,
+        h("input", { name, value: params.get(name) ?? "", ...attributes }));
+      const form = h("form", { class: "filters", id: "trace-filters" },
+        field("service", "service"), field("method", "method (package.Service/Method)"),
+        field("minMs", "at least (ms)", { size: 6 }), field("sinceSeconds", "in the last (s)", { size: 6 }),
+        h("label", {}, "errors only", h("input", { type: "checkbox", name: "errors", value: "1",
+          ...(params.get("errors") === "1" ? { checked: "" } : {}) })),
+        h("label", {}, "slowest first", h("input", { type: "checkbox", name: "slowest", value: "1",
+          ...(params.get("slowest") === "1" ? { checked: "" } : {}) })),
+        h("button", { type: "submit" }, "Search"));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const query = new URLSearchParams();
+        for (const [key, value] of new FormData(form)) if (value) query.set(key, value);
+        if (params.get("caller")) query.set("caller", params.get("caller"));
+        location.hash = "#/traces?" + query.toString();
+      });
+      const caller = params.get("caller");
+      main.replaceChildren(
+        h("h1", {}, caller ? `Traces: ${caller} → ${params.get("service")}` : "Traces"), form,
+        h("table", { class: "figures", id: "traces" }));
+      const query = new URLSearchParams();
+      for (const key of ["service", "method", "minMs", "sinceSeconds", "errors"]) {
+        if (params.get(key)) query.set(key, params.get(key));
+      }
+      query.set("limit", "50");
+      every(async () => {
+        let traces = await getJSON("/api/traces?" + query.toString());
+        clearError();
+        if (params.get("slowest") === "1") traces = [...traces].sort((a, b) => b.durationMs - a.durationMs);
+        document.getElementById("traces").replaceChildren(
+          h("tr", {}, ["started", "root", "trace"].map((n) => h("th", { class: "text" }, n)),
+            ["duration", "spans"].map((n) => h("th", {}, n)), h("th", { class: "text" }, "status")),
+          traces.map((trace) => h("tr", { class: "link trace-row", onclick: () => { location.hash = "#/trace/" + trace.traceId; } },
+            h("td", { class: "text" }, clock(trace.startUnixNano)),
+            h("td", { class: "text" }, `${trace.rootService} ${trace.rootName}`),
+            h("td", { class: "text" }, h("a", { href: "#/trace/" + trace.traceId }, trace.traceId.slice(0, 16))),
+            h("td", {}, millis(trace.durationMs)), h("td", {}, String(trace.spans)),
+            h("td", { class: "text" + (trace.error ? " error" : "") }, trace.error ? "error" : (trace.status || "-")))));
+      });
+    }
+
+    function traceView(id) {
+      main.replaceChildren(h("h1", {}, "Trace ", h("code", {}, id)), h("div", { id: "trace" }));
+      const open = new Set();
+      let trace = null;
+      const render = () => {
+        const total = Math.max(trace.durationMs, 0.001);
+        const rows = [];
+        for (const span of trace.spans) {
+          const bar = h("div", { class: "bar" + (span.error ? " error" : ""),
+            style: `left: ${(span.startMs / total) * 100}%; width: ${Math.max(0.3, (span.durationMs / total) * 100)}%` });
+          rows.push(h("tr", { class: "span", "data-span": span.spanId, onclick: () => {
+            open.has(span.spanId) ? open.delete(span.spanId) : open.add(span.spanId);
+            render();
+          } }, h("td", { class: "name", style: `padding-left: ${6 + span.depth * 16}px` },
+            span.name, h("br"), h("span", { class: "hint" }, `${span.origin} · ${span.kind}`)),
+            h("td", {}, millis(span.durationMs)),
+            h("td", { class: span.error ? "error" : "" }, span.status, span.attempts ? ` (${span.attempts})` : ""),
+            h("td", { class: "bar-cell" }, bar)));
+          if (open.has(span.spanId)) {
+            rows.push(h("tr", { class: "details" }, h("td", { colspan: 4 },
+              span.statusMessage ? h("div", {}, "status: " + span.statusMessage) : null,
+              span.attributes.map((a) => h("div", {}, `${a.key} = ${a.value}`)),
+              span.events.map((e) => h("div", {}, `event at ${millis(e.atMs)}: ${e.name} `,
+                e.attributes.map((a) => `${a.key}=${a.value}`).join(" "))))));
+          }
+        }
+        document.getElementById("trace").replaceChildren(
+          h("p", { class: "hint" }, `${trace.spans.length} spans, ${millis(trace.durationMs)}, started ${clock(trace.startUnixNano)}`),
+          h("table", { class: "waterfall" }, rows));
+      };
+      every(async () => {
+        trace = await getJSON("/api/traces/" + enc(id));
+        clearError();
+        render();
+      });
+    }
+
+    // MARK: Routing
+
+    function route() {
+      stopView();
+      stopView = () => {};
+      const [path, query] = (location.hash.slice(1) || "/").split("?");
+      const params = new URLSearchParams(query || "");
+      const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+      const view = parts[0] || "graph";
+      for (const link of document.querySelectorAll("nav a")) {
+        link.classList.toggle("active", link.dataset.view === (view === "trace" ? "traces" : view));
+      }
+      if (view === "service" && parts[1]) serviceView(parts[1]);
+      else if (view === "traces") tracesView(params);
+      else if (view === "trace" && parts[1]) traceView(parts[1]);
+      else graphView();
+    }
+
+    window.addEventListener("hashchange", route);
+    route();
+    """#
+}

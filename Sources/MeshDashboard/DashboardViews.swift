@@ -1,0 +1,185 @@
+import Foundation
+import MeshProtos
+
+/// The JSON the dashboard's pages read (`/api/…`), built from what the source answers.
+public enum DashboardViews {
+  /// A service's or an edge's figures over the window. A success rate under 99 % is `warn`,
+  /// under 95 % `bad`; no calls, `idle`.
+  public struct Figures: Encodable, Equatable, Sendable {
+    public var requests: UInt64
+    public var rps: Double
+    public var successRate: Double
+    public var p50Ms: Double
+    public var p95Ms: Double
+    public var p99Ms: Double
+    public var health: String
+
+    public init(_ row: Trellis_Mesh_V1_TopRow?) {
+      requests = row?.requests ?? 0
+      rps = row?.requestsPerSecond ?? 0
+      successRate = row?.successRate ?? 1
+      p50Ms = row?.p50Ms ?? 0
+      p95Ms = row?.p95Ms ?? 0
+      p99Ms = row?.p99Ms ?? 0
+      health =
+        requests == 0 ? "idle" : successRate < 0.95 ? "bad" : successRate < 0.99 ? "warn" : "ok"
+    }
+  }
+
+  public struct Node: Encodable, Sendable {
+    public var name: String
+    public var label: String
+    public var x: Double
+    public var y: Double
+    public var width: Double
+    public var height: Double
+    public var figures: Figures
+  }
+
+  public struct Edge: Encodable, Sendable {
+    public var from: String
+    public var to: String
+    public var figures: Figures
+  }
+
+  public struct Graph: Encodable, Sendable {
+    public var width: Double
+    public var height: Double
+    public var windowSeconds: UInt32
+    public var nodes: [Node]
+    public var edges: [Edge]
+  }
+
+  /// The service graph: a node per service (with a sidecar, or seen in a call), an edge per
+  /// caller and service called, laid out by `GraphLayout`.
+  public static func graph(
+    services: [String], top: Trellis_Mesh_V1_TopResponse, edges: Trellis_Mesh_V1_TopResponse,
+    width: Double = 1280, height: Double = 800
+  ) -> Graph {
+    let byService = Dictionary(top.rows.map { ($0.service, $0) }) { first, _ in first }
+    let pairs = edges.rows.map { (from: $0.caller, to: $0.service) }
+    let layout = GraphLayout(
+      services: services + top.rows.map(\.service), edges: pairs, width: width, height: height)
+    return Graph(
+      width: width, height: height, windowSeconds: top.windowSeconds,
+      nodes: layout.boxes.map {
+        Node(
+          name: $0.name, label: $0.label, x: $0.x, y: $0.y, width: $0.width, height: $0.height,
+          figures: Figures(byService[$0.name]))
+      },
+      edges: edges.rows.map { Edge(from: $0.caller, to: $0.service, figures: Figures($0)) })
+  }
+
+  public struct MethodRow: Encodable, Sendable {
+    public var method: String
+    public var figures: Figures
+  }
+
+  public struct Service: Encodable, Sendable {
+    public var name: String
+    public var windowSeconds: UInt32
+    public var figures: Figures
+    public var methods: [MethodRow]
+    /// Who calls it, and what it calls.
+    public var callers: [Edge]
+    public var callees: [Edge]
+  }
+
+  public static func service(
+    _ name: String, top: Trellis_Mesh_V1_TopResponse, methods: Trellis_Mesh_V1_TopResponse,
+    edges: Trellis_Mesh_V1_TopResponse
+  ) -> Service {
+    Service(
+      name: name, windowSeconds: top.windowSeconds,
+      figures: Figures(top.rows.first { $0.service == name }),
+      methods: methods.rows.filter { $0.service == name }.map {
+        MethodRow(method: $0.method, figures: Figures($0))
+      },
+      callers: edges.rows.filter { $0.service == name }.map {
+        Edge(from: $0.caller, to: $0.service, figures: Figures($0))
+      },
+      callees: edges.rows.filter { $0.caller == name }.map {
+        Edge(from: $0.caller, to: $0.service, figures: Figures($0))
+      })
+  }
+
+  public struct TraceSummary: Encodable, Sendable {
+    public var traceId: String
+    public var rootService: String
+    public var rootName: String
+    public var startUnixNano: UInt64
+    public var durationMs: Double
+    public var spans: UInt32
+    public var error: Bool
+    public var status: String
+  }
+
+  public static func traces(_ response: Trellis_Mesh_V1_ListTracesResponse) -> [TraceSummary] {
+    response.traces.map {
+      TraceSummary(
+        traceId: hex($0.traceID), rootService: $0.rootService, rootName: $0.rootName,
+        startUnixNano: $0.startUnixNano, durationMs: Double($0.durationNanos) / 1e6,
+        spans: $0.spanCount, error: $0.error, status: $0.status)
+    }
+  }
+
+  public struct Attribute: Encodable, Sendable {
+    public var key: String
+    public var value: String
+  }
+
+  public struct SpanEvent: Encodable, Sendable {
+    public var name: String
+    /// Milliseconds after the trace's start.
+    public var atMs: Double
+    public var attributes: [Attribute]
+  }
+
+  public struct Span: Encodable, Sendable {
+    public var spanId: String
+    public var parentId: String?
+    public var depth: Int
+    public var service: String
+    /// `orders sidecar`, or the service alone for an app's span.
+    public var origin: String
+    public var name: String
+    public var kind: String
+    /// Milliseconds after the trace's start, and long.
+    public var startMs: Double
+    public var durationMs: Double
+    public var status: String
+    public var error: Bool
+    public var statusMessage: String
+    public var attempts: String
+    public var attributes: [Attribute]
+    public var events: [SpanEvent]
+  }
+
+  public struct Trace: Encodable, Sendable {
+    public var traceId: String
+    public var startUnixNano: UInt64
+    public var durationMs: Double
+    public var spans: [Span]
+  }
+
+  public static func trace(_ tree: TraceTree) -> Trace {
+    func milliseconds(_ nanos: UInt64) -> Double { Double(nanos) / 1e6 }
+    return Trace(
+      traceId: tree.traceID, startUnixNano: tree.start, durationMs: milliseconds(tree.duration),
+      spans: tree.rows.map { row in
+        let span = row.span
+        return Span(
+          spanId: span.spanID, parentId: span.parentID, depth: row.depth, service: span.service,
+          origin: span.origin, name: span.name, kind: span.kind,
+          startMs: milliseconds(span.start - tree.start), durationMs: milliseconds(span.duration),
+          status: span.status, error: span.isError, statusMessage: span.statusMessage,
+          attempts: span.attempts,
+          attributes: span.attributes.map { Attribute(key: $0.0, value: $0.1) },
+          events: span.events.map { event in
+            SpanEvent(
+              name: event.name, atMs: milliseconds(max(event.time, tree.start) - tree.start),
+              attributes: event.attributes.map { Attribute(key: $0.0, value: $0.1) })
+          })
+      })
+  }
+}

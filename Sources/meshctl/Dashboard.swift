@@ -1,0 +1,148 @@
+import ArgumentParser
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Hummingbird
+import Logging
+import MeshDashboard
+import MeshIdentity
+import MeshProtos
+import MeshServiceKit
+
+/// `meshctl dashboard`: the mesh in a browser — the live service graph, each service's
+/// figures, callers and callees, and trace search with waterfalls — read from the control
+/// plane as the operator.
+struct Dashboard: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Serve the web dashboard: service graph, services, traces.",
+    usage: "meshctl dashboard [<options>]",
+    discussion: """
+      It reads from the control plane as the operator (--certs) and serves on loopback only: \
+      whoever reaches the page sees what the operator sees. Ctrl-C stops.
+      """)
+
+  @Option(help: "Where to serve, HOST:PORT (a loopback address).")
+  var listen = "127.0.0.1:15080"
+  @OptionGroup var controlPlane: ControlPlaneOptions
+
+  func validate() throws {
+    let address = try Self.address(listen)
+    guard Self.isLoopback(address.host) else {
+      throw ValidationError(
+        """
+        --listen \(listen): the dashboard serves on loopback only (127.0.0.1, ::1 or \
+        localhost); it shows what the operator may see
+        """)
+    }
+  }
+
+  static func address(_ text: String) throws -> HostPort {
+    do {
+      return try HostPort(parsing: text)
+    } catch {
+      throw ValidationError("--listen \(text): \(error)")
+    }
+  }
+
+  static func isLoopback(_ host: String) -> Bool {
+    host == "localhost" || host == "::1" || host.hasPrefix("127.")
+  }
+
+  func run() async throws {
+    let address = try Self.address(listen)
+    let logger = Logger(label: "dashboard")
+    let source = try ControlPlaneSource(controlPlane)
+    let server = DashboardServer(source: source, logger: logger)
+    let application = Application(
+      router: server.router(),
+      configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+      onServerRunning: { channel in
+        let bound = channel.localAddress?.port.map { "\(address.host):\($0)" } ?? listen
+        FileHandle.standardOutput.write(
+          Data("The dashboard is at http://\(bound)/ (Ctrl-C stops)\n".utf8))
+      }, logger: logger)
+    try await withThrowingDiscardingTaskGroup { group in
+      for client in source.clients {
+        group.addTask { try await client.runConnections() }
+      }
+      defer {
+        for client in source.clients { client.beginGracefulShutdown() }
+      }
+      try await application.runService()
+    }
+  }
+}
+
+/// The control plane as the dashboard reads it: a client per replica `--control-plane` names
+/// (connected as the operator, kept for the dashboard's life); each call goes to the first
+/// that answers.
+final class ControlPlaneSource: DashboardSource {
+  let clients: [GRPCClient<HTTP2ClientTransport.Posix>]
+
+  init(_ options: ControlPlaneOptions) throws {
+    let files = CAFiles(dir: options.certs)
+    for path in [files.operatorCertificate, files.operatorKey, files.bundle]
+    where !FileManager.default.fileExists(atPath: path) {
+      throw MeshctlFailure("cannot read \(path): run meshctl certs init, or pass --certs")
+    }
+    clients = try options.addresses().map { target in
+      GRPCClient(
+        transport: try HTTP2ClientTransport.Posix(
+          target: target.target,
+          transportSecurity: .meshIdentity(
+            certificate: files.operatorCertificate, key: files.operatorKey, bundle: files.bundle)
+        ))
+    }
+  }
+
+  /// `call`'s answer at the first replica that gives one; a replica that cannot be reached
+  /// passes the call to the next.
+  private func first<Result: Sendable>(
+    _ call: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
+  ) async throws -> Result {
+    var failure: (any Error)?
+    for client in clients {
+      do {
+        return try await call(client)
+      } catch let error as RPCError where error.code == .unavailable {
+        failure = error
+      }
+    }
+    throw failure ?? MeshctlFailure("no control plane is named")
+  }
+
+  func top(_ request: Trellis_Mesh_V1_TopRequest) async throws -> Trellis_Mesh_V1_TopResponse {
+    try await first { try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).top(request) }
+  }
+
+  func services() async throws -> [String] {
+    let status = try await first {
+      try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).status(Trellis_Mesh_V1_StatusRequest())
+    }
+    return Set(
+      status.sidecars.compactMap { try? SPIFFEID(parsing: $0.spiffeID).serviceName }
+    ).sorted()
+  }
+
+  func listTraces(
+    _ filter: Trellis_Mesh_V1_TraceFilter
+  ) async throws -> Trellis_Mesh_V1_ListTracesResponse {
+    var request = Trellis_Mesh_V1_ListTracesRequest()
+    request.filter = filter
+    return try await first { [request] in
+      try await Trellis_Mesh_V1_Traces.Client(wrapping: $0).listTraces(request)
+    }
+  }
+
+  func traces(ids: [String]) async throws -> [OTLPExportRequest] {
+    var request = Trellis_Mesh_V1_GetTracesRequest()
+    request.traceIds = ids
+    return try await first { [request] in
+      try await Trellis_Mesh_V1_Traces.Client(wrapping: $0).getTraces(request) { response in
+        var all: [OTLPExportRequest] = []
+        for try await message in response.messages { all.append(message) }
+        return all
+      }
+    }
+  }
+}

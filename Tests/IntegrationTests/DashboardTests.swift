@@ -1,0 +1,125 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `meshctl dashboard` against a running shop: its JSON holds the figures `meshctl top` and
+/// `meshctl trace` give for the same window, its graph has the shop's services and calls,
+/// and it serves on loopback only.
+@Suite(.serialized) struct DashboardTests {
+  /// `meshctl dashboard` in the shop's folder (so it finds the control plane and the operator
+  /// identity as `meshctl` does there), on a port of the shop's range.
+  final class RunningDashboard {
+    let process = Process()
+    let base: String
+
+    init(_ shop: LocalShop) throws {
+      let port = shop.basePort + 185
+      base = "http://127.0.0.1:\(port)"
+      process.executableURL = URL(fileURLWithPath: binary("meshctl"))
+      process.arguments = ["dashboard", "--listen", "127.0.0.1:\(port)"]
+      process.currentDirectoryURL = shop.directory
+      let log = shop.directory.appendingPathComponent("dashboard.log")
+      _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+      process.standardOutput = try FileHandle(forWritingTo: log)
+      process.standardError = process.standardOutput
+      try process.run()
+      let deadline = Date().addingTimeInterval(30)
+      while (try? http("GET", base + "/"))?.status != 200 {
+        guard Date() < deadline, process.isRunning else {
+          throw HarnessError(
+            "meshctl dashboard did not answer: \((try? String(contentsOf: log, encoding: .utf8)) ?? "")"
+          )
+        }
+        Thread.sleep(forTimeInterval: 0.2)
+      }
+    }
+
+    func get(_ path: String) throws -> (status: Int, json: Any?) {
+      let exchange = try http("GET", base + path)
+      return (exchange.status, try? JSONSerialization.jsonObject(with: Data(exchange.body.utf8)))
+    }
+
+    deinit {
+      process.terminate()
+      process.waitUntilExit()
+    }
+  }
+
+  @Test func theDashboardShowsTheShop() throws {
+    let shop = try LocalShop(name: "dashboard")
+    let dashboard = try RunningDashboard(shop)
+    let page = try http("GET", dashboard.base + "/")
+    #expect(page.body.contains(#"<script type="module" src="/app.js">"#), "\(page.body)")
+    let script = try http("GET", dashboard.base + "/app.js")
+    #expect(script.headers["content-type"]?.hasPrefix("text/javascript") == true)
+    #expect(script.body.contains("new EventSource(\"/api/live\")"))
+
+    let (created, user, _) = try shop.createUser()
+    #expect(created.status == 200)
+    let order = try shop.post("/v1/orders", ShopMeshTests.order(user, minor: 450))
+    let traceID = try #require(order.headers["x-trace-id"], "\(order)")
+
+    // The graph: every service, and the calls between them, once the sidecars report.
+    var edges: Set<String> = []
+    var nodes: Set<String> = []
+    let deadline = Date().addingTimeInterval(30)
+    let wanted: Set = ["gateway→users", "gateway→orders", "orders→payments", "users→events"]
+    while !wanted.isSubset(of: edges), Date() < deadline {
+      Thread.sleep(forTimeInterval: 0.5)
+      let graph = try dashboard.get("/api/graph").json as? [String: Any] ?? [:]
+      nodes = Set((graph["nodes"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String })
+      edges = Set(
+        (graph["edges"] as? [[String: Any]] ?? []).map {
+          "\($0["from"] as? String ?? "")→\($0["to"] as? String ?? "")"
+        })
+    }
+    #expect(nodes == ["events", "gateway", "orders", "payments", "users"], "\(nodes)")
+    #expect(wanted.isSubset(of: edges), "\(edges)")
+
+    // The same figures as meshctl top, for the same window (no calls meanwhile but the
+    // sidecars' own, which top counts too: compared a moment apart, twice at most).
+    Thread.sleep(forTimeInterval: 2)
+    var matched = false
+    for _ in 0..<3 where !matched {
+      let top = try shop.meshctl(["top", "-o", "json"])
+      let fromTop =
+        try JSONSerialization.jsonObject(with: Data(top.stdout.utf8)) as? [[String: Any]] ?? []
+      let fromDashboard = try dashboard.get("/api/top").json as? [[String: Any]] ?? []
+      func requests(_ rows: [[String: Any]]) -> [String: Int] {
+        Dictionary(
+          uniqueKeysWithValues: rows.map {
+            ($0["service"] as? String ?? "", $0["requests"] as? Int ?? -1)
+          })
+      }
+      matched = requests(fromTop) == requests(fromDashboard) && !fromTop.isEmpty
+    }
+    #expect(matched, "the dashboard's /api/top and meshctl top -o json differ")
+
+    // The order's trace: the same spans as meshctl trace show.
+    let trace = try dashboard.get("/api/traces/\(traceID)").json as? [String: Any] ?? [:]
+    let spans = trace["spans"] as? [[String: Any]] ?? []
+    let shown = try shop.meshctl(["trace", "dump", traceID])
+    let spanCount = shown.stdout.components(separatedBy: "\"spanId\"").count - 1
+    #expect(spans.count == spanCount && spans.count >= 7, "\(spans.count) against \(spanCount)")
+    #expect(
+      spans.contains { $0["service"] as? String == "payments" && $0["kind"] as? String == "server" }
+    )
+    let listed =
+      try dashboard.get("/api/traces?service=payments&limit=50").json as? [[String: Any]] ?? []
+    #expect(listed.contains { $0["traceId"] as? String == traceID }, "\(listed)")
+
+    // Bad input is named; a service the mesh does not know is 404.
+    let bad = try dashboard.get("/api/traces?minMs=soon")
+    #expect(bad.status == 400 && "\(bad.json ?? "")".contains("minMs"), "\(bad)")
+    #expect(try dashboard.get("/api/services/nope").status == 404)
+    let orders = try dashboard.get("/api/services/orders").json as? [String: Any] ?? [:]
+    let callees = (orders["callees"] as? [[String: Any]] ?? []).compactMap { $0["to"] as? String }
+    #expect(Set(callees).isSuperset(of: ["payments"]), "\(orders)")
+  }
+
+  @Test func itServesOnLoopbackOnly() throws {
+    let result = try run(binary("meshctl"), ["dashboard", "--listen", "0.0.0.0:0"])
+    #expect(result.status != 0)
+    #expect(result.stderr.contains("loopback only"), "\(result.stderr)")
+  }
+}

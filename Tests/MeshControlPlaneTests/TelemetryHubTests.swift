@@ -1,0 +1,78 @@
+import Foundation
+import MeshProtos
+import Testing
+
+@testable import MeshControlPlane
+
+/// The live figures: per service from the inbound calls its sidecars report, and per edge of
+/// the service graph from the outbound calls of the callers' sidecars.
+@Suite struct TelemetryHubTests {
+  func stats(
+    _ direction: String, _ service: String, requests: UInt64, failures: UInt64 = 0,
+    method: String = "/shop.v1.PaymentService/Charge"
+  ) -> Trellis_Mesh_V1_CallStats {
+    var stats = Trellis_Mesh_V1_CallStats()
+    stats.direction = direction
+    stats.service = service
+    stats.method = method
+    stats.requests = requests
+    stats.failures = failures
+    // Every call in bucket 60: 50 µs × 1.1^60, about 15 ms.
+    stats.latencyBuckets = Array(repeating: 0, count: 60) + [UInt32(requests)]
+    stats.intervalMs = 1000
+    return stats
+  }
+
+  func report(
+    _ instance: String, _ calls: [Trellis_Mesh_V1_CallStats]
+  )
+    -> Trellis_Mesh_V1_TelemetryReport
+  {
+    var report = Trellis_Mesh_V1_TelemetryReport()
+    report.instance = instance
+    report.calls = calls
+    return report
+  }
+
+  @Test func edgesComeFromTheCallersOutboundCalls() {
+    let hub = TelemetryHub()
+    let start = Date(timeIntervalSince1970: 1_000_000)
+    let (_, controls) = AsyncStream.makeStream(of: Trellis_Mesh_V1_TapControl.self)
+    let orders = hub.connect(service: "orders", instance: "o1", controls: controls)
+    let gateway = hub.connect(service: "gateway", instance: "g1", controls: controls)
+    let payments = hub.connect(service: "payments", instance: "p1", controls: controls)
+    for second in 0..<10 {
+      let now = start.addingTimeInterval(Double(second))
+      hub.receive(
+        report("o1", [stats("outbound", "payments", requests: 10, failures: 1)]), from: orders,
+        now: now)
+      // A report names its own service as the caller, whatever it says of others.
+      hub.receive(
+        report(
+          "g1",
+          [
+            stats("outbound", "orders", requests: 5, method: "/shop.v1.OrderService/CreateOrder"),
+            stats("inbound", "payments", requests: 1000),
+          ]), from: gateway, now: now)
+      hub.receive(
+        report("p1", [stats("inbound", "payments", requests: 10)]), from: payments, now: now)
+    }
+    let now = start.addingTimeInterval(10)
+    let edges = hub.top(service: "", byMethod: false, byEdge: true, now: now).rows
+    #expect(edges.map { "\($0.caller)→\($0.service)" } == ["gateway→orders", "orders→payments"])
+    let charge = edges[1]
+    #expect(charge.requests == 100)
+    #expect(abs(charge.successRate - 0.9) < 1e-9)
+    #expect(abs(charge.requestsPerSecond - 10) < 1e-9)
+    #expect(charge.p99Ms > 10 && charge.p99Ms < 20, "\(charge.p99Ms)")
+    // The service's own row is its sidecars' inbound calls: the gateway's claim is not there.
+    let services = hub.top(service: "payments", byMethod: false, now: now).rows
+    #expect(services.map(\.service) == ["payments"] && services[0].requests == 100)
+    // One service's callers; by method.
+    let toPayments = hub.top(service: "payments", byMethod: true, byEdge: true, now: now).rows
+    #expect(toPayments.map(\.caller) == ["orders"])
+    #expect(toPayments.first?.method == "/shop.v1.PaymentService/Charge")
+    // A minute later, nothing is left of them.
+    #expect(hub.top(service: "", byMethod: false, byEdge: true, now: now + 61).rows.isEmpty)
+  }
+}
