@@ -83,6 +83,14 @@ public struct GraphLayout: Sendable, Equatable {
             height: Self.boxHeight))
       }
     }
+    // The drawing is as tall as what it holds (at most `height`): no band of empty canvas
+    // above and below a small mesh.
+    let top = boxes.map(\.y).min() ?? Self.margin
+    let bottom = boxes.map { $0.y + $0.height }.max() ?? height
+    if top > Self.margin {
+      for index in boxes.indices { boxes[index].y -= top - Self.margin }
+      self.height = min(height, bottom - top + 2 * Self.margin)
+    }
     self.boxes = boxes
   }
 

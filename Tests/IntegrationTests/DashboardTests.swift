@@ -115,6 +115,36 @@ import Testing
     let orders = try dashboard.get("/api/services/orders").json as? [String: Any] ?? [:]
     let callees = (orders["callees"] as? [[String: Any]] ?? []).compactMap { $0["to"] as? String }
     #expect(Set(callees).isSuperset(of: ["payments"]), "\(orders)")
+
+    // In headless Chromium at 1280×800, under load: the graph with every service and no
+    // overlap, the orders→payments edge's traces, an order's trace with every span, the
+    // orders page; no console error. Screenshots stay in the shop's folder.
+    let load = try shop.load(workers: 1)
+    defer { _ = try? load.finish() }
+    let screenshots = shop.directory.appendingPathComponent("screenshots")
+    _ = try TraceViewPage.chromium()
+    let browser = try run(
+      "python3",
+      [
+        PythonInteropTests.python.appendingPathComponent("dashboard_browser.py").path,
+        dashboard.base,
+        screenshots.path,
+      ],
+      environment: [
+        "DASHBOARD_SERVICES": "events,gateway,orders,payments,users",
+        "DASHBOARD_EDGES": "gateway-orders,gateway-users,orders-payments,users-events",
+      ])
+    let seen =
+      (try? JSONSerialization.jsonObject(with: Data(browser.stdout.utf8))) as? [String: Any] ?? [:]
+    #expect(browser.status == 0, "\(browser.stdout)\(browser.stderr)")
+    #expect(
+      (seen["failures"] as? [String])?.isEmpty == true, "\(seen); screenshots: \(screenshots.path)")
+    #expect(seen["nodes"] as? [String] == ["events", "gateway", "orders", "payments", "users"])
+    #expect((seen["edge_traces"] as? Int ?? 0) > 0, "\(seen)")
+    #expect((seen["trace_spans"] as? Int ?? 0) >= 7, "\(seen)")
+    #expect(
+      (seen["orders_methods"] as? [String])?.contains("/shop.v1.OrderService/CreateOrder") == true)
+    #expect((seen["console"] as? [Any])?.isEmpty == true, "\(seen)")
   }
 
   @Test func itServesOnLoopbackOnly() throws {

@@ -248,7 +248,7 @@ extension DashboardAssets {
         document.getElementById("traces").replaceChildren(
           h("tr", {}, ["started", "root", "trace"].map((n) => h("th", { class: "text" }, n)),
             ["duration", "spans"].map((n) => h("th", {}, n)), h("th", { class: "text" }, "status")),
-          traces.map((trace) => h("tr", { class: "link trace-row", onclick: () => { location.hash = "#/trace/" + trace.traceId; } },
+          ...traces.map((trace) => h("tr", { class: "link trace-row", onclick: () => { location.hash = "#/trace/" + trace.traceId; } },
             h("td", { class: "text" }, clock(trace.startUnixNano)),
             h("td", { class: "text" }, `${trace.rootService} ${trace.rootName}`),
             h("td", { class: "text" }, h("a", { href: "#/trace/" + trace.traceId }, trace.traceId.slice(0, 16))),
