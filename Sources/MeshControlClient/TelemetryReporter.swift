@@ -9,23 +9,31 @@ import ServiceLifecycle
 /// Sends the sidecar's live figures to the control plane over one stream
 /// (`trellis.mesh.v1.Telemetry/Report`): every second the calls that ended, and — while an
 /// operator taps this service — the tapped calls every 100 ms. The control plane answers with
-/// the taps open. A lost stream is opened again with backoff (0.5 s to 30 s); meanwhile no call
-/// is tapped.
+/// the taps open. Every fifth second a report also carries the endpoints this sidecar calls, as
+/// its balancer sees them (`endpoints`), for the dashboard. A lost stream is opened again with
+/// backoff (0.5 s to 30 s); meanwhile no call is tapped.
 public struct TelemetryReporter: Service {
   private let replicas: ControlPlaneReplicas
   private let files: CertificateKeeper.Files
   private let telemetry: LiveTelemetry
   private let instance: @Sendable () async -> String?
+  private let endpoints: @Sendable () -> [EndpointSnapshot]
   private let logger: Logger
+
+  /// How many reports of figures go by between two of endpoints.
+  static let endpointsEvery = 5
 
   public init(
     replicas: ControlPlaneReplicas, files: CertificateKeeper.Files,
-    telemetry: LiveTelemetry, instance: @escaping @Sendable () async -> String?, logger: Logger
+    telemetry: LiveTelemetry, instance: @escaping @Sendable () async -> String?,
+    endpoints: @escaping @Sendable () -> [EndpointSnapshot] = { [] },
+    logger: Logger
   ) {
     self.replicas = replicas
     self.files = files
     self.telemetry = telemetry
     self.instance = instance
+    self.endpoints = endpoints
     self.logger = logger
   }
 
@@ -60,10 +68,12 @@ public struct TelemetryReporter: Service {
           time: .seconds(10), timeout: .seconds(5), allowWithoutCalls: true)
       })
     let telemetry = self.telemetry
+    let endpoints = self.endpoints
     try await withGRPCClient(transport: transport) { client in
       try await Trellis_Mesh_V1_Telemetry.Client(wrapping: client).report(
         requestProducer: { writer in
           var last = ContinuousClock.now
+          var reports = 0
           while true {
             try await Task.sleep(for: telemetry.isTapping ? .milliseconds(100) : .seconds(1))
             var report = Trellis_Mesh_V1_TelemetryReport()
@@ -75,6 +85,11 @@ public struct TelemetryReporter: Service {
               last = now
               report.calls = stats.map { Self.message($0, interval: interval) }
               report.taps = tapped.map { Self.message($0, instance: instance) }
+              // The first report of a stream carries them, then every few seconds.
+              if reports % Self.endpointsEvery == 0 {
+                report.endpoints = endpoints().map(Self.message)
+              }
+              reports += 1
             } else {
               report.taps = telemetry.drainTapped().map { Self.message($0, instance: instance) }
               if report.taps.isEmpty { continue }
@@ -92,6 +107,22 @@ public struct TelemetryReporter: Service {
           }
         })
     }
+  }
+
+  static func message(_ endpoint: EndpointSnapshot) -> Trellis_Mesh_V1_EndpointStatus {
+    var message = Trellis_Mesh_V1_EndpointStatus()
+    message.service = endpoint.service
+    message.address = endpoint.address
+    message.labels = endpoint.labels
+    message.ejected = endpoint.ejected
+    message.ejectedForSeconds = endpoint.ejectedForSeconds
+    message.inFlight = UInt32(clamping: endpoint.inFlight)
+    message.latencyMs = endpoint.latencyMilliseconds
+    message.consecutiveFailures = UInt32(clamping: endpoint.consecutiveFailures)
+    message.ejections = UInt32(clamping: endpoint.ejections)
+    message.calls = UInt64(clamping: endpoint.calls)
+    message.failures = UInt64(clamping: endpoint.failures)
+    return message
   }
 
   static func message(_ stats: LiveTelemetry.Stats, interval: Duration) -> Trellis_Mesh_V1_CallStats

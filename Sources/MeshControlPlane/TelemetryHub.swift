@@ -22,6 +22,9 @@ final class TelemetryHub: Sendable {
     var service: String
     var instance: String
     var controls: AsyncStream<Trellis_Mesh_V1_TapControl>.Continuation
+    /// The endpoints it calls, as it last reported them, and when.
+    var endpoints: [Trellis_Mesh_V1_EndpointStatus] = []
+    var endpointsReported: TimeInterval = 0
   }
 
   private struct Tap {
@@ -70,6 +73,10 @@ final class TelemetryHub: Sendable {
       [(AsyncStream<Trellis_Mesh_V1_TapEvent>.Continuation, Trellis_Mesh_V1_TapEvent)] =
         state.withLock { state in
           guard let reporter = state.reporters[id] else { return [] }
+          if !report.endpoints.isEmpty {
+            state.reporters[id]?.endpoints = report.endpoints
+            state.reporters[id]?.endpointsReported = time
+          }
           var called: Set<String> = []
           for stats in report.calls {
             let sample = Sample(time: time, instance: report.instance, stats: stats)
@@ -161,6 +168,26 @@ final class TelemetryHub: Sendable {
       row.instances = UInt32(Set(list.map(\.instance)).count)
       response.rows.append(row)
     }
+    return response
+  }
+
+  /// The endpoints of `service` (every service when empty) as each connected sidecar that
+  /// calls it last reported them (within the window).
+  func endpoints(service: String, now: Date = Date()) -> Trellis_Mesh_V1_EndpointsResponse {
+    let time = now.timeIntervalSince1970
+    let reporters = state.withLock { Array($0.reporters.values) }
+    var response = Trellis_Mesh_V1_EndpointsResponse()
+    for reporter in reporters where time - reporter.endpointsReported <= Self.window {
+      let endpoints = reporter.endpoints.filter { service.isEmpty || $0.service == service }
+      guard !endpoints.isEmpty else { continue }
+      var seen = Trellis_Mesh_V1_EndpointsSeen()
+      seen.caller = reporter.service
+      seen.instance = reporter.instance
+      seen.reportedUnixNano = UInt64(reporter.endpointsReported * 1e9)
+      seen.endpoints = endpoints
+      response.callers.append(seen)
+    }
+    response.callers.sort { ($0.caller, $0.instance) < ($1.caller, $1.instance) }
     return response
   }
 
@@ -264,6 +291,13 @@ public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
       message: hub.top(
         service: request.message.service, byMethod: request.message.byMethod,
         byEdge: request.message.byEdge))
+  }
+
+  public func endpoints(
+    request: ServerRequest<Trellis_Mesh_V1_EndpointsRequest>, context: ServerContext
+  ) async throws -> ServerResponse<Trellis_Mesh_V1_EndpointsResponse> {
+    try requireOperator(context)
+    return ServerResponse(message: hub.endpoints(service: request.message.service))
   }
 
   public func tap(

@@ -80,8 +80,13 @@ public struct DashboardServer: Sendable {
     return router
   }
 
+  func services() async throws -> [String] {
+    Set(try await source.status().sidecars.compactMap { DashboardViews.serviceName($0.spiffeID) })
+      .sorted()
+  }
+
   func graph() async throws -> DashboardViews.Graph {
-    async let services = source.services()
+    async let services = services()
     async let top = source.top(Trellis_Mesh_V1_TopRequest())
     var byEdge = Trellis_Mesh_V1_TopRequest()
     byEdge.byEdge = true
@@ -100,15 +105,20 @@ public struct DashboardServer: Sendable {
     async let top = source.top(one)
     async let byMethod = source.top(methods)
     async let edges = source.top(byEdge)
-    async let services = source.services()
-    let (figures, rows, calls, known) = try await (top, byMethod, edges, services)
+    async let status = source.status()
+    async let endpoints = source.endpoints(service: name)
+    let (figures, rows, calls, sidecars, seen) = try await (
+      top, byMethod, edges, status, endpoints
+    )
+    let known = sidecars.sidecars.contains { DashboardViews.serviceName($0.spiffeID) == name }
     guard
-      known.contains(name) || !figures.rows.isEmpty
+      known || !figures.rows.isEmpty
         || calls.rows.contains(where: { $0.caller == name || $0.service == name })
     else {
       throw HTTPError(.notFound, message: "the mesh knows no service \(name)")
     }
-    return DashboardViews.service(name, top: figures, methods: rows, edges: calls)
+    return DashboardViews.service(
+      name, top: figures, methods: rows, edges: calls, status: sidecars, endpoints: seen)
   }
 
   static func traceFilter(_ query: Parameters) throws -> Trellis_Mesh_V1_TraceFilter {

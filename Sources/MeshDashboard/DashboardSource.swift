@@ -7,8 +7,11 @@ public protocol DashboardSource: Sendable {
   /// The last minute's figures: per service (or method) from the inbound calls its sidecars
   /// took, or per caller and service called (`byEdge`) from the callers' outbound calls.
   func top(_ request: Trellis_Mesh_V1_TopRequest) async throws -> Trellis_Mesh_V1_TopResponse
-  /// Every service with a sidecar connected to the control plane.
-  func services() async throws -> [String]
+  /// The sidecars the control plane knows (their service is their SPIFFE ID's), and the
+  /// config and trust it runs.
+  func status() async throws -> Trellis_Mesh_V1_StatusResponse
+  /// The endpoints of `service` as the sidecars that call it last reported them.
+  func endpoints(service: String) async throws -> Trellis_Mesh_V1_EndpointsResponse
   /// The newest traces that match, newest first.
   func listTraces(
     _ filter: Trellis_Mesh_V1_TraceFilter

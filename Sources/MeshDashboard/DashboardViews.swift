@@ -75,6 +75,33 @@ public enum DashboardViews {
     public var figures: Figures
   }
 
+  /// One of the service's sidecars, as the control plane knows it.
+  public struct Instance: Encodable, Sendable {
+    public var node: String
+    public var connected: Bool
+    public var registered: Bool
+    public var configVersion: Int64
+    public var trustGeneration: Int64
+    public var certificateSerial: String
+    /// Seconds since the epoch.
+    public var certificateNotAfter: Int64
+  }
+
+  /// One endpoint of the service as one calling sidecar sees it.
+  public struct Endpoint: Encodable, Sendable {
+    public var caller: String
+    public var callerInstance: String
+    public var address: String
+    public var state: String
+    public var ejectedForSeconds: Double
+    public var inFlight: UInt32
+    public var latencyMs: Double
+    public var consecutiveFailures: UInt32
+    public var ejections: UInt32
+    public var calls: UInt64
+    public var failures: UInt64
+  }
+
   public struct Service: Encodable, Sendable {
     public var name: String
     public var windowSeconds: UInt32
@@ -83,11 +110,21 @@ public enum DashboardViews {
     /// Who calls it, and what it calls.
     public var callers: [Edge]
     public var callees: [Edge]
+    public var instances: [Instance]
+    public var endpoints: [Endpoint]
+  }
+
+  /// The service a sidecar serves: its SPIFFE ID's last segment (`spiffe://td/svc/orders`).
+  public static func serviceName(_ spiffeID: String) -> String? {
+    let parts = spiffeID.split(separator: "/")
+    guard spiffeID.hasPrefix("spiffe://"), parts.count == 4, parts[2] == "svc" else { return nil }
+    return String(parts[3])
   }
 
   public static func service(
     _ name: String, top: Trellis_Mesh_V1_TopResponse, methods: Trellis_Mesh_V1_TopResponse,
-    edges: Trellis_Mesh_V1_TopResponse
+    edges: Trellis_Mesh_V1_TopResponse, status: Trellis_Mesh_V1_StatusResponse = .init(),
+    endpoints: Trellis_Mesh_V1_EndpointsResponse = .init()
   ) -> Service {
     Service(
       name: name, windowSeconds: top.windowSeconds,
@@ -100,6 +137,23 @@ public enum DashboardViews {
       },
       callees: edges.rows.filter { $0.caller == name }.map {
         Edge(from: $0.caller, to: $0.service, figures: Figures($0))
+      },
+      instances: status.sidecars.filter { serviceName($0.spiffeID) == name }.map {
+        Instance(
+          node: $0.node, connected: $0.connected, registered: $0.registered,
+          configVersion: $0.version, trustGeneration: $0.trustGeneration,
+          certificateSerial: $0.certificateSerial,
+          certificateNotAfter: $0.certificateNotAfterUnix)
+      }.sorted { $0.node < $1.node },
+      endpoints: endpoints.callers.flatMap { seen in
+        seen.endpoints.filter { $0.service == name }.map {
+          Endpoint(
+            caller: seen.caller, callerInstance: seen.instance, address: $0.address,
+            state: $0.ejected ? "ejected" : "active", ejectedForSeconds: $0.ejectedForSeconds,
+            inFlight: $0.inFlight, latencyMs: $0.latencyMs,
+            consecutiveFailures: $0.consecutiveFailures, ejections: $0.ejections,
+            calls: $0.calls, failures: $0.failures)
+        }
       })
   }
 

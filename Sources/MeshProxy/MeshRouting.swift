@@ -1,5 +1,7 @@
 import MeshConfig
+import MeshTracing
 import NIOConcurrencyHelpers
+import NIOCore
 import Synchronization
 
 /// The parts of the mesh config calls are routed and authorized by: for each service, its
@@ -92,6 +94,21 @@ public final class MeshRouting: Sendable {
   /// Every service's endpoints and what is known of them, for the admin port's `/endpoints`.
   func endpointReports() -> [(service: String, endpoints: [EndpointState])] {
     outbound.targets.sorted { $0.key < $1.key }.map { ($0.key, $0.value.endpoints) }
+  }
+
+  /// The same, as values: what the sidecar reports to the control plane for the dashboard.
+  public func endpointSnapshots() -> [EndpointSnapshot] {
+    let now = NIODeadline.now()
+    return endpointReports().flatMap { service in
+      service.endpoints.map { state in
+        let r = state.report(now: now)
+        return EndpointSnapshot(
+          service: service.service, address: r.address, labels: r.labels, ejected: r.ejected,
+          ejectedForSeconds: r.ejectedForSeconds, inFlight: r.inFlight,
+          latencyMilliseconds: r.latencyMilliseconds, consecutiveFailures: r.consecutiveFailures,
+          ejections: r.ejections, calls: r.calls, failures: r.failures)
+      }
+    }
   }
 }
 

@@ -115,13 +115,18 @@ final class ControlPlaneSource: DashboardSource {
     try await first { try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).top(request) }
   }
 
-  func services() async throws -> [String] {
-    let status = try await first {
+  func status() async throws -> Trellis_Mesh_V1_StatusResponse {
+    try await first {
       try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).status(Trellis_Mesh_V1_StatusRequest())
     }
-    return Set(
-      status.sidecars.compactMap { try? SPIFFEID(parsing: $0.spiffeID).serviceName }
-    ).sorted()
+  }
+
+  func endpoints(service: String) async throws -> Trellis_Mesh_V1_EndpointsResponse {
+    var request = Trellis_Mesh_V1_EndpointsRequest()
+    request.service = service
+    return try await first { [request] in
+      try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).endpoints(request)
+    }
   }
 
   func listTraces(

@@ -348,6 +348,23 @@ struct Launcher {
   /// Waits until every process (or `only` these) is ready: each sidecar ready and its
   /// endpoint registered with the running config, each app listening, and the gateway
   /// answering through the mesh.
+  /// The dashboard (`meshctl dashboard`, this executable's sibling in the bin folder), on
+  /// loopback at the dashboard port, reading from every replica as the operator.
+  func startDashboard() throws -> ShopRun.Entry {
+    let port = run.ports.dashboard ?? run.ports.controlPlane + 80
+    let log = ShopRun.folder + "/logs/dashboard.log"
+    let pid = try LocalProcesses.spawn(
+      run.bin + "/meshctl",
+      [
+        "dashboard", "--listen", "127.0.0.1:\(port)", "--control-plane",
+        run.ports.controlPlaneList, "--certs", absolute("certs"),
+      ], environment: [:], log: log)
+    return ShopRun.Entry(
+      name: "dashboard", service: "dashboard", instance: "dashboard", role: .dashboard, pid: pid,
+      startTime: LocalProcesses.startTime(pid), log: log, slot: nil,
+      address: "127.0.0.1:\(port)")
+  }
+
   func waitUntilReady(
     _ run: ShopRun, only: [ShopRun.Entry]? = nil, timeout: Duration = .seconds(120)
   )
@@ -370,6 +387,11 @@ struct Launcher {
           if !LocalProcesses.isListening(port) { waitingFor.append("\(entry.name) (not serving)") }
         case .controlPlane:
           if status == nil { waitingFor.append("control-plane") }
+        case .dashboard:
+          let port = Int(entry.address.split(separator: ":").last ?? "") ?? 0
+          if LocalProcesses.httpRequest(port: port, path: "/", timeout: 1)?.status != 200 {
+            waitingFor.append("dashboard (not serving)")
+          }
         case .sidecar:
           let ports = run.slotPorts(entry.slot ?? 0)
           let ready =
@@ -443,7 +465,7 @@ struct Launcher {
           {
             waitingFor = "\(entry.name) (starting)"
           }
-        case .controlPlane, .etcd, .postgres:
+        case .controlPlane, .etcd, .postgres, .dashboard:
           break
         }
         if !waitingFor.isEmpty { break }
@@ -605,7 +627,8 @@ struct Launcher {
     let apps = run.processes.filter { $0.role == .app }
     var stopped = LocalProcesses.Stopped()
     for group in [
-      apps.filter { $0.service == "gateway" }, apps.filter { $0.service != "gateway" },
+      apps.filter { $0.service == "gateway" } + run.processes.filter { $0.role == .dashboard },
+      apps.filter { $0.service != "gateway" },
       run.processes.filter { $0.role == .sidecar },
       run.processes.filter { $0.role == .controlPlane },
       run.processes.filter { $0.role == .etcd },
@@ -627,7 +650,7 @@ struct Launcher {
       case .sidecar:
         let ports = run.slotPorts(entry.slot ?? 0)
         address = "in :\(ports.inbound) out :\(ports.outbound) admin :\(ports.admin)"
-      case .app where entry.service == "gateway": address = "http://\(entry.address)"
+      case .app where entry.service == "gateway", .dashboard: address = "http://\(entry.address)"
       default: address = entry.address
       }
       rows.append([entry.name, "\(entry.pid)", address, entry.log])
@@ -644,10 +667,13 @@ struct Launcher {
         """)
     }
     let gateway = "http://127.0.0.1:\(run.ports.gateway)"
+    let dashboard = run.processes.first { $0.role == .dashboard }.map {
+      "\nThe dashboard is http://\($0.address)/ (the service graph, services, traces)."
+    }
     print(
       """
 
-      The shop is running on the mesh\(run.detached ? " (meshctl down stops it)" : " (Ctrl-C stops it)").
+      The shop is running on the mesh\(run.detached ? " (meshctl down stops it)" : " (Ctrl-C stops it)").\(dashboard ?? "")
       The gateway is \(gateway); its API key is in \(run.apiKeyFile). Try:
 
         key=\(launcher.apiKey)

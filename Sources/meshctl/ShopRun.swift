@@ -28,6 +28,8 @@ struct ShopRun: Codable {
     /// How many control plane replicas run (nil: one, on SQLite); more than one share a local
     /// etcd cluster of as many members.
     var controlPlanes: Int?
+    /// The dashboard's port (nil in a run file from before there was one).
+    var dashboard: Int?
     var join: Int { controlPlane + 1 }
 
     var replicas: Int { controlPlanes ?? 1 }
@@ -83,6 +85,7 @@ struct ShopRun: Codable {
     case postgres
     case etcd
     case controlPlane = "control-plane"
+    case dashboard
     case app
     case sidecar
   }

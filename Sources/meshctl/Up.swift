@@ -94,7 +94,8 @@ struct Up: AsyncParsableCommand {
       ? ["control-plane"]
       : (1...chosen.replicas).flatMap { ["etcd-\($0)", "control-plane-\($0)"] }
     let logNames =
-      (postgres ? ["postgres"] : []) + planes + instances.flatMap { [$0.1, $0.1 + "-sidecar"] }
+      (postgres ? ["postgres"] : []) + planes + ["dashboard"]
+      + instances.flatMap { [$0.1, $0.1 + "-sidecar"] }
     let logs = Launcher.LogStream(
       startOffsets: Dictionary(
         uniqueKeysWithValues: logNames.map {
@@ -134,6 +135,8 @@ struct Up: AsyncParsableCommand {
         try plan.save()
       }
       try await launcher.applyMeshConfig()
+      plan.processes.append(try launcher.startDashboard())
+      try plan.save()
       for (slot, (service, instance)) in instances.enumerated() {
         plan.processes += try await launcher.startInstance(service, instance: instance, slot: slot)
         try plan.save()
@@ -221,7 +224,8 @@ struct Up: AsyncParsableCommand {
         let p = plan.slotPorts(slot)
         return [p.inbound, p.outbound, p.admin, p.app].map { ("slot \(slot)", $0) }
       }
-    for (what, port) in wanted where !LocalProcesses.isFree(port) {
+    let dashboard: [(String, Int)] = plan.ports.dashboard.map { [("the dashboard", $0)] } ?? []
+    for (what, port) in wanted + dashboard where !LocalProcesses.isFree(port) {
       taken.append("127.0.0.1:\(port) (\(what))")
     }
     if !taken.isEmpty {
@@ -246,11 +250,14 @@ struct PortOptions: ParsableArguments {
       ports + 2N, etcd member N the ports from the control plane port + 20 + 2N).
       """)
   var controlPlanes = 1
+  @Option(help: "The dashboard's port (default: the control plane port + 80).")
+  var dashboardPort: Int?
 
   var chosen: ShopRun.Ports {
     .init(
       base: basePort, gateway: gatewayPort, controlPlane: controlPlanePort,
-      controlPlanes: controlPlanes == 1 ? nil : controlPlanes)
+      controlPlanes: controlPlanes == 1 ? nil : controlPlanes,
+      dashboard: dashboardPort ?? controlPlanePort + 80)
   }
 
   func validate() throws {
@@ -401,7 +408,10 @@ struct Restart: AsyncParsableCommand {
       """)
 
   @Argument(
-    help: "The service: users, orders, payments, events, gateway, control-plane or postgres.")
+    help: """
+      The service: users, orders, payments, events, gateway, control-plane, dashboard or \
+      postgres.
+      """)
   var service: String
 
   func run() async throws {
@@ -416,10 +426,22 @@ struct Restart: AsyncParsableCommand {
       try await restartPostgres(&run)
       return
     }
+    if service == "dashboard" {
+      let old = run.processes.filter { $0.role == .dashboard }
+      await LocalProcesses.stop(old)
+      run.processes.removeAll { $0.role == .dashboard }
+      let fresh = try Launcher(run: run).startDashboard()
+      run.processes.append(fresh)
+      try run.save()
+      try await Launcher(run: run).waitUntilReady(run, only: [fresh])
+      print("restarted dashboard: now pid \(fresh.pid)")
+      return
+    }
     guard let layout = ShopLayout.services.first(where: { $0.name == service }) else {
       throw MeshctlFailure(
         "no service \(service); restart one of "
-          + (ShopLayout.services.map(\.name) + ["control-plane"]).joined(separator: ", "))
+          + (ShopLayout.services.map(\.name) + ["control-plane", "dashboard", "postgres"])
+          .joined(separator: ", "))
     }
     let instances = Array(Set(run.processes.filter { $0.service == service }.map(\.instance)))
       .sorted()

@@ -139,7 +139,9 @@ struct SidecarCommand: AsyncParsableCommand {
             files: .init(
               certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
               bundle: bootstrap.bundle),
-            telemetry: telemetry, instance: { await advertised.value() }, logger: logger))
+            telemetry: telemetry, instance: { await advertised.value() },
+            endpoints: { [routing = sidecar.routing] in routing.endpointSnapshots() },
+            logger: logger))
       }
     }
     let group = ServiceGroup(

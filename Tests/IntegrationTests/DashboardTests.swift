@@ -2,46 +2,23 @@ import Foundation
 import TestSupport
 import Testing
 
-/// `meshctl dashboard` against a running shop: its JSON holds the figures `meshctl top` and
+/// `meshctl dashboard`, as `meshctl up` starts it, against a running shop: its JSON holds the figures `meshctl top` and
 /// `meshctl trace` give for the same window, its graph has the shop's services and calls,
 /// and it serves on loopback only.
 @Suite(.serialized) struct DashboardTests {
-  /// `meshctl dashboard` in the shop's folder (so it finds the control plane and the operator
-  /// identity as `meshctl` does there), on a port of the shop's range.
-  final class RunningDashboard {
-    let process = Process()
+  /// The dashboard `meshctl up` started, at `--dashboard-port` (`LocalShop`: base + 185).
+  struct RunningDashboard {
     let base: String
 
     init(_ shop: LocalShop) throws {
-      let port = shop.basePort + 185
-      base = "http://127.0.0.1:\(port)"
-      process.executableURL = URL(fileURLWithPath: binary("meshctl"))
-      process.arguments = ["dashboard", "--listen", "127.0.0.1:\(port)"]
-      process.currentDirectoryURL = shop.directory
-      let log = shop.directory.appendingPathComponent("dashboard.log")
-      _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-      process.standardOutput = try FileHandle(forWritingTo: log)
-      process.standardError = process.standardOutput
-      try process.run()
-      let deadline = Date().addingTimeInterval(30)
-      while (try? http("GET", base + "/"))?.status != 200 {
-        guard Date() < deadline, process.isRunning else {
-          throw HarnessError(
-            "meshctl dashboard did not answer: \((try? String(contentsOf: log, encoding: .utf8)) ?? "")"
-          )
-        }
-        Thread.sleep(forTimeInterval: 0.2)
-      }
+      base = "http://127.0.0.1:\(shop.basePort + 185)"
+      #expect(shop.upOutput.contains("The dashboard is \(base)/"), "\(shop.upOutput)")
+      #expect(shop.processes.contains { $0["name"] as? String == "dashboard" })
     }
 
     func get(_ path: String) throws -> (status: Int, json: Any?) {
       let exchange = try http("GET", base + path)
       return (exchange.status, try? JSONSerialization.jsonObject(with: Data(exchange.body.utf8)))
-    }
-
-    deinit {
-      process.terminate()
-      process.waitUntilExit()
     }
   }
 
@@ -112,6 +89,24 @@ import Testing
     let bad = try dashboard.get("/api/traces?minMs=soon")
     #expect(bad.status == 400 && "\(bad.json ?? "")".contains("minMs"), "\(bad)")
     #expect(try dashboard.get("/api/services/nope").status == 404)
+    // payments' page: its instance (the control plane's view of its sidecar) and its
+    // endpoint as orders' sidecar reports it (every 5 s).
+    var payments: [String: Any] = [:]
+    let reported = Date().addingTimeInterval(20)
+    repeat {
+      payments = try dashboard.get("/api/services/payments").json as? [String: Any] ?? [:]
+      if !(payments["endpoints"] as? [Any] ?? []).isEmpty { break }
+      Thread.sleep(forTimeInterval: 0.5)
+    } while Date() < reported
+    let endpoints = payments["endpoints"] as? [[String: Any]] ?? []
+    #expect(
+      endpoints.contains {
+        $0["caller"] as? String == "orders" && $0["state"] as? String == "active"
+      }, "\(payments)")
+    let instances = payments["instances"] as? [[String: Any]] ?? []
+    #expect(
+      instances.count == 1 && (instances.first?["certificateNotAfter"] as? Int ?? 0) > 0,
+      "\(payments)")
     let orders = try dashboard.get("/api/services/orders").json as? [String: Any] ?? [:]
     let callees = (orders["callees"] as? [[String: Any]] ?? []).compactMap { $0["to"] as? String }
     #expect(Set(callees).isSuperset(of: ["payments"]), "\(orders)")

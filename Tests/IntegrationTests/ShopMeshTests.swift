@@ -39,6 +39,7 @@ final class LocalShop: @unchecked Sendable {
         [
           "up", "--detach", "--no-build", "--base-port", "\(base)", "--gateway-port",
           "\(base + 199)", "--control-plane-port", "\(base + (replicated ? 150 : 195))",
+          "--dashboard-port", "\(base + 185)",
         ] + extra + (onPostgres ? ["--postgres-port", "\(base + 190)"] : []),
         directory: directory)
       if result.status == 0 {
@@ -191,7 +192,7 @@ struct GatewayLoad {
     let shop = try LocalShop(name: "walkthrough")
     #expect(shop.upOutput.contains("The shop is running on the mesh"))
     #expect(shop.upOutput.contains("http://127.0.0.1:\(shop.gatewayPort)"))
-    #expect(shop.processes.count == 11, "\(shop.processes)")
+    #expect(shop.processes.count == 12, "\(shop.processes)")
 
     // A user, over HTTP; its customer record appears in orders (user.created, through the
     // outbox and the bus).
@@ -243,13 +244,13 @@ struct GatewayLoad {
     let status = try shop.meshctl(["status"])
     #expect(status.status == 0, "\(status.stderr)")
     #expect(status.stdout.contains("processes started by meshctl up"))
-    #expect(status.stdout.components(separatedBy: "running").count - 1 >= 11, "\(status.stdout)")
+    #expect(status.stdout.components(separatedBy: "running").count - 1 >= 12, "\(status.stdout)")
     let statusJSON = try shop.meshctl(["status", "-o", "json"])
     let document = try #require(
       try JSONSerialization.jsonObject(with: Data(statusJSON.stdout.utf8)) as? [String: Any],
       "\(statusJSON.stdout)\(statusJSON.stderr)")
     let listed = document["processes"] as? [[String: Any]] ?? []
-    #expect(listed.count == 11, "\(document)")
+    #expect(listed.count == 12, "\(document)")
     #expect(listed.allSatisfy { $0["state"] as? String == "running" }, "\(listed)")
     #expect(
       Set(listed.compactMap { $0["pid"] as? Int })
@@ -268,7 +269,7 @@ struct GatewayLoad {
       unknown.stderr.contains(
         """
         no service shipping; restart one of events, payments, users, orders, gateway, \
-        control-plane
+        control-plane, dashboard, postgres
         """
       ),
       "\(unknown.stderr)")
@@ -286,7 +287,7 @@ struct GatewayLoad {
     #expect(
       down.stdout.contains("payments (pid \(payments)) did not exit within 2 s of SIGTERM: killed"),
       "\(down.stdout)")
-    #expect(down.stdout.contains("stopped 11 processes"), "\(down.stdout)")
+    #expect(down.stdout.contains("stopped 12 processes"), "\(down.stdout)")
     #expect(pids.allSatisfy { !isAlive($0) }, "\(pids.filter { isAlive($0) }) still run")
     #expect(
       FileManager.default.fileExists(
@@ -296,6 +297,7 @@ struct GatewayLoad {
     let second = try shop.meshctl([
       "up", "--detach", "--no-build", "--base-port", "\(shop.basePort)", "--gateway-port",
       "\(shop.gatewayPort)", "--control-plane-port", "\(shop.controlPlanePort)",
+      "--dashboard-port", "\(shop.basePort + 185)",
     ])
     #expect(second.status == 0, "\(second.stdout)\(second.stderr)")
     #expect(second.stdout.contains(".trellis/mesh.yaml is the running config (version 1)"))
@@ -312,7 +314,7 @@ struct GatewayLoad {
   @Test func theShopOnThreeControlPlanes() throws {
     let shop = try LocalShop(["--control-planes", "3"], name: "three-planes")
     defer { _ = try? shop.meshctl(["down"]) }
-    #expect(shop.processes.count == 16, "\(shop.processes)")
+    #expect(shop.processes.count == 17, "\(shop.processes)")
     let (_, user, customer) = try shop.createUser()
     #expect(customer.status == 200, "\(customer)")
     let first = try shop.post("/v1/orders", Self.order(user, minor: 450))
@@ -481,7 +483,7 @@ struct GatewayLoad {
     process.executableURL = URL(fileURLWithPath: binary("meshctl"))
     process.arguments = [
       "up", "--no-build", "--base-port", "\(base)", "--gateway-port", "\(base + 199)",
-      "--control-plane-port", "\(base + 195)",
+      "--control-plane-port", "\(base + 195)", "--dashboard-port", "\(base + 185)",
     ]
     process.currentDirectoryURL = directory
     process.standardOutput = try FileHandle(forWritingTo: output)
@@ -533,7 +535,7 @@ struct GatewayLoad {
       Thread.sleep(forTimeInterval: 0.2)
     }
     let down = try run(binary("meshctl"), ["down"], directory: directory)
-    #expect(down.stdout.contains("stopped 11 processes"), "\(down.stdout)\(down.stderr)")
+    #expect(down.stdout.contains("stopped 12 processes"), "\(down.stdout)\(down.stderr)")
     let ended = Date().addingTimeInterval(20)
     while again.isRunning, Date() < ended { Thread.sleep(forTimeInterval: 0.1) }
     #expect(!again.isRunning, "the foreground up outlived meshctl down: \(text())")

@@ -17,7 +17,7 @@ import Testing
   @Test func theWalkthroughOnPostgreSQL() throws {
     let shop = try LocalShop(["--postgres"], name: "walkthrough-pg")
     #expect(shop.upOutput.contains("The shop's data is in PostgreSQL"), "\(shop.upOutput)")
-    #expect(shop.processes.count == 12, "\(shop.processes)")
+    #expect(shop.processes.count == 13, "\(shop.processes)")
     let (created, user, customer) = try shop.createUser()
     #expect(created.status == 200, "\(created)")
     #expect(customer.status == 200, "\(customer)")
@@ -37,12 +37,13 @@ import Testing
 
     let postgres = try #require(shop.pid(of: "postgres"))
     let down = try shop.meshctl(["down"])
-    #expect(down.stdout.contains("stopped 12 processes"), "\(down.stdout)")
+    #expect(down.stdout.contains("stopped 13 processes"), "\(down.stdout)")
     #expect(!isAlive(Int(postgres)))
     let second = try shop.meshctl([
       "up", "--detach", "--no-build", "--postgres", "--base-port", "\(shop.basePort)",
       "--gateway-port", "\(shop.gatewayPort)", "--control-plane-port",
       "\(shop.controlPlanePort)", "--postgres-port", "\(shop.basePort + 190)",
+      "--dashboard-port", "\(shop.basePort + 185)",
     ])
     #expect(second.status == 0, "\(second.stdout)\(second.stderr)")
     #expect(!second.stdout.contains("creating the shop's PostgreSQL cluster"))

@@ -75,4 +75,35 @@ import Testing
     // A minute later, nothing is left of them.
     #expect(hub.top(service: "", byMethod: false, byEdge: true, now: now + 61).rows.isEmpty)
   }
+
+  /// A service's endpoints as each caller's sidecar last reported them; a later report
+  /// replaces the earlier, and one without endpoints keeps them.
+  @Test func endpointsAreWhatTheCallersLastReported() {
+    let hub = TelemetryHub()
+    let (_, controls) = AsyncStream.makeStream(of: Trellis_Mesh_V1_TapControl.self)
+    let orders = hub.connect(service: "orders", instance: "10.0.0.1:7001", controls: controls)
+    func endpoint(_ address: String, ejected: Bool = false) -> Trellis_Mesh_V1_EndpointStatus {
+      var endpoint = Trellis_Mesh_V1_EndpointStatus()
+      endpoint.service = "payments"
+      endpoint.address = address
+      endpoint.ejected = ejected
+      endpoint.inFlight = 2
+      endpoint.latencyMs = 3.5
+      return endpoint
+    }
+    let now = Date()
+    var first = report("10.0.0.1:7001", [])
+    first.endpoints = [endpoint("10.0.0.2:7002"), endpoint("10.0.0.3:7002")]
+    hub.receive(first, from: orders, now: now)
+    var second = report("10.0.0.1:7001", [])
+    second.endpoints = [endpoint("10.0.0.2:7002", ejected: true), endpoint("10.0.0.3:7002")]
+    hub.receive(second, from: orders, now: now + 5)
+    hub.receive(report("10.0.0.1:7001", []), from: orders, now: now + 6)
+    let seen = hub.endpoints(service: "payments", now: now + 7).callers
+    #expect(seen.map(\.caller) == ["orders"] && seen.first?.instance == "10.0.0.1:7001")
+    #expect(seen.first?.endpoints.map(\.ejected) == [true, false])
+    #expect(hub.endpoints(service: "users", now: now + 7).callers.isEmpty)
+    // A caller that stopped reporting them for a minute is no longer shown.
+    #expect(hub.endpoints(service: "payments", now: now + 70).callers.isEmpty)
+  }
 }

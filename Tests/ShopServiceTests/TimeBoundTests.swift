@@ -30,7 +30,7 @@ import Testing
       try await PostgresShopDatabase.race(
         {
           await withCheckedContinuation { continuation in
-            DispatchQueue.global().asyncAfter(deadline: .now() + 10) {
+            DispatchQueue.global().asyncAfter(deadline: .now() + 60) {
               ended.withLock { $0 = true }
               continuation.resume()
             }
@@ -39,7 +39,9 @@ import Testing
         }, against: .milliseconds(100)
       ) { Late() }
     }
-    #expect(ContinuousClock.now - started < .seconds(5))
+    // (On a test process whose threads are busy, the deadline's timer itself may run late: the
+    // point is that the answer comes long before the operation ends.)
+    #expect(ContinuousClock.now - started < .seconds(30))
     #expect(!ended.withLock { $0 }, "the answer did not wait for the operation")
   }
 
@@ -49,7 +51,7 @@ import Testing
       try await PostgresShopDatabase.race(
         {
           await withCheckedContinuation { continuation in
-            DispatchQueue.global().asyncAfter(deadline: .now() + 10) { continuation.resume() }
+            DispatchQueue.global().asyncAfter(deadline: .now() + 60) { continuation.resume() }
           }
           return 1
         }, against: .seconds(60)
@@ -59,6 +61,6 @@ import Testing
     let started = ContinuousClock.now
     call.cancel()
     await #expect(throws: CancellationError.self) { try await call.value }
-    #expect(ContinuousClock.now - started < .seconds(5))
+    #expect(ContinuousClock.now - started < .seconds(30))
   }
 }

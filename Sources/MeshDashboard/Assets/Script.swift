@@ -188,7 +188,9 @@ extension DashboardAssets {
               onclick: () => { location.hash = `#/traces?service=${enc(name)}&method=${enc(row.method.replace(/^\//, ""))}&slowest=1`; },
             }, h("td", { class: "text" }, row.method), figureCells(row.figures)))),
           h("h2", {}, "Called by"), edgeTable(service.callers, "caller", (edge) => edge.from),
-          h("h2", {}, "Calls"), edgeTable(service.callees, "service", (edge) => edge.to));
+          h("h2", {}, "Calls"), edgeTable(service.callees, "service", (edge) => edge.to),
+          h("h2", {}, "Endpoints, as its callers' sidecars see them"), endpointTable(service.endpoints),
+          h("h2", {}, "Instances"), instanceTable(service.instances));
       });
     }
 
@@ -198,6 +200,31 @@ extension DashboardAssets {
         edges.map((edge) => h("tr", { class: "link", onclick: () => { location.hash = edgeLink(edge); } },
           h("td", { class: "text" }, h("a", { href: "#/service/" + enc(other(edge)) }, other(edge))),
           figureCells(edge.figures))));
+    }
+
+    function endpointTable(endpoints) {
+      if (endpoints.length === 0) return h("p", { class: "hint" }, "no caller has reported its endpoints");
+      return h("table", { class: "figures", id: "endpoints" },
+        h("tr", {}, ["endpoint", "seen by", "state"].map((n) => h("th", { class: "text" }, n)),
+          ["in flight", "latency estimate", "ejections", "calls", "failures"].map((n) => h("th", {}, n))),
+        endpoints.map((e) => h("tr", {},
+          h("td", { class: "text" }, e.address), h("td", { class: "text" }, `${e.caller} (${e.callerInstance})`),
+          h("td", { class: "text" }, h("span", { class: "badge " + (e.state === "active" ? "ok" : "bad") },
+            e.state === "active" ? "active" : `ejected ${e.ejectedForSeconds.toFixed(0)} s`)),
+          h("td", {}, String(e.inFlight)), h("td", {}, millis(e.latencyMs)), h("td", {}, String(e.ejections)),
+          h("td", {}, String(e.calls)), h("td", {}, String(e.failures)))));
+    }
+
+    function instanceTable(instances) {
+      if (instances.length === 0) return h("p", { class: "hint" }, "no sidecar of it is known");
+      return h("table", { class: "figures", id: "instances" },
+        h("tr", {}, ["sidecar", "connected", "registered", "config", "trust", "certificate", "expires"]
+          .map((n) => h("th", { class: "text" }, n))),
+        instances.map((i) => h("tr", {},
+          h("td", { class: "text" }, i.node), h("td", { class: "text" }, i.connected ? "yes" : "no"),
+          h("td", { class: "text" }, i.registered ? "yes" : "no"), h("td", { class: "text" }, `v${i.configVersion}`),
+          h("td", { class: "text" }, String(i.trustGeneration)), h("td", { class: "text" }, i.certificateSerial.slice(0, 16)),
+          h("td", { class: "text" }, i.certificateNotAfter ? new Date(i.certificateNotAfter * 1000).toLocaleString() : "-"))));
     }
 
     /// p50 and p99 since the page opened (a sample every two seconds), drawn to scale.

@@ -62,11 +62,25 @@ public enum Trellis_Mesh_V1_Telemetry: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "Endpoints" metadata.
+        public enum Endpoints: Sendable {
+            /// Request type for "Endpoints".
+            public typealias Input = Trellis_Mesh_V1_EndpointsRequest
+            /// Response type for "Endpoints".
+            public typealias Output = Trellis_Mesh_V1_EndpointsResponse
+            /// Descriptor for "Endpoints".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "trellis.mesh.v1.Telemetry"),
+                method: "Endpoints",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "trellis.mesh.v1.Telemetry" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Report.descriptor,
             Top.descriptor,
-            Tap.descriptor
+            Tap.descriptor,
+            Endpoints.descriptor
         ]
     }
 }
@@ -148,6 +162,25 @@ extension Trellis_Mesh_V1_Telemetry {
             request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_TapRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_TapEvent>
+
+        /// Handle the "Endpoints" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A service's endpoints as each sidecar that calls it last reported them (state, calls in
+        /// > flight, latency estimate, ejections). Operators only.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Trellis_Mesh_V1_EndpointsRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Trellis_Mesh_V1_EndpointsResponse` messages.
+        func endpoints(
+            request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_EndpointsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_EndpointsResponse>
     }
 
     /// Service protocol for the "trellis.mesh.v1.Telemetry" service.
@@ -213,6 +246,25 @@ extension Trellis_Mesh_V1_Telemetry {
             request: GRPCCore.ServerRequest<Trellis_Mesh_V1_TapRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_TapEvent>
+
+        /// Handle the "Endpoints" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A service's endpoints as each sidecar that calls it last reported them (state, calls in
+        /// > flight, latency estimate, ejections). Operators only.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_EndpointsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Trellis_Mesh_V1_EndpointsResponse` message.
+        func endpoints(
+            request: GRPCCore.ServerRequest<Trellis_Mesh_V1_EndpointsRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_EndpointsResponse>
     }
 
     /// Simple service protocol for the "trellis.mesh.v1.Telemetry" service.
@@ -278,6 +330,25 @@ extension Trellis_Mesh_V1_Telemetry {
             response: GRPCCore.RPCWriter<Trellis_Mesh_V1_TapEvent>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "Endpoints" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A service's endpoints as each sidecar that calls it last reported them (state, calls in
+        /// > flight, latency estimate, ejections). Operators only.
+        ///
+        /// - Parameters:
+        ///   - request: A `Trellis_Mesh_V1_EndpointsRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Trellis_Mesh_V1_EndpointsResponse` to respond with.
+        func endpoints(
+            request: Trellis_Mesh_V1_EndpointsRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Trellis_Mesh_V1_EndpointsResponse
     }
 }
 
@@ -318,6 +389,17 @@ extension Trellis_Mesh_V1_Telemetry.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Trellis_Mesh_V1_Telemetry.Method.Endpoints.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_EndpointsRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_EndpointsResponse>(),
+            handler: { request, context in
+                try await self.endpoints(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -344,6 +426,17 @@ extension Trellis_Mesh_V1_Telemetry.ServiceProtocol {
             context: context
         )
         return response
+    }
+
+    public func endpoints(
+        request: GRPCCore.StreamingServerRequest<Trellis_Mesh_V1_EndpointsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Trellis_Mesh_V1_EndpointsResponse> {
+        let response = try await self.endpoints(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
     }
 }
 
@@ -394,6 +487,19 @@ extension Trellis_Mesh_V1_Telemetry.SimpleServiceProtocol {
                 )
                 return [:]
             }
+        )
+    }
+
+    public func endpoints(
+        request: GRPCCore.ServerRequest<Trellis_Mesh_V1_EndpointsRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Trellis_Mesh_V1_EndpointsResponse> {
+        return GRPCCore.ServerResponse<Trellis_Mesh_V1_EndpointsResponse>(
+            message: try await self.endpoints(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
         )
     }
 }
@@ -476,6 +582,30 @@ extension Trellis_Mesh_V1_Telemetry {
             deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_TapEvent>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Trellis_Mesh_V1_TapEvent>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Endpoints" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A service's endpoints as each sidecar that calls it last reported them (state, calls in
+        /// > flight, latency estimate, ejections). Operators only.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_EndpointsRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_EndpointsRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_EndpointsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func endpoints<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_EndpointsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_EndpointsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_EndpointsResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_EndpointsResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -594,6 +724,41 @@ extension Trellis_Mesh_V1_Telemetry {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "Endpoints" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A service's endpoints as each sidecar that calls it last reported them (state, calls in
+        /// > flight, latency estimate, ejections). Operators only.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Trellis_Mesh_V1_EndpointsRequest` message.
+        ///   - serializer: A serializer for `Trellis_Mesh_V1_EndpointsRequest` messages.
+        ///   - deserializer: A deserializer for `Trellis_Mesh_V1_EndpointsResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func endpoints<Result>(
+            request: GRPCCore.ClientRequest<Trellis_Mesh_V1_EndpointsRequest>,
+            serializer: some GRPCCore.MessageSerializer<Trellis_Mesh_V1_EndpointsRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Trellis_Mesh_V1_EndpointsResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_EndpointsResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Trellis_Mesh_V1_Telemetry.Method.Endpoints.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -680,6 +845,36 @@ extension Trellis_Mesh_V1_Telemetry.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_TapRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_TapEvent>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Endpoints" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A service's endpoints as each sidecar that calls it last reported them (state, calls in
+    /// > flight, latency estimate, ejections). Operators only.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Trellis_Mesh_V1_EndpointsRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func endpoints<Result>(
+        request: GRPCCore.ClientRequest<Trellis_Mesh_V1_EndpointsRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_EndpointsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.endpoints(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Trellis_Mesh_V1_EndpointsRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Trellis_Mesh_V1_EndpointsResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -781,6 +976,40 @@ extension Trellis_Mesh_V1_Telemetry.ClientProtocol {
             metadata: metadata
         )
         return try await self.tap(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Endpoints" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A service's endpoints as each sidecar that calls it last reported them (state, calls in
+    /// > flight, latency estimate, ejections). Operators only.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func endpoints<Result>(
+        _ message: Trellis_Mesh_V1_EndpointsRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Trellis_Mesh_V1_EndpointsResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Trellis_Mesh_V1_EndpointsRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.endpoints(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -36,6 +36,90 @@ public nonisolated struct Trellis_Mesh_V1_TelemetryReport: Sendable {
 
   public var taps: [Trellis_Mesh_V1_TapEvent] = []
 
+  /// The endpoints of the services this sidecar calls, as its balancer sees them now; sent
+  /// every few seconds, not in every report.
+  public var endpoints: [Trellis_Mesh_V1_EndpointStatus] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One endpoint of a called service, as one calling sidecar sees it.
+public nonisolated struct Trellis_Mesh_V1_EndpointStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var service: String = String()
+
+  public var address: String = String()
+
+  public var labels: Dictionary<String,String> = [:]
+
+  /// Ejected by outlier detection, and for how long still.
+  public var ejected: Bool = false
+
+  public var ejectedForSeconds: Double = 0
+
+  public var inFlight: UInt32 = 0
+
+  /// The balancer's latency estimate (a peak-EWMA of the time to first response).
+  public var latencyMs: Double = 0
+
+  public var consecutiveFailures: UInt32 = 0
+
+  public var ejections: UInt32 = 0
+
+  public var calls: UInt64 = 0
+
+  public var failures: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_EndpointsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The service called; empty: every one.
+  public var service: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Trellis_Mesh_V1_EndpointsResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var callers: [Trellis_Mesh_V1_EndpointsSeen] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// What one calling sidecar last reported.
+public nonisolated struct Trellis_Mesh_V1_EndpointsSeen: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The calling sidecar's service and advertised address.
+  public var caller: String = String()
+
+  public var instance: String = String()
+
+  public var reportedUnixNano: UInt64 = 0
+
+  public var endpoints: [Trellis_Mesh_V1_EndpointStatus] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -230,7 +314,7 @@ fileprivate nonisolated let _protobuf_package = "trellis.mesh.v1"
 
 nonisolated extension Trellis_Mesh_V1_TelemetryReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TelemetryReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}instance\0\u{1}calls\0\u{1}taps\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}instance\0\u{1}calls\0\u{1}taps\0\u{1}endpoints\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -241,6 +325,7 @@ nonisolated extension Trellis_Mesh_V1_TelemetryReport: SwiftProtobuf.Message, Sw
       case 1: try { try decoder.decodeSingularStringField(value: &self.instance) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.calls) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.taps) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.endpoints) }()
       default: break
       }
     }
@@ -256,6 +341,9 @@ nonisolated extension Trellis_Mesh_V1_TelemetryReport: SwiftProtobuf.Message, Sw
     if !self.taps.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.taps, fieldNumber: 3)
     }
+    if !self.endpoints.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.endpoints, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -263,6 +351,192 @@ nonisolated extension Trellis_Mesh_V1_TelemetryReport: SwiftProtobuf.Message, Sw
     if lhs.instance != rhs.instance {return false}
     if lhs.calls != rhs.calls {return false}
     if lhs.taps != rhs.taps {return false}
+    if lhs.endpoints != rhs.endpoints {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_EndpointStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EndpointStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}address\0\u{1}labels\0\u{1}ejected\0\u{3}ejected_for_seconds\0\u{3}in_flight\0\u{3}latency_ms\0\u{3}consecutive_failures\0\u{1}ejections\0\u{1}calls\0\u{1}failures\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.service) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 3: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.ejected) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.ejectedForSeconds) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.inFlight) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.latencyMs) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.consecutiveFailures) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.ejections) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.calls) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.failures) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.service.isEmpty {
+      try visitor.visitSingularStringField(value: self.service, fieldNumber: 1)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 2)
+    }
+    if !self.labels.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 3)
+    }
+    if self.ejected != false {
+      try visitor.visitSingularBoolField(value: self.ejected, fieldNumber: 4)
+    }
+    if self.ejectedForSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.ejectedForSeconds, fieldNumber: 5)
+    }
+    if self.inFlight != 0 {
+      try visitor.visitSingularUInt32Field(value: self.inFlight, fieldNumber: 6)
+    }
+    if self.latencyMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.latencyMs, fieldNumber: 7)
+    }
+    if self.consecutiveFailures != 0 {
+      try visitor.visitSingularUInt32Field(value: self.consecutiveFailures, fieldNumber: 8)
+    }
+    if self.ejections != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ejections, fieldNumber: 9)
+    }
+    if self.calls != 0 {
+      try visitor.visitSingularUInt64Field(value: self.calls, fieldNumber: 10)
+    }
+    if self.failures != 0 {
+      try visitor.visitSingularUInt64Field(value: self.failures, fieldNumber: 11)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_EndpointStatus, rhs: Trellis_Mesh_V1_EndpointStatus) -> Bool {
+    if lhs.service != rhs.service {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.labels != rhs.labels {return false}
+    if lhs.ejected != rhs.ejected {return false}
+    if lhs.ejectedForSeconds != rhs.ejectedForSeconds {return false}
+    if lhs.inFlight != rhs.inFlight {return false}
+    if lhs.latencyMs != rhs.latencyMs {return false}
+    if lhs.consecutiveFailures != rhs.consecutiveFailures {return false}
+    if lhs.ejections != rhs.ejections {return false}
+    if lhs.calls != rhs.calls {return false}
+    if lhs.failures != rhs.failures {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_EndpointsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EndpointsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.service) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.service.isEmpty {
+      try visitor.visitSingularStringField(value: self.service, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_EndpointsRequest, rhs: Trellis_Mesh_V1_EndpointsRequest) -> Bool {
+    if lhs.service != rhs.service {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_EndpointsResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EndpointsResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}callers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.callers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.callers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.callers, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_EndpointsResponse, rhs: Trellis_Mesh_V1_EndpointsResponse) -> Bool {
+    if lhs.callers != rhs.callers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_EndpointsSeen: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EndpointsSeen"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}caller\0\u{1}instance\0\u{3}reported_unix_nano\0\u{1}endpoints\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.caller) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.instance) }()
+      case 3: try { try decoder.decodeSingularFixed64Field(value: &self.reportedUnixNano) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.endpoints) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.caller.isEmpty {
+      try visitor.visitSingularStringField(value: self.caller, fieldNumber: 1)
+    }
+    if !self.instance.isEmpty {
+      try visitor.visitSingularStringField(value: self.instance, fieldNumber: 2)
+    }
+    if self.reportedUnixNano != 0 {
+      try visitor.visitSingularFixed64Field(value: self.reportedUnixNano, fieldNumber: 3)
+    }
+    if !self.endpoints.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.endpoints, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_EndpointsSeen, rhs: Trellis_Mesh_V1_EndpointsSeen) -> Bool {
+    if lhs.caller != rhs.caller {return false}
+    if lhs.instance != rhs.instance {return false}
+    if lhs.reportedUnixNano != rhs.reportedUnixNano {return false}
+    if lhs.endpoints != rhs.endpoints {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
