@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import MeshConfig
 import MeshProtos
 import NIOCore
 
@@ -54,6 +55,69 @@ public struct DashboardServer: Sendable {
         throw HTTPError(.notFound, message: "no trace \(id) is stored")
       }
       return try Self.json(DashboardViews.trace(tree))
+    }
+    router.get("/api/config") { _, _ in
+      async let versions = source.configVersions()
+      async let status = source.status()
+      let running = try? await source.config(version: 0)
+      let config = try running.map { try MeshConfig(yaml: $0.yaml, file: "version \($0.version)") }
+      return try Self.json(
+        DashboardViews.config(
+          versions: try await versions, running: config, status: try await status))
+    }
+    router.get("/api/config/diff") { request, _ in
+      func version(_ name: String) throws -> Int64 {
+        guard let text = request.uri.queryParameters.get(name), let value = Int64(text), value > 0
+        else {
+          throw HTTPError(.badRequest, message: "\(name): name a config version (1, 2, …)")
+        }
+        return value
+      }
+      let (from, to) = (try version("from"), try version("to"))
+      async let old = source.config(version: from)
+      async let new = source.config(version: to)
+      let diff = unifiedDiff(
+        old: try await old.yaml, new: try await new.yaml, oldName: "version \(from)",
+        newName: "version \(to)")
+      return try Self.json(DashboardViews.Diff(from: from, to: to, diff: diff))
+    }
+    router.get("/api/trust") { _, _ in
+      try Self.json(DashboardViews.trust(try await source.status()))
+    }
+    router.get("/api/tap") { request, _ in
+      var tap = Trellis_Mesh_V1_TapRequest()
+      tap.service = request.uri.queryParameters.get("service") ?? ""
+      tap.method = request.uri.queryParameters.get("method") ?? ""
+      guard !tap.service.isEmpty else {
+        throw HTTPError(.badRequest, message: "service: name the service to tap")
+      }
+      let rate = request.uri.queryParameters.get("maxPerSecond").flatMap { UInt32($0) } ?? 20
+      tap.maxPerSecond = min(max(rate, 1), Self.maximumTapRate)
+      return Response(
+        status: .ok,
+        headers: [.contentType: "text/event-stream", .cacheControl: "no-store"],
+        body: ResponseBody { [source, tap] writer in
+          let (events, continuation) = AsyncStream.makeStream(
+            of: String.self, bufferingPolicy: .bufferingNewest(Int(Self.maximumTapRate)))
+          let tapping = Task {
+            do {
+              try await source.tap(tap) { event in
+                let data = try JSONEncoder.dashboard.encode(DashboardViews.TapEvent(event))
+                continuation.yield(
+                  "event: call\ndata: \(String(decoding: data, as: UTF8.self))\n\n")
+              }
+              continuation.yield("event: end\ndata: \"the tap ended\"\n\n")
+            } catch {
+              continuation.yield("event: failure\ndata: \(Self.quoted("\(error)"))\n\n")
+            }
+            continuation.finish()
+          }
+          defer { tapping.cancel() }
+          // A comment line first, so the browser knows the stream is open.
+          try await writer.write(ByteBuffer(string: ": tapping \(tap.service)\n\n"))
+          for await event in events { try await writer.write(ByteBuffer(string: event)) }
+          try await writer.finish(nil)
+        })
     }
     router.get("/api/live") { _, _ in
       let interval = interval
@@ -146,6 +210,9 @@ public struct DashboardServer: Sendable {
     }
     return filter
   }
+
+  /// The most calls a tap shows a second, from each sidecar.
+  static let maximumTapRate: UInt32 = 50
 
   static func asset(_ text: String, type: String) -> Response {
     Response(

@@ -12,6 +12,15 @@ public protocol DashboardSource: Sendable {
   func status() async throws -> Trellis_Mesh_V1_StatusResponse
   /// The endpoints of `service` as the sidecars that call it last reported them.
   func endpoints(service: String) async throws -> Trellis_Mesh_V1_EndpointsResponse
+  /// Every config version, oldest first (their YAML may be left out: `config(version:)` has it).
+  func configVersions() async throws -> [Trellis_Mesh_V1_ConfigVersion]
+  /// One config version, with its YAML (0: the running one).
+  func config(version: Int64) async throws -> Trellis_Mesh_V1_ConfigVersion
+  /// The calls `request` taps, each as it ends, until the task is cancelled.
+  func tap(
+    _ request: Trellis_Mesh_V1_TapRequest,
+    each: @escaping @Sendable (Trellis_Mesh_V1_TapEvent) async throws -> Void
+  ) async throws
   /// The newest traces that match, newest first.
   func listTraces(
     _ filter: Trellis_Mesh_V1_TraceFilter

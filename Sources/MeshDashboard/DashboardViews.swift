@@ -1,4 +1,5 @@
 import Foundation
+import MeshConfig
 import MeshProtos
 
 /// The JSON the dashboard's pages read (`/api/…`), built from what the source answers.
@@ -235,5 +236,150 @@ public enum DashboardViews {
               attributes: event.attributes.map { Attribute(key: $0.0, value: $0.1) })
           })
       })
+  }
+}
+
+extension DashboardViews {
+  public struct Version: Encodable, Sendable {
+    public var version: Int64
+    public var createdAt: Int64
+    public var createdBy: String
+    public var rolledBackFrom: Int64?
+  }
+
+  /// A sidecar's config: the version it runs, and the last it refused (NACK) with why.
+  public struct SidecarConfig: Encodable, Sendable {
+    public var node: String
+    public var service: String
+    public var connected: Bool
+    public var version: Int64
+    public var nackVersion: Int64?
+    public var nackError: String?
+  }
+
+  public struct EndpointSource: Encodable, Sendable {
+    public var service: String
+    public var address: String
+    public var labels: [String: String]
+    /// `config`, or `registered by NODE`.
+    public var source: String
+  }
+
+  public struct Config: Encodable, Sendable {
+    public var currentVersion: Int64
+    public var versions: [Version]
+    public var sidecars: [SidecarConfig]
+    public var endpoints: [EndpointSource]
+  }
+
+  /// The config's history, which sidecar runs which version, and the endpoints by source:
+  /// those the running config lists and those sidecars registered.
+  public static func config(
+    versions: [Trellis_Mesh_V1_ConfigVersion], running: MeshConfig?,
+    status: Trellis_Mesh_V1_StatusResponse
+  ) -> Config {
+    var endpoints: [EndpointSource] = []
+    for (name, service) in (running?.services ?? [:]).sorted(by: { $0.key < $1.key }) {
+      for endpoint in service.endpoints {
+        endpoints.append(
+          EndpointSource(
+            service: name, address: "\(endpoint.address)", labels: endpoint.labels,
+            source: "config"))
+      }
+    }
+    for registered in status.discovery.endpoints
+    where !endpoints.contains(where: {
+      $0.service == registered.service && $0.address == registered.address
+    }) {
+      endpoints.append(
+        EndpointSource(
+          service: registered.service, address: registered.address, labels: registered.labels,
+          source: "registered by \(registered.node)"))
+    }
+    endpoints.sort { ($0.service, $0.address) < ($1.service, $1.address) }
+    return Config(
+      currentVersion: status.currentVersion,
+      versions: versions.map {
+        Version(
+          version: $0.version, createdAt: $0.createdAtUnix, createdBy: $0.createdBy,
+          rolledBackFrom: $0.rolledBackFrom == 0 ? nil : $0.rolledBackFrom)
+      }.sorted { $0.version > $1.version },
+      sidecars: status.sidecars.map {
+        SidecarConfig(
+          node: $0.node, service: serviceName($0.spiffeID) ?? $0.spiffeID, connected: $0.connected,
+          version: $0.version, nackVersion: $0.lastNackVersion == 0 ? nil : $0.lastNackVersion,
+          nackError: $0.lastNackError.isEmpty ? nil : $0.lastNackError)
+      }.sorted { $0.node < $1.node },
+      endpoints: endpoints)
+  }
+
+  public struct Diff: Encodable, Sendable {
+    public var from: Int64
+    public var to: Int64
+    /// A unified diff of the two versions' YAML; empty when they are the same.
+    public var diff: String
+  }
+
+  public struct SidecarTrust: Encodable, Sendable {
+    public var node: String
+    public var spiffeId: String
+    public var connected: Bool
+    public var serial: String
+    public var notAfter: Int64
+    public var issuer: String
+    public var root: String
+    public var trustGeneration: Int64
+  }
+
+  public struct Trust: Encodable, Sendable {
+    public var trustGeneration: Int64
+    public var issuer: String
+    public var roots: [String]
+    public var sidecars: [SidecarTrust]
+    /// Connected sidecars that run the control plane's trust generation, of all connected:
+    /// a rotation's progress while it runs.
+    public var current: Int
+    public var connected: Int
+  }
+
+  public static func trust(_ status: Trellis_Mesh_V1_StatusResponse) -> Trust {
+    let connected = status.sidecars.filter(\.connected)
+    return Trust(
+      trustGeneration: status.trustGeneration, issuer: status.issuer, roots: status.roots,
+      sidecars: status.sidecars.map {
+        SidecarTrust(
+          node: $0.node, spiffeId: $0.spiffeID, connected: $0.connected,
+          serial: $0.certificateSerial, notAfter: $0.certificateNotAfterUnix,
+          issuer: $0.certificateIssuer, root: $0.certificateRoot,
+          trustGeneration: $0.trustGeneration)
+      }.sorted { $0.node < $1.node },
+      current: connected.filter { $0.trustGeneration >= status.trustGeneration }.count,
+      connected: connected.count)
+  }
+
+  public struct TapEvent: Encodable, Sendable {
+    public var time: UInt64
+    public var direction: String
+    public var service: String
+    public var method: String
+    public var peer: String
+    public var status: String
+    public var durationMs: Double
+    public var traceId: String
+    public var instance: String
+    public var attempts: UInt32
+
+    public init(_ event: Trellis_Mesh_V1_TapEvent) {
+      time = event.timeUnixNano
+      direction = event.direction
+      service = event.service
+      method = event.method
+      peer = event.peer
+      status = event.status
+      durationMs = Double(event.durationNanos) / 1e6
+      traceId = event.traceID
+      instance = event.instance
+      attempts = event.attempts
+    }
   }
 }

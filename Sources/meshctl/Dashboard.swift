@@ -129,6 +129,31 @@ final class ControlPlaneSource: DashboardSource {
     }
   }
 
+  func configVersions() async throws -> [Trellis_Mesh_V1_ConfigVersion] {
+    try await first {
+      try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).listConfigVersions(.init()).versions
+    }
+  }
+
+  func config(version: Int64) async throws -> Trellis_Mesh_V1_ConfigVersion {
+    var request = Trellis_Mesh_V1_GetConfigRequest()
+    request.version = version
+    return try await first { [request] in
+      try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).getConfig(request)
+    }
+  }
+
+  func tap(
+    _ request: Trellis_Mesh_V1_TapRequest,
+    each: @escaping @Sendable (Trellis_Mesh_V1_TapEvent) async throws -> Void
+  ) async throws {
+    try await first { [request] in
+      try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).tap(request) { response in
+        for try await event in response.messages { try await each(event) }
+      }
+    }
+  }
+
   func listTraces(
     _ filter: Trellis_Mesh_V1_TraceFilter
   ) async throws -> Trellis_Mesh_V1_ListTracesResponse {

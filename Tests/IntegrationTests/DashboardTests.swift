@@ -111,6 +111,47 @@ import Testing
     let callees = (orders["callees"] as? [[String: Any]] ?? []).compactMap { $0["to"] as? String }
     #expect(Set(callees).isSuperset(of: ["payments"]), "\(orders)")
 
+    // Config: a second version, its diff against the first, every sidecar on it; trust.
+    let yaml = try String(
+      contentsOf: shop.directory.appendingPathComponent(".trellis/mesh.yaml"), encoding: .utf8)
+    let second = shop.directory.appendingPathComponent("second.yaml")
+    try
+      (yaml + """
+
+        routes:
+          - service: orders
+            name: reads
+            match: {methods: [shop.v1.OrderService/GetOrder]}
+            timeout: 5s
+
+        """).write(to: second, atomically: true, encoding: .utf8)
+    let applied = try shop.meshctl(["apply", "-f", second.path])
+    #expect(applied.status == 0, "\(applied.stdout)\(applied.stderr)")
+    var config: [String: Any] = [:]
+    let synced = Date().addingTimeInterval(20)
+    repeat {
+      config = try dashboard.get("/api/config").json as? [String: Any] ?? [:]
+      let sidecars = config["sidecars"] as? [[String: Any]] ?? []
+      if sidecars.count == 5, sidecars.allSatisfy({ $0["version"] as? Int == 2 }) { break }
+      Thread.sleep(forTimeInterval: 0.3)
+    } while Date() < synced
+    #expect(config["currentVersion"] as? Int == 2, "\(config)")
+    #expect((config["versions"] as? [[String: Any]])?.map { $0["version"] as? Int } == [2, 1])
+    #expect(
+      (config["sidecars"] as? [[String: Any]] ?? []).allSatisfy { $0["version"] as? Int == 2 },
+      "\(config)")
+    let sources = (config["endpoints"] as? [[String: Any]] ?? []).compactMap {
+      $0["source"] as? String
+    }
+    #expect(
+      sources.count == 5 && sources.allSatisfy { $0.hasPrefix("registered by ") }, "\(config)")
+    let diff = try dashboard.get("/api/config/diff?from=1&to=2").json as? [String: Any] ?? [:]
+    #expect((diff["diff"] as? String ?? "").contains("+routes:"), "\(diff)")
+    #expect(try dashboard.get("/api/config/diff?from=one&to=2").status == 400)
+    let trust = try dashboard.get("/api/trust").json as? [String: Any] ?? [:]
+    #expect((trust["roots"] as? [String])?.isEmpty == false, "\(trust)")
+    #expect(trust["connected"] as? Int == 5 && trust["current"] as? Int == 5, "\(trust)")
+
     // In headless Chromium at 1280×800, under load: the graph with every service and no
     // overlap, the orders→payments edge's traces, an order's trace with every span, the
     // orders page; no console error. Screenshots stay in the shop's folder.
@@ -129,6 +170,10 @@ import Testing
         "DASHBOARD_SERVICES": "events,gateway,orders,payments,users",
         "DASHBOARD_EDGES": "gateway-orders,gateway-users,orders-payments,users-events",
       ])
+    // A tap, streamed: the calls arriving at orders (at most 20 a second from each sidecar).
+    let tapped = try run("curl", ["-sN", "-m", "4", dashboard.base + "/api/tap?service=orders"])
+    let calls = tapped.stdout.components(separatedBy: "event: call").count - 1
+    #expect(calls > 0 && tapped.stdout.contains("\"service\":\"orders\""), "\(tapped.stdout)")
     let seen =
       (try? JSONSerialization.jsonObject(with: Data(browser.stdout.utf8))) as? [String: Any] ?? [:]
     #expect(browser.status == 0, "\(browser.stdout)\(browser.stderr)")
@@ -140,6 +185,8 @@ import Testing
     #expect(
       (seen["orders_methods"] as? [String])?.contains("/shop.v1.OrderService/CreateOrder") == true)
     #expect((seen["console"] as? [Any])?.isEmpty == true, "\(seen)")
+    #expect((seen["config_diff"] as? String ?? "").contains("+routes:"), "\(seen)")
+    #expect((seen["tap_calls"] as? Int ?? 0) > 0, "\(seen)")
   }
 
   @Test func itServesOnLoopbackOnly() throws {

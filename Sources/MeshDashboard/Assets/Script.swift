@@ -179,7 +179,8 @@ extension DashboardAssets {
           h("p", {}, badge(f), ` ${perSecond(f.rps)} calls/s, ${percent(f.successRate)} OK, `,
             `p50 ${millis(f.p50Ms)}, p99 ${millis(f.p99Ms)} over the last ${service.windowSeconds} s `,
             h("a", { href: `#/traces?service=${enc(name)}` }, "traces"), " · ",
-            h("a", { href: `#/traces?service=${enc(name)}&errors=1` }, "failed traces")),
+            h("a", { href: `#/traces?service=${enc(name)}&errors=1` }, "failed traces"), " · ",
+            h("a", { href: `#/tap?service=${enc(name)}` }, "tap")),
           latencyChart(samples),
           h("h2", {}, "Methods"),
           h("table", { class: "figures", id: "methods" }, figureHeader("method"),
@@ -231,10 +232,13 @@ extension DashboardAssets {
     function latencyChart(samples) {
       const width = 640, height = 120;
       const top = Math.max(1, ...samples.map((s) => s.p99));
-      const points = (key) => samples.map((s, i) =>
-        `${(i / Math.max(1, samples.length - 1)) * width},${height - (s[key] / top) * (height - 10)}`).join(" ");
-      return svg("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}` },
+      // One sample is drawn as a level line.
+      const drawn = samples.length === 1 ? [samples[0], samples[0]] : samples;
+      const points = (key) => drawn.map((s, i) =>
+        `${(i / Math.max(1, drawn.length - 1)) * width},${height - (s[key] / top) * (height - 24)}`).join(" ");
+      return svg("svg", { class: "chart", id: "latency-chart", width, height, viewBox: `0 0 ${width} ${height}` },
         svg("title", {}, `p50 (blue) and p99 (red) latency since this page opened; top ${millis(top)}`),
+        svg("text", { x: 8, y: 14, class: "legend" }, `p50 (blue), p99 (red) since this page opened; top ${millis(top)}`),
         svg("polyline", { class: "p99", points: points("p99") }),
         svg("polyline", { class: "p50", points: points("p50") }));
     }
@@ -321,6 +325,124 @@ extension DashboardAssets {
       });
     }
 
+    // MARK: Tap
+
+    function tapView(params) {
+      const service = params.get("service") || "";
+      const method = params.get("method") || "";
+      const form = h("form", { class: "filters", id: "tap-form" },
+        h("label", {}, "service", h("input", { name: "service", value: service })),
+        h("label", {}, "method (package.Service/Method or package.Service/*)", h("input", { name: "method", value: method })),
+        h("label", {}, "at most, per sidecar and second", h("input", { name: "maxPerSecond", value: params.get("maxPerSecond") || "20", size: 4 })),
+        h("button", { type: "submit" }, "Tap"));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const query = new URLSearchParams();
+        for (const [key, value] of new FormData(form)) if (value) query.set(key, value);
+        location.hash = "#/tap?" + query.toString();
+      });
+      const rows = h("table", { class: "figures", id: "tap-calls" },
+        h("tr", {}, ["time", "direction", "method", "peer", "status", "instance", "trace"].map((n) => h("th", { class: "text" }, n)),
+          h("th", {}, "duration")));
+      main.replaceChildren(h("h1", {}, "Tap"), form, h("p", { class: "hint", id: "tap-status" },
+        service ? "tapping…" : "Name a service to see its calls as they end."), rows);
+      if (!service) return;
+      const query = new URLSearchParams({ service, maxPerSecond: params.get("maxPerSecond") || "20" });
+      if (method) query.set("method", method);
+      const source = new EventSource("/api/tap?" + query.toString());
+      let count = 0;
+      source.addEventListener("call", (event) => {
+        const call = JSON.parse(event.data);
+        count += 1;
+        document.getElementById("tap-status").textContent = `${count} calls so far`;
+        const row = h("tr", { class: "tap-call" }, h("td", { class: "text" }, clock(call.time)),
+          h("td", { class: "text" }, call.direction), h("td", { class: "text" }, call.method),
+          h("td", { class: "text" }, call.peer), h("td", { class: "text" + (call.status === "OK" ? "" : " error") }, call.status),
+          h("td", { class: "text" }, call.instance),
+          h("td", { class: "text" }, call.traceId ? h("a", { href: "#/trace/" + call.traceId }, call.traceId.slice(0, 16)) : "-"),
+          h("td", {}, millis(call.durationMs)));
+        rows.firstChild.after(row);
+        while (rows.children.length > 201) rows.lastChild.remove();
+        updated();
+      });
+      source.addEventListener("failure", (event) => showError(new Error(JSON.parse(event.data))));
+      stopView = () => source.close();
+    }
+
+    // MARK: Config
+
+    function configView(params) {
+      main.replaceChildren(h("h1", {}, "Config"), h("div", { id: "config" }), h("pre", { id: "diff" }));
+      let chosen = { from: params.get("from"), to: params.get("to") };
+      const showDiff = async () => {
+        if (!chosen.from || !chosen.to) return;
+        const diff = await getJSON(`/api/config/diff?from=${enc(chosen.from)}&to=${enc(chosen.to)}`);
+        document.getElementById("diff").textContent =
+          diff.diff || `versions ${diff.from} and ${diff.to} are the same`;
+      };
+      every(async () => {
+        const config = await getJSON("/api/config");
+        clearError();
+        if (!chosen.from && config.versions.length > 1) {
+          chosen = { from: String(config.versions[1].version), to: String(config.versions[0].version) };
+        }
+        const pick = (name) => h("select", { name, onchange: (event) => {
+          chosen[name] = event.target.value;
+          location.hash = `#/config?from=${enc(chosen.from)}&to=${enc(chosen.to)}`;
+        } }, config.versions.map((v) => h("option", { value: v.version,
+          ...(String(v.version) === chosen[name] ? { selected: "" } : {}) }, `version ${v.version}`)));
+        document.getElementById("config").replaceChildren(
+          h("p", {}, `The control plane runs version ${config.currentVersion}.`),
+          h("h2", {}, "Versions"),
+          h("table", { class: "figures", id: "versions" },
+            h("tr", {}, ["version", "applied", "by", ""].map((n) => h("th", { class: "text" }, n))),
+            config.versions.map((v) => h("tr", {}, h("td", { class: "text" }, String(v.version)),
+              h("td", { class: "text" }, new Date(v.createdAt * 1000).toLocaleString()),
+              h("td", { class: "text" }, v.createdBy),
+              h("td", { class: "text" }, v.rolledBackFrom ? `rollback to ${v.rolledBackFrom}` : "")))),
+          h("h2", {}, "Difference"), h("form", { class: "filters", id: "diff-form" },
+            h("label", {}, "from", pick("from")), h("label", {}, "to", pick("to"))),
+          h("h2", {}, "Sidecars"),
+          h("table", { class: "figures", id: "config-sidecars" },
+            h("tr", {}, ["sidecar", "service", "connected", "runs", "refused"].map((n) => h("th", { class: "text" }, n))),
+            config.sidecars.map((s) => h("tr", {}, h("td", { class: "text" }, s.node),
+              h("td", { class: "text" }, s.service), h("td", { class: "text" }, s.connected ? "yes" : "no"),
+              h("td", { class: "text" + (s.version === config.currentVersion ? "" : " error") }, `v${s.version} (ACK)`),
+              h("td", { class: "text error" }, s.nackVersion ? `v${s.nackVersion} (NACK): ${s.nackError}` : "")))),
+          h("h2", {}, "Endpoints"),
+          h("table", { class: "figures", id: "config-endpoints" },
+            h("tr", {}, ["service", "address", "labels", "source"].map((n) => h("th", { class: "text" }, n))),
+            config.endpoints.map((e) => h("tr", {}, h("td", { class: "text" }, e.service),
+              h("td", { class: "text" }, e.address),
+              h("td", { class: "text" }, Object.entries(e.labels).map(([k, v]) => `${k}=${v}`).join(" ")),
+              h("td", { class: "text" }, e.source)))));
+        await showDiff();
+      });
+    }
+
+    // MARK: Trust
+
+    function trustView() {
+      main.replaceChildren(h("h1", {}, "Trust"), h("div", { id: "trust" }));
+      every(async () => {
+        const trust = await getJSON("/api/trust");
+        clearError();
+        document.getElementById("trust").replaceChildren(
+          h("p", {}, `Trust generation ${trust.trustGeneration}: ${trust.current} of ${trust.connected} ` +
+            "connected sidecars run it."),
+          h("h2", {}, "Roots"), h("ul", {}, trust.roots.map((root) => h("li", {}, root))),
+          h("h2", {}, "Issuer"), h("p", {}, trust.issuer),
+          h("h2", {}, "Sidecars"),
+          h("table", { class: "figures", id: "trust-sidecars" },
+            h("tr", {}, ["sidecar", "identity", "serial", "expires", "issuer", "generation"].map((n) => h("th", { class: "text" }, n))),
+            trust.sidecars.map((s) => h("tr", {}, h("td", { class: "text" }, s.node),
+              h("td", { class: "text" }, s.spiffeId), h("td", { class: "text" }, s.serial.slice(0, 16)),
+              h("td", { class: "text" }, s.notAfter ? new Date(s.notAfter * 1000).toLocaleString() : "-"),
+              h("td", { class: "text" }, s.issuer),
+              h("td", { class: "text" + (s.trustGeneration < trust.trustGeneration ? " error" : "") }, String(s.trustGeneration))))));
+      });
+    }
+
     // MARK: Routing
 
     function route() {
@@ -335,6 +457,9 @@ extension DashboardAssets {
       }
       if (view === "service" && parts[1]) serviceView(parts[1]);
       else if (view === "traces") tracesView(params);
+      else if (view === "tap") tapView(params);
+      else if (view === "config") configView(params);
+      else if (view === "trust") trustView();
       else if (view === "trace" && parts[1]) traceView(parts[1]);
       else graphView();
     }

@@ -53,5 +53,6 @@ extension DashboardAssets {
     .chart { border: 1px solid var(--line); border-radius: 6px; }
     .chart .p99 { fill: none; stroke: var(--bad); stroke-width: 1.5; }
     .chart .p50 { fill: none; stroke: var(--accent); stroke-width: 1.5; }
+    .chart .legend { font-size: 11px; fill: var(--muted); }
     """#
 }

@@ -8,6 +8,8 @@ screenshots of each step go to SCREENSHOTS.
   in $DASHBOARD_EDGES (from-to, comma-separated), and no two boxes or labels overlap;
 - clicking the orders->payments edge lists traces; a trace shows its spans;
 - a service's page shows its methods;
+- the config page diffs versions 1 and 2 (the test applies the second); a tap on orders shows
+  calls arriving; the trust page lists the sidecars;
 - the browser's console has no errors.
 """
 import json
@@ -126,6 +128,22 @@ try:
     methods = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#methods tr.link"), "orders' methods")
     result["orders_methods"] = [r.find_element(By.TAG_NAME, "td").text for r in (methods or [])]
     step("service")
+
+    # The config page: versions 1 and 2 side by side.
+    driver.get(base + "/#/config?from=1&to=2")
+    wait(lambda d: "+routes:" in d.find_element(By.ID, "diff").text, "the diff of versions 1 and 2")
+    result["config_diff"] = driver.find_element(By.ID, "diff").text[:2000]
+    step("config")
+
+    # A tap on orders: calls arrive.
+    driver.get(base + "/#/tap?service=orders")
+    calls = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.tap-call"), "tapped calls")
+    result["tap_calls"] = len(calls or [])
+    step("tap")
+
+    driver.get(base + "/#/trust")
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#trust-sidecars tr"), "the trust page")
+    step("trust")
 
     result["console"] = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     if result["console"]:
