@@ -11,12 +11,18 @@ import NIOCore
 /// a second.
 public struct DashboardServer: Sendable {
   let source: any DashboardSource
+  /// The mesh's log lines, when this host has them (what `meshctl up` started here).
+  let logs: LogCollector?
   let logger: Logger
   /// How often `/api/live` sends the graph.
   let interval: Duration
 
-  public init(source: any DashboardSource, interval: Duration = .seconds(1), logger: Logger) {
+  public init(
+    source: any DashboardSource, logs: LogCollector? = nil, interval: Duration = .seconds(1),
+    logger: Logger
+  ) {
     self.source = source
+    self.logs = logs
     self.interval = interval
     self.logger = logger
   }
@@ -80,6 +86,26 @@ public struct DashboardServer: Sendable {
         old: try await old.yaml, new: try await new.yaml, oldName: "version \(from)",
         newName: "version \(to)")
       return try Self.json(DashboardViews.Diff(from: from, to: to, diff: diff))
+    }
+    router.get("/api/logs") { request, _ in
+      guard let logs else {
+        throw HTTPError(
+          .notFound,
+          message: "no logs here: the dashboard gathers the logs of what meshctl up started")
+      }
+      let query = request.uri.queryParameters
+      func given(_ name: String) -> String? { query.get(name).flatMap { $0.isEmpty ? nil : $0 } }
+      let limit = given("limit").flatMap(Int.init) ?? 500
+      guard (1...5000).contains(limit) else {
+        throw HTTPError(.badRequest, message: "limit: a number from 1 to 5000")
+      }
+      if let trace = given("trace"), trace.count != 32 || !trace.allSatisfy(\.isHexDigit) {
+        throw HTTPError(.badRequest, message: "trace: a trace id is 32 hex digits")
+      }
+      return try Self.json(
+        logs.search(
+          trace: given("trace"), service: given("service"), level: given("level"),
+          text: given("q"), limit: limit))
     }
     router.get("/api/trust") { _, _ in
       try Self.json(DashboardViews.trust(try await source.status()))

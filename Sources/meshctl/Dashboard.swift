@@ -52,7 +52,12 @@ struct Dashboard: AsyncParsableCommand {
     let address = try Self.address(listen)
     let logger = Logger(label: "dashboard")
     let source = try ControlPlaneSource(controlPlane)
-    let server = DashboardServer(source: source, logger: logger)
+    // The logs of what `meshctl up` started here, when it did (followed across restarts).
+    let logs =
+      ShopRun.load() == nil
+      ? nil
+      : LogCollector { ShopRun.load()?.logSources ?? [] }
+    let server = DashboardServer(source: source, logs: logs, logger: logger)
     let application = Application(
       router: server.router(),
       configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),

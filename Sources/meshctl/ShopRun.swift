@@ -1,4 +1,5 @@
 import Foundation
+import MeshDashboard
 
 /// The processes of a local mesh that `meshctl up` started, kept in `.trellis/run.json` so
 /// that `down`, `status`, `logs`, `restart` and `check` — and a second `up` — find them.
@@ -109,6 +110,11 @@ struct ShopRun: Codable {
     _ = rename(temporary, Self.file)
   }
 
+  /// Every process's log, for the dashboard and `meshctl logs --trace`.
+  var logSources: [LogCollector.Source] {
+    processes.map { LogCollector.Source(process: $0.name, service: $0.service, path: $0.log) }
+  }
+
   /// Entries whose process still runs.
   var running: [Entry] { processes.filter(\.isRunning) }
 
@@ -142,17 +148,19 @@ enum ShopLayout {
 
   static let executables = [
     "control-plane", "sidecar", "event-service", "payment-service", "user-service",
-    "order-service", "gateway",
+    "order-service", "gateway", "meshctl",
   ]
 
   /// The mesh config `up` applies when `.trellis/mesh.yaml` does not exist yet: who may call
-  /// whom (the operator too, for `rpc call --mesh`), every trace sampled.
+  /// whom (the operator too, for `rpc call --mesh`), every trace sampled and every call in the
+  /// sidecars' access logs (which the dashboard shows beside the traces).
   static let defaultMeshConfig = """
     # The shop's mesh config, applied by `meshctl up` (edit it and run `meshctl apply -f` on it,
     # or `meshctl up` again). The endpoints come from discovery.
     defaultPolicy: deny
     tracing:
       sampling: 1.0
+      accessLog: true
     services:
       gateway:
         authorization:

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LocalPostgres
+import MeshDashboard
 import MeshIdentity
 import MeshProtos
 import ShopSupport
@@ -355,7 +356,13 @@ struct Logs: AsyncParsableCommand {
       shows each of its instances' apps.
       """)
 
-  @Argument(help: "A process or a service.") var name: String
+  @Argument(help: "A process or a service.") var name: String?
+  @Option(
+    help: """
+      Instead: every line of every process that carries this trace id, in time order, each \
+      named by its process.
+      """)
+  var trace: String?
   @Flag(name: .shortAndLong, help: "Keep printing lines as they are written.") var follow = false
   @Option(name: [.customShort("n"), .long], help: "Lines from the end to start with.")
   var lines = 100
@@ -363,6 +370,23 @@ struct Logs: AsyncParsableCommand {
   func run() async throws {
     guard let run = ShopRun.load() else {
       throw MeshctlFailure("no \(ShopRun.file) here: start the shop with meshctl up")
+    }
+    if let trace {
+      let id = trace.lowercased()
+      guard id.count == 32, id.allSatisfy(\.isHexDigit) else {
+        throw ValidationError("--trace '\(trace)': a trace id is 32 hex digits")
+      }
+      let lines = LogCollector(capacity: 1_000_000, firstRead: .max) { run.logSources }
+        .search(trace: id, limit: 100_000)
+      guard !lines.isEmpty else { throw MeshctlFailure("no log line carries trace \(id)") }
+      let width = lines.map(\.process.count).max() ?? 0
+      for line in lines {
+        print("\(line.process.padding(toLength: width, withPad: " ", startingAt: 0))  \(line.text)")
+      }
+      return
+    }
+    guard let name else {
+      throw ValidationError("name a process or a service, or give --trace ID")
     }
     var chosen = run.processes.filter { $0.name == name }
     if chosen.isEmpty { chosen = run.processes.filter { $0.service == name && $0.role == .app } }

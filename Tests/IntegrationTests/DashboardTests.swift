@@ -85,6 +85,33 @@ import Testing
       try dashboard.get("/api/traces?service=payments&limit=50").json as? [[String: Any]] ?? []
     #expect(listed.contains { $0["traceId"] as? String == traceID }, "\(listed)")
 
+    // The order's log lines, from every process that logged its trace id (the sidecars' access
+    // logs, the apps' call logs), in time order; `meshctl logs --trace` prints the same.
+    let wantedProcesses: Set = [
+      "gateway-sidecar", "orders-sidecar", "orders", "payments-sidecar", "payments",
+    ]
+    var logged: [[String: Any]] = []
+    let written = Date().addingTimeInterval(10)
+    repeat {
+      logged = try dashboard.get("/api/logs?trace=\(traceID)").json as? [[String: Any]] ?? []
+      if wantedProcesses.isSubset(of: Set(logged.compactMap { $0["process"] as? String })) { break }
+      Thread.sleep(forTimeInterval: 0.3)
+    } while Date() < written
+    let processes = Set(logged.compactMap { $0["process"] as? String })
+    #expect(wantedProcesses.isSubset(of: processes), "\(logged)")
+    let times = logged.compactMap { $0["unixNano"] as? Int }
+    #expect(times == times.sorted() && times.count == logged.count)
+    let terminal = try shop.meshctl(["logs", "--trace", traceID])
+    #expect(terminal.status == 0, "\(terminal.stderr)")
+    for process in wantedProcesses {
+      #expect(
+        terminal.stdout.contains("\n\(process) ") || terminal.stdout.hasPrefix("\(process) "),
+        "\(process): \(terminal.stdout)")
+    }
+    let failures = try dashboard.get("/api/logs?service=orders&level=error&limit=10")
+    #expect(failures.status == 200)
+    #expect(try dashboard.get("/api/logs?trace=nope").status == 400)
+
     // Bad input is named; a service the mesh does not know is 404.
     let bad = try dashboard.get("/api/traces?minMs=soon")
     #expect(bad.status == 400 && "\(bad.json ?? "")".contains("minMs"), "\(bad)")
@@ -187,6 +214,7 @@ import Testing
     #expect((seen["console"] as? [Any])?.isEmpty == true, "\(seen)")
     #expect((seen["config_diff"] as? String ?? "").contains("+routes:"), "\(seen)")
     #expect((seen["tap_calls"] as? Int ?? 0) > 0, "\(seen)")
+    #expect((seen["trace_log_lines"] as? Int ?? 0) >= 5, "\(seen)")
   }
 
   @Test func itServesOnLoopbackOnly() throws {

@@ -18,6 +18,7 @@ extension DashboardAssets {
         <nav>
           <a href="#/" data-view="graph">Graph</a>
           <a href="#/traces" data-view="traces">Traces</a>
+          <a href="#/logs" data-view="logs">Logs</a>
           <a href="#/tap" data-view="tap">Tap</a>
           <a href="#/config" data-view="config">Config</a>
           <a href="#/trust" data-view="trust">Trust</a>

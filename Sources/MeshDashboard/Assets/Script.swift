@@ -316,12 +316,51 @@ extension DashboardAssets {
         }
         document.getElementById("trace").replaceChildren(
           h("p", { class: "hint" }, `${trace.spans.length} spans, ${millis(trace.durationMs)}, started ${clock(trace.startUnixNano)}`),
-          h("table", { class: "waterfall" }, rows));
+          h("table", { class: "waterfall" }, rows),
+          h("h2", {}, "Log lines with this trace id"), logTable(lines, "trace-logs"));
       };
+      let lines = null;
       every(async () => {
         trace = await getJSON("/api/traces/" + enc(id));
+        lines = await getJSON("/api/logs?trace=" + enc(id)).catch((error) => error);
         clearError();
         render();
+      });
+    }
+
+    /// Log lines in time order, each named by its process; an error (no logs on this host)
+    /// is said instead.
+    function logTable(lines, id) {
+      if (lines instanceof Error) return h("p", { class: "hint" }, lines.message);
+      if (!lines || lines.length === 0) return h("p", { class: "hint" }, "none");
+      return h("table", { class: "figures log-lines", id },
+        h("tr", {}, ["time", "process", "level", "line"].map((n) => h("th", { class: "text" }, n))),
+        lines.map((line) => h("tr", { class: "log-line" },
+          h("td", { class: "text" }, new Date(line.unixNano / 1e6).toLocaleTimeString([], { hour12: false }) +
+            "." + String(Math.floor(line.unixNano / 1e6) % 1000).padStart(3, "0")),
+          h("td", { class: "text" }, line.process),
+          h("td", { class: "text" + (line.level === "error" ? " error" : "") }, line.level),
+          h("td", { class: "text line" }, line.text))));
+    }
+
+    function logsView(params) {
+      const field = (name, label) => h("label", {}, label, h("input", { name, value: params.get(name) ?? "" }));
+      const form = h("form", { class: "filters", id: "log-filters" },
+        field("service", "service or process"), field("level", "level"), field("q", "text"),
+        h("button", { type: "submit" }, "Search"));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const query = new URLSearchParams();
+        for (const [key, value] of new FormData(form)) if (value) query.set(key, value);
+        location.hash = "#/logs?" + query.toString();
+      });
+      main.replaceChildren(h("h1", {}, "Logs"), form, h("div", { id: "logs" }));
+      const query = new URLSearchParams({ limit: "300" });
+      for (const key of ["service", "level", "q"]) if (params.get(key)) query.set(key, params.get(key));
+      every(async () => {
+        const lines = await getJSON("/api/logs?" + query.toString());
+        clearError();
+        document.getElementById("logs").replaceChildren(logTable(lines, "log-results"));
       });
     }
 
@@ -458,6 +497,7 @@ extension DashboardAssets {
       if (view === "service" && parts[1]) serviceView(parts[1]);
       else if (view === "traces") tracesView(params);
       else if (view === "tap") tapView(params);
+      else if (view === "logs") logsView(params);
       else if (view === "config") configView(params);
       else if (view === "trust") trustView();
       else if (view === "trace" && parts[1]) traceView(parts[1]);

@@ -53,6 +53,7 @@ extension DashboardAssets {
     .chart { border: 1px solid var(--line); border-radius: 6px; }
     .chart .p99 { fill: none; stroke: var(--bad); stroke-width: 1.5; }
     .chart .p50 { fill: none; stroke: var(--accent); stroke-width: 1.5; }
+    table.log-lines td.line { font: 12px ui-monospace, monospace; white-space: pre-wrap; word-break: break-all; max-width: 820px; }
     .chart .legend { font-size: 11px; fill: var(--muted); }
     """#
 }

@@ -6,7 +6,8 @@ screenshots of each step go to SCREENSHOTS.
 
 - the graph shows every service named in $DASHBOARD_SERVICES (comma-separated) and the edges
   in $DASHBOARD_EDGES (from-to, comma-separated), and no two boxes or labels overlap;
-- clicking the orders->payments edge lists traces; a trace shows its spans;
+- clicking the orders->payments edge lists traces; a trace shows its spans and the log lines
+  that carry its id;
 - a service's page shows its methods;
 - the config page diffs versions 1 and 2 (the test applies the second); a tap on orders shows
   calls arriving; the trust page lists the sidecars;
@@ -118,6 +119,9 @@ try:
         spans = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.span"), "the trace's spans")
         result["trace_spans"] = len(spans or [])
         result["trace_text"] = driver.find_element(By.ID, "trace").text[:2000]
+        logs = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#trace-logs tr.log-line"),
+                    "the trace's log lines")
+        result["trace_log_lines"] = len(logs or [])
         click_fresh(lambda: (driver.find_elements(By.CSS_SELECTOR, "tr.span") or [None])[-1],
                     "a span")
         wait(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.details"), "a span's details", 5)
