@@ -320,6 +320,8 @@ let package = Package(
         "LocalPostgres", "ShopSupport", postgres,
         "MeshIdentity", "MeshConfig", "MeshServiceKit", "MeshProtos", "MeshControlClient",
         "EtcdAPI", "MeshDashboard", .product(name: "Hummingbird", package: "hummingbird"),
+        .product(name: "HummingbirdTLS", package: "hummingbird"),
+        .product(name: "HummingbirdCore", package: "hummingbird"), nioSSL,
         argumentParser, x509, crypto,
         "MeshTracing", grpcCore, grpcHTTP2, grpcProtobuf, swiftProtobuf,
         .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "Yams", package: "Yams"),

@@ -62,7 +62,7 @@ public enum DashboardViews {
     let layout = GraphLayout(
       services: services + top.rows.map(\.service), edges: pairs, width: width, height: height)
     return Graph(
-      width: width, height: height, windowSeconds: top.windowSeconds,
+      width: layout.width, height: layout.height, windowSeconds: top.windowSeconds,
       nodes: layout.boxes.map {
         Node(
           name: $0.name, label: $0.label, x: $0.x, y: $0.y, width: $0.width, height: $0.height,

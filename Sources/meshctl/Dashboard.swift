@@ -3,11 +3,15 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import MeshDashboard
 import MeshIdentity
 import MeshProtos
 import MeshServiceKit
+import NIOSSL
+import X509
 
 /// `meshctl dashboard`: the mesh in a browser — the live service graph, each service's
 /// figures, callers and callees, and trace search with waterfalls — read from the control
@@ -17,21 +21,30 @@ struct Dashboard: AsyncParsableCommand {
     abstract: "Serve the web dashboard: service graph, services, traces.",
     usage: "meshctl dashboard [<options>]",
     discussion: """
-      It reads from the control plane as the operator (--certs) and serves on loopback only: \
-      whoever reaches the page sees what the operator sees. Ctrl-C stops.
+      It reads from the control plane as the operator (--certs) and serves plain HTTP on \
+      loopback: whoever reaches the page sees what the operator sees. With --allow-remote it \
+      may listen on any address, and then serves HTTPS (the operator's certificate) to \
+      browsers that present an operator's client certificate of the mesh only. Ctrl-C stops.
       """)
 
-  @Option(help: "Where to serve, HOST:PORT (a loopback address).")
+  @Option(help: "Where to serve, HOST:PORT (loopback unless --allow-remote).")
   var listen = "127.0.0.1:15080"
+  @Flag(
+    help: """
+      Allow an address other than loopback: HTTPS, and only for clients with an operator's \
+      certificate of the mesh (spiffe://…/operator/…).
+      """)
+  var allowRemote = false
   @OptionGroup var controlPlane: ControlPlaneOptions
 
   func validate() throws {
     let address = try Self.address(listen)
-    guard Self.isLoopback(address.host) else {
+    guard Self.isLoopback(address.host) || allowRemote else {
       throw ValidationError(
         """
         --listen \(listen): the dashboard serves on loopback only (127.0.0.1, ::1 or \
-        localhost); it shows what the operator may see
+        localhost) unless told --allow-remote, which requires an operator's client \
+        certificate; it shows what the operator may see
         """)
     }
   }
@@ -48,6 +61,35 @@ struct Dashboard: AsyncParsableCommand {
     host == "localhost" || host == "::1" || host.hasPrefix("127.")
   }
 
+  /// HTTPS with the operator's certificate, for clients that present an operator's certificate
+  /// of the mesh (checked as an X.509-SVID against the trust bundle, its path `/operator/…`).
+  static func operatorsOnly(_ certs: String) throws -> HTTPServerBuilder {
+    let files = CAFiles(dir: certs)
+    var tls = TLSConfiguration.makeServerConfiguration(
+      certificateChain: try NIOSSLCertificate.fromPEMFile(files.operatorCertificate).map {
+        .certificate($0)
+      },
+      privateKey: .privateKey(try NIOSSLPrivateKey(file: files.operatorKey, format: .pem)))
+    tls.minimumTLSVersion = .tlsv12
+    tls.certificateVerification = .noHostnameVerification
+    tls.trustRoots = .file(files.bundle)
+    let bundle = try TrustBundle(pem: String(contentsOfFile: files.bundle, encoding: .utf8))
+    let validator = SVIDValidator(bundle: bundle)
+    return try .tls(
+      .http1(),
+      configuration: TLSChannelConfiguration(
+        tlsConfiguration: tls,
+        customAsyncVerificationCallback: { certificates in
+          do {
+            let chain = try certificates.map { try Certificate(derEncoded: try $0.toDERBytes()) }
+            let identity = try await validator.validate(chain: chain, as: .client)
+            return identity.path.hasPrefix("/operator/") ? .certificateVerified : .failed
+          } catch {
+            return .failed
+          }
+        }))
+  }
+
   func run() async throws {
     let address = try Self.address(listen)
     let logger = Logger(label: "dashboard")
@@ -58,13 +100,15 @@ struct Dashboard: AsyncParsableCommand {
       ? nil
       : LogCollector { ShopRun.load()?.logSources ?? [] }
     let server = DashboardServer(source: source, logs: logs, logger: logger)
+    let scheme = allowRemote ? "https" : "http"
     let application = Application(
       router: server.router(),
+      server: allowRemote ? try Self.operatorsOnly(controlPlane.certs) : .http1(),
       configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
       onServerRunning: { channel in
         let bound = channel.localAddress?.port.map { "\(address.host):\($0)" } ?? listen
         FileHandle.standardOutput.write(
-          Data("The dashboard is at http://\(bound)/ (Ctrl-C stops)\n".utf8))
+          Data("The dashboard is at \(scheme)://\(bound)/ (Ctrl-C stops)\n".utf8))
       }, logger: logger)
     try await withThrowingDiscardingTaskGroup { group in
       for client in source.clients {

@@ -217,9 +217,56 @@ import Testing
     #expect((seen["trace_log_lines"] as? Int ?? 0) >= 5, "\(seen)")
   }
 
-  @Test func itServesOnLoopbackOnly() throws {
+  /// Loopback only, unless told otherwise; then HTTPS, and only for an operator's client
+  /// certificate of the mesh: none, or a workload's, is refused.
+  @Test func itServesOnLoopbackOnlyUnlessToldAndThenOnlyToOperators() throws {
     let result = try run(binary("meshctl"), ["dashboard", "--listen", "0.0.0.0:0"])
     #expect(result.status != 0)
     #expect(result.stderr.contains("loopback only"), "\(result.stderr)")
+
+    let mesh = try MeshFixture("dashboard-remote", services: ["users"])
+    let plane = try mesh.controlPlane()
+    defer { plane.stop() }
+    let port = 20000 + 200 * Int.random(in: 0..<60) + 187
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: binary("meshctl"))
+    process.arguments = [
+      "dashboard", "--listen", "0.0.0.0:\(port)", "--allow-remote", "--control-plane",
+      plane.address, "--certs", mesh.certs,
+    ]
+    let log = mesh.directory.appendingPathComponent("dashboard.log")
+    _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+    process.standardOutput = try FileHandle(forWritingTo: log)
+    process.standardError = process.standardOutput
+    try process.run()
+    defer {
+      process.terminate()
+      process.waitUntilExit()
+    }
+    func curl(_ extra: [String]) throws -> ProcessResult {
+      try run(
+        "curl",
+        ["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5"] + extra
+          + ["https://127.0.0.1:\(port)/api/trust"])
+    }
+    let operatorCert = [
+      "--cert", "\(mesh.certs)/operator.pem", "--key", "\(mesh.certs)/operator-key.pem",
+    ]
+    var answer = try curl(operatorCert)
+    let deadline = Date().addingTimeInterval(30)
+    while answer.stdout != "200", Date() < deadline, process.isRunning {
+      Thread.sleep(forTimeInterval: 0.3)
+      answer = try curl(operatorCert)
+    }
+    #expect(answer.stdout == "200", "\((try? String(contentsOf: log, encoding: .utf8)) ?? "")")
+    // Without a client certificate, or with a workload's, the handshake fails: no answer.
+    #expect(try curl([]).stdout == "000")
+    let workload = ["--cert", "\(mesh.certs)/users.pem", "--key", "\(mesh.certs)/users-key.pem"]
+    #expect(try curl(workload).stdout == "000")
+    // Plain HTTP is not served there.
+    let plain = try run(
+      "curl",
+      ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", "http://127.0.0.1:\(port)/"])
+    #expect(plain.stdout != "200")
   }
 }

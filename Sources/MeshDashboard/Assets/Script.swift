@@ -119,8 +119,8 @@ extension DashboardAssets {
         width: graph.width, height: graph.height,
       });
       canvas.append(svg("defs", {}, svg("marker", {
-        id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7,
-        orient: "auto-start-reverse",
+        id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 9, markerHeight: 9,
+        markerUnits: "userSpaceOnUse", orient: "auto-start-reverse",
       }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#98a2b3" }))));
       for (const edge of graph.edges) {
         const from = at[edge.from], to = at[edge.to];
