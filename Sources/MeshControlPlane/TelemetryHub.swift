@@ -165,6 +165,8 @@ final class TelemetryHub: Sendable {
       row.p50Ms = (LatencyBuckets.quantile(0.50, of: buckets) ?? 0) * 1000
       row.p95Ms = (LatencyBuckets.quantile(0.95, of: buckets) ?? 0) * 1000
       row.p99Ms = (LatencyBuckets.quantile(0.99, of: buckets) ?? 0) * 1000
+      row.latencyBuckets = Array(buckets.prefix((buckets.lastIndex { $0 != 0 } ?? -1) + 1))
+      row.failures = failures
       row.instances = UInt32(Set(list.map(\.instance)).count)
       response.rows.append(row)
     }

@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import MeshControlClient
+import MeshDashboard
 import MeshIdentity
 import MeshProtos
 import MeshServiceKit
@@ -170,35 +171,14 @@ struct ControlPlaneOptions: ParsableArguments {
     let answers = try await withEveryReplica {
       try await $0.status(Trellis_Mesh_V1_StatusRequest())
     }
-    var merged = Trellis_Mesh_V1_StatusResponse()
-    var replicaOf: [String: String] = [:]
-    var byNode: [String: Trellis_Mesh_V1_SidecarStatus] = [:]
-    var issuers: [String] = []
+    var answered: [(replica: String, status: Trellis_Mesh_V1_StatusResponse)] = []
     for (replica, result) in answers {
       switch result {
-      case .success(let answer):
-        merged.currentVersion = max(merged.currentVersion, answer.currentVersion)
-        if answer.trustGeneration > merged.trustGeneration {
-          merged.trustGeneration = answer.trustGeneration
-          merged.roots = answer.roots
-        }
-        // Each replica signs with an issuer of its own.
-        if !answer.issuer.isEmpty, !issuers.contains(answer.issuer) {
-          issuers.append(answer.issuer)
-        }
-        if !merged.hasDiscovery { merged.discovery = answer.discovery }
-        for sidecar in answer.sidecars
-        where byNode[sidecar.node] == nil || (sidecar.connected && !byNode[sidecar.node]!.connected)
-        {
-          byNode[sidecar.node] = sidecar
-          replicaOf[sidecar.node] = replica.name
-        }
-      case .failure(let error):
-        unanswered(replica, error)
+      case .success(let answer): answered.append((replica.name, answer))
+      case .failure(let error): unanswered(replica, error)
       }
     }
-    merged.sidecars = byNode.values.sorted { $0.node < $1.node }
-    merged.issuer = issuers.joined(separator: "; ")
+    let (merged, replicaOf) = ReplicaMerge.status(answered)
     return (merged, replicaOf, answers.count)
   }
 
@@ -210,11 +190,18 @@ struct ControlPlaneOptions: ParsableArguments {
       @escaping @Sendable (Trellis_Mesh_V1_Admin.Client<HTTP2ClientTransport.Posix>) async throws
       -> Result
   ) async throws -> [(replica: Trellis_Mesh_V1_Replica, result: Swift.Result<Result, any Error>)] {
+    try await withEveryReplicaClient { try await body(Trellis_Mesh_V1_Admin.Client(wrapping: $0)) }
+  }
+
+  /// The same with a client of any of the control plane's services.
+  func withEveryReplicaClient<Result: Sendable>(
+    _ body: @escaping @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
+  ) async throws -> [(replica: Trellis_Mesh_V1_Replica, result: Swift.Result<Result, any Error>)] {
     let listed = try await withAdmin { try await $0.replicas(Trellis_Mesh_V1_ReplicasRequest()) }
     let replicas = listed.replicas
     guard replicas.count > 1 else {
       // One control plane: the one that answered.
-      let result = try await withAdmin(body)
+      let result = try await withClient(body)
       var replica = replicas.first ?? Trellis_Mesh_V1_Replica()
       if replica.address.isEmpty { replica.address = address }
       return [(replica, .success(result))]
@@ -226,9 +213,7 @@ struct ControlPlaneOptions: ParsableArguments {
       Task.detached {
         do {
           let target = try HostPort(parsing: replica.address)
-          let answer = try await withClient(at: target) {
-            try await body(Trellis_Mesh_V1_Admin.Client(wrapping: $0))
-          }
+          let answer = try await withClient(at: target) { try await body($0) }
           answers.set(index, .success(answer))
         } catch {
           answers.set(index, .failure(error))

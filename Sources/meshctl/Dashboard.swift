@@ -123,10 +123,12 @@ struct Dashboard: AsyncParsableCommand {
 }
 
 /// The control plane as the dashboard reads it: a client per replica `--control-plane` names
-/// (connected as the operator, kept for the dashboard's life); each call goes to the first
-/// that answers.
+/// (connected as the operator, kept for the dashboard's life). What the replicas share (the
+/// config, in their store) is asked of the first that answers; what each knows of its own
+/// sidecars (live figures, spans, endpoints, taps, statuses) of every one, and merged.
 final class ControlPlaneSource: DashboardSource {
   let clients: [GRPCClient<HTTP2ClientTransport.Posix>]
+  let names: [String]
 
   init(_ options: ControlPlaneOptions) throws {
     let files = CAFiles(dir: options.certs)
@@ -134,7 +136,9 @@ final class ControlPlaneSource: DashboardSource {
     where !FileManager.default.fileExists(atPath: path) {
       throw MeshctlFailure("cannot read \(path): run meshctl certs init, or pass --certs")
     }
-    clients = try options.addresses().map { target in
+    let targets = try options.addresses()
+    names = targets.map { "\($0)" }
+    clients = try targets.map { target in
       GRPCClient(
         transport: try HTTP2ClientTransport.Posix(
           target: target.target,
@@ -160,22 +164,69 @@ final class ControlPlaneSource: DashboardSource {
     throw failure ?? MeshctlFailure("no control plane is named")
   }
 
+  /// `call`'s answer at every replica at once, by replica name; one that fails or does not
+  /// answer within 5 s is left out, unless none answers.
+  private func every<Result: Sendable>(
+    _ call: @escaping @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> Result
+  ) async throws -> [(replica: String, answer: Result)] {
+    guard clients.count > 1 else { return [(names[0], try await call(clients[0]))] }
+    let results = await withTaskGroup(
+      of: (Int, Swift.Result<Result, any Error>).self
+    ) { group in
+      for (index, client) in clients.enumerated() {
+        group.addTask {
+          do {
+            return (index, .success(try await call(client)))
+          } catch {
+            return (index, .failure(error))
+          }
+        }
+      }
+      group.addTask {
+        try? await Task.sleep(for: .seconds(5))
+        return (-1, .failure(CancellationError()))
+      }
+      var results: [(Int, Swift.Result<Result, any Error>)] = []
+      for await result in group {
+        if result.0 == -1 { break }
+        results.append(result)
+        if results.count == clients.count { break }
+      }
+      group.cancelAll()
+      return results
+    }
+    let answers = results.sorted { $0.0 < $1.0 }.compactMap { index, result in
+      (try? result.get()).map { (names[index], $0) }
+    }
+    guard !answers.isEmpty else {
+      // Every replica failed: the first failure says why.
+      for (_, result) in results { _ = try result.get() }
+      throw MeshctlFailure("no control plane answered within 5 s")
+    }
+    return answers
+  }
+
   func top(_ request: Trellis_Mesh_V1_TopRequest) async throws -> Trellis_Mesh_V1_TopResponse {
-    try await first { try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).top(request) }
+    ReplicaMerge.top(
+      try await every { try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).top(request) }
+        .map(\.answer))
   }
 
   func status() async throws -> Trellis_Mesh_V1_StatusResponse {
-    try await first {
-      try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).status(Trellis_Mesh_V1_StatusRequest())
-    }
+    ReplicaMerge.status(
+      try await every {
+        try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).status(Trellis_Mesh_V1_StatusRequest())
+      }.map { ($0.replica, $0.answer) }
+    ).status
   }
 
   func endpoints(service: String) async throws -> Trellis_Mesh_V1_EndpointsResponse {
     var request = Trellis_Mesh_V1_EndpointsRequest()
     request.service = service
-    return try await first { [request] in
-      try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).endpoints(request)
-    }
+    return ReplicaMerge.endpoints(
+      try await every { [request] in
+        try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).endpoints(request)
+      }.map(\.answer))
   }
 
   func configVersions() async throws -> [Trellis_Mesh_V1_ConfigVersion] {
@@ -192,15 +243,30 @@ final class ControlPlaneSource: DashboardSource {
     }
   }
 
+  /// Opened at every replica (each hears the calls of its own sidecars); ends when they all
+  /// have, with the first failure when none could tap.
   func tap(
     _ request: Trellis_Mesh_V1_TapRequest,
     each: @escaping @Sendable (Trellis_Mesh_V1_TapEvent) async throws -> Void
   ) async throws {
-    try await first { [request] in
-      try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).tap(request) { response in
-        for try await event in response.messages { try await each(event) }
+    let failures = await withTaskGroup(of: (any Error)?.self) { group in
+      for client in clients {
+        group.addTask {
+          do {
+            try await Trellis_Mesh_V1_Telemetry.Client(wrapping: client).tap(request) { response in
+              for try await event in response.messages { try await each(event) }
+            }
+            return nil
+          } catch {
+            return error
+          }
+        }
       }
+      var failures: [any Error] = []
+      for await failure in group { if let failure { failures.append(failure) } }
+      return failures
     }
+    if failures.count == clients.count, let first = failures.first { throw first }
   }
 
   func listTraces(
@@ -208,20 +274,22 @@ final class ControlPlaneSource: DashboardSource {
   ) async throws -> Trellis_Mesh_V1_ListTracesResponse {
     var request = Trellis_Mesh_V1_ListTracesRequest()
     request.filter = filter
-    return try await first { [request] in
-      try await Trellis_Mesh_V1_Traces.Client(wrapping: $0).listTraces(request)
-    }
+    return ReplicaMerge.traces(
+      try await every { [request] in
+        try await Trellis_Mesh_V1_Traces.Client(wrapping: $0).listTraces(request)
+      }.map(\.answer), limit: filter.limit == 0 ? 20 : Int(filter.limit))
   }
 
   func traces(ids: [String]) async throws -> [OTLPExportRequest] {
     var request = Trellis_Mesh_V1_GetTracesRequest()
     request.traceIds = ids
-    return try await first { [request] in
+    // A trace's spans are kept where their sidecars sent them: every replica's, together.
+    return try await every { [request] in
       try await Trellis_Mesh_V1_Traces.Client(wrapping: $0).getTraces(request) { response in
         var all: [OTLPExportRequest] = []
         for try await message in response.messages { all.append(message) }
         return all
       }
-    }
+    }.flatMap(\.answer)
   }
 }

@@ -28,10 +28,16 @@ struct Top: AsyncParsableCommand {
     request.byMethod = methods
     let single = once || output != .table
     let interactive = isatty(STDOUT_FILENO) == 1 && !single
-    try await controlPlane.withClient { [request, methods, output] client in
-      let telemetry = Trellis_Mesh_V1_Telemetry.Client(wrapping: client)
+    // Each replica has the figures of the sidecars connected to it: every one is asked.
+    let controlPlane = controlPlane
+    do {
       while true {
-        let response = try await telemetry.top(request)
+        let answers = try await controlPlane.withEveryReplicaClient { [request] in
+          try await Trellis_Mesh_V1_Telemetry.Client(wrapping: $0).top(request)
+        }
+        let answered = answers.compactMap { try? $0.result.get() }
+        if answered.isEmpty, let failure = answers.first { _ = try failure.result.get() }
+        let response = ReplicaMerge.top(answered)
         if output != .table {
           try printStructured(response.rows.map(Self.object), output)
           return

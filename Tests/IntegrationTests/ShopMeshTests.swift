@@ -319,6 +319,22 @@ struct GatewayLoad {
     #expect(customer.status == 200, "\(customer)")
     let first = try shop.post("/v1/orders", Self.order(user, minor: 450))
     #expect(first.json["status"] as? String == "ORDER_STATUS_CONFIRMED", "\(first)")
+    // The dashboard asks every replica: the whole mesh's sidecars and calls, merged.
+    let dashboard = "http://127.0.0.1:\(shop.basePort + 185)"
+    var trust: [String: Any] = [:]
+    var edges: [String] = []
+    let merged = Date().addingTimeInterval(20)
+    repeat {
+      trust = (try? http("GET", dashboard + "/api/trust").json) ?? [:]
+      let graph = (try? http("GET", dashboard + "/api/graph").json) ?? [:]
+      edges = (graph["edges"] as? [[String: Any]] ?? []).map {
+        "\($0["from"] as? String ?? "")→\($0["to"] as? String ?? "")"
+      }
+      if trust["connected"] as? Int == 5, edges.contains("orders→payments") { break }
+      Thread.sleep(forTimeInterval: 0.5)
+    } while Date() < merged
+    #expect(trust["connected"] as? Int == 5, "\(trust)")
+    #expect(edges.contains("orders→payments") && edges.contains("gateway→orders"), "\(edges)")
 
     func replicaOf(_ service: String) throws -> String? {
       let text = try shop.meshctl(["status", "-o", "json"]).stdout

@@ -270,6 +270,12 @@ public nonisolated struct Trellis_Mesh_V1_TopRow: Sendable {
   /// In a row per edge: the calling service (`service` is the one called).
   public var caller: String = String()
 
+  /// The latency histogram the percentiles come from (CallStats's buckets, trailing empty ones
+  /// left out), and the calls that failed: rows from several replicas merge exactly.
+  public var latencyBuckets: [UInt64] = []
+
+  public var failures: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -794,7 +800,7 @@ nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TopRow"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}method\0\u{3}success_rate\0\u{3}requests_per_second\0\u{3}p50_ms\0\u{3}p95_ms\0\u{3}p99_ms\0\u{1}requests\0\u{1}instances\0\u{1}caller\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}method\0\u{3}success_rate\0\u{3}requests_per_second\0\u{3}p50_ms\0\u{3}p95_ms\0\u{3}p99_ms\0\u{1}requests\0\u{1}instances\0\u{1}caller\0\u{3}latency_buckets\0\u{1}failures\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -812,6 +818,8 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.requests) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.instances) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.caller) }()
+      case 11: try { try decoder.decodeRepeatedUInt64Field(value: &self.latencyBuckets) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.failures) }()
       default: break
       }
     }
@@ -848,6 +856,12 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
     if !self.caller.isEmpty {
       try visitor.visitSingularStringField(value: self.caller, fieldNumber: 10)
     }
+    if !self.latencyBuckets.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.latencyBuckets, fieldNumber: 11)
+    }
+    if self.failures != 0 {
+      try visitor.visitSingularUInt64Field(value: self.failures, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -862,6 +876,8 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
     if lhs.requests != rhs.requests {return false}
     if lhs.instances != rhs.instances {return false}
     if lhs.caller != rhs.caller {return false}
+    if lhs.latencyBuckets != rhs.latencyBuckets {return false}
+    if lhs.failures != rhs.failures {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
