@@ -370,6 +370,15 @@ let package = Package(
     .executableTarget(name: "bench-relay"),
 
     // The HTTP/2 core's cost per request beside NIOHTTP2Handler's, on the same bytes.
+    // The dashboard's own cost: its server over a mesh of 50 services and 10,000 traces.
+    .executableTarget(
+      name: "dashboard-bench",
+      dependencies: [
+        "MeshDashboard", "MeshProtos", logging,
+        .product(name: "Hummingbird", package: "hummingbird"),
+      ],
+      swiftSettings: swiftSettings
+    ),
     .executableTarget(
       name: "h2-core-bench",
       dependencies: ["MeshProxy", nioCore, nioHTTP2, nioEmbedded, nioHPACK],
