@@ -270,7 +270,7 @@ let package = Package(
     .target(
       name: "MeshDashboard",
       dependencies: [
-        "MeshProtos", "MeshTracing", "MeshConfig", swiftProtobuf, logging, nioCore,
+        "MeshProtos", "MeshTracing", "MeshConfig", swiftProtobuf, logging, nioCore, lifecycle,
         .product(name: "Hummingbird", package: "hummingbird"),
       ],
       swiftSettings: swiftSettings

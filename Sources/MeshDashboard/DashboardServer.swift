@@ -4,6 +4,7 @@ import Logging
 import MeshConfig
 import MeshProtos
 import NIOCore
+import ServiceLifecycle
 
 /// The dashboard's HTTP server: its page (HTML, CSS and JavaScript modules, served from the
 /// binary; nothing is fetched from elsewhere) and the JSON it reads, every figure asked of
@@ -139,9 +140,14 @@ public struct DashboardServer: Sendable {
             continuation.finish()
           }
           defer { tapping.cancel() }
-          // A comment line first, so the browser knows the stream is open.
+          // A comment line first, so the browser knows the stream is open. The stream ends
+          // when the dashboard shuts down (a server waits for its responses to end).
           try await writer.write(ByteBuffer(string: ": tapping \(tap.service)\n\n"))
-          for await event in events { try await writer.write(ByteBuffer(string: event)) }
+          try await withGracefulShutdownHandler {
+            for await event in events { try await writer.write(ByteBuffer(string: event)) }
+          } onGracefulShutdown: {
+            continuation.finish()
+          }
           try await writer.finish(nil)
         })
     }
@@ -152,7 +158,9 @@ public struct DashboardServer: Sendable {
         status: .ok,
         headers: [.contentType: "text/event-stream", .cacheControl: "no-store"],
         body: ResponseBody { writer in
-          while !Task.isCancelled {
+          // Until the page goes, or the dashboard shuts down (a server waits for its responses
+          // to end: an endless one would hold it up).
+          while !Task.isCancelled, !Task.isShuttingDownGracefully {
             let event: String
             do {
               let data = try JSONEncoder.dashboard.encode(try await graph())
@@ -207,8 +215,11 @@ public struct DashboardServer: Sendable {
     else {
       throw HTTPError(.notFound, message: "the mesh knows no service \(name)")
     }
+    let running = try? await source.config(version: 0)
+    let config = running.flatMap { try? MeshConfig(yaml: $0.yaml, file: "version \($0.version)") }
     return DashboardViews.service(
-      name, top: figures, methods: rows, edges: calls, status: sidecars, endpoints: seen)
+      name, top: figures, methods: rows, edges: calls, status: sidecars, endpoints: seen,
+      config: config)
   }
 
   static func traceFilter(_ query: Parameters) throws -> Trellis_Mesh_V1_TraceFilter {

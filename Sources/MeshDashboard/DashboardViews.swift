@@ -1,6 +1,7 @@
 import Foundation
 import MeshConfig
 import MeshProtos
+import MeshTracing
 
 /// The JSON the dashboard's pages read (`/api/…`), built from what the source answers.
 public enum DashboardViews {
@@ -113,6 +114,8 @@ public enum DashboardViews {
     public var callees: [Edge]
     public var instances: [Instance]
     public var endpoints: [Endpoint]
+    /// The routes and policies in force, and who may call it (nil: no config is running).
+    public var policies: Policies?
   }
 
   /// The service a sidecar serves: its SPIFFE ID's last segment (`spiffe://td/svc/orders`).
@@ -125,7 +128,7 @@ public enum DashboardViews {
   public static func service(
     _ name: String, top: Trellis_Mesh_V1_TopResponse, methods: Trellis_Mesh_V1_TopResponse,
     edges: Trellis_Mesh_V1_TopResponse, status: Trellis_Mesh_V1_StatusResponse = .init(),
-    endpoints: Trellis_Mesh_V1_EndpointsResponse = .init()
+    endpoints: Trellis_Mesh_V1_EndpointsResponse = .init(), config: MeshConfig? = nil
   ) -> Service {
     Service(
       name: name, windowSeconds: top.windowSeconds,
@@ -155,7 +158,8 @@ public enum DashboardViews {
             consecutiveFailures: $0.consecutiveFailures, ejections: $0.ejections,
             calls: $0.calls, failures: $0.failures)
         }
-      })
+      },
+      policies: config.map { policies(name, in: $0) })
   }
 
   public struct TraceSummary: Encodable, Sendable {
@@ -274,29 +278,44 @@ extension DashboardViews {
 
   /// The config's history, which sidecar runs which version, and the endpoints by source:
   /// those the running config lists and those sidecars registered.
+  /// Every service's endpoints: those the running config lists, then those sidecars
+  /// registered (and the methods they declared), by service and address — what `meshctl get
+  /// endpoints` and the config page show.
+  public static func endpointSources(
+    running: MeshConfig?, discovery: Trellis_Mesh_V1_Discovery
+  ) -> [(source: EndpointSource, methods: [Trellis_Mesh_V1_MethodInfo])] {
+    var rows: [(source: EndpointSource, methods: [Trellis_Mesh_V1_MethodInfo])] = []
+    for (name, service) in (running?.services ?? [:]).sorted(by: { $0.key < $1.key }) {
+      for endpoint in service.endpoints {
+        rows.append(
+          (
+            EndpointSource(
+              service: name, address: "\(endpoint.address)", labels: endpoint.labels,
+              source: "config"), []
+          ))
+      }
+    }
+    for registered in discovery.endpoints
+    where !rows.contains(where: {
+      $0.source.service == registered.service && $0.source.address == registered.address
+    }) {
+      rows.append(
+        (
+          EndpointSource(
+            service: registered.service, address: registered.address, labels: registered.labels,
+            source: "registered by \(registered.node)"), registered.methods
+        ))
+    }
+    return rows.sorted {
+      ($0.source.service, $0.source.address) < ($1.source.service, $1.source.address)
+    }
+  }
+
   public static func config(
     versions: [Trellis_Mesh_V1_ConfigVersion], running: MeshConfig?,
     status: Trellis_Mesh_V1_StatusResponse
   ) -> Config {
-    var endpoints: [EndpointSource] = []
-    for (name, service) in (running?.services ?? [:]).sorted(by: { $0.key < $1.key }) {
-      for endpoint in service.endpoints {
-        endpoints.append(
-          EndpointSource(
-            service: name, address: "\(endpoint.address)", labels: endpoint.labels,
-            source: "config"))
-      }
-    }
-    for registered in status.discovery.endpoints
-    where !endpoints.contains(where: {
-      $0.service == registered.service && $0.address == registered.address
-    }) {
-      endpoints.append(
-        EndpointSource(
-          service: registered.service, address: registered.address, labels: registered.labels,
-          source: "registered by \(registered.node)"))
-    }
-    endpoints.sort { ($0.service, $0.address) < ($1.service, $1.address) }
+    let endpoints = endpointSources(running: running, discovery: status.discovery).map(\.source)
     return Config(
       currentVersion: status.currentVersion,
       versions: versions.map {
@@ -381,5 +400,86 @@ extension DashboardViews {
       instance = event.instance
       attempts = event.attempts
     }
+  }
+}
+
+extension DashboardViews {
+  /// The routes and policies in force for calls to a service, and who may call it, as the
+  /// running config says (defaults included), each in a line as `meshctl get routes` reads.
+  public struct Policies: Encodable, Sendable {
+    public var balancing: String
+    public var outlierDetection: String
+    public var circuitBreaker: String
+    public var retryBudget: String
+    public var routes: [String]
+    /// One line per authorization rule; the default policy when the service has none.
+    public var callers: [String]
+  }
+
+  public static func policies(_ name: String, in config: MeshConfig) -> Policies {
+    let service = config.services[name] ?? MeshConfig.Service(endpoints: [])
+    func seconds(_ duration: Duration) -> String {
+      let value = duration.timeInterval
+      return value < 1 ? "\(Int((value * 1000).rounded())) ms" : "\(value) s"
+    }
+    let outlier = service.outlierDetection
+    let breaker = service.circuitBreaker
+    let budget = service.retryBudget
+    let routes = config.routes.filter { $0.service == name }.map { route -> String in
+      var parts = [route.name.map { "'\($0)'" } ?? "unnamed"]
+      if let methods = route.match.methods {
+        parts.append("methods \(methods.joined(separator: ", "))")
+      }
+      if !route.match.headers.isEmpty {
+        parts.append(
+          "headers "
+            + route.match.headers.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+            .joined(separator: ", "))
+      }
+      if let timeout = route.timeout { parts.append("timeout \(seconds(timeout))") }
+      if let perTry = route.perTryTimeout { parts.append("per try \(seconds(perTry))") }
+      parts.append(
+        "\(route.retries.attempts) attempts on "
+          + route.retries.retryOn.map(MeshTracing.GRPCStatusName.of).joined(separator: ", "))
+      if !route.split.isEmpty {
+        parts.append(
+          "split "
+            + route.split.map { subset in
+              subset.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                .joined(separator: ",") + ": \(subset.weight)"
+            }.joined(separator: " / "))
+      }
+      if let abort = route.fault?.abort {
+        parts.append("fault: abort \(MeshTracing.GRPCStatusName.of(abort.code)) \(abort.percent) %")
+      }
+      if let delay = route.fault?.delay {
+        parts.append("fault: delay \(seconds(delay.duration)) \(delay.percent) %")
+      }
+      return parts.joined(separator: "; ")
+    }
+    let callers: [String]
+    if let rules = service.authorization?.rules {
+      callers = rules.map { rule in
+        let who =
+          switch rule.callers {
+          case .identities(let identities): identities.sorted().joined(separator: ", ")
+          case .anyInTrustDomain(let domain): "any workload of \(domain)"
+          }
+        return who + (rule.methods.map { ": " + $0.joined(separator: ", ") } ?? "")
+      }
+    } else {
+      callers = ["no rules: the default policy, \(config.defaultPolicy.rawValue)"]
+    }
+    return Policies(
+      balancing: service.loadBalancing.rawValue,
+      outlierDetection:
+        "eject after \(outlier.consecutiveFailures) failures in a row, "
+        + "\(seconds(outlier.baseEjectionTime)) × ejections, at most \(outlier.maxEjectionPercent) %",
+      circuitBreaker:
+        "\(breaker.maxConcurrentRequests) concurrent, \(breaker.maxPendingRequests) pending",
+      retryBudget:
+        "\(budget.percent) % of calls + \(budget.minPerSecond)/s over \(seconds(budget.window))",
+      routes: routes.isEmpty ? ["the default route: 3 attempts on UNAVAILABLE"] : routes,
+      callers: callers)
   }
 }

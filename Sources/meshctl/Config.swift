@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MeshConfig
+import MeshDashboard
 import MeshProtos
 
 /// `meshctl apply -f mesh.yaml [--dry-run]`
@@ -155,25 +156,11 @@ extension Get {
       let status = try await controlPlane.withAdmin {
         try await $0.status(Trellis_Mesh_V1_StatusRequest())
       }
-      var rows: [Row] = []
-      for (name, service) in config.services.sorted(by: { $0.key < $1.key }) {
-        for endpoint in service.endpoints {
-          rows.append(
-            Row(
-              service: name, address: "\(endpoint.address)", labels: endpoint.labels,
-              source: "config"))
-        }
+      let rows = DashboardViews.endpointSources(running: config, discovery: status.discovery).map {
+        Row(
+          service: $0.source.service, address: $0.source.address, labels: $0.source.labels,
+          source: $0.source.source, methods: $0.methods)
       }
-      for registered in status.discovery.endpoints
-      where !rows.contains(where: {
-        $0.service == registered.service && $0.address == registered.address
-      }) {
-        rows.append(
-          Row(
-            service: registered.service, address: registered.address, labels: registered.labels,
-            source: "registered by \(registered.node)", methods: registered.methods))
-      }
-      rows.sort { ($0.service, $0.address) < ($1.service, $1.address) }
       switch output {
       case .json, .yaml:
         let levels = ["unknown", "no_side_effects", "idempotent"]

@@ -175,6 +175,15 @@ import Testing
     let diff = try dashboard.get("/api/config/diff?from=1&to=2").json as? [String: Any] ?? [:]
     #expect((diff["diff"] as? String ?? "").contains("+routes:"), "\(diff)")
     #expect(try dashboard.get("/api/config/diff?from=one&to=2").status == 400)
+    // orders' page: the new route among its policies, and who may call it.
+    let ordersPage = try dashboard.get("/api/services/orders").json as? [String: Any] ?? [:]
+    let policies = ordersPage["policies"] as? [String: Any] ?? [:]
+    let routes = policies["routes"] as? [String] ?? []
+    #expect(
+      routes.contains { $0.hasPrefix("'reads'") && $0.contains("timeout 5.0 s") }, "\(policies)")
+    let callers = policies["callers"] as? [String] ?? []
+    #expect(callers.contains { $0.contains("/svc/gateway") }, "\(policies)")
+    #expect((policies["circuitBreaker"] as? String)?.contains("1024 concurrent") == true)
     let trust = try dashboard.get("/api/trust").json as? [String: Any] ?? [:]
     #expect((trust["roots"] as? [String])?.isEmpty == false, "\(trust)")
     #expect(trust["connected"] as? Int == 5 && trust["current"] as? Int == 5, "\(trust)")
@@ -268,5 +277,22 @@ import Testing
       "curl",
       ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", "http://127.0.0.1:\(port)/"])
     #expect(plain.stdout != "200")
+    // A page left open (the live graph's stream) does not hold the dashboard up when it stops.
+    let reader = Process()
+    reader.executableURL = URL(fileURLWithPath: try resolve("curl"))
+    reader.arguments =
+      ["-skN", "-m", "60"] + operatorCert + ["https://127.0.0.1:\(port)/api/live"]
+    reader.standardOutput = FileHandle.nullDevice
+    try reader.run()
+    defer { reader.terminate() }
+    Thread.sleep(forTimeInterval: 1.5)
+    let stopping = Date()
+    process.terminate()
+    while process.isRunning, Date().timeIntervalSince(stopping) < 15 {
+      Thread.sleep(forTimeInterval: 0.1)
+    }
+    #expect(!process.isRunning, "the dashboard did not stop with a live page open")
+    #expect(Date().timeIntervalSince(stopping) < 10)
+
   }
 }

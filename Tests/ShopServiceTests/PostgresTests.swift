@@ -126,6 +126,30 @@ import UserService
   /// Instances of the bus on one PostgreSQL database share its log: a group's consumers on
   /// either instance get every event once between them, and a publication at one instance
   /// wakes a subscriber idling at the other at once (NOTIFY), far within its poll.
+  /// Every session tells the server not to keep a lost instance's locks: one idle inside a
+  /// transaction ends after 10 s, a silent client is probed after 10 s. (A payments instance
+  /// lost with its host mid-charge held the key's lock for TCP's two hours otherwise.)
+  @Test func aLostInstanceCannotHoldItsLocks() async throws {
+    guard case .postgres(let location) = try await database("settings", on: .postgres) else {
+      Issue.record("not PostgreSQL")
+      return
+    }
+    let shop = try await PostgresShopDatabase(
+      name: "settings", location: location, migrations: [], logger: TestPostgres.logger)
+    let settings = try await shop.connection { connection in
+      var values: [String] = []
+      for setting in ["idle_in_transaction_session_timeout", "tcp_keepalives_idle"] {
+        for try await value in try await connection.query(
+          PostgresQuery(unsafeSQL: "SHOW \(setting)"), logger: TestPostgres.logger
+        ).decode(String.self) {
+          values.append(value)
+        }
+      }
+      return values
+    }
+    #expect(settings == ["10s", "10"], "\(settings)")
+  }
+
   @Test func busInstancesShareOneLogAndWakeEachOther() async throws {
     let location = try await database("events_shared", on: .postgres)
     let poll = Duration.seconds(60)

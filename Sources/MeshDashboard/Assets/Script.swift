@@ -191,6 +191,7 @@ extension DashboardAssets {
           h("h2", {}, "Called by"), edgeTable(service.callers, "caller", (edge) => edge.from),
           h("h2", {}, "Calls"), edgeTable(service.callees, "service", (edge) => edge.to),
           h("h2", {}, "Endpoints, as its callers' sidecars see them"), endpointTable(service.endpoints),
+          h("h2", {}, "Policies in force"), policyList(service.policies),
           h("h2", {}, "Instances"), instanceTable(service.instances));
       });
     }
@@ -214,6 +215,18 @@ extension DashboardAssets {
             e.state === "active" ? "active" : `ejected ${e.ejectedForSeconds.toFixed(0)} s`)),
           h("td", {}, String(e.inFlight)), h("td", {}, millis(e.latencyMs)), h("td", {}, String(e.ejections)),
           h("td", {}, String(e.calls)), h("td", {}, String(e.failures)))));
+    }
+
+    function policyList(policies) {
+      if (!policies) return h("p", { class: "hint" }, "no config is running");
+      return h("div", { id: "policies" },
+        h("ul", {}, h("li", {}, "balancing: " + policies.balancing),
+          h("li", {}, "outlier detection: " + policies.outlierDetection),
+          h("li", {}, "circuit breaker: " + policies.circuitBreaker),
+          h("li", {}, "retry budget: " + policies.retryBudget),
+          policies.routes.map((route) => h("li", { class: "route" }, "route " + route))),
+        h("h2", {}, "Who may call it"),
+        h("ul", { id: "callers" }, policies.callers.map((caller) => h("li", {}, caller))));
     }
 
     function instanceTable(instances) {
