@@ -238,8 +238,12 @@ final class ControlPlaneSource: DashboardSource {
   func config(version: Int64) async throws -> Trellis_Mesh_V1_ConfigVersion {
     var request = Trellis_Mesh_V1_GetConfigRequest()
     request.version = version
-    return try await first { [request] in
-      try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).getConfig(request)
+    do {
+      return try await first { [request] in
+        try await Trellis_Mesh_V1_Admin.Client(wrapping: $0).getConfig(request)
+      }
+    } catch let error as RPCError where error.code == .notFound {
+      throw HTTPError(.notFound, message: error.message)
     }
   }
 

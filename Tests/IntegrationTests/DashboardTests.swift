@@ -175,6 +175,7 @@ import Testing
     let diff = try dashboard.get("/api/config/diff?from=1&to=2").json as? [String: Any] ?? [:]
     #expect((diff["diff"] as? String ?? "").contains("+routes:"), "\(diff)")
     #expect(try dashboard.get("/api/config/diff?from=one&to=2").status == 400)
+    #expect(try dashboard.get("/api/config/diff?from=1&to=9").status == 404)
     // orders' page: the new route among its policies, and who may call it.
     let ordersPage = try dashboard.get("/api/services/orders").json as? [String: Any] ?? [:]
     let policies = ordersPage["policies"] as? [String: Any] ?? [:]
