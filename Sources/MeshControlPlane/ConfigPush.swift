@@ -60,6 +60,8 @@ public final class ConfigHub: Sendable {
     var discoveryChanges: [(generation: Int64, node: String)] = []
     /// Deltas can be made from this generation on (the record of changes reaches back to it).
     var discoveryFloor: Int64 = 0
+    /// The rotation steps `Rotate` calls wait on now.
+    var rotations: [UUID: (name: String, started: Date, step: Step)] = [:]
   }
 
   /// How many changes the hub remembers for deltas; a stream further behind gets every
@@ -480,6 +482,42 @@ public final class ConfigHub: Sendable {
     case issuer(String)
     /// Has renewed as asked (every sidecar of this identity).
     case renewed(String)
+  }
+
+  /// `Rotate` waits on `step` (named as `RunningRotation.step`) until `finished(rotation:)`.
+  func started(rotation step: Step, named name: String, at time: Date = Date()) -> UUID {
+    let id = UUID()
+    state.withLock { $0.rotations[id] = (name, time, step) }
+    return id
+  }
+
+  func finished(rotation id: UUID) {
+    _ = state.withLock { $0.rotations.removeValue(forKey: id) }
+  }
+
+  /// The rotation steps running now, oldest first, each with its progress.
+  var rotations: [Trellis_Mesh_V1_RunningRotation] {
+    let running = state.withLock { $0.rotations.values.sorted { $0.started < $1.started } }
+    return running.map { rotation in
+      var message = Trellis_Mesh_V1_RunningRotation()
+      message.step = rotation.name
+      message.startedUnix = Int64(rotation.started.timeIntervalSince1970)
+      message.progress = progressMessage(rotation.step)
+      return message
+    }
+  }
+
+  /// `progress(step)` as `Rotate` streams it (without the bundle).
+  func progressMessage(_ step: Step) -> Trellis_Mesh_V1_RotateProgress {
+    let progress = progress(step)
+    var message = Trellis_Mesh_V1_RotateProgress()
+    message.trustGeneration = state.withLock { $0.trust.generation }
+    message.doneCount = Int32(progress.done.count)
+    message.total = Int32(progress.done.count + progress.waiting.count)
+    message.waitingFor = progress.waiting
+    message.disconnected = progress.disconnected
+    message.done = progress.waiting.isEmpty
+    return message
   }
 
   func progress(_ step: Step) -> Progress {

@@ -456,6 +456,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     response.issuer = "\(trust.issuer.certificate.subject)"
     response.roots = trust.bundle.roots.map { "\($0.subject)" }
     response.discovery = control.hub.discovery
+    response.rotations = control.hub.rotations
     return response
   }
 
@@ -475,19 +476,17 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
     response: RPCWriter<Trellis_Mesh_V1_RotateProgress>, context: ServerContext
   ) async throws {
     _ = try admin(context)
-    let step = try await TrustRotation(control).start(request)
+    let rotation = TrustRotation(control)
+    let step = try await rotation.start(request)
     let timeout = request.timeoutSeconds > 0 ? Double(request.timeoutSeconds) : 300
     let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
+    // Shown in `Status` (the dashboard's trust page) while it runs.
+    let running = control.hub.started(rotation: step, named: rotation.name(of: request))
+    defer { control.hub.finished(rotation: running) }
     var last: Trellis_Mesh_V1_RotateProgress?
     while true {
-      let progress = control.hub.progress(step)
-      var message = Trellis_Mesh_V1_RotateProgress()
+      var message = control.hub.progressMessage(step)
       message.trustGeneration = control.trust.current.number
-      message.doneCount = Int32(progress.done.count)
-      message.total = Int32(progress.done.count + progress.waiting.count)
-      message.waitingFor = progress.waiting
-      message.disconnected = progress.disconnected
-      message.done = progress.waiting.isEmpty
       message.trustBundle = control.trust.current.bundlePEM
       if message != last { try await response.write(message) }
       last = message
@@ -496,7 +495,7 @@ public struct AdminService: Trellis_Mesh_V1_Admin.SimpleServiceProtocol {
         throw RPCError(
           code: .deadlineExceeded,
           message:
-            "\(progress.waiting.count) sidecar(s) did not follow within \(Int(timeout))s: \(progress.waiting.joined(separator: ", ")); the mesh stays at trust generation \(message.trustGeneration), and the same step asked again goes on waiting"
+            "\(message.waitingFor.count) sidecar(s) did not follow within \(Int(timeout))s: \(message.waitingFor.joined(separator: ", ")); the mesh stays at trust generation \(message.trustGeneration), and the same step asked again goes on waiting"
         )
       }
       try await Task.sleep(for: .milliseconds(200))

@@ -11,6 +11,9 @@ import Synchronization
 /// go to it.
 final class TelemetryHub: Sendable {
   static let window: TimeInterval = 60
+  /// A service's history: its calls in steps of 10 seconds, for 15 minutes.
+  static let historyStep: Int64 = 10
+  static let historyLength: Int64 = 900
 
   private struct Sample {
     var time: TimeInterval
@@ -41,6 +44,8 @@ final class TelemetryHub: Sendable {
     /// When each service (and each edge) was first reported (the window is shorter until a
     /// minute has passed).
     var firstSeen: [String: TimeInterval] = [:]
+    /// Inbound calls by service in steps of `historyStep`, oldest first.
+    var history: [String: [Trellis_Mesh_V1_HistoryStep]] = [:]
     var reporters: [UUID: Reporter] = [:]
     var taps: [String: Tap] = [:]
   }
@@ -85,6 +90,7 @@ final class TelemetryHub: Sendable {
               // What a sidecar says of its own service only: its identity names it.
               guard stats.service == reporter.service else { continue }
               state.samples[stats.service, default: []].append(sample)
+              Self.record(stats, at: time, in: &state.history[stats.service, default: []])
               if state.firstSeen[stats.service] == nil { state.firstSeen[stats.service] = time }
             case "outbound":
               // The caller is the reporter's own service, whatever the report says.
@@ -109,6 +115,31 @@ final class TelemetryHub: Sendable {
     for (events, event) in deliveries { events.yield(event) }
   }
 
+  /// Adds `stats` to the step of `time`, the last one (or a new one, the oldest dropped).
+  private static func record(
+    _ stats: Trellis_Mesh_V1_CallStats, at time: TimeInterval,
+    in steps: inout [Trellis_Mesh_V1_HistoryStep]
+  ) {
+    let start = Int64(time) / historyStep * historyStep
+    if steps.last?.startUnix != start {
+      var step = Trellis_Mesh_V1_HistoryStep()
+      step.startUnix = start
+      steps.append(step)
+      if let first = steps.first, start - first.startUnix >= historyLength {
+        steps.removeAll { start - $0.startUnix >= historyLength }
+      }
+    }
+    let last = steps.count - 1
+    steps[last].requests += stats.requests
+    steps[last].failures += stats.failures
+    var buckets = steps[last].latencyBuckets
+    if buckets.count < stats.latencyBuckets.count {
+      buckets += [UInt64](repeating: 0, count: stats.latencyBuckets.count - buckets.count)
+    }
+    for (index, count) in stats.latencyBuckets.enumerated() { buckets[index] += UInt64(count) }
+    steps[last].latencyBuckets = buckets
+  }
+
   // MARK: Operators
 
   /// An edge's key: the caller, then the service called.
@@ -117,13 +148,20 @@ final class TelemetryHub: Sendable {
   }
 
   /// Each service's figures (or each method's) over the window, from its sidecars' inbound
-  /// calls; with `byEdge`, each caller's calls to it, from the callers' sidecars.
+  /// calls; with `byEdge`, each caller's calls to it, from the callers' sidecars. With
+  /// `history`, each service's row has its steps of the last 15 minutes (and a service with
+  /// calls in them but none in the window has a row).
   func top(
-    service: String, byMethod: Bool, byEdge: Bool = false, now: Date = Date()
+    service: String, byMethod: Bool, byEdge: Bool = false, history: Bool = false,
+    now: Date = Date()
   ) -> Trellis_Mesh_V1_TopResponse {
     let time = now.timeIntervalSince1970
-    let (samples, firstSeen) = state.withLock {
-      byEdge ? ($0.edges, $0.firstSeen) : ($0.samples, $0.firstSeen)
+    let withHistory = history && !byMethod && !byEdge
+    let (samples, firstSeen, steps) = state.withLock {
+      (
+        byEdge ? $0.edges : $0.samples, $0.firstSeen,
+        withHistory ? $0.history : [:]
+      )
     }
     var groups: [String: [Sample]] = [:]
     for (name, list) in samples {
@@ -170,6 +208,22 @@ final class TelemetryHub: Sendable {
       row.instances = UInt32(Set(list.map(\.instance)).count)
       response.rows.append(row)
     }
+    guard withHistory else { return response }
+    let since = Int64(time) - Self.historyLength
+    for (name, list) in steps where service.isEmpty || name == service {
+      let recent = list.filter { $0.startUnix > since }
+      guard !recent.isEmpty else { continue }
+      if let index = response.rows.firstIndex(where: { $0.service == name }) {
+        response.rows[index].history = recent
+      } else {
+        var row = Trellis_Mesh_V1_TopRow()
+        row.service = name
+        row.successRate = 1
+        row.history = recent
+        response.rows.append(row)
+      }
+    }
+    response.rows.sort { $0.service < $1.service }
     return response
   }
 
@@ -292,7 +346,7 @@ public struct TelemetryService: Trellis_Mesh_V1_Telemetry.ServiceProtocol {
     return ServerResponse(
       message: hub.top(
         service: request.message.service, byMethod: request.message.byMethod,
-        byEdge: request.message.byEdge))
+        byEdge: request.message.byEdge, history: request.message.history))
   }
 
   public func endpoints(

@@ -106,6 +106,22 @@ struct TrustRotation {
     }
   }
 
+  /// A step as the operator asked for it: "add roots: CN=…", "renew service: spiffe://…".
+  func name(of request: Trellis_Mesh_V1_RotateRequest) -> String {
+    let subjects =
+      ((try? certificates(request.certificates, "")) ?? []).map { "\($0.subject)" }
+      .joined(separator: ", ")
+    switch request.step {
+    case .addRoots: return "add roots: \(subjects)"
+    case .switchIssuer: return "switch issuer: \(subjects)"
+    case .keepRoots: return "keep roots: \(subjects)"
+    case .renewService:
+      let identity = try? SPIFFEID.workload(request.service, trustDomain: control.trustDomain)
+      return "renew service: \(identity.map(\.description) ?? request.service)"
+    case .unspecified, .UNRECOGNIZED: return "unknown"
+    }
+  }
+
   private func certificates(_ pem: String, _ what: String) throws -> [Certificate] {
     do {
       let documents = try PEMDocument.parseMultiple(pemString: pem)

@@ -197,6 +197,7 @@ public struct DashboardServer: Sendable {
     var one = Trellis_Mesh_V1_TopRequest()
     one.service = name
     var methods = one
+    one.history = true
     methods.byMethod = true
     var byEdge = Trellis_Mesh_V1_TopRequest()
     byEdge.byEdge = true

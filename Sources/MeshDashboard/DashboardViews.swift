@@ -108,6 +108,9 @@ public enum DashboardViews {
     public var name: String
     public var windowSeconds: UInt32
     public var figures: Figures
+    /// Its calls in 10-second steps over the last 15 minutes, oldest first, steps without
+    /// calls left out.
+    public var history: [HistoryPoint]
     public var methods: [MethodRow]
     /// Who calls it, and what it calls.
     public var callers: [Edge]
@@ -116,6 +119,27 @@ public enum DashboardViews {
     public var endpoints: [Endpoint]
     /// The routes and policies in force, and who may call it (nil: no config is running).
     public var policies: Policies?
+  }
+
+  /// One step of a service's history.
+  public struct HistoryPoint: Encodable, Equatable, Sendable {
+    public var startUnix: Int64
+    public var requests: UInt64
+    public var rps: Double
+    public var successRate: Double
+    public var p50Ms: Double
+    public var p99Ms: Double
+
+    public init(_ step: Trellis_Mesh_V1_HistoryStep, seconds: Double = 10) {
+      startUnix = step.startUnix
+      requests = step.requests
+      rps = Double(step.requests) / seconds
+      successRate =
+        step.requests == 0
+        ? 1 : Double(step.requests - min(step.failures, step.requests)) / Double(step.requests)
+      p50Ms = (LatencyBuckets.quantile(0.50, of: step.latencyBuckets) ?? 0) * 1000
+      p99Ms = (LatencyBuckets.quantile(0.99, of: step.latencyBuckets) ?? 0) * 1000
+    }
   }
 
   /// The service a sidecar serves: its SPIFFE ID's last segment (`spiffe://td/svc/orders`).
@@ -133,6 +157,7 @@ public enum DashboardViews {
     Service(
       name: name, windowSeconds: top.windowSeconds,
       figures: Figures(top.rows.first { $0.service == name }),
+      history: (top.rows.first { $0.service == name }?.history ?? []).map { HistoryPoint($0) },
       methods: methods.rows.filter { $0.service == name }.map {
         MethodRow(method: $0.method, figures: Figures($0))
       },
@@ -355,10 +380,23 @@ extension DashboardViews {
     public var issuer: String
     public var roots: [String]
     public var sidecars: [SidecarTrust]
-    /// Connected sidecars that run the control plane's trust generation, of all connected:
-    /// a rotation's progress while it runs.
+    /// Connected sidecars that run the control plane's trust generation, of all connected.
     public var current: Int
     public var connected: Int
+    /// The rotation steps running now, each with its progress.
+    public var rotations: [Rotation]
+  }
+
+  /// A rotation step while `meshctl certs rotate` (or `rotate-ca`) waits on it.
+  public struct Rotation: Encodable, Equatable, Sendable {
+    public var step: String
+    public var startedUnix: Int64
+    public var trustGeneration: Int64
+    public var done: Int
+    public var total: Int
+    public var waitingFor: [String]
+    /// Sidecars known but not connected: they do the step when they return.
+    public var disconnected: [String]
   }
 
   public static func trust(_ status: Trellis_Mesh_V1_StatusResponse) -> Trust {
@@ -373,7 +411,13 @@ extension DashboardViews {
           trustGeneration: $0.trustGeneration)
       }.sorted { $0.node < $1.node },
       current: connected.filter { $0.trustGeneration >= status.trustGeneration }.count,
-      connected: connected.count)
+      connected: connected.count,
+      rotations: status.rotations.map {
+        Rotation(
+          step: $0.step, startedUnix: $0.startedUnix, trustGeneration: $0.progress.trustGeneration,
+          done: Int($0.progress.doneCount), total: Int($0.progress.total),
+          waitingFor: $0.progress.waitingFor, disconnected: $0.progress.disconnected)
+      })
   }
 
   public struct TapEvent: Encodable, Sendable {

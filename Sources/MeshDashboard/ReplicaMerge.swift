@@ -7,7 +7,7 @@ import MeshTracing
 /// whole mesh asks every replica and merges.
 public enum ReplicaMerge {
   /// Rows of one service (method, edge) added up: calls, failures, rates and latency
-  /// histograms, the percentiles read again from the sum.
+  /// histograms, the percentiles read again from the sum; the steps of their histories too.
   public static func top(_ answers: [Trellis_Mesh_V1_TopResponse]) -> Trellis_Mesh_V1_TopResponse {
     var merged = Trellis_Mesh_V1_TopResponse()
     merged.windowSeconds = answers.map(\.windowSeconds).max() ?? 0
@@ -22,12 +22,19 @@ public enum ReplicaMerge {
       sum.failures += row.failures
       sum.requestsPerSecond += row.requestsPerSecond
       sum.instances += row.instances
-      var buckets = sum.latencyBuckets
-      if buckets.count < row.latencyBuckets.count {
-        buckets += [UInt64](repeating: 0, count: row.latencyBuckets.count - buckets.count)
+      sum.latencyBuckets = added(sum.latencyBuckets, row.latencyBuckets)
+      var steps = Dictionary(uniqueKeysWithValues: sum.history.map { ($0.startUnix, $0) })
+      for step in row.history {
+        guard var other = steps[step.startUnix] else {
+          steps[step.startUnix] = step
+          continue
+        }
+        other.requests += step.requests
+        other.failures += step.failures
+        other.latencyBuckets = added(other.latencyBuckets, step.latencyBuckets)
+        steps[step.startUnix] = other
       }
-      for (index, count) in row.latencyBuckets.enumerated() { buckets[index] += count }
-      sum.latencyBuckets = buckets
+      sum.history = steps.values.sorted { $0.startUnix < $1.startUnix }
       rows[key] = sum
     }
     merged.rows = rows.values.map { row in
@@ -47,9 +54,17 @@ public enum ReplicaMerge {
     return merged
   }
 
+  /// Two latency histograms added up, bucket by bucket.
+  static func added(_ one: [UInt64], _ other: [UInt64]) -> [UInt64] {
+    var sum = one
+    if sum.count < other.count { sum += [UInt64](repeating: 0, count: other.count - sum.count) }
+    for (index, count) in other.enumerated() { sum[index] += count }
+    return sum
+  }
+
   /// Every sidecar once (the answer of the replica it is connected to, where one says so),
-  /// the newest config version and trust generation, every replica's issuer; and which
-  /// replica (by its name in `answers`) each sidecar uses.
+  /// the newest config version and trust generation, every replica's issuer and running
+  /// rotation step; and which replica (by its name in `answers`) each sidecar uses.
   public static func status(
     _ answers: [(replica: String, status: Trellis_Mesh_V1_StatusResponse)]
   ) -> (status: Trellis_Mesh_V1_StatusResponse, replicaOf: [String: String]) {
@@ -66,6 +81,8 @@ public enum ReplicaMerge {
       // Each replica signs with an issuer of its own.
       if !answer.issuer.isEmpty, !issuers.contains(answer.issuer) { issuers.append(answer.issuer) }
       if !merged.hasDiscovery { merged.discovery = answer.discovery }
+      // A rotation step runs at the replica it was asked of.
+      merged.rotations += answer.rotations
       for sidecar in answer.sidecars
       where byNode[sidecar.node] == nil || (sidecar.connected && !byNode[sidecar.node]!.connected) {
         byNode[sidecar.node] = sidecar

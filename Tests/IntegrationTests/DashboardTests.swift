@@ -188,6 +188,43 @@ import Testing
     let trust = try dashboard.get("/api/trust").json as? [String: Any] ?? [:]
     #expect((trust["roots"] as? [String])?.isEmpty == false, "\(trust)")
     #expect(trust["connected"] as? Int == 5 && trust["current"] as? Int == 5, "\(trust)")
+    #expect((trust["rotations"] as? [Any])?.isEmpty == true, "\(trust)")
+
+    // A rotation step while it runs: payments' sidecar is stopped, so `meshctl certs rotate`
+    // waits on it and the trust page shows it waiting; let go, it renews and the step ends.
+    let stopped = try #require(shop.pid(of: "payments-sidecar"))
+    let rotation = Process()
+    rotation.executableURL = URL(fileURLWithPath: binary("meshctl"))
+    rotation.arguments = ["certs", "rotate", "--service", "payments", "--timeout", "60s"]
+    rotation.currentDirectoryURL = shop.directory
+    rotation.standardOutput = FileHandle.nullDevice
+    rotation.standardError = FileHandle.nullDevice
+    kill(stopped, SIGSTOP)
+    try rotation.run()
+    var rotations: [[String: Any]] = []
+    let waited = Date().addingTimeInterval(10)
+    repeat {
+      Thread.sleep(forTimeInterval: 0.2)
+      let trust = try dashboard.get("/api/trust").json as? [String: Any] ?? [:]
+      rotations = trust["rotations"] as? [[String: Any]] ?? []
+    } while rotations.isEmpty && Date() < waited
+    kill(stopped, SIGCONT)
+    rotation.waitUntilExit()
+    #expect(rotation.terminationStatus == 0)
+    let running = try #require(rotations.first, "no rotation shown")
+    #expect((running["step"] as? String)?.hasPrefix("renew service: spiffe://") == true)
+    #expect(running["done"] as? Int == 0 && running["total"] as? Int == 1, "\(running)")
+    #expect(
+      (running["waitingFor"] as? [String])?.first?.contains("payments") == true, "\(running)")
+    let after = try dashboard.get("/api/trust").json as? [String: Any] ?? [:]
+    #expect((after["rotations"] as? [Any])?.isEmpty == true, "\(after)")
+
+    // payments' history: the steps its calls ended in, the order's among them.
+    let history =
+      (try dashboard.get("/api/services/payments").json as? [String: Any])?["history"]
+      as? [[String: Any]] ?? []
+    #expect(
+      !history.isEmpty && history.allSatisfy { ($0["requests"] as? Int ?? 0) > 0 }, "\(history)")
 
     // In headless Chromium at 1280×800, under load: the graph with every service and no
     // overlap, the orders→payments edge's traces, an order's trace with every span, the
@@ -224,6 +261,7 @@ import Testing
     #expect((seen["console"] as? [Any])?.isEmpty == true, "\(seen)")
     #expect((seen["config_diff"] as? String ?? "").contains("+routes:"), "\(seen)")
     #expect((seen["tap_calls"] as? Int ?? 0) > 0, "\(seen)")
+    #expect((seen["latency_lines"] as? Int ?? 0) > 0, "\(seen)")
     #expect((seen["trace_log_lines"] as? Int ?? 0) >= 5, "\(seen)")
   }
 

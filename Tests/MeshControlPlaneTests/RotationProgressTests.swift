@@ -80,4 +80,33 @@ import X509
     hub.setIssuersInForce([(new.certificate, nil)])
     #expect(hub.progress(.issuer(new.certificate.serialHex)).waiting == ["n1"])
   }
+
+  /// The steps `Rotate` waits on are in `Status` while they run, with their progress, and gone
+  /// once they end (however they end).
+  @Test func aRunningStepIsShownWithItsProgress() throws {
+    let (old, new) = (try root.makeIssuer(), try root.makeIssuer())
+    let hub = ConfigHub()
+    hub.publish(trust: try generation(1, old))
+    hub.setIssuersInForce([(new.certificate, nil)])
+    connect(hub, "n1", issuedBy: old)
+    connect(hub, "n2", issuedBy: new)
+    #expect(hub.rotations.isEmpty)
+    let started = Date(timeIntervalSince1970: 1_700_000_000)
+    let id = hub.started(
+      rotation: .issuer(new.certificate.serialHex), named: "switch issuer: CN=next", at: started)
+    var running = hub.rotations
+    #expect(running.count == 1)
+    #expect(running.first?.step == "switch issuer: CN=next")
+    #expect(running.first?.startedUnix == 1_700_000_000)
+    #expect(running.first?.progress.doneCount == 1 && running.first?.progress.total == 2)
+    #expect(running.first?.progress.waitingFor == ["n1"])
+    #expect(running.first?.progress.done == false)
+    #expect(running.first?.progress.trustGeneration == 1)
+
+    connect(hub, "n1", issuedBy: new)
+    running = hub.rotations
+    #expect(running.first?.progress.doneCount == 2 && running.first?.progress.done == true)
+    hub.finished(rotation: id)
+    #expect(hub.rotations.isEmpty)
+  }
 }

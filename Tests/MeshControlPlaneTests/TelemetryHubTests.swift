@@ -78,6 +78,48 @@ import Testing
 
   /// A service's endpoints as each caller's sidecar last reported them; a later report
   /// replaces the earlier, and one without endpoints keeps them.
+  /// A service's history: its inbound calls added up in 10-second steps, kept 15 minutes
+  /// and reported after the minute's window has passed.
+  @Test func historyIsKeptInTenSecondStepsForFifteenMinutes() {
+    let hub = TelemetryHub()
+    let start = Date(timeIntervalSince1970: 1_000_000)  // a multiple of 10
+    let (_, controls) = AsyncStream.makeStream(of: Trellis_Mesh_V1_TapControl.self)
+    let payments = hub.connect(service: "payments", instance: "p1", controls: controls)
+    // 25 s of calls, 4 a second: steps of 10, 10 and 5 reports; one failure in the second.
+    for second in 0..<25 {
+      hub.receive(
+        report("p1", [stats("inbound", "payments", requests: 4, failures: second == 12 ? 1 : 0)]),
+        from: payments, now: start.addingTimeInterval(Double(second)))
+    }
+    var history = hub.top(service: "", byMethod: false, history: true, now: start + 30).rows
+    #expect(history.map(\.service) == ["payments"])
+    var steps = history.first?.history ?? []
+    #expect(steps.map(\.startUnix) == [1_000_000, 1_000_010, 1_000_020])
+    #expect(steps.map(\.requests) == [40, 40, 20])
+    #expect(steps.map(\.failures) == [0, 1, 0])
+    #expect(steps.first?.latencyBuckets.count == 61 && steps.first?.latencyBuckets.last == 40)
+    // Not asked for, or per method: no history.
+    #expect(hub.top(service: "", byMethod: false, now: start + 30).rows.first?.history == [])
+    #expect(
+      hub.top(service: "", byMethod: true, history: true, now: start + 30).rows
+        .allSatisfy { $0.history.isEmpty })
+
+    // Ten minutes on, the minute's window is empty but the history is still there.
+    history = hub.top(service: "payments", byMethod: false, history: true, now: start + 600).rows
+    #expect(history.count == 1 && history.first?.requests == 0)
+    #expect(history.first?.history.count == 3)
+    #expect(hub.top(service: "orders", byMethod: false, history: true, now: start + 600).rows == [])
+
+    // A call 15 minutes after the first step began: that step is 15 minutes old and goes.
+    hub.receive(
+      report("p1", [stats("inbound", "payments", requests: 1)]), from: payments,
+      now: start.addingTimeInterval(905))
+    steps =
+      hub.top(service: "", byMethod: false, history: true, now: start + 906).rows.first?
+      .history ?? []
+    #expect(steps.map(\.startUnix) == [1_000_010, 1_000_020, 1_000_900])
+  }
+
   @Test func endpointsAreWhatTheCallersLastReported() {
     let hub = TelemetryHub()
     let (_, controls) = AsyncStream.makeStream(of: Trellis_Mesh_V1_TapControl.self)

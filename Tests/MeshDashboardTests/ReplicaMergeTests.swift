@@ -42,6 +42,30 @@ import Testing
     #expect(orders.p99Ms > 5.3 && orders.p99Ms <= 5.9, "\(orders.p99Ms)")
   }
 
+  /// Each replica keeps the history of the calls reported to it: steps at the same time add
+  /// up, the others are kept, in time order.
+  @Test func historiesAddUpStepByStep() {
+    func step(_ start: Int64, _ requests: UInt64, bucket: Int) -> Trellis_Mesh_V1_HistoryStep {
+      var step = Trellis_Mesh_V1_HistoryStep()
+      step.startUnix = start
+      step.requests = requests
+      step.failures = 1
+      step.latencyBuckets = Array(repeating: 0, count: bucket) + [requests]
+      return step
+    }
+    var first = Trellis_Mesh_V1_TopResponse()
+    first.rows = [row("orders", requests: 0, failures: 0, bucket: 0, rps: 0)]
+    first.rows[0].history = [step(100, 5, bucket: 3), step(110, 2, bucket: 1)]
+    var second = Trellis_Mesh_V1_TopResponse()
+    second.rows = [row("orders", requests: 0, failures: 0, bucket: 0, rps: 0)]
+    second.rows[0].history = [step(90, 1, bucket: 0), step(110, 3, bucket: 4)]
+    let history = ReplicaMerge.top([first, second]).rows.first?.history ?? []
+    #expect(history.map(\.startUnix) == [90, 100, 110])
+    #expect(history.map(\.requests) == [1, 5, 5])
+    #expect(history.map(\.failures) == [1, 1, 2])
+    #expect(history.last?.latencyBuckets == [0, 2, 0, 0, 3])
+  }
+
   @Test func aTraceSplitAcrossReplicasIsOneSummary() {
     func summary(
       _ id: UInt8, start: UInt64, nanos: Int64, spans: UInt32, root: String

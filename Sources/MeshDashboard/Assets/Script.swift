@@ -166,14 +166,11 @@ extension DashboardAssets {
     // MARK: A service
 
     function serviceView(name) {
-      const samples = [];
       main.replaceChildren(h("h1", {}, "Service ", h("span", { id: "service-name" }, name)),
         h("div", { id: "service" }));
       every(async () => {
         const service = await getJSON("/api/services/" + enc(name));
         clearError();
-        samples.push({ p50: service.figures.p50Ms, p99: service.figures.p99Ms });
-        if (samples.length > 300) samples.shift();
         const f = service.figures;
         document.getElementById("service").replaceChildren(
           h("p", {}, badge(f), ` ${perSecond(f.rps)} calls/s, ${percent(f.successRate)} OK, `,
@@ -181,7 +178,7 @@ extension DashboardAssets {
             h("a", { href: `#/traces?service=${enc(name)}` }, "traces"), " · ",
             h("a", { href: `#/traces?service=${enc(name)}&errors=1` }, "failed traces"), " · ",
             h("a", { href: `#/tap?service=${enc(name)}` }, "tap")),
-          latencyChart(samples),
+          latencyChart(service.history),
           h("h2", {}, "Methods"),
           h("table", { class: "figures", id: "methods" }, figureHeader("method"),
             service.methods.map((row) => h("tr", {
@@ -241,19 +238,33 @@ extension DashboardAssets {
           h("td", { class: "text" }, i.certificateNotAfter ? new Date(i.certificateNotAfter * 1000).toLocaleString() : "-"))));
     }
 
-    /// p50 and p99 since the page opened (a sample every two seconds), drawn to scale.
-    function latencyChart(samples) {
-      const width = 640, height = 120;
-      const top = Math.max(1, ...samples.map((s) => s.p99));
-      // One sample is drawn as a level line.
-      const drawn = samples.length === 1 ? [samples[0], samples[0]] : samples;
-      const points = (key) => drawn.map((s, i) =>
-        `${(i / Math.max(1, drawn.length - 1)) * width},${height - (s[key] / top) * (height - 24)}`).join(" ");
+    /// p50 and p99 in 10-second steps over the last 15 minutes, on a time axis (steps without
+    /// calls are gaps in the lines).
+    function latencyChart(history) {
+      const width = 640, height = 120, span = 900, step = 10;
+      const now = Date.now() / 1000, start = now - span;
+      const top = Math.max(1, ...history.map((p) => p.p99Ms));
+      const x = (t) => Math.max(0, ((t - start) / span) * width);
+      const y = (ms) => height - (ms / top) * (height - 24);
+      // Lines break where a step had no calls.
+      const runs = [];
+      for (const point of history) {
+        const run = runs[runs.length - 1];
+        if (run && point.startUnix - run[run.length - 1].startUnix <= step) run.push(point);
+        else runs.push([point]);
+      }
+      const lines = (key, cls) => runs.map((run) => svg("polyline", {
+        class: cls,
+        points: (run.length === 1 ? [run[0], { ...run[0], startUnix: run[0].startUnix + step }] : run)
+          .map((p) => `${x(p.startUnix)},${y(p[key])}`).join(" "),
+      }));
+      const label = history.length === 0
+        ? "no calls in the last 15 minutes"
+        : `p50 (blue), p99 (red), the last 15 minutes in 10 s steps; top ${millis(top)}`;
       return svg("svg", { class: "chart", id: "latency-chart", width, height, viewBox: `0 0 ${width} ${height}` },
-        svg("title", {}, `p50 (blue) and p99 (red) latency since this page opened; top ${millis(top)}`),
-        svg("text", { x: 8, y: 14, class: "legend" }, `p50 (blue), p99 (red) since this page opened; top ${millis(top)}`),
-        svg("polyline", { class: "p99", points: points("p99") }),
-        svg("polyline", { class: "p50", points: points("p50") }));
+        svg("title", {}, label),
+        svg("text", { x: 8, y: 14, class: "legend" }, label),
+        ...lines("p99Ms", "p99"), ...lines("p50Ms", "p50"));
     }
 
     // MARK: Traces
@@ -482,6 +493,7 @@ extension DashboardAssets {
         document.getElementById("trust").replaceChildren(
           h("p", {}, `Trust generation ${trust.trustGeneration}: ${trust.current} of ${trust.connected} ` +
             "connected sidecars run it."),
+          h("h2", {}, "Rotation"), rotationList(trust.rotations),
           h("h2", {}, "Roots"), h("ul", {}, trust.roots.map((root) => h("li", {}, root))),
           h("h2", {}, "Issuer"), h("p", {}, trust.issuer),
           h("h2", {}, "Sidecars"),
@@ -493,6 +505,15 @@ extension DashboardAssets {
               h("td", { class: "text" }, s.issuer),
               h("td", { class: "text" + (s.trustGeneration < trust.trustGeneration ? " error" : "") }, String(s.trustGeneration))))));
       });
+    }
+
+    function rotationList(rotations) {
+      if (rotations.length === 0) return h("p", { class: "hint", id: "rotations" }, "no rotation step is running");
+      return h("ul", { id: "rotations" }, rotations.map((r) => h("li", { class: "rotation" },
+        `${r.step} (since ${new Date(r.startedUnix * 1000).toLocaleTimeString()}): ${r.done} of ${r.total} done`,
+        h("progress", { max: String(Math.max(1, r.total)), value: String(r.done) }),
+        r.waitingFor.length ? ` waiting for ${r.waitingFor.join(", ")}` : "",
+        r.disconnected.length ? `; ${r.disconnected.join(", ")} not connected (they do it when they return)` : "")));
     }
 
     // MARK: Routing

@@ -331,11 +331,43 @@ public nonisolated struct Trellis_Mesh_V1_StatusResponse: Sendable {
   /// Clears the value of `discovery`. Subsequent reads from it will return its default value.
   public mutating func clearDiscovery() {self._discovery = nil}
 
+  /// The rotation steps this control plane is waiting on now (`Rotate` calls still running).
+  public var rotations: [Trellis_Mesh_V1_RunningRotation] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _discovery: Trellis_Mesh_V1_Discovery? = nil
+}
+
+/// A rotation step while it runs, as `Rotate` streams it.
+public nonisolated struct Trellis_Mesh_V1_RunningRotation: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The step and what it names: "add roots: CN=…", "switch issuer: CN=…", "keep roots: CN=…",
+  /// "renew service: spiffe://…".
+  public var step: String = String()
+
+  public var startedUnix: Int64 = 0
+
+  /// Its progress now (without the bundle).
+  public var progress: Trellis_Mesh_V1_RotateProgress {
+    get {_progress ?? Trellis_Mesh_V1_RotateProgress()}
+    set {_progress = newValue}
+  }
+  /// Returns true if `progress` has been explicitly set.
+  public var hasProgress: Bool {self._progress != nil}
+  /// Clears the value of `progress`. Subsequent reads from it will return its default value.
+  public mutating func clearProgress() {self._progress = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _progress: Trellis_Mesh_V1_RotateProgress? = nil
 }
 
 public nonisolated struct Trellis_Mesh_V1_SidecarStatus: Sendable {
@@ -1198,7 +1230,7 @@ nonisolated extension Trellis_Mesh_V1_StatusRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}current_version\0\u{1}sidecars\0\u{3}trust_generation\0\u{1}issuer\0\u{1}roots\0\u{1}discovery\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}current_version\0\u{1}sidecars\0\u{3}trust_generation\0\u{1}issuer\0\u{1}roots\0\u{1}discovery\0\u{1}rotations\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1212,6 +1244,7 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
       case 4: try { try decoder.decodeSingularStringField(value: &self.issuer) }()
       case 5: try { try decoder.decodeRepeatedStringField(value: &self.roots) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._discovery) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.rotations) }()
       default: break
       }
     }
@@ -1240,6 +1273,9 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
     try { if let v = self._discovery {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     } }()
+    if !self.rotations.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.rotations, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1250,6 +1286,51 @@ nonisolated extension Trellis_Mesh_V1_StatusResponse: SwiftProtobuf.Message, Swi
     if lhs.issuer != rhs.issuer {return false}
     if lhs.roots != rhs.roots {return false}
     if lhs._discovery != rhs._discovery {return false}
+    if lhs.rotations != rhs.rotations {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_RunningRotation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RunningRotation"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{3}started_unix\0\u{1}progress\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.step) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.startedUnix) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._progress) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.step.isEmpty {
+      try visitor.visitSingularStringField(value: self.step, fieldNumber: 1)
+    }
+    if self.startedUnix != 0 {
+      try visitor.visitSingularInt64Field(value: self.startedUnix, fieldNumber: 2)
+    }
+    try { if let v = self._progress {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_RunningRotation, rhs: Trellis_Mesh_V1_RunningRotation) -> Bool {
+    if lhs.step != rhs.step {return false}
+    if lhs.startedUnix != rhs.startedUnix {return false}
+    if lhs._progress != rhs._progress {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -236,6 +236,10 @@ public nonisolated struct Trellis_Mesh_V1_TopRequest: Sendable {
   /// callers' sidecars made (outbound) rather than those the service's sidecars took.
   public var byEdge: Bool = false
 
+  /// With each row per service (not per method or edge), its calls in 10-second steps over
+  /// the last 15 minutes, oldest first.
+  public var history: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -275,6 +279,31 @@ public nonisolated struct Trellis_Mesh_V1_TopRow: Sendable {
   public var latencyBuckets: [UInt64] = []
 
   public var failures: UInt64 = 0
+
+  /// Asked for with `history`: the steps in which calls ended (steps without calls are left
+  /// out).
+  public var history: [Trellis_Mesh_V1_HistoryStep] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The calls of one service that ended in one step of its history.
+public nonisolated struct Trellis_Mesh_V1_HistoryStep: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// When the step began; steps are 10 seconds long and begin on a multiple of 10.
+  public var startUnix: Int64 = 0
+
+  public var requests: UInt64 = 0
+
+  public var failures: UInt64 = 0
+
+  /// Their latency histogram (CallStats's buckets, trailing empty ones left out).
+  public var latencyBuckets: [UInt64] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -760,7 +789,7 @@ nonisolated extension Trellis_Mesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TopRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{3}by_method\0\u{3}by_edge\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{3}by_method\0\u{3}by_edge\0\u{1}history\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -771,6 +800,7 @@ nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftPr
       case 1: try { try decoder.decodeSingularStringField(value: &self.service) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.byMethod) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.byEdge) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.history) }()
       default: break
       }
     }
@@ -786,6 +816,9 @@ nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftPr
     if self.byEdge != false {
       try visitor.visitSingularBoolField(value: self.byEdge, fieldNumber: 3)
     }
+    if self.history != false {
+      try visitor.visitSingularBoolField(value: self.history, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -793,6 +826,7 @@ nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftPr
     if lhs.service != rhs.service {return false}
     if lhs.byMethod != rhs.byMethod {return false}
     if lhs.byEdge != rhs.byEdge {return false}
+    if lhs.history != rhs.history {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -800,7 +834,7 @@ nonisolated extension Trellis_Mesh_V1_TopRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TopRow"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}method\0\u{3}success_rate\0\u{3}requests_per_second\0\u{3}p50_ms\0\u{3}p95_ms\0\u{3}p99_ms\0\u{1}requests\0\u{1}instances\0\u{1}caller\0\u{3}latency_buckets\0\u{1}failures\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}method\0\u{3}success_rate\0\u{3}requests_per_second\0\u{3}p50_ms\0\u{3}p95_ms\0\u{3}p99_ms\0\u{1}requests\0\u{1}instances\0\u{1}caller\0\u{3}latency_buckets\0\u{1}failures\0\u{1}history\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -820,6 +854,7 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
       case 10: try { try decoder.decodeSingularStringField(value: &self.caller) }()
       case 11: try { try decoder.decodeRepeatedUInt64Field(value: &self.latencyBuckets) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.failures) }()
+      case 13: try { try decoder.decodeRepeatedMessageField(value: &self.history) }()
       default: break
       }
     }
@@ -862,6 +897,9 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
     if self.failures != 0 {
       try visitor.visitSingularUInt64Field(value: self.failures, fieldNumber: 12)
     }
+    if !self.history.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.history, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -878,6 +916,52 @@ nonisolated extension Trellis_Mesh_V1_TopRow: SwiftProtobuf.Message, SwiftProtob
     if lhs.caller != rhs.caller {return false}
     if lhs.latencyBuckets != rhs.latencyBuckets {return false}
     if lhs.failures != rhs.failures {return false}
+    if lhs.history != rhs.history {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Trellis_Mesh_V1_HistoryStep: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HistoryStep"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}start_unix\0\u{1}requests\0\u{1}failures\0\u{3}latency_buckets\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularInt64Field(value: &self.startUnix) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.requests) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.failures) }()
+      case 4: try { try decoder.decodeRepeatedUInt64Field(value: &self.latencyBuckets) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.startUnix != 0 {
+      try visitor.visitSingularInt64Field(value: self.startUnix, fieldNumber: 1)
+    }
+    if self.requests != 0 {
+      try visitor.visitSingularUInt64Field(value: self.requests, fieldNumber: 2)
+    }
+    if self.failures != 0 {
+      try visitor.visitSingularUInt64Field(value: self.failures, fieldNumber: 3)
+    }
+    if !self.latencyBuckets.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.latencyBuckets, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Trellis_Mesh_V1_HistoryStep, rhs: Trellis_Mesh_V1_HistoryStep) -> Bool {
+    if lhs.startUnix != rhs.startUnix {return false}
+    if lhs.requests != rhs.requests {return false}
+    if lhs.failures != rhs.failures {return false}
+    if lhs.latencyBuckets != rhs.latencyBuckets {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

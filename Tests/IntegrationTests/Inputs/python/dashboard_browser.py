@@ -8,9 +8,9 @@ screenshots of each step go to SCREENSHOTS.
   in $DASHBOARD_EDGES (from-to, comma-separated), and no two boxes or labels overlap;
 - clicking the orders->payments edge lists traces; a trace shows its spans and the log lines
   that carry its id;
-- a service's page shows its methods;
+- a service's page shows its methods and its latency chart over the last 15 minutes;
 - the config page diffs versions 1 and 2 (the test applies the second); a tap on orders shows
-  calls arriving; the trust page lists the sidecars;
+  calls arriving; the trust page lists the sidecars and the rotation steps running;
 - the browser's console has no errors.
 """
 import json
@@ -131,6 +131,10 @@ try:
     driver.get(base + "/#/service/orders")
     methods = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#methods tr.link"), "orders' methods")
     result["orders_methods"] = [r.find_element(By.TAG_NAME, "td").text for r in (methods or [])]
+    # Its latency over the last 15 minutes: at least one line drawn from the history.
+    lines = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#latency-chart polyline.p99"),
+                 "orders' latency chart")
+    result["latency_lines"] = len(lines or [])
     step("service")
 
     # The config page: versions 1 and 2 side by side.
@@ -147,6 +151,7 @@ try:
 
     driver.get(base + "/#/trust")
     wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#trust-sidecars tr"), "the trust page")
+    wait(lambda d: d.find_elements(By.ID, "rotations"), "the trust page's rotations")
     step("trust")
 
     result["console"] = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
