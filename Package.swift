@@ -374,8 +374,9 @@ let package = Package(
     .executableTarget(
       name: "dashboard-bench",
       dependencies: [
-        "MeshDashboard", "MeshProtos", logging,
-        .product(name: "Hummingbird", package: "hummingbird"),
+        "MeshControlClient", "MeshDashboard", "MeshIdentity", "MeshProtos", logging, grpcCore,
+        grpcHTTP2,
+        grpcProtobuf, x509, crypto, .product(name: "Hummingbird", package: "hummingbird"),
       ],
       swiftSettings: swiftSettings
     ),

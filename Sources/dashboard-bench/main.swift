@@ -4,12 +4,14 @@ import Logging
 import MeshDashboard
 import MeshProtos
 
-/// `dashboard-bench [--services N] [--traces N] [--port P]`: serves the dashboard over a fixed
-/// mesh — N services (a gateway, a ninth of them front services, the rest behind them, as the
+/// `dashboard-bench [--services N] [--traces N] [--port P] [--control-plane]`: serves the
+/// dashboard over a fixed mesh — N services (a gateway, a ninth of them front services, the rest behind them, as the
 /// layout's tests draw), live figures for every service and call between them, and N stored
 /// traces of 8 spans — so that `scripts/dashboard-bench` can measure the page's first paint,
 /// the time to a live graph, and this process's memory, without a mesh of that size. It prints
-/// a JSON `listening` line with its address.
+/// a JSON `listening` line with its address. With `--control-plane`, the same mesh is held by
+/// a real control plane and served by `meshctl dashboard` (`RealMesh`); the line has that
+/// dashboard's address and process id.
 struct Fixed: DashboardSource {
   let services: [String]
   let edges: [(from: String, to: String)]
@@ -111,16 +113,39 @@ var arguments = CommandLine.arguments.dropFirst()
 var services = 50
 var traces = 10_000
 var port = 0
+var real = false
 while let argument = arguments.popFirst() {
   switch argument {
+  case "--control-plane": real = true
   case "--services": services = Int(arguments.popFirst() ?? "") ?? services
   case "--traces": traces = Int(arguments.popFirst() ?? "") ?? traces
   case "--port": port = Int(arguments.popFirst() ?? "") ?? port
   default:
     FileHandle.standardError.write(
-      Data("usage: dashboard-bench [--services N] [--traces N] [--port P]\n".utf8))
+      Data(
+        "usage: dashboard-bench [--services N] [--traces N] [--port P] [--control-plane]\n"
+          .utf8))
     exit(2)
   }
+}
+if real {
+  let work = FileManager.default.temporaryDirectory
+    .appendingPathComponent("dashboard-bench-\(UUID().uuidString.prefix(8))").path
+  let mesh = RealMesh(topology: Fixed(services: services, traces: 0), traces: traces, work: work)
+  let running = try await mesh.start()
+  FileHandle.standardOutput.write(
+    Data(
+      #"{"message":"listening","address":"\#(running.dashboardAddress)","pid":\#(running.dashboard.processIdentifier),"controlPlanePid":\#(running.controlPlane.processIdentifier)}"#
+        .utf8 + [10]))
+  // Until its input ends (scripts/dashboard-bench closes it; Ctrl-D at a terminal): then the
+  // dashboard and the control plane stop too.
+  while readLine() != nil {}
+  for process in [running.dashboard, running.controlPlane] {
+    process.terminate()
+    process.waitUntilExit()
+  }
+  try? FileManager.default.removeItem(atPath: work)
+  exit(0)
 }
 let chosenPort = port
 let logger = Logger(label: "dashboard-bench")
