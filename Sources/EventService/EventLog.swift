@@ -101,14 +101,15 @@ public struct SQLiteEventLog: EventLog {
 
   public func trim(publishedBefore cutoff: Int64, limit: Int) async throws -> Int {
     try await database.write { db in
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           DELETE FROM events WHERE sequence IN (
             SELECT sequence FROM events
             WHERE publish_time < ?
               AND NOT EXISTS (SELECT 1 FROM pending WHERE pending.sequence = events.sequence)
             ORDER BY sequence LIMIT ?)
-          """, arguments: [cutoff, limit])
+          """
+      ).execute(arguments: [cutoff, limit])
       return db.changesCount
     }
   }
@@ -120,16 +121,17 @@ public struct SQLiteEventLog: EventLog {
   {
     try await database.write { db in
       if let sequence = try Int64.fetchOne(
-        db, sql: "SELECT sequence FROM events WHERE topic = ? AND id = ?",
+        db.cachedStatement(sql: "SELECT sequence FROM events WHERE topic = ? AND id = ?"),
         arguments: [event.topic, event.id])
       {
         return (sequence, true)
       }
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           INSERT INTO events (id, topic, type, payload, headers, publish_time)
           VALUES (?, ?, ?, ?, ?, ?)
-          """,
+          """
+      ).execute(
         arguments: [event.id, event.topic, event.type, event.payload, headers, nowNanos()])
       return (db.lastInsertedRowID, false)
     }
@@ -160,11 +162,12 @@ public struct SQLiteEventLog: EventLog {
       for row in due {
         let sequence: Int64 = row["sequence"]
         let attempts: Int = row["attempts"]
-        try db.execute(
+        try db.cachedStatement(
           sql: """
             UPDATE pending SET attempts = ?, deadline = ?
             WHERE topic = ? AND consumer_group = ? AND sequence = ?
-            """,
+            """
+        ).execute(
           arguments: [attempts + 1, now + ackDeadline, topic, group, sequence])
         claimed.append((sequence, attempts + 1))
       }
@@ -172,7 +175,8 @@ public struct SQLiteEventLog: EventLog {
       if free > 0 {
         let next =
           try Int64.fetchOne(
-            db, sql: "SELECT next_sequence FROM cursors WHERE topic = ? AND consumer_group = ?",
+            db.cachedStatement(
+              sql: "SELECT next_sequence FROM cursors WHERE topic = ? AND consumer_group = ?"),
             arguments: [topic, group]) ?? 0
         let fresh = try Int64.fetchAll(
           db,
@@ -183,26 +187,29 @@ public struct SQLiteEventLog: EventLog {
             """,
           arguments: [topic, next, free])
         for sequence in fresh {
-          try db.execute(
+          try db.cachedStatement(
             sql: """
               INSERT INTO pending (topic, consumer_group, sequence, attempts, deadline)
               VALUES (?, ?, ?, 1, ?)
-              """,
+              """
+          ).execute(
             arguments: [topic, group, sequence, now + ackDeadline])
           claimed.append((sequence, 1))
         }
         if let last = fresh.last {
-          try db.execute(
+          try db.cachedStatement(
             sql: """
               INSERT INTO cursors (topic, consumer_group, next_sequence) VALUES (?, ?, ?)
               ON CONFLICT (topic, consumer_group) DO UPDATE SET next_sequence = excluded.next_sequence
-              """,
+              """
+          ).execute(
             arguments: [topic, group, last + 1])
         }
       }
       return try claimed.sorted { $0.sequence < $1.sequence }.map { claim in
         let row = try Row.fetchOne(
-          db, sql: "SELECT * FROM events WHERE sequence = ?", arguments: [claim.sequence])!
+          db.cachedStatement(sql: "SELECT * FROM events WHERE sequence = ?"),
+          arguments: [claim.sequence])!
         var delivery = Shop_V1_Delivery()
         delivery.event = try .logged(
           sequence: row["sequence"], id: row["id"], topic: row["topic"], type: row["type"],
@@ -217,11 +224,12 @@ public struct SQLiteEventLog: EventLog {
     try await database.write { db -> Int in
       var count = 0
       for id in ids {
-        try db.execute(
+        try db.cachedStatement(
           sql: """
             DELETE FROM pending WHERE topic = ? AND consumer_group = ? AND sequence =
               (SELECT sequence FROM events WHERE topic = ? AND id = ?)
-            """,
+            """
+        ).execute(
           arguments: [topic, group, topic, id])
         count += db.changesCount
       }

@@ -100,12 +100,13 @@ public final class TraceStore: Sendable {
     let error = span.status.code == .error ? 1 : 0
     let start = Int64(bitPattern: span.startTimeUnixNano)
     let end = max(start, Int64(bitPattern: span.endTimeUnixNano))
-    try db.execute(
+    try db.cachedStatement(
       sql: """
         INSERT OR IGNORE INTO spans
           (trace_id, span_id, parent_span_id, service, name, start_ns, end_ns, error, resource, span)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        """,
+        """
+    ).execute(
       arguments: [
         span.traceID, span.spanID, span.parentSpanID.isEmpty ? nil : span.parentSpanID, service,
         span.name, start, end, error, resource, try span.serializedData(),
@@ -115,7 +116,7 @@ public final class TraceStore: Sendable {
     let status = span.attributes.first { $0.key == "rpc.grpc.status_code" }.map {
       GRPCStatusName.of(Int($0.value.intValue))
     }
-    try db.execute(
+    try db.cachedStatement(
       sql: """
         INSERT INTO traces (trace_id, start_ns, end_ns, span_count, error, root_service, root_name,
                             root_status)
@@ -128,7 +129,8 @@ public final class TraceStore: Sendable {
           root_service = COALESCE(excluded.root_service, root_service),
           root_name = COALESCE(excluded.root_name, root_name),
           root_status = COALESCE(excluded.root_status, root_status)
-        """,
+        """
+    ).execute(
       arguments: [
         span.traceID, start, end, error, isRoot ? service : nil, isRoot ? span.name : nil,
         isRoot ? status : nil,
@@ -148,7 +150,8 @@ public final class TraceStore: Sendable {
         // A tenth of the limit at a time, so the store is not trimmed on every export.
         let excess = stored - retention.maximumSpans + retention.maximumSpans / 10
         let rows = try Row.fetchAll(
-          db, sql: "SELECT trace_id, span_count FROM traces ORDER BY start_ns LIMIT ?",
+          db.cachedStatement(
+            sql: "SELECT trace_id, span_count FROM traces ORDER BY start_ns LIMIT ?"),
           arguments: [max(1, excess / 2)])
         var ids: [Data] = []
         var spans = 0
@@ -177,9 +180,9 @@ public final class TraceStore: Sendable {
     guard !ids.isEmpty else { return 0 }
     var spans = 0
     for id in ids {
-      try db.execute(sql: "DELETE FROM spans WHERE trace_id = ?", arguments: [id])
+      try db.cachedStatement(sql: "DELETE FROM spans WHERE trace_id = ?").execute(arguments: [id])
       spans += db.changesCount
-      try db.execute(sql: "DELETE FROM traces WHERE trace_id = ?", arguments: [id])
+      try db.cachedStatement(sql: "DELETE FROM traces WHERE trace_id = ?").execute(arguments: [id])
     }
     return spans
   }
@@ -248,7 +251,8 @@ public final class TraceStore: Sendable {
       }
       return try wanted.compactMap { id in
         let rows = try Row.fetchAll(
-          db, sql: "SELECT resource, span FROM spans WHERE trace_id = ? ORDER BY start_ns",
+          db.cachedStatement(
+            sql: "SELECT resource, span FROM spans WHERE trace_id = ? ORDER BY start_ns"),
           arguments: [id])
         guard !rows.isEmpty else { return nil }
         var byResource: [(Data, [OTLPSpan])] = []

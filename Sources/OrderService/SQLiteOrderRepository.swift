@@ -20,34 +20,37 @@ public struct SQLiteOrderRepository: OrderRepository {
   public func create(_ order: Shop_V1_Order, saga: NewSaga?) async throws {
     try await database.write { db in
       let now = order.createTime.nanosSinceEpoch
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           INSERT INTO orders (id, user_id, status, currency_code, total_minor, payment_id,
                               create_time_ns, update_time_ns)
           VALUES (?, ?, ?, ?, ?, '', ?, ?)
-          """,
+          """
+      ).execute(
         arguments: [
           order.id, order.userID, order.status.rawValue, order.total.currencyCode,
           order.total.minorUnits, now, now,
         ])
       for (position, item) in order.lineItems.enumerated() {
-        try db.execute(
+        try db.cachedStatement(
           sql: """
             INSERT INTO line_items (order_id, position, sku, quantity, currency_code, unit_minor)
             VALUES (?, ?, ?, ?, ?, ?)
-            """,
+            """
+        ).execute(
           arguments: [
             order.id, position, item.sku, item.quantity, item.unitPrice.currencyCode,
             item.unitPrice.minorUnits,
           ])
       }
       guard let saga else { return }
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           INSERT INTO sagas (order_id, step, attempts, deadline_ns, next_attempt_ns, lease_owner,
                              lease_until_ns, last_error, trace_headers, update_time_ns)
           VALUES (?, 'charge', 0, ?, ?, ?, ?, '', ?, ?)
-          """,
+          """
+      ).execute(
         arguments: [
           order.id, saga.deadline, now, saga.owner, saga.leaseUntil,
           OrderSaga.encode(saga.traceHeaders), now,
@@ -66,7 +69,8 @@ public struct SQLiteOrderRepository: OrderRepository {
   {
     try await database.read { db in
       try Row.fetchAll(
-        db, sql: "SELECT * FROM orders WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        db.cachedStatement(
+          sql: "SELECT * FROM orders WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?"),
         arguments: [user, sequence, limit]
       ).map { (sequence: $0["seq"], order: try Self.order(from: $0, db)) }
     }
@@ -86,12 +90,13 @@ public struct SQLiteOrderRepository: OrderRepository {
       }
       try Self.cancelOrder(db, id: id, reason: reason, now: now)
       if let compensation {
-        try db.execute(
+        try db.cachedStatement(
           sql: """
             UPDATE sagas SET step = 'cancel_charge', next_attempt_ns = ?, lease_owner = ?,
                              lease_until_ns = ?, last_error = ?, update_time_ns = ?
             WHERE order_id = ? AND step != 'done'
-            """,
+            """
+        ).execute(
           arguments: [now, compensation.owner, compensation.until, reason, now, id])
       }
       return .cancelled(try Self.fetchOrder(db, id: id)!)
@@ -107,20 +112,23 @@ public struct SQLiteOrderRepository: OrderRepository {
   {
     try await database.write { db in
       if try Bool.fetchOne(
-        db, sql: "SELECT 1 FROM handled_events WHERE event_id = ?", arguments: [eventID]) == true
+        db.cachedStatement(sql: "SELECT 1 FROM handled_events WHERE event_id = ?"),
+        arguments: [eventID]) == true
       {
         return false
       }
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           INSERT INTO customers (user_id, email, name, create_time_ns) VALUES (?, ?, ?, ?)
           ON CONFLICT (user_id) DO UPDATE SET email = excluded.email, name = excluded.name
-          """,
+          """
+      ).execute(
         arguments: [
           created.userID, created.email, created.name, created.createTime.nanosSinceEpoch,
         ])
-      try db.execute(
-        sql: "INSERT INTO handled_events (event_id, handled_time_ns) VALUES (?, ?)",
+      try db.cachedStatement(
+        sql: "INSERT INTO handled_events (event_id, handled_time_ns) VALUES (?, ?)"
+      ).execute(
         arguments: [eventID, nowNanos()])
       return true
     }
@@ -129,7 +137,7 @@ public struct SQLiteOrderRepository: OrderRepository {
   public func customer(userID: String) async throws -> Shop_V1_Customer? {
     try await database.read { db -> Shop_V1_Customer? in
       try Row.fetchOne(
-        db, sql: "SELECT * FROM customers WHERE user_id = ?", arguments: [userID]
+        db.cachedStatement(sql: "SELECT * FROM customers WHERE user_id = ?"), arguments: [userID]
       ).map { row in
         .with {
           $0.userID = row["user_id"]
@@ -150,23 +158,23 @@ public struct SQLiteOrderRepository: OrderRepository {
     try await database.write { db -> SagaStep? in
       guard
         let row = try Row.fetchOne(
-          db, sql: "SELECT * FROM sagas WHERE order_id = ? AND lease_owner = ?",
+          db.cachedStatement(sql: "SELECT * FROM sagas WHERE order_id = ? AND lease_owner = ?"),
           arguments: [orderID, owner])
       else { return nil }
       guard var step = SagaStep(rawValue: row["step"]), step != .done else { return nil }
       if step == .charge, now >= row["deadline_ns"] as Int64, row["attempts"] as Int > 0 {
         let reason = timedOut(row["last_error"])
         try Self.cancelOrder(db, id: orderID, reason: reason, now: now)
-        try db.execute(
+        try db.cachedStatement(
           sql: """
             UPDATE sagas SET step = 'cancel_charge', attempts = 0, last_error = ?,
                              update_time_ns = ? WHERE order_id = ?
-            """,
+            """
+        ).execute(
           arguments: [reason, now, orderID])
         step = .cancelCharge
       }
-      try db.execute(
-        sql: "UPDATE sagas SET lease_until_ns = ? WHERE order_id = ?",
+      try db.cachedStatement(sql: "UPDATE sagas SET lease_until_ns = ? WHERE order_id = ?").execute(
         arguments: [now + lease, orderID])
       return step
     }
@@ -179,10 +187,11 @@ public struct SQLiteOrderRepository: OrderRepository {
   {
     try await database.read { db in
       let order = try Row.fetchOne(
-        db, sql: "SELECT currency_code, total_minor FROM orders WHERE id = ?",
+        db.cachedStatement(sql: "SELECT currency_code, total_minor FROM orders WHERE id = ?"),
         arguments: [orderID])
       let headers = try String.fetchOne(
-        db, sql: "SELECT trace_headers FROM sagas WHERE order_id = ?", arguments: [orderID])
+        db.cachedStatement(sql: "SELECT trace_headers FROM sagas WHERE order_id = ?"),
+        arguments: [orderID])
       var request = Shop_V1_ChargeRequest()
       request.idempotencyKey = orderID
       request.orderID = orderID
@@ -196,21 +205,23 @@ public struct SQLiteOrderRepository: OrderRepository {
 
   public func charged(orderID: String, payment: Shop_V1_Payment, now: Int64) async throws {
     try await database.write { db in
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           UPDATE orders SET status = ?, payment_id = ?, update_time_ns = ?
           WHERE id = ? AND status = ?
-          """,
+          """
+      ).execute(
         arguments: [
           Shop_V1_OrderStatus.confirmed.rawValue, payment.id, now, orderID,
           Shop_V1_OrderStatus.pending.rawValue,
         ])
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           UPDATE sagas SET step = 'done', lease_owner = '', lease_until_ns = 0,
                            last_error = '', update_time_ns = ?
           WHERE order_id = ? AND step = 'charge'
-          """,
+          """
+      ).execute(
         arguments: [now, orderID])
     }
   }
@@ -218,12 +229,13 @@ public struct SQLiteOrderRepository: OrderRepository {
   public func declined(orderID: String, message: String, now: Int64) async throws {
     try await database.write { db in
       try Self.cancelOrder(db, id: orderID, reason: "payment declined: \(message)", now: now)
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           UPDATE sagas SET step = 'done', lease_owner = '', lease_until_ns = 0,
                            last_error = ?, update_time_ns = ?
           WHERE order_id = ? AND step = 'charge'
-          """,
+          """
+      ).execute(
         arguments: [message, now, orderID])
     }
   }
@@ -234,15 +246,17 @@ public struct SQLiteOrderRepository: OrderRepository {
     try await database.write { db in
       let attempts =
         try Int.fetchOne(
-          db, sql: "SELECT attempts FROM sagas WHERE order_id = ?", arguments: [orderID]) ?? 0
+          db.cachedStatement(sql: "SELECT attempts FROM sagas WHERE order_id = ?"),
+          arguments: [orderID]) ?? 0
       let next = now + OrderSaga.backoff(attempts: attempts)
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           UPDATE sagas SET attempts = attempts + 1, last_error = ?, lease_owner = '',
                  lease_until_ns = 0, update_time_ns = ?,
                  next_attempt_ns = CASE WHEN step = 'charge' THEN min(?, deadline_ns) ELSE ? END
           WHERE order_id = ? AND step = ? AND lease_owner = ?
-          """,
+          """
+      ).execute(
         arguments: [error, now, next, next, orderID, step.rawValue, owner])
     }
   }
@@ -254,7 +268,7 @@ public struct SQLiteOrderRepository: OrderRepository {
   {
     try await database.read { db in
       let row = try Row.fetchOne(
-        db, sql: "SELECT last_error, trace_headers FROM sagas WHERE order_id = ?",
+        db.cachedStatement(sql: "SELECT last_error, trace_headers FROM sagas WHERE order_id = ?"),
         arguments: [orderID])
       return (
         (row?["last_error"] as String?) ?? "", OrderSaga.decode(row?["trace_headers"] ?? "")
@@ -264,11 +278,12 @@ public struct SQLiteOrderRepository: OrderRepository {
 
   public func compensated(orderID: String, now: Int64) async throws {
     try await database.write { db in
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           UPDATE sagas SET step = 'done', lease_owner = '', lease_until_ns = 0, update_time_ns = ?
           WHERE order_id = ? AND step = 'cancel_charge'
-          """,
+          """
+      ).execute(
         arguments: [now, orderID])
     }
   }
@@ -288,8 +303,9 @@ public struct SQLiteOrderRepository: OrderRepository {
           """,
         arguments: [now, now, limit])
       for id in due {
-        try db.execute(
-          sql: "UPDATE sagas SET lease_owner = ?, lease_until_ns = ? WHERE order_id = ?",
+        try db.cachedStatement(
+          sql: "UPDATE sagas SET lease_owner = ?, lease_until_ns = ? WHERE order_id = ?"
+        ).execute(
           arguments: [owner, now + lease, id])
       }
       return due
@@ -300,11 +316,12 @@ public struct SQLiteOrderRepository: OrderRepository {
 
   /// Cancels a pending order with a reason; any other order is left as it is.
   static func cancelOrder(_ db: Database, id: String, reason: String, now: Int64) throws {
-    try db.execute(
+    try db.cachedStatement(
       sql: """
         UPDATE orders SET status = ?, cancel_reason = ?, update_time_ns = ?
         WHERE id = ? AND status = ?
-        """,
+        """
+    ).execute(
       arguments: [
         Shop_V1_OrderStatus.cancelled.rawValue, String(reason.prefix(500)), now, id,
         Shop_V1_OrderStatus.pending.rawValue,
@@ -312,14 +329,15 @@ public struct SQLiteOrderRepository: OrderRepository {
   }
 
   private static func fetchOrder(_ db: Database, id: String) throws -> Shop_V1_Order? {
-    try Row.fetchOne(db, sql: "SELECT * FROM orders WHERE id = ?", arguments: [id])
+    try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM orders WHERE id = ?"), arguments: [id])
       .map { try order(from: $0, db) }
   }
 
   private static func order(from row: Row, _ db: Database) throws -> Shop_V1_Order {
     let id: String = row["id"]
     let items = try Row.fetchAll(
-      db, sql: "SELECT * FROM line_items WHERE order_id = ? ORDER BY position", arguments: [id])
+      db.cachedStatement(sql: "SELECT * FROM line_items WHERE order_id = ? ORDER BY position"),
+      arguments: [id])
     return .with {
       $0.id = id
       $0.userID = row["user_id"]

@@ -45,23 +45,25 @@ public struct SQLitePaymentRepository: PaymentRepository {
   ) async throws -> ChargeOutcome {
     try await database.write { db in
       if let row = try Row.fetchOne(
-        db, sql: "SELECT * FROM payments WHERE idempotency_key = ?", arguments: [key])
+        db.cachedStatement(sql: "SELECT * FROM payments WHERE idempotency_key = ?"),
+        arguments: [key])
       {
         return .existing(Self.payment(from: row))
       }
       if let reason = try String.fetchOne(
-        db, sql: "SELECT reason FROM cancelled_charges WHERE idempotency_key = ?",
+        db.cachedStatement(sql: "SELECT reason FROM cancelled_charges WHERE idempotency_key = ?"),
         arguments: [key])
       {
         return .cancelled(reason: reason)
       }
       let payment = try make()
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           INSERT INTO payments (id, idempotency_key, order_id, currency_code, minor_units, status,
                                 refund_reason, create_time_ns, update_time_ns)
           VALUES (?, ?, ?, ?, ?, ?, '', ?, ?)
-          """,
+          """
+      ).execute(
         arguments: [
           payment.id, payment.idempotencyKey, payment.orderID, payment.amount.currencyCode,
           payment.amount.minorUnits, payment.status.rawValue, payment.createTime.nanosSinceEpoch,
@@ -73,29 +75,35 @@ public struct SQLitePaymentRepository: PaymentRepository {
 
   public func refund(id: String, reason: String) async throws -> Shop_V1_Payment? {
     try await database.write { db in
-      try Row.fetchOne(db, sql: "SELECT * FROM payments WHERE id = ?", arguments: [id])
-        .map { try Self.refund(Self.payment(from: $0), reason: reason, db) }
+      try Row.fetchOne(
+        db.cachedStatement(sql: "SELECT * FROM payments WHERE id = ?"), arguments: [id]
+      )
+      .map { try Self.refund(Self.payment(from: $0), reason: reason, db) }
     }
   }
 
   public func cancel(key: String, reason: String) async throws -> Shop_V1_Payment? {
     try await database.write { db in
-      try db.execute(
+      try db.cachedStatement(
         sql: """
           INSERT INTO cancelled_charges (idempotency_key, reason, create_time_ns) VALUES (?, ?, ?)
           ON CONFLICT (idempotency_key) DO NOTHING
-          """,
+          """
+      ).execute(
         arguments: [key, reason, nowNanos()])
       return try Row.fetchOne(
-        db, sql: "SELECT * FROM payments WHERE idempotency_key = ?", arguments: [key]
+        db.cachedStatement(sql: "SELECT * FROM payments WHERE idempotency_key = ?"),
+        arguments: [key]
       ).map { try Self.refund(Self.payment(from: $0), reason: reason, db) }
     }
   }
 
   public func payment(id: String) async throws -> Shop_V1_Payment? {
     try await database.read { db in
-      try Row.fetchOne(db, sql: "SELECT * FROM payments WHERE id = ?", arguments: [id])
-        .map(Self.payment(from:))
+      try Row.fetchOne(
+        db.cachedStatement(sql: "SELECT * FROM payments WHERE id = ?"), arguments: [id]
+      )
+      .map(Self.payment(from:))
     }
   }
 
@@ -105,8 +113,9 @@ public struct SQLitePaymentRepository: PaymentRepository {
   ) throws -> Shop_V1_Payment {
     guard payment.status == .charged else { return payment }
     let refunded = payment.refunded(reason: reason, at: nowNanos())
-    try db.execute(
-      sql: "UPDATE payments SET status = ?, refund_reason = ?, update_time_ns = ? WHERE id = ?",
+    try db.cachedStatement(
+      sql: "UPDATE payments SET status = ?, refund_reason = ?, update_time_ns = ? WHERE id = ?"
+    ).execute(
       arguments: [
         refunded.status.rawValue, reason, refunded.updateTime.nanosSinceEpoch, payment.id,
       ])

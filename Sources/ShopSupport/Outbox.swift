@@ -48,9 +48,9 @@ public enum Outbox {
 
   /// Writes `event` to the outbox, inside the caller's transaction.
   public static func append(_ event: Shop_V1_Event, in db: Database) throws {
-    try db.execute(
-      sql: "INSERT INTO outbox (id, event, create_time_ns) VALUES (?, ?, ?)",
-      arguments: [event.id, try event.serializedData(), nowNanos()])
+    try db.cachedStatement(sql: "INSERT INTO outbox (id, event, create_time_ns) VALUES (?, ?, ?)")
+      .execute(
+        arguments: [event.id, try event.serializedData(), nowNanos()])
   }
 
   /// Writes `event` to the outbox, inside the caller's transaction on `connection`.
@@ -95,8 +95,8 @@ public struct SQLiteOutbox: OutboxStore {
   public func markPublished(_ ids: [String]) async throws {
     try await database.write { db in
       for id in ids {
-        try db.execute(
-          sql: "UPDATE outbox SET publish_time_ns = ? WHERE id = ?", arguments: [nowNanos(), id])
+        try db.cachedStatement(sql: "UPDATE outbox SET publish_time_ns = ? WHERE id = ?").execute(
+          arguments: [nowNanos(), id])
       }
     }
   }

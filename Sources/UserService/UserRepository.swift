@@ -41,11 +41,12 @@ public struct SQLiteUserRepository: UserRepository {
   public func insert(_ user: Shop_V1_User, emailKey: String, event: Shop_V1_Event) async throws {
     do {
       try await database.write { db in
-        try db.execute(
+        try db.cachedStatement(
           sql: """
             INSERT INTO users (id, email, email_key, name, create_time_ns)
             VALUES (?, ?, ?, ?, ?)
-            """,
+            """
+        ).execute(
           arguments: [
             user.id, user.email, emailKey, user.name, user.createTime.nanosSinceEpoch,
           ])
@@ -58,7 +59,7 @@ public struct SQLiteUserRepository: UserRepository {
 
   public func user(id: String) async throws -> Shop_V1_User? {
     try await database.read { db in
-      try Row.fetchOne(db, sql: "SELECT * FROM users WHERE id = ?", arguments: [id])
+      try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM users WHERE id = ?"), arguments: [id])
         .map(Self.user(from:))
     }
   }
@@ -70,7 +71,7 @@ public struct SQLiteUserRepository: UserRepository {
   {
     try await database.read { db in
       try Row.fetchAll(
-        db, sql: "SELECT * FROM users WHERE seq > ? ORDER BY seq LIMIT ?",
+        db.cachedStatement(sql: "SELECT * FROM users WHERE seq > ? ORDER BY seq LIMIT ?"),
         arguments: [sequence, limit]
       ).map { (sequence: $0["seq"], user: Self.user(from: $0)) }
     }
