@@ -48,8 +48,11 @@ public protocol OrderRepository: Sendable {
     orderID: String
   ) async throws
     -> (request: Shop_V1_ChargeRequest, traceHeaders: [String: String])
-  /// The charge went through: the order is confirmed (if still pending), the saga done.
-  func charged(orderID: String, payment: Shop_V1_Payment, now: Int64) async throws
+  /// The charge went through: the order is confirmed (if still pending), the saga done. True
+  /// when this finished the saga (the order was pending, and is confirmed now); false when the
+  /// saga had moved on (the order was cancelled meanwhile: its compensation refunds this).
+  @discardableResult
+  func charged(orderID: String, payment: Shop_V1_Payment, now: Int64) async throws -> Bool
   /// The charge was declined: the order is cancelled with the reason, the saga done.
   func declined(orderID: String, message: String, now: Int64) async throws
   /// A step that could not reach payments is due again after a backoff

@@ -110,6 +110,38 @@ public final class OrderSaga: Sendable {
     SagaLease(owner: owner, until: now + settings.lease.nanoseconds)
   }
 
+  /// The first step of a new order's saga, in the call that took the order. The saga was
+  /// written with the order a moment ago, claimed by this instance with a fresh lease and due
+  /// now, so its step (the charge), what to charge and its trace are known without asking the
+  /// database again. Returns the order as the database holds it when the charge confirmed it
+  /// and finished the saga; nil when it must be read (declined, or payments could not be
+  /// reached and the worker tries again, or the saga moved on and was worked on here).
+  func workNew(_ order: Shop_V1_Order, _ saga: NewSaga) async -> Shop_V1_Order? {
+    let request = Shop_V1_ChargeRequest.with {
+      $0.idempotencyKey = order.id
+      $0.orderID = order.id
+      $0.amount = order.total
+    }
+    do {
+      switch try await charge(orderID: order.id, request: request, headers: saga.traceHeaders) {
+      case .confirmed(let payment, let now):
+        var confirmed = order
+        confirmed.status = .confirmed
+        confirmed.paymentID = payment.id
+        confirmed.updateTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
+        return confirmed
+      case .movedOn:
+        await work(orderID: order.id)
+      case .waiting:
+        break
+      }
+    } catch {
+      logger.error(
+        "saga step failed", metadata: ["order_id": "\(order.id)", "error": "\(error)"])
+    }
+    return nil
+  }
+
   /// Works the saga of `orderID`, which this instance has claimed, until it is done or must
   /// wait (payments unreachable: it is due again after a backoff).
   func work(orderID: String) async {
@@ -117,7 +149,9 @@ public final class OrderSaga: Sendable {
       while let step = try await nextStep(orderID: orderID) {
         switch step {
         case .charge:
-          guard try await charge(orderID: orderID) else { return }
+          let (request, headers) = try await repository.chargeRequest(orderID: orderID)
+          let outcome = try await charge(orderID: orderID, request: request, headers: headers)
+          if case .waiting = outcome { return }
         case .cancelCharge:
           guard try await cancelCharge(orderID: orderID) else { return }
         case .done:
@@ -144,9 +178,21 @@ public final class OrderSaga: Sendable {
     }
   }
 
-  /// One charge attempt. True when the saga moved on (confirmed or cancelled).
-  private func charge(orderID: String) async throws -> Bool {
-    let (request, headers) = try await repository.chargeRequest(orderID: orderID)
+  /// What one charge attempt came to.
+  enum ChargeOutcome {
+    /// The order is confirmed with this payment (at this time), and its saga done.
+    case confirmed(Shop_V1_Payment, at: Int64)
+    /// The saga is past the charge some other way: declined (the order cancelled), or the
+    /// order was cancelled meanwhile (its compensation is next).
+    case movedOn
+    /// Payments could not be reached: the saga is due again after a backoff.
+    case waiting
+  }
+
+  /// One charge attempt.
+  private func charge(
+    orderID: String, request: Shop_V1_ChargeRequest, headers: [String: String]
+  ) async throws -> ChargeOutcome {
     let outcome: Result<Shop_V1_Payment, any Error>
     do {
       outcome = .success(
@@ -158,14 +204,15 @@ public final class OrderSaga: Sendable {
     case .success(let payment):
       // Confirmed only if still pending: an order cancelled meanwhile keeps its saga in
       // compensation, which refunds this payment.
-      try await repository.charged(orderID: orderID, payment: payment, now: nowNanos())
-      return true
+      let now = nowNanos()
+      let finished = try await repository.charged(orderID: orderID, payment: payment, now: now)
+      return finished ? .confirmed(payment, at: now) : .movedOn
     case .failure(let error as RPCError) where Self.isDecline(error.code):
       try await repository.declined(orderID: orderID, message: error.message, now: nowNanos())
-      return true
+      return .movedOn
     case .failure(let error):
       try await retryLater(orderID: orderID, step: .charge, error: error)
-      return false
+      return .waiting
     }
   }
 

@@ -72,11 +72,13 @@ public struct OrderService: Shop_V1_OrderService.SimpleServiceProtocol {
       $0.createTime = Google_Protobuf_Timestamp(nanosSinceEpoch: now)
       $0.updateTime = $0.createTime
     }
-    try await repository.create(order, saga: saga?.begin(orderID: order.id, now: now))
-    guard let saga else { return order }
+    let begun = saga?.begin(orderID: order.id, now: now)
+    try await repository.create(order, saga: begun)
+    guard let saga, let begun else { return order }
     // The first step runs now, in this call (and its trace); what it leaves undone the worker
-    // finishes.
-    await saga.work(orderID: order.id)
+    // finishes. A charge that confirmed the order answers with it as stored; otherwise it is
+    // read.
+    if let confirmed = await saga.workNew(order, begun) { return confirmed }
     return try await fetchOrder(id: order.id)
   }
 

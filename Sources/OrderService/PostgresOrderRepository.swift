@@ -284,20 +284,29 @@ public struct PostgresOrderRepository: OrderRepository {
     }
   }
 
-  public func charged(orderID: String, payment: Shop_V1_Payment, now: Int64) async throws {
+  @discardableResult
+  public func charged(
+    orderID: String, payment: Shop_V1_Payment, now: Int64
+  ) async throws -> Bool {
     let logger = logger
-    try await database.transaction { connection in
+    return try await database.transaction { connection in
       try await connection.query(
         """
         UPDATE orders SET status = \(Int32(Shop_V1_OrderStatus.confirmed.rawValue)), \
         payment_id = \(payment.id), update_time_ns = \(now)
         WHERE id = \(orderID) AND status = \(Int32(Shop_V1_OrderStatus.pending.rawValue))
         """, logger: logger)
-      try await connection.query(
+      var finished = false
+      for try await _ in try await connection.query(
         """
         UPDATE sagas SET step = 'done', lease_owner = '', lease_until_ns = 0, last_error = '', \
         update_time_ns = \(now) WHERE order_id = \(orderID) AND step = 'charge'
-        """, logger: logger)
+        RETURNING order_id
+        """, logger: logger
+      ).decode(String.self) {
+        finished = true
+      }
+      return finished
     }
   }
 

@@ -203,7 +203,10 @@ public struct SQLiteOrderRepository: OrderRepository {
     }
   }
 
-  public func charged(orderID: String, payment: Shop_V1_Payment, now: Int64) async throws {
+  @discardableResult
+  public func charged(
+    orderID: String, payment: Shop_V1_Payment, now: Int64
+  ) async throws -> Bool {
     try await database.write { db in
       try db.cachedStatement(
         sql: """
@@ -223,6 +226,7 @@ public struct SQLiteOrderRepository: OrderRepository {
           """
       ).execute(
         arguments: [now, orderID])
+      return db.changesCount > 0
     }
   }
 

@@ -18,6 +18,7 @@ final class PaymentsDesk: Sendable {
     var loseReplies = false
     var charges: [String: Int] = [:]
     var cancelled: [String] = []
+    var duringCharge: (@Sendable (String) async -> Void)?
   }
 
   init(on backend: Backend, limit: Int64 = 1_000_000) async throws {
@@ -36,6 +37,11 @@ final class PaymentsDesk: Sendable {
   }
   /// Charge calls that reached payments, by idempotency key.
   var charges: [String: Int] { state.withLock { $0.charges } }
+  /// Runs with each charge's key after the charge is made, before payments answers.
+  var duringCharge: (@Sendable (String) async -> Void)? {
+    get { state.withLock { $0.duringCharge } }
+    set { state.withLock { $0.duringCharge = newValue } }
+  }
   var cancelled: [String] { state.withLock { $0.cancelled } }
 
   var client: PaymentsClient {
@@ -44,6 +50,7 @@ final class PaymentsDesk: Sendable {
         try self.enter()
         self.state.withLock { $0.charges[request.idempotencyKey, default: 0] += 1 }
         let payment = try await self.service.charge(request: request, context: context())
+        await self.duringCharge?(request.idempotencyKey)
         if self.loseReplies { throw RPCError(code: .unavailable, message: "reply lost") }
         return payment
       },
@@ -139,6 +146,34 @@ final class PaymentsDesk: Sendable {
     #expect(payment.amount.minorUnits == 1234)
     #expect(payment.status == .charged)
     #expect(payments.charges == [created.id: 1])
+    // The answer is the order as stored.
+    #expect(
+      try await orders.getOrder(request: .with { $0.id = created.id }, context: context())
+        == created)
+  }
+
+  /// An order cancelled while its charge is on its way: the charge does not confirm it, and the
+  /// create call goes on to refund the charge (the saga's compensation) and answers with the
+  /// cancelled order.
+  @Test(arguments: Backend.allCases) func anOrderCancelledDuringItsChargeIsRefundedInTheCall(
+    _ backend: Backend
+  ) async throws {
+    let payments = try await PaymentsDesk(on: backend)
+    let orders = try await OrderService.open(
+      try await database("orders", on: backend), payments: payments.client, saga: settings())
+    payments.duringCharge = { id in
+      _ = try? await orders.cancelOrder(request: .with { $0.id = id }, context: context())
+    }
+    let created = try await orders.createOrder(request: order(700), context: context())
+    #expect(created.status == .cancelled && created.cancelReason == "cancelled by request")
+    #expect(created.paymentID.isEmpty)
+    #expect(payments.charges == [created.id: 1])
+    #expect(payments.cancelled == [created.id])
+    let refunded = try await payments.payment(forCancelledOrder: created.id)
+    #expect(refunded?.status == .refunded, "\(String(describing: refunded))")
+    #expect(
+      try await orders.getOrder(request: .with { $0.id = created.id }, context: context())
+        == created)
   }
 
   @Test(arguments: Backend.allCases) func aDeclinedChargeCancelsTheOrderWithTheReason(
