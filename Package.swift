@@ -420,6 +420,7 @@ let package = Package(
       name: "MeshControlPlaneTests",
       dependencies: [
         "MeshControlPlane", "MeshIdentity", "MeshProtos", "EtcdAPI", "TestSupport", x509, crypto,
+        grdb,
       ],
       swiftSettings: swiftSettings
     ),

@@ -20,7 +20,7 @@ public final class SQLiteControlStore: ControlStore {
   /// Opens (creating if needed) a WAL database in the control plane's folder, which only the
   /// control plane may read: it holds the issuer's key.
   static func open(
-    _ file: String, in directory: String, synchronous: String
+    _ file: String, in directory: String, synchronous: String, cacheKilobytes: Int? = nil
   ) throws
     -> DatabasePool
   {
@@ -31,6 +31,7 @@ public final class SQLiteControlStore: ControlStore {
     configuration.busyMode = .timeout(10)
     configuration.prepareDatabase { db in
       try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+      if let cacheKilobytes { try db.execute(sql: "PRAGMA cache_size = -\(cacheKilobytes)") }
     }
     return try DatabasePool(path: "\(directory)/\(file)", configuration: configuration)
   }
