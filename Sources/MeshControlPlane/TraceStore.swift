@@ -113,13 +113,26 @@ public final class TraceStore: Sendable {
     return migrator
   }
 
+  /// What the spans of one export add to a trace's row.
+  private struct TraceUpdate {
+    var start: Int64
+    var end: Int64
+    var spans = 0
+    var error = 0
+    var rootService: String?
+    var rootName: String?
+    var rootStatus: String?
+  }
+
   /// Stores what an export carries; returns how many spans were refused (ids of the wrong
-  /// length) and why.
+  /// length) and why. A trace's row is written once per export, with all its new spans.
   @discardableResult
   public func store(_ request: OTLPExportRequest) throws -> (rejected: Int, reason: String?) {
     var rejected = 0
     var reason: String?
     try database.write { db in
+      var traces: [Data: TraceUpdate] = [:]
+      var order: [Data] = []
       for resourceSpans in request.resourceSpans {
         let service =
           resourceSpans.resource.attributes.first { $0.key == "service.name" }?.value
@@ -135,53 +148,67 @@ public final class TraceStore: Sendable {
               reason = "a span's trace id must be 16 bytes and its span id 8, neither all zeros"
               continue
             }
-            try insert(span, service: service, resource: resource, db: db)
+            let start = Int64(bitPattern: span.startTimeUnixNano)
+            let end = max(start, Int64(bitPattern: span.endTimeUnixNano))
+            let error = span.status.code == .error ? 1 : 0
+            try db.cachedStatement(
+              sql: """
+                INSERT OR IGNORE INTO spans
+                  (trace_id, span_id, parent_span_id, service, name, start_ns, end_ns, error,
+                   resource, span)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """
+            ).execute(
+              arguments: [
+                span.traceID, span.spanID, span.parentSpanID.isEmpty ? nil : span.parentSpanID,
+                service, span.name, start, end, error, resource, try span.serializedData(),
+              ])
+            guard db.changesCount > 0 else { continue }  // the same span sent twice
+            var update =
+              traces[span.traceID]
+              ?? {
+                order.append(span.traceID)
+                return TraceUpdate(start: start, end: end)
+              }()
+            update.start = min(update.start, start)
+            update.end = max(update.end, end)
+            update.spans += 1
+            update.error = max(update.error, error)
+            if span.parentSpanID.isEmpty {
+              update.rootService = service
+              update.rootName = span.name
+              update.rootStatus = span.attributes.first { $0.key == "rpc.grpc.status_code" }.map {
+                GRPCStatusName.of(Int($0.value.intValue))
+              }
+            }
+            traces[span.traceID] = update
           }
         }
       }
+      for id in order {
+        guard let update = traces[id] else { continue }
+        try db.cachedStatement(
+          sql: """
+            INSERT INTO traces (trace_id, start_ns, end_ns, span_count, error, root_service,
+                                root_name, root_status)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (trace_id) DO UPDATE SET
+              start_ns = MIN(start_ns, excluded.start_ns),
+              end_ns = MAX(end_ns, excluded.end_ns),
+              span_count = span_count + excluded.span_count,
+              error = MAX(error, excluded.error),
+              root_service = COALESCE(excluded.root_service, root_service),
+              root_name = COALESCE(excluded.root_name, root_name),
+              root_status = COALESCE(excluded.root_status, root_status)
+            """
+        ).execute(
+          arguments: [
+            id, update.start, update.end, update.spans, update.error, update.rootService,
+            update.rootName, update.rootStatus,
+          ])
+      }
     }
     return (rejected, reason)
-  }
-
-  private func insert(_ span: OTLPSpan, service: String, resource: Data, db: Database) throws {
-    let error = span.status.code == .error ? 1 : 0
-    let start = Int64(bitPattern: span.startTimeUnixNano)
-    let end = max(start, Int64(bitPattern: span.endTimeUnixNano))
-    try db.cachedStatement(
-      sql: """
-        INSERT OR IGNORE INTO spans
-          (trace_id, span_id, parent_span_id, service, name, start_ns, end_ns, error, resource, span)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        """
-    ).execute(
-      arguments: [
-        span.traceID, span.spanID, span.parentSpanID.isEmpty ? nil : span.parentSpanID, service,
-        span.name, start, end, error, resource, try span.serializedData(),
-      ])
-    guard db.changesCount > 0 else { return }  // the same span sent twice
-    let isRoot = span.parentSpanID.isEmpty
-    let status = span.attributes.first { $0.key == "rpc.grpc.status_code" }.map {
-      GRPCStatusName.of(Int($0.value.intValue))
-    }
-    try db.cachedStatement(
-      sql: """
-        INSERT INTO traces (trace_id, start_ns, end_ns, span_count, error, root_service, root_name,
-                            root_status)
-        VALUES (?, ?, ?, 1, ?, ?, ?, ?)
-        ON CONFLICT (trace_id) DO UPDATE SET
-          start_ns = MIN(start_ns, excluded.start_ns),
-          end_ns = MAX(end_ns, excluded.end_ns),
-          span_count = span_count + 1,
-          error = MAX(error, excluded.error),
-          root_service = COALESCE(excluded.root_service, root_service),
-          root_name = COALESCE(excluded.root_name, root_name),
-          root_status = COALESCE(excluded.root_status, root_status)
-        """
-    ).execute(
-      arguments: [
-        span.traceID, start, end, error, isRoot ? service : nil, isRoot ? span.name : nil,
-        isRoot ? status : nil,
-      ])
   }
 
   /// Drops the oldest traces beyond the retention limits; returns how many spans went.

@@ -44,6 +44,13 @@ struct ControlPlaneBench: AsyncParsableCommand {
   var endpoints = 0
   @Option(help: "Seconds to keep the subscriptions open after the figures (to inspect them).")
   var hold = 0
+  @Option(
+    help: """
+      Instead of the rest: export this many spans over OTLP (512 spans a request, 2 of each \
+      trace's 8, 4 exporters at once, as sidecars batch them) and print the control plane's CPU \
+      per span.
+      """)
+  var spans = 0
 
   func validate() throws {
     guard ["sqlite", "etcd"].contains(store) else {
@@ -139,6 +146,10 @@ struct ControlPlaneBench: AsyncParsableCommand {
         bundle: files.bundle)
     }
     let sim = sims[0]
+    if spans > 0 {
+      try await Self.ingest(spans, as: sim, at: planes[0].processIdentifier)
+      return
+    }
 
     // Version 1 first, so every subscriber starts from it.
     _ = try await admin.apply(yaml: Self.config(1))
@@ -378,6 +389,101 @@ struct ControlPlaneBench: AsyncParsableCommand {
     throw ValidationError("the control plane did not start: \(text)")
   }
 
+  /// Exports `count` spans, 4 exporters at once, and prints the control plane's CPU per span
+  /// (utime + stime from /proc, over the exports only) and the rate.
+  static func ingest(_ count: Int, as sim: Client, at pid: Int32) async throws {
+    let perRequest = 512
+    let requests = (count + perRequest - 1) / perRequest
+    // A first round untimed: the store's first pages, the connections.
+    try await sim.export((0..<4).map { Self.spans(perRequest, number: $0) })
+    let next = Counter()
+    let before = Self.cpuSeconds(pid)
+    let started = ContinuousClock.now
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      for _ in 0..<4 {
+        group.addTask {
+          while next.take(below: requests) {
+            try await sim.export([Self.spans(perRequest, number: next.value + 4)])
+          }
+        }
+      }
+      try await group.waitForAll()
+    }
+    let elapsed = ContinuousClock.now - started
+    let spent = Self.cpuSeconds(pid) - before
+    let stored = requests * perRequest
+    let seconds =
+      Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    print(
+      """
+      span ingestion: \(stored) spans in \(String(format: "%.2f", seconds)) s \
+      (\(String(format: "%.0f", Double(stored) / seconds)) spans/s), \
+      \(String(format: "%.1f", spent / Double(stored) * 1e6)) µs of control-plane CPU per span \
+      (goal: under 25 µs)
+      """)
+  }
+
+  /// An export of `count` spans as a sidecar sends them: its part of each trace (2 spans of
+  /// 8: a trace's spans come from 4 processes, in 4 exports, here 4 consecutive ones), each span
+  /// with the attributes a sidecar sets, grouped by the service that made them.
+  static func spans(_ count: Int, number: Int) -> OTLPExportRequest {
+    let services = ["gateway", "orders", "payments", "users", "events"]
+    let now = UInt64(Date().timeIntervalSince1970 * 1e9)
+    var request = OTLPExportRequest()
+    func random(_ count: Int) -> Data { Data((0..<count).map { _ in UInt8.random(in: 1...255) }) }
+    for index in 0..<count {
+      var span = OTLPSpan()
+      // The same 256 traces for 4 exports in a row.
+      let trace = UInt64(number / 4) << 32 | UInt64(index / 2)
+      span.traceID =
+        withUnsafeBytes(of: trace.bigEndian) { Data($0) } + Data(repeating: 7, count: 8)
+      span.spanID = random(8)
+      if index % 2 != 0 || number % 4 != 0 { span.parentSpanID = random(8) }
+      span.name = "shop.v1.Service\(index % 8)/Call"
+      span.kind = index % 2 == 0 ? .server : .client
+      span.startTimeUnixNano = now + UInt64(index) * 1000
+      span.endTimeUnixNano = span.startTimeUnixNano + 2_000_000
+      for (key, value) in [
+        ("rpc.system", "grpc"), ("rpc.service", "shop.v1.Service\(index % 8)"),
+        ("rpc.method", "Call"), ("trellis.direction", "inbound"),
+        ("trellis.peer.identity", "spiffe://trellis.local/svc/gateway"),
+        ("trellis.endpoint", "127.0.0.1:7001"),
+      ] {
+        var attribute = Opentelemetry_Proto_Common_V1_KeyValue()
+        attribute.key = key
+        attribute.value.stringValue = value
+        span.attributes.append(attribute)
+      }
+      var status = Opentelemetry_Proto_Common_V1_KeyValue()
+      status.key = "rpc.grpc.status_code"
+      status.value.intValue = 0
+      span.attributes.append(status)
+      if index == 0 {
+        var resource = Opentelemetry_Proto_Trace_V1_ResourceSpans()
+        var name = Opentelemetry_Proto_Common_V1_KeyValue()
+        name.key = "service.name"
+        name.value.stringValue = services[number % services.count]
+        resource.resource.attributes = [name]
+        resource.scopeSpans = [Opentelemetry_Proto_Trace_V1_ScopeSpans()]
+        request.resourceSpans.append(resource)
+      }
+      request.resourceSpans[request.resourceSpans.count - 1].scopeSpans[0].spans.append(span)
+    }
+    return request
+  }
+
+  /// A process's CPU time so far (utime + stime), in seconds.
+  static func cpuSeconds(_ pid: Int32) -> Double {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+      let end = stat.lastIndex(of: ")")
+    else { return 0 }
+    let fields = stat[stat.index(after: end)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else {
+      return 0
+    }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+  }
+
   /// VmRSS and VmHWM of a process.
   static func memory(_ pid: Int32) -> String {
     guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else {
@@ -438,6 +544,14 @@ struct Client: Sendable {
     request.yaml = yaml
     return try await withGRPCClient(transport: try transport()) { [request] client in
       try await Trellis_Mesh_V1_Admin.Client(wrapping: client).applyConfig(request)
+    }
+  }
+
+  /// Sends each request over OTLP's `TraceService/Export`, on one connection.
+  func export(_ requests: [OTLPExportRequest]) async throws {
+    try await withGRPCClient(transport: try transport()) { client in
+      let collector = Opentelemetry_Proto_Collector_Trace_V1_TraceService.Client(wrapping: client)
+      for request in requests { _ = try await collector.export(request) }
     }
   }
 
