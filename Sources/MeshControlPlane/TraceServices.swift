@@ -1,33 +1,62 @@
 import Foundation
 import GRPCCore
+import GRPCProtobuf
 import MeshIdentity
 import MeshProtos
 import MeshTracing
 
 /// OTLP's `TraceService`: the mesh's default collector. Any workload of the mesh may export
-/// (the listener has verified its certificate); what it sends is stored in the `TraceStore`.
-public struct CollectorService: Opentelemetry_Proto_Collector_Trace_V1_TraceService
-    .SimpleServiceProtocol
-{
+/// (the listener has verified its certificate); what it sends is stored in the `TraceStore`
+/// straight from its encoding: the request is never decoded into messages.
+public struct CollectorService: RegistrableRPCService {
   let store: TraceStore
 
   public init(store: TraceStore) { self.store = store }
 
-  public func export(
-    request: OTLPExportRequest, context: ServerContext
+  public func registerMethods<Transport: ServerTransport>(
+    with router: inout RPCRouter<Transport>
+  ) {
+    router.registerHandler(
+      forMethod: Opentelemetry_Proto_Collector_Trace_V1_TraceService.Method.Export.descriptor,
+      deserializer: EncodedRequest(),
+      serializer: ProtobufSerializer<
+        Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceResponse
+      >(),
+      handler: { request, context in
+        let response = try await export(
+          request: try await ServerRequest(stream: request), context: context)
+        return StreamingServerResponse(single: ServerResponse(message: response))
+      })
+  }
+
+  func export(
+    request: ServerRequest<[UInt8]>, context: ServerContext
   ) async throws
     -> Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceResponse
   {
     guard ControlContext.caller(context) != nil else {
       throw RPCError(code: .unauthenticated, message: "exporting spans needs a mesh certificate")
     }
-    let (rejected, reason) = try store.store(request)
+    let (rejected, reason): (Int, String?)
+    do {
+      (rejected, reason) = try store.store(encoded: request.message)
+    } catch let error as OTLPReader.Malformed {
+      throw RPCError(
+        code: .invalidArgument, message: "not an ExportTraceServiceRequest: \(error)")
+    }
     var response = Opentelemetry_Proto_Collector_Trace_V1_ExportTraceServiceResponse()
     if rejected > 0 {
       response.partialSuccess.rejectedSpans = Int64(rejected)
       response.partialSuccess.errorMessage = reason ?? ""
     }
     return response
+  }
+
+  /// A request's bytes as they came.
+  struct EncodedRequest: MessageDeserializer {
+    func deserialize<Bytes: GRPCContiguousBytes>(_ bytes: Bytes) throws -> [UInt8] {
+      bytes.withUnsafeBytes { Array($0) }
+    }
   }
 }
 

@@ -125,65 +125,72 @@ public final class TraceStore: Sendable {
   }
 
   /// Stores what an export carries; returns how many spans were refused (ids of the wrong
-  /// length) and why. A trace's row is written once per export, with all its new spans.
+  /// length) and why.
   @discardableResult
   public func store(_ request: OTLPExportRequest) throws -> (rejected: Int, reason: String?) {
+    try store(encoded: try request.serializedBytes())
+  }
+
+  /// Stores what an export carries, read from its encoding (`OTLPReader`): each span is kept as
+  /// it came, never decoded and encoded again. A trace's row is written once per export, with
+  /// all its new spans. Throws `OTLPReader.Malformed` for bytes that are not a request.
+  @discardableResult
+  public func store(encoded request: [UInt8]) throws -> (rejected: Int, reason: String?) {
     var rejected = 0
     var reason: String?
     try database.write { db in
       var traces: [Data: TraceUpdate] = [:]
       var order: [Data] = []
-      for resourceSpans in request.resourceSpans {
-        let service =
-          resourceSpans.resource.attributes.first { $0.key == "service.name" }?.value
-          .stringValue ?? "unknown"
-        let resource = try resourceSpans.resource.serializedData()
-        for scope in resourceSpans.scopeSpans {
-          for span in scope.spans {
-            guard span.traceID.count == 16, span.spanID.count == 8,
-              span.parentSpanID.isEmpty || span.parentSpanID.count == 8,
-              span.traceID.contains(where: { $0 != 0 }), span.spanID.contains(where: { $0 != 0 })
-            else {
-              rejected += 1
-              reason = "a span's trace id must be 16 bytes and its span id 8, neither all zeros"
-              continue
-            }
-            let start = Int64(bitPattern: span.startTimeUnixNano)
-            let end = max(start, Int64(bitPattern: span.endTimeUnixNano))
-            let error = span.status.code == .error ? 1 : 0
-            try db.cachedStatement(
-              sql: """
-                INSERT OR IGNORE INTO spans
-                  (trace_id, span_id, parent_span_id, service, name, start_ns, end_ns, error,
-                   resource, span)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """
-            ).execute(
-              arguments: [
-                span.traceID, span.spanID, span.parentSpanID.isEmpty ? nil : span.parentSpanID,
-                service, span.name, start, end, error, resource, try span.serializedData(),
-              ])
-            guard db.changesCount > 0 else { continue }  // the same span sent twice
-            var update =
-              traces[span.traceID]
-              ?? {
-                order.append(span.traceID)
-                return TraceUpdate(start: start, end: end)
-              }()
-            update.start = min(update.start, start)
-            update.end = max(update.end, end)
-            update.spans += 1
-            update.error = max(update.error, error)
-            if span.parentSpanID.isEmpty {
-              update.rootService = service
-              update.rootName = span.name
-              update.rootStatus = span.attributes.first { $0.key == "rpc.grpc.status_code" }.map {
-                GRPCStatusName.of(Int($0.value.intValue))
-              }
-            }
-            traces[span.traceID] = update
-          }
+      var resource: (bytes: ArraySlice<UInt8>, data: Data) = ([], Data())
+      try OTLPReader.forEachSpan(in: request) { resourceSpans, span in
+        guard span.traceID.count == 16, span.spanID.count == 8,
+          span.parentSpanID.isEmpty || span.parentSpanID.count == 8,
+          span.traceID.contains(where: { $0 != 0 }), span.spanID.contains(where: { $0 != 0 })
+        else {
+          rejected += 1
+          reason = "a span's trace id must be 16 bytes and its span id 8, neither all zeros"
+          return
         }
+        // Spans of one resource come together: its bytes are copied once for them all.
+        if resourceSpans.bytes.startIndex != resource.bytes.startIndex
+          || resourceSpans.bytes.count != resource.bytes.count
+        {
+          resource = (resourceSpans.bytes, Data(resourceSpans.bytes))
+        }
+        let service = resourceSpans.serviceName ?? "unknown"
+        let traceID = Data(span.traceID)
+        let start = Int64(bitPattern: span.startTimeUnixNano)
+        let end = max(start, Int64(bitPattern: span.endTimeUnixNano))
+        let error = span.failed ? 1 : 0
+        try db.cachedStatement(
+          sql: """
+            INSERT OR IGNORE INTO spans
+              (trace_id, span_id, parent_span_id, service, name, start_ns, end_ns, error,
+               resource, span)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """
+        ).execute(
+          arguments: [
+            traceID, Data(span.spanID), span.parentSpanID.isEmpty ? nil : Data(span.parentSpanID),
+            service, span.name, start, end, error, resource.data, Data(span.bytes),
+          ])
+        guard db.changesCount > 0 else { return }  // the same span sent twice
+        var update =
+          traces[traceID]
+          ?? {
+            order.append(traceID)
+            return TraceUpdate(start: start, end: end)
+          }()
+        update.start = min(update.start, start)
+        update.end = max(update.end, end)
+        update.spans += 1
+        update.error = max(update.error, error)
+        if span.parentSpanID.isEmpty {
+          update.rootService = service
+          update.rootName = span.name
+          update.rootStatus = span.grpcStatusCode.map { GRPCStatusName.of(Int($0)) }
+        }
+        traces[traceID] = update
       }
       for id in order {
         guard let update = traces[id] else { continue }
