@@ -271,11 +271,38 @@ public final class OrderSaga: Sendable {
       limit: limit, owner: owner, lease: settings.lease.nanoseconds, now: nowNanos())
   }
 
+  /// The trace headers as a JSON object, keys sorted, written by hand: it runs with every new
+  /// order, where Foundation's serializer cost more than the rest of the saga's bookkeeping.
   static func encode(_ headers: [String: String]) -> String {
-    guard !headers.isEmpty,
-      let data = try? JSONSerialization.data(withJSONObject: headers, options: [.sortedKeys])
-    else { return "" }
-    return String(decoding: data, as: UTF8.self)
+    guard !headers.isEmpty else { return "" }
+    var text = "{"
+    for (index, key) in headers.keys.sorted().enumerated() {
+      if index > 0 { text += "," }
+      appendQuoted(key, to: &text)
+      text += ":"
+      appendQuoted(headers[key]!, to: &text)
+    }
+    return text + "}"
+  }
+
+  /// `value` as a JSON string: quotes, backslashes and control characters escaped.
+  private static func appendQuoted(_ value: String, to text: inout String) {
+    text += "\""
+    for scalar in value.unicodeScalars {
+      switch scalar {
+      case "\"": text += "\\\""
+      case "\\": text += "\\\\"
+      case "\n": text += "\\n"
+      case "\r": text += "\\r"
+      case "\t": text += "\\t"
+      case _ where scalar.value < 0x20:
+        text +=
+          "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
+          + String(scalar.value, radix: 16)
+      default: text.unicodeScalars.append(scalar)
+      }
+    }
+    text += "\""
   }
 
   static func decode(_ text: String) -> [String: String] {
