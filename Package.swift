@@ -461,6 +461,7 @@ let package = Package(
       dependencies: [
         "UserService", "OrderService", "PaymentService", "EventService", "ShopProtos",
         "ShopSupport", "LocalPostgres", "TestSupport", grpcCore, swiftProtobuf, postgres, logging,
+        grdb,
       ],
       swiftSettings: swiftSettings
     ),

@@ -18,7 +18,7 @@ public struct SQLiteOrderRepository: OrderRepository {
   // MARK: Orders
 
   public func create(_ order: Shop_V1_Order, saga: NewSaga?) async throws {
-    try await database.write { db in
+    try await database.transaction { db in
       let now = order.createTime.nanosSinceEpoch
       try db.cachedStatement(
         sql: """
@@ -207,7 +207,7 @@ public struct SQLiteOrderRepository: OrderRepository {
   public func charged(
     orderID: String, payment: Shop_V1_Payment, now: Int64
   ) async throws -> Bool {
-    try await database.write { db in
+    try await database.transaction { db in
       try db.cachedStatement(
         sql: """
           UPDATE orders SET status = ?, payment_id = ?, update_time_ns = ?

@@ -43,7 +43,7 @@ public struct SQLitePaymentRepository: PaymentRepository {
   public func charge(
     key: String, orInsert make: @escaping @Sendable () throws -> Shop_V1_Payment
   ) async throws -> ChargeOutcome {
-    try await database.write { db in
+    try await database.transaction { db in
       if let row = try Row.fetchOne(
         db.cachedStatement(sql: "SELECT * FROM payments WHERE idempotency_key = ?"),
         arguments: [key])
