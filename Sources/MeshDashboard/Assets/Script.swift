@@ -264,6 +264,8 @@ extension DashboardAssets {
       return svg("svg", { class: "chart", id: "latency-chart", width, height, viewBox: `0 0 ${width} ${height}` },
         svg("title", {}, label),
         svg("text", { x: 8, y: 14, class: "legend" }, label),
+        svg("text", { x: 8, y: height - 4, class: "legend" }, "15 min ago"),
+        svg("text", { x: width - 8, y: height - 4, class: "legend", "text-anchor": "end" }, "now"),
         ...lines("p99Ms", "p99"), ...lines("p50Ms", "p50"));
     }
 
