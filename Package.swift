@@ -432,6 +432,11 @@ let package = Package(
       swiftSettings: swiftSettings
     ),
     .testTarget(
+      name: "MeshServiceKitTests",
+      dependencies: ["MeshServiceKit", logging],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
       name: "EtcdAPITests",
       dependencies: ["EtcdAPI", "TestSupport", nioCore, nioEmbedded],
       swiftSettings: swiftSettings

@@ -318,6 +318,16 @@ extension JSONValue {
     return out
   }
 
+  /// Appends the value as compact JSON text to `out`.
+  public func append(to out: inout String) {
+    write(to: &out, pretty: false, indent: 0)
+  }
+
+  /// Appends `value` to `out` as a JSON string, quoted and escaped.
+  public static func append(string value: String, to out: inout String) {
+    writeString(value, to: &out)
+  }
+
   private func write(to out: inout String, pretty: Bool, indent: Int) {
     switch self {
     case .null: out += "null"
@@ -357,6 +367,17 @@ extension JSONValue {
 
   private static func writeString(_ value: String, to out: inout String) {
     out += "\""
+    // Most strings need no escape: one pass over their UTF-8 and one append. (0xE2 leads
+    // U+2028 and U+2029, which are escaped for JavaScript's sake.)
+    let plain =
+      value.utf8.withContiguousStorageIfAvailable { bytes in
+        bytes.allSatisfy { $0 >= 0x20 && $0 != 0x22 && $0 != 0x5C && $0 != 0xE2 }
+      } ?? false
+    if plain {
+      out += value
+      out += "\""
+      return
+    }
     for scalar in value.unicodeScalars {
       switch scalar {
       case "\"": out += "\\\""

@@ -426,17 +426,31 @@ struct ControlPlaneBench: AsyncParsableCommand {
   /// An export of `count` spans as a sidecar sends them: its part of each trace (2 spans of
   /// 8: a trace's spans come from 4 processes, in 4 exports, here 4 consecutive ones), each span
   /// with the attributes a sidecar sets, grouped by the service that made them.
+  static let tracesBegan = UInt64(Date().timeIntervalSince1970 * 1e9)
+
   static func spans(_ count: Int, number: Int) -> OTLPExportRequest {
     let services = ["gateway", "orders", "payments", "users", "events"]
     let now = UInt64(Date().timeIntervalSince1970 * 1e9)
     var request = OTLPExportRequest()
     func random(_ count: Int) -> Data { Data((0..<count).map { _ in UInt8.random(in: 1...255) }) }
+    func mix(_ value: UInt64) -> UInt64 {  // SplitMix64's finalizer
+      var z = value &+ 0x9E37_79B9_7F4A_7C15
+      z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+      z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+      return z ^ (z >> 31)
+    }
     for index in 0..<count {
       var span = OTLPSpan()
-      // The same 256 traces for 4 exports in a row.
-      let trace = UInt64(number / 4) << 32 | UInt64(index / 2)
+      // The same 256 traces for 4 exports in a row, with ids as the mesh's tracer makes them:
+      // when the trace began (seconds, then 1/65536ths), then 10 random bytes (here a hash of
+      // the trace's number, so that its 4 parts agree).
+      let began = tracesBegan + UInt64((number / 4) * 256 + index / 2) * 250_000  // 4,000/s
+      let seconds = began / 1_000_000_000
+      let fraction = (began % 1_000_000_000) * 65536 / 1_000_000_000
+      let tail = mix(UInt64(number / 4) << 32 | UInt64(index / 2))
       span.traceID =
-        withUnsafeBytes(of: trace.bigEndian) { Data($0) } + Data(repeating: 7, count: 8)
+        withUnsafeBytes(of: (seconds << 32 | fraction << 16 | tail >> 48).bigEndian) { Data($0) }
+        + withUnsafeBytes(of: mix(tail).bigEndian) { Data($0) }
       span.spanID = random(8)
       if index % 2 != 0 || number % 4 != 0 { span.parentSpanID = random(8) }
       span.name = "shop.v1.Service\(index % 8)/Call"

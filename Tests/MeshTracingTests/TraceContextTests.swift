@@ -140,6 +140,30 @@ import Testing
     }
   }
 
+  @Test func traceIDsBeginWithWhenTheyBeganAndAreRandomAfter() {
+    var ids = IDGenerator()
+    let second: UInt64 = 1_796_601_600  // 2026-12-07T00:00:00Z
+    let first = ids.traceID(now: second * 1_000_000_000 + 500_000_000)
+    #expect(first.high >> 32 == second, "\(first)")
+    #expect(first.high >> 16 & 0xFFFF == 0x8000, "half a second: \(first)")
+    #expect(first.description.hasPrefix(String(second, radix: 16) + "8000"), "\(first)")
+    // Ids of later instants (1/65536 s apart or more) sort after; ids of one instant differ
+    // in their other 10 bytes.
+    var previous = first
+    var tails = Set<String>()
+    for offset in 1...1000 {
+      let instant = second * 1_000_000_000 + 500_000_000 + UInt64(offset / 10) * 20_000
+      let id = ids.traceID(now: instant)
+      #expect(id.isValid && id.high >> 32 == second)
+      if offset % 10 == 0 { #expect(id.description > previous.description) }
+      previous = id
+      tails.insert(String(id.description.dropFirst(12)))
+    }
+    #expect(tails.count == 1000)
+    let last = ids.traceID(now: second * 1_000_000_000 + 999_999_999)
+    #expect(last.high >> 16 & 0xFFFF == 0xFFFF && last.high >> 32 == second)
+  }
+
   @Test func idsAndSampling() {
     var ids = IDGenerator()
     var seen = Set<UInt64>()

@@ -35,6 +35,20 @@ import Testing
     #expect(error("{\"userId\": 01}").contains("leading zero"))
   }
 
+  @Test func stringsAreWrittenEscapedOnlyWhereJSONNeedsIt() throws {
+    func written(_ text: String) -> String { JSONValue.string(text).serialized(pretty: false) }
+    #expect(written("plain ASCII, no escapes") == #""plain ASCII, no escapes""#)
+    #expect(written("é 日本 € 😀") == "\"é 日本 € 😀\"", "non-ASCII is written as it is")
+    #expect(written("a\"b\\c") == #""a\"b\\c""#)
+    #expect(written("\n\r\t\u{08}\u{0C}") == #""\n\r\t\b\f""#)
+    #expect(written("\u{01}\u{1F}") == #""\u0001\u001f""#)
+    #expect(written("€\u{2028}\u{2029}") == #""€\u2028\u2029""#)
+    // Every string reads back as itself.
+    for text in ["", "x", "€", "a\"€\n", "\u{2028}", String(repeating: "é\\", count: 300)] {
+      #expect(try JSONParser.parse(written(text)) == .string(text))
+    }
+  }
+
   @Test func mappingErrorsNameTheField() {
     #expect(error(#"{"userID": "u"}"#) == #"shop.v1.CreateOrderRequest has no field "userID""#)
     #expect(error(#"{"userId": 5}"#) == "user_id: expected a string, got a number")
