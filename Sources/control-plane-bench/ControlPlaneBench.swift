@@ -51,8 +51,21 @@ struct ControlPlaneBench: AsyncParsableCommand {
       per span.
       """)
   var spans = 0
+  @Option(
+    help: """
+      With --spans: a second control plane from this folder's build (its control-plane \
+      executable), the exports in rounds that alternate between the two, and each round's \
+      ratio printed.
+      """)
+  var baseline: String?
 
   func validate() throws {
+    if let baseline {
+      guard spans > 0 else { throw ValidationError("--baseline: only with --spans") }
+      guard FileManager.default.isExecutableFile(atPath: "\(baseline)/control-plane") else {
+        throw ValidationError("--baseline \(baseline): no control-plane executable there")
+      }
+    }
     guard ["sqlite", "etcd"].contains(store) else {
       throw ValidationError("--store \(store): sqlite or etcd")
     }
@@ -105,25 +118,25 @@ struct ControlPlaneBench: AsyncParsableCommand {
       }
     }
     var addresses: [String] = []
-    for index in 0..<replicas {
-      let data = "\(work)/data-\(index)"
+    /// Starts a control plane; its address.
+    func start(_ binary: String, data: String, name: String, store: [String]) throws -> String {
       let process = Process()
       process.executableURL = URL(fileURLWithPath: binary)
       process.arguments =
         ["--listen", "127.0.0.1:0", "--join", "127.0.0.1:0", "--certs", certs, "--data", data]
-        + (etcd.map { ["--store", $0.url, "--replica", "cp-\(index + 1)"] } ?? [])
+        + store
       let log = Pipe()
       process.standardError = log
       process.standardOutput = log
       try process.run()
       planes.append(process)
-      if index > 0 {
+      if !planes.dropLast().isEmpty, !store.isEmpty {
         // Its own issuer, its CSR signed with the root as an operator would.
         try Self.signIssuer(data: data, root: root)
       }
-      addresses.append(try Self.listeningAddress(log.fileHandleForReading))
+      let address = try Self.listeningAddress(log.fileHandleForReading)
       // The rest of its log goes to a file: a pipe nobody reads would stop it once full.
-      let logFile = "\(work)/control-plane-\(index + 1).log"
+      let logFile = "\(work)/\(name).log"
       FileManager.default.createFile(atPath: logFile, contents: nil)
       let sink = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
       Thread.detachNewThread {
@@ -131,9 +144,14 @@ struct ControlPlaneBench: AsyncParsableCommand {
           sink.write(data)
         }
       }
-      print(
-        "control plane \(index + 1) at \(addresses[index]) (pid \(process.processIdentifier), log \(logFile))"
-      )
+      print("\(name) at \(address) (pid \(process.processIdentifier), log \(logFile))")
+      return address
+    }
+    for index in 0..<replicas {
+      addresses.append(
+        try start(
+          binary, data: "\(work)/data-\(index)", name: "control-plane-\(index + 1)",
+          store: etcd.map { ["--store", $0.url, "--replica", "cp-\(index + 1)"] } ?? []))
     }
     let address = addresses[0]
     let admin = Client(
@@ -147,7 +165,16 @@ struct ControlPlaneBench: AsyncParsableCommand {
     }
     let sim = sims[0]
     if spans > 0 {
-      try await Self.ingest(spans, as: sim, at: planes[0].processIdentifier)
+      var targets = [(name: "this build", sim: sim, pid: planes[0].processIdentifier)]
+      if let baseline {
+        let address = try start(
+          "\(baseline)/control-plane", data: "\(work)/data-baseline", name: "baseline", store: [])
+        let client = Client(
+          address: address, certificate: "\(certs)/sim.pem", key: "\(certs)/sim-key.pem",
+          bundle: files.bundle)
+        targets.insert(("baseline", client, planes[planes.count - 1].processIdentifier), at: 0)
+      }
+      try await Self.ingest(spans, into: targets)
       return
     }
 
@@ -389,38 +416,69 @@ struct ControlPlaneBench: AsyncParsableCommand {
     throw ValidationError("the control plane did not start: \(text)")
   }
 
-  /// Exports `count` spans, 4 exporters at once, and prints the control plane's CPU per span
-  /// (utime + stime from /proc, over the exports only) and the rate.
-  static func ingest(_ count: Int, as sim: Client, at pid: Int32) async throws {
+  /// Exports `count` spans to each target, 4 exporters at once, and prints each one's CPU per
+  /// span (utime + stime from /proc, over the exports only) and rate. With two targets (a
+  /// baseline first), the spans go in 5 rounds that alternate between them, so that both meet
+  /// the same moments of a shared machine, and each round's ratio is printed with the median.
+  static func ingest(
+    _ count: Int, into targets: [(name: String, sim: Client, pid: Int32)]
+  ) async throws {
     let perRequest = 512
-    let requests = (count + perRequest - 1) / perRequest
+    let rounds = targets.count > 1 ? 5 : 1
+    let requests = max((count + perRequest - 1) / perRequest / rounds, 1)
+    var figures = [[(cpu: Double, seconds: Double)]](repeating: [], count: targets.count)
+    var numbers = [Int](repeating: 4, count: targets.count)
     // A first round untimed: the store's first pages, the connections.
-    try await sim.export((0..<4).map { Self.spans(perRequest, number: $0) })
-    let next = Counter()
-    let before = Self.cpuSeconds(pid)
-    let started = ContinuousClock.now
-    try await withThrowingTaskGroup(of: Void.self) { group in
-      for _ in 0..<4 {
-        group.addTask {
-          while next.take(below: requests) {
-            try await sim.export([Self.spans(perRequest, number: next.value + 4)])
-          }
-        }
-      }
-      try await group.waitForAll()
+    for target in targets {
+      try await target.sim.export((0..<4).map { Self.spans(perRequest, number: $0) })
     }
-    let elapsed = ContinuousClock.now - started
-    let spent = Self.cpuSeconds(pid) - before
-    let stored = requests * perRequest
-    let seconds =
-      Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-    print(
-      """
-      span ingestion: \(stored) spans in \(String(format: "%.2f", seconds)) s \
-      (\(String(format: "%.0f", Double(stored) / seconds)) spans/s), \
-      \(String(format: "%.1f", spent / Double(stored) * 1e6)) µs of control-plane CPU per span \
-      (goal: under 25 µs)
-      """)
+    for _ in 0..<rounds {
+      for (index, target) in targets.enumerated() {
+        let next = Counter()
+        let first = numbers[index]
+        let before = Self.cpuSeconds(target.pid)
+        let started = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+          for _ in 0..<4 {
+            group.addTask {
+              while next.take(below: requests) {
+                try await target.sim.export([Self.spans(perRequest, number: first + next.value)])
+              }
+            }
+          }
+          try await group.waitForAll()
+        }
+        let elapsed = ContinuousClock.now - started
+        figures[index].append(
+          (
+            Self.cpuSeconds(target.pid) - before,
+            Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+          ))
+        numbers[index] += requests
+      }
+    }
+    let stored = Double(requests * perRequest)
+    func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+    for (index, target) in targets.enumerated() {
+      let perSpan = figures[index].map { $0.cpu / stored * 1e6 }
+      let rate = median(figures[index].map { stored / $0.seconds })
+      print(
+        """
+        span ingestion, \(target.name): \(Int(stored) * rounds) spans, \
+        \(String(format: "%.0f", rate)) spans/s, \
+        \(String(format: "%.1f", median(perSpan))) µs of control-plane CPU per span\
+        \(rounds > 1 ? " (median of \(rounds) rounds: " + perSpan.map { String(format: "%.1f", $0) }.joined(separator: ", ") + ")" : "") \
+        (goal: under 25 µs)
+        """)
+    }
+    if targets.count > 1 {
+      let ratios = zip(figures[0], figures[1]).map { $1.cpu / $0.cpu }
+      print(
+        """
+        this build against the baseline: \(String(format: "%.2f", median(ratios)))× CPU per span \
+        (each round: \(ratios.map { String(format: "%.2f", $0) }.joined(separator: ", ")))
+        """)
+    }
   }
 
   /// An export of `count` spans as a sidecar sends them: its part of each trace (2 spans of
