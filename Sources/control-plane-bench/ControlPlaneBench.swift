@@ -118,8 +118,11 @@ struct ControlPlaneBench: AsyncParsableCommand {
       }
     }
     var addresses: [String] = []
-    /// Starts a control plane; its address.
-    func start(_ binary: String, data: String, name: String, store: [String]) throws -> String {
+    /// Starts a control plane; its address. A replica after the first on etcd gets an issuer
+    /// of its own (`signIssuer`).
+    func start(
+      _ binary: String, data: String, name: String, store: [String], signIssuer: Bool = false
+    ) throws -> String {
       let process = Process()
       process.executableURL = URL(fileURLWithPath: binary)
       process.arguments =
@@ -130,7 +133,7 @@ struct ControlPlaneBench: AsyncParsableCommand {
       process.standardOutput = log
       try process.run()
       planes.append(process)
-      if !planes.dropLast().isEmpty, !store.isEmpty {
+      if signIssuer {
         // Its own issuer, its CSR signed with the root as an operator would.
         try Self.signIssuer(data: data, root: root)
       }
@@ -151,7 +154,8 @@ struct ControlPlaneBench: AsyncParsableCommand {
       addresses.append(
         try start(
           binary, data: "\(work)/data-\(index)", name: "control-plane-\(index + 1)",
-          store: etcd.map { ["--store", $0.url, "--replica", "cp-\(index + 1)"] } ?? []))
+          store: etcd.map { ["--store", $0.url, "--replica", "cp-\(index + 1)"] } ?? [],
+          signIssuer: index > 0))
     }
     let address = addresses[0]
     let admin = Client(
@@ -418,8 +422,9 @@ struct ControlPlaneBench: AsyncParsableCommand {
 
   /// Exports `count` spans to each target, 4 exporters at once, and prints each one's CPU per
   /// span (utime + stime from /proc, over the exports only) and rate. With two targets (a
-  /// baseline first), the spans go in 5 rounds that alternate between them, so that both meet
-  /// the same moments of a shared machine, and each round's ratio is printed with the median.
+  /// baseline first), the spans go in 5 rounds that alternate between them, which one goes
+  /// first alternating too (ABBA), so that both meet the same moments of a shared machine; each
+  /// round's ratio is printed with the median.
   static func ingest(
     _ count: Int, into targets: [(name: String, sim: Client, pid: Int32)]
   ) async throws {
@@ -432,8 +437,10 @@ struct ControlPlaneBench: AsyncParsableCommand {
     for target in targets {
       try await target.sim.export((0..<4).map { Self.spans(perRequest, number: $0) })
     }
-    for _ in 0..<rounds {
-      for (index, target) in targets.enumerated() {
+    for round in 0..<rounds {
+      let order = round % 2 == 0 ? Array(targets.indices) : targets.indices.reversed()
+      for index in order {
+        let target = targets[index]
         let next = Counter()
         let first = numbers[index]
         let before = Self.cpuSeconds(target.pid)
@@ -462,13 +469,13 @@ struct ControlPlaneBench: AsyncParsableCommand {
     for (index, target) in targets.enumerated() {
       let perSpan = figures[index].map { $0.cpu / stored * 1e6 }
       let rate = median(figures[index].map { stored / $0.seconds })
+      let each = perSpan.map { String(format: "%.1f", $0) }.joined(separator: ", ")
       print(
         """
         span ingestion, \(target.name): \(Int(stored) * rounds) spans, \
         \(String(format: "%.0f", rate)) spans/s, \
-        \(String(format: "%.1f", median(perSpan))) µs of control-plane CPU per span\
-        \(rounds > 1 ? " (median of \(rounds) rounds: " + perSpan.map { String(format: "%.1f", $0) }.joined(separator: ", ") + ")" : "") \
-        (goal: under 25 µs)
+        \(String(format: "%.1f", median(perSpan))) µs of control-plane CPU per span \
+        \(rounds > 1 ? "(median of \(rounds) rounds: \(each)) " : "")(goal: under 25 µs)
         """)
     }
     if targets.count > 1 {
