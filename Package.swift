@@ -102,6 +102,13 @@ let package = Package(
       dependencies: [x509, crypto, asn1],
       swiftSettings: swiftSettings
     ),
+    // TLS on the system's OpenSSL 3, loaded at run time, for connections that stay open and
+    // idle: no buffer kept between reads and writes.
+    .target(
+      name: "MeshTLS",
+      dependencies: [nioCore, asn1],
+      swiftSettings: swiftSettings
+    ),
     .target(
       name: "MeshConfig",
       dependencies: ["MeshIdentity"],
@@ -454,6 +461,14 @@ let package = Package(
     .testTarget(
       name: "MeshConfigTests",
       dependencies: ["MeshConfig", "TestSupport"],
+      swiftSettings: swiftSettings
+    ),
+    .testTarget(
+      name: "MeshTLSTests",
+      dependencies: [
+        "MeshTLS", "MeshIdentity", nioCore, nioPosix, nioSSL, x509, crypto, asn1,
+        .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+      ],
       swiftSettings: swiftSettings
     ),
     .testTarget(
