@@ -148,9 +148,9 @@ let package = Package(
     .target(
       name: "MeshControlPlane",
       dependencies: [
-        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshTracing", "EtcdAPI", grpcCore,
-        grpcHTTP2, grpcProtobuf,
-        logging, lifecycle, x509, crypto, grdb, nioCore, nioSSL,
+        "MeshIdentity", "MeshConfig", "MeshProtos", "MeshTracing", "EtcdAPI", "MeshProxy",
+        "MeshTLS", grpcCore, grpcHTTP2, grpcProtobuf,
+        logging, lifecycle, x509, crypto, grdb, nioCore, nioPosix, nioHPACK, nioSSL,
         .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
       ],

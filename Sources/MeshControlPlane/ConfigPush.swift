@@ -14,7 +14,7 @@ public final class ConfigHub: Sendable {
   /// writes (`snapshot(for:)`), so a snapshot is made against what the stream sent last.
   private struct Subscriber {
     var node: String
-    var wake: AsyncStream<Void>.Continuation
+    var wake: ConfigWaker
     /// The discovery generation this stream sent last; nil: none yet, a whole one next.
     var sentDiscovery: Int64?
   }
@@ -349,11 +349,24 @@ public final class ConfigHub: Sendable {
   // MARK: Subscriptions
 
   /// Registers a stream; the first snapshot is sent unless the sidecar runs everything already.
+  /// The stream's task waits for each wake on the sequence returned.
   func subscribe(
     id: UUID, node: String, identity: String, hello: Trellis_Mesh_V1_SubscribeRequest,
     issued: IssuedCertificate?, certificateNotAfter: Date?
   ) -> AsyncStream<Void> {
     let (stream, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    subscribe(
+      id: id, node: node, identity: identity, hello: hello, issued: issued,
+      certificateNotAfter: certificateNotAfter,
+      wake: ConfigWaker(yield: { wake.yield() }, finish: { wake.finish() }))
+    return stream
+  }
+
+  /// Registers a stream woken through `wake` (a stream served with no task of its own).
+  func subscribe(
+    id: UUID, node: String, identity: String, hello: Trellis_Mesh_V1_SubscribeRequest,
+    issued: IssuedCertificate?, certificateNotAfter: Date?, wake: ConfigWaker
+  ) {
     state.withLock { state in
       // A sidecar that runs the generation this hub is at needs no endpoint sent; any other
       // gets them all (generations of another control plane mean nothing here).
@@ -383,7 +396,6 @@ public final class ConfigHub: Sendable {
         && !Self.needsRenewal(current, state)
       if !upToDate { wake.yield() }
     }
-    return stream
   }
 
   func unsubscribe(id: UUID) {
@@ -405,7 +417,7 @@ public final class ConfigHub: Sendable {
     node: String, _ message: Trellis_Mesh_V1_SubscribeRequest, snapshotVersion: Int64?,
     issued: IssuedCertificate?
   ) {
-    let again = state.withLock { state -> [AsyncStream<Void>.Continuation] in
+    let again = state.withLock { state -> [ConfigWaker] in
       guard var entry = state.nodes[node] else { return [] }
       let newCertificate =
         !message.certificateSerial.isEmpty
@@ -545,6 +557,13 @@ public final class ConfigHub: Sendable {
   }
 }
 
+/// How a config stream is told that there is something new for it (`yield`, many times; each
+/// may stand for several), and that it is over (`finish`).
+struct ConfigWaker: Sendable {
+  let yield: @Sendable () -> Void
+  let finish: @Sendable () -> Void
+}
+
 /// `trellis.mesh.v1.Config`: the config stream, for workloads over mutual TLS.
 public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
   let control: ControlContext
@@ -557,8 +576,7 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
     guard let caller = ControlContext.caller(context) else {
       throw RPCError(code: .unauthenticated, message: "subscribing needs a workload certificate")
     }
-    let peer = (context.transportSpecific as? HTTP2ServerTransport.Posix.Context)?
-      .peerCertificate
+    let peer = ControlContext.peerCertificate(context)
     let hub = control.hub
     let store = control.store
     guard hub.streams < control.maximumConfigStreams else {
@@ -630,7 +648,7 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
 
   /// Registers (or withdraws) the caller's endpoint for its own service; a change is stored,
   /// then pushed to every sidecar.
-  private static func register(
+  static func register(
     _ registration: Trellis_Mesh_V1_Registration, node: String, caller: SPIFFEID,
     _ hub: ConfigHub, _ store: any ControlStore
   ) async throws {
@@ -659,7 +677,7 @@ public struct ConfigService: Trellis_Mesh_V1_Config.ServiceProtocol {
   }
 
   /// The record of a certificate this control plane issued to `caller`.
-  private static func issued(
+  static func issued(
     _ serial: String, _ caller: SPIFFEID, _ store: any ControlStore
   ) async throws -> IssuedCertificate? {
     guard !serial.isEmpty, let issued = try await store.issuedCertificate(serial: serial),

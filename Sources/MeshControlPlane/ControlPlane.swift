@@ -5,6 +5,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import MeshIdentity
+import NIOCore
 import ServiceLifecycle
 import X509
 
@@ -124,35 +125,65 @@ public struct ControlPlane: Service {
       .bytes(Array($0.utf8), format: .pem)
     }
     let key = TLSConfig.PrivateKeySource.bytes(Array(own.keyPEM.utf8), format: .pem)
-    let mtls = HTTP2ServerTransport.Posix(
-      address: .ipv4(host: configuration.listen.host, port: configuration.listen.port),
-      transportSecurity: .mTLS(certificateChain: chain, privateKey: key) { tls in
-        tls.trustRoots = .certificates([.bytes(Array(generation.bundlePEM.utf8), format: .pem)])
-        tls.clientCertificateVerification = .noHostnameVerification
-        tls.customVerificationCallback = trust.verify
-        tls.certificateReloader = trust
-      },
-      config: .defaults {
-        $0.connection.keepalive = configuration.keepalive
-        // A ping not answered starts a graceful close (GOAWAY, and a wait for an
-        // acknowledgement), which a vanished peer never finishes: silent past the ping's
-        // timeout and as long again, its connection is closed.
-        let keepalive = configuration.keepalive
-        $0.channelDebuggingCallbacks.onAcceptTCPConnection = SilentPeerHandler.installer(
-          limit: keepalive.time + keepalive.timeout * 2)
-      })
+    var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
+    transportConfig.connection.keepalive = configuration.keepalive
+    // A ping not answered starts a graceful close (GOAWAY, and a wait for an acknowledgement),
+    // which a vanished peer never finishes: silent past the ping's timeout and as long again,
+    // its connection is closed.
+    let keepalive = configuration.keepalive
+    transportConfig.channelDebuggingCallbacks.onAcceptTCPConnection = SilentPeerHandler.installer(
+      limit: keepalive.time + keepalive.timeout * 2)
+    let services: [any RegistrableRPCService] = [
+      IdentityService(control), AdminService(control), ConfigService(control),
+      CollectorService(store: traces), TracesService(store: traces),
+      TelemetryService(hub: TelemetryHub()),
+    ]
+    // The mutual-TLS listener: the front (OpenSSL, and config streams on the HTTP/2 core) when
+    // the system's OpenSSL 3 loads, else grpc-swift's own.
+    let main: MainListener
+    if let reason = ControlFront.unavailable() {
+      logger.warning(
+        "serving every connection on grpc-swift's TLS, about 200 KB per sidecar",
+        metadata: ["reason": "\(reason)"])
+      let mtls = HTTP2ServerTransport.Posix(
+        address: .ipv4(host: configuration.listen.host, port: configuration.listen.port),
+        transportSecurity: .mTLS(certificateChain: chain, privateKey: key) { tls in
+          tls.trustRoots = .certificates([.bytes(Array(generation.bundlePEM.utf8), format: .pem)])
+          tls.clientCertificateVerification = .noHostnameVerification
+          tls.customVerificationCallback = trust.verify
+          tls.certificateReloader = trust
+        },
+        config: transportConfig)
+      main = MainListener(server: GRPCServer(transport: mtls, services: services)) {
+        try? await mtls.listeningAddress
+      }
+    } else {
+      let listener = ControlFront(
+        host: configuration.listen.host, port: configuration.listen.port, trust: trust,
+        control: control, pingAfter: TimeAmount(keepalive.time),
+        closeAfter: TimeAmount(keepalive.timeout * 2))
+      let front = HTTP2ServerTransport.Custom(
+        listenerFactory: listener,
+        config: .init(
+          compression: transportConfig.compression, connection: transportConfig.connection,
+          http2: transportConfig.http2, rpc: transportConfig.rpc,
+          channelDebuggingCallbacks: transportConfig.channelDebuggingCallbacks))
+      main = MainListener(server: GRPCServer(transport: front, services: services)) {
+        // gRPC's own answer is the carrier's; the listener's address is the front's.
+        _ = await front.listeningAddress
+        guard let bound = listener.listeningAddress, let port = bound.port else { return nil }
+        switch bound {
+        case .v4(let address): return .ipv4(host: address.host, port: port)
+        case .v6(let address): return .ipv6(host: address.host, port: port)
+        case .unixDomainSocket: return nil
+        }
+      }
+    }
     let join = HTTP2ServerTransport.Posix(
       address: .ipv4(host: configuration.join.host, port: configuration.join.port),
       transportSecurity: .tls(certificateChain: chain, privateKey: key) { tls in
         tls.certificateReloader = trust
       })
-    let main = GRPCServer(
-      transport: mtls,
-      services: [
-        IdentityService(control), AdminService(control), ConfigService(control),
-        CollectorService(store: traces), TracesService(store: traces),
-        TelemetryService(hub: TelemetryHub()),
-      ])
     let joinServer = GRPCServer(transport: join, services: [IdentityService(control)])
 
     try await withGracefulShutdownHandler {
@@ -207,7 +238,7 @@ public struct ControlPlane: Service {
             }
           }
         }
-        guard let listening = try? await mtls.listeningAddress,
+        guard let listening = await main.listeningAddress(),
           let joining = try? await join.listeningAddress
         else { return }
         let advertise = configuration.advertise
@@ -367,6 +398,22 @@ public struct ControlPlane: Service {
     }
     return address.ipv4.map { "\($0.host):\($0.port)" }
       ?? address.ipv6.map { "[\($0.host)]:\($0.port)" } ?? "\(address)"
+  }
+}
+
+/// The mutual-TLS listener's server, whichever transport it runs on.
+private struct MainListener: Sendable {
+  let serve: @Sendable () async throws -> Void
+  let beginGracefulShutdown: @Sendable () -> Void
+  let listeningAddress: @Sendable () async -> GRPCNIOTransportCore.SocketAddress?
+
+  init<Transport: ServerTransport>(
+    server: GRPCServer<Transport>,
+    listeningAddress: @escaping @Sendable () async -> GRPCNIOTransportCore.SocketAddress?
+  ) {
+    serve = { try await server.serve() }
+    beginGracefulShutdown = { server.beginGracefulShutdown() }
+    self.listeningAddress = listeningAddress
   }
 }
 

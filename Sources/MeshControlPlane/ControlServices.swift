@@ -160,10 +160,17 @@ public struct ControlContext: Sendable {
 
   /// The caller's SPIFFE ID, from the certificate it presented (mutual TLS), if any.
   static func caller(_ context: ServerContext) -> SPIFFEID? {
-    guard let transport = context.transportSpecific as? HTTP2ServerTransport.Posix.Context,
-      let leaf = transport.peerCertificate
-    else { return nil }
+    guard let leaf = peerCertificate(context) else { return nil }
     return try? SVIDValidator.leafIdentity(leaf)
+  }
+
+  /// The caller's certificate: from grpc-swift's TLS, or from the front that handed gRPC the
+  /// connection (`ControlFront`).
+  static func peerCertificate(_ context: ServerContext) -> Certificate? {
+    if let transport = context.transportSpecific as? HTTP2ServerTransport.Posix.Context {
+      return transport.peerCertificate
+    }
+    return FrontPeers.shared.leaf(local: context.localPeer, remote: context.remotePeer)
   }
 }
 

@@ -128,6 +128,18 @@ public final class MeshTrust: Sendable {
       notAfter: certificate.notValidAfter, override: override)
   }
 
+  /// Checks a client's chain (DER, leaf first) as an X.509-SVID against the roots in force
+  /// now: the check of the control plane's own TLS (`ControlFront`).
+  @Sendable func checkClient(_ chain: [[UInt8]], _ loop: any EventLoop) -> EventLoopFuture<Void> {
+    let validator = state.withLock { $0.validator }
+    let promise = loop.makePromise(of: Void.self)
+    promise.completeWithTask {
+      let certificates = try chain.map { try Certificate(derEncoded: $0) }
+      _ = try await validator.validate(chain: certificates, as: .client)
+    }
+    return promise.futureResult
+  }
+
   /// Checks a client's chain as an X.509-SVID against the roots in force now.
   @Sendable public func verify(
     _ certificates: [NIOSSLCertificate],

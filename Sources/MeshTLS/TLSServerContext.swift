@@ -75,6 +75,11 @@ public final class TLSServerContext: @unchecked Sendable {
       certificateChain: chain, privateKey: key, alpn: alpn, clientCertificate: clientCertificate)
   }
 
+  /// Loads the system's OpenSSL 3, or throws why it cannot be.
+  public static func loadLibrary() throws(TLSError) {
+    _ = try OpenSSLLibrary.shared.get()
+  }
+
   deinit {
     library.SSL_CTX_free(context)
     alpn.deallocate()
