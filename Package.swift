@@ -420,7 +420,7 @@ let package = Package(
     ),
     .testTarget(
       name: "MeshProxyTests",
-      dependencies: ["MeshProxy", "MeshConfig", nioCore, nioHPACK],
+      dependencies: ["MeshProxy", "MeshConfig", nioCore, nioHPACK, nioEmbedded],
       swiftSettings: swiftSettings
     ),
     .testTarget(

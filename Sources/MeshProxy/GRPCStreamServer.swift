@@ -147,7 +147,7 @@ package final class GRPCStreamServer: ChannelDuplexHandler {
   private func start(_ context: ChannelHandlerContext) {
     guard !started else { return }
     started = true
-    lastRead = .now()
+    lastRead = context.eventLoop.now
     if !settingsSent {
       let settings = state.initialSettings
       var out = buffer(context)
@@ -174,7 +174,7 @@ package final class GRPCStreamServer: ChannelDuplexHandler {
   package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     var bytes = unwrapInboundIn(data)
     guard !closing else { return }
-    lastRead = .now()
+    lastRead = context.eventLoop.now
     pingSentAt = nil
     if received.readableBytes == 0 {
       received = bytes
@@ -483,7 +483,7 @@ package final class GRPCStreamServer: ChannelDuplexHandler {
 
   private func checkLiveness() {
     guard !closing else { return }
-    let now = NIODeadline.now()
+    guard let now = context?.eventLoop.now else { return }
     if let sent = pingSentAt {
       if now - sent >= closeAfter {
         closing = true
