@@ -29,14 +29,13 @@ import X509
 /// them): the config stream's, which that stack then keeps; on a connection handed to gRPC,
 /// whose own SETTINGS follow, the client's acknowledgement of the first is taken out.
 struct ControlFront: HTTP2ServerTransport.ListenerFactory {
-  static let subscribePath = "/trellis.mesh.v1.Config/Subscribe"
-  static let configStreamsPerConnection = 16
+  static let streamsPerConnection = 16
 
   let eventLoopGroup: any EventLoopGroup
   let host: String
   let port: Int
   let trust: MeshTrust
-  let control: ControlContext
+  let calls: NativeCalls
   /// A connection silent this long is PINGed, and closed when silent `closeAfter` more.
   let pingAfter: TimeAmount
   let closeAfter: TimeAmount
@@ -44,14 +43,14 @@ struct ControlFront: HTTP2ServerTransport.ListenerFactory {
   private let address = BoundAddress()
 
   init(
-    host: String, port: Int, trust: MeshTrust, control: ControlContext, pingAfter: TimeAmount,
+    host: String, port: Int, trust: MeshTrust, calls: NativeCalls, pingAfter: TimeAmount,
     closeAfter: TimeAmount,
     eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
   ) {
     self.host = host
     self.port = port
     self.trust = trust
-    self.control = control
+    self.calls = calls
     self.pingAfter = pingAfter
     self.closeAfter = closeAfter
     self.eventLoopGroup = eventLoopGroup
@@ -236,7 +235,7 @@ private final class FrontDispatcher: ChannelInboundHandler, RemovableChannelHand
     // The server's SETTINGS (gRPC clients wait for them before their first request): the
     // config stream's stack's own.
     let settings = GRPCStreamServer.settings(
-      maxConcurrentStreams: ControlFront.configStreamsPerConnection)
+      maxConcurrentStreams: ControlFront.streamsPerConnection)
     var frame = context.channel.allocator.buffer(capacity: 9 + settings.count * 6)
     frame.writeInteger(UInt32(settings.count * 6) << 8 | 0x4)  // length, type SETTINGS
     frame.writeInteger(UInt8(0))  // flags
@@ -277,8 +276,8 @@ private final class FrontDispatcher: ChannelInboundHandler, RemovableChannelHand
         return
       }
       timer?.cancel()
-      if path == ControlFront.subscribePath {
-        serveConfigStreams(context, received)
+      if NativeCalls.paths.contains(path) {
+        serveNatively(context, received)
       } else {
         handToGRPC(context, received)
       }
@@ -290,10 +289,10 @@ private final class FrontDispatcher: ChannelInboundHandler, RemovableChannelHand
     context.fireChannelReadComplete()
   }
 
-  private func serveConfigStreams(_ context: ChannelHandlerContext, _ received: ByteBuffer) {
-    let service = NativeConfigConnection(control: front.control, leaf: leaf)
+  private func serveNatively(_ context: ChannelHandlerContext, _ received: ByteBuffer) {
+    let service = NativeConnection(calls: front.calls, leaf: leaf)
     let server = GRPCStreamServer(
-      service: service, maxConcurrentStreams: ControlFront.configStreamsPerConnection,
+      service: service, maxConcurrentStreams: ControlFront.streamsPerConnection,
       pingAfter: front.pingAfter, closeAfter: front.closeAfter, settingsSent: true)
     do {
       try context.pipeline.syncOperations.addHandler(server, position: .after(self))

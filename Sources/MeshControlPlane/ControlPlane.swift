@@ -133,10 +133,11 @@ public struct ControlPlane: Service {
     let keepalive = configuration.keepalive
     transportConfig.channelDebuggingCallbacks.onAcceptTCPConnection = SilentPeerHandler.installer(
       limit: keepalive.time + keepalive.timeout * 2)
+    let telemetry = TelemetryHub()
     let services: [any RegistrableRPCService] = [
       IdentityService(control), AdminService(control), ConfigService(control),
       CollectorService(store: traces), TracesService(store: traces),
-      TelemetryService(hub: TelemetryHub()),
+      TelemetryService(hub: telemetry),
     ]
     // The mutual-TLS listener: the front (OpenSSL, and config streams on the HTTP/2 core) when
     // the system's OpenSSL 3 loads, else grpc-swift's own.
@@ -160,7 +161,8 @@ public struct ControlPlane: Service {
     } else {
       let listener = ControlFront(
         host: configuration.listen.host, port: configuration.listen.port, trust: trust,
-        control: control, pingAfter: TimeAmount(keepalive.time),
+        calls: NativeCalls(control: control, telemetry: telemetry, traces: traces),
+        pingAfter: TimeAmount(keepalive.time),
         closeAfter: TimeAmount(keepalive.timeout * 2))
       let front = HTTP2ServerTransport.Custom(
         listenerFactory: listener,

@@ -8,26 +8,6 @@ import NIOHPACK
 import Synchronization
 import X509
 
-/// The config streams of one connection the front serves itself (`ControlFront`): only
-/// `Subscribe`; another method on such a connection is UNIMPLEMENTED (sidecars hold their
-/// config stream on a connection of its own).
-final class NativeConfigConnection: GRPCStreamService {
-  let control: ControlContext
-  let leaf: Certificate?
-
-  init(control: ControlContext, leaf: Certificate?) {
-    self.control = control
-    self.leaf = leaf
-  }
-
-  func open(
-    path: String, headers: HPACKHeaders, call: GRPCStreamCall
-  ) -> (any GRPCStreamCallHandler)? {
-    guard path == ControlFront.subscribePath else { return nil }
-    return NativeConfigStream(control: control, leaf: leaf, call: call)
-  }
-}
-
 /// One sidecar's config stream, as `ConfigService.subscribe` serves it, but driven by events on
 /// its connection's event loop instead of a task: the hub wakes it (`ConfigWaker`) and it
 /// writes a snapshot; each message from the sidecar (the hello, ACKs, NACKs, registrations)

@@ -24,7 +24,7 @@ final class TelemetryHub: Sendable {
   private struct Reporter {
     var service: String
     var instance: String
-    var controls: AsyncStream<Trellis_Mesh_V1_TapControl>.Continuation
+    var controls: @Sendable (Trellis_Mesh_V1_TapControl) -> Void
     /// The endpoints it calls, as it last reported them, and when.
     var endpoints: [Trellis_Mesh_V1_EndpointStatus] = []
     var endpointsReported: TimeInterval = 0
@@ -59,12 +59,21 @@ final class TelemetryHub: Sendable {
     service: String, instance: String,
     controls: AsyncStream<Trellis_Mesh_V1_TapControl>.Continuation
   ) -> UUID {
+    connect(service: service, instance: instance) { controls.yield($0) }
+  }
+
+  /// The same, for a stream served without a task of its own: `send` is called with each
+  /// change of the taps.
+  func connect(
+    service: String, instance: String,
+    send controls: @escaping @Sendable (Trellis_Mesh_V1_TapControl) -> Void
+  ) -> UUID {
     let id = UUID()
     let current = state.withLock { state in
       state.reporters[id] = Reporter(service: service, instance: instance, controls: controls)
       return Self.control(for: service, state.taps)
     }
-    controls.yield(current)
+    controls(current)
     return id
   }
 
@@ -279,7 +288,7 @@ final class TelemetryHub: Sendable {
         state.reporters.values.filter { $0.service == service }.map(\.controls)
       )
     }
-    for reporter in reporters { reporter.yield(control) }
+    for reporter in reporters { reporter(control) }
   }
 
   private static func control(
