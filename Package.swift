@@ -349,8 +349,9 @@ let package = Package(
     .executableTarget(
       name: "control-plane-bench",
       dependencies: [
-        "MeshIdentity", "MeshProtos", "MeshControlClient", argumentParser, grpcCore, grpcHTTP2,
-        grpcProtobuf, x509, crypto, .product(name: "SwiftASN1", package: "swift-asn1"),
+        "MeshIdentity", "MeshProtos", "MeshControlClient", "MeshTLS", argumentParser, grpcCore,
+        grpcHTTP2, grpcProtobuf, x509, crypto, nioCore, nioPosix, nioSSL,
+        .product(name: "SwiftASN1", package: "swift-asn1"),
       ],
       swiftSettings: swiftSettings
     ),

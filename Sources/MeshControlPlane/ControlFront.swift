@@ -74,6 +74,9 @@ struct ControlFront: HTTP2ServerTransport.ListenerFactory {
   > {
     let outlet = ConnectionOutlet()
     let front = self
+    // The first context is made now: what OpenSSL sets up once is the process's, not the
+    // first connection's.
+    _ = try contexts.current(trust.own)
     let server = try await ServerBootstrap(group: eventLoopGroup)
       .serverChannelOption(.backlog, value: 4096)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

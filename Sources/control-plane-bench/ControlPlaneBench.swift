@@ -58,6 +58,16 @@ struct ControlPlaneBench: AsyncParsableCommand {
       ratio printed.
       """)
   var baseline: String?
+  @Option(
+    help: """
+      Instead of the rest: what an idle mutual-TLS connection costs a server on swift-nio-ssl \
+      and on the control plane's own TLS (OpenSSL), over this many connections each.
+      """)
+  var tlsMemory = 0
+  @Option(help: "With --tls-memory: the bytes each connection sends and reads back first.")
+  var tlsMessage = 25
+  @Option(help: .hidden) var tlsServer: String?
+  @Option(help: .hidden) var tlsCerts: String?
 
   func validate() throws {
     if let baseline {
@@ -81,6 +91,11 @@ struct ControlPlaneBench: AsyncParsableCommand {
   }
 
   func run() async throws {
+    if let tlsServer, let tlsCerts { try await TLSMemory.serve(tlsServer, certs: tlsCerts) }
+    if tlsMemory > 0 {
+      try await TLSMemory.run(connections: tlsMemory, message: tlsMessage)
+      return
+    }
     let work = FileManager.default.temporaryDirectory
       .appendingPathComponent("control-plane-bench-\(UUID().uuidString.prefix(8))").path
     let certs = "\(work)/certs"
