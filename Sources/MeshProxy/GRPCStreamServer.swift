@@ -17,7 +17,8 @@ package protocol GRPCStreamCallHandler: AnyObject {
   func received(_ message: ByteBuffer)
   /// The peer sent all its messages (END_STREAM).
   func receivedEnd()
-  /// Every message sent has gone out (the peer's windows had held some back).
+  /// Every message sent has gone out (the peer's windows had held some back), or the socket
+  /// takes writes again.
   func drained()
   /// The call is over: finished here, reset by the peer, timed out, or its connection gone.
   /// Nothing may be sent after.
@@ -45,9 +46,9 @@ package final class GRPCStreamCall {
     self.eventLoop = eventLoop
   }
 
-  /// Whether messages sent wait for the peer's windows: a sender of snapshots waits for
-  /// `drained` rather than queue more.
-  package var isBlocked: Bool { outbound != nil }
+  /// Whether messages sent wait — for the peer's windows, or for the socket, which a peer that
+  /// does not read fills: a sender of snapshots waits for `drained` rather than queue more.
+  package var isBlocked: Bool { outbound != nil || !server.isWritable }
 
   /// Sends one message (its bytes, unprefixed).
   package func send(_ message: ByteBuffer) {
@@ -197,6 +198,18 @@ package final class GRPCStreamServer: ChannelDuplexHandler {
 
   package func channelReadComplete(context: ChannelHandlerContext) {
     flush()
+  }
+
+  /// Whether the channel takes more writes now.
+  var isWritable: Bool { context?.channel.isWritable ?? false }
+
+  package func channelWritabilityChanged(context: ChannelHandlerContext) {
+    if context.channel.isWritable {
+      for call in Array(calls.values) where call.outbound == nil && !call.isOver {
+        call.handler?.drained()
+      }
+    }
+    context.fireChannelWritabilityChanged()
   }
 
   package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -228,6 +228,23 @@ import Testing
     #expect(echo.drainedCount == 1)
   }
 
+  @Test func aPeerThatDoesNotReadBlocksSendsUntilTheSocketDrains() throws {
+    let echo = Echo()
+    var client = try Client(GRPCStreamServer(service: echo))
+    try client.request(1)
+    _ = try client.read()
+    #expect(echo.call?.isBlocked == false)
+    // The socket's buffer is full (the peer reads nothing): a sender must wait.
+    client.channel.isWritable = false
+    client.channel.pipeline.fireChannelWritabilityChanged()
+    #expect(echo.call?.isBlocked == true)
+    #expect(echo.drainedCount == 0)
+    client.channel.isWritable = true
+    client.channel.pipeline.fireChannelWritabilityChanged()
+    #expect(echo.call?.isBlocked == false)
+    #expect(echo.drainedCount == 1)
+  }
+
   @Test func aSilentPeerIsPingedThenClosed() throws {
     let echo = Echo()
     var client = try Client(
