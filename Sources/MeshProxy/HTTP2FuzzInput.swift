@@ -25,6 +25,7 @@ package enum HTTP2FuzzInput {
     bytes += input.dropFirst()
     // Reads of 1 to 64 bytes, or all at once, by the second byte.
     let piece = input.count > 1 && input[1] & 0x80 != 0 ? Int(input[1] & 0x3F) + 1 : bytes.count
+    if isServer { readFirstRequest(bytes, piece: max(piece, 1)) }
     var budget = HTTP2Windows.growthBudget
     var buffer = ByteBuffer()
     var offset = 0
@@ -64,6 +65,35 @@ package enum HTTP2FuzzInput {
     } catch {
       preconditionFailure("not a connection error: \(error)")
     }
+  }
+
+  /// What the control plane's front does with a client's first bytes: `HTTP2FirstRequest`
+  /// reads them (a path, nil, or an error, never a trap), and `SettingsAckFilter` hands them on
+  /// with at most one 9-byte SETTINGS acknowledgement taken out, the rest unchanged.
+  private static func readFirstRequest(_ bytes: [UInt8], piece: Int) {
+    var reader = HTTP2FirstRequest()
+    var filter = SettingsAckFilter()
+    var filtered: [UInt8] = []
+    var offset = 0
+    var reading = true
+    while offset < bytes.count {
+      let end = min(bytes.count, offset + piece)
+      let chunk = ByteBuffer(bytes: bytes[offset..<end])
+      offset = end
+      if reading {
+        do {
+          if try reader.read(chunk) != nil { reading = false }
+        } catch {
+          reading = false
+        }
+      }
+      let wasDone = filter.done
+      var out = filter.filter(chunk)
+      filtered += out.readBytes(length: out.readableBytes)!
+      precondition(!wasDone || filtered.count == end - 9, "bytes lost after the acknowledgement")
+    }
+    precondition(
+      filtered.count == bytes.count - (filter.done ? 9 : 0), "the filter took more than one frame")
   }
 
   private static func carryOut(
