@@ -79,6 +79,8 @@ package struct HTTP2FirstRequest {
 package struct SettingsAckFilter {
   /// Whether the acknowledgement has been taken out (every byte passes after).
   package private(set) var done = false
+  /// Bytes of a frame header held back until the rest of it comes.
+  package var holding: Int { header.count }
   private var prefaceLeft = HTTP2Wire.preface.count
   private var header: [UInt8] = []
   private var frameLeft = 0
