@@ -413,12 +413,7 @@ package final class GRPCStreamServer: ChannelDuplexHandler {
 
   private func writeHeaders(_ headers: HPACKHeaders, endStream: Bool, on id: UInt32) {
     var out = buffer()
-    let start = out.writerIndex
-    out.writeFrameHeader(
-      length: 0, type: FrameType.headers,
-      flags: FrameFlag.endHeaders | (endStream ? FrameFlag.endStream : 0), stream: id)
-    state.encoder.encode(headers: headers, to: &out)
-    out.setFrameLength(out.writerIndex - start - HTTP2Wire.frameHeaderLength, at: start)
+    out.writeHeadersFrame(headers, endStream: endStream, stream: id, encoder: &state.encoder)
     output = out
   }
 

@@ -361,3 +361,18 @@ struct BlockOutput {
     }
   }
 }
+
+extension ByteBuffer {
+  /// One HEADERS frame (END_HEADERS, and END_STREAM if asked) carrying `headers` as `encoder`
+  /// encodes them: for a block that fits one frame, as a response's headers and trailers do.
+  mutating func writeHeadersFrame(
+    _ headers: HPACKHeaders, endStream: Bool, stream: UInt32, encoder: inout HPACKWriter
+  ) {
+    let start = writerIndex
+    writeFrameHeader(
+      length: 0, type: FrameType.headers,
+      flags: FrameFlag.endHeaders | (endStream ? FrameFlag.endStream : 0), stream: stream)
+    encoder.encode(headers: headers, to: &self)
+    setFrameLength(writerIndex - start - HTTP2Wire.frameHeaderLength, at: start)
+  }
+}

@@ -54,11 +54,7 @@ package struct HTTP2CoreAnswerer {
   }
 
   private mutating func writeHeaders(_ headers: HPACKHeaders, endStream: Bool, on id: UInt32) {
-    let start = output.writerIndex
-    output.writeFrameHeader(
-      length: 0, type: FrameType.headers,
-      flags: FrameFlag.endHeaders | (endStream ? FrameFlag.endStream : 0), stream: id)
-    connection.encoder.encode(headers: headers, to: &output)
-    output.setFrameLength(output.writerIndex - start - HTTP2Wire.frameHeaderLength, at: start)
+    output.writeHeadersFrame(
+      headers, endStream: endStream, stream: id, encoder: &connection.encoder)
   }
 }
