@@ -163,16 +163,25 @@ final class FrontPeers: Sendable {
 private final class ConnectionOutlet: ChannelInboundHandler, @unchecked Sendable {
   typealias InboundIn = ByteBuffer
   typealias InboundOut = HTTP2ServerTransport.ConnectionConfigurator.ConnectionChannel
+  /// Touched on the carrier's event loop only.
   private var context: ChannelHandlerContext?
+  /// The carrier's event loop, read from the connections' loops.
+  private let loop = Mutex<(any EventLoop)?>(nil)
 
-  func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+  func handlerAdded(context: ChannelHandlerContext) {
+    self.context = context
+    loop.withLock { $0 = context.eventLoop }
+  }
   func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
   /// Nothing is written to the carrier's pipe.
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 
   func deliver(_ connection: InboundOut, closing channel: any Channel) {
-    guard let loop = context?.eventLoop ?? Optional(channel.eventLoop) else { return }
+    guard let loop = loop.withLock({ $0 }) else {
+      channel.close(promise: nil)
+      return
+    }
     loop.execute {
       guard let context = self.context else {
         channel.close(promise: nil)
