@@ -61,7 +61,8 @@ public struct ConfigSubscriber: Service {
     }
   }
 
-  private let replicas: ControlPlaneReplicas
+  private let connection: ControlPlaneConnection
+  private var replicas: ControlPlaneReplicas { connection.replicas }
   private let files: CertificateKeeper.Files
   private let identity: Identity
   private let advertised: @Sendable () async -> String?
@@ -76,12 +77,12 @@ public struct ConfigSubscriber: Service {
   /// `advertised` gives the inbound address others dial once it is bound; `base` is the config
   /// the sidecar started with (its bootstrap's mesh file), run until the control plane sends one.
   public init(
-    replicas: ControlPlaneReplicas, files: CertificateKeeper.Files, identity: Identity,
+    connection: ControlPlaneConnection, files: CertificateKeeper.Files, identity: Identity,
     advertised: @escaping @Sendable () async -> String?, registering: Registering?,
     base: MeshConfig, state: String, events: CertificateEvents, logger: Logger,
     apply: @escaping @Sendable (MeshConfig, Int64) -> Void
   ) {
-    self.replicas = replicas
+    self.connection = connection
     self.files = files
     self.identity = identity
     self.advertised = advertised
@@ -156,11 +157,13 @@ public struct ConfigSubscriber: Service {
     while !Task.isShuttingDownGracefully {
       do {
         // On shutdown the stream is closed gracefully, the withdrawal sent first.
-        try await withGracefulShutdownHandler {
+        let moved = try await withGracefulShutdownHandler {
           try await self.stream(progress)
         } onGracefulShutdown: {
           progress.close()
         }
+        // Opened again at once on the sidecar's new connection.
+        if moved { continue }
       } catch {
         if Task.isShuttingDownGracefully || Task.isCancelled { return }
         logger.warning(
@@ -350,12 +353,20 @@ public struct ConfigSubscriber: Service {
   /// One subscription to the replica in use, until the stream ends (or, once shutdown began,
   /// two seconds after). A replica that fails it — gone, hung, or not answering in time — is
   /// left for the next; one that ends it by itself (aging its streams out) for one chosen at
-  /// random, so sidecars spread again over the replicas.
-  private func stream(_ progress: Progress) async throws {
+  /// random, so sidecars spread again over the replicas. Returns true when the stream ended
+  /// because the sidecar's connection to the replica was made anew (a renewal, a new trust
+  /// bundle): it is opened again at once, on the new one.
+  private func stream(_ progress: Progress) async throws -> Bool {
     let address = replicas.current
+    let client = try connection.client()
     do {
-      try await stream(progress, to: address)
+      try await stream(progress, to: address, over: client)
+    } catch is Moved {
+      logger.debug("the config stream moves to the sidecar's new connection")
+      return true
     } catch  where !Task.isShuttingDownGracefully && !Task.isCancelled {
+      // The next stream gets a connection of its own, even to the same replica.
+      connection.discard(client)
       let next = replicas.failed(address)
       if next != address {
         logger.warning(
@@ -372,22 +383,19 @@ public struct ConfigSubscriber: Service {
           metadata: ["from": "\(address)", "to": "\(next)"])
       }
     }
+    return false
   }
+
+  /// Ends a stream whose connection is no longer the one in use.
+  private struct Moved: Error {}
 
   /// A replica that has not answered the subscription within this long is given up.
   static let answerTimeout = Duration.seconds(10)
 
-  /// One subscription to `address`.
-  private func stream(_ progress: Progress, to address: Address) async throws {
-    let transport = try HTTP2ClientTransport.Posix(
-      target: address.target,
-      transportSecurity: .meshIdentity(
-        certificate: files.certificate, key: files.privateKey, bundle: files.bundle),
-      config: .defaults {
-        // A replica that stops answering (hung, or its host gone) is found out by pings.
-        $0.connection.keepalive = .init(
-          time: .seconds(10), timeout: .seconds(5), allowWithoutCalls: true)
-      })
+  /// One subscription to `address`, over the sidecar's connection to it.
+  private func stream(
+    _ progress: Progress, to address: Address, over client: ControlPlaneConnection.Client
+  ) async throws {
     let answered = Answered()
     let (requests, outbox) = AsyncStream.makeStream(of: Trellis_Mesh_V1_SubscribeRequest.self)
     guard progress.open(outbox) else { return }
@@ -396,22 +404,20 @@ public struct ConfigSubscriber: Service {
     defer { events.onRenewed(nil) }
     try await withThrowingTaskGroup(of: Void.self) { group in
       group.addTask {
-        try await withGRPCClient(transport: transport) { client in
-          try await Trellis_Mesh_V1_Config.Client(wrapping: client).subscribe(
-            requestProducer: { writer in
-              for await request in requests { try await writer.write(request) }
-            },
-            onResponse: { response in
-              answered.set()
-              progress.established()
-              self.logger.info(
-                "subscribed to the control plane", metadata: ["replica": "\(address)"])
-              for try await snapshot in response.messages {
-                progress.send(self.handle(snapshot, progress))
-              }
-              outbox.finish()
-            })
-        }
+        try await Trellis_Mesh_V1_Config.Client(wrapping: client).subscribe(
+          requestProducer: { writer in
+            for await request in requests { try await writer.write(request) }
+          },
+          onResponse: { response in
+            answered.set()
+            progress.established()
+            self.logger.info(
+              "subscribed to the control plane", metadata: ["replica": "\(address)"])
+            for try await snapshot in response.messages {
+              progress.send(self.handle(snapshot, progress))
+            }
+            outbox.finish()
+          })
       }
       group.addTask {
         try await Task.sleep(for: Self.answerTimeout)
@@ -421,6 +427,11 @@ public struct ConfigSubscriber: Service {
             message: "the control plane at \(address) did not answer within \(Self.answerTimeout)")
         }
         try await Task.sleep(for: .seconds(1_000_000_000))
+      }
+      group.addTask { [connection] in
+        // The connection made anew (the certificate files changed): the stream moves to it.
+        while connection.isCurrent(client) { try await Task.sleep(for: .seconds(1)) }
+        throw Moved()
       }
       group.addTask {
         // A control plane that does not close the stream at shutdown gets two seconds.

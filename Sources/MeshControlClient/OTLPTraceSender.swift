@@ -4,27 +4,18 @@ import MeshConfig
 import MeshProtos
 import MeshServiceKit
 
-#if canImport(FoundationEssentials)
-  import FoundationEssentials
-#else
-  import Foundation
-#endif
-
-/// Sends span batches over OTLP/gRPC: to the control plane's collector with the sidecar's own
-/// identity (mutual TLS), or to a plaintext collector. One connection, kept; with mutual TLS
-/// it is made afresh once the certificate files change (a renewal), since a connection's TLS
-/// configuration is read when it is made.
+/// Sends span batches over OTLP/gRPC: to the control plane's collector over the sidecar's
+/// connection to its replica (mutual TLS, the sidecar's own identity), or to a plaintext
+/// collector over one connection of its own, kept.
 public actor OTLPTraceSender {
   public enum Destination: Sendable {
     /// The collector of the control plane replica the sidecar uses now.
-    case controlPlane(ControlPlaneReplicas, CertificateKeeper.Files)
+    case controlPlane(ControlPlaneConnection)
     case plaintext(Address)
   }
 
   private let destination: Destination
-  private var client: GRPCClient<HTTP2ClientTransport.Posix>?
-  private var runner: Task<Void, Never>?
-  private var certificateSignature: [String]?
+  private var plaintext: GRPCClient<HTTP2ClientTransport.Posix>?
 
   public init(_ destination: Destination) {
     self.destination = destination
@@ -33,7 +24,7 @@ public actor OTLPTraceSender {
   /// Where the spans go, in words.
   public nonisolated var description: String {
     switch destination {
-    case .controlPlane(let replicas, _): "the control plane at \(replicas)"
+    case .controlPlane(let connection): "\(connection)"
     case .plaintext(let address): "\(address)"
     }
   }
@@ -54,42 +45,22 @@ public actor OTLPTraceSender {
     method: "Export")
 
   public func close() {
-    client?.beginGracefulShutdown()
-    client = nil
+    plaintext?.beginGracefulShutdown()
+    plaintext = nil
   }
 
   private func current() throws -> GRPCClient<HTTP2ClientTransport.Posix> {
-    let signature = self.signature()
-    if let client, signature == certificateSignature { return client }
-    client?.beginGracefulShutdown()
-    let transport: HTTP2ClientTransport.Posix
     switch destination {
-    case .controlPlane(let replicas, let files):
-      transport = try HTTP2ClientTransport.Posix(
-        target: replicas.current.target,
-        transportSecurity: .meshIdentity(
-          certificate: files.certificate, key: files.privateKey, bundle: files.bundle))
+    case .controlPlane(let connection):
+      return try connection.client()
     case .plaintext(let address):
-      transport = try HTTP2ClientTransport.Posix(
-        target: address.target, transportSecurity: .plaintext)
+      if let plaintext { return plaintext }
+      let client = GRPCClient(
+        transport: try HTTP2ClientTransport.Posix(
+          target: address.target, transportSecurity: .plaintext))
+      Task { try? await client.runConnections() }
+      plaintext = client
+      return client
     }
-    let client = GRPCClient(transport: transport)
-    runner = Task { try? await client.runConnections() }
-    self.client = client
-    certificateSignature = signature
-    return client
-  }
-
-  /// What the connection depends on: the certificate files, and the replica in use.
-  private func signature() -> [String]? {
-    guard case .controlPlane(let replicas, let files) = destination else { return nil }
-    return ["\(replicas.current)"]
-      + [files.certificate, files.privateKey, files.bundle].map { path in
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
-          return "missing"
-        }
-        let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-        return "\(modified)/\(attributes[.size] ?? 0)"
-      }
   }
 }

@@ -10,11 +10,11 @@ import ServiceLifecycle
 /// (`trellis.mesh.v1.Telemetry/Report`): every second the calls that ended, and — while an
 /// operator taps this service — the tapped calls every 100 ms. The control plane answers with
 /// the taps open. Every fifth second a report also carries the endpoints this sidecar calls, as
-/// its balancer sees them (`endpoints`), for the dashboard. A lost stream is opened again with
-/// backoff (0.5 s to 30 s); meanwhile no call is tapped.
+/// its balancer sees them (`endpoints`), for the dashboard. The stream goes over the sidecar's
+/// connection to its replica and moves with it (within a second). A lost stream is opened again
+/// with backoff (0.5 s to 30 s); meanwhile no call is tapped.
 public struct TelemetryReporter: Service {
-  private let replicas: ControlPlaneReplicas
-  private let files: CertificateKeeper.Files
+  private let connection: ControlPlaneConnection
   private let telemetry: LiveTelemetry
   private let instance: @Sendable () async -> String?
   private let endpoints: @Sendable () -> [EndpointSnapshot]
@@ -24,13 +24,12 @@ public struct TelemetryReporter: Service {
   static let endpointsEvery = 5
 
   public init(
-    replicas: ControlPlaneReplicas, files: CertificateKeeper.Files,
+    connection: ControlPlaneConnection,
     telemetry: LiveTelemetry, instance: @escaping @Sendable () async -> String?,
     endpoints: @escaping @Sendable () -> [EndpointSnapshot] = { [] },
     logger: Logger
   ) {
-    self.replicas = replicas
-    self.files = files
+    self.connection = connection
     self.telemetry = telemetry
     self.instance = instance
     self.endpoints = endpoints
@@ -42,12 +41,17 @@ public struct TelemetryReporter: Service {
     var backoff = Duration.milliseconds(500)
     while !Task.isShuttingDownGracefully, !Task.isCancelled {
       let started = ContinuousClock.now
+      var client: ControlPlaneConnection.Client?
       do {
-        try await cancelWhenGracefulShutdown { try await stream(instance) }
+        let opened = try connection.client()
+        client = opened
+        try await cancelWhenGracefulShutdown { try await stream(instance, over: opened) }
       } catch {
         logger.debug("telemetry stream lost", metadata: ["error": "\(error)"])
       }
       telemetry.setTaps([])
+      // The connection moved: the stream is opened again at once on the one in use.
+      if let client, !connection.isCurrent(client) { continue }
       if ContinuousClock.now - started > .seconds(30) { backoff = .milliseconds(500) }
       let jittered = backoff * Double.random(in: 0.5...1)
       try? await cancelWhenGracefulShutdown { try await Task.sleep(for: jittered) }
@@ -55,59 +59,53 @@ public struct TelemetryReporter: Service {
     }
   }
 
-  private func stream(_ instance: String) async throws {
-    // The replica the config stream uses: the sidecar moves as one.
-    let address = replicas.current
-    let transport = try HTTP2ClientTransport.Posix(
-      target: address.target,
-      transportSecurity: .meshIdentity(
-        certificate: files.certificate, key: files.privateKey, bundle: files.bundle),
-      config: .defaults {
-        // A replica that hangs ends the stream; the next one goes where the config stream went.
-        $0.connection.keepalive = .init(
-          time: .seconds(10), timeout: .seconds(5), allowWithoutCalls: true)
-      })
+  private func stream(_ instance: String, over client: ControlPlaneConnection.Client) async throws {
+    let connection = self.connection
     let telemetry = self.telemetry
     let endpoints = self.endpoints
-    try await withGRPCClient(transport: transport) { client in
-      try await Trellis_Mesh_V1_Telemetry.Client(wrapping: client).report(
-        requestProducer: { writer in
-          var last = ContinuousClock.now
-          var reports = 0
-          while true {
-            try await Task.sleep(for: telemetry.isTapping ? .milliseconds(100) : .seconds(1))
-            var report = Trellis_Mesh_V1_TelemetryReport()
-            report.instance = instance
-            let now = ContinuousClock.now
-            if now - last >= .seconds(1) {
-              let (stats, tapped) = telemetry.drain()
-              let interval = now - last
-              last = now
-              report.calls = stats.map { Self.message($0, interval: interval) }
-              report.taps = tapped.map { Self.message($0, instance: instance) }
-              // The first report of a stream carries them, then every few seconds.
-              if reports % Self.endpointsEvery == 0 {
-                report.endpoints = endpoints().map(Self.message)
-              }
-              reports += 1
-            } else {
-              report.taps = telemetry.drainTapped().map { Self.message($0, instance: instance) }
-              if report.taps.isEmpty { continue }
+    try await Trellis_Mesh_V1_Telemetry.Client(wrapping: client).report(
+      requestProducer: { writer in
+        var last = ContinuousClock.now
+        var reports = 0
+        while true {
+          try await Task.sleep(for: telemetry.isTapping ? .milliseconds(100) : .seconds(1))
+          // The connection moved (another replica, or a renewed certificate): so does the
+          // stream.
+          guard connection.isCurrent(client) else { throw Moved() }
+          var report = Trellis_Mesh_V1_TelemetryReport()
+          report.instance = instance
+          let now = ContinuousClock.now
+          if now - last >= .seconds(1) {
+            let (stats, tapped) = telemetry.drain()
+            let interval = now - last
+            last = now
+            report.calls = stats.map { Self.message($0, interval: interval) }
+            report.taps = tapped.map { Self.message($0, instance: instance) }
+            // The first report of a stream carries them, then every few seconds.
+            if reports % Self.endpointsEvery == 0 {
+              report.endpoints = endpoints().map(Self.message)
             }
-            try await writer.write(report)
+            reports += 1
+          } else {
+            report.taps = telemetry.drainTapped().map { Self.message($0, instance: instance) }
+            if report.taps.isEmpty { continue }
           }
-        },
-        onResponse: { response in
-          for try await control in response.messages {
-            telemetry.setTaps(
-              control.taps.map {
-                LiveTelemetry.Tap(
-                  id: $0.id, method: $0.method, maxPerSecond: Int(max($0.maxPerSecond, 1)))
-              })
-          }
-        })
-    }
+          try await writer.write(report)
+        }
+      },
+      onResponse: { response in
+        for try await control in response.messages {
+          telemetry.setTaps(
+            control.taps.map {
+              LiveTelemetry.Tap(
+                id: $0.id, method: $0.method, maxPerSecond: Int(max($0.maxPerSecond, 1)))
+            })
+        }
+      })
   }
+
+  /// Ends a stream whose connection is no longer the one in use.
+  private struct Moved: Error {}
 
   static func message(_ endpoint: EndpointSnapshot) -> Trellis_Mesh_V1_EndpointStatus {
     var message = Trellis_Mesh_V1_EndpointStatus()

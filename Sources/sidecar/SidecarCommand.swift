@@ -95,7 +95,15 @@ struct SidecarCommand: AsyncParsableCommand {
       throw ExitCode.failure
     }
     let bootstrap = configuration.bootstrap
-    let exporter = Self.spanExporter(bootstrap, replicas: replicas, logger: logger)
+    // One connection to the replica in use carries the config stream, telemetry and spans.
+    let connection = replicas.map {
+      ControlPlaneConnection(
+        replicas: $0,
+        files: .init(
+          certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
+          bundle: bootstrap.bundle))
+    }
+    let exporter = Self.spanExporter(bootstrap, connection: connection, logger: logger)
     if let exporter {
       configuration.spans = exporter.queue
       configuration.appSpans = { bytes in try exporter.relay(bytes) }
@@ -106,16 +114,18 @@ struct SidecarCommand: AsyncParsableCommand {
     let sidecar = Sidecar(configuration: configuration, tls: tls, logger: logger)
     // A service group stops its services one at a time, last first: the telemetry reporter,
     // then the subscriber (which withdraws the endpoint, so peers stop sending calls here),
-    // then the sidecar (GOAWAY; the calls in flight finish), then the keeper, and the span
-    // exporter last, so the spans of the calls the drain let finish are sent too.
-    var services: [any Service] = (exporter.map { [$0] } ?? []) + (keeper.map { [$0] } ?? [])
+    // then the sidecar (GOAWAY; the calls in flight finish), then the keeper, then the span
+    // exporter, so the spans of the calls the drain let finish are sent too, and the
+    // connection to the control plane they all used last.
+    var services: [any Service] =
+      (connection.map { [$0] } ?? []) + (exporter.map { [$0] } ?? []) + (keeper.map { [$0] } ?? [])
     services.append(sidecar)
-    if let link = bootstrap.controlPlane, let state = bootstrap.state {
+    if let connection, let state = bootstrap.state {
       // Routes and rules come from the control plane; until it answers, the last config this
       // sidecar ran (or the bootstrap's mesh file) serves.
       let advertised = sidecar.advertised
       let subscriber = ConfigSubscriber(
-        replicas: replicas!,
+        connection: connection,
         files: .init(
           certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
           bundle: bootstrap.bundle),
@@ -135,10 +145,7 @@ struct SidecarCommand: AsyncParsableCommand {
         // Live figures for `meshctl top` and `meshctl tap`.
         services.append(
           TelemetryReporter(
-            replicas: replicas!,
-            files: .init(
-              certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
-              bundle: bootstrap.bundle),
+            connection: connection,
             telemetry: telemetry, instance: { await advertised.value() },
             endpoints: { [routing = sidecar.routing] in routing.endpointSnapshots() },
             logger: logger))
@@ -157,17 +164,13 @@ struct SidecarCommand: AsyncParsableCommand {
   /// Where the sidecar's spans (and its app's) go: the bootstrap's collector, or the control
   /// plane's; nil (nothing recorded) without either.
   private static func spanExporter(
-    _ bootstrap: SidecarBootstrap, replicas: ControlPlaneReplicas?, logger: Logger
+    _ bootstrap: SidecarBootstrap, connection: ControlPlaneConnection?, logger: Logger
   ) -> SpanExporter? {
     let destination: OTLPTraceSender.Destination
     if let collector = bootstrap.collector {
       destination = .plaintext(collector)
-    } else if let replicas {
-      destination = .controlPlane(
-        replicas,
-        .init(
-          certificate: bootstrap.certificate, privateKey: bootstrap.privateKey,
-          bundle: bootstrap.bundle))
+    } else if let connection {
+      destination = .controlPlane(connection)
     } else {
       return nil
     }

@@ -141,3 +141,35 @@ func waitFor(seconds: Double, _ condition: () throws -> Bool) throws -> Bool {
   }
   return false
 }
+
+/// How many established TCP connections process `pid` holds to `port` (on any address), read
+/// from `/proc`: its sockets' inodes, matched in the kernel's tables.
+func establishedConnections(of pid: Int32, toPort port: Int) throws -> Int {
+  let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")
+  var inodes = Set<String>()
+  for descriptor in descriptors {
+    guard
+      let target = try? FileManager.default.destinationOfSymbolicLink(
+        atPath: "/proc/\(pid)/fd/\(descriptor)"),
+      target.hasPrefix("socket:[")
+    else { continue }
+    inodes.insert(String(target.dropFirst("socket:[".count).dropLast()))
+  }
+  var count = 0
+  for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    // Read to the end: the kernel's tables report a size of 0.
+    guard let data = try FileHandle(forReadingFrom: URL(fileURLWithPath: table)).readToEnd()
+    else { continue }
+    let text = String(decoding: data, as: UTF8.self)
+    for line in text.split(separator: "\n").dropFirst() {
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+      let fields = line.split(separator: " ")
+      guard fields.count > 9, fields[3] == "01", inodes.contains(String(fields[9])),
+        let remotePort = fields[2].split(separator: ":").last.flatMap({ Int($0, radix: 16) }),
+        remotePort == port
+      else { continue }
+      count += 1
+    }
+  }
+  return count
+}

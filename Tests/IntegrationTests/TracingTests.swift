@@ -113,9 +113,9 @@ import Testing
   @Test func aCallThroughThreeServicesIsOneTrace() throws {
     try apply()
     let edge = try sidecar("edge")
-    let (_, a) = try relay("a")
-    let (_, b) = try relay("b")
-    let (_, c) = try relay("c")
+    let (aSidecar, a) = try relay("a")
+    let (bSidecar, b) = try relay("b")
+    let (cSidecar, c) = try relay("c")
     try waitForRegistrations(["a", "b", "c"])
     let request = #"{"next":["b","c"],"workMs":2,"payload":"chain"}"#
     let called = try rpc([
@@ -188,6 +188,18 @@ import Testing
     let page = try run(binary("meshctl"), ["trace", "view", dump, "--html", html])
     #expect(page.status == 0, "\(page.stderr)")
     try TraceViewPage.check(html, rows: 12, traceID: root.trace)
+
+    // Every sidecar reached the control plane over one connection: its config stream, its
+    // telemetry stream and its spans.
+    let port = try #require(Int(plane.address.split(separator: ":").last ?? ""))
+    for sidecar in [edge, aSidecar, bSidecar, cSidecar] {
+      var held = 0
+      let one = try waitFor(seconds: 5) {
+        held = try establishedConnections(of: sidecar.process.pid, toPort: port)
+        return held == 1
+      }
+      #expect(one, "\(sidecar.process.log)\nholds \(held) connections to the control plane")
+    }
   }
 
   /// A retried call shows both attempts — the client span counts them and records the retry,
