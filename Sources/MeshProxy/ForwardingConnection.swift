@@ -621,32 +621,9 @@ final class ForwardingConnection: ChannelDuplexHandler {
   }
 
   private func writeHeaders(_ headers: HPACKHeaders, endStream: Bool, on id: UInt32) {
-    let start = output.writerIndex
-    let endFlag = endStream ? FrameFlag.endStream : 0
-    output.writeFrameHeader(
-      length: 0, type: FrameType.headers, flags: endFlag | FrameFlag.endHeaders, stream: id)
-    state.encoder.encode(headers: headers, to: &output)
-    let length = output.writerIndex - start - HTTP2Wire.frameHeaderLength
-    let maxFrameSize = state.peerMaxFrameSize
-    if length <= maxFrameSize {
-      output.setFrameLength(length, at: start)
-    } else {
-      // Too big for one frame: HEADERS and CONTINUATIONs.
-      var block = output.getSlice(at: start + HTTP2Wire.frameHeaderLength, length: length)!
-      block = ByteBuffer(buffer: block)
-      output.moveWriterIndex(to: start)
-      var first = true
-      while block.readableBytes > 0 || first {
-        let chunk = block.readSlice(length: min(maxFrameSize, block.readableBytes))!
-        let last = block.readableBytes == 0
-        let flags = (first ? endFlag : 0) | (last ? FrameFlag.endHeaders : 0)
-        output.writeFrameHeader(
-          length: chunk.readableBytes, type: first ? FrameType.headers : FrameType.continuation,
-          flags: flags, stream: id)
-        output.writeImmutableBuffer(chunk)
-        first = false
-      }
-    }
+    output.writeHeadersFrame(
+      headers, endStream: endStream, stream: id, encoder: &state.encoder,
+      maxFrameSize: state.peerMaxFrameSize)
     markNeedsFlush()
   }
 

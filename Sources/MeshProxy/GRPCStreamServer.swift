@@ -413,7 +413,9 @@ package final class GRPCStreamServer: ChannelDuplexHandler {
 
   private func writeHeaders(_ headers: HPACKHeaders, endStream: Bool, on id: UInt32) {
     var out = buffer()
-    out.writeHeadersFrame(headers, endStream: endStream, stream: id, encoder: &state.encoder)
+    out.writeHeadersFrame(
+      headers, endStream: endStream, stream: id, encoder: &state.encoder,
+      maxFrameSize: state.peerMaxFrameSize)
     output = out
   }
 

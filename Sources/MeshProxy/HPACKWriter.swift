@@ -363,16 +363,36 @@ struct BlockOutput {
 }
 
 extension ByteBuffer {
-  /// One HEADERS frame (END_HEADERS, and END_STREAM if asked) carrying `headers` as `encoder`
-  /// encodes them: for a block that fits one frame, as a response's headers and trailers do.
+  /// A header block as `encoder` encodes `headers`: one HEADERS frame (END_STREAM if asked) when
+  /// it fits `maxFrameSize`, as a response's headers and trailers do, else HEADERS and
+  /// CONTINUATION frames, END_HEADERS on the last.
   mutating func writeHeadersFrame(
-    _ headers: HPACKHeaders, endStream: Bool, stream: UInt32, encoder: inout HPACKWriter
+    _ headers: HPACKHeaders, endStream: Bool, stream: UInt32, encoder: inout HPACKWriter,
+    maxFrameSize: Int = HTTP2Wire.defaultMaxFrameSize
   ) {
     let start = writerIndex
+    let endFlag = endStream ? FrameFlag.endStream : 0
     writeFrameHeader(
-      length: 0, type: FrameType.headers,
-      flags: FrameFlag.endHeaders | (endStream ? FrameFlag.endStream : 0), stream: stream)
+      length: 0, type: FrameType.headers, flags: endFlag | FrameFlag.endHeaders, stream: stream)
     encoder.encode(headers: headers, to: &self)
-    setFrameLength(writerIndex - start - HTTP2Wire.frameHeaderLength, at: start)
+    let length = writerIndex - start - HTTP2Wire.frameHeaderLength
+    if length <= maxFrameSize {
+      setFrameLength(length, at: start)
+      return
+    }
+    // Too big for one frame: the block is copied out and written again in frames.
+    var block = ByteBuffer(
+      buffer: getSlice(at: start + HTTP2Wire.frameHeaderLength, length: length)!)
+    moveWriterIndex(to: start)
+    var first = true
+    while block.readableBytes > 0 {
+      let chunk = block.readSlice(length: min(maxFrameSize, block.readableBytes))!
+      let last = block.readableBytes == 0
+      writeFrameHeader(
+        length: chunk.readableBytes, type: first ? FrameType.headers : FrameType.continuation,
+        flags: (first ? endFlag : 0) | (last ? FrameFlag.endHeaders : 0), stream: stream)
+      writeImmutableBuffer(chunk)
+      first = false
+    }
   }
 }

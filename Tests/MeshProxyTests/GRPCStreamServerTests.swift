@@ -34,7 +34,9 @@ import Testing
   struct Client {
     let channel: EmbeddedChannel
     var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
-    var decoder = HPACKDecoder(allocator: ByteBufferAllocator())
+    var decoder = HPACKDecoder(
+      allocator: ByteBufferAllocator(), maxDynamicTableSize: 4096,
+      maxHeaderListSize: 64 * 1024)
     var reader = HTTP2FrameReader(expectsPreface: false)
     var unread = ByteBuffer()
 
@@ -105,14 +107,21 @@ import Testing
         unread.writeBuffer(&bytes)
       }
       var frames: [Frame] = []
+      // A header block in HEADERS and CONTINUATIONs is decoded once whole, on its HEADERS.
+      var block: (index: Int, bytes: ByteBuffer)?
       while let frame = try reader.next(from: &unread) {
         var payload = frame.payload
-        var headers: HPACKHeaders?
-        if frame.type == FrameType.headers { headers = try decoder.decodeHeaders(from: &payload) }
         frames.append(
-          Frame(
-            type: frame.type, flags: frame.flags, stream: frame.stream, payload: payload,
-            headers: headers))
+          Frame(type: frame.type, flags: frame.flags, stream: frame.stream, payload: payload))
+        if frame.type == FrameType.headers || frame.type == FrameType.continuation {
+          var gathered = block?.bytes ?? ByteBuffer()
+          gathered.writeBuffer(&payload)
+          block = (block?.index ?? frames.count - 1, gathered)
+          if frame.flags & FrameFlag.endHeaders != 0, var whole = block?.bytes {
+            frames[block!.index].headers = try decoder.decodeHeaders(from: &whole)
+            block = nil
+          }
+        }
       }
       return frames
     }
@@ -163,6 +172,21 @@ import Testing
     #expect(answer.status == "12")
     #expect(answer.headers?.first(name: "grpc-message") == "/test.Echo/Other is not served here")
     #expect(answer.endsStream)
+  }
+
+  @Test func trailersOverOneFrameGoInContinuations() throws {
+    var client = try Client(GRPCStreamServer(service: Echo()))
+    // Its name, percent-encoded in grpc-message, takes three bytes a character.
+    let path = "/" + String(repeating: "%", count: 6_000)
+    try client.request(1, path: path, endStream: true)
+    let frames = try client.read().filter { $0.stream == 1 }
+    #expect(frames.map(\.type) == [FrameType.headers, FrameType.continuation])
+    #expect(frames.allSatisfy { $0.payload.readableBytes <= HTTP2Wire.defaultMaxFrameSize })
+    #expect(frames.map { $0.flags & FrameFlag.endHeaders } == [0, FrameFlag.endHeaders])
+    #expect(frames[0].endsStream && !frames[1].endsStream)
+    #expect(frames[0].status == "12")
+    let message = try #require(frames[0].headers?.first(name: "grpc-message"))
+    #expect(message == "/" + String(repeating: "%25", count: 6_000) + " is not served here")
   }
 
   @Test func aRequestThatIsNotGRPCIsRefusedWith415() throws {
