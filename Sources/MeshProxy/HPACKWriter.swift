@@ -350,7 +350,7 @@ struct BlockOutput {
   /// RFC 7541 §5.2, without Huffman coding.
   mutating func string(_ string: String) {
     integer(string.utf8.count, prefix: 7, flags: 0)
-    let copied = string.utf8.withContiguousStorageIfAvailable { bytes in
+    let copied: Void? = string.utf8.withContiguousStorageIfAvailable { bytes in
       if let source = bytes.baseAddress {
         (base + count).copyMemory(from: source, byteCount: bytes.count)
       }

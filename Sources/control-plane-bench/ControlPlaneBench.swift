@@ -155,7 +155,7 @@ struct ControlPlaneBench: AsyncParsableCommand {
       let address = try Self.listeningAddress(log.fileHandleForReading)
       // The rest of its log goes to a file: a pipe nobody reads would stop it once full.
       let logFile = "\(work)/\(name).log"
-      FileManager.default.createFile(atPath: logFile, contents: nil)
+      _ = FileManager.default.createFile(atPath: logFile, contents: nil)
       let sink = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile))
       Thread.detachNewThread {
         while case let data = log.fileHandleForReading.availableData, !data.isEmpty {

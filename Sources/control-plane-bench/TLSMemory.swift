@@ -107,7 +107,8 @@ enum TLSMemory {
     client.certificateChain = try NIOSSLCertificate.fromPEMFile("\(work)/client.pem").map {
       .certificate($0)
     }
-    client.privateKey = .file("\(work)/client-key.pem")
+    client.privateKey = .privateKey(
+      try NIOSSLPrivateKey(file: "\(work)/client-key.pem", format: .pem))
     let context = try NIOSSLContext(configuration: client)
     let payload = ByteBuffer(repeating: 0x2A, count: message)
 

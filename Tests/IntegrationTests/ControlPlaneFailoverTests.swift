@@ -17,7 +17,7 @@ import Testing
 
     let pair = try cluster.echoPair(server: replicas, client: replicas)
     defer { pair.stop() }
-    let (server, client, port) = (pair.server, pair.client, pair.port)
+    let (client, port) = (pair.client, pair.port)
     try cluster.start("b")
     try cluster.start("c")
     let connected = { (plane: ServiceProcess) in cluster.connected(at: plane) }
