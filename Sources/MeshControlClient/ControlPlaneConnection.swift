@@ -1,6 +1,7 @@
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import MeshConfig
+import MeshIdentity
 import ServiceLifecycle
 import Synchronization
 
@@ -41,6 +42,9 @@ public final class ControlPlaneConnection: Service, Sendable, CustomStringConver
     var closed = false
   }
   private let state = Mutex(State())
+  /// The certificate files' contents as last read, with their stamps: read again only once a
+  /// stamp changed, so the checks each second (and each span export) cost three `stat`s.
+  private let filesSeen = Mutex<(stamps: [String], contents: [Data?])?>(nil)
 
   public init(replicas: ControlPlaneReplicas, files: CertificateKeeper.Files) {
     self.replicas = replicas
@@ -124,11 +128,12 @@ public final class ControlPlaneConnection: Service, Sendable, CustomStringConver
   /// What the connection depends on: the replica in use, and what the certificate files hold
   /// (a bundle written again as it was changes nothing).
   private func signature(_ address: Address) -> Signature {
-    Signature(
-      replica: "\(address)",
-      files: [files.certificate, files.privateKey, files.bundle].map {
-        FileManager.default.contents(atPath: $0)
-      })
+    let paths = [files.certificate, files.privateKey, files.bundle]
+    let stamps = paths.map(CertificateFiles.stamp)
+    let known = filesSeen.withLock { seen in seen?.stamps == stamps ? seen?.contents : nil }
+    let contents = known ?? paths.map { FileManager.default.contents(atPath: $0) }
+    if known == nil { filesSeen.withLock { $0 = (stamps, contents) } }
+    return Signature(replica: "\(address)", files: contents)
   }
 }
 

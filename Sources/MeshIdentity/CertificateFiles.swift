@@ -31,6 +31,17 @@ func hexByte(_ byte: UInt8) -> String {
 /// Reading and writing certificates and keys as PEM files. Private keys are written with mode
 /// 0600 from the start (never world-readable, even briefly) and never overwritten silently.
 public enum CertificateFiles {
+  /// A file as the file system describes it, cheaply: its modification time, size and inode
+  /// ("missing" when there is none). Files written by `replace` get a new inode each time, so
+  /// a stamp that has not changed means a file that has not been written since.
+  public static func stamp(_ path: String) -> String {
+    guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
+      return "missing"
+    }
+    let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+    return "\(modified)/\(attributes[.size] ?? 0)/\(attributes[.systemFileNumber] ?? 0)"
+  }
+
   /// Every certificate in a PEM file, in order (a leaf first, then its chain).
   public static func readCertificates(_ path: String) throws -> [Certificate] {
     let text = try readText(path)

@@ -133,15 +133,7 @@ public struct Sidecar: Service {
   private func watchCertificateFiles() async {
     let bootstrap = configuration.bootstrap
     let paths = [bootstrap.certificate, bootstrap.privateKey, bootstrap.bundle]
-    func signature() -> [String] {
-      paths.map { path in
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {
-          return "missing"
-        }
-        let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-        return "\(modified)/\(attributes[.size] ?? 0)/\(attributes[.systemFileNumber] ?? 0)"
-      }
-    }
+    func signature() -> [String] { paths.map(CertificateFiles.stamp) }
     var loaded = signature()
     var failed: [String] = []
     while !Task.isCancelled {
